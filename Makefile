@@ -1,0 +1,34 @@
+# The two commands of the README: `make demo` and `make test`. Both build the virtual environment first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test demo lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# The test suite starts its own Redis when none answers at $$REDIS_URL / 127.0.0.1:6379; it only needs the binary.
+test: venv
+	scripts/ensure-redis-server
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: venv
+	scripts/ensure-redis-server
+	$(PY) -m scripts.demo
+
+lint: venv
+	$(VENV)/bin/ruff check gateway wsnode devconsul tests bench scripts
+	$(VENV)/bin/mypy
+
+bench: venv
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""wsgate gateway: Spring Cloud Gateway routes, Consul discovery, a WebSocket byte tunnel."""

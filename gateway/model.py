@@ -1,0 +1,140 @@
+"""Values shared by the routing side (config, predicates, filters) and the proxy side (server, balancer).
+
+This module is the seam between the two: routing turns a `RequestView` into a `ForwardPlan` for a
+`RouteMatch`; the proxy dials the route's `Upstream`, sends the plan and applies `response_headers` to
+what comes back. Pure: no aiohttp, redis or yaml here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+
+Headers = tuple[tuple[str, str], ...]
+
+
+def header_values(headers: Iterable[tuple[str, str]], name: str) -> list[str]:
+    """Every value of header `name` (case-insensitive), in order."""
+    lname = name.lower()
+    return [value for key, value in headers if key.lower() == lname]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    """What predicates and filters see of a client request; `raw_path` is percent-encoded as received."""
+
+    method: str
+    raw_path: str
+    query: str = ""
+    headers: Headers = ()
+    remote_addr: str = "127.0.0.1"
+    scheme: str = "http"
+
+    def header(self, name: str) -> str | None:
+        """The first value of header `name`, or None."""
+        values = header_values(self.headers, name)
+        return values[0] if values else None
+
+    @property
+    def host(self) -> str:
+        return self.header("host") or ""
+
+    @property
+    def is_websocket(self) -> bool:
+        upgrade = (self.header("upgrade") or "").lower()
+        return upgrade == "websocket"
+
+
+class Balancing(str, Enum):
+    """Load-balancer algorithms."""
+
+    ROUND_ROBIN = "round-robin"
+    LEAST_CONNECTIONS = "least-connections"
+    RANDOM = "random"
+    HASH = "hash"
+
+
+@dataclass(frozen=True, slots=True)
+class BalancerChoice:
+    """An algorithm and, for `hash`, what to hash: `header:NAME`, `cookie:NAME`, `query:NAME` or `client`."""
+
+    algorithm: Balancing = Balancing.ROUND_ROBIN
+    hash_on: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where a route sends requests: a fixed host:port, or a service name resolved through discovery.
+
+    `scheme` is the protocol used to dial: http, https, ws or wss. For `lb://name` it is http, for
+    `lb:ws://name` ws; a WebSocket upgrade is forwarded over either (ws and http dial the same way).
+    """
+
+    scheme: str
+    host: str | None = None
+    port: int | None = None
+    service: str | None = None
+
+    @property
+    def is_discovered(self) -> bool:
+        return self.service is not None
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme in ("https", "wss")
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMetadata:
+    """Per-route tunables from `metadata:` (SCG's connect-timeout/response-timeout in ms become seconds)."""
+
+    connect_timeout_s: float | None = None
+    response_timeout_s: float | None = None
+    idle_timeout_s: float | None = None
+    balancer: BalancerChoice | None = None
+    retries: int = 0
+    extra: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A RequestRateLimiter filter's arguments (SCG's names); `key` says what identifies a caller."""
+
+    replenish_rate: int
+    burst_capacity: int
+    requested_tokens: int = 1
+    key: str = "client"  # client | header:NAME | principal
+    deny_empty_key: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderOp:
+    """One edit of response headers: op is add, set or remove."""
+
+    op: str
+    name: str
+    value: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardPlan:
+    """What to send upstream after the route's filters ran.
+
+    `headers` are the client's request headers after the filters, before the proxy removes hop-by-hop
+    headers and adds X-Forwarded-*; `prefix` is what the filters stripped, for X-Forwarded-Prefix.
+    """
+
+    path: str
+    query: str
+    headers: Headers
+    preserve_host: bool = False
+    response_headers: tuple[HeaderOp, ...] = ()
+    rate_limits: tuple[RateLimit, ...] = ()
+    prefix: str = ""
+    variables: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def target(self) -> str:
+        """The request target: path plus `?query` when there is one."""
+        return f"{self.path}?{self.query}" if self.query else self.path

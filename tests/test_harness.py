@@ -1,0 +1,44 @@
+"""The harness itself: ports, Redis, process start/stop and readiness."""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import pytest
+
+from tests.harness import ProcessFailed, ProcessGroup, RedisInfo, free_port, http_status, redis_answers
+
+
+def test_free_port_can_be_bound() -> None:
+    port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+def test_redis_server_answers_ping(redis_server: RedisInfo) -> None:
+    assert redis_answers(redis_server.host, redis_server.port)
+
+
+def test_redis_prefix_is_cleaned(redis_server: RedisInfo, redis_prefix: str) -> None:
+    import redis
+
+    client = redis.Redis(host=redis_server.host, port=redis_server.port)
+    client.set(f"{redis_prefix}k", "v")
+    assert client.get(f"{redis_prefix}k") == b"v"
+    client.close()
+
+
+def test_process_ready_when_health_answers(procs: ProcessGroup) -> None:
+    port = free_port()
+    proc = procs.start("http", [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"])
+    proc.wait_http_ready(f"http://127.0.0.1:{port}/")
+    assert http_status(f"http://127.0.0.1:{port}/") == 200
+    proc.stop()
+    assert not proc.alive()
+
+
+def test_process_that_exits_fails_readiness_with_its_log(procs: ProcessGroup) -> None:
+    proc = procs.start("dies", [sys.executable, "-c", "print('boom'); raise SystemExit(3)"])
+    with pytest.raises(ProcessFailed, match="boom"):
+        proc.wait_http_ready(f"http://127.0.0.1:{free_port()}/", timeout_s=5)
