@@ -28,6 +28,7 @@ lint: venv
 	$(VENV)/bin/mypy
 
 bench: venv
+	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m bench
 
 clean:

@@ -1,0 +1,56 @@
+"""CPU time and resident memory of a process and its descendants, read from /proc (Linux)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it."""
+    out = [pid]
+    i = 0
+    while i < len(out):
+        for task in Path(f"/proc/{out[i]}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                out += [int(c) for c in (task / "children").read_text().split()]
+        i += 1
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of the tree rooted at `pid`."""
+    total = 0
+    for p in descendants(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / _TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of the tree rooted at `pid`."""
+    total = 0
+    for p in descendants(pid):
+        try:
+            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * _PAGE
+        except OSError:
+            continue
+    return total
+
+
+def open_fds(pid: int) -> int:
+    """Open file descriptors of the tree rooted at `pid`."""
+    total = 0
+    for p in descendants(pid):
+        try:
+            total += len(os.listdir(f"/proc/{p}/fd"))
+        except OSError:
+            continue
+    return total

@@ -1,0 +1,200 @@
+"""Relay benchmark: the gateway against nginx in front of the same upstream, in one run.
+
+    python -m bench.relay [--quick] [--json bench/out/relay.json]
+
+Starts an echo upstream, the dev Consul agent (the gateway resolves `lb:ws://bench-echo` through it), nginx (Debian's
+package, one worker, tuned buffers) and the gateway (one worker). For 100 B, 4 KiB and 16 KiB messages it measures the
+relay's CPU microseconds per relayed message (CPU of the relay's whole process tree over the run, divided by the
+messages it carried in both directions), round trips per second and p50/p99 latency; then handshakes per second
+through each, and RSS per idle tunnel with idle connections open. The last line is `relay_cpu_ratio_max=<worst
+gateway/nginx CPU ratio over the sizes>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from bench import loadgen, procstat
+from tests.harness import ManagedProcess, ProcessGroup, free_port
+
+SIZES = (100, 4096, 16384)
+
+NGINX_CONF = """
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 16384; multi_accept on; }}
+worker_rlimit_nofile 20000;
+http {{
+  access_log off;
+  upstream echo {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+      proxy_pass http://echo;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_set_header Host $host;
+      proxy_buffer_size 64k;
+      proxy_buffers 8 64k;
+      proxy_read_timeout 3600s;
+      proxy_send_timeout 3600s;
+    }}
+  }}
+}}
+"""
+
+GATEWAY_ROUTES = """
+server:
+  host: 127.0.0.1
+  port: {port}
+wsgate:
+  access-log: false
+  workers: 1
+discovery:
+  consul:
+    address: 127.0.0.1:{consul_port}
+routes:
+  - id: bench-echo
+    uri: lb:ws://bench-echo
+    predicates:
+      - Path=/echo/**
+"""
+
+
+def find_nginx() -> str:
+    """nginx's path, installing Debian's package when it is missing."""
+    path = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if path:
+        return path
+    print("installing nginx (Debian package)...", file=sys.stderr, flush=True)
+    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "nginx-light"], check=False,
+                   stdout=subprocess.DEVNULL)
+    path = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(path).exists():
+        raise SystemExit("nginx is not installed and could not be installed")
+    return path
+
+
+def register_echo(consul_port: int, echo_port: int) -> None:
+    body = json.dumps({"ID": "bench-echo-1", "Name": "bench-echo", "Address": "127.0.0.1", "Port": echo_port,
+                       "Check": {"HTTP": f"http://127.0.0.1:{echo_port}/health", "Interval": "10s"}}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{consul_port}/v1/agent/service/register", data=body,
+                                 method="PUT")
+    with urllib.request.urlopen(req, timeout=5):
+        pass
+
+
+async def measure_size(name: str, proc: ManagedProcess, port: int, size: int, *, duration_s: float,
+                       connections: int) -> dict[str, float | str]:
+    before = procstat.cpu_seconds(proc.pid)
+    rt = await loadgen.run_round_trips("127.0.0.1", port, "/echo/x", size_bytes=size, connections=connections,
+                                       duration_s=duration_s)
+    cpu = procstat.cpu_seconds(proc.pid) - before
+    messages = 2 * rt.count
+    return {"relay": name, "size": size, "round_trips": rt.count, "rtt_per_s": rt.count / rt.elapsed_s,
+            "cpu_s": cpu, "cpu_us_per_msg": cpu * 1e6 / max(messages, 1),
+            "p50_ms": rt.percentile_ms(0.5), "p99_ms": rt.percentile_ms(0.99)}
+
+
+async def measure_idle(proc: ManagedProcess, port: int, count: int) -> float:
+    before = procstat.rss_bytes(proc.pid)
+    clients = await loadgen.open_idle("127.0.0.1", port, "/echo/idle", count=count)
+    after = procstat.rss_bytes(proc.pid)
+    await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+    return (after - before) / count
+
+
+async def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> dict[str, object]:
+    duration_s = 2.0 if args.quick else 5.0
+    idle_count = 500 if args.quick else 2000
+    echo_port, consul_port, nginx_port, gw_port = free_port(), free_port(), free_port(), free_port()
+    echo = group.python("echo", "bench.echo", "--port", str(echo_port))
+    echo.wait_port_ready("127.0.0.1", echo_port)
+    consul = group.python("devconsul", "devconsul", "--port", str(consul_port))
+    consul.wait_http_ready(f"http://127.0.0.1:{consul_port}/v1/status/leader")
+    register_echo(consul_port, echo_port)
+
+    (workdir / "nginx.conf").write_text(NGINX_CONF.format(prefix=workdir, port=nginx_port, upstream_port=echo_port))
+    nginx = group.start("nginx", [find_nginx(), "-p", str(workdir), "-c", str(workdir / "nginx.conf"),
+                                  "-g", "daemon off;"])
+    nginx.wait_port_ready("127.0.0.1", nginx_port)
+    (workdir / "routes.yaml").write_text(GATEWAY_ROUTES.format(port=gw_port, consul_port=consul_port))
+    gateway = group.python("gateway", "gateway", "--config", str(workdir / "routes.yaml"), "--workers", "1")
+    gateway.wait_http_ready(f"http://127.0.0.1:{gw_port}/actuator/health")
+    relays = {"gateway": (gateway, gw_port), "nginx": (nginx, nginx_port)}
+
+    rows: list[dict[str, float | str]] = []
+    for size in SIZES:
+        for name, (proc, port) in relays.items():
+            row = await measure_size(name, proc, port, size, duration_s=duration_s, connections=args.connections)
+            rows.append(row)
+            print(f"{name:8} {size:6} B  {float(row['cpu_us_per_msg']):7.2f} us/msg  "
+                  f"{float(row['rtt_per_s']):9.0f} rt/s  p50 {float(row['p50_ms']):.3f} ms  "
+                  f"p99 {float(row['p99_ms']):.3f} ms", flush=True)
+    handshakes: dict[str, float] = {}
+    for name, (_proc, port) in relays.items():
+        count, elapsed = await loadgen.run_handshakes("127.0.0.1", port, "/echo/hs", concurrency=16,
+                                                      duration_s=duration_s)
+        handshakes[name] = count / elapsed
+        print(f"{name:8} handshakes/s {handshakes[name]:.0f}", flush=True)
+    idle: dict[str, float] = {}
+    for name, (proc, port) in relays.items():
+        idle[name] = await measure_idle(proc, port, idle_count)
+        print(f"{name:8} RSS per idle tunnel {idle[name] / 1024:.1f} KiB ({idle_count} idle)", flush=True)
+
+    ratios = {}
+    for size in SIZES:
+        ours = next(r for r in rows if r["relay"] == "gateway" and r["size"] == size)
+        theirs = next(r for r in rows if r["relay"] == "nginx" and r["size"] == size)
+        ratios[size] = float(ours["cpu_us_per_msg"]) / float(theirs["cpu_us_per_msg"])
+    return {"rows": rows, "handshakes_per_s": handshakes, "idle_rss_bytes_per_tunnel": idle,
+            "cpu_ratio": ratios, "idle_connections": idle_count, "duration_s": duration_s,
+            "connections": args.connections}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short runs (development)")
+    parser.add_argument("--connections", type=int, default=32, help="concurrent echo connections per run")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="wsgate-relay-"))
+    group = ProcessGroup(workdir / "logs")
+    try:
+        import uvloop
+
+        result = uvloop.run(run(args, group, workdir))
+    except BaseException:
+        print(group.logs(), file=sys.stderr)
+        raise
+    finally:
+        group.stop_all()
+    ratios = result["cpu_ratio"]
+    assert isinstance(ratios, dict)
+    hs = result["handshakes_per_s"]
+    idle = result["idle_rss_bytes_per_tunnel"]
+    assert isinstance(hs, dict) and isinstance(idle, dict)
+    for size, ratio in ratios.items():
+        print(f"cpu_ratio[{size}B]={ratio:.2f}")
+    print(f"handshake_ratio={hs['gateway'] / hs['nginx']:.2f}")
+    print(f"idle_memory_ratio={idle['gateway'] / max(idle['nginx'], 1):.2f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+    print(f"relay_cpu_ratio_max={max(ratios.values()):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
