@@ -7,6 +7,7 @@
     ├── RequestTimeout (408)   client too slow to send its head
     ├── HeadTooLarge (431)
     ├── RateLimited (429)
+    ├── BadGateway (502)       an instance answered something that is not HTTP
     ├── NoInstance (503)       no healthy instance of a service, or every dial failed
     ├── Overloaded (503)       too many connections
     └── UpstreamTimeout (504)
@@ -60,6 +61,10 @@ class HeadTooLarge(GatewayError):
 
 class RateLimited(GatewayError):
     status = 429
+
+
+class BadGateway(GatewayError):
+    status = 502
 
 
 class NoInstance(GatewayError):

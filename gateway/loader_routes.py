@@ -1,0 +1,199 @@
+"""The routes part of routes.yaml: route entries, predicate/filter definitions in both notations, metadata.
+
+Pure: works on the line-numbered tree the loader built (see `loader` for the accepted keys).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from gateway.config import RouteSpec, parse_balancer_choice, parse_upstream
+from gateway.confignodes import Reader, YMap, YNode, YScalar, YSeq
+from gateway.errors import ConfigError
+from gateway.factory import ArgValue, Definition, SpecError
+from gateway.filters import GatewayFilter, build_filter
+from gateway.javaregex import group_names
+from gateway.model import BalancerChoice, RouteMetadata
+from gateway.predicates import RoutePredicate, build_predicate
+
+T = TypeVar("T")
+_ROUTE_KEYS = ("id", "uri", "order", "predicates", "filters", "metadata")
+_META_TIMEOUTS = {
+    "connect-timeout": "connect_timeout_s",
+    "response-timeout": "response_timeout_s",
+    "idle-timeout": "idle_timeout_s",
+}
+
+
+def balancer_choice(reader: Reader, node: YNode, key: str) -> BalancerChoice:
+    """A balancer choice written as `hash:header:X` or {algorithm: hash, hash-on: header:X}."""
+    try:
+        if isinstance(node, YMap):
+            reader.check_keys(node, key, ("algorithm", "hash-on"))
+            algorithm = reader.text(node.get("algorithm"), f"{key}.algorithm")
+            return parse_balancer_choice(algorithm, reader.optional_text(node.get("hash-on"), f"{key}.hash-on"))
+        return parse_balancer_choice(reader.text(node, key))
+    except ValueError as exc:
+        raise reader.error(str(exc), node, key) from None
+
+
+class RouteReader:
+    """Turns route and filter sections into RouteSpecs and compiled filters."""
+
+    def __init__(self, reader: Reader) -> None:
+        self.reader = reader
+
+    def routes(self, node: YNode, key: str) -> tuple[RouteSpec, ...]:
+        """Every route of a `routes:` list."""
+        routes: list[RouteSpec] = []
+        seen: dict[str, int] = {}
+        for index, item in enumerate(self.reader.sequence(node, key).items):
+            route = self.route(item, f"{key}[{index}]", index)
+            if route.id in seen:
+                raise self.reader.error(f"duplicate route id {route.id!r} (first on line {seen[route.id]})", item, key)
+            seen[route.id] = item.line
+            routes.append(route)
+        return tuple(routes)
+
+    def route(self, node: YNode, key: str, index: int) -> RouteSpec:
+        """One route entry."""
+        r = self.reader
+        section = r.mapping(node, key)
+        r.check_keys(section, key, _ROUTE_KEYS)
+        id_node = section.get("id")
+        route_id = r.text(id_node, f"{key}.id").strip() if id_node is not None else f"route-{index}"
+        if not route_id:
+            raise r.error("route id must not be empty", id_node, f"{key}.id")
+        uri_node = section.get("uri")
+        if uri_node is None:
+            raise r.error("route has no uri", section, f"{key}.uri")
+        try:
+            uri = parse_upstream(r.text(uri_node, f"{key}.uri"))
+        except ValueError as exc:
+            raise r.error(str(exc), uri_node, f"{key}.uri") from None
+        order_node = section.get("order")
+        order = r.integer(order_node, f"{key}.order") if order_node is not None else 0
+        predicates: tuple[RoutePredicate, ...] = ()
+        if (pnode := section.get("predicates")) is not None:
+            predicates = tuple(
+                self._compile(d, k, build_predicate) for d, k in self.definitions(pnode, f"{key}.predicates")
+            )
+        filters: tuple[GatewayFilter, ...] = ()
+        if (fnode := section.get("filters")) is not None:
+            filters = self.filters(fnode, f"{key}.filters")
+        metadata = self.metadata(section.get("metadata"), f"{key}.metadata")
+        try:
+            return RouteSpec(route_id, uri, order, metadata, predicates, filters, section.line)
+        except ValueError as exc:
+            raise r.error(str(exc), section, key) from None
+
+    def filters(self, node: YNode, key: str) -> tuple[GatewayFilter, ...]:
+        """A filter list (a route's, or default-filters)."""
+        return tuple(self._compile(d, k, build_filter) for d, k in self.definitions(node, key))
+
+    def _compile(self, located: tuple[Definition, YNode], key: str, build: Callable[[Definition], T]) -> T:
+        definition, node = located
+        try:
+            return build(definition)
+        except SpecError as exc:
+            where = f"{key}.{exc.key}" if exc.key else key
+            raise self.reader.error(f"{definition.name}: {exc}", self._arg_node(node, exc.key), where) from None
+
+    def _arg_node(self, node: YNode, arg: str) -> YNode:
+        if arg and isinstance(node, YMap):
+            args = node.get("args")
+            if isinstance(args, YMap) and (child := args.get(arg)) is not None:
+                return child
+        return node
+
+    def definitions(self, node: YNode, key: str) -> list[tuple[tuple[Definition, YNode], str]]:
+        """Each entry of a predicates/filters list as a Definition with its node and key."""
+        result: list[tuple[tuple[Definition, YNode], str]] = []
+        for index, item in enumerate(self.reader.sequence(node, key).items):
+            item_key = f"{key}[{index}]"
+            result.append(((self.definition(item, item_key), item), item_key))
+        return result
+
+    def definition(self, node: YNode, key: str) -> Definition:
+        """`Name=a, b` or {name: Name, args: {...}} -> Definition (placeholders resolved)."""
+        r = self.reader
+        if isinstance(node, YScalar):
+            raw = node.value or ""
+            keep = self._group_names(raw.partition("=")[0].strip(), raw)
+            try:
+                return Definition.shortcut(r.text(node, key, keep=keep))
+            except SpecError as exc:
+                raise r.error(str(exc), node, key) from None
+        section = r.mapping(node, key)
+        r.check_keys(section, key, ("name", "args"))
+        name = r.text(section.get("name"), f"{key}.name").strip()
+        args_node = section.get("args")
+        if args_node is None:
+            return Definition(name)
+        keep = self._group_names(name, _raw_text(args_node))
+        pairs: list[tuple[str, ArgValue]] = []
+        self._flatten_args(r.mapping(args_node, f"{key}.args"), "", f"{key}.args", keep, pairs)
+        return Definition(name, tuple(pairs))
+
+    @staticmethod
+    def _group_names(name: str, raw: str) -> frozenset[str]:
+        # Only RewritePath gives `${name}` a second meaning: its regex's named group.
+        return frozenset(group_names(raw)) if name == "RewritePath" else frozenset()
+
+    def _flatten_args(
+        self, section: YMap, prefix: str, key: str, keep: frozenset[str], out: list[tuple[str, ArgValue]]
+    ) -> None:
+        for name, child in section.items:
+            full = f"{prefix}{name}"
+            child_key = f"{key}.{name}"
+            if isinstance(child, YMap):
+                self._flatten_args(child, f"{full}.", child_key, keep, out)
+            elif isinstance(child, YSeq):
+                out.append((full, tuple(self.reader.text(item, child_key, keep=keep) for item in child.items)))
+            elif child.value is None:
+                out.append((full, ""))
+            else:
+                out.append((full, self.reader.text(child, child_key, keep=keep)))
+
+    def metadata(self, node: YNode | None, key: str) -> RouteMetadata:
+        """Route `metadata:`: timeouts (ms or durations), load-balancer, retries, anything else as extra."""
+        if node is None:
+            return RouteMetadata()
+        r = self.reader
+        section = r.mapping(node, key)
+        timeouts: dict[str, float] = {}
+        balancer: BalancerChoice | None = None
+        retries = 0
+        extra: list[tuple[str, str]] = []
+        for name, child in section.items:
+            child_key = f"{key}.{name}"
+            normal = name.replace("_", "-").lower()
+            if normal in _META_TIMEOUTS:
+                timeouts[_META_TIMEOUTS[normal]] = r.duration_s(child, child_key, default_unit="ms")
+            elif normal in ("load-balancer", "loadbalancer"):
+                balancer = balancer_choice(r, child, child_key)
+            elif normal == "retries":
+                retries = r.integer(child, child_key, minimum=0)
+            else:
+                extra.append((name, _raw_text(child) if not isinstance(child, YScalar) else r.text(child, child_key)))
+        try:
+            return RouteMetadata(
+                connect_timeout_s=timeouts.get("connect_timeout_s"),
+                response_timeout_s=timeouts.get("response_timeout_s"),
+                idle_timeout_s=timeouts.get("idle_timeout_s"),
+                balancer=balancer,
+                retries=retries,
+                extra=tuple(extra),
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc), file=r.file, line=section.line, key=key) from None
+
+
+def _raw_text(node: YNode) -> str:
+    """All scalar text under a node, for finding RewritePath group names and showing extra metadata."""
+    if isinstance(node, YScalar):
+        return node.value or ""
+    if isinstance(node, YSeq):
+        return ", ".join(_raw_text(item) for item in node.items)
+    return ", ".join(f"{k}: {_raw_text(v)}" for k, v in node.items)

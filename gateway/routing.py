@@ -1,0 +1,211 @@
+"""The route table: the first route (by `order`, then file order) whose predicates all hold; pure.
+
+`RouteMatch.plan` runs the default filters and the route's filters in SCG's order (each list numbered from 1,
+merged by number, default filters first on ties) and checks that the rewritten path is safe to send.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import MappingProxyType
+from urllib.parse import quote, unquote
+
+from gateway.config import GatewayConfig, RouteSpec, format_upstream
+from gateway.errors import BadRequest
+from gateway.filters import GatewayFilter, PlanState
+from gateway.model import ForwardPlan, HeaderOp, Headers, RequestView
+from gateway.predicates import MatchContext, WeightPredicate
+
+# Characters a path may carry as they are; anything else a rewrite produced is percent-encoded.
+_PATH_SAFE = "/!$&'()*+,;=:@-._~%"
+_PLAIN_PATH = re.compile(r"/[A-Za-z0-9/!$&'()*+,;=:@\-._~]*")
+
+
+def ordered_filters(
+    default_filters: tuple[GatewayFilter, ...], route_filters: tuple[GatewayFilter, ...]
+) -> list[tuple[int, GatewayFilter]]:
+    """SCG's filter order: both lists numbered from 1, stably sorted by number (defaults first on ties)."""
+    numbered = [(i + 1, f) for i, f in enumerate(default_filters)] + [(i + 1, f) for i, f in enumerate(route_filters)]
+    return sorted(numbered, key=lambda pair: pair[0])
+
+
+def safe_path(path: str) -> str:
+    """A rewritten path made sendable: leading '/', unsafe characters encoded; BadRequest if it escapes."""
+    if ".." not in path and "%" not in path and _PLAIN_PATH.fullmatch(path):
+        return path  # the common case: nothing to encode, no segment can be '..' or hide CR/LF
+    if any(ch in path for ch in "\r\n\0"):
+        raise BadRequest("rewritten path contains CR, LF or NUL")
+    if not path.startswith("/"):
+        path = "/" + path
+    depth = 0
+    for segment in path.split("/")[1:]:
+        decoded = unquote(segment.split(";", 1)[0])
+        if decoded == "..":
+            depth -= 1
+            if depth < 0:
+                raise BadRequest("rewritten path escapes its root with '..'")
+        elif decoded not in ("", "."):
+            depth += 1
+    if "\r" in unquote(path) or "\n" in unquote(path):
+        raise BadRequest("rewritten path contains an encoded CR or LF")
+    return quote(path, safe=_PATH_SAFE)
+
+
+def forwarded_prefix(original: str, rewritten: str) -> str:
+    """What the filters removed from the front of the path (SCG's X-Forwarded-Prefix rule)."""
+    if rewritten == original or not original.endswith(rewritten):
+        return ""
+    prefix = original[: len(original) - len(rewritten)]
+    return prefix.rstrip("/") if rewritten.startswith("/") or prefix.endswith("/") else prefix
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """A matched route and the URI template variables its predicates captured."""
+
+    route: RouteSpec
+    variables: Mapping[str, str]
+    default_filters: tuple[GatewayFilter, ...] = ()
+    chain: tuple[GatewayFilter, ...] | None = None  # the filters in order, when the table computed them already
+
+    def plan(self, request: RequestView) -> ForwardPlan:
+        """Run the filters over `request`; BadRequest when the result cannot be sent."""
+        state = PlanState(
+            request=request,
+            path=request.raw_path,
+            query=request.query,
+            headers=list(request.headers),
+            variables=dict(self.variables),
+        )
+        chain = self.chain
+        if chain is None:
+            chain = tuple(f for _, f in ordered_filters(self.default_filters, self.route.filters))
+        for gateway_filter in chain:
+            gateway_filter.apply(state)
+        path = safe_path(state.path)
+        return ForwardPlan(
+            path=path,
+            query=state.query,
+            headers=tuple(state.headers),
+            preserve_host=state.preserve_host,
+            response_headers=tuple(state.response_ops),
+            rate_limits=tuple(state.rate_limits),
+            prefix=forwarded_prefix(request.raw_path, path),
+            variables=tuple(sorted(self.variables.items())),
+        )
+
+
+@dataclass(slots=True)
+class _WeightGroup:
+    routes: list[tuple[str, int]] = field(default_factory=list)
+
+
+class RouteTable:
+    """Routes sorted by order (stable); `match` finds the first route whose predicates all hold."""
+
+    __slots__ = ("_chains", "_config", "_groups", "_rng", "routes")
+
+    def __init__(self, config: GatewayConfig, *, rng: random.Random | None = None) -> None:
+        self._config = config
+        self._rng = rng or random.Random()
+        self.routes: tuple[RouteSpec, ...] = tuple(sorted(config.routes, key=lambda r: r.order))
+        self._groups: dict[str, _WeightGroup] = {}
+        self._chains = {
+            route.id: tuple(f for _, f in ordered_filters(config.default_filters, route.filters))
+            for route in self.routes
+        }
+        for route in self.routes:
+            for predicate in route.predicates:
+                if isinstance(predicate, WeightPredicate):
+                    group = self._groups.setdefault(predicate.group, _WeightGroup())
+                    group.routes.append((route.id, predicate.weight))
+
+    def _choose(self, group_name: str) -> str | None:
+        group = self._groups.get(group_name)
+        if group is None:
+            return None
+        total = sum(weight for _, weight in group.routes)
+        if total <= 0:
+            return None
+        point = self._rng.random() * total
+        for route_id, weight in group.routes:
+            point -= weight
+            if point < 0:
+                return route_id
+        return group.routes[-1][0]
+
+    def match(self, request: RequestView, *, now: datetime | None = None) -> RouteMatch | None:
+        """The first matching route with its variables, or None (the caller answers 404)."""
+        chosen: dict[str, str | None] = {}
+
+        def weight_choice(group: str) -> str | None:
+            # One draw per group per request, as SCG's WeightCalculatorWebFilter does.
+            if group not in chosen:
+                chosen[group] = self._choose(group)
+            return chosen[group]
+
+        ctx = MatchContext(request=request, now=now or datetime.now(UTC), weight_choice=weight_choice)
+        for route in self.routes:
+            ctx.route_id = route.id
+            ctx.variables = {}
+            if all(predicate.test(ctx) for predicate in route.predicates):
+                variables = MappingProxyType(ctx.variables)
+                return RouteMatch(route, variables, self._config.default_filters, self._chains[route.id])
+        return None
+
+
+def apply_header_ops(headers: Headers, ops: tuple[HeaderOp, ...]) -> Headers:
+    """Apply response header edits (add appends, set replaces every value, remove drops every value)."""
+    result = list(headers)
+    for op in ops:
+        lname = op.name.lower()
+        if op.op in ("set", "remove"):
+            result = [(k, v) for k, v in result if k.lower() != lname]
+        if op.op in ("add", "set"):
+            result.append((op.name, op.value))
+    return tuple(result)
+
+
+def _describe_predicates(route: RouteSpec) -> str:
+    texts = [p.describe() for p in route.predicates]
+    if not texts:
+        return "true"
+    combined = texts[0]
+    for text in texts[1:]:
+        combined = f"({combined} && {text})"
+    return combined
+
+
+def describe_routes(config: GatewayConfig) -> list[dict[str, object]]:
+    """The routes in SCG's verbose `/actuator/gateway/routes` JSON shape."""
+    described: list[dict[str, object]] = []
+    for route in sorted(config.routes, key=lambda r: r.order):
+        filters = [f"[{f.describe()}, order = {n}]" for n, f in ordered_filters(config.default_filters, route.filters)]
+        meta = route.metadata
+        metadata: dict[str, object] = dict(meta.extra)
+        if meta.connect_timeout_s is not None:
+            metadata["connect-timeout"] = round(meta.connect_timeout_s * 1000)
+        if meta.response_timeout_s is not None:
+            metadata["response-timeout"] = round(meta.response_timeout_s * 1000)
+        if meta.idle_timeout_s is not None:
+            metadata["idle-timeout"] = round(meta.idle_timeout_s * 1000)
+        if meta.balancer is not None:
+            algorithm = meta.balancer.algorithm.value
+            metadata["load-balancer"] = f"{algorithm}:{meta.balancer.hash_on}" if meta.balancer.hash_on else algorithm
+        if meta.retries:
+            metadata["retries"] = meta.retries
+        described.append(
+            {
+                "predicate": _describe_predicates(route),
+                "route_id": route.id,
+                "filters": filters,
+                "uri": format_upstream(route.uri),
+                "metadata": metadata,
+                "order": route.order,
+            }
+        )
+    return described
