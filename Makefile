@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 # The test suite starts its own Redis when none answers at $$REDIS_URL / 127.0.0.1:6379; it only needs the binary.
 test: venv
 	scripts/ensure-redis-server
+	scripts/ensure-chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: venv
@@ -24,7 +25,7 @@ demo: venv
 	$(PY) -m scripts.demo
 
 lint: venv
-	$(VENV)/bin/ruff check gateway wsnode devconsul tests bench scripts
+	$(VENV)/bin/ruff check gateway wsnode devconsul demo tests bench scripts
 	$(VENV)/bin/mypy
 
 bench: venv

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -46,7 +46,7 @@ class RequestView:
         return upgrade == "websocket"
 
 
-class Balancing(str, Enum):
+class Balancing(StrEnum):
     """Load-balancer algorithms."""
 
     ROUND_ROBIN = "round-robin"

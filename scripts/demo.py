@@ -1,6 +1,7 @@
-"""`make demo`: Redis (the running one or a new one), the dev Consul agent, two nodes and the gateway.
+"""`make demo`: Redis (the running one or a new one), the dev Consul agent, two nodes, the gateway and the demo page.
 
-Prints the URLs, a demo user's token and a ready-to-paste push command; Ctrl-C stops everything it started.
+Prints the URLs (the demo page first), a demo user's token and a ready-to-paste push command; Ctrl-C stops everything
+it started.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from pathlib import Path
 
 import jwt
 
-from tests.harness import ProcessGroup, free_port, provide_redis
+from tests.harness import ProcessGroup, free_port, http_status, provide_redis
 
-DEMO_SECRET = "wsgate-demo-secret"
+DEMO_SECRET = "wsgate-demo-secret-not-for-production"  # >= 32 bytes, as HS256 wants
 DEMO_API_KEY = "wsgate-demo-key"
 
 
@@ -43,6 +44,7 @@ def mint_token(user: str, *, ttl_s: int = 3600) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--gateway-port", type=int, default=8080)
+    parser.add_argument("--demo-port", type=int, default=8090, help="the demo page's port")
     parser.add_argument("--check", action="store_true", help="start everything, verify it answers, then stop")
     args = parser.parse_args(argv)
 
@@ -56,12 +58,15 @@ def main(argv: list[str] | None = None) -> int:
             consul_port = _port(8500)
             consul = group.python("devconsul", "devconsul", "--port", str(consul_port))
             consul.wait_http_ready(f"http://127.0.0.1:{consul_port}/v1/status/leader")
+            demo_port = _port(args.demo_port)
             node_env = {
                 "REDIS_URL": redis_info.url,
                 "CONSUL_HTTP_ADDR": f"127.0.0.1:{consul_port}",
                 "WSNODE_JWT_SECRET": DEMO_SECRET,
                 "WSNODE_API_KEY": DEMO_API_KEY,
                 "WSNODE_REDIS_PREFIX": "wsgate-demo:",
+                # The page is served by the demo server, so its WebSocket's Origin is that server's.
+                "WSNODE_ALLOWED_ORIGINS": f"http://127.0.0.1:{demo_port},http://localhost:{demo_port}",
             }
             for name in ("node-a", "node-b"):
                 port = free_port()
@@ -73,10 +78,14 @@ def main(argv: list[str] | None = None) -> int:
                                    "--workers", "1", env={"CONSUL_HTTP_ADDR": f"127.0.0.1:{consul_port}"})
             gateway.wait_http_ready(f"http://127.0.0.1:{gw_port}/actuator/health")
             base = f"http://127.0.0.1:{gw_port}"
+            demo = group.python("demo", "demo.server", "--host", "127.0.0.1", "--port", str(demo_port),
+                                "--secret", DEMO_SECRET, "--gateway", base, "--api-key", DEMO_API_KEY)
+            demo_url = f"http://127.0.0.1:{demo_port}/"
+            demo.wait_http_ready(f"{demo_url}health")
             token = mint_token("alice")
             print(f"""
 wsgate demo is up (logs in {log_dir})
-  demo page:      {base}/ws-svc/demo/
+  demo page:      {demo_url}   (as alice: {demo_url}?user=alice; open it twice to see two tabs in sync)
   admin:          {base}/actuator/gateway/routes
   Consul (dev):   http://127.0.0.1:{consul_port}/v1/health/service/ws-service?passing
   Redis:          {redis_info.url} (keys under wsgate-demo:)
@@ -84,9 +93,16 @@ wsgate demo is up (logs in {log_dir})
 Push to alice:
   curl -s -X POST {base}/ws-svc/api/v1/push -H 'Authorization: Bearer {DEMO_API_KEY}' \\
        -H 'Content-Type: application/json' \\
-       -d '{{"to":{{"users":["alice"]}},"module":"notice","event":"created","data":{{"text":"hello"}}}}'
+       -d '{{"to":{{"users":["alice"]}},"module":"notices","event":"created","data":{{"text":"hello"}}}}'
 Ctrl-C stops everything.""", flush=True)
-            if not args.check:
+            if args.check:
+                # The page's own pieces: its config, and the client script the nodes serve through the gateway.
+                for url in (f"{demo_url}config.json", f"{base}/ws-svc/static/wsgate.js"):
+                    status = http_status(url)
+                    if status != 200:
+                        print(f"check failed: {url} answered {status}", file=sys.stderr)
+                        return 1
+            else:
                 while not stop.is_set() and all(p.alive() for p in group.processes):
                     stop.wait(0.5)
                 dead = [p.name for p in group.processes if not p.alive()]

@@ -1,0 +1,1 @@
+"""The demo page: log in as a demo user, watch pushes arrive per module, push to anyone (development only)."""

@@ -1,0 +1,66 @@
+"""`python -m gateway --config routes.yaml [--host H] [--port P] [--workers N]` (console script `wsgate`).
+
+A file that cannot be used is reported on stderr as `file:line: key: reason` and the exit status is 2.
+With one worker the process serves itself; with more it becomes the master of N workers (see supervisor.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from gateway.errors import ConfigError
+from gateway.loader import load_config
+
+EXIT_CONFIG = 2
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="wsgate", description="WebSocket gateway with SCG routes and Consul.")
+    parser.add_argument("--config", required=True, help="routes.yaml (Spring Cloud Gateway route syntax)")
+    parser.add_argument("--host", default=None, help="listen address (overrides server.host)")
+    parser.add_argument("--port", type=int, default=None, help="listen port (overrides server.port)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes sharing the port (default: server.workers, else the CPU count)")
+    parser.add_argument("--log-level", default=os.environ.get("WSGATE_LOG_LEVEL", "INFO"),
+                        help="logging level (default INFO)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point; returns the exit status."""
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname)s [{os.getpid()}] %(name)s: %(message)s")
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"wsgate: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.workers is not None and args.workers < 1:
+        print("wsgate: --workers must be >= 1", file=sys.stderr)
+        return EXIT_CONFIG
+    workers = args.workers or config.server.workers or os.cpu_count() or 1
+    from gateway.app import serve_forever
+
+    if args.worker:
+        return serve_forever(args.config, host=args.host, port=args.port, watch_file=False)
+    if workers == 1:
+        return serve_forever(args.config, host=args.host, port=args.port, watch_file=True)
+    from gateway.supervisor import Supervisor
+
+    worker_args = ["--config", args.config, "--log-level", args.log_level]
+    if args.host is not None:
+        worker_args += ["--host", args.host]
+    if args.port is not None:
+        worker_args += ["--port", str(args.port)]
+    return Supervisor(args.config, worker_args, workers, drain_timeout_s=config.server.drain_timeout_s).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

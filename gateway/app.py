@@ -1,0 +1,190 @@
+"""Wiring: routes.yaml -> route table, discovery provider, balancer, metrics, actuator and server in one worker.
+
+`GatewayApp.run` serves until SIGTERM/SIGINT, reloading on SIGHUP and (when `watch_file`) when the file's
+mtime changes; a bad file on reload is logged and the old routes stay. On stop it drains: no new connections,
+tunnels get up to `drain_timeout_s` to finish, then are closed. RequestRateLimiter buckets live in the Redis at
+$REDIS_URL (default 127.0.0.1:6379), keys prefixed with $WSGATE_REDIS_PREFIX.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+from collections.abc import Callable, Mapping
+
+import redis.asyncio
+
+from gateway.actuator import Actuator
+from gateway.balancer import Balancer
+from gateway.config import ConsulSettings, GatewayConfig, ServerSettings
+from gateway.discovery.base import Provider
+from gateway.discovery.consul import ConsulProvider
+from gateway.discovery.static import StaticProvider
+from gateway.errors import ConfigError
+from gateway.loader import load_config
+from gateway.metrics import Metrics
+from gateway.ratelimit_redis import RedisRateLimiter
+from gateway.routing import RouteTable
+from gateway.server import GatewayServer, RoutingState
+
+log = logging.getLogger("gateway.app")
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"  # Spring Data Redis's default, as SCG's rate limiter uses
+FILE_POLL_S = 1.0
+METRICS_PUBLISH_S = 1.0
+
+
+def consul_settings(config: GatewayConfig, env: Mapping[str, str]) -> ConsulSettings | None:
+    """The file's `discovery.consul`, else $CONSUL_HTTP_ADDR when some route needs discovery."""
+    if config.discovery is not None:
+        return config.discovery
+    address = env.get("CONSUL_HTTP_ADDR")
+    if address and config.services:
+        return ConsulSettings.from_address(address, token=env.get("CONSUL_HTTP_TOKEN") or None)
+    return None
+
+
+def make_provider(settings: ConsulSettings | None) -> Provider:
+    """A Consul provider for `settings`, or an empty static one when there is no Consul."""
+    if settings is None:
+        return StaticProvider()
+    return ConsulProvider(host=settings.host, port=settings.port, scheme=settings.scheme, token=settings.token,
+                          passing_only=settings.passing_only, datacenter=settings.datacenter)
+
+
+def listen_ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
+    """The server-side TLS context for `server.tls-cert-path`/`tls-key-path`, if set."""
+    if settings.tls_cert_path is None or settings.tls_key_path is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert_path, settings.tls_key_path)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def upstream_ssl_context(settings: ServerSettings) -> ssl.SSLContext:
+    """The client-side TLS context for https/wss upstreams (verification per settings, optional CA file)."""
+    context = ssl.create_default_context(cafile=settings.upstream_ca_path)
+    if not settings.upstream_tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class GatewayApp:
+    """One worker process's gateway: load, serve, reload, drain."""
+
+    def __init__(self, config_path: str, *, host: str | None = None, port: int | None = None,
+                 env: Mapping[str, str] | None = None, reuse_port: bool = True, watch_file: bool = True) -> None:
+        self.config_path = config_path
+        self.host = host
+        self.port = port
+        self.env = dict(os.environ if env is None else env)
+        self.reuse_port = reuse_port
+        self.watch_file = watch_file
+        self.metrics = Metrics(shared_dir=self.env.get("WSGATE_METRICS_DIR") or None)
+        self.balancer = Balancer()
+        self.server: GatewayServer | None = None
+        self.provider: Provider | None = None
+        self.addresses: list[tuple[str, int]] = []
+        self._stop = asyncio.Event()
+        self._mtime = self._file_mtime()
+
+    def _file_mtime(self) -> float | None:
+        try:
+            return os.stat(self.config_path).st_mtime_ns / 1e9
+        except OSError:
+            return None
+
+    def _load(self) -> GatewayConfig:
+        return load_config(self.config_path, env=self.env)
+
+    def stop(self) -> None:
+        """Ask `run` to drain and return."""
+        self._stop.set()
+
+    def reload(self) -> bool:
+        """Re-read the file; on a bad file log its error and keep the routes in force."""
+        assert self.server is not None and self.provider is not None
+        try:
+            config = self._load()
+        except ConfigError as error:
+            log.error("reload refused, keeping the previous routes: %s", error)
+            return False
+        self.server.state = RoutingState(config, RouteTable(config))
+        asyncio.get_running_loop().create_task(self.provider.set_services(config.services))
+        log.info("reloaded %s: %d route(s)", self.config_path, len(config.routes))
+        return True
+
+    async def _watch_file(self) -> None:
+        while True:
+            await asyncio.sleep(FILE_POLL_S)
+            mtime = self._file_mtime()
+            if mtime is not None and mtime != self._mtime:
+                self._mtime = mtime
+                self.reload()
+
+    async def _publish_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(METRICS_PUBLISH_S)
+            self.metrics.publish()
+
+    async def run(self, *, ready: Callable[[GatewayApp], None] | None = None) -> int:
+        """Serve until stopped; returns the exit status."""
+        config = self._load()
+        settings = config.server
+        self.provider = make_provider(consul_settings(config, self.env))
+        await self.provider.start(config.services)
+        state = RoutingState(config, RouteTable(config))
+        actuator = Actuator(state=lambda: self._state(), provider=self.provider, metrics=self.metrics)
+        # The Redis client connects on first use: routes without RequestRateLimiter never touch it.
+        redis_client = redis.asyncio.from_url(self.env.get("REDIS_URL") or DEFAULT_REDIS_URL)
+        limiter = RedisRateLimiter(redis_client, key_prefix=self.env.get("WSGATE_REDIS_PREFIX", ""))
+        self.server = GatewayServer(state, provider=self.provider, balancer=self.balancer, metrics=self.metrics,
+                                    admin=actuator, upstream_ssl=upstream_ssl_context(settings),
+                                    listen_ssl=listen_ssl_context(settings), rate_limiter=limiter)
+        self.addresses = await self.server.start(self.host or settings.host, settings.port if self.port is None
+                                                 else self.port, reuse_port=self.reuse_port)
+        loop = asyncio.get_running_loop()
+        for signum, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
+                                (signal.SIGHUP, self.reload)):
+            loop.add_signal_handler(signum, handler)
+        log.info("gateway listening on %s (pid %d, %d route(s))",
+                 ", ".join(f"{h}:{p}" for h, p in self.addresses), os.getpid(), len(config.routes))
+        background = [loop.create_task(self._publish_metrics())]
+        if self.watch_file:
+            background.append(loop.create_task(self._watch_file()))
+        if ready is not None:
+            ready(self)
+        try:
+            await self._stop.wait()
+            log.info("draining (up to %.1fs)", self._state().config.server.drain_timeout_s)
+            await self.server.drain(self._state().config.server.drain_timeout_s)
+        finally:
+            for task in background:
+                task.cancel()
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+            await self.provider.stop()
+            await redis_client.aclose()
+            self.metrics.publish()
+        log.info("gateway stopped")
+        return 0
+
+    def _state(self) -> RoutingState:
+        assert self.server is not None
+        return self.server.state
+
+
+def serve_forever(config_path: str, **kwargs: object) -> int:
+    """Run one worker on a fresh uvloop loop."""
+    import uvloop
+
+    app = GatewayApp(config_path, **kwargs)  # type: ignore[arg-type]
+    with contextlib.suppress(KeyboardInterrupt):
+        return int(uvloop.run(app.run()))
+    return 0

@@ -1,0 +1,1 @@
+"""Service discovery: where the instances of a service are (static lists or Consul)."""

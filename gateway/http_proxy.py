@@ -1,0 +1,95 @@
+"""Dialing instances, a keep-alive pool per instance, and streaming bodies between connections.
+
+Bodies are relayed with their framing untouched (Content-Length, chunked or until close): each read is written
+on at once and the reader waits for the writer's buffer to drain, so memory stays bounded by the buffer sizes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+
+from gateway.conn import Conn
+from gateway.discovery.base import Endpoint
+from gateway.errors import GatewayError
+from gateway.httpparse import ChunkedScanner, Framing
+
+
+async def dial(endpoint: Endpoint, *, timeout_s: float, ssl_context: ssl.SSLContext | None) -> Conn:
+    """Connect to `endpoint` (TLS when `ssl_context` is given); raises OSError or TimeoutError."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout_s):
+        _, conn = await loop.create_connection(
+            lambda: Conn(loop), endpoint.host, endpoint.port, ssl=ssl_context,
+            server_hostname=endpoint.host if ssl_context is not None else None,
+        )
+    return conn
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per instance (and TLS or not), reused newest first."""
+
+    def __init__(self, *, max_idle_per_instance: int = 32, idle_expiry_s: float = 30.0) -> None:
+        self._idle: dict[tuple[str, int, bool], list[tuple[float, Conn]]] = {}
+        self._max_idle = max_idle_per_instance
+        self._expiry_s = idle_expiry_s
+
+    def take(self, endpoint: Endpoint, *, tls: bool) -> Conn | None:
+        """An idle connection to `endpoint` that still looks usable, or None."""
+        stack = self._idle.get((endpoint.host, endpoint.port, tls))
+        now = time.monotonic()
+        while stack:
+            since, conn = stack.pop()
+            if conn.eof or conn.buffer or now - since > self._expiry_s:
+                conn.close()
+                continue
+            return conn
+        return None
+
+    def put(self, endpoint: Endpoint, conn: Conn, *, tls: bool) -> None:
+        """Keep `conn` for the next request to `endpoint`."""
+        if conn.eof:
+            conn.close()
+            return
+        stack = self._idle.setdefault((endpoint.host, endpoint.port, tls), [])
+        stack.append((time.monotonic(), conn))
+        if len(stack) > self._max_idle:
+            stack.pop(0)[1].close()
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        for stack in self._idle.values():
+            for _, conn in stack:
+                conn.close()
+        self._idle.clear()
+
+
+async def relay_body(src: Conn, dst: Conn, framing: Framing, length: int, *, error: type[GatewayError]) -> int:
+    """Copy one body from `src` to `dst`; bytes past its end stay in `src`. Returns the body's size on the wire."""
+    if framing is Framing.NONE:
+        return 0
+    total = 0
+    scanner = ChunkedScanner(error) if framing is Framing.CHUNKED else None
+    remaining = length
+    while True:
+        data = await src.read_some()
+        if not data:
+            if framing is Framing.UNTIL_CLOSE:
+                return total
+            raise error("connection closed inside a body")
+        if scanner is not None:
+            used = scanner.feed(data)
+        elif framing is Framing.LENGTH:
+            used = min(remaining, len(data))
+            remaining -= used
+        else:
+            used = len(data)
+        if used < len(data):
+            src.unread(data[used:])
+            data = data[:used]
+        dst.write(data)
+        total += used
+        if (scanner is not None and scanner.done) or (framing is Framing.LENGTH and remaining == 0):
+            return total
+        await dst.drain()

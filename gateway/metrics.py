@@ -1,0 +1,108 @@
+"""Counters and gauges in Prometheus text format, aggregated over worker processes.
+
+Each worker counts in plain dicts (cheap on the data path) and, when a shared directory is configured
+(`WSGATE_METRICS_DIR`, set by the master for its workers), writes a JSON snapshot of its values there every
+second and at exit. `/actuator/prometheus` in any worker sums its own live values with the other workers'
+snapshots, so the figures are the whole gateway's, at most a second old for the other workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+Labels = tuple[tuple[str, str], ...]
+
+_HELP: dict[str, tuple[str, str]] = {
+    "wsgate_requests_total": ("counter", "Requests answered, by route and status."),
+    "wsgate_upgrades_total": ("counter", "WebSocket upgrades relayed (101), by route and instance."),
+    "wsgate_active_tunnels": ("gauge", "WebSocket tunnels open now, by route."),
+    "wsgate_tunnel_bytes_total": ("counter", "Bytes relayed through closed tunnels, by route and direction."),
+    "wsgate_http_bytes_total": ("counter", "HTTP body bytes relayed, by route and direction."),
+    "wsgate_upstream_errors_total": ("counter", "Failed dials or bad answers, by route, instance and reason."),
+    "wsgate_open_connections": ("gauge", "Client connections open now."),
+}
+
+
+class Metrics:
+    """A worker's counters and gauges; `render` produces the gateway-wide Prometheus text."""
+
+    def __init__(self, *, shared_dir: str | None = None) -> None:
+        self._values: dict[tuple[str, Labels], float] = {}
+        self._gauges: dict[str, Callable[[], float]] = {}
+        self._shared_dir = Path(shared_dir) if shared_dir else None
+        self._pid = os.getpid()
+
+    def add(self, name: str, value: float = 1.0, **labels: str) -> None:
+        """Add `value` to the series `name{labels}` (negative values for gauges going down)."""
+        # Labels are kept in call order here (no sorting on the hot path); `_own` normalises them.
+        key = (name, tuple(labels.items()))
+        self._values[key] = self._values.get(key, 0.0) + value
+
+    def gauge(self, name: str, read: Callable[[], float]) -> None:
+        """A label-less gauge whose value is read when rendering (nothing to update on the hot path)."""
+        self._gauges[name] = read
+
+    def _own(self) -> dict[tuple[str, Labels], float]:
+        merged: dict[tuple[str, Labels], float] = {(name, ()): read() for name, read in self._gauges.items()}
+        for (name, labels), value in self._values.items():
+            key = (name, tuple(sorted(labels)))
+            merged[key] = merged.get(key, 0.0) + value
+        return merged
+
+    def value(self, name: str, **labels: str) -> float:
+        """This worker's current value of one series."""
+        return self._own().get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def publish(self) -> None:
+        """Write this worker's snapshot for the others (no-op without a shared directory)."""
+        if self._shared_dir is None:
+            return
+        data = [[name, list(labels), value] for (name, labels), value in self._own().items()]
+        tmp = self._shared_dir / f".{self._pid}.tmp"
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps(data))
+            tmp.replace(self._shared_dir / f"{self._pid}.json")
+
+    def _others(self) -> Iterable[tuple[tuple[str, Labels], float]]:
+        if self._shared_dir is None:
+            return
+        for path in self._shared_dir.glob("*.json"):
+            if path.stem == str(self._pid):
+                continue
+            try:
+                rows = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            for name, labels, value in rows:
+                yield (str(name), tuple(sorted((str(k), str(v)) for k, v in labels))), float(value)
+
+    def totals(self) -> dict[tuple[str, Labels], float]:
+        """Every series summed over this worker and the others' latest snapshots."""
+        merged = self._own()
+        for key, value in self._others():
+            merged[key] = merged.get(key, 0.0) + value
+        return merged
+
+    def render(self) -> str:
+        """Prometheus text exposition (format 0.0.4) of `totals`."""
+        merged = self.totals()
+        lines: list[str] = []
+        for name in sorted({name for name, _ in merged} | set(_HELP)):
+            kind, help_text = _HELP.get(name, ("untyped", name))
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} {kind}")
+            for (series, labels), value in sorted(merged.items()):
+                if series != name:
+                    continue
+                text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+                number = str(int(value)) if value == int(value) else repr(value)
+                lines.append(f"{name}{{{text}}} {number}" if text else f"{name} {number}")
+        return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')

@@ -1,0 +1,40 @@
+"""The command line: argument handling and refusing bad files with exit status 2 (in-process)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.__main__ import main, parse_args
+
+
+def test_cli_parses_overrides() -> None:
+    args = parse_args(["--config", "r.yaml", "--host", "::1", "--port", "9000", "--workers", "2"])
+    assert (args.config, args.host, args.port, args.workers, args.worker) == ("r.yaml", "::1", 9000, 2, False)
+
+
+def test_cli_requires_config() -> None:
+    with pytest.raises(SystemExit):
+        parse_args([])
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    ("routes:\n  - id: a\n    uri: lb://ok\n    predicates:\n      - Nope=1\n", ":5"),
+    ("routes: [\n", ""),
+    ("routes:\n  - id: a\n    uri: ${missing.key}\n", ":3"),
+])
+def test_cli_bad_file_exits_2_with_location(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str,
+                                            where: str) -> None:
+    config = tmp_path / "routes.yaml"
+    config.write_text(text)
+    assert main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}{where}" in err
+
+
+def test_cli_refuses_zero_workers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "routes.yaml"
+    config.write_text("routes: []\n")
+    assert main(["--config", str(config), "--workers", "0"]) == 2
+    assert "--workers" in capsys.readouterr().err

@@ -1,0 +1,139 @@
+"""Request/response heads and body framing (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.errors import BadGateway, BadRequest
+from gateway.httpparse import (
+    ChunkedScanner,
+    Framing,
+    RequestHead,
+    ResponseHead,
+    parse_request_head,
+    parse_response_head,
+    request_framing,
+    response_framing,
+    serialize_head,
+)
+
+
+def test_parse_request_head_reads_line_and_headers() -> None:
+    head = parse_request_head(b"GET /a%20b?x=1&y=2 HTTP/1.1\r\nHost: gw\r\nX-A:  spaced  \r\nX-A: two")
+    assert (head.method, head.path, head.query, head.version) == ("GET", "/a%20b", "x=1&y=2", "HTTP/1.1")
+    assert head.headers == (("Host", "gw"), ("X-A", "spaced"), ("X-A", "two"))
+    assert head.header("x-a") == "spaced"
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET /\r\nHost: a",
+    b"GET  / HTTP/1.1",
+    b"GET / HTTP/2.0",
+    b"GET http://evil/ HTTP/1.1",
+    b"G@T / HTTP/1.1",
+    b"GET / HTTP/1.1\r\nBad Header: x",
+    b"GET / HTTP/1.1\r\n folded: x",
+    b"GET / HTTP/1.1\r\nNoColon",
+    b"GET / HTTP/1.1\r\nX: a\x00b",
+    b"GET /a b HTTP/1.1",
+])
+def test_parse_request_head_refuses_malformed(raw: bytes) -> None:
+    with pytest.raises(BadRequest):
+        parse_request_head(raw)
+
+
+@pytest.mark.parametrize(("version", "connection", "keep"), [
+    ("HTTP/1.1", None, True), ("HTTP/1.1", "close", False), ("HTTP/1.1", "Keep-Alive, Close", False),
+    ("HTTP/1.0", None, False), ("HTTP/1.0", "keep-alive", True),
+])
+def test_keep_alive_follows_version_and_connection(version: str, connection: str | None, keep: bool) -> None:
+    headers = (("Connection", connection),) if connection else ()
+    assert RequestHead("GET", "/", version, headers).keep_alive is keep
+
+
+def test_parse_response_head() -> None:
+    head = parse_response_head(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSet-Cookie: a=1")
+    assert (head.status, head.reason) == (101, "Switching Protocols")
+    assert head.header("set-cookie") == "a=1"
+    assert parse_response_head(b"HTTP/1.1 204").reason == ""
+
+
+@pytest.mark.parametrize("raw", [b"HTTP/1.1 2000 OK", b"SSH-2.0-OpenSSH", b"HTTP/1.1 abc x"])
+def test_parse_response_head_refuses_garbage(raw: bytes) -> None:
+    with pytest.raises(BadGateway):
+        parse_response_head(raw)
+
+
+def test_serialize_head_round_trips() -> None:
+    raw = serialize_head("GET /x HTTP/1.1", (("Host", "h"), ("A", "b")))
+    assert raw == b"GET /x HTTP/1.1\r\nHost: h\r\nA: b\r\n\r\n"
+    assert parse_request_head(raw[:-4]).headers == (("Host", "h"), ("A", "b"))
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ((), (Framing.NONE, 0)),
+    ((("Content-Length", "12"),), (Framing.LENGTH, 12)),
+    ((("Content-Length", "0"),), (Framing.NONE, 0)),
+    ((("Transfer-Encoding", "chunked"),), (Framing.CHUNKED, 0)),
+    ((("Transfer-Encoding", "gzip, chunked"),), (Framing.CHUNKED, 0)),
+    ((("Content-Length", "5"), ("Content-Length", "5")), (Framing.LENGTH, 5)),
+])
+def test_request_framing(headers: tuple[tuple[str, str], ...], expected: tuple[Framing, int]) -> None:
+    assert request_framing(RequestHead("POST", "/", "HTTP/1.1", headers)) == expected
+
+
+@pytest.mark.parametrize("headers", [
+    (("Content-Length", "5"), ("Transfer-Encoding", "chunked")),
+    (("Content-Length", "5"), ("Content-Length", "6")),
+    (("Content-Length", "-1"),),
+    (("Content-Length", "1e3"),),
+    (("Transfer-Encoding", "chunked, gzip"),),
+])
+def test_request_framing_refuses_smuggling_shapes(headers: tuple[tuple[str, str], ...]) -> None:
+    with pytest.raises(BadRequest):
+        request_framing(RequestHead("POST", "/", "HTTP/1.1", headers))
+
+
+@pytest.mark.parametrize(("method", "status", "headers", "expected"), [
+    ("GET", 200, (), (Framing.UNTIL_CLOSE, 0)),
+    ("GET", 200, (("Content-Length", "0"),), (Framing.NONE, 0)),
+    ("HEAD", 200, (("Content-Length", "10"),), (Framing.NONE, 0)),
+    ("GET", 204, (), (Framing.NONE, 0)),
+    ("GET", 304, (("Content-Length", "10"),), (Framing.NONE, 0)),
+    ("GET", 101, (), (Framing.NONE, 0)),
+    ("GET", 200, (("Transfer-Encoding", "chunked"),), (Framing.CHUNKED, 0)),
+    ("GET", 403, (("Content-Length", "9"),), (Framing.LENGTH, 9)),
+])
+def test_response_framing(method: str, status: int, headers: tuple[tuple[str, str], ...],
+                          expected: tuple[Framing, int]) -> None:
+    assert response_framing(method, ResponseHead("HTTP/1.1", status, "", headers)) == expected
+
+
+BODY = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\n"
+
+
+@pytest.mark.parametrize("split", [1, 2, 3, 7, len(BODY)])
+def test_chunked_scanner_finds_the_end_across_any_split(split: int) -> None:
+    scanner = ChunkedScanner()
+    consumed = 0
+    data = BODY + b"NEXT"
+    for start in range(0, len(data), split):
+        piece = data[start:start + split]
+        used = scanner.feed(piece)
+        consumed += used
+        if scanner.done:
+            break
+        assert used == len(piece)
+    assert scanner.done
+    assert consumed == len(BODY)
+
+
+@pytest.mark.parametrize("raw", [b"zz\r\n", b"0x5\r\n", b"1_0\r\n", b"-5\r\n"])
+def test_chunked_scanner_refuses_bad_sizes(raw: bytes) -> None:
+    with pytest.raises(BadRequest):
+        ChunkedScanner().feed(raw)
+
+
+def test_chunked_scanner_refuses_endless_size_line() -> None:
+    with pytest.raises(BadGateway):
+        ChunkedScanner(BadGateway).feed(b"1" * 5000)

@@ -1,0 +1,159 @@
+"""WebSocket through the gateway: the instance's handshake answer reaches the client, then bytes flow untouched."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import aiohttp
+from aiohttp import WSMsgType
+
+from tests.gateway.conftest import StartGateway, StartUpstream, config, route
+
+
+async def test_tunnel_echoes_text_and_binary(start_upstream: StartUpstream, start_gateway: StartGateway) -> None:
+    port = await start_upstream("one")
+    gw = await start_gateway(config(route("ws", f"ws://127.0.0.1:{port}", ["Path=/ws-svc/**"],
+                                          ["RewritePath=/ws-svc/(?<path>.*), /$\\{path}"])))
+    async with aiohttp.ClientSession() as session, session.ws_connect(f"{gw.ws_url}/ws-svc/ws") as ws:
+        assert ws._response.headers["X-Upstream"] == "one"
+        await ws.send_str("hello")
+        assert (await ws.receive()).data == "hello"
+        await ws.send_bytes(b"\x00\x01\x02")
+        assert (await ws.receive()).data == b"\x00\x01\x02"
+
+
+async def test_tunnel_relays_subprotocol_and_deflate(start_upstream: StartUpstream,
+                                                     start_gateway: StartGateway) -> None:
+    port = await start_upstream()
+    gw = await start_gateway(config(route("ws", f"ws://127.0.0.1:{port}", ["Path=/**"])))
+    async with aiohttp.ClientSession() as session, session.ws_connect(
+            f"{gw.ws_url}/ws?protocols=v2.chat", protocols=("v1.chat", "v2.chat"), compress=15) as ws:
+        assert ws.protocol == "v2.chat"
+        assert ws.compress == 15
+        assert "permessage-deflate" in ws._response.headers["Sec-WebSocket-Extensions"]
+        await ws.send_str("x" * 5000)
+        assert (await ws.receive()).data == "x" * 5000
+
+
+async def test_tunnel_passes_one_mebibyte_both_ways(start_upstream: StartUpstream,
+                                                    start_gateway: StartGateway) -> None:
+    port = await start_upstream()
+    gw = await start_gateway(config(route("ws", f"ws://127.0.0.1:{port}", ["Path=/**"])))
+    payload = os.urandom(1024 * 1024)
+    async with aiohttp.ClientSession() as session, session.ws_connect(
+            f"{gw.ws_url}/ws?compress=0", max_msg_size=4 * 1024 * 1024) as ws:
+        await ws.send_bytes(payload)
+        message = await ws.receive()
+        assert message.type == WSMsgType.BINARY
+        assert message.data == payload
+
+
+async def test_tunnel_passes_close_code_from_upstream(start_upstream: StartUpstream,
+                                                      start_gateway: StartGateway) -> None:
+    port = await start_upstream()
+    gw = await start_gateway(config(route("ws", f"ws://127.0.0.1:{port}", ["Path=/**"])))
+    async with aiohttp.ClientSession() as session, session.ws_connect(f"{gw.ws_url}/ws") as ws:
+        await ws.send_str("close:4999")
+        message = await ws.receive()
+        assert message.type == WSMsgType.CLOSE
+        assert message.data == 4999
+
+
+async def test_tunnel_relays_upstream_refusal_with_cookie(start_upstream: StartUpstream,
+                                                          start_gateway: StartGateway) -> None:
+    port = await start_upstream()
+    gw = await start_gateway(config(route("ws", f"ws://127.0.0.1:{port}", ["Path=/**"])))
+    async with aiohttp.ClientSession() as session:
+        try:
+            await session.ws_connect(f"{gw.ws_url}/ws?status=403")
+        except aiohttp.WSServerHandshakeError as error:
+            assert error.status == 403
+            assert error.headers is not None
+            assert "session=abc123" in error.headers.get("Set-Cookie", "")
+        else:
+            raise AssertionError("handshake should have been refused")
+
+
+async def test_tunnel_client_close_closes_upstream(start_upstream: StartUpstream,
+                                                   start_gateway: StartGateway) -> None:
+    port = await start_upstream()
+    gw = await start_gateway(config(route("ws", f"ws://127.0.0.1:{port}", ["Path=/**"])))
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(f"{gw.ws_url}/ws")
+        await ws.send_str("ping")
+        await ws.receive()
+        assert len(gw.server.tunnels) == 1
+        tunnel = next(iter(gw.server.tunnels))
+        ws._response.connection.transport.abort()  # type: ignore[union-attr]
+        await asyncio.wait_for(tunnel.done, 5)
+        assert not gw.server.tunnels
+        assert gw.metrics.value("wsgate_active_tunnels", route="ws") == 0
+
+
+async def test_tunnel_upstream_close_closes_client(start_upstream: StartUpstream,
+                                                   start_gateway: StartGateway) -> None:
+    port = await start_upstream()
+    gw = await start_gateway(config(route("ws", f"ws://127.0.0.1:{port}", ["Path=/**"])))
+    async with aiohttp.ClientSession() as session, session.ws_connect(f"{gw.ws_url}/ws") as ws:
+        tunnel = next(iter(gw.server.tunnels))
+        tunnel.upstream_transport.abort()
+        message = await asyncio.wait_for(ws.receive(), 5)
+        assert message.type in (WSMsgType.CLOSED, WSMsgType.ERROR, WSMsgType.CLOSE)
+        await asyncio.wait_for(tunnel.done, 5)
+
+
+async def test_tunnel_idle_timeout_closes_quiet_tunnel(start_upstream: StartUpstream,
+                                                       start_gateway: StartGateway) -> None:
+    port = await start_upstream()
+    gw = await start_gateway(config(route("ws", f"ws://127.0.0.1:{port}", ["Path=/**"]), idle_timeout_s=0.2))
+    async with aiohttp.ClientSession() as session, session.ws_connect(f"{gw.ws_url}/ws", autoping=False,
+                                                                      heartbeat=None) as ws:
+        message = await asyncio.wait_for(ws.receive(), 5)
+        assert message.type in (WSMsgType.CLOSED, WSMsgType.ERROR, WSMsgType.CLOSE)
+
+
+async def test_tunnel_counts_upgrades_and_bytes(start_upstream: StartUpstream, start_gateway: StartGateway) -> None:
+    port = await start_upstream()
+    gw = await start_gateway(config(route("ws", f"ws://127.0.0.1:{port}", ["Path=/**"])))
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{gw.ws_url}/ws?compress=0", compress=0) as ws:
+            assert gw.metrics.value("wsgate_active_tunnels", route="ws") == 1
+            await ws.send_bytes(b"x" * 1000)
+            await ws.receive()
+            tunnel = next(iter(gw.server.tunnels))
+        await asyncio.wait_for(tunnel.done, 5)
+    assert gw.metrics.value("wsgate_upgrades_total", route="ws", instance=f"127.0.0.1:{port}") == 1
+    assert gw.metrics.value("wsgate_tunnel_bytes_total", route="ws", direction="upstream") > 1000
+    assert gw.metrics.value("wsgate_tunnel_bytes_total", route="ws", direction="downstream") > 1000
+
+
+async def test_tunnel_forwards_bytes_that_arrive_with_the_heads(start_gateway: StartGateway) -> None:
+    received = asyncio.get_running_loop().create_future()
+
+    async def raw_upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"GET /raw HTTP/1.1")
+        # The 101 and the first tunnel bytes in one write: the gateway must not lose the bytes after the head.
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nHELLO")
+        received.set_result(await reader.readexactly(4))
+        writer.write(b"\x00\xffBYE")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(raw_upstream, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    gw = await start_gateway(config(route("raw", f"ws://127.0.0.1:{port}", ["Path=/**"])))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    try:
+        writer.write(b"GET /raw HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\nPING")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101")
+        assert await asyncio.wait_for(reader.readexactly(5), 5) == b"HELLO"
+        assert await asyncio.wait_for(received, 5) == b"PING"
+        assert await asyncio.wait_for(reader.read(), 5) == b"\x00\xffBYE"  # then EOF: the upstream closed
+    finally:
+        writer.close()
+        server.close()
+        await server.wait_closed()

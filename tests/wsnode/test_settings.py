@@ -1,0 +1,67 @@
+"""Table tests of settings from flags and environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wsnode.errors import SettingsError
+from wsnode.settings import settings_from
+
+BASE = ["--port", "8080", "--jwt-secret", "s", "--node-id", "n1"]
+
+
+def test_flags_override_environment() -> None:
+    settings = settings_from([*BASE, "--redis-prefix", "flag:"], {"WSNODE_REDIS_PREFIX": "env:",
+                                                                 "REDIS_URL": "redis://h:1/0"})
+    assert settings.redis_prefix == "flag:" and settings.redis_url == "redis://h:1/0"
+
+
+@pytest.mark.parametrize(("env", "field", "value"), [
+    ({"WSNODE_API_KEY": "a, b,,c"}, "api_keys", ("a", "b", "c")),
+    ({"WSNODE_ALLOWED_ORIGINS": "https://x"}, "allowed_origins", ("https://x",)),
+    ({"WSNODE_ALLOW_ANONYMOUS": "1"}, "allow_anonymous", True),
+    ({"WSNODE_ALLOW_ANONYMOUS": "false"}, "allow_anonymous", False),
+    ({"CONSUL_HTTP_ADDR": "127.0.0.1:8500"}, "consul_addr", "127.0.0.1:8500"),
+    ({"CONSUL_HTTP_TOKEN": "t0k"}, "consul_token", "t0k"),
+    ({"CONSUL_HTTP_ADDR": ""}, "consul_addr", None),
+    ({"WSNODE_SERVICE_NAME": "push"}, "service_name", "push"),
+    ({"WSNODE_ADVERTISE_HOST": "10.0.0.5"}, "advertise_host", "10.0.0.5"),
+    ({"WSNODE_HOST": "::1"}, "host", "::1"),
+    ({"WSNODE_SESSION_TTL_S": "3"}, "session_ttl_s", 3.0),
+    ({"WSNODE_STORE_MAX_COUNT": "10"}, "store_max_count", 10),
+])
+def test_every_setting_reads_its_environment_variable(env: dict[str, str], field: str, value: object) -> None:
+    assert getattr(settings_from(BASE, env), field) == value
+
+
+def test_port_and_node_id_from_environment_and_generated_id() -> None:
+    settings = settings_from([], {"WSNODE_PORT": "9000", "WSNODE_JWT_SECRET": "s"})
+    assert settings.port == 9000 and settings.node_id and settings.service_id.startswith("ws-service-")
+
+
+def test_public_key_is_read_from_a_file(tmp_path: Path) -> None:
+    pem = tmp_path / "key.pem"
+    pem.write_text("-----BEGIN PUBLIC KEY-----\nabc\n-----END PUBLIC KEY-----\n")
+    settings = settings_from(["--port", "1", "--jwt-public-key", str(pem)], {})
+    assert settings.jwt_public_key is not None and "PUBLIC KEY" in settings.jwt_public_key
+
+
+@pytest.mark.parametrize(("argv", "env", "message"), [
+    ([], {}, "--port"),
+    (["--port", "x", "--jwt-secret", "s"], {}, "number"),
+    (["--port", "70000", "--jwt-secret", "s"], {}, "1-65535"),
+    (["--port", "1"], {}, "no way to authenticate"),
+    (["--port", "1", "--jwt-public-key", "/nonexistent/key.pem"], {}, "cannot read"),
+    ([*BASE, "--node-id", "bad id"], {}, "--node-id"),
+    ([*BASE, "--redis", "http://x"], {}, "--redis"),
+    ([*BASE], {"WSNODE_ALLOW_ANONYMOUS": "maybe"}, "--allow-anonymous"),
+    ([*BASE, "--session-ttl", "1", "--session-refresh", "2"], {}, "refresh"),
+    ([*BASE, "--send-queue-max", "0"], {}, "send_queue_max"),
+    ([*BASE, "--consul", "ftp://x:1"], {}, "--consul"),
+])
+def test_bad_settings_are_refused_with_a_clear_message(argv: list[str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        settings_from(argv, env)
+    assert message in info.value.reason

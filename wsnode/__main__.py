@@ -1,0 +1,41 @@
+"""`python -m wsnode --port P ...` (console script `wsnode`): run one push node."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from wsnode.errors import SettingsError
+from wsnode.settings import settings_from
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse settings (exit 2 when bad), then serve until SIGTERM (exit 0)."""
+    logging.basicConfig(level=os.environ.get("WSNODE_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = settings_from(sys.argv[1:] if argv is None else argv, os.environ)
+    except SettingsError as exc:
+        print(f"wsnode: {exc.reason}", file=sys.stderr)
+        return 2
+    from wsnode.app import serve
+
+    try:
+        import uvloop
+
+        runner: object = uvloop.run
+    except ImportError:  # uvloop is a dependency, but the node still runs without it
+        runner = asyncio.run
+    try:
+        runner(serve(settings))  # type: ignore[operator]
+    except OSError as exc:
+        print(f"wsnode: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The WebSocket endpoint `/websocket`: handshake checks before the upgrade, then the client frame loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import WSMsgType, web
+from redis.exceptions import RedisError
+
+from wsnode import metrics
+from wsnode.auth import TokenVerifier, check_origin, extract_token
+from wsnode.envelope import (
+    Ack,
+    Ping,
+    Publish,
+    decode_client_frame,
+    encode_accepted,
+    encode_error,
+    encode_pong,
+    parse_since,
+)
+from wsnode.errors import AuthError, BackendUnavailable, FrameError
+from wsnode.node import Node, new_id
+from wsnode.sessions import CLOSE_POLICY, CLOSE_TOO_BIG, Session
+
+log = logging.getLogger("wsnode.endpoint")
+
+
+def _refuse(status: int, reason: str) -> web.Response:
+    metrics.HANDSHAKE_REFUSED.labels(str(status)).inc()
+    return web.json_response({"status": status, "error": reason}, status=status)
+
+
+class Endpoint:
+    """aiohttp handler for `/websocket`."""
+
+    def __init__(self, node: Node, verifier: TokenVerifier) -> None:
+        self.node = node
+        self.verifier = verifier
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Check origin and token, register the session, upgrade, replay, then serve frames."""
+        settings = self.node.settings
+        if self.node.draining:
+            return _refuse(503, "node is draining")
+        if not self.node.router.subscribed.is_set():
+            # Without the pub/sub subscription this session would miss live pushes.
+            return _refuse(503, "node is not subscribed to its channels yet")
+        try:
+            check_origin(request.headers.get("Origin"), settings.allowed_origins)
+            identity = self.verifier.verify(extract_token(request.headers.get("Authorization"),
+                                                          request.query.get("token")))
+        except AuthError as exc:
+            return _refuse(exc.status, exc.reason)
+        since_raw = request.query.get("since")
+        try:
+            since = parse_since(since_raw) if since_raw else None
+        except FrameError as exc:
+            return _refuse(400, exc.reason)
+        # Dead peers: a ping every heartbeat_s; no pong within heartbeat_s / 2 closes the session.
+        # permessage-deflate costs tens of KiB of zlib state per session: off unless asked for.
+        ws = web.WebSocketResponse(heartbeat=settings.heartbeat_s, compress=settings.ws_compress,
+                                   max_msg_size=settings.max_frame_bytes, autoping=True)
+        if not ws.can_prepare(request).ok:
+            return _refuse(400, "expected a WebSocket upgrade")
+        transport = request.transport
+        session = Session(new_id(), identity.user, ws, max_queue=settings.send_queue_max,
+                          rate_per_s=settings.client_rate_per_s, burst=settings.client_burst,
+                          abort=lambda: transport.abort() if transport is not None else None)
+        try:
+            replay = await self.node.open_session(session, since=since)
+        except BackendUnavailable as exc:
+            log.warning("refusing session of user=%s: %s", identity.user, exc.reason)
+            return _refuse(503, exc.reason)
+        try:
+            await ws.prepare(request)
+            self.node.go_live(session, replay, since=since)
+            del replay  # the replayed frames must not live as long as the session
+            if identity.expires_at is not None:
+                delay = max(0.0, identity.expires_at - time.time())
+                session.expiry = asyncio.get_running_loop().call_later(
+                    delay, session.close_soon, CLOSE_POLICY, "token expired")
+            await self._serve(ws, session)
+        finally:
+            if not session.closed:
+                session.closed = True
+                if session.expiry is not None:
+                    session.expiry.cancel()
+            await self.node.close_session(session)
+        return ws
+
+    async def _serve(self, ws: web.WebSocketResponse, session: Session) -> None:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                if not session.allow_client_frame():
+                    await session.close(CLOSE_POLICY, "message rate exceeded")
+                    return
+                await self._on_text(session, msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                session.send(encode_error("bad_frame", "binary frames are not accepted; send JSON text"))
+            elif msg.type == WSMsgType.ERROR:
+                exc = ws.exception()
+                if exc is not None and "too big" in str(exc).lower():
+                    log.info("session=%s closed for an oversized frame (%d)", session.id, CLOSE_TOO_BIG)
+                return
+
+    async def _on_text(self, session: Session, text: str) -> None:
+        try:
+            frame = decode_client_frame(text)
+        except FrameError as exc:
+            metrics.MESSAGES_IN.labels("bad").inc()
+            session.send(encode_error(exc.code, exc.reason))
+            return
+        try:
+            if isinstance(frame, Ping):
+                metrics.MESSAGES_IN.labels("ping").inc()
+                session.send(encode_pong())
+            elif isinstance(frame, Ack):
+                metrics.MESSAGES_IN.labels("ack").inc()
+                await self.node.ack(session, frame.id)
+            elif isinstance(frame, Publish):
+                metrics.MESSAGES_IN.labels("publish").inc()
+                await self.node.publish(session, frame.module, frame.data, frame.ref)
+                session.send(encode_accepted(frame.ref))
+        except (RedisError, OSError):
+            metrics.REDIS_ERRORS.labels("client_frame").inc()
+            session.send(encode_error("unavailable", "the server cannot reach its store; try again"))

@@ -1,0 +1,231 @@
+"""The node's core: sessions here, pushes in, payloads from other nodes out to sockets, refresh and drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from wsnode import metrics
+from wsnode.envelope import (
+    PushRequest,
+    encode_message,
+    encode_welcome,
+    ephemeral_id,
+    message_tail,
+    parse_stored_id,
+)
+from wsnode.errors import BackendUnavailable
+from wsnode.keys import Keys
+from wsnode.registry import SessionRegistry
+from wsnode.routing import Router
+from wsnode.sessions import CLOSE_GOING_AWAY, CLOSE_POLICY, LocalSessions, Session
+from wsnode.settings import NodeSettings
+from wsnode.store import MessageStore, PushResult, Replay
+
+log = logging.getLogger("wsnode.node")
+
+
+def new_id() -> str:
+    """A short random id (sessions, pushes)."""
+    return uuid.uuid4().hex[:16]
+
+
+class Node:
+    """Ties the local sessions to Redis: registry, store and router."""
+
+    def __init__(self, settings: NodeSettings, client: aioredis.Redis) -> None:
+        self.settings = settings
+        self.redis = client
+        self.keys = Keys(settings.redis_prefix)
+        self.sessions = LocalSessions()
+        self.registry = SessionRegistry(client, self.keys, node_id=settings.node_id, ttl_s=settings.session_ttl_s)
+        self.store = MessageStore(client, self.keys, max_count=settings.store_max_count,
+                                  max_age_s=settings.store_max_age_s)
+        self.router = Router(client, self.keys, node_id=settings.node_id)
+        self.draining = False
+        self.redis_ok = True
+
+    # ---- pushes -------------------------------------------------------------------------------------------------
+
+    async def push(self, request: PushRequest, *, source: str, dedupe_key: str | None = None) -> dict[str, Any]:
+        """Store (if asked) and route a push; the answer of the push API. BackendUnavailable when Redis is down.
+
+        `dedupe_key` makes a retry harmless: the first result is returned and nothing is sent again.
+        """
+        push_id = new_id()
+        ts_ms = int(time.time() * 1000)
+        try:
+            if request.to_all:
+                tail = message_tail(module=request.module, event=request.event, data_json=request.data_json,
+                                    ts_ms=ts_ms)
+                fresh = dedupe_key is None or await self.redis.set(
+                    self.keys.dedupe(dedupe_key), push_id, nx=True, px=int(self.settings.store_max_age_s * 1000))
+                if fresh:
+                    await self.router.broadcast(push_id=push_id, tail=tail)
+                online, _nodes = await self.registry.counts()
+                result = PushResult(online_sessions=online, stored=0, ids={}, push_id=push_id)
+            else:
+                result = await self.store.push_to_users(request, push_id=push_id, ts_ms=ts_ms, dedupe_key=dedupe_key)
+        except (RedisError, OSError) as exc:
+            metrics.REDIS_ERRORS.labels("push").inc()
+            raise BackendUnavailable(f"redis unavailable: {exc}") from None
+        metrics.PUSHES.labels(source).inc()
+        return {"id": result.push_id, "online_sessions": result.online_sessions, "stored": result.stored,
+                "ids": result.ids}
+
+    def handle_payload(self, payload: dict[str, Any]) -> None:
+        """A payload from the pub/sub channels: deliver to the sessions here."""
+        kind = payload.get("k")
+        if kind == "push":
+            push_id, tail = str(payload.get("p")), str(payload.get("t"))
+            for item in payload.get("d") or []:
+                targets = self.sessions.of_user(str(item.get("u")))
+                frame = item.get("f")
+                unread = item.get("n")
+                for session in targets:
+                    if isinstance(frame, str):
+                        session.deliver_stored(int(item["i"]), frame)
+                    else:
+                        session.deliver_ephemeral(push_id, tail)
+                    if isinstance(unread, dict):
+                        session.deliver_unread(unread)
+        elif kind == "all":
+            push_id, tail = str(payload.get("p")), str(payload.get("t"))
+            # Most sessions share their last stored id (often 0): build each distinct frame once.
+            frames: dict[int, str] = {}
+            for session in self.sessions:
+                if session.replaying:
+                    session.deliver_ephemeral(push_id, tail)
+                    continue
+                frame = frames.get(session.last_id)
+                if frame is None:
+                    frame = frames[session.last_id] = encode_message(ephemeral_id(session.last_id, push_id), tail)
+                session.send(frame)
+        elif kind == "unread":
+            counts = payload.get("n")
+            for session in self.sessions.of_user(str(payload.get("u"))):
+                session.deliver_unread(counts if isinstance(counts, dict) else {})
+        elif kind == "disconnect":
+            for session in self.sessions.of_user(str(payload.get("u"))):
+                session.close_soon(CLOSE_POLICY, "disconnected by the server")
+
+    async def disconnect_user(self, user: str) -> int:
+        """Close every session of `user` on every node; the number of sessions found."""
+        try:
+            found = await self.registry.presence(user)
+            await self.router.to_nodes({s.node for s in found}, {"k": "disconnect", "u": user})
+        except (RedisError, OSError) as exc:
+            metrics.REDIS_ERRORS.labels("disconnect").inc()
+            raise BackendUnavailable(f"redis unavailable: {exc}") from None
+        return len(found)
+
+    # ---- sessions -----------------------------------------------------------------------------------------------
+
+    async def open_session(self, session: Session, *, since: int | None) -> Replay:
+        """Index and register the session (live deliveries buffer from now on) and read the store."""
+        self.sessions.add(session)
+        try:
+            await self.registry.add(session.id, session.user)
+            return await self.store.replay(session.user, since)
+        except (RedisError, OSError) as exc:
+            self.sessions.remove(session)
+            with contextlib.suppress(RedisError, OSError):
+                await self.registry.remove([(session.id, session.user)])
+            metrics.REDIS_ERRORS.labels("connect").inc()
+            raise BackendUnavailable(f"redis unavailable: {exc}") from None
+        except BaseException:
+            self.sessions.remove(session)
+            raise
+
+    def go_live(self, session: Session, replay: Replay, *, since: int | None) -> None:
+        """After the upgrade: welcome, replayed frames, buffered live frames, then live (see sessions.py)."""
+        welcome = encode_welcome(session=session.id, user=session.user, node=self.settings.node_id,
+                                 unread=replay.unread, recovered=replay.recovered)
+        session.finish_replay(welcome, replay.frames, position=replay.position)
+        metrics.CONNECTS.inc()
+        log.info("session open session=%s user=%s since=%s replayed=%d", session.id, session.user, since,
+                 len(replay.frames))
+
+    async def close_session(self, session: Session) -> None:
+        """Forget a closed session here and in Redis."""
+        self.sessions.remove(session)
+        try:
+            await self.registry.remove([(session.id, session.user)])
+        except (RedisError, OSError) as exc:
+            metrics.REDIS_ERRORS.labels("remove").inc()
+            log.warning("could not remove session=%s from redis: %s", session.id, exc)
+        log.info("session closed session=%s user=%s", session.id, session.user)
+
+    async def ack(self, session: Session, message_id: str) -> None:
+        """A read receipt; counts change for every session of the user (through pub/sub)."""
+        if parse_stored_id(message_id) is None:
+            return  # an ephemeral message: nothing stored, nothing unread
+        await self.store.ack(session.user, message_id)
+
+    async def publish(self, session: Session, module: str, data: Any, ref: Any) -> None:
+        """A client's publish, handed to backends on the publish stream."""
+        fields: dict[Any, Any] = {
+            "user": session.user, "session": session.id, "node": self.settings.node_id, "module": module,
+            "data": json.dumps(data, separators=(",", ":")), "ref": json.dumps(ref, separators=(",", ":")),
+            "ts": int(time.time() * 1000)}
+        await self.redis.xadd(self.keys.publish_stream, fields, maxlen=100_000, approximate=True)
+
+    async def resync(self) -> None:
+        """After a pub/sub gap: send each live session what the store holds beyond what it has seen."""
+        for session in self.sessions:
+            if session.replaying or session.closed:
+                continue
+            with contextlib.suppress(RedisError, OSError):
+                replay = await self.store.replay(session.user, session.last_id)
+                for seq, frame in replay.frames:
+                    session.deliver_stored(seq, frame)
+
+    # ---- background loops ---------------------------------------------------------------------------------------
+
+    async def refresh_loop(self) -> None:
+        """Keep this node's sessions alive in Redis and watch Redis health."""
+        while True:
+            try:
+                await self.registry.refresh(self.sessions.pairs())
+                self.redis_ok = True
+            except (RedisError, OSError) as exc:
+                if self.redis_ok:
+                    log.warning("redis refresh failed: %s", exc)
+                metrics.REDIS_ERRORS.labels("refresh").inc()
+                self.redis_ok = False
+            await asyncio.sleep(self.settings.session_refresh_s if self.redis_ok else 0.5)
+
+    async def healthy(self) -> tuple[bool, dict[str, Any]]:
+        """(UP?, details) for /health: Redis answers and the pub/sub subscription is live."""
+        try:
+            await asyncio.wait_for(self.redis.ping(), 1.0)
+            redis_up = True
+        except (RedisError, OSError, TimeoutError):
+            redis_up = False
+        subscribed = self.router.subscribed.is_set()
+        up = redis_up and subscribed and not self.draining
+        return up, {"status": "UP" if up else "DOWN", "node": self.settings.node_id,
+                    "redis": "UP" if redis_up else "DOWN", "pubsub": "UP" if subscribed else "DOWN",
+                    "sessions": len(self.sessions), "draining": self.draining}
+
+    async def close_all(self) -> None:
+        """Drain: close every session with 1001 and remove them from Redis."""
+        self.draining = True
+        sessions = list(self.sessions)
+        await asyncio.gather(*(s.close(CLOSE_GOING_AWAY, "server going away") for s in sessions),
+                             return_exceptions=True)
+        for s in sessions:
+            self.sessions.remove(s)
+        try:
+            await self.registry.remove((s.id, s.user) for s in sessions)
+            await self.registry.leave()
+        except (RedisError, OSError) as exc:
+            log.warning("could not remove sessions from redis on drain: %s", exc)

@@ -1,0 +1,224 @@
+"""Local sessions: bounded outgoing queues, the replay/live seam, and the per-user index of this node.
+
+Ordering at the seam: a session starts in replay mode, where every live delivery is buffered; the node then reads
+the store and calls `finish_replay`, which sends the welcome, the stored frames, then the buffered live frames whose
+id is beyond the last replayed one. Afterwards a stored message is sent only when its id is newer than the last one
+sent, so a message both replayed and published arrives once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from wsnode import metrics
+from wsnode.envelope import encode_message, encode_unread, ephemeral_id
+
+log = logging.getLogger("wsnode.sessions")
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_SLOW_CONSUMER = 4008
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+class Socket(Protocol):
+    """What a session needs of a WebSocket (aiohttp's WebSocketResponse has it)."""
+
+    async def send_str(self, data: str, compress: int | None = None) -> None: ...
+
+    async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool: ...
+
+
+class Session:
+    """One client connection on this node."""
+
+    __slots__ = ("_abort", "_bucket", "_bucket_at", "_buffer", "_burst", "_max_queue", "_queue", "_rate",
+                 "_writer", "closed", "expiry", "id", "last_id", "socket", "user")
+
+    def __init__(self, session_id: str, user: str, socket: Socket, *, max_queue: int, rate_per_s: float,
+                 burst: int, abort: Callable[[], None]) -> None:
+        self.id = session_id
+        self.user = user
+        self.socket = socket
+        self.last_id = 0
+        self.closed = False
+        self.expiry: asyncio.TimerHandle | None = None
+        self._buffer: list[tuple[int | None, str, str]] | None = []
+        # Created on first use and dropped when empty: an idle session holds no queue (memory per session).
+        self._queue: deque[str] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._max_queue = max_queue
+        self._rate = rate_per_s
+        self._burst = float(burst)
+        self._bucket = float(burst)
+        self._bucket_at = time.monotonic()
+        self._abort = abort
+
+    @property
+    def replaying(self) -> bool:
+        """True until finish_replay: live deliveries are buffered meanwhile."""
+        return self._buffer is not None
+
+    def allow_client_frame(self) -> bool:
+        """Token bucket for client frames; False means the client floods."""
+        now = time.monotonic()
+        self._bucket = min(self._burst, self._bucket + (now - self._bucket_at) * self._rate)
+        self._bucket_at = now
+        if self._bucket < 1.0:
+            return False
+        self._bucket -= 1.0
+        return True
+
+    def send(self, frame: str) -> None:
+        """Queue a frame that is not a stored message (welcome, pong, unread, error)."""
+        if self._buffer is not None:
+            self._buffer.append((None, "raw", frame))
+        else:
+            self._enqueue(frame)
+
+    def deliver_stored(self, seq: int, frame: str) -> None:
+        """A stored message; sent only if newer than the last stored message this session got."""
+        if self._buffer is not None:
+            self._buffer.append((seq, "raw", frame))
+        elif seq > self.last_id:
+            self.last_id = seq
+            self._enqueue(frame)
+
+    def deliver_ephemeral(self, push_id: str, tail: str) -> None:
+        """A message that is not stored (store:false or broadcast); its id refers to the last stored id."""
+        if self._buffer is not None:
+            self._buffer.append((None, push_id, tail))
+        else:
+            self._enqueue(encode_message(ephemeral_id(self.last_id, push_id), tail))
+
+    def deliver_unread(self, counts: dict[str, int]) -> None:
+        """New unread counts of the user."""
+        self.send(encode_unread(counts))
+
+    def finish_replay(self, welcome: str, frames: list[tuple[int, str]], *, position: int) -> None:
+        """Send welcome, replayed frames, then what arrived live meanwhile (ids beyond `position`), and go live.
+
+        `position` is the user's last stored id when the store was read: everything up to it was replayed or is
+        already read (or trimmed), so only newer stored ids may follow.
+        """
+        self._enqueue(welcome)
+        for number, frame in frames:
+            self.last_id = number
+            self._enqueue(frame)
+        self.last_id = max(self.last_id, position)
+        buffered, self._buffer = self._buffer or [], None
+        for seq, kind, text in buffered:
+            if seq is not None:
+                self.deliver_stored(seq, text)
+            elif kind == "raw":
+                self._enqueue(text)
+            else:
+                self.deliver_ephemeral(kind, text)
+
+    def _enqueue(self, frame: str) -> None:
+        if self.closed:
+            return
+        if self._queue is None:
+            self._queue = deque()
+        elif len(self._queue) >= self._max_queue:
+            metrics.QUEUE_DROPS.inc()
+            log.warning("slow consumer: closing session=%s user=%s", self.id, self.user)
+            self.close_soon(CLOSE_SLOW_CONSUMER, "slow consumer")
+            return
+        self._queue.append(frame)
+        metrics.MESSAGES_OUT.inc()
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            # Runs on after close() began, so queued frames still go out before the close frame.
+            while self._queue:
+                await self.socket.send_str(self._queue.popleft())
+        except (ConnectionError, RuntimeError):
+            self.closed = True
+        finally:
+            self._writer = None
+            if not self._queue:
+                self._queue = None
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """Close in the background (from synchronous code)."""
+        if not self.closed:
+            task = asyncio.get_running_loop().create_task(self.close(code, reason))
+            _BACKGROUND.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(_BACKGROUND.discard)
+
+    async def close(self, code: int, reason: str, *, timeout_s: float = 1.0) -> None:
+        """Close with `code`; abort the connection when the peer does not take the close frame in time."""
+        if self.closed:
+            return
+        self.closed = True
+        metrics.CLOSES.labels(str(code)).inc()
+        if self.expiry is not None:
+            self.expiry.cancel()
+        writer, self._writer = self._writer, None
+        if writer is not None and code == CLOSE_SLOW_CONSUMER:
+            writer.cancel()
+        elif writer is not None:
+            # Let queued frames go out first, within the timeout.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(writer), timeout_s)
+            writer.cancel()
+        self._queue = None
+        # A peer that reads nothing never lets the close frame out: aiohttp's close() then either waits or closes
+        # the transport gracefully, which waits for a flush that never comes. Cutting the connection after the
+        # timeout ends both (it is a no-op when the connection closed normally).
+        asyncio.get_running_loop().call_later(timeout_s, self._abort)
+        try:
+            await self.socket.close(code=code, message=reason.encode()[:120])
+        except Exception as exc:
+            log.info("aborting session=%s after close(%d) failed: %r", self.id, code, exc)
+            self._abort()
+
+
+class LocalSessions:
+    """The sessions of this node, by id and by user."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, Session] = {}
+        self._by_user: dict[str, dict[str, Session]] = {}
+
+    def add(self, session: Session) -> None:
+        """Index a new session (in replay mode, so live deliveries are buffered from now on)."""
+        self._by_id[session.id] = session
+        self._by_user.setdefault(session.user, {})[session.id] = session
+        metrics.SESSIONS.set(len(self._by_id))
+
+    def remove(self, session: Session) -> None:
+        """Drop a session from the index."""
+        self._by_id.pop(session.id, None)
+        users = self._by_user.get(session.user)
+        if users is not None:
+            users.pop(session.id, None)
+            if not users:
+                del self._by_user[session.user]
+        metrics.SESSIONS.set(len(self._by_id))
+
+    def of_user(self, user: str) -> list[Session]:
+        """The user's sessions here."""
+        return list(self._by_user.get(user, {}).values())
+
+    def __iter__(self) -> Iterator[Session]:
+        return iter(list(self._by_id.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(session id, user) of every session."""
+        return [(s.id, s.user) for s in self._by_id.values()]

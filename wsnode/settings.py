@@ -1,0 +1,225 @@
+"""Node settings from flags and environment variables (every flag also as a variable), validated once."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import socket
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from wsnode.errors import SettingsError
+
+NODE_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    """Everything a node needs to run; invalid combinations cannot be built."""
+
+    port: int
+    host: str = "0.0.0.0"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = ""
+    consul_addr: str | None = None
+    consul_token: str | None = None
+    service_name: str = "ws-service"
+    node_id: str = ""
+    advertise_host: str = "127.0.0.1"
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    api_keys: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    allow_anonymous: bool = False
+    tags: tuple[str, ...] = ()
+    # Tunables (seconds, counts, bytes); tests shrink them to stay fast.
+    session_ttl_s: float = 30.0
+    session_refresh_s: float = 10.0
+    heartbeat_s: float = 20.0
+    send_queue_max: int = 1000
+    max_frame_bytes: int = 65536
+    client_rate_per_s: float = 50.0
+    client_burst: int = 100
+    store_max_count: int = 1000
+    store_max_age_s: float = 7 * 24 * 3600.0
+    consul_check_interval_s: float = 1.0
+    consul_deregister_after_s: float = 60.0
+    drain_delay_s: float = 1.0
+    stream_claim_idle_s: float = 30.0
+    token_leeway_s: float = 5.0
+    redis_max_connections: int = 64
+    ws_compress: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise SettingsError(f"--port must be 1-65535, not {self.port}")
+        if not NODE_ID_RE.match(self.node_id):
+            raise SettingsError("--node-id must be 1-64 of A-Z a-z 0-9 _ . -")
+        if not self.service_name or not NODE_ID_RE.match(self.service_name):
+            raise SettingsError("--service-name must be 1-64 of A-Z a-z 0-9 _ . -")
+        if not (self.redis_url.startswith(("redis://", "rediss://", "unix://"))):
+            raise SettingsError(f"--redis must be a redis:// URL, not {self.redis_url!r}")
+        if not (self.jwt_secret or self.jwt_public_key or self.allow_anonymous):
+            raise SettingsError("no way to authenticate clients: "
+                                "set --jwt-secret, --jwt-public-key or --allow-anonymous")
+        if self.jwt_public_key is not None and "PUBLIC KEY" not in self.jwt_public_key:
+            raise SettingsError("--jwt-public-key must name a PEM public key file")
+        for name in ("session_ttl_s", "session_refresh_s", "heartbeat_s", "client_rate_per_s",
+                     "store_max_age_s", "consul_check_interval_s", "consul_deregister_after_s", "stream_claim_idle_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be positive")
+        if self.redis_max_connections < 4:
+            raise SettingsError("redis_max_connections must be at least 4 (pub/sub and the stream hold one each)")
+        for name in ("send_queue_max", "max_frame_bytes", "client_burst", "store_max_count"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be at least 1")
+        if self.consul_addr is not None:
+            from wsnode.registration import parse_consul_addr
+
+            try:
+                parse_consul_addr(self.consul_addr)
+            except ValueError as exc:
+                raise SettingsError(f"--consul: {exc}") from None
+        if self.session_refresh_s >= self.session_ttl_s:
+            raise SettingsError("session refresh interval must be shorter than the session expiry")
+
+    @property
+    def service_id(self) -> str:
+        """The Consul service id: `<service>-<node id>`."""
+        return f"{self.service_name}-{self.node_id}"
+
+
+# flag -> (environment variable, field, kind); help texts in _HELP
+_FLAGS: dict[str, tuple[str, str, str]] = {
+    "--port": ("WSNODE_PORT", "port", "int"),
+    "--host": ("WSNODE_HOST", "host", "str"),
+    "--redis": ("REDIS_URL", "redis_url", "str"),
+    "--redis-prefix": ("WSNODE_REDIS_PREFIX", "redis_prefix", "str"),
+    "--consul": ("CONSUL_HTTP_ADDR", "consul_addr", "str"),
+    "--consul-token": ("CONSUL_HTTP_TOKEN", "consul_token", "str"),
+    "--service-name": ("WSNODE_SERVICE_NAME", "service_name", "str"),
+    "--node-id": ("WSNODE_NODE_ID", "node_id", "str"),
+    "--advertise-host": ("WSNODE_ADVERTISE_HOST", "advertise_host", "str"),
+    "--jwt-secret": ("WSNODE_JWT_SECRET", "jwt_secret", "str"),
+    "--jwt-public-key": ("WSNODE_JWT_PUBLIC_KEY", "jwt_public_key", "path"),
+    "--api-key": ("WSNODE_API_KEY", "api_keys", "list"),
+    "--allowed-origins": ("WSNODE_ALLOWED_ORIGINS", "allowed_origins", "list"),
+    "--allow-anonymous": ("WSNODE_ALLOW_ANONYMOUS", "allow_anonymous", "bool"),
+    "--tags": ("WSNODE_TAGS", "tags", "list"),
+    "--session-ttl": ("WSNODE_SESSION_TTL_S", "session_ttl_s", "float"),
+    "--session-refresh": ("WSNODE_SESSION_REFRESH_S", "session_refresh_s", "float"),
+    "--heartbeat": ("WSNODE_HEARTBEAT_S", "heartbeat_s", "float"),
+    "--send-queue-max": ("WSNODE_SEND_QUEUE_MAX", "send_queue_max", "int"),
+    "--max-frame-bytes": ("WSNODE_MAX_FRAME_BYTES", "max_frame_bytes", "int"),
+    "--client-rate": ("WSNODE_CLIENT_RATE_PER_S", "client_rate_per_s", "float"),
+    "--client-burst": ("WSNODE_CLIENT_BURST", "client_burst", "int"),
+    "--store-max-count": ("WSNODE_STORE_MAX_COUNT", "store_max_count", "int"),
+    "--store-max-age": ("WSNODE_STORE_MAX_AGE_S", "store_max_age_s", "float"),
+    "--consul-check-interval": ("WSNODE_CONSUL_CHECK_INTERVAL_S", "consul_check_interval_s", "float"),
+    "--consul-deregister-after": ("WSNODE_CONSUL_DEREGISTER_AFTER_S", "consul_deregister_after_s", "float"),
+    "--drain-delay": ("WSNODE_DRAIN_DELAY_S", "drain_delay_s", "float"),
+    "--stream-claim-idle": ("WSNODE_STREAM_CLAIM_IDLE_S", "stream_claim_idle_s", "float"),
+    "--token-leeway": ("WSNODE_TOKEN_LEEWAY_S", "token_leeway_s", "float"),
+    "--ws-compress": ("WSNODE_WS_COMPRESS", "ws_compress", "bool"),
+    "--redis-max-connections": ("WSNODE_REDIS_MAX_CONNECTIONS", "redis_max_connections", "int"),
+}
+
+_HELP: dict[str, str] = {
+    '--port': 'listen port',
+    '--host': 'listen address (default 0.0.0.0)',
+    '--redis': 'Redis URL',
+    '--redis-prefix': 'prefix of every Redis key and channel',
+    '--consul': 'Consul agent (host:port or URL); registers when set',
+    '--consul-token': 'Consul ACL token',
+    '--service-name': 'Consul service name (default ws-service)',
+    '--node-id': 'unique node id (default: host name + random)',
+    '--advertise-host': 'address registered in Consul (default 127.0.0.1)',
+    '--jwt-secret': 'HS256 secret for client tokens',
+    '--jwt-public-key': 'path to a PEM public key for RS256 client tokens',
+    '--api-key': 'push API bearer keys, comma-separated',
+    '--allowed-origins': 'allowed browser Origins, comma-separated (empty: any)',
+    '--allow-anonymous': 'development: clients without token get a generated user id',
+    '--tags': 'Consul tags, comma-separated',
+    '--session-ttl': 'seconds a session stays in Redis without refresh (default 30)',
+    '--session-refresh': 'seconds between refreshes (default ttl/3)',
+    '--heartbeat': 'seconds between server pings; no pong within half of it drops the peer (default 20)',
+    '--send-queue-max': 'frames queued per session before it is closed 4008 (default 1000)',
+    '--max-frame-bytes': 'largest client frame; bigger closes 1009 (default 65536)',
+    '--client-rate': 'client frames per second allowed (default 50)',
+    '--client-burst': 'client frame burst (default 100)',
+    '--store-max-count': 'stored messages kept per user (default 1000)',
+    '--store-max-age': 'seconds a stored message is kept (default 7 days)',
+    '--consul-check-interval': 'seconds between Consul health checks (default 1)',
+    '--consul-deregister-after': 'seconds critical before Consul removes the node (default 60)',
+    '--drain-delay': 'seconds between leaving Consul and closing sessions on SIGTERM (default 1)',
+    '--stream-claim-idle': 'seconds before a pending push stream entry of another consumer is claimed (default 30)',
+    '--token-leeway': 'clock skew tolerated on exp/nbf, seconds (default 5)',
+    '--ws-compress': 'offer permessage-deflate (off: memory)',
+    '--redis-max-connections': 'Redis connection pool size (default 64)',
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI parser; every flag's help names its environment variable."""
+    parser = argparse.ArgumentParser(prog="wsnode", description="wsgate push node: one WebSocket endpoint, push API")
+    for flag, (env, _field, kind) in _FLAGS.items():
+        if kind == "bool":
+            parser.add_argument(flag, action="store_const", const="1", default=None,
+                                help=f"{_HELP[flag]} (env {env})")
+        else:
+            parser.add_argument(flag, default=None, help=f"{_HELP[flag]} (env {env})")
+    return parser
+
+
+def _convert(flag: str, kind: str, raw: str) -> object:
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{flag} must be a number, not {raw!r}") from None
+    if kind == "bool":
+        if raw.strip().lower() in _TRUE:
+            return True
+        if raw.strip().lower() in _FALSE:
+            return False
+        raise SettingsError(f"{flag} must be 1/0/true/false, not {raw!r}")
+    if kind == "list":
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
+    if kind == "path":
+        try:
+            return Path(raw).read_text()
+        except OSError as exc:
+            raise SettingsError(f"{flag}: cannot read {raw!r}: {exc.strerror}") from None
+    return raw
+
+
+def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> NodeSettings:
+    """Settings from flags, then environment variables, then defaults; SettingsError on a bad value."""
+    args = vars(build_parser().parse_args(list(argv)))
+    values: dict[str, object] = {}
+    for flag, (env, name, kind) in _FLAGS.items():
+        raw = args[flag.lstrip("-").replace("-", "_")]
+        if raw is None:
+            raw = environ.get(env)
+        if raw is None or (raw == "" and kind not in ("str", "bool")):
+            continue
+        values[name] = _convert(flag, kind, raw)
+    if "port" not in values:
+        raise SettingsError("--port (or WSNODE_PORT) is required")
+    if not values.get("node_id"):
+        values["node_id"] = f"{socket.gethostname().split('.')[0][:40]}-{uuid.uuid4().hex[:8]}"
+        values["node_id"] = re.sub(r"[^A-Za-z0-9_.-]", "-", str(values["node_id"]))
+    if "session_ttl_s" in values and "session_refresh_s" not in values:
+        values["session_refresh_s"] = float(values["session_ttl_s"]) / 3  # type: ignore[arg-type]
+    if values.get("consul_addr") == "":
+        values["consul_addr"] = None
+    known = {f.name for f in fields(NodeSettings)}
+    assert set(values) <= known
+    return NodeSettings(**values)  # type: ignore[arg-type]

@@ -1,0 +1,213 @@
+"""Per-user message store, unread counts and replay, in Redis; storing and routing a push is one Lua script.
+
+Per user U (under the prefix): `wsgate:user:U:seq` (counter, the message ids), `:msgs` (sorted set of ready-to-send
+message frames scored by id), `:unacked` (hash id -> module), `:unread` (hash module -> count). Unread counts are
+the number of unacked stored messages per module, so trimming by count or age lowers them too. Because one script
+increments the id, stores the frame and publishes it to the nodes holding U's sessions, publications for U leave
+Redis in id order.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+
+from wsnode.envelope import PushRequest, message_tail
+from wsnode.keys import Keys
+
+_PUSH_LUA = """
+local prefix, tail, store = ARGV[1], ARGV[2], ARGV[3] == '1'
+local module, max_count, max_age_ms, push_id = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local dedupe = ARGV[8]
+if dedupe ~= '' then
+  local before = redis.call('GET', dedupe)
+  if before then
+    local r = cjson.decode(before)
+    return {r[1], r[2], r[3], r[4]}
+  end
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local per_node, order = {}, {}
+local online, stored, ids = 0, 0, {}
+local function counts(base)
+  local flat = redis.call('HGETALL', base .. ':unread')
+  local out = {}
+  for i = 1, #flat, 2 do out[flat[i]] = tonumber(flat[i + 1]) end
+  return out
+end
+local function drop(base, member)
+  local m = cjson.decode(member)
+  redis.call('ZREM', base .. ':msgs', member)
+  local mod = redis.call('HGET', base .. ':unacked', m.id)
+  if mod then
+    redis.call('HDEL', base .. ':unacked', m.id)
+    if redis.call('HINCRBY', base .. ':unread', mod, -1) <= 0 then redis.call('HDEL', base .. ':unread', mod) end
+  end
+end
+for i = 9, #ARGV do
+  local user = ARGV[i]
+  local base = prefix .. 'wsgate:user:' .. user
+  local d = {u = user}
+  if store then
+    local seq = redis.call('INCR', base .. ':seq')
+    local id = tostring(seq)
+    local frame = '{"type":"message","id":"' .. id .. '"' .. tail
+    redis.call('ZADD', base .. ':msgs', seq, frame)
+    redis.call('HSET', base .. ':unacked', id, module)
+    redis.call('HINCRBY', base .. ':unread', module, 1)
+    while redis.call('ZCARD', base .. ':msgs') > max_count do
+      drop(base, redis.call('ZRANGE', base .. ':msgs', 0, 0)[1])
+    end
+    while true do
+      local oldest = redis.call('ZRANGE', base .. ':msgs', 0, 0)[1]
+      if not oldest or cjson.decode(oldest).ts >= now - max_age_ms then break end
+      drop(base, oldest)
+    end
+    for _, suffix in ipairs({':msgs', ':unacked', ':unread'}) do redis.call('PEXPIRE', base .. suffix, max_age_ms) end
+    d.i, d.f, d.n = seq, frame, counts(base)
+    stored = stored + 1
+    ids[user] = id
+  else
+    d.i = tonumber(redis.call('GET', base .. ':seq') or '0')
+  end
+  local members = redis.call('ZRANGEBYSCORE', base .. ':sessions', now, '+inf')
+  local seen = {}
+  for _, member in ipairs(members) do
+    online = online + 1
+    local node = string.match(member, '^(.*)|')
+    if node and not seen[node] then
+      seen[node] = true
+      if not per_node[node] then per_node[node] = {}; table.insert(order, node) end
+      table.insert(per_node[node], d)
+    end
+  end
+end
+for _, node in ipairs(order) do
+  local payload = cjson.encode({k = 'push', p = push_id, t = tail, d = per_node[node]})
+  redis.call('PUBLISH', prefix .. 'wsgate:node:' .. node, payload)
+end
+local ids_json = '{}'
+if stored > 0 then ids_json = cjson.encode(ids) end
+if dedupe ~= '' then
+  redis.call('SET', dedupe, cjson.encode({online, stored, ids_json, push_id}), 'PX', max_age_ms)
+end
+return {online, stored, ids_json, push_id}
+"""
+
+_ACK_LUA = """
+local prefix, user, id = ARGV[1], ARGV[2], ARGV[3]
+local base = prefix .. 'wsgate:user:' .. user
+local mod = redis.call('HGET', base .. ':unacked', id)
+if not mod then return false end
+redis.call('HDEL', base .. ':unacked', id)
+if redis.call('HINCRBY', base .. ':unread', mod, -1) <= 0 then redis.call('HDEL', base .. ':unread', mod) end
+local flat = redis.call('HGETALL', base .. ':unread')
+local out = {}
+for i = 1, #flat, 2 do out[flat[i]] = tonumber(flat[i + 1]) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local encoded = cjson.encode({k = 'unread', u = user, n = out})
+local seen = {}
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', base .. ':sessions', now, '+inf')) do
+  local node = string.match(member, '^(.*)|')
+  if node and not seen[node] then
+    seen[node] = true
+    redis.call('PUBLISH', prefix .. 'wsgate:node:' .. node, encoded)
+  end
+end
+return encoded
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    """What the push API answers: sessions online among the recipients, stored messages, the id per user."""
+
+    online_sessions: int
+    stored: int
+    ids: dict[str, str]
+    push_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """Stored frames a connecting session gets first, in id order, with the user's unread counts."""
+
+    frames: list[tuple[int, str]]
+    unread: dict[str, int]
+    recovered: bool | None
+    position: int
+
+
+def _counts(raw: dict[Any, Any]) -> dict[str, int]:
+    return {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in raw.items() if int(v) > 0}
+
+
+class MessageStore:
+    """The store and the atomic store-and-route of pushes to users."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, *, max_count: int, max_age_s: float) -> None:
+        self._redis = client
+        self._keys = keys
+        self._max_count = max_count
+        self._max_age_ms = int(max_age_s * 1000)
+        self._push = client.register_script(_PUSH_LUA)
+        self._ack = client.register_script(_ACK_LUA)
+
+    async def push_to_users(self, request: PushRequest, *, push_id: str, ts_ms: int,
+                            dedupe_key: str | None = None) -> PushResult:
+        """Store (when asked) and route one push to its users; returns once Redis has it (before the 202).
+
+        With `dedupe_key`, a second push under the same key (a retried stream entry or Idempotency-Key) does
+        nothing and returns the first one's result, so a retry never produces a message with a new id.
+        """
+        tail = message_tail(module=request.module, event=request.event, data_json=request.data_json, ts_ms=ts_ms)
+        args: list[str | int] = [self._keys.prefix, tail, "1" if request.store else "0", request.module,
+                                 self._max_count, self._max_age_ms, push_id,
+                                 self._keys.dedupe(dedupe_key) if dedupe_key else "", *request.users]
+        online, stored, ids, first_push_id = cast(list[Any], await self._push(keys=[], args=args))
+        ids_text = ids.decode() if isinstance(ids, bytes) else str(ids)
+        decoded = json.loads(ids_text)
+        return PushResult(online_sessions=int(online), stored=int(stored),
+                          ids=decoded if isinstance(decoded, dict) else {},
+                          push_id=first_push_id.decode() if isinstance(first_push_id, bytes) else str(first_push_id))
+
+    async def ack(self, user: str, message_id: str) -> dict[str, int] | None:
+        """Mark one stored message read; the new counts (also sent to the user's sessions), None if not unacked."""
+        result = await self._ack(keys=[], args=[self._keys.prefix, user, message_id])
+        if result is None:
+            return None
+        payload = json.loads(result)
+        counts = payload.get("n")
+        return {str(k): int(v) for k, v in counts.items()} if isinstance(counts, dict) else {}
+
+    async def unread(self, user: str) -> dict[str, int]:
+        """Unread counts per module."""
+        return _counts(await self._redis.hgetall(self._keys.user_base(user) + ":unread"))
+
+    async def replay(self, user: str, since: int | None) -> Replay:
+        """Stored frames after `since` (every unacked one when None), and whether `since` could be honoured."""
+        base = self._keys.user_base(user)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(base + ":seq")
+            pipe.hkeys(base + ":unacked")
+            lowest = "-inf" if since is None else f"({since}"
+            pipe.zrangebyscore(base + ":msgs", lowest, "+inf", withscores=True)
+            pipe.hgetall(base + ":unread")
+            seq, unacked_ids, rows, unread = await pipe.execute()
+        position = int(seq or 0)
+        frames = [(int(score), member.decode() if isinstance(member, bytes) else member) for member, score in rows]
+        recovered: bool | None = None
+        if since is None:
+            unacked = {int(k) for k in unacked_ids}
+            frames = [(n, frame) for n, frame in frames if n in unacked]
+        elif since > position:
+            frames, recovered = [], False  # an id this store never gave out (store lost): start afresh
+        else:
+            # Recovered when every id in (since, position] is still held, i.e. the oldest returned is since + 1.
+            recovered = since == position or (bool(frames) and frames[0][0] == since + 1)
+        return Replay(frames=frames, unread=_counts(unread), recovered=recovered, position=position)
