@@ -21,14 +21,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
-import aiohttp
 import jwt
 
 from bench import procstat
+from bench.fanout_push import NodePusher, SocketioPusher
 from bench.wsproto_min import client_handshake, frame, parse_frames
-from tests.harness import ManagedProcess, ProcessGroup, free_port, provide_redis
+from tests.harness import ManagedProcess, ProcessGroup, RedisInfo, delete_prefix, free_port, provide_redis
 
-SECRET = "bench-secret"
+SECRET = "bench-secret-0123456789abcdef0123456789"
 API_KEY = "bench-key"
 
 
@@ -57,6 +57,16 @@ class FanoutClient(asyncio.Protocol):
         self.transport.write(frame(text, opcode=0x1, mask=True))
 
     def data_received(self, data: bytes) -> None:
+        # Fast path for the common case, one whole small unmasked server frame per read: the load generator shares
+        # the cores with the servers, so it must cost as little per delivery as possible.
+        if self.upgraded and not self.buf and len(data) >= 2 and data[1] < 126 and len(data) == 2 + data[1]:
+            if data[0] == 0x81:
+                self.on_text(data[2:])
+                return
+            if data[0] == 0x89:
+                assert self.transport is not None
+                self.transport.write(frame(data[2:], opcode=0xA, mask=True))
+                return
         self.buf += data
         if not self.upgraded:
             end = self.buf.find(b"\r\n\r\n")
@@ -76,20 +86,22 @@ class FanoutClient(asyncio.Protocol):
 
     def on_text(self, payload: bytes) -> None:
         if self.system == "socketio":
-            if payload == b"2":
+            if payload == b"2":  # Engine.IO 4: the server pings, the client answers "3"
                 self.send_text(b"3")
-            elif payload.startswith(b"0{"):
+            elif payload.startswith(b"0{"):  # Engine.IO open; then connect to namespace "/" with auth
                 self.send_text(b'40{"user":"' + self.user.encode() + b'"}')
-            elif payload.startswith(b"40"):
+            elif payload.startswith(b"40") and not self.ready.done():
                 self.ready.set_result(None)
+            elif payload.startswith(b"44") and not self.ready.done():  # connect refused
+                self.ready.set_exception(ConnectionError(payload.decode()))
             elif payload.startswith(b"42"):
                 self.delivered(payload)
-        elif payload.startswith(b'{"type":"message"') or b'"type":"message"' in payload[:40]:
+        # The node encodes every server frame with "type" first (CONTRACT section 4); its keep-alive pings are
+        # WebSocket ping frames (answered above), not text frames. "unread" frames follow stored messages.
+        elif payload.startswith(b'{"type":"message"'):
             self.delivered(payload)
-        elif b'"welcome"' in payload[:40] and not self.ready.done():
+        elif payload.startswith(b'{"type":"welcome"') and not self.ready.done():
             self.ready.set_result(None)
-        elif b'"ping"' in payload[:30]:
-            self.send_text(b'{"type":"pong"}')
 
     def delivered(self, payload: bytes) -> None:
         self.sink.deliveries += 1
@@ -173,30 +185,25 @@ async def run_system(system: str, procs: list[ManagedProcess], ports: list[int],
     idle_rss = (sum(procstat.rss_bytes(p.pid) for p in procs) - base_rss) / len(clients)
     print(f"{system:9} {len(clients)} clients connected; RSS per idle session {idle_rss / 1024:.1f} KiB", flush=True)
 
-    session = aiohttp.ClientSession()
-    sio_mgr: Any = None
-    if system == "socketio":
-        import socketio
+    node_pusher = NodePusher(ports[0], API_KEY, in_flight=args.in_flight) if system == "ours" else None
+    sio_pusher = SocketioPusher(redis_url, channel, in_flight=args.in_flight) if system == "socketio" else None
+    if node_pusher is not None:
+        await node_pusher.start()
 
-        sio_mgr = socketio.AsyncRedisManager(redis_url, channel=channel, write_only=True)
-
-    async def push(to: dict[str, Any], data: dict[str, Any]) -> None:
-        if system == "socketio":
-            room = to["users"][0] if "users" in to else None
-            await sio_mgr.emit("message", data, room=room)
+    async def push(to: dict[str, Any], data: dict[str, Any], *, store: bool) -> None:
+        if sio_pusher is not None:
+            await sio_pusher.push(to["users"][0] if "users" in to else None, data)  # socket.io stores nothing
             return
-        body = {"to": to, "module": "bench", "event": "tick", "data": data, "store": False}
-        async with session.post(f"http://127.0.0.1:{ports[0]}/api/v1/push", json=body,
-                                headers={"Authorization": f"Bearer {API_KEY}"}) as resp:
-            if resp.status != 202:
-                raise RuntimeError(f"push answered {resp.status}: {await resp.text()}")
+        assert node_pusher is not None
+        # A broadcast is never stored (CONTRACT); `store` only matters for a push to users.
+        await node_pusher.push({"to": to, "module": "bench", "event": "tick", "data": data, "store": store})
 
     try:
         broadcasts = args.broadcasts
         done = sink.expect(broadcasts * len(clients))
         start = time.perf_counter()
         for i in range(broadcasts):
-            await push({"all": True}, {"n": i})
+            await push({"all": True}, {"n": i}, store=False)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done, args.timeout_s)
         elapsed = time.perf_counter() - start
@@ -212,31 +219,45 @@ async def run_system(system: str, procs: list[ManagedProcess], ports: list[int],
         done = sink.expect(count)
 
         async def one(i: int) -> None:
-            await push({"users": [target_user]}, {"i": i, "t0": time.perf_counter()})
+            await push({"users": [target_user]}, {"i": i, "t0": time.perf_counter()}, store=args.latency_store)
 
         await paced(args.push_rate, count, one)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done, args.timeout_s)
         lat = list(sink.latencies_s)
-        print(f"{system:9} one-user push at {args.push_rate}/s: {len(lat)}/{count} received, "
+        kind = "store:true" if args.latency_store and system == "ours" else "not stored"
+        print(f"{system:9} one-user push ({kind}) at {args.push_rate}/s: {len(lat)}/{count} received, "
               f"p50 {percentile_ms(lat, 0.5):.2f} ms, p99 {percentile_ms(lat, 0.99):.2f} ms", flush=True)
         return {"system": system, "clients": len(clients), "idle_rss_bytes_per_session": idle_rss,
                 "broadcast_deliveries": delivered, "broadcast_expected": broadcasts * len(clients),
                 "deliveries_per_s": rate, "latency_received": len(lat), "latency_expected": count,
                 "p50_ms": percentile_ms(lat, 0.5), "p99_ms": percentile_ms(lat, 0.99), "lost": sink.lost}
     finally:
-        await session.close()
+        if node_pusher is not None:
+            node_pusher.close()
+        if sio_pusher is not None:
+            await sio_pusher.close()
         for c in clients:
             if c.transport is not None:
                 c.transport.close()
 
 
-async def run(args: argparse.Namespace, group: ProcessGroup, redis_url: str) -> dict[str, Any]:
+async def run(args: argparse.Namespace, group: ProcessGroup, redis_info: RedisInfo) -> dict[str, Any]:
+    redis_url = redis_info.url
     prefix = f"wsgate-bench-{uuid.uuid4().hex[:8]}:"
+    try:
+        return await _run(args, group, redis_url, prefix)
+    finally:
+        delete_prefix(redis_info, prefix)
+
+
+async def _run(args: argparse.Namespace, group: ProcessGroup, redis_url: str, prefix: str) -> dict[str, Any]:
     channel = f"wsgate-bench-sio-{uuid.uuid4().hex[:8]}"
     ours_ports, sio_ports = [free_port(), free_port()], [free_port(), free_port()]
     ours = [group.python(f"node-{i}", "wsnode", "--host", "127.0.0.1", "--port", str(p), "--node-id", f"bench-{i}",
-                         "--redis", redis_url, "--redis-prefix", prefix, "--jwt-secret", SECRET, "--api-key", API_KEY)
+                         "--redis", redis_url, "--redis-prefix", prefix, "--jwt-secret", SECRET, "--api-key", API_KEY,
+                         # No per-request access log or per-session INFO lines: the socket.io servers log nothing.
+                         env={"WSNODE_LOG_LEVEL": "WARNING"})
             for i, p in enumerate(ours_ports)]
     sio = [group.python(f"sio-{i}", "bench.sio_server", "--port", str(p), "--redis", redis_url, "--channel", channel)
            for i, p in enumerate(sio_ports)]
@@ -257,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--push-rate", type=float, default=2000.0, help="one-user pushes per second")
     parser.add_argument("--latency-s", type=float, default=3.0)
     parser.add_argument("--timeout-s", type=float, default=60.0)
+    parser.add_argument("--in-flight", type=int, default=16, help="pushes in flight at once (both systems)")
+    parser.add_argument("--latency-store", action=argparse.BooleanOptionalAction, default=True,
+                        help="one-user pushes to our nodes with store:true (the API default) or store:false")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if args.quick:
@@ -267,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         import uvloop
 
         with provide_redis(workdir) as (redis_info, _):
-            results = uvloop.run(run(args, group, redis_info.url))
+            results = uvloop.run(run(args, group, redis_info))
     except BaseException:
         print(group.logs()[-8000:], file=sys.stderr)
         raise

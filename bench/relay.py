@@ -1,13 +1,16 @@
 """Relay benchmark: the gateway against nginx in front of the same upstream, in one run.
 
-    python -m bench.relay [--quick] [--json bench/out/relay.json]
+    python -m bench.relay [--quick] [--repeat 3] [--pin] [--json bench/out/relay.json]
 
 Starts an echo upstream, the dev Consul agent (the gateway resolves `lb:ws://bench-echo` through it), nginx (Debian's
 package, one worker, tuned buffers) and the gateway (one worker). For 100 B, 4 KiB and 16 KiB messages it measures the
 relay's CPU microseconds per relayed message (CPU of the relay's whole process tree over the run, divided by the
 messages it carried in both directions), round trips per second and p50/p99 latency; then handshakes per second
-through each, and RSS per idle tunnel with idle connections open. The last line is `relay_cpu_ratio_max=<worst
-gateway/nginx CPU ratio over the sizes>`.
+through each (with the relay's CPU microseconds per handshake, which the load generator cannot cap), and RSS per
+idle tunnel with idle connections open. `--repeat N` runs every measurement N times, alternating the relays, and
+reports medians. `--pin` gives the relays (gateway, nginx) the last CPU and the load generator, echo node and
+Consul agent the others, the same for both relays. The last line is `relay_cpu_ratio_max=<worst gateway/nginx CPU
+ratio over the sizes>`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,6 +112,35 @@ async def measure_size(name: str, proc: ManagedProcess, port: int, size: int, *,
             "p50_ms": rt.percentile_ms(0.5), "p99_ms": rt.percentile_ms(0.99)}
 
 
+def median_row(rows: list[dict[str, float | str]]) -> dict[str, float | str]:
+    """Per-field medians of repeated measurements of one relay and size."""
+    out: dict[str, float | str] = dict(rows[0])
+    for key, value in rows[0].items():
+        if not isinstance(value, str):
+            out[key] = statistics.median(float(r[key]) for r in rows)
+    out["runs"] = len(rows)
+    return out
+
+
+async def measure_handshakes(proc: ManagedProcess, port: int, *, duration_s: float) -> tuple[float, float]:
+    """(handshakes per second, relay CPU microseconds per handshake)."""
+    before = procstat.cpu_seconds(proc.pid)
+    count, elapsed = await loadgen.run_handshakes("127.0.0.1", port, "/echo/hs", concurrency=16,
+                                                  duration_s=duration_s)
+    cpu = procstat.cpu_seconds(proc.pid) - before
+    return count / elapsed, cpu * 1e6 / max(count, 1)
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Pin `pid` and its descendants (threads included) to `cpus`."""
+    for p in procstat.descendants(pid):
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                os.sched_setaffinity(int(task.name), cpus)
+            except OSError:
+                continue
+
+
 async def measure_idle(proc: ManagedProcess, port: int, count: int) -> float:
     before = procstat.rss_bytes(proc.pid)
     clients = await loadgen.open_idle("127.0.0.1", port, "/echo/idle", count=count)
@@ -133,21 +167,43 @@ async def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> d
     gateway = group.python("gateway", "gateway", "--config", str(workdir / "routes.yaml"), "--workers", "1")
     gateway.wait_http_ready(f"http://127.0.0.1:{gw_port}/actuator/health")
     relays = {"gateway": (gateway, gw_port), "nginx": (nginx, nginx_port)}
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.pin and len(cpus) >= 2:
+        relay_cpus, other_cpus = {cpus[-1]}, set(cpus[:-1])
+        for proc in (gateway, nginx):
+            pin(proc.pid, relay_cpus)
+        for proc in (echo, consul):
+            pin(proc.pid, other_cpus)
+        os.sched_setaffinity(0, other_cpus)
+        print(f"pinned: relays on CPU {sorted(relay_cpus)}, load generator/echo/consul on {sorted(other_cpus)}",
+              flush=True)
+    order = list(relays.items())
 
     rows: list[dict[str, float | str]] = []
     for size in SIZES:
-        for name, (proc, port) in relays.items():
-            row = await measure_size(name, proc, port, size, duration_s=duration_s, connections=args.connections)
+        runs: dict[str, list[dict[str, float | str]]] = {name: [] for name in relays}
+        for i in range(args.repeat):
+            # Alternate which relay goes first so drift in machine load does not always hit the same one.
+            for name, (proc, port) in (order if i % 2 == 0 else order[::-1]):
+                runs[name].append(await measure_size(name, proc, port, size, duration_s=duration_s,
+                                                     connections=args.connections))
+        for name in relays:
+            row = median_row(runs[name])
             rows.append(row)
             print(f"{name:8} {size:6} B  {float(row['cpu_us_per_msg']):7.2f} us/msg  "
                   f"{float(row['rtt_per_s']):9.0f} rt/s  p50 {float(row['p50_ms']):.3f} ms  "
                   f"p99 {float(row['p99_ms']):.3f} ms", flush=True)
+    hs_runs: dict[str, list[tuple[float, float]]] = {name: [] for name in relays}
+    for i in range(args.repeat):
+        for name, (proc, port) in (order if i % 2 == 0 else order[::-1]):
+            hs_runs[name].append(await measure_handshakes(proc, port, duration_s=duration_s))
     handshakes: dict[str, float] = {}
-    for name, (_proc, port) in relays.items():
-        count, elapsed = await loadgen.run_handshakes("127.0.0.1", port, "/echo/hs", concurrency=16,
-                                                      duration_s=duration_s)
-        handshakes[name] = count / elapsed
-        print(f"{name:8} handshakes/s {handshakes[name]:.0f}", flush=True)
+    handshake_cpu: dict[str, float] = {}
+    for name in relays:
+        handshakes[name] = statistics.median(r for r, _ in hs_runs[name])
+        handshake_cpu[name] = statistics.median(c for _, c in hs_runs[name])
+        print(f"{name:8} handshakes/s {handshakes[name]:.0f}  relay CPU {handshake_cpu[name]:.0f} us/handshake",
+              flush=True)
     idle: dict[str, float] = {}
     for name, (proc, port) in relays.items():
         idle[name] = await measure_idle(proc, port, idle_count)
@@ -158,17 +214,22 @@ async def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> d
         ours = next(r for r in rows if r["relay"] == "gateway" and r["size"] == size)
         theirs = next(r for r in rows if r["relay"] == "nginx" and r["size"] == size)
         ratios[size] = float(ours["cpu_us_per_msg"]) / float(theirs["cpu_us_per_msg"])
-    return {"rows": rows, "handshakes_per_s": handshakes, "idle_rss_bytes_per_tunnel": idle,
-            "cpu_ratio": ratios, "idle_connections": idle_count, "duration_s": duration_s,
-            "connections": args.connections}
+    return {"rows": rows, "handshakes_per_s": handshakes, "handshake_cpu_us": handshake_cpu,
+            "idle_rss_bytes_per_tunnel": idle, "cpu_ratio": ratios, "idle_connections": idle_count,
+            "duration_s": duration_s, "connections": args.connections, "repeat": args.repeat, "pinned": args.pin}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short runs (development)")
     parser.add_argument("--connections", type=int, default=32, help="concurrent echo connections per run")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per measurement; medians are reported")
+    parser.add_argument("--pin", action="store_true",
+                        help="pin the relays to the last CPU and everything else to the others")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
     workdir = Path(tempfile.mkdtemp(prefix="wsgate-relay-"))
     group = ProcessGroup(workdir / "logs")
     try:
@@ -188,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     for size, ratio in ratios.items():
         print(f"cpu_ratio[{size}B]={ratio:.2f}")
     print(f"handshake_ratio={hs['gateway'] / hs['nginx']:.2f}")
+    hs_cpu = result["handshake_cpu_us"]
+    assert isinstance(hs_cpu, dict)
+    # Capacity per relay core: nginx's CPU per handshake over ours (1.0 = as many handshakes per core).
+    print(f"handshake_cpu_capacity_ratio={hs_cpu['nginx'] / max(hs_cpu['gateway'], 1e-9):.2f}")
     print(f"idle_memory_ratio={idle['gateway'] / max(idle['nginx'], 1):.2f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

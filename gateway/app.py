@@ -3,7 +3,8 @@
 `GatewayApp.run` serves until SIGTERM/SIGINT, reloading on SIGHUP and (when `watch_file`) when the file's
 mtime changes; a bad file on reload is logged and the old routes stay. On stop it drains: no new connections,
 tunnels get up to `drain_timeout_s` to finish, then are closed. RequestRateLimiter buckets live in the Redis at
-$REDIS_URL (default 127.0.0.1:6379), keys prefixed with $WSGATE_REDIS_PREFIX.
+`wsgate.redis.url`, else $REDIS_URL (default 127.0.0.1:6379), keys prefixed with `wsgate.redis.prefix`, else
+$WSGATE_REDIS_PREFIX (read once at start: a reload does not move the buckets).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable, Mapping
 import redis.asyncio
 
 from gateway.actuator import Actuator
+from gateway.admin import AdminPage
 from gateway.balancer import Balancer
 from gateway.config import ConsulSettings, GatewayConfig, ServerSettings
 from gateway.discovery.base import Provider
@@ -88,6 +90,7 @@ class GatewayApp:
         self.watch_file = watch_file
         self.metrics = Metrics(shared_dir=self.env.get("WSGATE_METRICS_DIR") or None)
         self.balancer = Balancer()
+        self.metrics.gauge_by("wsgate_instance_tunnels", "instance", self.balancer.active_by_address)
         self.server: GatewayServer | None = None
         self.provider: Provider | None = None
         self.addresses: list[tuple[str, int]] = []
@@ -141,11 +144,16 @@ class GatewayApp:
         await self.provider.start(config.services)
         state = RoutingState(config, RouteTable(config))
         actuator = Actuator(state=lambda: self._state(), provider=self.provider, metrics=self.metrics)
+        admin = AdminPage(state=lambda: self._state(), provider=self.provider, metrics=self.metrics, fallback=actuator,
+                          consul=consul_settings(config, self.env), upstream_ssl=upstream_ssl_context(settings),
+                          listen_hosts=lambda: [host for host, _ in self.addresses])
         # The Redis client connects on first use: routes without RequestRateLimiter never touch it.
-        redis_client = redis.asyncio.from_url(self.env.get("REDIS_URL") or DEFAULT_REDIS_URL)
-        limiter = RedisRateLimiter(redis_client, key_prefix=self.env.get("WSGATE_REDIS_PREFIX", ""))
+        redis_client = redis.asyncio.from_url(settings.redis_url or self.env.get("REDIS_URL") or DEFAULT_REDIS_URL)
+        prefix = settings.redis_prefix
+        limiter = RedisRateLimiter(redis_client, key_prefix=self.env.get("WSGATE_REDIS_PREFIX", "") if prefix is None
+                                   else prefix)
         self.server = GatewayServer(state, provider=self.provider, balancer=self.balancer, metrics=self.metrics,
-                                    admin=actuator, upstream_ssl=upstream_ssl_context(settings),
+                                    admin=admin, upstream_ssl=upstream_ssl_context(settings),
                                     listen_ssl=listen_ssl_context(settings), rate_limiter=limiter)
         self.addresses = await self.server.start(self.host or settings.host, settings.port if self.port is None
                                                  else self.port, reuse_port=self.reuse_port)

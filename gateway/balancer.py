@@ -59,6 +59,10 @@ class Balancer:
         """Connections currently held to `endpoint`."""
         return self._active.get(endpoint.address, 0)
 
+    def active_by_address(self) -> dict[str, int]:
+        """Connections currently held, per endpoint address (only those with some)."""
+        return dict(self._active)
+
     def acquire(self, endpoint: Endpoint) -> None:
         """Count one more connection to `endpoint`."""
         self._active[endpoint.address] = self._active.get(endpoint.address, 0) + 1

@@ -50,6 +50,8 @@ class ServerSettings:
     upstream_tls_verify: bool = True
     upstream_ca_path: str | None = None
     access_log: bool = True
+    redis_url: str | None = None  # RequestRateLimiter's Redis; None: $REDIS_URL or the default
+    redis_prefix: str | None = None  # its key prefix; None: $WSGATE_REDIS_PREFIX or none
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -68,6 +70,8 @@ class ServerSettings:
         _positive("idle timeout", self.idle_timeout_s)
         if self.drain_timeout_s < 0:
             raise ValueError(f"drain timeout must be >= 0, not {self.drain_timeout_s}")
+        if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"redis url must start with redis://, rediss:// or unix://, not {self.redis_url!r}")
 
     @property
     def tls(self) -> bool:

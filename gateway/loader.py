@@ -34,6 +34,8 @@ Server and tunables (wsgate's own section wins over the Spring keys):
       idle-timeout: 10m           drain-timeout: 30s        admin-token: secret
       tls: {cert: cert.pem, key: key.pem}                   upstream-tls-verify: true
       upstream-ca: ca.pem         access-log: true
+      redis: {url: "redis://127.0.0.1:6379/0", prefix: "gw1:"}   # RequestRateLimiter's buckets; unset: env
+                                  # REDIS_URL (default redis://127.0.0.1:6379/0) and WSGATE_REDIS_PREFIX
     Durations: "10s", "500ms", "1m", "1h", "PT5S" or a bare number (seconds in `wsgate:`, ms in Spring keys
     and route metadata).
 
@@ -79,6 +81,7 @@ _MAX_NODES = 200_000
 _WSGATE_KEYS = (
     "workers", "head-timeout", "max-head-bytes", "max-connections", "connect-timeout", "response-timeout",
     "idle-timeout", "drain-timeout", "admin-token", "tls", "upstream-tls-verify", "upstream-ca", "access-log",
+    "redis",
 )  # fmt: skip
 _CONSUL_KEYS = ("address", "host", "port", "scheme", "token", "passing-only", "datacenter")
 _SCG_ROOTS = ("spring.cloud.gateway.server.webflux", "spring.cloud.gateway")
@@ -257,6 +260,13 @@ def _wsgate(reader: Reader, section: YMap) -> dict[str, object]:
         reader.check_keys(tls, "wsgate.tls", ("cert", "key"))
         values["tls_cert_path"] = reader.optional_text(tls.get("cert"), "wsgate.tls.cert")
         values["tls_key_path"] = reader.optional_text(tls.get("key"), "wsgate.tls.key")
+    if (node := section.get("redis")) is not None:
+        redis = reader.mapping(node, "wsgate.redis")
+        reader.check_keys(redis, "wsgate.redis", ("url", "prefix"))
+        if (url := redis.get("url")) is not None:
+            values["redis_url"] = reader.text(url, "wsgate.redis.url")
+        if (prefix := redis.get("prefix")) is not None:
+            values["redis_prefix"] = reader.optional_text(prefix, "wsgate.redis.prefix")
     return values
 
 

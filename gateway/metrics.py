@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 Labels = tuple[tuple[str, str], ...]
@@ -24,6 +24,7 @@ _HELP: dict[str, tuple[str, str]] = {
     "wsgate_http_bytes_total": ("counter", "HTTP body bytes relayed, by route and direction."),
     "wsgate_upstream_errors_total": ("counter", "Failed dials or bad answers, by route, instance and reason."),
     "wsgate_open_connections": ("gauge", "Client connections open now."),
+    "wsgate_instance_tunnels": ("gauge", "WebSocket tunnels open now, by instance."),
 }
 
 
@@ -33,6 +34,7 @@ class Metrics:
     def __init__(self, *, shared_dir: str | None = None) -> None:
         self._values: dict[tuple[str, Labels], float] = {}
         self._gauges: dict[str, Callable[[], float]] = {}
+        self._labelled: dict[str, tuple[str, Callable[[], Mapping[str, float]]]] = {}
         self._shared_dir = Path(shared_dir) if shared_dir else None
         self._pid = os.getpid()
 
@@ -46,8 +48,15 @@ class Metrics:
         """A label-less gauge whose value is read when rendering (nothing to update on the hot path)."""
         self._gauges[name] = read
 
+    def gauge_by(self, name: str, label: str, read: Callable[[], Mapping[str, float]]) -> None:
+        """A gauge with one label whose values ({label value: value}) are read when rendering."""
+        self._labelled[name] = (label, read)
+
     def _own(self) -> dict[tuple[str, Labels], float]:
         merged: dict[tuple[str, Labels], float] = {(name, ()): read() for name, read in self._gauges.items()}
+        for name, (label, read_all) in self._labelled.items():
+            for label_value, value in read_all().items():
+                merged[(name, ((label, label_value),))] = float(value)
         for (name, labels), value in self._values.items():
             key = (name, tuple(sorted(labels)))
             merged[key] = merged.get(key, 0.0) + value

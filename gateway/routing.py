@@ -23,6 +23,7 @@ from gateway.predicates import MatchContext, WeightPredicate
 # Characters a path may carry as they are; anything else a rewrite produced is percent-encoded.
 _PATH_SAFE = "/!$&'()*+,;=:@-._~%"
 _PLAIN_PATH = re.compile(r"/[A-Za-z0-9/!$&'()*+,;=:@\-._~]*")
+_SEGMENT_SPLIT = re.compile(r"[/\\;]")  # an encoded '/' or '\\' (or ';' params) inside one segment
 
 
 def ordered_filters(
@@ -34,22 +35,24 @@ def ordered_filters(
 
 
 def safe_path(path: str) -> str:
-    """A rewritten path made sendable: leading '/', unsafe characters encoded; BadRequest if it escapes."""
+    """A rewritten path made sendable: leading '/', unsafe characters encoded; BadRequest for a '..' segment.
+
+    Any '..' is refused, not only one that climbs above the root: `/svc/(?<rest>.*) -> /base/${rest}` must not let
+    `/svc/../admin` reach `/admin`. Segments are checked decoded and split at encoded '/' and '\\' as well, since
+    many servers decode before they normalise (`..%2F`, `%2e%2e`, `%252e%252e`, `..;x`).
+    """
     if ".." not in path and "%" not in path and _PLAIN_PATH.fullmatch(path):
         return path  # the common case: nothing to encode, no segment can be '..' or hide CR/LF
     if any(ch in path for ch in "\r\n\0"):
         raise BadRequest("rewritten path contains CR, LF or NUL")
     if not path.startswith("/"):
         path = "/" + path
-    depth = 0
     for segment in path.split("/")[1:]:
-        decoded = unquote(segment.split(";", 1)[0])
-        if decoded == "..":
-            depth -= 1
-            if depth < 0:
-                raise BadRequest("rewritten path escapes its root with '..'")
-        elif decoded not in ("", "."):
-            depth += 1
+        decoded = segment.split(";", 1)[0]
+        for _ in range(3):  # double-encoded dots as well (`%252e%252e`): some servers decode twice
+            decoded = unquote(decoded)
+            if ".." in _SEGMENT_SPLIT.split(decoded):
+                raise BadRequest("rewritten path contains a '..' segment")
     if "\r" in unquote(path) or "\n" in unquote(path):
         raise BadRequest("rewritten path contains an encoded CR or LF")
     return quote(path, safe=_PATH_SAFE)

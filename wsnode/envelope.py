@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,6 +121,20 @@ def message_tail(*, module: str, event: str, data_json: str, ts_ms: int) -> str:
 def encode_message(ident: str, tail: str) -> str:
     """A message frame from its id and the shared tail."""
     return '{"type":"message","id":' + json.dumps(ident) + tail
+
+
+def text_frame(text: str) -> bytes:
+    """`text` as one whole WebSocket text frame as a server sends it (RFC 6455: final, unmasked, uncompressed).
+
+    Encoded once and written as is to every recipient of a broadcast, instead of once per session.
+    """
+    payload = text.encode()
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
 
 
 def ephemeral_id(last_stored_id: int, push_id: str) -> str:

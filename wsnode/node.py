@@ -21,6 +21,7 @@ from wsnode.envelope import (
     ephemeral_id,
     message_tail,
     parse_stored_id,
+    text_frame,
 )
 from wsnode.errors import BackendUnavailable
 from wsnode.keys import Keys
@@ -91,6 +92,9 @@ class Node:
                 frame = item.get("f")
                 unread = item.get("n")
                 for session in targets:
+                    if isinstance(frame, str) and isinstance(unread, dict):
+                        session.deliver_stored_and_unread(int(item["i"]), frame, unread)
+                        continue
                     if isinstance(frame, str):
                         session.deliver_stored(int(item["i"]), frame)
                     else:
@@ -99,16 +103,17 @@ class Node:
                         session.deliver_unread(unread)
         elif kind == "all":
             push_id, tail = str(payload.get("p")), str(payload.get("t"))
-            # Most sessions share their last stored id (often 0): build each distinct frame once.
-            frames: dict[int, str] = {}
+            # Most sessions share their last stored id (often 0): build each distinct frame once, text and wire bytes.
+            frames: dict[int, tuple[str, bytes]] = {}
             for session in self.sessions:
                 if session.replaying:
                     session.deliver_ephemeral(push_id, tail)
                     continue
-                frame = frames.get(session.last_id)
-                if frame is None:
-                    frame = frames[session.last_id] = encode_message(ephemeral_id(session.last_id, push_id), tail)
-                session.send(frame)
+                pair = frames.get(session.last_id)
+                if pair is None:
+                    text = encode_message(ephemeral_id(session.last_id, push_id), tail)
+                    pair = frames[session.last_id] = (text, text_frame(text))
+                session.send_wire(*pair)
         elif kind == "unread":
             counts = payload.get("n")
             for session in self.sessions.of_user(str(payload.get("u"))):
@@ -179,7 +184,10 @@ class Node:
         await self.redis.xadd(self.keys.publish_stream, fields, maxlen=100_000, approximate=True)
 
     async def resync(self) -> None:
-        """After a pub/sub gap: send each live session what the store holds beyond what it has seen."""
+        """After a pub/sub gap: register the sessions again, then send each what the store holds beyond its last."""
+        with contextlib.suppress(RedisError, OSError):
+            # Redis may have restarted empty: until this, pushes for these users would not be routed here.
+            await self.registry.refresh(self.sessions.pairs())
         for session in self.sessions:
             if session.replaying or session.closed:
                 continue
@@ -207,8 +215,15 @@ class Node:
         """(UP?, details) for /health: Redis answers and the pub/sub subscription is live."""
         try:
             await asyncio.wait_for(self.redis.ping(), 1.0)
+            if not self.redis_ok:
+                # First answer after a gap (Redis may have restarted empty): drop pooled connections to the old
+                # server and register the sessions again before turning green, so the node works as soon as it is UP.
+                await self.redis.connection_pool.disconnect(inuse_connections=False)
+                await self.registry.refresh(self.sessions.pairs())
+                self.redis_ok = True
             redis_up = True
         except (RedisError, OSError, TimeoutError):
+            self.redis_ok = False
             redis_up = False
         subscribed = self.router.subscribed.is_set()
         up = redis_up and subscribed and not self.draining

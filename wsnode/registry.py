@@ -84,6 +84,9 @@ class SessionRegistry:
             pipe.pexpire(self._keys.all_sessions, self._ttl_ms)
             for session_id, user in sessions:
                 user_key = self._keys.user_sessions(user)
+                # hset/hsetnx recreate the hash when Redis lost it (a restart without persistence).
+                pipe.hset(self._keys.session(session_id), mapping={"user": user, "node": self._node})
+                pipe.hsetnx(self._keys.session(session_id), "since", now)
                 pipe.pexpire(self._keys.session(session_id), self._ttl_ms)
                 pipe.zadd(user_key, {self._member(session_id): expires})
                 pipe.zremrangebyscore(user_key, "-inf", now)

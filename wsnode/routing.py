@@ -64,12 +64,21 @@ class Router:
                         continue
                     if message.get("type") == "subscribe":
                         confirmed += 1
-                        if confirmed == len(channels):
-                            self.subscribed.set()
-                            delay = 0.05
+                        if confirmed > len(channels) and confirmed % len(channels) == 0:
+                            # redis-py reconnected by itself and subscribed again: messages may have been missed
+                            # (and Redis may have restarted empty), exactly as after an error.
+                            log.warning("pub/sub reconnected by the client library")
+                            lost = True
+                            self.reconnects += 1
+                            metrics.PUBSUB_RECONNECTS.inc()
+                        if confirmed % len(channels) == 0:
                             if lost:
+                                # Before turning healthy: sessions registered again and missed messages resent,
+                                # so nothing accepted from now on can miss a session that stayed connected.
                                 lost = False
                                 await on_resubscribed()
+                            self.subscribed.set()
+                            delay = 0.05
                         continue
                     if message.get("type") == "message":
                         self._dispatch(message, handle)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from wsnode import metrics
-from wsnode.envelope import encode_message, encode_unread, ephemeral_id
+from wsnode.envelope import encode_message, encode_unread, ephemeral_id, text_frame
 
 log = logging.getLogger("wsnode.sessions")
 
@@ -28,6 +28,9 @@ CLOSE_SLOW_CONSUMER = 4008
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()
+# Above this many bytes waiting in the kernel-side write buffer, frames go through the queue (and its slow-consumer
+# limit) instead of straight to the transport.
+DIRECT_WRITE_MAX_BUFFERED_BYTES = 64 * 1024
 
 
 class Socket(Protocol):
@@ -37,15 +40,29 @@ class Socket(Protocol):
 
     async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool: ...
 
+    @property
+    def closed(self) -> bool: ...
+
+
+class WireTransport(Protocol):
+    """The connection under the WebSocket, for writing whole prebuilt frames (asyncio/uvloop transports have it)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    def get_write_buffer_size(self) -> int: ...
+
 
 class Session:
     """One client connection on this node."""
 
     __slots__ = ("_abort", "_bucket", "_bucket_at", "_buffer", "_burst", "_max_queue", "_queue", "_rate",
-                 "_writer", "closed", "expiry", "id", "last_id", "socket", "user")
+                 "_transport", "_writer", "closed", "expiry", "id", "last_id", "socket", "user")
 
     def __init__(self, session_id: str, user: str, socket: Socket, *, max_queue: int, rate_per_s: float,
-                 burst: int, abort: Callable[[], None]) -> None:
+                 burst: int, abort: Callable[[], None], transport: WireTransport | None = None) -> None:
+        """`transport`, when given, takes whole uncompressed frames directly (no compression negotiated)."""
         self.id = session_id
         self.user = user
         self.socket = socket
@@ -62,6 +79,7 @@ class Session:
         self._bucket = float(burst)
         self._bucket_at = time.monotonic()
         self._abort = abort
+        self._transport = transport
 
     @property
     def replaying(self) -> bool:
@@ -93,12 +111,30 @@ class Session:
             self.last_id = seq
             self._enqueue(frame)
 
+    def deliver_stored_and_unread(self, seq: int, frame: str, counts: dict[str, int]) -> None:
+        """A stored message and the user's new unread counts; one write (one system call) when both go out now."""
+        if (self._buffer is None and not self.closed and seq > self.last_id and self._writer is None
+                and self._transport is not None
+                and self._write_now(text_frame(frame) + text_frame(encode_unread(counts)))):
+            self.last_id = seq
+            metrics.MESSAGES_OUT.inc()  # the second frame of the write
+            return
+        self.deliver_stored(seq, frame)
+        self.deliver_unread(counts)
+
     def deliver_ephemeral(self, push_id: str, tail: str) -> None:
         """A message that is not stored (store:false or broadcast); its id refers to the last stored id."""
         if self._buffer is not None:
             self._buffer.append((None, push_id, tail))
         else:
             self._enqueue(encode_message(ephemeral_id(self.last_id, push_id), tail))
+
+    def send_wire(self, frame: str, wire: bytes) -> None:
+        """Like `send`, with `frame` already encoded as a WebSocket frame (`text_frame`), shared by many sessions."""
+        if self._buffer is not None:
+            self._buffer.append((None, "raw", frame))
+        elif not self.closed and not self._write_now(wire):
+            self._enqueue(frame)
 
     def deliver_unread(self, counts: dict[str, int]) -> None:
         """New unread counts of the user."""
@@ -124,8 +160,23 @@ class Session:
             else:
                 self.deliver_ephemeral(kind, text)
 
+    def _write_now(self, wire: bytes) -> bool:
+        """Write a whole frame straight to the transport when nothing is queued before it and the peer keeps up.
+
+        Saves a writer task per frame; aiohttp writes its own frames (pings, close) whole too, so frames never mix.
+        """
+        transport = self._transport
+        if (transport is None or self._writer is not None or self.socket.closed or transport.is_closing()
+                or transport.get_write_buffer_size() > DIRECT_WRITE_MAX_BUFFERED_BYTES):
+            return False
+        transport.write(wire)
+        metrics.MESSAGES_OUT.inc()
+        return True
+
     def _enqueue(self, frame: str) -> None:
         if self.closed:
+            return
+        if self._transport is not None and self._writer is None and self._write_now(text_frame(frame)):
             return
         if self._queue is None:
             self._queue = deque()

@@ -33,6 +33,7 @@ class NodeSettings:
     api_keys: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     allow_anonymous: bool = False
+    publish_modules: tuple[str, ...] = ()  # modules clients may `publish` to; empty: any
     tags: tuple[str, ...] = ()
     # Tunables (seconds, counts, bytes); tests shrink them to stay fast.
     session_ttl_s: float = 30.0
@@ -107,6 +108,7 @@ _FLAGS: dict[str, tuple[str, str, str]] = {
     "--api-key": ("WSNODE_API_KEY", "api_keys", "list"),
     "--allowed-origins": ("WSNODE_ALLOWED_ORIGINS", "allowed_origins", "list"),
     "--allow-anonymous": ("WSNODE_ALLOW_ANONYMOUS", "allow_anonymous", "bool"),
+    "--publish-modules": ("WSNODE_PUBLISH_MODULES", "publish_modules", "list"),
     "--tags": ("WSNODE_TAGS", "tags", "list"),
     "--session-ttl": ("WSNODE_SESSION_TTL_S", "session_ttl_s", "float"),
     "--session-refresh": ("WSNODE_SESSION_REFRESH_S", "session_refresh_s", "float"),
@@ -141,6 +143,7 @@ _HELP: dict[str, str] = {
     '--api-key': 'push API bearer keys, comma-separated',
     '--allowed-origins': 'allowed browser Origins, comma-separated (empty: any)',
     '--allow-anonymous': 'development: clients without token get a generated user id',
+    '--publish-modules': 'modules clients may publish to, comma-separated (empty: any)',
     '--tags': 'Consul tags, comma-separated',
     '--session-ttl': 'seconds a session stays in Redis without refresh (default 30)',
     '--session-refresh': 'seconds between refreshes (default ttl/3)',

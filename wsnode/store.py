@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 
 from wsnode.envelope import PushRequest, message_tail
 from wsnode.keys import Keys
+from wsnode.script_batch import ScriptBatcher
 
 _PUSH_LUA = """
 local prefix, tail, store = ARGV[1], ARGV[2], ARGV[3] == '1'
@@ -53,7 +54,15 @@ for i = 9, #ARGV do
   local base = prefix .. 'wsgate:user:' .. user
   local d = {u = user}
   if store then
-    local seq = redis.call('INCR', base .. ':seq')
+    local seq
+    if redis.call('EXISTS', base .. ':seq') == 1 then
+      seq = redis.call('INCR', base .. ':seq')
+    else
+      -- A user's first id comes from the clock (ms), not 1: when Redis loses its data, ids given out before are
+      -- not given out again, so sessions and clients that saw them do not drop new messages as duplicates.
+      seq = now
+      redis.call('SET', base .. ':seq', seq)
+    end
     local id = tostring(seq)
     local frame = '{"type":"message","id":"' .. id .. '"' .. tail
     redis.call('ZADD', base .. ':msgs', seq, frame)
@@ -155,7 +164,8 @@ class MessageStore:
         self._keys = keys
         self._max_count = max_count
         self._max_age_ms = int(max_age_s * 1000)
-        self._push = client.register_script(_PUSH_LUA)
+        # Concurrent pushes share one pipelined round trip (see script_batch.py).
+        self._push = ScriptBatcher(client, _PUSH_LUA)
         self._ack = client.register_script(_ACK_LUA)
 
     async def push_to_users(self, request: PushRequest, *, push_id: str, ts_ms: int,

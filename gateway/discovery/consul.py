@@ -104,6 +104,9 @@ class ConsulProvider:
                 raise
             except Exception as exc:  # any failure of the agent or the network: keep the last instances
                 failures += 1
+                # The agent may come back as a fresh one whose indexes are unrelated to ours: blocking on our old
+                # index could wait out a whole `wait` before seeing its state, so read afresh after an error.
+                index = None
                 self._errors[name] = f"{type(exc).__name__}: {exc}"
                 delay = backoff_s(failures, rng=self._rng)
                 log.warning("consul watch of %s failed (%s); retry in %.2fs", name, self._errors[name], delay)

@@ -21,6 +21,7 @@ CHROMIUM_ARGS = ("--no-sandbox", "--disable-gpu", "--disable-background-networki
 ARTIFACTS = ROOT / "artifacts"
 CLUSTER_SECRET = "functional-test-secret-of-32-bytes-or-more"
 CLUSTER_API_KEY = "functional-test-key"
+CLUSTER_ADMIN_TOKEN = "functional-test-admin-token"
 _install_attempt: list[str] = []  # the outcome of the one apt-get attempt of this test session
 
 
@@ -75,6 +76,7 @@ class Cluster:
     node_urls: dict[str, str] = field(default_factory=dict)
     api_key: str = CLUSTER_API_KEY
     secret: str = CLUSTER_SECRET
+    admin_token: str = CLUSTER_ADMIN_TOKEN
 
     def push(self, body: dict[str, Any]) -> dict[str, Any]:
         """POST a push through the gateway; the JSON answer (raises on a non-2xx status)."""
@@ -95,6 +97,8 @@ def write_routes(path: Path, consul_addr: str) -> Path:
 discovery:
   consul:
     address: {consul_addr}
+wsgate:
+  admin-token: {CLUSTER_ADMIN_TOKEN}
 service:
   uri:
     ws-svc: lb:ws://ws-service
@@ -114,8 +118,12 @@ def _require_cli(module: str) -> None:
         pytest.skip(f"{module}/__main__.py does not exist yet: the cluster cannot start")
 
 
-def start_cluster(procs: ProcessGroup, redis: RedisInfo, prefix: str, tmp_path: Path) -> Cluster:
-    """Start devconsul, two nodes registered in it, the gateway and the demo server; wait on each one's health."""
+def start_cluster(procs: ProcessGroup, redis: RedisInfo, prefix: str, tmp_path: Path, *,
+                  node_args: tuple[str, ...] = ()) -> Cluster:
+    """Start devconsul, two nodes registered in it, the gateway and the demo server; wait on each one's health.
+
+    `node_args` are extra `wsnode` flags for both nodes (tests shrink expiries with them).
+    """
     for module in ("wsnode", "gateway"):
         _require_cli(module)
     consul = start_devconsul(procs)
@@ -130,7 +138,7 @@ def start_cluster(procs: ProcessGroup, redis: RedisInfo, prefix: str, tmp_path: 
         node = procs.python(name, "wsnode", "--host", "127.0.0.1", "--port", str(port), "--node-id", name,
                             "--redis", redis.url, "--redis-prefix", prefix, "--consul", consul_addr,
                             "--jwt-secret", CLUSTER_SECRET, "--api-key", CLUSTER_API_KEY,
-                            "--allowed-origins", demo_origin, env=node_env)
+                            "--allowed-origins", demo_origin, *node_args, env=node_env)
         cluster.nodes[name] = node
         cluster.node_urls[name] = f"http://127.0.0.1:{port}"
     for name, node in cluster.nodes.items():

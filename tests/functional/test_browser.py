@@ -381,3 +381,54 @@ async def test_demo_page_moves_to_the_other_node_on_sigterm_without_losing_messa
     assert await page.text_content("#node") == other_node
     await page.screenshot(path=str(artifacts / "demo-failover.png"), animations="disabled")
     assert await asyncio.to_thread(cluster.nodes[first_node].wait_exit, timeout_s=10) == 0
+
+
+# ---- the gateway's admin page against the cluster ---------------------------------------------------------------
+
+
+async def test_admin_page_asks_for_the_token_and_shows_both_nodes_follow_a_client(
+        cluster: Cluster, browser: Any, artifacts: Path) -> None:
+    context = await browser.new_context(viewport={"width": 1280, "height": 720})
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(f"{cluster.gateway_url}/actuator/admin")
+    await page.wait_for_selector("#token-input", state="visible", timeout=WAIT_MS)
+    await page.fill("#token-input", "not-the-token")
+    await page.click("#token-submit")
+    await page.wait_for_selector("#token-error >> text=missing or wrong admin token", timeout=WAIT_MS)
+    await page.fill("#token-input", cluster.admin_token)
+    await page.click("#token-submit")
+    nodes = {name: f".node[data-node='{name}']" for name in cluster.nodes}
+    for card in nodes.values():
+        await _wait_text(page, f"{card} .sessions .value", "0")
+    assert await page.evaluate("sessionStorage.getItem('wsgate.admin-token')") == cluster.admin_token
+    assert await page.locator("#routes tr").all_text_contents() != []
+    # A client connects through the gateway: its node's sessions and tunnels follow, the other node stays at 0.
+    client = await _demo_page(browser, cluster, "dave")
+    node = await _node_of(client)
+    other = next(name for name in cluster.nodes if name != node)
+    await _wait_text(page, f"{nodes[node]} .sessions .value", "1")
+    await _wait_text(page, f"{nodes[node]} .tunnels .value", "1")
+    await _wait_text(page, "#fig-tunnels", "1")
+    assert await page.text_content(f"{nodes[other]} .sessions .value") == "0"
+    assert await page.text_content(f"{nodes[node]} .tag") == "passing"
+    await _demo_page(browser, cluster, "erin", context=client.context)  # another session, for the picture
+    # Some traffic for the charts: one push per refresh of the page, paced by the page's own polls.
+    for n in range(6):
+        await _push(cluster, "dave", "notices", f"admin chart {n}")
+        seen = await page.evaluate("window.wsgateAdmin.rate.length")
+        await page.wait_for_function("(n) => window.wsgateAdmin.rate.length > n", arg=seen, timeout=WAIT_MS)
+    await page.wait_for_function("window.wsgateAdmin.rate.some((v) => v > 0)", timeout=WAIT_MS)
+    assert errors == []
+    await page.screenshot(path=str(artifacts / "admin.png"), animations="disabled", full_page=True)
+    if os.environ.get("WSGATE_UPDATE_SCREENSHOTS") == "1" or not (DOCS_IMAGES / "admin.png").exists():
+        DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(artifacts / "admin.png", DOCS_IMAGES / "admin.png")
+    # `#token=` in the address works too, and leaves the address bar.
+    fresh = await browser.new_context(viewport=VIEWPORT)
+    linked = await fresh.new_page()
+    await linked.goto(f"{cluster.gateway_url}/actuator/admin#token={cluster.admin_token}")
+    await _wait_text(linked, f"{nodes[node]} .sessions .value", "1")
+    assert "token" not in linked.url
+    await fresh.close()

@@ -21,6 +21,7 @@ def test_flags_override_environment() -> None:
 @pytest.mark.parametrize(("env", "field", "value"), [
     ({"WSNODE_API_KEY": "a, b,,c"}, "api_keys", ("a", "b", "c")),
     ({"WSNODE_ALLOWED_ORIGINS": "https://x"}, "allowed_origins", ("https://x",)),
+    ({"WSNODE_PUBLISH_MODULES": "chat, typing"}, "publish_modules", ("chat", "typing")),
     ({"WSNODE_ALLOW_ANONYMOUS": "1"}, "allow_anonymous", True),
     ({"WSNODE_ALLOW_ANONYMOUS": "false"}, "allow_anonymous", False),
     ({"CONSUL_HTTP_ADDR": "127.0.0.1:8500"}, "consul_addr", "127.0.0.1:8500"),
