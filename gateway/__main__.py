@@ -51,7 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker:
         return serve_forever(args.config, host=args.host, port=args.port, watch_file=False)
     if workers == 1:
-        return serve_forever(args.config, host=args.host, port=args.port, watch_file=True)
+        # No SO_REUSEPORT for a lone process: a port still held by another gateway must fail loudly instead of the
+        # kernel silently splitting connections between the two.
+        return serve_forever(args.config, host=args.host, port=args.port, watch_file=True, reuse_port=False)
     from gateway.supervisor import Supervisor
 
     worker_args = ["--config", args.config, "--log-level", args.log_level]

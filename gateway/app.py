@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import ssl
+import sys
 from collections.abc import Callable, Mapping
 
 import redis.asyncio
@@ -193,6 +194,10 @@ def serve_forever(config_path: str, **kwargs: object) -> int:
     import uvloop
 
     app = GatewayApp(config_path, **kwargs)  # type: ignore[arg-type]
-    with contextlib.suppress(KeyboardInterrupt):
-        return int(uvloop.run(app.run()))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            return int(uvloop.run(app.run()))
+    except OSError as error:  # the listen address is taken or not ours: say so, no traceback
+        print(f"wsgate: cannot listen: {error}", file=sys.stderr)
+        return 1
     return 0

@@ -38,3 +38,18 @@ def test_cli_refuses_zero_workers(tmp_path: Path, capsys: pytest.CaptureFixture[
     config.write_text("routes: []\n")
     assert main(["--config", str(config), "--workers", "0"]) == 2
     assert "--workers" in capsys.readouterr().err
+
+
+def test_cli_single_worker_refuses_a_port_already_taken(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    # A listener that set SO_REUSEPORT itself, as another gateway worker would: a lone gateway must not share it.
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config = tmp_path / "routes.yaml"
+        config.write_text(f"server: {{host: 127.0.0.1, port: {port}}}\nroutes: []\n")
+        assert main(["--config", str(config), "--workers", "1"]) == 1
+    assert "cannot listen" in capsys.readouterr().err
