@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                                     "--node-id", name, env=node_env)
                 node.wait_http_ready(f"http://127.0.0.1:{port}/health")
             gw_port = _port(args.gateway_port)
-            gateway = group.python("gateway", "gateway", "--config", "routes.yaml", "--port", str(gw_port),
+            gateway = group.python("gateway", "gateway", "--config", "routes.yaml", "--host", "127.0.0.1",
+                                   "--port", str(gw_port),
                                    "--workers", "1", env={"CONSUL_HTTP_ADDR": f"127.0.0.1:{consul_port}"})
             gateway.wait_http_ready(f"http://127.0.0.1:{gw_port}/actuator/health")
             base = f"http://127.0.0.1:{gw_port}"
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"""
 wsgate demo is up (logs in {log_dir})
   demo page:      {demo_url}   (as alice: {demo_url}?user=alice; open it twice to see two tabs in sync)
-  admin:          {base}/actuator/gateway/routes
+  admin page:     {base}/actuator/admin   (no token needed: the demo gateway listens on loopback only)
+  routes (SCG):   {base}/actuator/gateway/routes
   Consul (dev):   http://127.0.0.1:{consul_port}/v1/health/service/ws-service?passing
   Redis:          {redis_info.url} (keys under wsgate-demo:)
   WebSocket:      ws://127.0.0.1:{gw_port}/ws-svc/websocket?token={token}
