@@ -145,14 +145,15 @@ def ephemeral_id(last_stored_id: int, push_id: str) -> str:
 def parse_since(since: str) -> int:
     """The stored sequence number a `since` value means; FrameError when it is not one of our ids."""
     head = since.split("-", 1)[0]
-    if not head.isdigit() or len(head) > 18:
+    # isdigit() alone admits characters like '²' that int() refuses; our ids are ASCII digits.
+    if not (head.isascii() and head.isdigit()) or len(head) > 18:
         raise FrameError("bad_since", "since must be a message id this server sent")
     return int(head)
 
 
 def parse_stored_id(ident: str) -> int | None:
     """The sequence number of a stored message id, or None for an ephemeral or foreign id."""
-    if ident.isdigit() and len(ident) <= 18:
+    if ident.isascii() and ident.isdigit() and len(ident) <= 18:
         return int(ident)
     return None
 

@@ -14,12 +14,8 @@ class Keys:
 
     prefix: str = ""
 
-    def session(self, session_id: str) -> str:
-        """Hash user/node/since of one session (expires unless its node refreshes it)."""
-        return f"{self.prefix}wsgate:session:{session_id}"
-
     def user_sessions(self, user: str) -> str:
-        """Sorted set `<node>|<session>` scored by expiry (epoch ms)."""
+        """Sorted set `<node>|<session>` scored by the session's start (epoch ms); read only for live nodes."""
         return f"{self.prefix}wsgate:user:{user}:sessions"
 
     def user_base(self, user: str) -> str:
@@ -28,13 +24,21 @@ class Keys:
 
     @property
     def all_sessions(self) -> str:
-        """Sorted set of every session id scored by expiry (epoch ms)."""
+        """Sorted set of every session id scored by its start (epoch ms)."""
         return f"{self.prefix}wsgate:sessions"
 
     @property
     def nodes(self) -> str:
-        """Sorted set of live node ids scored by expiry (epoch ms)."""
+        """Sorted set of known node ids scored by liveness expiry (epoch ms); no TTL, dead ones are cleaned."""
         return f"{self.prefix}wsgate:nodes"
+
+    def node_alive(self, node_id: str) -> str:
+        """A node's liveness key (PX = session TTL), set by its heartbeat once per refresh period."""
+        return f"{self.prefix}wsgate:node:{node_id}:alive"
+
+    def node_sessions(self, node_id: str) -> str:
+        """Hash session id -> user of one node's sessions (what cleaning a dead node removes)."""
+        return f"{self.prefix}wsgate:node:{node_id}:sessions"
 
     def node_channel(self, node_id: str) -> str:
         """Pub/sub channel of one node."""

@@ -138,6 +138,10 @@ class Node:
         """Index and register the session (live deliveries buffer from now on) and read the store."""
         self.sessions.add(session)
         try:
+            if not self.registry.alive:
+                # Before the first heartbeat (or after a long stall) this node's sessions are invisible to presence
+                # and routing: mark the node alive first (it writes every session here, this one included).
+                await self.registry.refresh(self.sessions.pairs())
             await self.registry.add(session.id, session.user)
             return await self.store.replay(session.user, since)
         except (RedisError, OSError) as exc:
@@ -187,7 +191,7 @@ class Node:
         """After a pub/sub gap: register the sessions again, then send each what the store holds beyond its last."""
         with contextlib.suppress(RedisError, OSError):
             # Redis may have restarted empty: until this, pushes for these users would not be routed here.
-            await self.registry.refresh(self.sessions.pairs())
+            await self.registry.refresh(self.sessions.pairs(), full=True)
         for session in self.sessions:
             if session.replaying or session.closed:
                 continue
@@ -199,7 +203,7 @@ class Node:
     # ---- background loops ---------------------------------------------------------------------------------------
 
     async def refresh_loop(self) -> None:
-        """Keep this node's sessions alive in Redis and watch Redis health."""
+        """Keep this node alive in Redis (one script call, whatever its session count) and watch Redis health."""
         while True:
             try:
                 await self.registry.refresh(self.sessions.pairs())
@@ -219,7 +223,7 @@ class Node:
                 # First answer after a gap (Redis may have restarted empty): drop pooled connections to the old
                 # server and register the sessions again before turning green, so the node works as soon as it is UP.
                 await self.redis.connection_pool.disconnect(inuse_connections=False)
-                await self.registry.refresh(self.sessions.pairs())
+                await self.registry.refresh(self.sessions.pairs(), full=True)
                 self.redis_ok = True
             redis_up = True
         except (RedisError, OSError, TimeoutError):

@@ -1,19 +1,70 @@
-"""Sessions in Redis: session -> (user, node, since), user -> sessions, with expiry the owning node refreshes.
+"""Sessions in Redis, refreshed per node, not per session: one script call per node every refresh period.
 
-A node that dies stops refreshing: its session hashes expire and its members of the per-user sorted sets fall out of
-every read (they are scored by expiry) and are trimmed by the next refresh of any node.
+Records (under the prefix): `wsgate:user:U:sessions` (sorted set `<node>|<session>` scored by the session's start,
+epoch ms), `wsgate:node:<id>:sessions` (hash session -> user: what a cleanup must remove), `wsgate:sessions` (sorted
+set of every session id scored by start) and `wsgate:nodes` (sorted set node -> expiry, no TTL, so a dead node is
+remembered until it is cleaned). None of these carries a per-session expiry (a removal Redis missed is retried).
+
+Liveness is per node: `wsgate:node:<id>:alive` (PX = session TTL) is set by the node's heartbeat script once per
+refresh period, so the refresh costs the same few commands whether the node holds 1 session or 15,000 (it cost 7
+commands per session before: ~700,000 commands/s at 1M sessions, see docs/scaling.md). Presence, counts and routing
+(the push and ack scripts in store.py) skip members whose node has no alive key, so a dead node's sessions vanish
+from every read as soon as its key expires. The heartbeat script also removes the records of every node whose key
+has expired: it runs atomically inside Redis, so two live nodes never clean one dead node twice or half, and a
+SIGKILLed node's data leaves Redis within one refresh period of its expiry while any node is alive (or when the next
+node starts). The key holds a per-process token: a node finds its own key missing (`SET ... GET` answers nil: Redis
+restarted empty, or the node stalled past its TTL and was cleaned up) or left by an earlier process with its node id
+(whose records the script then removes), and writes all its sessions again in pipelined batches; after a Redis or
+pub/sub gap the node asks for that rewrite explicitly (`full=True`). Cost: a cleanup is O(sessions of the dead node)
+inside one script (~2 commands each), paid once per dead node.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
 from wsnode.keys import Keys
+
+# KEYS none (names built from the prefix, as store.py does); ARGV: prefix, node id, ttl ms, this process's token.
+# Returns {1 if this process's alive key was still there, number of dead nodes cleaned}.
+_HEARTBEAT_LUA = """
+local prefix, node, ttl, token = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local nodes = prefix .. 'wsgate:nodes'
+local function clean(dead)
+  local index = prefix .. 'wsgate:node:' .. dead .. ':sessions'
+  local flat = redis.call('HGETALL', index)
+  for i = 1, #flat, 2 do
+    redis.call('ZREM', prefix .. 'wsgate:user:' .. flat[i + 1] .. ':sessions', dead .. '|' .. flat[i])
+    redis.call('ZREM', prefix .. 'wsgate:sessions', flat[i])
+  end
+  redis.call('DEL', index)
+end
+local had = redis.call('SET', prefix .. 'wsgate:node:' .. node .. ':alive', token, 'PX', ttl, 'GET')
+if had and had ~= token then
+  clean(node)  -- an earlier process with this node id died before its key expired: its sessions are gone
+end
+redis.call('ZADD', nodes, now + ttl, node)
+local cleaned = 0
+for _, dead in ipairs(redis.call('ZRANGEBYSCORE', nodes, '-inf', now)) do
+  if redis.call('EXISTS', prefix .. 'wsgate:node:' .. dead .. ':alive') == 0 then
+    clean(dead)
+    redis.call('ZREM', nodes, dead)
+    cleaned = cleaned + 1
+  end
+end
+if had == token then return {1, cleaned} end
+return {0, cleaned}
+"""
+
+_REREGISTER_BATCH = 1000  # sessions per pipelined round trip when a node writes all its sessions again
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,30 +85,34 @@ def _now_ms() -> int:
 
 
 class SessionRegistry:
-    """Records this node's sessions in Redis and answers presence for any user."""
+    """Records this node's sessions in Redis, keeps the node alive there and answers presence for any user."""
 
     def __init__(self, client: aioredis.Redis, keys: Keys, *, node_id: str, ttl_s: float) -> None:
         self._redis = client
         self._keys = keys
         self._node = node_id
         self._ttl_ms = int(ttl_s * 1000)
+        self._heartbeat = client.register_script(_HEARTBEAT_LUA)
+        self._alive_until = 0.0  # monotonic time until which this node's alive key is known to be in Redis
+        # Tells this process's alive key from one left by an earlier process with the same node id.
+        self._token = uuid.uuid4().hex
+        self._unremoved: list[tuple[str, str]] = []  # removals Redis missed, retried by the next refresh
+
+    @property
+    def alive(self) -> bool:
+        """Whether a heartbeat succeeded recently enough that this node's alive key is still in Redis."""
+        return time.monotonic() < self._alive_until
 
     def _member(self, session_id: str) -> str:
         return f"{self._node}|{session_id}"
 
     async def add(self, session_id: str, user: str) -> None:
-        """Record a new session; after this, pushes for `user` are routed to this node."""
+        """Record a new session; after this (and while the node is alive), pushes for `user` are routed here."""
         now = _now_ms()
-        expires = now + self._ttl_ms
-        user_key = self._keys.user_sessions(user)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._keys.session(session_id), mapping={"user": user, "node": self._node, "since": now})
-            pipe.pexpire(self._keys.session(session_id), self._ttl_ms)
-            pipe.zremrangebyscore(user_key, "-inf", now)
-            pipe.zadd(user_key, {self._member(session_id): expires})
-            pipe.pexpire(user_key, self._ttl_ms)
-            pipe.zadd(self._keys.all_sessions, {session_id: expires})
-            pipe.pexpire(self._keys.all_sessions, self._ttl_ms)
+            pipe.zadd(self._keys.user_sessions(user), {self._member(session_id): now})
+            pipe.zadd(self._keys.all_sessions, {session_id: now})
+            pipe.hset(self._keys.node_sessions(self._node), session_id, user)
             await pipe.execute()
 
     async def remove(self, sessions: Iterable[tuple[str, str]]) -> None:
@@ -65,62 +120,87 @@ class SessionRegistry:
         pairs = list(sessions)
         if not pairs:
             return
+        try:
+            await self._remove(pairs)
+        except BaseException:
+            # Records carry no expiry: a removal lost to a Redis error would stay while this node lives.
+            self._unremoved.extend(pairs)
+            raise
+
+    async def _remove(self, pairs: list[tuple[str, str]]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for session_id, user in pairs:
-                pipe.delete(self._keys.session(session_id))
                 pipe.zrem(self._keys.user_sessions(user), self._member(session_id))
                 pipe.zrem(self._keys.all_sessions, session_id)
+            pipe.hdel(self._keys.node_sessions(self._node), *(session_id for session_id, _ in pairs))
             await pipe.execute()
 
-    async def refresh(self, sessions: Iterable[tuple[str, str]]) -> None:
-        """Push the expiry of this node's sessions forward and trim expired members; also marks the node alive."""
+    async def refresh(self, sessions: Iterable[tuple[str, str]], *, full: bool = False) -> None:
+        """Mark this node alive (one script call) and clean dead nodes up; rewrite `sessions` if Redis lost them.
+
+        `sessions` is only read when this node's alive key was missing or `full` is set (after a Redis gap).
+        """
+        started = time.monotonic()
+        had, _cleaned = cast(list[int], await self._heartbeat(
+            keys=[], args=[self._keys.prefix, self._node, self._ttl_ms, self._token]))
+        if full or not int(had):
+            await self._register_all(list(sessions))
+        if self._unremoved:
+            retry, self._unremoved = self._unremoved, []
+            await self.remove(retry)
+        self._alive_until = started + self._ttl_ms / 1000
+
+    async def _register_all(self, pairs: list[tuple[str, str]]) -> None:
         now = _now_ms()
-        expires = now + self._ttl_ms
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(self._keys.nodes, {self._node: expires})
-            pipe.zremrangebyscore(self._keys.nodes, "-inf", now)
-            pipe.pexpire(self._keys.nodes, self._ttl_ms)
-            pipe.zremrangebyscore(self._keys.all_sessions, "-inf", now)
-            pipe.pexpire(self._keys.all_sessions, self._ttl_ms)
-            for session_id, user in sessions:
-                user_key = self._keys.user_sessions(user)
-                # hset/hsetnx recreate the hash when Redis lost it (a restart without persistence).
-                pipe.hset(self._keys.session(session_id), mapping={"user": user, "node": self._node})
-                pipe.hsetnx(self._keys.session(session_id), "since", now)
-                pipe.pexpire(self._keys.session(session_id), self._ttl_ms)
-                pipe.zadd(user_key, {self._member(session_id): expires})
-                pipe.zremrangebyscore(user_key, "-inf", now)
-                pipe.pexpire(user_key, self._ttl_ms)
-                pipe.zadd(self._keys.all_sessions, {session_id: expires})
-            await pipe.execute()
+        for start in range(0, len(pairs), _REREGISTER_BATCH):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for session_id, user in pairs[start:start + _REREGISTER_BATCH]:
+                    # NX keeps the start time of sessions Redis still holds.
+                    pipe.zadd(self._keys.user_sessions(user), {self._member(session_id): now}, nx=True)
+                    pipe.zadd(self._keys.all_sessions, {session_id: now}, nx=True)
+                    pipe.hset(self._keys.node_sessions(self._node), session_id, user)
+                await pipe.execute()
 
     async def leave(self) -> None:
         """Mark this node gone (its sessions are removed separately)."""
-        await self._redis.zrem(self._keys.nodes, self._node)
+        self._alive_until = 0.0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.delete(self._keys.node_alive(self._node), self._keys.node_sessions(self._node))
+            pipe.zrem(self._keys.nodes, self._node)
+            await pipe.execute()
+
+    async def _alive_nodes(self, nodes: Iterable[str]) -> set[str]:
+        ordered = sorted(set(nodes))
+        if not ordered:
+            return set()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for node in ordered:
+                pipe.exists(self._keys.node_alive(node))
+            found = await pipe.execute()
+        return {node for node, exists in zip(ordered, found, strict=True) if int(exists)}
 
     async def presence(self, user: str) -> list[SessionInfo]:
-        """Live sessions of `user` on every node."""
-        members = [_text(raw).rpartition("|") for raw in
-                   await self._redis.zrangebyscore(self._keys.user_sessions(user), _now_ms(), "+inf")]
-        if not members:
-            return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for _node, _, session_id in members:
-                pipe.hget(self._keys.session(session_id), "since")
-            since = await pipe.execute()
-        return [SessionInfo(session=session_id, node=node, since_ms=int(ms or 0))
-                for (node, _, session_id), ms in zip(members, since, strict=True)]
+        """Sessions of `user` on every live node."""
+        raw_rows = cast(list[tuple[Any, float]],
+                        await self._redis.zrange(self._keys.user_sessions(user), 0, -1, withscores=True))
+        rows = [(_text(raw).rpartition("|"), score) for raw, score in raw_rows]
+        alive = await self._alive_nodes(node for (node, _, _), _ in rows)
+        return [SessionInfo(session=session_id, node=node, since_ms=int(score))
+                for (node, _, session_id), score in rows if node in alive]
 
     async def nodes_of(self, user: str) -> set[str]:
-        """Nodes holding live sessions of `user`."""
-        members = await self._redis.zrangebyscore(self._keys.user_sessions(user), _now_ms(), "+inf")
-        return {_text(raw).rpartition("|")[0] for raw in members}
+        """Live nodes holding sessions of `user`."""
+        members = await self._redis.zrange(self._keys.user_sessions(user), 0, -1)
+        return await self._alive_nodes(_text(raw).rpartition("|")[0] for raw in members)
 
     async def counts(self) -> tuple[int, int]:
-        """(live sessions, live nodes) in the whole cluster."""
-        now = _now_ms()
+        """(sessions on live nodes, live nodes) in the whole cluster."""
+        nodes = await self._alive_nodes(_text(raw) for raw in
+                                        await self._redis.zrangebyscore(self._keys.nodes, _now_ms(), "+inf"))
+        if not nodes:
+            return 0, 0
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zcount(self._keys.all_sessions, now, "+inf")
-            pipe.zcount(self._keys.nodes, now, "+inf")
-            sessions, nodes = await pipe.execute()
-        return int(sessions), int(nodes)
+            for node in sorted(nodes):
+                pipe.hlen(self._keys.node_sessions(node))
+            sizes = await pipe.execute()
+        return sum(int(n) for n in sizes), len(nodes)

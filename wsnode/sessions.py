@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
 from collections import deque
@@ -58,7 +59,7 @@ class Session:
     """One client connection on this node."""
 
     __slots__ = ("_abort", "_bucket", "_bucket_at", "_buffer", "_burst", "_max_queue", "_queue", "_rate",
-                 "_transport", "_writer", "closed", "expiry", "id", "last_id", "socket", "user")
+                 "_transport", "_writer", "closed", "id", "last_id", "socket", "user")
 
     def __init__(self, session_id: str, user: str, socket: Socket, *, max_queue: int, rate_per_s: float,
                  burst: int, abort: Callable[[], None], transport: WireTransport | None = None) -> None:
@@ -68,7 +69,6 @@ class Session:
         self.socket = socket
         self.last_id = 0
         self.closed = False
-        self.expiry: asyncio.TimerHandle | None = None
         self._buffer: list[tuple[int | None, str, str]] | None = []
         # Created on first use and dropped when empty: an idle session holds no queue (memory per session).
         self._queue: deque[str] | None = None
@@ -215,8 +215,6 @@ class Session:
             return
         self.closed = True
         metrics.CLOSES.labels(str(code)).inc()
-        if self.expiry is not None:
-            self.expiry.cancel()
         writer, self._writer = self._writer, None
         if writer is not None and code == CLOSE_SLOW_CONSUMER:
             writer.cancel()
@@ -243,6 +241,36 @@ class LocalSessions:
     def __init__(self) -> None:
         self._by_id: dict[str, Session] = {}
         self._by_user: dict[str, dict[str, Session]] = {}
+        # Token expiries as (epoch seconds, session id) under one timer for all sessions: a timer per session costs
+        # more memory than the rest of what an idle session holds of ours. Ids of gone sessions are skipped.
+        self._expiries: list[tuple[float, str]] = []
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._expiry_due = 0.0
+
+    def expire_at(self, session: Session, expires_at: float) -> None:
+        """Close `session` with 1008 "token expired" at `expires_at` (epoch seconds) unless it is gone by then."""
+        heapq.heappush(self._expiries, (expires_at, session.id))
+        if self._expiry_timer is None or expires_at < self._expiry_due:
+            self._arm_expiry_timer()
+
+    def _arm_expiry_timer(self) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        if self._expiries:
+            self._expiry_due = self._expiries[0][0]
+            loop = asyncio.get_running_loop()
+            self._expiry_timer = loop.call_at(loop.time() + max(0.0, self._expiry_due - time.time()), self._expire)
+
+    def _expire(self) -> None:
+        self._expiry_timer = None
+        now = time.time()
+        while self._expiries and self._expiries[0][0] <= now:
+            _, session_id = heapq.heappop(self._expiries)
+            session = self._by_id.get(session_id)
+            if session is not None:
+                session.close_soon(CLOSE_POLICY, "token expired")
+        self._arm_expiry_timer()
 
     def add(self, session: Session) -> None:
         """Index a new session (in replay mode, so live deliveries are buffered from now on)."""
@@ -259,6 +287,10 @@ class LocalSessions:
             if not users:
                 del self._by_user[session.user]
         metrics.SESSIONS.set(len(self._by_id))
+        if len(self._expiries) > 2 * len(self._by_id) + 64:
+            # Mostly entries of gone sessions (long-lived tokens, short sessions): drop them, amortised O(1).
+            self._expiries = [entry for entry in self._expiries if entry[1] in self._by_id]
+            heapq.heapify(self._expiries)
 
     def of_user(self, user: str) -> list[Session]:
         """The user's sessions here."""

@@ -3,8 +3,8 @@
 Per user U (under the prefix): `wsgate:user:U:seq` (counter, the message ids), `:msgs` (sorted set of ready-to-send
 message frames scored by id), `:unacked` (hash id -> module), `:unread` (hash module -> count). Unread counts are
 the number of unacked stored messages per module, so trimming by count or age lowers them too. Because one script
-increments the id, stores the frame and publishes it to the nodes holding U's sessions, publications for U leave
-Redis in id order.
+increments the id, stores the frame and publishes it to the live nodes holding U's sessions (registry.py),
+publications for U leave Redis in id order.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local per_node, order = {}, {}
+local alive = {}  -- node -> whether its liveness key exists (sessions of dead nodes are skipped, see registry.py)
 local online, stored, ids = 0, 0, {}
 local function counts(base)
   local flat = redis.call('HGETALL', base .. ':unread')
@@ -83,12 +84,15 @@ for i = 9, #ARGV do
   else
     d.i = tonumber(redis.call('GET', base .. ':seq') or '0')
   end
-  local members = redis.call('ZRANGEBYSCORE', base .. ':sessions', now, '+inf')
+  local members = redis.call('ZRANGE', base .. ':sessions', 0, -1)
   local seen = {}
   for _, member in ipairs(members) do
-    online = online + 1
     local node = string.match(member, '^(.*)|')
-    if node and not seen[node] then
+    if node and alive[node] == nil then
+      alive[node] = redis.call('EXISTS', prefix .. 'wsgate:node:' .. node .. ':alive') == 1
+    end
+    if node and alive[node] then online = online + 1 end
+    if node and alive[node] and not seen[node] then
       seen[node] = true
       if not per_node[node] then per_node[node] = {}; table.insert(order, node) end
       table.insert(per_node[node], d)
@@ -117,15 +121,15 @@ if redis.call('HINCRBY', base .. ':unread', mod, -1) <= 0 then redis.call('HDEL'
 local flat = redis.call('HGETALL', base .. ':unread')
 local out = {}
 for i = 1, #flat, 2 do out[flat[i]] = tonumber(flat[i + 1]) end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local encoded = cjson.encode({k = 'unread', u = user, n = out})
 local seen = {}
-for _, member in ipairs(redis.call('ZRANGEBYSCORE', base .. ':sessions', now, '+inf')) do
+for _, member in ipairs(redis.call('ZRANGE', base .. ':sessions', 0, -1)) do
   local node = string.match(member, '^(.*)|')
   if node and not seen[node] then
     seen[node] = true
-    redis.call('PUBLISH', prefix .. 'wsgate:node:' .. node, encoded)
+    if redis.call('EXISTS', prefix .. 'wsgate:node:' .. node .. ':alive') == 1 then
+      redis.call('PUBLISH', prefix .. 'wsgate:node:' .. node, encoded)
+    end
   end
 end
 return encoded
