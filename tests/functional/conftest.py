@@ -113,19 +113,12 @@ routes:
     return path
 
 
-def _require_cli(module: str) -> None:
-    if not (ROOT / module / "__main__.py").exists():
-        pytest.skip(f"{module}/__main__.py does not exist yet: the cluster cannot start")
-
-
 def start_cluster(procs: ProcessGroup, redis: RedisInfo, prefix: str, tmp_path: Path, *,
                   node_args: tuple[str, ...] = ()) -> Cluster:
     """Start devconsul, two nodes registered in it, the gateway and the demo server; wait on each one's health.
 
     `node_args` are extra `wsnode` flags for both nodes (tests shrink expiries with them).
     """
-    for module in ("wsnode", "gateway"):
-        _require_cli(module)
     consul = start_devconsul(procs)
     consul_addr = str(consul.extra["address"])
     demo_port = free_port()
