@@ -79,3 +79,31 @@ class ChangeSignal:
         while self.version <= after_version:
             await self._changed.wait()
         return self.version
+
+
+class SnapshotTable:
+    """The last known instances per service and a change signal: what every provider keeps and serves alike."""
+
+    def __init__(self, instances: Mapping[str, Snapshot] | None = None) -> None:
+        self._snapshots: dict[str, Snapshot] = dict(instances or {})
+        self._signal = ChangeSignal()
+
+    def publish(self, service: str, endpoints: Snapshot) -> bool:
+        """Record the instances of `service`; wake waiters and return True when they changed."""
+        if service in self._snapshots and self._snapshots[service] == endpoints:
+            return False
+        self._snapshots[service] = endpoints
+        self._signal.bump()
+        return True
+
+    def snapshot(self, service: str) -> Snapshot:
+        """The last known instances of `service`."""
+        return self._snapshots.get(service, ())
+
+    @property
+    def version(self) -> int:
+        return self._signal.version
+
+    async def wait_changed(self, after_version: int) -> int:
+        """Wait until some service's instances change."""
+        return await self._signal.wait_changed(after_version)

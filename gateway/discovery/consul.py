@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.discovery.base import ChangeSignal, Snapshot
+from gateway.discovery.base import SnapshotTable
 from gateway.discovery.consul_build import build_endpoints
 
 log = logging.getLogger("gateway.discovery.consul")
@@ -33,21 +33,20 @@ def backoff_s(failures: int, *, rng: random.Random) -> float:
     return rng.uniform(0, min(BACKOFF_MAX_S, BACKOFF_BASE_S * (2 ** min(failures, 16))))
 
 
-class ConsulProvider:
+class ConsulProvider(SnapshotTable):
     """Healthy instances of watched services, from a Consul agent (py-consul's `consul.aio`)."""
 
     def __init__(self, *, host: str, port: int, scheme: str = "http", token: str | None = None,
                  passing_only: bool = True, datacenter: str | None = None, verify: bool | str = True) -> None:
+        super().__init__()
         self._params: dict[str, Any] = {"host": host, "port": port, "scheme": scheme, "token": token,
                                         "dc": datacenter, "verify": verify}
         self._passing_only = passing_only
         self._client: Any = None
-        self._snapshots: dict[str, Snapshot] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._first: dict[str, asyncio.Event] = {}
         self._errors: dict[str, str] = {}
         self._last_ok: dict[str, float] = {}
-        self._signal = ChangeSignal()
         self._rng = random.Random()
 
     @property
@@ -120,23 +119,9 @@ class ConsulProvider:
                 new_index = None
             index = new_index
             snapshot = build_endpoints(entries, passing_only=self._passing_only)
-            if snapshot != self._snapshots.get(name) or name not in self._snapshots:
-                self._snapshots[name] = snapshot
+            if self.publish(name, snapshot):
                 log.info("service %s: %d instance(s)", name, len(snapshot))
-                self._signal.bump()
             self._first[name].set()
-
-    def snapshot(self, service: str) -> Snapshot:
-        """The last known healthy instances of `service`."""
-        return self._snapshots.get(service, ())
-
-    @property
-    def version(self) -> int:
-        return self._signal.version
-
-    async def wait_changed(self, after_version: int) -> int:
-        """Wait until some service's instances change."""
-        return await self._signal.wait_changed(after_version)
 
     def status(self) -> Mapping[str, object]:
         """DOWN while any watch is failing (the last known instances are still used)."""
