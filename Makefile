@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# setup.py builds the native relay (gateway/_relay.c) in place: a change to it reinstalls.
+$(STAMP): pyproject.toml setup.py gateway/_relay.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

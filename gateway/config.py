@@ -52,6 +52,7 @@ class ServerSettings:
     access_log: bool = True
     redis_url: str | None = None  # RequestRateLimiter's Redis; None: $REDIS_URL or the default
     redis_prefix: str | None = None  # its key prefix; None: $WSGATE_REDIS_PREFIX or none
+    native_relay: bool = True  # tunnels relayed by gateway._relay's thread when it is built (plain TCP only)
 
     def __post_init__(self) -> None:
         if not self.host:

@@ -33,7 +33,7 @@ Server and tunables (wsgate's own section wins over the Spring keys):
       max-connections: 10000      connect-timeout: 5s       response-timeout: 30s
       idle-timeout: 10m           drain-timeout: 30s        admin-token: secret
       tls: {cert: cert.pem, key: key.pem}                   upstream-tls-verify: true
-      upstream-ca: ca.pem         access-log: true
+      upstream-ca: ca.pem         access-log: true          native-relay: true   # false: relay in Python
       redis: {url: "redis://127.0.0.1:6379/0", prefix: "gw1:"}   # RequestRateLimiter's buckets; unset: env
                                   # REDIS_URL (default redis://127.0.0.1:6379/0) and WSGATE_REDIS_PREFIX
     Durations: "10s", "500ms", "1m", "1h", "PT5S" or a bare number (seconds in `wsgate:`, ms in Spring keys
@@ -81,7 +81,7 @@ _MAX_NODES = 200_000
 _WSGATE_KEYS = (
     "workers", "head-timeout", "max-head-bytes", "max-connections", "connect-timeout", "response-timeout",
     "idle-timeout", "drain-timeout", "admin-token", "tls", "upstream-tls-verify", "upstream-ca", "access-log",
-    "redis",
+    "redis", "native-relay",
 )  # fmt: skip
 _CONSUL_KEYS = ("address", "host", "port", "scheme", "token", "passing-only", "datacenter")
 _SCG_ROOTS = ("spring.cloud.gateway.server.webflux", "spring.cloud.gateway")
@@ -252,7 +252,8 @@ def _wsgate(reader: Reader, section: YMap) -> dict[str, object]:
         values["admin_token"] = reader.optional_text(node, "wsgate.admin-token") or None
     if (node := section.get("upstream-ca")) is not None:
         values["upstream_ca_path"] = reader.optional_text(node, "wsgate.upstream-ca") or None
-    for key, field_name in (("upstream-tls-verify", "upstream_tls_verify"), ("access-log", "access_log")):
+    for key, field_name in (("upstream-tls-verify", "upstream_tls_verify"), ("access-log", "access_log"),
+                            ("native-relay", "native_relay")):
         if (node := section.get(key)) is not None:
             values[field_name] = reader.boolean(node, f"wsgate.{key}")
     if (node := section.get("tls")) is not None:

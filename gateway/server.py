@@ -1,8 +1,9 @@
 """The gateway's listener: read a head, route it, dial an instance, then tunnel (101) or proxy HTTP.
 
 Each accepted connection is a `ClientConn` (an asyncio Protocol with a buffer) served by one coroutine until
-its head is answered. After a 101 the coroutine ends and the two transports relay to each other directly
-(`tunnel.Tunnel`); only the tunnel's small bookkeeping objects stay. Discovery, balancing and metrics come in
+its head is answered. After a 101 the coroutine ends and the two sockets go to the native relay thread
+(`native_relay`, plain TCP) or relay to each other through their transports (`tunnel.Tunnel`, TLS or without the
+native module); only the tunnel's small bookkeeping objects stay. Discovery, balancing and metrics come in
 through the constructor: this module knows no Consul.
 """
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Protocol
 
+from gateway import native_relay
 from gateway.balancer import Balancer
 from gateway.config import GatewayConfig, RouteSpec, ServerSettings
 from gateway.conn import Conn
@@ -47,6 +49,7 @@ from gateway.httpparse import (
 )
 from gateway.metrics import Metrics
 from gateway.model import ForwardPlan, Headers, RateLimit, RequestView
+from gateway.native_relay import NativeRelay, NativeTunnel
 from gateway.ratelimit import RateDecision
 from gateway.routing import RouteTable, apply_header_ops
 from gateway.tunnel import Tunnel
@@ -166,7 +169,9 @@ class GatewayServer:
         self.rate_limiter = rate_limiter
         self.pool = UpstreamPool()
         self.connections: set[ClientConn] = set()
-        self.tunnels: set[Tunnel] = set()
+        self.tunnels: set[Tunnel | NativeTunnel] = set()
+        self._relay: NativeRelay | None = None
+        self._relay_failed = False
         self._servers: list[asyncio.Server] = []
         self.draining = False
         metrics.gauge("wsgate_open_connections", lambda: float(len(self.connections)))
@@ -208,6 +213,11 @@ class GatewayServer:
         for conn in list(self.connections):
             conn.close()
         self.pool.close()
+        if self._relay is not None:
+            # Closing flushes what each side still has pending; give that a moment before the thread stops.
+            if closing := [t.done for t in self.tunnels if isinstance(t, NativeTunnel)]:
+                await asyncio.wait(closing, timeout=1.0)
+            self._relay.close()
 
     @staticmethod
     def _busy(conn: ClientConn) -> bool:
@@ -478,12 +488,24 @@ class GatewayServer:
         await conn.drain()
         return keep_client
 
+    def _native_relay(self, loop: asyncio.AbstractEventLoop | None) -> NativeRelay | None:
+        """This worker's relay thread, started on the first tunnel (None: disabled, not built or failed)."""
+        if not self.settings.native_relay or loop is None:
+            return None
+        if self._relay is None and not self._relay_failed and native_relay.available():
+            try:
+                self._relay = NativeRelay(loop)
+            except (OSError, RuntimeError) as exc:
+                self._relay_failed = True
+                log.warning("native relay unavailable, tunnels are relayed in Python: %s", exc)
+        return self._relay
+
     def _start_tunnel(self, conn: ClientConn, upstream: Conn, route: RouteSpec, endpoint: Endpoint) -> None:
         idle_timeout_s = route.metadata.idle_timeout_s or self.settings.idle_timeout_s
         route_id = route.id
         metrics = self.metrics
 
-        def finished(tunnel: Tunnel) -> None:
+        def finished(tunnel: Tunnel | NativeTunnel) -> None:
             self.tunnels.discard(tunnel)
             self.balancer.release(endpoint)
             up, down = tunnel.nbytes
@@ -496,6 +518,11 @@ class GatewayServer:
         self.balancer.acquire(endpoint)
         metrics.add("wsgate_upgrades_total", 1, route=route_id, instance=endpoint.address)
         metrics.add("wsgate_active_tunnels", 1, route=route_id)
-        tunnel = Tunnel(conn, upstream, idle_timeout_s=idle_timeout_s, on_done=finished, loop=conn.loop)
+        relay = self._native_relay(conn.loop)
+        tunnel: Tunnel | NativeTunnel | None = None
+        if relay is not None:
+            tunnel = relay.adopt(conn, upstream, idle_timeout_s=idle_timeout_s, on_done=finished)
+        if tunnel is None:
+            tunnel = Tunnel(conn, upstream, idle_timeout_s=idle_timeout_s, on_done=finished, loop=conn.loop)
         if not tunnel.done.done():
             self.tunnels.add(tunnel)

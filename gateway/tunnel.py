@@ -1,4 +1,7 @@
-"""The opaque byte tunnel after a 101: each side's bytes go straight into the other side's transport.
+"""The opaque byte tunnel after a 101 in Python: each side's bytes go straight into the other side's transport.
+
+Plain TCP tunnels normally go to the native relay thread instead (`native_relay`); this one carries TLS tunnels,
+and all of them when the native module is not built or `wsgate.native-relay` is false. Both follow the same rules.
 
 Frames are never parsed. Each side's `data_received` *is* the other transport's `write` (a bound method stored
 on the protocol), so a chunk goes from the event loop's read callback into `write` without a Python frame of

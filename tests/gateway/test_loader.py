@@ -152,6 +152,7 @@ def test_loader_server_and_tunables(tmp_path: Path) -> None:
           tls: {cert: /c.pem, key: /k.pem}
           upstream-ca: /ca.pem
           access-log: off
+          native-relay: false
     """)
     s = config.server
     assert (s.host, s.port, s.workers, s.head_timeout_s, s.max_head_bytes, s.max_connections) == (
@@ -159,7 +160,7 @@ def test_loader_server_and_tunables(tmp_path: Path) -> None:
     assert (s.connect_timeout_s, s.response_timeout_s, s.idle_timeout_s, s.drain_timeout_s) == (1.5, 5.0, 60.0, 0.0)
     assert (s.admin_token, s.tls_cert_path, s.tls_key_path, s.upstream_ca_path) == ("s3cret", "/c.pem", "/k.pem",
                                                                                      "/ca.pem")
-    assert (s.upstream_tls_verify, s.access_log) == (False, False)
+    assert (s.upstream_tls_verify, s.access_log, s.native_relay) == (False, False, False)
 
 
 @pytest.mark.parametrize(

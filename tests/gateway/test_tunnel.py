@@ -1,14 +1,44 @@
-"""WebSocket through the gateway: the instance's handshake answer reaches the client, then bytes flow untouched."""
+"""WebSocket through the gateway: the instance's handshake answer reaches the client, then bytes flow untouched.
+
+Every test runs twice: tunnels relayed by the native thread (gateway._relay) and by uvloop transports in Python.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import os
 
 import aiohttp
+import pytest
 from aiohttp import WSMsgType
 
-from tests.gateway.conftest import StartGateway, StartUpstream, config, route
+from gateway import native_relay
+from gateway.config import GatewayConfig, RouteSpec
+from gateway.native_relay import NativeTunnel
+from gateway.tunnel import Tunnel
+from tests.gateway import conftest
+from tests.gateway.conftest import StartGateway, StartUpstream, route
+
+_native = {"on": True}
+
+
+@pytest.fixture(autouse=True, params=["native", "python"])
+def relay_kind(request: pytest.FixtureRequest) -> str:
+    """Which relay carries this test's tunnels (a missing native build fails rather than hiding)."""
+    if request.param == "native" and not native_relay.available():
+        pytest.fail("gateway._relay is not built (pip install -e . needs a C compiler)")
+    _native["on"] = request.param == "native"
+    return str(request.param)
+
+
+def config(*routes: RouteSpec, **server: object) -> GatewayConfig:
+    return conftest.config(*routes, native_relay=_native["on"], **server)
+
+
+def expected_type(kind: str) -> type[object]:
+    return NativeTunnel if kind == "native" else Tunnel
 
 
 async def test_tunnel_echoes_text_and_binary(start_upstream: StartUpstream, start_gateway: StartGateway) -> None:
@@ -91,16 +121,33 @@ async def test_tunnel_client_close_closes_upstream(start_upstream: StartUpstream
         assert gw.metrics.value("wsgate_active_tunnels", route="ws") == 0
 
 
-async def test_tunnel_upstream_close_closes_client(start_upstream: StartUpstream,
-                                                   start_gateway: StartGateway) -> None:
-    port = await start_upstream()
+async def test_tunnel_upstream_close_closes_client(start_gateway: StartGateway, relay_kind: str) -> None:
+    upstream_writer: asyncio.Future[asyncio.StreamWriter] = asyncio.get_running_loop().create_future()
+
+    async def raw_upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key:"))
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        upstream_writer.set_result(writer)
+        await reader.read()
+
+    server = await asyncio.start_server(raw_upstream, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
     gw = await start_gateway(config(route("ws", f"ws://127.0.0.1:{port}", ["Path=/**"])))
-    async with aiohttp.ClientSession() as session, session.ws_connect(f"{gw.ws_url}/ws") as ws:
-        tunnel = next(iter(gw.server.tunnels))
-        tunnel.upstream_transport.abort()
-        message = await asyncio.wait_for(ws.receive(), 5)
-        assert message.type in (WSMsgType.CLOSED, WSMsgType.ERROR, WSMsgType.CLOSE)
-        await asyncio.wait_for(tunnel.done, 5)
+    try:
+        async with aiohttp.ClientSession() as session, session.ws_connect(f"{gw.ws_url}/ws") as ws:
+            tunnel = next(iter(gw.server.tunnels))
+            assert isinstance(tunnel, expected_type(relay_kind))
+            (await asyncio.wait_for(upstream_writer, 5)).transport.abort()
+            message = await asyncio.wait_for(ws.receive(), 5)
+            assert message.type in (WSMsgType.CLOSED, WSMsgType.ERROR, WSMsgType.CLOSE)
+            await asyncio.wait_for(tunnel.done, 5)
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_tunnel_idle_timeout_closes_quiet_tunnel(start_upstream: StartUpstream,

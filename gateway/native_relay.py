@@ -1,0 +1,173 @@
+"""Tunnels handed to the native relay thread (`gateway._relay`, built from gateway/_relay.c when a compiler exists).
+
+After a 101 on plain TCP both sockets are duplicated, given to the relay thread with whatever bytes arrived after
+the heads, and the uvloop transports are closed (the duplicates keep the connections open). From then on no
+Python runs for the tunnel until it ends: the thread reports finished tunnels through an eventfd this module
+watches with `loop.add_reader`. `NativeTunnel` offers the same interface as `tunnel.Tunnel` (`done`, `nbytes`,
+`close`, `abort`), so the server treats both alike; `NativeRelay.adopt` returns None when a connection cannot be
+handed over (TLS, bytes still queued in a transport, a side already gone) and the caller keeps the Python tunnel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from gateway.conn import Conn
+
+if TYPE_CHECKING:
+    from gateway._relay import Relay as _RelayType
+
+log = logging.getLogger("gateway.relay")
+
+_relay: ModuleType | None
+try:
+    from gateway import _relay
+except ImportError:  # built without a compiler, or not on Linux
+    _relay = None
+
+
+def available() -> bool:
+    """Whether the native relay was built for this interpreter."""
+    return _relay is not None
+
+
+class NativeTunnel:
+    """One tunnel owned by the relay thread; `done` resolves when both sockets are closed."""
+
+    __slots__ = ("_counts", "_on_done", "_relay", "done", "id")
+
+    def __init__(self, relay: NativeRelay, tunnel_id: int, done: asyncio.Future[None],
+                 on_done: Callable[[NativeTunnel], None] | None) -> None:
+        self._relay = relay
+        self.id = tunnel_id
+        self.done = done
+        self._on_done = on_done
+        self._counts = (0, 0)
+
+    @property
+    def nbytes(self) -> tuple[int, int]:
+        """Bytes received from the client and from the instance (handshake included), once finished."""
+        return self._counts
+
+    def close(self) -> None:
+        """Flush what is pending to each side, then close both."""
+        if not self.done.done():
+            self._relay.command_close(self.id)
+
+    def abort(self) -> None:
+        """Close both sides at once."""
+        if not self.done.done():
+            self._relay.command_abort(self.id)
+
+    def finish(self, client_bytes: int, upstream_bytes: int) -> None:
+        self._counts = (client_bytes, upstream_bytes)
+        if not self.done.done():
+            self.done.set_result(None)
+            if self._on_done is not None:
+                self._on_done(self)
+
+
+def _plain_socket_fd(transport: asyncio.BaseTransport) -> int | None:
+    if transport.get_extra_info("ssl_object") is not None:
+        return None
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return None
+    fd = sock.fileno()
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+class NativeRelay:
+    """The relay thread of one worker process and the tunnels it carries."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        if _relay is None:
+            raise RuntimeError("gateway._relay is not built")
+        self._loop = loop
+        self._relay: _RelayType = _relay.Relay()
+        self._tunnels: dict[int, NativeTunnel] = {}
+        self._closed = False
+        loop.add_reader(self._relay.fileno(), self._reap)
+
+    def __len__(self) -> int:
+        return len(self._tunnels)
+
+    def adopt(self, client: Conn, upstream: Conn, *, idle_timeout_s: float | None = None,
+              on_done: Callable[[NativeTunnel], None] | None = None) -> NativeTunnel | None:
+        """Hand both connections to the relay thread; None (nothing changed) when they cannot be."""
+        if self._closed:
+            return None
+        ct, ut = client.transport, upstream.transport
+        if ct is None or ut is None or client.lost or upstream.lost or client.eof or upstream.eof:
+            return None
+        # Bytes still queued in a transport cannot be taken out of it.
+        if ct.is_closing() or ut.is_closing() or ct.get_write_buffer_size() or ut.get_write_buffer_size():
+            return None
+        client_fd, upstream_fd = _plain_socket_fd(ct), _plain_socket_fd(ut)
+        if client_fd is None or upstream_fd is None:
+            return None
+        ct.pause_reading()
+        ut.pause_reading()
+        try:
+            fds = (os.dup(client_fd), os.dup(upstream_fd))
+        except OSError as exc:
+            log.warning("cannot hand a tunnel to the native relay: %s", exc)
+            self._resume(client, upstream)
+            return None
+        to_upstream, to_client = bytes(client.buffer), bytes(upstream.buffer)
+        idle_ms = round(idle_timeout_s * 1000) if idle_timeout_s else 0
+        try:
+            tunnel_id = self._relay.add(fds[0], fds[1], to_client, to_upstream, idle_timeout_ms=max(idle_ms, 0))
+        except (OSError, RuntimeError, MemoryError, ValueError) as exc:
+            for fd in fds:
+                os.close(fd)
+            log.warning("cannot hand a tunnel to the native relay: %s", exc)
+            self._resume(client, upstream)
+            return None
+        client.buffer.clear()
+        upstream.buffer.clear()
+        tunnel = NativeTunnel(self, tunnel_id, self._loop.create_future(), on_done)
+        self._tunnels[tunnel_id] = tunnel
+        # The duplicates keep both connections open: closing the transports only releases uvloop's handles.
+        ct.close()
+        ut.close()
+        return tunnel
+
+    @staticmethod
+    def _resume(client: Conn, upstream: Conn) -> None:
+        for conn in (client, upstream):
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.transport.resume_reading()
+
+    def command_close(self, tunnel_id: int) -> None:
+        if not self._closed:
+            self._relay.close(tunnel_id)
+
+    def command_abort(self, tunnel_id: int) -> None:
+        if not self._closed:
+            self._relay.abort(tunnel_id)
+
+    def _reap(self) -> None:
+        for tunnel_id, client_bytes, upstream_bytes in self._relay.reap():
+            tunnel = self._tunnels.pop(tunnel_id, None)
+            if tunnel is not None:
+                tunnel.finish(max(client_bytes, 0), max(upstream_bytes, 0))
+
+    def close(self) -> None:
+        """Abort every tunnel, stop the thread and resolve what is left (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(self._relay.fileno())
+        self._relay.stop()
+        self._reap()
+        for tunnel in list(self._tunnels.values()):
+            tunnel.finish(*tunnel.nbytes)
+        self._tunnels.clear()

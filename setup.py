@@ -1,0 +1,15 @@
+"""The optional native relay (gateway/_relay.c); everything else is in pyproject.toml.
+
+`optional=True`: without a C compiler the install still succeeds and the gateway relays tunnels in Python.
+"""
+
+import sys
+
+from setuptools import Extension, setup
+
+ext_modules = []
+if sys.platform.startswith("linux"):  # epoll and eventfd
+    ext_modules.append(Extension("gateway._relay", ["gateway/_relay.c"], optional=True,
+                                 extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]))
+
+setup(ext_modules=ext_modules)

@@ -1,0 +1,257 @@
+"""The native relay thread (gateway._relay) over real loopback TCP connections, without the gateway around it.
+
+Each tunnel joins two TCP connections: the test holds the far ends (`client`, `upstream`) and the relay owns the
+near ends. Waiting is done with select() on sockets and on the relay's eventfd, never with sleeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from gateway import native_relay
+
+
+@pytest.fixture
+def relay() -> Iterator[Any]:
+    if not native_relay.available():
+        pytest.fail("gateway._relay is not built (pip install -e . needs a C compiler)")
+    from gateway import _relay  # type: ignore[attr-defined,unused-ignore]
+
+    r = _relay.Relay()
+    yield r
+    r.stop()
+
+
+def tcp_pair(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
+    """(far end kept by the test, near end handed to the relay), connected over loopback."""
+    far = socket.create_connection(listener.getsockname())
+    near, _ = listener.accept()
+    near.setblocking(False)
+    return far, near
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    yield sock
+    sock.close()
+
+
+class Tunnel:
+    def __init__(self, relay: Any, listener: socket.socket, *, to_client: bytes = b"", to_upstream: bytes = b"",
+                 idle_timeout_ms: int = 0) -> None:
+        self.client, client_near = tcp_pair(listener)
+        self.upstream, upstream_near = tcp_pair(listener)
+        self.id = relay.add(client_near.detach(), upstream_near.detach(), to_client, to_upstream,
+                            idle_timeout_ms=idle_timeout_ms)
+
+    def close(self) -> None:
+        self.client.close()
+        self.upstream.close()
+
+
+def recv_exactly(sock: socket.socket, n: int, *, timeout_s: float = 5.0) -> bytes:
+    sock.settimeout(timeout_s)
+    chunks = bytearray()
+    while len(chunks) < n:
+        chunk = sock.recv(n - len(chunks))
+        if not chunk:
+            raise AssertionError(f"EOF after {len(chunks)} of {n} bytes")
+        chunks += chunk
+    return bytes(chunks)
+
+
+def recv_until_eof(sock: socket.socket, *, timeout_s: float = 5.0) -> bytes:
+    sock.settimeout(timeout_s)
+    chunks = bytearray()
+    while chunk := sock.recv(65536):
+        chunks += chunk
+    return bytes(chunks)
+
+
+def wait_done(relay: Any, count: int = 1, *, timeout_s: float = 5.0) -> list[tuple[int, int, int]]:
+    deadline = time.monotonic() + timeout_s
+    done: list[tuple[int, int, int]] = []
+    while len(done) < count:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"{len(done)} of {count} tunnels finished in time")
+        readable, _, _ = select.select([relay.fileno()], [], [], left)
+        if readable:
+            done.extend(relay.reap())
+    return done
+
+
+def test_relay_carries_bytes_both_ways(relay: Any, listener: socket.socket) -> None:
+    t = Tunnel(relay, listener)
+    try:
+        t.client.sendall(b"to the instance")
+        assert recv_exactly(t.upstream, 15) == b"to the instance"
+        t.upstream.sendall(b"to the client")
+        assert recv_exactly(t.client, 13) == b"to the client"
+    finally:
+        t.close()
+
+
+def test_relay_sends_bytes_that_came_with_the_heads_first(relay: Any, listener: socket.socket) -> None:
+    t = Tunnel(relay, listener, to_client=b"early-down", to_upstream=b"early-up")
+    try:
+        t.client.sendall(b"+later")
+        assert recv_exactly(t.upstream, 14) == b"early-up+later"
+        assert recv_exactly(t.client, 10) == b"early-down"
+    finally:
+        t.close()
+
+
+def test_relay_keeps_every_byte_while_the_reader_is_slow(relay: Any, listener: socket.socket) -> None:
+    """8 MiB into a reader that does not read at first: backpressure, then all of it in order."""
+    # Fixed small buffers (no autotuning) so that 8 MiB is far more than all the socket buffers together.
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    t = Tunnel(relay, listener)
+    payload = os.urandom(8 * 1024 * 1024)
+    try:
+        t.client.setblocking(False)
+        sent = 0
+        # Fill until the client's own send buffer is full: the relay must have stopped reading by then.
+        while sent < len(payload):
+            try:
+                sent += t.client.send(payload[sent:sent + 65536])
+            except BlockingIOError:
+                break
+        assert sent < len(payload), "backpressure never reached the sender"
+        t.client.setblocking(True)
+        received = bytearray()
+        t.upstream.settimeout(5)
+        while len(received) < len(payload):
+            received += t.upstream.recv(1 << 20)
+            if sent < len(payload):
+                t.client.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    sent += t.client.send(payload[sent:sent + 262144])
+        assert bytes(received) == payload
+    finally:
+        t.close()
+
+
+def test_relay_eof_from_one_side_closes_the_other_after_flushing(relay: Any, listener: socket.socket) -> None:
+    t = Tunnel(relay, listener)
+    try:
+        t.upstream.sendall(b"last words")
+        t.upstream.shutdown(socket.SHUT_WR)
+        assert recv_until_eof(t.client) == b"last words"
+        [(tunnel_id, from_client, from_upstream)] = wait_done(relay)
+        assert tunnel_id == t.id
+        # TCP_INFO counts sequence numbers: the FIN may add one.
+        assert from_client == 0 and from_upstream in (10, 11)
+    finally:
+        t.close()
+
+
+def test_relay_reset_from_one_side_closes_the_other(relay: Any, listener: socket.socket) -> None:
+    t = Tunnel(relay, listener)
+    try:
+        t.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        t.client.close()  # linger 0: RST
+        assert recv_until_eof(t.upstream) == b""
+        assert [d[0] for d in wait_done(relay)] == [t.id]
+    finally:
+        t.close()
+
+
+def test_relay_counts_the_bytes_each_side_sent(relay: Any, listener: socket.socket) -> None:
+    t = Tunnel(relay, listener)
+    try:
+        t.client.sendall(b"x" * 1000)
+        assert recv_exactly(t.upstream, 1000) == b"x" * 1000
+        t.upstream.sendall(b"y" * 300)
+        assert recv_exactly(t.client, 300) == b"y" * 300
+        relay.close(t.id)
+        [(_, from_client, from_upstream)] = wait_done(relay)
+        assert (from_client, from_upstream) == (1000, 300)
+        assert recv_until_eof(t.client) == b""
+        assert recv_until_eof(t.upstream) == b""
+    finally:
+        t.close()
+
+
+def test_relay_abort_closes_both_at_once(relay: Any, listener: socket.socket) -> None:
+    t = Tunnel(relay, listener)
+    try:
+        relay.abort(t.id)
+        wait_done(relay)
+        assert recv_until_eof(t.client) == b""
+        assert recv_until_eof(t.upstream) == b""
+    finally:
+        t.close()
+
+
+def test_relay_idle_timeout_closes_only_quiet_tunnels(relay: Any, listener: socket.socket) -> None:
+    quiet = Tunnel(relay, listener, idle_timeout_ms=100)
+    busy = Tunnel(relay, listener, idle_timeout_ms=100)
+    try:
+        started = time.monotonic()
+        done: list[tuple[int, int, int]] = []
+        while not done:
+            busy.client.sendall(b"tick")
+            assert recv_exactly(busy.upstream, 4) == b"tick"
+            readable, _, _ = select.select([relay.fileno()], [], [], 0.02)
+            if readable:
+                done = relay.reap()
+            assert time.monotonic() - started < 5, "the quiet tunnel was never closed"
+        assert [d[0] for d in done] == [quiet.id]
+        assert time.monotonic() - started >= 0.1
+        assert recv_until_eof(quiet.client) == b""
+    finally:
+        quiet.close()
+        busy.close()
+
+
+def test_relay_carries_many_tunnels_independently(relay: Any, listener: socket.socket) -> None:
+    tunnels = [Tunnel(relay, listener) for _ in range(50)]
+    try:
+        for i, t in enumerate(tunnels):
+            t.client.sendall(f"m{i}".encode())
+        for i, t in enumerate(tunnels):
+            expected = f"m{i}".encode()
+            assert recv_exactly(t.upstream, len(expected)) == expected
+        for t in tunnels[:25]:
+            relay.close(t.id)
+        assert sorted(d[0] for d in wait_done(relay, 25)) == sorted(t.id for t in tunnels[:25])
+        tunnels[30].upstream.sendall(b"still here")
+        assert recv_exactly(tunnels[30].client, 10) == b"still here"
+    finally:
+        for t in tunnels:
+            t.close()
+
+
+def test_relay_stop_closes_every_tunnel_and_refuses_new_ones(relay: Any, listener: socket.socket) -> None:
+    t = Tunnel(relay, listener)
+    try:
+        relay.stop()
+        assert recv_until_eof(t.client) == b""
+        assert recv_until_eof(t.upstream) == b""
+        assert [d[0] for d in relay.reap()] == [t.id]
+        fds = (os.dup(t.client.fileno()), os.dup(t.upstream.fileno()))
+        with pytest.raises(RuntimeError, match="stopped"):
+            relay.add(*fds)
+        for fd in fds:
+            os.close(fd)
+        relay.stop()  # idempotent
+    finally:
+        t.close()
+
+
+def test_relay_refuses_the_same_descriptor_twice(relay: Any) -> None:
+    with pytest.raises(ValueError, match="distinct"):
+        relay.add(5, 5)
