@@ -167,10 +167,47 @@ def scaleout_table(scaleout: Mapping[str, Any] | None) -> str:
     return "\n".join(rows)
 
 
+def shards_figures(shards: Mapping[str, Any] | None) -> list[Figure]:
+    """Redis sharded by user: each shard's share of the push work, and the total per push, across shard counts."""
+    src = "bench.shards"
+    steps = _get(shards, "steps")
+    if not isinstance(steps, list) or not steps:
+        return [Figure("shards: busiest shard / mean shard load", "not measured", "<= 1.2 (the load divides)", None,
+                       src)]
+    counts = "/".join(str(int(st["shards"])) for st in steps)
+    ratios = [float(st["max_mean_ratio"]) for st in steps]
+    totals = [float(st["push_commands_per_push_total"]) for st in steps]
+    return [
+        Figure(f"shards: busiest shard / mean shard load (push commands) at {counts} shards",
+               ", ".join(f"{v:.2f}" for v in ratios), "<= 1.2 (the load divides)", max(ratios) <= 1.2, src),
+        Figure(f"shards: Redis commands per one-user push, all shards together, at {counts} shards",
+               ", ".join(f"{v:.2f}" for v in totals), "independent of shards", max(totals) - min(totals) < 0.5,
+               src),
+    ]
+
+
+def shards_table(shards: Mapping[str, Any] | None) -> str:
+    """Per shard count: users, push commands per push and Redis CPU per push on each shard (empty when not run)."""
+    steps = _get(shards, "steps")
+    if not isinstance(steps, list) or not steps:
+        return ""
+    rows = ["### Redis sharded by user (`python -m bench.shards`)", "",
+            "| shards | users per shard | push commands per push, per shard | busiest / mean "
+            "| Redis CPU µs per push, per shard |", "|---|---|---|---|---|"]
+    for st in steps:
+        cpu = st.get("redis_cpu_us_per_push_per_shard") or []
+        rows.append(f"| {st['shards']} | {' / '.join(str(u) for u in st['users_per_shard'])} "
+                    f"| {' / '.join(f'{float(v):.2f}' for v in st['push_commands_per_push_per_shard'])} "
+                    f"| {float(st['max_mean_ratio']):.2f} "
+                    f"| {' / '.join(f'{float(v):.0f}' for v in cpu) or '—'} |")
+    return "\n".join(rows)
+
+
 def all_figures(results: Mapping[str, Mapping[str, Any] | None]) -> list[Figure]:
     """Every figure of the report, in table order."""
     return (relay_figures(results.get("relay")) + fanout_figures(results.get("fanout"))
-            + soak_figures(results.get("soak")) + scaleout_figures(results.get("scaleout")))
+            + soak_figures(results.get("soak")) + scaleout_figures(results.get("scaleout"))
+            + shards_figures(results.get("shards")))
 
 
 def figures_table(figures: list[Figure]) -> str:

@@ -302,25 +302,25 @@ static void start_tunnel(Relay *r, tunnel_t *t) {
         if (sweep < 5) sweep = 5;
         if (sweep < r->sweep_ms || r->sweep_ms == 0) r->sweep_ms = sweep > 1000 ? 1000 : sweep;
     }
-    for (int i = 0; i < 2; i++) {
-        end_t *e = &t->ends[i];
-        e->tunnel = t;
-        e->events = 0;
-        struct epoll_event ev = {.events = 0, .data.ptr = e};
-        if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, e->fd, &ev) != 0) {
-            abort_tunnel(r, t);
-            return;
-        }
-    }
     /* Bytes that arrived with the heads go first. */
     for (int i = 0; i < 2; i++) {
+        t->ends[i].tunnel = t;
         if (t->ends[i].pending_len && flush(&t->ends[i]) != 0) {
             abort_tunnel(r, t);
             return;
         }
     }
-    update_interest(r, t, 0);
-    update_interest(r, t, 1);
+    /* Registered with their final interest: one epoll_ctl per socket. */
+    for (int i = 0; i < 2; i++) {
+        end_t *e = &t->ends[i];
+        uint32_t want = (t->ends[1 - i].pending_len ? 0 : EPOLLIN) | (e->pending_len ? EPOLLOUT : 0);
+        struct epoll_event ev = {.events = want, .data.ptr = e};
+        if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, e->fd, &ev) != 0) {
+            abort_tunnel(r, t);
+            return;
+        }
+        e->events = want;
+    }
 }
 
 static void sweep_idle(Relay *r, uint64_t now) {
@@ -417,13 +417,17 @@ static void *relay_main(void *arg) {
 
 static int push_command(Relay *r, command_t command) {
     pthread_mutex_lock(&r->lock);
+    /* The thread reads the eventfd before it takes the queue: a non-empty queue is already signalled. */
+    int wake = r->ncommands == 0;
     int failed = grow((void **)&r->commands, &r->commands_cap, r->ncommands + 1, sizeof(command_t));
     if (!failed) r->commands[r->ncommands++] = command;
     pthread_mutex_unlock(&r->lock);
     if (failed) return -1;
-    uint64_t one = 1;
-    ssize_t unused = write(r->wakefd, &one, sizeof(one));
-    (void)unused;
+    if (wake) {
+        uint64_t one = 1;
+        ssize_t unused = write(r->wakefd, &one, sizeof(one));
+        (void)unused;
+    }
     return 0;
 }
 

@@ -18,6 +18,10 @@ HOP_BY_HOP = frozenset({
 })
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+_DROP = HOP_BY_HOP - {"transfer-encoding"}
+_FORWARDED_NAMES = frozenset({
+    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-forwarded-prefix",
+})
 
 
 def connection_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
@@ -61,20 +65,29 @@ def add_forwarded(headers: Headers, *, client_addr: str, proto: str, host: str, 
     """`headers` plus X-Forwarded-For/-Proto/-Host/-Port, and -Prefix when a filter stripped one."""
     result = list(headers)
     positions = {key.lower(): index for index, (key, _) in reversed(list(enumerate(result)))}
+    _merge_forwarded(result, positions, _forwarded_fields(client_addr, proto, host, prefix))
+    return tuple(result)
+
+
+def _forwarded_fields(client_addr: str, proto: str, host: str, prefix: str) -> list[tuple[str, str]]:
     added = [("X-Forwarded-For", client_addr), ("X-Forwarded-Proto", proto)]
     if host:
         added.append(("X-Forwarded-Host", host))
     added.append(("X-Forwarded-Port", str(forwarded_port(host, proto))))
     if prefix:
         added.append(("X-Forwarded-Prefix", prefix))
+    return added
+
+
+def _merge_forwarded(fields: list[tuple[str, str]], positions: dict[str, int], added: list[tuple[str, str]]) -> None:
+    """Append each of `added`, or extend the value the client already sent (`positions`: lower name -> index)."""
     for name, value in added:
         index = positions.get(name.lower())
         if index is None:
-            result.append((name, value))
+            fields.append((name, value))
         else:
-            key, old = result[index]
-            result[index] = (key, f"{old}, {value}" if old else value)
-    return tuple(result)
+            key, old = fields[index]
+            fields[index] = (key, f"{old}, {value}" if old else value)
 
 
 def authority(host: str, port: int, scheme: str) -> str:
@@ -92,28 +105,45 @@ def upstream_request_headers(headers: Headers, *, upgrade: bool, client_addr: st
                              prefix: str, preserve_host: bool, upstream_authority: str) -> Headers:
     """A client's (filtered) request headers as sent to an instance.
 
-    One pass does what `strip_hop_by_hop` and `set_host` do (this runs for every request and handshake).
+    One pass does what `strip_hop_by_hop`, `add_forwarded` and `set_host` do (this runs for every request and
+    handshake): keys are lower-cased once, and the X-Forwarded-* a client already sent are noted on the way.
     """
-    named = connection_tokens(headers)
-    drop = (HOP_BY_HOP | named) - {"transfer-encoding"}
+    lowered = [key.lower() for key, _ in headers]
+    drop = _DROP
+    if "connection" in lowered:
+        named = connection_tokens(headers)
+        if not named <= _DROP:  # usually it is: "Upgrade", "keep-alive"
+            drop = (_DROP | named) - {"transfer-encoding"}
     kept: list[tuple[str, str]] = []
     upgrades: list[tuple[str, str]] = []
+    forwarded: dict[str, int] | None = None  # lower-cased X-Forwarded-* name -> its first index in `kept`
     original_host = ""
-    for key, value in headers:
-        lkey = key.lower()
+    seen_host = False
+    for field, lkey in zip(headers, lowered, strict=True):
         if lkey in drop:
             if lkey == "upgrade":
-                upgrades.append((key, value))
+                upgrades.append(field)
             continue
         if lkey == "host":
-            if original_host:
+            if seen_host:
                 continue  # a second Host is dropped (RFC 9112 section 3.2 forbids it)
-            original_host = value
-            if not preserve_host:
-                continue
-        kept.append((key, value))
+            seen_host = True
+            original_host = field[1]
+            if not preserve_host or not original_host:
+                continue  # an empty Host cannot be preserved: the instance's authority replaces it
+        elif lkey in _FORWARDED_NAMES:
+            if forwarded is None:
+                forwarded = {}
+            forwarded.setdefault(lkey, len(kept))
+        kept.append(field)
     if upgrade:
         kept.extend(upgrades)
         kept.append(("Connection", "Upgrade"))
-    result = add_forwarded(tuple(kept), client_addr=client_addr, proto=proto, host=original_host, prefix=prefix)
-    return result if preserve_host and original_host else (("Host", upstream_authority), *result)
+    added = _forwarded_fields(client_addr, proto, original_host, prefix)
+    if forwarded is None:
+        kept.extend(added)
+    else:
+        _merge_forwarded(kept, forwarded, added)
+    if preserve_host and original_host:
+        return tuple(kept)
+    return (("Host", upstream_authority), *kept)

@@ -16,14 +16,42 @@ from gateway.errors import GatewayError
 from gateway.httpparse import ChunkedScanner, Framing
 
 
-async def dial(endpoint: Endpoint, *, timeout_s: float, ssl_context: ssl.SSLContext | None) -> Conn:
-    """Connect to `endpoint` (TLS when `ssl_context` is given); raises OSError or TimeoutError."""
-    loop = asyncio.get_running_loop()
-    async with asyncio.timeout(timeout_s):
+async def dial(endpoint: Endpoint, *, timeout_s: float, ssl_context: ssl.SSLContext | None,
+               loop: asyncio.AbstractEventLoop | None = None) -> Conn:
+    """Connect to `endpoint` (TLS when `ssl_context` is given); raises OSError or TimeoutError.
+
+    The timeout is a plain timer that cancels the dialing task, with `asyncio.timeout`'s semantics (its own
+    expiry becomes TimeoutError, a caller's cancellation stays a CancelledError): `asyncio.timeout` would look
+    the running loop up three times (a getpid() system call each) and build a scope object on every dial.
+    """
+    if loop is None:
+        loop = asyncio.get_running_loop()
+    task = asyncio.current_task(loop)
+    if task is None:
+        raise RuntimeError("dial() must run inside a task")
+    cancelling = task.cancelling()
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    timer = loop.call_later(timeout_s, expire)
+    try:
         _, conn = await loop.create_connection(
             lambda: Conn(loop), endpoint.host, endpoint.port, ssl=ssl_context,
             server_hostname=endpoint.host if ssl_context is not None else None,
         )
+    except BaseException as exc:
+        timer.cancel()
+        # Whatever ended the connect, the timer's own cancellation is taken back (as asyncio.timeout does).
+        if expired and task.uncancel() <= cancelling and isinstance(exc, asyncio.CancelledError):
+            raise TimeoutError from None
+        raise
+    timer.cancel()
+    if expired:
+        task.uncancel()
     return conn
 
 

@@ -20,8 +20,15 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _TARGET = re.compile(rb"[\x21-\x7e\x80-\xff]+")
 _VERSION = re.compile(rb"HTTP/1\.[01]")
-_HEADER_BLOCK = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
 _HEX = re.compile(rb"[0-9a-fA-F]{1,16}")
+# The same rules over the head decoded as latin-1 (one byte, one character), in one pass: a valid request line
+# and header block (every line ending in CRLF once the caller's CRLF is put back). Whatever does not match goes
+# through the line-by-line checks, which say what is wrong.
+_FIELDS_TEXT = r"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*"
+_REQUEST_TEXT = re.compile(
+    r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (/[\x21-\x7e\x80-\xff]*) (HTTP/1\.[01])\r\n(" + _FIELDS_TEXT + ")")
+_HEADER_BLOCK_TEXT = re.compile(_FIELDS_TEXT)
+_STATUS_TEXT = re.compile(r"(HTTP/1\.[01]) ([0-9]{3})(?: (.*))?", re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +51,10 @@ class RequestHead:
     def header(self, name: str) -> str | None:
         """The first value of `name`."""
         lname = name.lower()
-        return next((v for k, v in self.headers if k.lower() == lname), None)
+        for key, value in self.headers:
+            if key.lower() == lname:
+                return value
+        return None
 
     @property
     def keep_alive(self) -> bool:
@@ -67,17 +77,31 @@ class ResponseHead:
     def header(self, name: str) -> str | None:
         """The first value of `name`."""
         lname = name.lower()
-        return next((v for k, v in self.headers if k.lower() == lname), None)
+        for key, value in self.headers:
+            if key.lower() == lname:
+                return value
+        return None
+
+
+def _split_fields(block: str) -> Headers:
+    """(name, value) pairs of a header block already checked valid, each line ending in CRLF."""
+    if not block:
+        return ()
+    fields = []
+    for line in block[:-2].split("\r\n"):
+        name, _, value = line.partition(":")
+        fields.append((name, value.strip(" \t")))
+    return tuple(fields)
 
 
 def _headers(block: bytes, error: type[GatewayError]) -> Headers:
     """The header lines of a head (everything after its first line)."""
     if not block:
         return ()
-    if _HEADER_BLOCK.fullmatch(block + b"\r\n"):
-        # Fast path: the whole block is valid, so split it as text without checking line by line.
-        fields = (line.partition(":") for line in block.decode("latin-1").split("\r\n"))
-        return tuple((name, value.strip(" \t")) for name, _, value in fields)
+    text = block.decode("latin-1") + "\r\n"
+    if _HEADER_BLOCK_TEXT.fullmatch(text):
+        # Fast path: the whole block is valid, so split it without checking line by line.
+        return _split_fields(text)
     result: list[tuple[str, str]] = []
     for line in block.split(b"\r\n"):
         name, sep, value = line.partition(b":")
@@ -92,6 +116,10 @@ def _headers(block: bytes, error: type[GatewayError]) -> Headers:
 
 def parse_request_head(data: bytes) -> RequestHead:
     """Parse a request head (everything before the blank line); raises BadRequest."""
+    found = _REQUEST_TEXT.fullmatch(data.decode("latin-1") + "\r\n")
+    if found is not None:
+        method, target, version, block = found.groups()
+        return RequestHead(method, target, version, _split_fields(block))
     first, _, block = data.partition(b"\r\n")
     parts = first.split(b" ")
     if len(parts) != 3:
@@ -107,6 +135,13 @@ def parse_request_head(data: bytes) -> RequestHead:
 
 def parse_response_head(data: bytes) -> ResponseHead:
     """Parse a response head from an instance; raises BadGateway."""
+    status_line, _, field_lines = data.decode("latin-1").partition("\r\n")
+    status = _STATUS_TEXT.fullmatch(status_line)
+    if status is not None:
+        fields = field_lines + "\r\n" if field_lines else ""
+        if _HEADER_BLOCK_TEXT.fullmatch(fields):
+            version, code, reason = status.groups()
+            return ResponseHead(version, int(code), reason or "", _split_fields(fields))
     first, _, block = data.partition(b"\r\n")
     version, _, rest = first.partition(b" ")
     code, _, reason = rest.partition(b" ")
@@ -117,8 +152,12 @@ def parse_response_head(data: bytes) -> ResponseHead:
 
 def serialize_head(start_line: str, headers: Headers) -> bytes:
     """A head ready to send: start line, headers and the blank line."""
-    parts = [start_line, *(f"{k}: {v}" for k, v in headers), "", ""]
-    return "\r\n".join(parts).encode("latin-1")
+    lines = [start_line]
+    for key, value in headers:
+        lines.append(f"{key}: {value}")
+    lines.append("")
+    lines.append("")
+    return "\r\n".join(lines).encode("latin-1")
 
 
 class Framing(Enum):
@@ -131,6 +170,9 @@ class Framing(Enum):
 
 
 def _framing(headers: Headers, error: type[GatewayError]) -> tuple[Framing, int]:
+    lowered = [k.lower() for k, _ in headers]
+    if "transfer-encoding" not in lowered and "content-length" not in lowered:
+        return Framing.NONE, 0  # most requests, every WebSocket handshake
     encodings = [t.strip().lower() for k, v in headers if k.lower() == "transfer-encoding" for t in v.split(",")]
     lengths = {v.strip() for k, v in headers if k.lower() == "content-length"}
     if encodings:

@@ -44,6 +44,10 @@ class Metrics:
         key = (name, tuple(labels.items()))
         self._values[key] = self._values.get(key, 0.0) + value
 
+    def add_series(self, key: tuple[str, Labels], value: float = 1.0) -> None:
+        """`add` for a series whose key (`series_key`) the caller built once and keeps."""
+        self._values[key] = self._values.get(key, 0.0) + value
+
     def gauge(self, name: str, read: Callable[[], float]) -> None:
         """A label-less gauge whose value is read when rendering (nothing to update on the hot path)."""
         self._gauges[name] = read
@@ -115,3 +119,8 @@ class Metrics:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def series_key(name: str, **labels: str) -> tuple[str, Labels]:
+    """The key `Metrics.add(name, **labels)` files a value under, for `Metrics.add_series`."""
+    return name, tuple(labels.items())

@@ -33,8 +33,11 @@ class RequestView:
 
     def header(self, name: str) -> str | None:
         """The first value of header `name`, or None."""
-        values = header_values(self.headers, name)
-        return values[0] if values else None
+        lname = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lname:
+                return value
+        return None
 
     @property
     def host(self) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 from urllib.parse import parse_qsl
@@ -19,16 +19,35 @@ from gateway.model import RequestView, header_values
 from gateway.pathpattern import PathElements, PathPattern, PathPatternError, parse_path
 
 
-@dataclass(slots=True)
-class MatchContext:
-    """One request being matched: predicates read it and record URI template variables in `variables`."""
+def no_weight_groups(group: str) -> str | None:
+    """The weight choice of a table without Weight predicates: no route is chosen in any group."""
+    return None
 
-    request: RequestView
-    now: datetime
-    weight_choice: Callable[[str], str | None]
-    route_id: str = ""
-    variables: dict[str, str] = field(default_factory=dict)
-    _path: PathElements | None = None
+
+class MatchContext:
+    """One request being matched: predicates read it and record URI template variables in `variables`.
+
+    `now` is read from the clock on first use when not given: most tables have no time predicate.
+    """
+
+    __slots__ = ("_now", "_path", "request", "route_id", "variables", "weight_choice")
+
+    def __init__(self, request: RequestView, now: datetime | None = None,
+                 weight_choice: Callable[[str], str | None] = no_weight_groups, route_id: str = "",
+                 variables: dict[str, str] | None = None) -> None:
+        self.request = request
+        self._now = now
+        self.weight_choice = weight_choice
+        self.route_id = route_id
+        self.variables: dict[str, str] = {} if variables is None else variables
+        self._path: PathElements | None = None
+
+    @property
+    def now(self) -> datetime:
+        """The moment the time predicates compare with (one for the whole match)."""
+        if self._now is None:
+            self._now = datetime.now(UTC)
+        return self._now
 
     @property
     def path_elements(self) -> PathElements:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from types import MappingProxyType
 from urllib.parse import quote, unquote
 
@@ -18,7 +18,7 @@ from gateway.config import GatewayConfig, RouteSpec, format_upstream
 from gateway.errors import BadRequest
 from gateway.filters import GatewayFilter, PlanState
 from gateway.model import ForwardPlan, HeaderOp, Headers, RequestView
-from gateway.predicates import MatchContext, WeightPredicate
+from gateway.predicates import MatchContext, WeightPredicate, no_weight_groups
 
 # Characters a path may carry as they are; anything else a rewrite produced is percent-encoded.
 _PATH_SAFE = "/!$&'()*+,;=:@-._~%"
@@ -77,6 +77,17 @@ class RouteMatch:
 
     def plan(self, request: RequestView) -> ForwardPlan:
         """Run the filters over `request`; BadRequest when the result cannot be sent."""
+        chain = self.chain
+        if chain is None:
+            chain = tuple(f for _, f in ordered_filters(self.default_filters, self.route.filters))
+        if not chain:
+            # No filter: what the filters would have produced is the request itself (the common case).
+            raw_path = request.raw_path
+            path = safe_path(raw_path)
+            variables = self.variables
+            return ForwardPlan(path, request.query, tuple(request.headers), False, (), (),
+                               forwarded_prefix(raw_path, path) if path != raw_path else "",
+                               tuple(sorted(variables.items())) if variables else ())
         state = PlanState(
             request=request,
             path=request.raw_path,
@@ -84,9 +95,6 @@ class RouteMatch:
             headers=list(request.headers),
             variables=dict(self.variables),
         )
-        chain = self.chain
-        if chain is None:
-            chain = tuple(f for _, f in ordered_filters(self.default_filters, self.route.filters))
         for gateway_filter in chain:
             gateway_filter.apply(state)
         path = safe_path(state.path)
@@ -110,7 +118,7 @@ class _WeightGroup:
 class RouteTable:
     """Routes sorted by order (stable); `match` finds the first route whose predicates all hold."""
 
-    __slots__ = ("_chains", "_config", "_groups", "_rng", "routes")
+    __slots__ = ("_chains", "_config", "_entries", "_groups", "_rng", "routes")
 
     def __init__(self, config: GatewayConfig, *, rng: random.Random | None = None) -> None:
         self._config = config
@@ -126,6 +134,14 @@ class RouteTable:
                 if isinstance(predicate, WeightPredicate):
                     group = self._groups.setdefault(predicate.group, _WeightGroup())
                     group.routes.append((route.id, predicate.weight))
+        # Per route, what `match` needs: its predicates and the match to return when they capture no variable
+        # (a RouteMatch is immutable, so one serves every such request).
+        empty: Mapping[str, str] = MappingProxyType({})
+        self._entries = tuple(
+            (route, tuple(route.predicates),
+             RouteMatch(route, empty, config.default_filters, self._chains[route.id]))
+            for route in self.routes
+        )
 
     def _choose(self, group_name: str) -> str | None:
         group = self._groups.get(group_name)
@@ -141,23 +157,34 @@ class RouteTable:
                 return route_id
         return group.routes[-1][0]
 
-    def match(self, request: RequestView, *, now: datetime | None = None) -> RouteMatch | None:
-        """The first matching route with its variables, or None (the caller answers 404)."""
+    def _weight_chooser(self) -> Callable[[str], str | None]:
+        """One draw per group per request, as SCG's WeightCalculatorWebFilter does."""
+        if not self._groups:
+            return no_weight_groups
         chosen: dict[str, str | None] = {}
 
         def weight_choice(group: str) -> str | None:
-            # One draw per group per request, as SCG's WeightCalculatorWebFilter does.
             if group not in chosen:
                 chosen[group] = self._choose(group)
             return chosen[group]
 
-        ctx = MatchContext(request=request, now=now or datetime.now(UTC), weight_choice=weight_choice)
-        for route in self.routes:
+        return weight_choice
+
+    def match(self, request: RequestView, *, now: datetime | None = None) -> RouteMatch | None:
+        """The first matching route with its variables, or None (the caller answers 404)."""
+        ctx = MatchContext(request, now, self._weight_chooser())
+        for route, predicates, plain_match in self._entries:
             ctx.route_id = route.id
-            ctx.variables = {}
-            if all(predicate.test(ctx) for predicate in route.predicates):
-                variables = MappingProxyType(ctx.variables)
-                return RouteMatch(route, variables, self._config.default_filters, self._chains[route.id])
+            if ctx.variables:
+                ctx.variables = {}  # what a route that failed further on had captured
+            for predicate in predicates:
+                if not predicate.test(ctx):
+                    break
+            else:
+                if not ctx.variables:
+                    return plain_match
+                return RouteMatch(route, MappingProxyType(ctx.variables), self._config.default_filters,
+                                  self._chains[route.id])
         return None
 
 

@@ -1,6 +1,6 @@
 """The gateway's listener: read a head, route it, dial an instance, then tunnel (101) or proxy HTTP.
 
-Each accepted connection is a `ClientConn` (an asyncio Protocol with a buffer) served by one coroutine until
+Each accepted connection is a `client_conn.ClientConn` (an asyncio Protocol with a buffer) served by one coroutine until
 its head is answered. After a 101 the coroutine ends and the two sockets go to the native relay thread
 (`native_relay`, plain TCP) or relay to each other through their transports (`tunnel.Tunnel`, TLS or without the
 native module); only the tunnel's small bookkeeping objects stay. Discovery, balancing and metrics come in
@@ -10,17 +10,15 @@ through the constructor: this module knows no Consul.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Protocol
 
-from gateway import native_relay
 from gateway.balancer import Balancer
+from gateway.client_conn import ClientConn
 from gateway.config import GatewayConfig, RouteSpec, ServerSettings
 from gateway.conn import Conn
 from gateway.discovery.base import Endpoint, Provider
@@ -37,7 +35,6 @@ from gateway.errors import (
 from gateway.headers import authority, strip_hop_by_hop, upstream_request_headers
 from gateway.http_proxy import UpstreamPool, dial, relay_body
 from gateway.httpparse import (
-    HEAD_END,
     Framing,
     RequestHead,
     ResponseHead,
@@ -47,17 +44,18 @@ from gateway.httpparse import (
     response_framing,
     serialize_head,
 )
-from gateway.metrics import Metrics
+from gateway.metrics import Labels, Metrics, series_key
 from gateway.model import ForwardPlan, Headers, RateLimit, RequestView
-from gateway.native_relay import NativeRelay, NativeTunnel
 from gateway.ratelimit import RateDecision
+from gateway.responses import error_body, simple_response
 from gateway.routing import RouteTable, apply_header_ops
-from gateway.tunnel import Tunnel
+from gateway.tunnels import Tunnels
 
 log = logging.getLogger("gateway.server")
 access_log = logging.getLogger("gateway.access")
 
 MAX_RESPONSE_HEAD_BYTES = 64 * 1024
+_MAX_CACHED_KEYS = 4096  # bounds the per-worker caches of metric keys and Host values
 AdminHandler = Callable[[RequestHead], Awaitable[tuple[int, str, bytes]]]
 
 
@@ -77,80 +75,29 @@ class RoutingState:
     table: RouteTable
 
 
-def error_body(error: GatewayError, path: str) -> bytes:
-    """The JSON body of an error answer (SCG-like fields; `service` when no instance was available)."""
-    body: dict[str, object] = {"status": error.status, "error": HTTPStatus(error.status).phrase,
-                               "message": str(error), "path": path}
-    if isinstance(error, NoInstance):
-        body["service"] = error.service
-    return json.dumps(body).encode()
+class RouteTarget:
+    """Where and how a route dials, worked out once per route and configuration instead of per request."""
 
+    __slots__ = ("choice", "connect_timeout_s", "endpoints", "name", "response_timeout_s", "route", "scheme",
+                 "service", "tls")
 
-def simple_response(status: int, body: bytes, *, content_type: str = "application/json",
-                    close: bool = False, extra: Headers = ()) -> bytes:
-    """A complete response with a Content-Length body."""
-    headers: list[tuple[str, str]] = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
-    headers.extend(extra)
-    if close:
-        headers.append(("Connection", "close"))
-    return serialize_head(f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", tuple(headers)) + body
-
-
-class ClientConn(Conn):
-    """An accepted client connection.
-
-    Its serving coroutine starts only once the first head is complete (or the client gave up or sent too much):
-    most connections send their whole head at once, so no task waits on an empty socket, and the first head's
-    timeout is a plain timer rather than a timeout scope.
-    """
-
-    def __init__(self, server: GatewayServer, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop)
-        self.server = server
-        self.busy = False  # between reading a head and finishing its answer
-        self.task: asyncio.Task[None] | None = None
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._scan_from = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        if self.server.connection_opened(self):
-            timeout_s = self.server.settings.head_timeout_s
-            assert self._loop is not None
-            self._head_timer = self._loop.call_later(timeout_s, self._first_head_late)
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self._head_timer is not None:
-            if (self.buffer.find(HEAD_END, self._scan_from) >= 0
-                    or len(self.buffer) > self.server.settings.max_head_bytes):
-                self._start()
-            else:
-                self._scan_from = max(0, len(self.buffer) - len(HEAD_END) + 1)
-
-    def eof_received(self) -> bool:
-        result = super().eof_received()
-        if self._head_timer is not None:
-            self._start()
-        return result
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-        self.server.connection_closed(self)
-
-    def _start(self) -> None:
-        assert self._head_timer is not None
-        self._head_timer.cancel()
-        self._head_timer = None
-        assert self._loop is not None
-        self.task = self._loop.create_task(self.server.serve(self))
-
-    def _first_head_late(self) -> None:
-        self._head_timer = None
-        self.server.refuse(self, RequestTimeout("request head not received in time"))
+    def __init__(self, route: RouteSpec, config: GatewayConfig) -> None:
+        upstream = route.uri
+        self.route = route
+        self.service = upstream.service
+        self.endpoints: tuple[Endpoint, ...] = ()  # a fixed host's one endpoint (a service's come from discovery)
+        if upstream.service is not None:
+            self.name = upstream.service
+        else:
+            assert upstream.host is not None
+            port = upstream.port or (443 if upstream.tls else 80)
+            self.name = f"{upstream.host}:{port}"
+            self.endpoints = (Endpoint(upstream.host, port),)
+        self.choice = route.metadata.balancer or config.loadbalancer.choice_for(upstream.service or "")
+        self.connect_timeout_s = route.metadata.connect_timeout_s or config.server.connect_timeout_s
+        self.response_timeout_s = route.metadata.response_timeout_s or config.server.response_timeout_s
+        self.tls = upstream.tls
+        self.scheme = "https" if upstream.tls else "http"
 
 
 class GatewayServer:
@@ -169,11 +116,13 @@ class GatewayServer:
         self.rate_limiter = rate_limiter
         self.pool = UpstreamPool()
         self.connections: set[ClientConn] = set()
-        self.tunnels: set[Tunnel | NativeTunnel] = set()
-        self._relay: NativeRelay | None = None
-        self._relay_failed = False
+        self.tunnels = Tunnels(metrics=metrics, balancer=balancer)
         self._servers: list[asyncio.Server] = []
         self.draining = False
+        self._targets: dict[str, RouteTarget] = {}
+        self._targets_state: RoutingState | None = None
+        self._request_keys: dict[tuple[str, int], tuple[str, Labels]] = {}
+        self._authorities: dict[tuple[str, int, str], str] = {}
         metrics.gauge("wsgate_open_connections", lambda: float(len(self.connections)))
 
     @property
@@ -208,16 +157,10 @@ class GatewayServer:
                 break
             await asyncio.wait(waiters, timeout=max(0.0, deadline - time.monotonic()),
                                return_when=asyncio.FIRST_COMPLETED)
-        for tunnel in list(self.tunnels):
-            tunnel.close()
         for conn in list(self.connections):
             conn.close()
         self.pool.close()
-        if self._relay is not None:
-            # Closing flushes what each side still has pending; give that a moment before the thread stops.
-            if closing := [t.done for t in self.tunnels if isinstance(t, NativeTunnel)]:
-                await asyncio.wait(closing, timeout=1.0)
-            self._relay.close()
+        await self.tunnels.close_all()
 
     @staticmethod
     def _busy(conn: ClientConn) -> bool:
@@ -258,7 +201,10 @@ class GatewayServer:
         try:
             while not conn.lost:
                 conn.busy = False
-                if conn.head_ready() or conn.eof or len(conn.buffer) > settings.max_head_bytes:
+                raw = conn.take_head(max_bytes=settings.max_head_bytes)
+                if raw is not None:
+                    pass
+                elif conn.eof or len(conn.buffer) > settings.max_head_bytes:
                     raw = await conn.read_head(max_bytes=settings.max_head_bytes)  # returns without waiting
                 else:
                     try:
@@ -291,13 +237,41 @@ class GatewayServer:
                 conn.close()
 
     def _count(self, route: str, status: int) -> None:
-        self.metrics.add("wsgate_requests_total", 1, route=route, status=str(status))
+        key = self._request_keys.get((route, status))
+        if key is None:
+            if len(self._request_keys) >= _MAX_CACHED_KEYS:
+                self._request_keys.clear()
+            key = self._request_keys[(route, status)] = series_key("wsgate_requests_total", route=route,
+                                                                   status=str(status))
+        self.metrics.add_series(key)
+
+    def _target(self, route: RouteSpec) -> RouteTarget:
+        """`route`'s dialing parameters under the configuration in force."""
+        state = self.state
+        if state is not self._targets_state:
+            self._targets = {}
+            self._targets_state = state
+        target = self._targets.get(route.id)
+        if target is None or target.route is not route:
+            target = self._targets[route.id] = RouteTarget(route, state.config)
+        return target
+
+    def _authority(self, endpoint: Endpoint, scheme: str) -> str:
+        """The Host value for `endpoint` (cached: a worker dials few distinct instances)."""
+        key = (endpoint.host, endpoint.port, scheme)
+        value = self._authorities.get(key)
+        if value is None:
+            if len(self._authorities) >= _MAX_CACHED_KEYS:
+                self._authorities.clear()
+            value = self._authorities[key] = authority(endpoint.host, endpoint.port, scheme)
+        return value
 
     # -- one request ------------------------------------------------------------------------------------
     async def handle(self, conn: ClientConn, head: RequestHead, *, remote: str, scheme: str) -> tuple[bool, bool]:
         """Answer one request; returns (keep the client connection, it became a tunnel)."""
         started = time.monotonic()
-        if head.path == "/actuator" or head.path.startswith("/actuator/"):
+        path, _, query = head.target.partition("?")
+        if path == "/actuator" or path.startswith("/actuator/"):
             if self.admin is None:
                 raise NoRoute("no route")
             if request_framing(head)[0] is not Framing.NONE:
@@ -306,13 +280,12 @@ class GatewayServer:
             conn.write(simple_response(status, body, content_type=ctype, close=not head.keep_alive))
             self._log(remote, head, status, "actuator", "-", started)
             return head.keep_alive, False
-        view = RequestView(method=head.method, raw_path=head.path, query=head.query, headers=head.headers,
-                           remote_addr=remote, scheme=scheme)
+        view = RequestView(head.method, path, query, head.headers, remote, scheme)
         state = self.state
         match = state.table.match(view)
         if match is None:
             self._count("-", 404)
-            body = error_body(NoRoute("no route matches"), head.path)
+            body = error_body(NoRoute("no route matches"), path)
             # A body we did not read would be taken for the next request: close instead.
             keep = head.keep_alive and request_framing(head)[0] is Framing.NONE
             conn.write(simple_response(404, body, close=not keep))
@@ -357,32 +330,25 @@ class GatewayServer:
             access_log.info('%s "%s %s %s" %d route=%s instance=%s %.1fms', remote, head.method, head.target,
                             head.version, status, route, instance, (time.monotonic() - started) * 1000)
 
-    def _endpoints(self, route: RouteSpec) -> tuple[str, tuple[Endpoint, ...]]:
-        upstream = route.uri
-        if upstream.service is not None:
-            return upstream.service, self.provider.snapshot(upstream.service)
-        assert upstream.host is not None
-        port = upstream.port or (443 if upstream.tls else 80)
-        return f"{upstream.host}:{port}", (Endpoint(upstream.host, port),)
-
-    async def _connect(self, route: RouteSpec, view: RequestView, *, pooled: bool) -> tuple[Endpoint, Conn, bool]:
+    async def _connect(self, route: RouteSpec, target: RouteTarget, view: RequestView,
+                       loop: asyncio.AbstractEventLoop | None, *, pooled: bool) -> tuple[Endpoint, Conn, bool]:
         """Dial the route's instances in balancer order; returns (endpoint, connection, reused from pool)."""
-        name, endpoints = self._endpoints(route)
+        name = target.name
+        endpoints = self.provider.snapshot(target.service) if target.service is not None else target.endpoints
         if not endpoints:
             raise NoInstance(name)
-        config = self.state.config
-        choice = route.metadata.balancer or config.loadbalancer.choice_for(route.uri.service or "")
-        timeout_s = route.metadata.connect_timeout_s or config.server.connect_timeout_s
-        tls_context = self.upstream_ssl if route.uri.tls else None
-        if route.uri.tls and tls_context is None:
+        tls = target.tls
+        tls_context = self.upstream_ssl if tls else None
+        if tls and tls_context is None:
             tls_context = ssl.create_default_context()
-        for endpoint in self.balancer.order(name, endpoints, choice, view):
+        for endpoint in self.balancer.order(name, endpoints, target.choice, view):
             if pooled:
-                idle = self.pool.take(endpoint, tls=route.uri.tls)
+                idle = self.pool.take(endpoint, tls=tls)
                 if idle is not None:
                     return endpoint, idle, True
             try:
-                return endpoint, await dial(endpoint, timeout_s=timeout_s, ssl_context=tls_context), False
+                conn = await dial(endpoint, timeout_s=target.connect_timeout_s, ssl_context=tls_context, loop=loop)
+                return endpoint, conn, False
             except (OSError, TimeoutError) as exc:
                 reason = "timeout" if isinstance(exc, TimeoutError) else "refused"
                 log.warning("dial %s for route %s failed (%s): %s", endpoint.address, route.id, reason, exc)
@@ -395,7 +361,9 @@ class GatewayServer:
                        extra_headers: Headers = ()) -> tuple[bool, bool]:
         upgrade = view.is_websocket and head.method == "GET"
         framing, length = request_framing(head)
-        endpoint, upstream, reused = await self._connect(route, view, pooled=not upgrade)
+        target = self._target(route)
+        loop = conn.loop
+        endpoint, upstream, reused = await self._connect(route, target, view, loop, pooled=not upgrade)
         plan_headers = plan.headers
         if framing is not Framing.NONE and (head.header("expect") or "").lower() == "100-continue":
             # Answer the client's wait ourselves: the body is streamed as soon as it comes.
@@ -403,10 +371,9 @@ class GatewayServer:
             plan_headers = tuple((k, v) for k, v in plan_headers if k.lower() != "expect")
         headers = upstream_request_headers(
             plan_headers, upgrade=upgrade, client_addr=remote, proto=scheme, prefix=plan.prefix,
-            preserve_host=plan.preserve_host,
-            upstream_authority=authority(endpoint.host, endpoint.port, "https" if route.uri.tls else "http"))
+            preserve_host=plan.preserve_host, upstream_authority=self._authority(endpoint, target.scheme))
         request_bytes = serialize_head(f"{head.method} {plan.target} HTTP/1.1", headers)
-        response_timeout_s = route.metadata.response_timeout_s or self.settings.response_timeout_s
+        response_timeout_s = target.response_timeout_s
         try:
             try:
                 response = await self._exchange(conn, upstream, request_bytes, framing, length,
@@ -416,7 +383,7 @@ class GatewayServer:
                     raise
                 # A pooled connection the instance closed meanwhile: dial afresh once.
                 upstream.close()
-                endpoint, upstream, _ = await self._connect(route, view, pooled=False)
+                endpoint, upstream, _ = await self._connect(route, target, view, loop, pooled=False)
                 response = await self._exchange(conn, upstream, request_bytes, framing, length,
                                                 response_timeout_s, head.method)
         except GatewayError as error:
@@ -444,7 +411,8 @@ class GatewayServer:
                         response_timeout_s: float | None, method: str) -> ResponseHead:
         """Send the head and body upstream and read the final response head (1xx other than 101 relayed)."""
         upstream.write(request_bytes)
-        await relay_body(conn, upstream, framing, length, error=BadRequest)
+        if framing is not Framing.NONE:
+            await relay_body(conn, upstream, framing, length, error=BadRequest)
         while True:
             try:
                 if response_timeout_s is None:
@@ -488,41 +456,9 @@ class GatewayServer:
         await conn.drain()
         return keep_client
 
-    def _native_relay(self, loop: asyncio.AbstractEventLoop | None) -> NativeRelay | None:
-        """This worker's relay thread, started on the first tunnel (None: disabled, not built or failed)."""
-        if not self.settings.native_relay or loop is None:
-            return None
-        if self._relay is None and not self._relay_failed and native_relay.available():
-            try:
-                self._relay = NativeRelay(loop)
-            except (OSError, RuntimeError) as exc:
-                self._relay_failed = True
-                log.warning("native relay unavailable, tunnels are relayed in Python: %s", exc)
-        return self._relay
-
     def _start_tunnel(self, conn: ClientConn, upstream: Conn, route: RouteSpec, endpoint: Endpoint) -> None:
-        idle_timeout_s = route.metadata.idle_timeout_s or self.settings.idle_timeout_s
-        route_id = route.id
-        metrics = self.metrics
-
-        def finished(tunnel: Tunnel | NativeTunnel) -> None:
-            self.tunnels.discard(tunnel)
-            self.balancer.release(endpoint)
-            up, down = tunnel.nbytes
-            metrics.add("wsgate_active_tunnels", -1, route=route_id)
-            metrics.add("wsgate_tunnel_bytes_total", up, route=route_id, direction="upstream")
-            metrics.add("wsgate_tunnel_bytes_total", down, route=route_id, direction="downstream")
-
         # The client connection now belongs to the tunnel: it no longer counts as a plain connection.
         self.connection_closed(conn)
-        self.balancer.acquire(endpoint)
-        metrics.add("wsgate_upgrades_total", 1, route=route_id, instance=endpoint.address)
-        metrics.add("wsgate_active_tunnels", 1, route=route_id)
-        relay = self._native_relay(conn.loop)
-        tunnel: Tunnel | NativeTunnel | None = None
-        if relay is not None:
-            tunnel = relay.adopt(conn, upstream, idle_timeout_s=idle_timeout_s, on_done=finished)
-        if tunnel is None:
-            tunnel = Tunnel(conn, upstream, idle_timeout_s=idle_timeout_s, on_done=finished, loop=conn.loop)
-        if not tunnel.done.done():
-            self.tunnels.add(tunnel)
+        self.tunnels.start(conn, upstream, route_id=route.id, endpoint=endpoint,
+                           idle_timeout_s=route.metadata.idle_timeout_s or self.settings.idle_timeout_s,
+                           native=self.settings.native_relay, loop=conn.loop)

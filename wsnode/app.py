@@ -21,6 +21,7 @@ from wsnode.node import Node
 from wsnode.push_api import PushApi
 from wsnode.registration import ConsulRegistration, ServiceSpec, parse_consul_addr
 from wsnode.settings import NodeSettings
+from wsnode.sharding import Shards
 from wsnode.stream_consumer import StreamConsumer
 
 log = logging.getLogger("wsnode.app")
@@ -54,13 +55,15 @@ def build_app(settings: NodeSettings) -> web.Application:
     """The node application (not yet started)."""
     # The connection name lets operators (and tests) tell a node's connections apart in CLIENT LIST.
     name = re.sub(r"[^A-Za-z0-9_.:-]", "_", f"wsnode-{settings.redis_prefix}{settings.node_id}")
-    # A bounded pool that makes callers wait for a connection (redis-py's default pool fails with "Too many
-    # connections" under a burst of handshakes instead).
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=settings.redis_max_connections, timeout=5.0,
+    # A bounded pool per shard that makes callers wait for a connection (redis-py's default pool fails with "Too
+    # many connections" under a burst of handshakes instead).
+    pools = [aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=settings.redis_max_connections, timeout=5.0,
         socket_connect_timeout=1.0, socket_timeout=5.0, health_check_interval=10, client_name=name)
-    client = aioredis.Redis(connection_pool=pool)
-    node = Node(settings, client)
+        for url in settings.redis_urls]
+    shards = Shards([aioredis.Redis(connection_pool=pool) for pool in pools])
+    client = shards.primary  # shard 0 holds the push stream
+    node = Node(settings, shards)
     verifier = TokenVerifier(hs256_secret=settings.jwt_secret, rs256_public_key=settings.jwt_public_key,
                              leeway_s=settings.token_leeway_s, allow_anonymous=settings.allow_anonymous)
     app = web.Application(client_max_size=1024 * 1024)
@@ -85,8 +88,9 @@ def build_app(settings: NodeSettings) -> web.Application:
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
-        await client.aclose()
-        await pool.disconnect()
+        for shard_client, pool in zip(shards.all, pools, strict=True):
+            await shard_client.aclose()
+            await pool.disconnect()
 
     async def loops_ctx(app: web.Application) -> AsyncIterator[None]:
         consumer = StreamConsumer(client, node.keys.push_stream, consumer=settings.node_id,

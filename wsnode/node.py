@@ -25,7 +25,7 @@ from wsnode.envelope import (
 )
 from wsnode.errors import BackendUnavailable
 from wsnode.keys import Keys
-from wsnode.registry import SessionRegistry
+from wsnode.registry import RedisShards, SessionRegistry, as_shards, gather_all
 from wsnode.routing import Router
 from wsnode.sessions import CLOSE_GOING_AWAY, CLOSE_POLICY, LocalSessions, Session
 from wsnode.settings import NodeSettings
@@ -42,15 +42,18 @@ def new_id() -> str:
 class Node:
     """Ties the local sessions to Redis: registry, store and router."""
 
-    def __init__(self, settings: NodeSettings, client: aioredis.Redis) -> None:
+    def __init__(self, settings: NodeSettings, client: aioredis.Redis | RedisShards) -> None:
         self.settings = settings
-        self.redis = client
+        self.shards = as_shards(client)
+        # Shard 0: broadcasts (and their idempotency markers) and the push/publish streams.
+        self.redis = self.shards.primary
         self.keys = Keys(settings.redis_prefix)
         self.sessions = LocalSessions()
-        self.registry = SessionRegistry(client, self.keys, node_id=settings.node_id, ttl_s=settings.session_ttl_s)
-        self.store = MessageStore(client, self.keys, max_count=settings.store_max_count,
+        self.registry = SessionRegistry(self.shards, self.keys, node_id=settings.node_id,
+                                        ttl_s=settings.session_ttl_s)
+        self.store = MessageStore(self.shards, self.keys, max_count=settings.store_max_count,
                                   max_age_s=settings.store_max_age_s)
-        self.router = Router(client, self.keys, node_id=settings.node_id)
+        self.router = Router(self.shards, self.keys, node_id=settings.node_id)
         self.draining = False
         self.redis_ok = True
 
@@ -126,7 +129,7 @@ class Node:
         """Close every session of `user` on every node; the number of sessions found."""
         try:
             found = await self.registry.presence(user)
-            await self.router.to_nodes({s.node for s in found}, {"k": "disconnect", "u": user})
+            await self.router.to_nodes({s.node for s in found}, {"k": "disconnect", "u": user}, user=user)
         except (RedisError, OSError) as exc:
             metrics.REDIS_ERRORS.labels("disconnect").inc()
             raise BackendUnavailable(f"redis unavailable: {exc}") from None
@@ -187,14 +190,17 @@ class Node:
             "ts": int(time.time() * 1000)}
         await self.redis.xadd(self.keys.publish_stream, fields, maxlen=100_000, approximate=True)
 
-    async def resync(self) -> None:
-        """After a pub/sub gap: register the sessions again, then send each what the store holds beyond its last."""
+    async def resync(self, shard: int | None = None) -> None:
+        """After a pub/sub gap (on one shard, or all when None): register the sessions again, then send each what the
+        store holds beyond its last."""
         with contextlib.suppress(RedisError, OSError):
             # Redis may have restarted empty: until this, pushes for these users would not be routed here.
-            await self.registry.refresh(self.sessions.pairs(), full=True)
+            await self.registry.refresh(self.sessions.pairs(), full=True, shard=shard)
         for session in self.sessions:
             if session.replaying or session.closed:
                 continue
+            if shard is not None and self.shards.count > 1 and self.shards.index_of(session.user) != shard:
+                continue  # its user's pushes come from another shard, whose subscription had no gap
             with contextlib.suppress(RedisError, OSError):
                 replay = await self.store.replay(session.user, session.last_id)
                 for seq, frame in replay.frames:
@@ -216,13 +222,14 @@ class Node:
             await asyncio.sleep(self.settings.session_refresh_s if self.redis_ok else 0.5)
 
     async def healthy(self) -> tuple[bool, dict[str, Any]]:
-        """(UP?, details) for /health: Redis answers and the pub/sub subscription is live."""
+        """(UP?, details) for /health: every Redis shard answers and every pub/sub subscription is live."""
         try:
-            await asyncio.wait_for(self.redis.ping(), 1.0)
+            await asyncio.wait_for(gather_all([client.ping() for client in self.shards.all]), 1.0)
             if not self.redis_ok:
                 # First answer after a gap (Redis may have restarted empty): drop pooled connections to the old
                 # server and register the sessions again before turning green, so the node works as soon as it is UP.
-                await self.redis.connection_pool.disconnect(inuse_connections=False)
+                await gather_all([client.connection_pool.disconnect(inuse_connections=False)
+                                  for client in self.shards.all])
                 await self.registry.refresh(self.sessions.pairs(), full=True)
                 self.redis_ok = True
             redis_up = True

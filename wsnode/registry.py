@@ -17,19 +17,28 @@ restarted empty, or the node stalled past its TTL and was cleaned up) or left by
 (whose records the script then removes), and writes all its sessions again in pipelined batches; after a Redis or
 pub/sub gap the node asks for that rewrite explicitly (`full=True`). Cost: a cleanup is O(sessions of the dead node)
 inside one script (~2 commands each), paid once per dead node.
+
+Sharded Redis (several `--redis` URLs, wsnode/sharding.py): a session's records live on its user's shard, so each
+shard holds its own `wsgate:sessions`, `wsgate:nodes` and `wsgate:node:<id>:sessions|alive` for its users. The
+heartbeat runs on every shard (each shard cleans the dead nodes it knows of) and `counts()` sums over the shards.
+With one URL everything is as described above.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 
 from wsnode.keys import Keys
+from wsnode.sharding import Shards
+
+RedisShards = Shards[aioredis.Redis]
 
 # KEYS none (names built from the prefix, as store.py does); ARGV: prefix, node id, ttl ms, this process's token.
 # Returns {1 if this process's alive key was still there, number of dead nodes cleaned}.
@@ -84,24 +93,41 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def as_shards(client: aioredis.Redis | RedisShards) -> RedisShards:
+    """`client` as shards (one plain client is one shard)."""
+    return client if isinstance(client, Shards) else Shards([client])
+
+
+async def gather_all(calls: list[Awaitable[Any]]) -> list[Any]:
+    """Run `calls` (one per shard) to the end, all of them even when one fails; then raise the first error."""
+    if len(calls) == 1:
+        return [await calls[0]]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
 class SessionRegistry:
     """Records this node's sessions in Redis, keeps the node alive there and answers presence for any user."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, *, node_id: str, ttl_s: float) -> None:
-        self._redis = client
+    def __init__(self, client: aioredis.Redis | RedisShards, keys: Keys, *, node_id: str, ttl_s: float) -> None:
+        self._shards = as_shards(client)
         self._keys = keys
         self._node = node_id
         self._ttl_ms = int(ttl_s * 1000)
-        self._heartbeat = client.register_script(_HEARTBEAT_LUA)
-        self._alive_until = 0.0  # monotonic time until which this node's alive key is known to be in Redis
+        self._heartbeats = [c.register_script(_HEARTBEAT_LUA) for c in self._shards.all]
+        # Per shard: monotonic time until which this node's alive key is known to be there.
+        self._alive_until = [0.0] * self._shards.count
         # Tells this process's alive key from one left by an earlier process with the same node id.
         self._token = uuid.uuid4().hex
         self._unremoved: list[tuple[str, str]] = []  # removals Redis missed, retried by the next refresh
 
     @property
     def alive(self) -> bool:
-        """Whether a heartbeat succeeded recently enough that this node's alive key is still in Redis."""
-        return time.monotonic() < self._alive_until
+        """Whether heartbeats succeeded recently enough that this node's alive key is still on every shard."""
+        return time.monotonic() < min(self._alive_until)
 
     def _member(self, session_id: str) -> str:
         return f"{self._node}|{session_id}"
@@ -109,7 +135,7 @@ class SessionRegistry:
     async def add(self, session_id: str, user: str) -> None:
         """Record a new session; after this (and while the node is alive), pushes for `user` are routed here."""
         now = _now_ms()
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._shards.for_user(user).pipeline(transaction=True) as pipe:
             pipe.zadd(self._keys.user_sessions(user), {self._member(session_id): now})
             pipe.zadd(self._keys.all_sessions, {session_id: now})
             pipe.hset(self._keys.node_sessions(self._node), session_id, user)
@@ -127,33 +153,60 @@ class SessionRegistry:
             self._unremoved.extend(pairs)
             raise
 
+    def _by_shard(self, pairs: list[tuple[str, str]]) -> dict[int, list[tuple[str, str]]]:
+        if self._shards.count == 1:
+            return {0: pairs}
+        out: dict[int, list[tuple[str, str]]] = {}
+        for pair in pairs:
+            out.setdefault(self._shards.index_of(pair[1]), []).append(pair)
+        return out
+
     async def _remove(self, pairs: list[tuple[str, str]]) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
+        await gather_all([self._remove_on(index, part) for index, part in self._by_shard(pairs).items()])
+
+    async def _remove_on(self, index: int, pairs: list[tuple[str, str]]) -> None:
+        async with self._shards.all[index].pipeline(transaction=False) as pipe:
             for session_id, user in pairs:
                 pipe.zrem(self._keys.user_sessions(user), self._member(session_id))
                 pipe.zrem(self._keys.all_sessions, session_id)
             pipe.hdel(self._keys.node_sessions(self._node), *(session_id for session_id, _ in pairs))
             await pipe.execute()
 
-    async def refresh(self, sessions: Iterable[tuple[str, str]], *, full: bool = False) -> None:
-        """Mark this node alive (one script call) and clean dead nodes up; rewrite `sessions` if Redis lost them.
+    async def refresh(self, sessions: Iterable[tuple[str, str]], *, full: bool = False,
+                      shard: int | None = None) -> None:
+        """Mark this node alive (one script call per shard) and clean dead nodes up; rewrite `sessions` if Redis lost
+        them.
 
-        `sessions` is only read when this node's alive key was missing or `full` is set (after a Redis gap).
+        `sessions` is only read when this node's alive key was missing on a shard or `full` is set (after a Redis
+        gap); only the sessions of that shard's users are written there. `shard` limits all this to one shard.
         """
-        started = time.monotonic()
-        had, _cleaned = cast(list[int], await self._heartbeat(
-            keys=[], args=[self._keys.prefix, self._node, self._ttl_ms, self._token]))
-        if full or not int(had):
-            await self._register_all(list(sessions))
+        indexes = range(self._shards.count) if shard is None else [shard]
+        grouped: dict[int, list[tuple[str, str]]] | None = None
+
+        def of_shard(index: int) -> list[tuple[str, str]]:
+            nonlocal grouped
+            if grouped is None:  # read only when some shard needs the rewrite (rare), then grouped once
+                grouped = self._by_shard(list(sessions))
+            return grouped.get(index, [])
+
+        await gather_all([self._refresh_on(index, of_shard, full=full) for index in indexes])
         if self._unremoved:
             retry, self._unremoved = self._unremoved, []
             await self.remove(retry)
-        self._alive_until = started + self._ttl_ms / 1000
 
-    async def _register_all(self, pairs: list[tuple[str, str]]) -> None:
+    async def _refresh_on(self, index: int, of_shard: Callable[[int], list[tuple[str, str]]], *,
+                          full: bool) -> None:
+        started = time.monotonic()
+        had, _cleaned = cast(list[int], await self._heartbeats[index](
+            keys=[], args=[self._keys.prefix, self._node, self._ttl_ms, self._token]))
+        if full or not int(had):
+            await self._register_all(index, of_shard(index))
+        self._alive_until[index] = started + self._ttl_ms / 1000
+
+    async def _register_all(self, index: int, pairs: list[tuple[str, str]]) -> None:
         now = _now_ms()
         for start in range(0, len(pairs), _REREGISTER_BATCH):
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with self._shards.all[index].pipeline(transaction=False) as pipe:
                 for session_id, user in pairs[start:start + _REREGISTER_BATCH]:
                     # NX keeps the start time of sessions Redis still holds.
                     pipe.zadd(self._keys.user_sessions(user), {self._member(session_id): now}, nx=True)
@@ -162,18 +215,21 @@ class SessionRegistry:
                 await pipe.execute()
 
     async def leave(self) -> None:
-        """Mark this node gone (its sessions are removed separately)."""
-        self._alive_until = 0.0
-        async with self._redis.pipeline(transaction=False) as pipe:
+        """Mark this node gone on every shard (its sessions are removed separately)."""
+        self._alive_until = [0.0] * self._shards.count
+        await gather_all([self._leave_on(client) for client in self._shards.all])
+
+    async def _leave_on(self, client: aioredis.Redis) -> None:
+        async with client.pipeline(transaction=False) as pipe:
             pipe.delete(self._keys.node_alive(self._node), self._keys.node_sessions(self._node))
             pipe.zrem(self._keys.nodes, self._node)
             await pipe.execute()
 
-    async def _alive_nodes(self, nodes: Iterable[str]) -> set[str]:
+    async def _alive_nodes(self, client: aioredis.Redis, nodes: Iterable[str]) -> set[str]:
         ordered = sorted(set(nodes))
         if not ordered:
             return set()
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with client.pipeline(transaction=False) as pipe:
             for node in ordered:
                 pipe.exists(self._keys.node_alive(node))
             found = await pipe.execute()
@@ -181,26 +237,36 @@ class SessionRegistry:
 
     async def presence(self, user: str) -> list[SessionInfo]:
         """Sessions of `user` on every live node."""
+        client = self._shards.for_user(user)
         raw_rows = cast(list[tuple[Any, float]],
-                        await self._redis.zrange(self._keys.user_sessions(user), 0, -1, withscores=True))
+                        await client.zrange(self._keys.user_sessions(user), 0, -1, withscores=True))
         rows = [(_text(raw).rpartition("|"), score) for raw, score in raw_rows]
-        alive = await self._alive_nodes(node for (node, _, _), _ in rows)
+        alive = await self._alive_nodes(client, (node for (node, _, _), _ in rows))
         return [SessionInfo(session=session_id, node=node, since_ms=int(score))
                 for (node, _, session_id), score in rows if node in alive]
 
     async def nodes_of(self, user: str) -> set[str]:
         """Live nodes holding sessions of `user`."""
-        members = await self._redis.zrange(self._keys.user_sessions(user), 0, -1)
-        return await self._alive_nodes(_text(raw).rpartition("|")[0] for raw in members)
+        client = self._shards.for_user(user)
+        members = await client.zrange(self._keys.user_sessions(user), 0, -1)
+        return await self._alive_nodes(client, (_text(raw).rpartition("|")[0] for raw in members))
 
     async def counts(self) -> tuple[int, int]:
-        """(sessions on live nodes, live nodes) in the whole cluster."""
-        nodes = await self._alive_nodes(_text(raw) for raw in
-                                        await self._redis.zrangebyscore(self._keys.nodes, _now_ms(), "+inf"))
+        """(sessions on live nodes, live nodes) in the whole cluster: sessions summed over the shards, nodes alive
+        on any shard."""
+        per_shard = await gather_all([self._counts_on(client) for client in self._shards.all])
+        nodes: set[str] = set()
+        for _, alive in per_shard:
+            nodes |= alive
+        return sum(sessions for sessions, _ in per_shard), len(nodes)
+
+    async def _counts_on(self, client: aioredis.Redis) -> tuple[int, set[str]]:
+        nodes = await self._alive_nodes(client, (_text(raw) for raw in
+                                                 await client.zrangebyscore(self._keys.nodes, _now_ms(), "+inf")))
         if not nodes:
-            return 0, 0
-        async with self._redis.pipeline(transaction=False) as pipe:
+            return 0, set()
+        async with client.pipeline(transaction=False) as pipe:
             for node in sorted(nodes):
                 pipe.hlen(self._keys.node_sessions(node))
             sizes = await pipe.execute()
-        return sum(int(n) for n in sizes), len(nodes)
+        return sum(int(n) for n in sizes), nodes

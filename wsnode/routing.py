@@ -2,6 +2,11 @@
 
 The subscribe loop reconnects with backoff and resubscribes; after a gap it calls `on_resubscribed` so the node can
 replay from the store what its sessions may have missed while the subscription was down.
+
+Sharded Redis (wsnode/sharding.py): a push for user U is published on U's shard, so the node subscribes to its
+channel on every shard (one connection and loop each, reconnecting on its own) and to the broadcast channel on shard
+0, where broadcasts are published. `subscribed` is set only while every shard's subscription is live, and
+`on_resubscribed(shard)` names the shard that had the gap.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from redis.exceptions import RedisError
 
 from wsnode import metrics
 from wsnode.keys import Keys
+from wsnode.registry import RedisShards, as_shards
 
 log = logging.getLogger("wsnode.routing")
 
@@ -27,34 +33,60 @@ PayloadHandler = Callable[[dict[str, Any]], None]
 class Router:
     """Publishes control payloads to nodes and runs this node's subscription."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, *, node_id: str) -> None:
-        self._redis = client
+    def __init__(self, client: aioredis.Redis | RedisShards, keys: Keys, *, node_id: str) -> None:
+        self._shards = as_shards(client)
         self._keys = keys
         self._node = node_id
         self.subscribed = asyncio.Event()
+        self._live = [False] * self._shards.count  # per shard: its subscription is confirmed
         self.reconnects = 0
 
     async def broadcast(self, *, push_id: str, tail: str) -> None:
         """A message for every session on every node."""
         payload = json.dumps({"k": "all", "p": push_id, "t": tail}, separators=(",", ":"))
-        await self._redis.publish(self._keys.broadcast_channel, payload)
+        await self._shards.primary.publish(self._keys.broadcast_channel, payload)
 
-    async def to_nodes(self, nodes: set[str], payload: dict[str, Any]) -> None:
-        """Send one control payload to each of `nodes`."""
+    async def to_nodes(self, nodes: set[str], payload: dict[str, Any], *, user: str | None = None) -> None:
+        """Send one control payload to each of `nodes`; on `user`'s shard (after that user's pushes) when given."""
         text = json.dumps(payload, separators=(",", ":"))
-        async with self._redis.pipeline(transaction=False) as pipe:
+        client = self._shards.primary if user is None else self._shards.for_user(user)
+        async with client.pipeline(transaction=False) as pipe:
             for node in sorted(nodes):
                 pipe.publish(self._keys.node_channel(node), text)
             await pipe.execute()
 
-    async def run(self, handle: PayloadHandler, on_resubscribed: Callable[[], Awaitable[None]], *,
+    async def run(self, handle: PayloadHandler, on_resubscribed: Callable[[int], Awaitable[None]], *,
                   backoff_max_s: float = 2.0) -> None:
-        """Subscribe and hand every payload to `handle` until cancelled; reconnect on errors."""
-        channels = (self._keys.node_channel(self._node), self._keys.broadcast_channel)
+        """Subscribe on every shard and hand every payload to `handle` until cancelled; reconnect on errors."""
+        loops = [self._run_shard(index, handle, on_resubscribed, backoff_max_s=backoff_max_s)
+                 for index in range(self._shards.count)]
+        if len(loops) == 1:
+            await loops[0]
+            return
+        tasks = [asyncio.ensure_future(loop) for loop in loops]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _set_live(self, index: int, live: bool) -> None:
+        self._live[index] = live
+        if all(self._live):
+            self.subscribed.set()
+        else:
+            self.subscribed.clear()
+
+    async def _run_shard(self, index: int, handle: PayloadHandler, on_resubscribed: Callable[[int], Awaitable[None]],
+                         *, backoff_max_s: float) -> None:
+        node_channel = self._keys.node_channel(self._node)
+        channels = (node_channel, self._keys.broadcast_channel) if index == 0 else (node_channel,)
+        client = self._shards.all[index]
         delay = 0.05
         lost = False
         while True:
-            pubsub = self._redis.pubsub()
+            pubsub = client.pubsub()
             try:
                 await pubsub.subscribe(*channels)
                 confirmed = 0
@@ -76,8 +108,8 @@ class Router:
                                 # Before turning healthy: sessions registered again and missed messages resent,
                                 # so nothing accepted from now on can miss a session that stayed connected.
                                 lost = False
-                                await on_resubscribed()
-                            self.subscribed.set()
+                                await on_resubscribed(index)
+                            self._set_live(index, True)
                             delay = 0.05
                         continue
                     if message.get("type") == "message":
@@ -85,9 +117,9 @@ class Router:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                if self.subscribed.is_set():
-                    log.warning("pub/sub lost: %s", exc)
-                self.subscribed.clear()
+                if self._live[index]:
+                    log.warning("pub/sub lost (shard %d): %s", index, exc)
+                self._set_live(index, False)
                 lost = True
                 self.reconnects += 1
                 metrics.PUBSUB_RECONNECTS.inc()

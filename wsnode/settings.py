@@ -60,8 +60,7 @@ class NodeSettings:
             raise SettingsError("--node-id must be 1-64 of A-Z a-z 0-9 _ . -")
         if not self.service_name or not NODE_ID_RE.match(self.service_name):
             raise SettingsError("--service-name must be 1-64 of A-Z a-z 0-9 _ . -")
-        if not (self.redis_url.startswith(("redis://", "rediss://", "unix://"))):
-            raise SettingsError(f"--redis must be a redis:// URL, not {self.redis_url!r}")
+        self._check_redis_urls()
         if not (self.jwt_secret or self.jwt_public_key or self.allow_anonymous):
             raise SettingsError("no way to authenticate clients: "
                                 "set --jwt-secret, --jwt-public-key or --allow-anonymous")
@@ -85,6 +84,24 @@ class NodeSettings:
                 raise SettingsError(f"--consul: {exc}") from None
         if self.session_refresh_s >= self.session_ttl_s:
             raise SettingsError("session refresh interval must be shorter than the session expiry")
+
+    def _check_redis_urls(self) -> None:
+        items = [item.strip() for item in self.redis_url.split(",")]
+        for item in items:
+            if not item.startswith(("redis://", "rediss://", "unix://")) or len(item) <= len("unix://"):
+                raise SettingsError(f"--redis takes redis:// URLs separated by commas; {item!r} is not one "
+                                    f"(in {self.redis_url!r})")
+        seen: set[str] = set()
+        for item in items:
+            if item in seen:
+                # Two shard indexes on one server would still work, but a typo here silently halves the capacity.
+                raise SettingsError(f"--redis names {item!r} twice; each shard must be its own Redis")
+            seen.add(item)
+
+    @property
+    def redis_urls(self) -> tuple[str, ...]:
+        """The Redis shards, in order (users are spread over them by wsnode/sharding.py; shard 0 is the primary)."""
+        return tuple(item.strip() for item in self.redis_url.split(","))
 
     @property
     def service_id(self) -> str:
@@ -131,7 +148,8 @@ _FLAGS: dict[str, tuple[str, str, str]] = {
 _HELP: dict[str, str] = {
     '--port': 'listen port',
     '--host': 'listen address (default 0.0.0.0)',
-    '--redis': 'Redis URL',
+    '--redis': 'Redis URL; several, comma-separated, shard users over them (order matters: keep it the same '
+               'on every node)',
     '--redis-prefix': 'prefix of every Redis key and channel',
     '--consul': 'Consul agent (host:port or URL); registers when set',
     '--consul-token': 'Consul ACL token',
@@ -160,7 +178,7 @@ _HELP: dict[str, str] = {
     '--stream-claim-idle': 'seconds before a pending push stream entry of another consumer is claimed (default 30)',
     '--token-leeway': 'clock skew tolerated on exp/nbf, seconds (default 5)',
     '--ws-compress': 'offer permessage-deflate (off: memory)',
-    '--redis-max-connections': 'Redis connection pool size (default 64)',
+    '--redis-max-connections': 'Redis connection pool size, per shard (default 64)',
 }
 
 _TRUE = {"1", "true", "yes", "on"}

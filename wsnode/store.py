@@ -5,10 +5,15 @@ message frames scored by id), `:unacked` (hash id -> module), `:unread` (hash mo
 the number of unacked stored messages per module, so trimming by count or age lowers them too. Because one script
 increments the id, stores the frame and publishes it to the live nodes holding U's sessions (registry.py),
 publications for U leave Redis in id order.
+
+Sharded Redis (wsnode/sharding.py): U's keys, and the idempotency marker of a push as far as it concerns U, live on
+U's shard; the script runs there unchanged, and a push to users on several shards is one script call per shard
+(concurrently, each still batched with other pushes to that shard), whose answers are summed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any, cast
@@ -17,6 +22,7 @@ import redis.asyncio as aioredis
 
 from wsnode.envelope import PushRequest, message_tail
 from wsnode.keys import Keys
+from wsnode.registry import RedisShards, as_shards
 from wsnode.script_batch import ScriptBatcher
 
 _PUSH_LUA = """
@@ -160,17 +166,26 @@ def _counts(raw: dict[Any, Any]) -> dict[str, int]:
     return {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in raw.items() if int(v) > 0}
 
 
+def _result(reply: Any) -> PushResult:
+    online, stored, ids, first_push_id = cast(list[Any], reply)
+    decoded = json.loads(ids.decode() if isinstance(ids, bytes) else str(ids))
+    return PushResult(online_sessions=int(online), stored=int(stored),
+                      ids=decoded if isinstance(decoded, dict) else {},
+                      push_id=first_push_id.decode() if isinstance(first_push_id, bytes) else str(first_push_id))
+
+
 class MessageStore:
     """The store and the atomic store-and-route of pushes to users."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, *, max_count: int, max_age_s: float) -> None:
-        self._redis = client
+    def __init__(self, client: aioredis.Redis | RedisShards, keys: Keys, *, max_count: int,
+                 max_age_s: float) -> None:
+        self._shards = as_shards(client)
         self._keys = keys
         self._max_count = max_count
         self._max_age_ms = int(max_age_s * 1000)
-        # Concurrent pushes share one pipelined round trip (see script_batch.py).
-        self._push = ScriptBatcher(client, _PUSH_LUA)
-        self._ack = client.register_script(_ACK_LUA)
+        # Concurrent pushes to one shard share one pipelined round trip (see script_batch.py).
+        self._push = [ScriptBatcher(c, _PUSH_LUA) for c in self._shards.all]
+        self._ack = [c.register_script(_ACK_LUA) for c in self._shards.all]
 
     async def push_to_users(self, request: PushRequest, *, push_id: str, ts_ms: int,
                             dedupe_key: str | None = None) -> PushResult:
@@ -180,19 +195,30 @@ class MessageStore:
         nothing and returns the first one's result, so a retry never produces a message with a new id.
         """
         tail = message_tail(module=request.module, event=request.event, data_json=request.data_json, ts_ms=ts_ms)
-        args: list[str | int] = [self._keys.prefix, tail, "1" if request.store else "0", request.module,
+        head: list[str | int] = [self._keys.prefix, tail, "1" if request.store else "0", request.module,
                                  self._max_count, self._max_age_ms, push_id,
-                                 self._keys.dedupe(dedupe_key) if dedupe_key else "", *request.users]
-        online, stored, ids, first_push_id = cast(list[Any], await self._push(keys=[], args=args))
-        ids_text = ids.decode() if isinstance(ids, bytes) else str(ids)
-        decoded = json.loads(ids_text)
-        return PushResult(online_sessions=int(online), stored=int(stored),
-                          ids=decoded if isinstance(decoded, dict) else {},
-                          push_id=first_push_id.decode() if isinstance(first_push_id, bytes) else str(first_push_id))
+                                 self._keys.dedupe(dedupe_key) if dedupe_key else ""]
+        if self._shards.count == 1:
+            return _result(await self._push[0](keys=[], args=[*head, *request.users]))
+        groups = self._shards.group(request.users)
+        if len(groups) == 1:
+            ((index, users),) = groups.items()
+            return _result(await self._push[index](keys=[], args=[*head, *users]))
+        # One call per shard. With a dedupe key each shard keeps the marker of its own part, so a retry after a
+        # partial failure (one shard answered, another did not) re-runs only the part that did not happen.
+        parts = await asyncio.gather(*(self._push[index](keys=[], args=[*head, *users])
+                                       for index, users in groups.items()))
+        results = [_result(part) for part in parts]
+        ids: dict[str, str] = {}
+        for result in results:
+            ids.update(result.ids)
+        # The first user's shard names the push (a retry that re-ran another shard's part got a new push id there).
+        return PushResult(online_sessions=sum(r.online_sessions for r in results),
+                          stored=sum(r.stored for r in results), ids=ids, push_id=results[0].push_id)
 
     async def ack(self, user: str, message_id: str) -> dict[str, int] | None:
         """Mark one stored message read; the new counts (also sent to the user's sessions), None if not unacked."""
-        result = await self._ack(keys=[], args=[self._keys.prefix, user, message_id])
+        result = await self._ack[self._shards.index_of(user)](keys=[], args=[self._keys.prefix, user, message_id])
         if result is None:
             return None
         payload = json.loads(result)
@@ -201,12 +227,12 @@ class MessageStore:
 
     async def unread(self, user: str) -> dict[str, int]:
         """Unread counts per module."""
-        return _counts(await self._redis.hgetall(self._keys.user_base(user) + ":unread"))
+        return _counts(await self._shards.for_user(user).hgetall(self._keys.user_base(user) + ":unread"))
 
     async def replay(self, user: str, since: int | None) -> Replay:
         """Stored frames after `since` (every unacked one when None), and whether `since` could be honoured."""
         base = self._keys.user_base(user)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._shards.for_user(user).pipeline(transaction=True) as pipe:
             pipe.get(base + ":seq")
             pipe.hkeys(base + ":unacked")
             lowest = "-inf" if since is None else f"({since}"

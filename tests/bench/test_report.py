@@ -150,3 +150,30 @@ def test_scaleout_table_has_a_row_per_node_count() -> None:
     assert table[-1] == "| 4 | 2 | 1.00 | 15.0 | 90 | 1.0 / 3.0 | 4.00 |"
     assert len(table) == 4 + 4
     assert report.scaleout_table(None) == ""
+
+
+def shard_steps(ratios: tuple[float, ...], totals: tuple[float, ...]) -> list[dict[str, Any]]:
+    pairs = enumerate(zip(ratios, totals, strict=True))
+    return [{"shards": 2 ** i, "users_per_shard": [10] * 2 ** i, "max_mean_ratio": r,
+             "push_commands_per_push_total": t, "push_commands_per_push_per_shard": [t / 2 ** i] * 2 ** i,
+             "redis_cpu_us_per_push_per_shard": [20.0] * 2 ** i} for i, (r, t) in pairs]
+
+
+@pytest.mark.parametrize(("ratios", "totals", "ok"), [
+    ((1.0, 1.03, 1.05), (16.0, 16.0, 16.0), (True, True)),
+    ((1.0, 1.5, 1.9), (16.0, 16.0, 16.0), (False, True)),
+    ((1.0, 1.03, 1.05), (16.0, 24.0, 32.0), (True, False)),
+])
+def test_shards_figures_want_an_even_split_and_a_constant_total(ratios: tuple[float, ...], totals: tuple[float, ...],
+                                                                 ok: tuple[bool, bool]) -> None:
+    split, total = report.shards_figures({"steps": shard_steps(ratios, totals)})
+    assert (split.ok, total.ok) == ok
+    assert "1/2/4 shards" in split.name
+    assert report.shards_figures(None)[0].ok is None
+
+
+def test_shards_table_has_a_row_per_shard_count() -> None:
+    table = report.shards_table({"steps": shard_steps((1.0, 1.03), (16.0, 16.0))}).splitlines()
+    assert table[-1] == "| 2 | 10 / 10 | 8.00 / 8.00 | 1.03 | 20 / 20 |"
+    assert len(table) == 4 + 2
+    assert report.shards_table(None) == ""

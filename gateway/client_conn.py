@@ -1,0 +1,101 @@
+"""An accepted client connection, read by the server's coroutine once its first head is complete."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+from gateway.config import ServerSettings
+from gateway.conn import Conn
+from gateway.errors import GatewayError, HeadTooLarge, RequestTimeout
+from gateway.httpparse import HEAD_END
+
+
+class ConnOwner(Protocol):
+    """What a client connection needs from the server that accepted it (`server.GatewayServer`)."""
+
+    @property
+    def settings(self) -> ServerSettings: ...
+
+    def connection_opened(self, conn: ClientConn) -> bool: ...
+
+    def connection_closed(self, conn: ClientConn) -> None: ...
+
+    def refuse(self, conn: Conn, error: GatewayError) -> None: ...
+
+    def serve(self, conn: ClientConn) -> Coroutine[Any, Any, None]: ...
+
+
+class ClientConn(Conn):
+    """An accepted client connection.
+
+    Its serving coroutine starts only once the first head is complete (or the client gave up or sent too much):
+    most connections send their whole head at once, so no task waits on an empty socket, and the first head's
+    timeout is a plain timer rather than a timeout scope.
+    """
+
+    def __init__(self, server: ConnOwner, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.server = server
+        self.busy = False  # between reading a head and finishing its answer
+        self.task: asyncio.Task[None] | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._scan_from = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.server.connection_opened(self):
+            timeout_s = self.server.settings.head_timeout_s
+            assert self._loop is not None
+            self._head_timer = self._loop.call_later(timeout_s, self._first_head_late)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._head_timer is not None:
+            if (self.buffer.find(HEAD_END, self._scan_from) >= 0
+                    or len(self.buffer) > self.server.settings.max_head_bytes):
+                self._start()
+            else:
+                self._scan_from = max(0, len(self.buffer) - len(HEAD_END) + 1)
+
+    def eof_received(self) -> bool:
+        result = super().eof_received()
+        if self._head_timer is not None:
+            self._start()
+        return result
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self.server.connection_closed(self)
+
+    def take_head(self, *, max_bytes: int) -> bytes | None:
+        """The next head if it is all buffered (what `read_head` would return at once), else None.
+
+        The first head is almost always complete when the serving coroutine starts: this spares a coroutine.
+        """
+        buffer = self.buffer
+        if buffer.startswith(b"\r\n"):
+            self._skip_blank_lines()
+        end = buffer.find(HEAD_END)
+        if end < 0:
+            return None
+        if end + len(HEAD_END) > max_bytes:
+            raise HeadTooLarge("request head too large")
+        head = bytes(buffer[:end])
+        del buffer[: end + len(HEAD_END)]
+        return head
+
+    def _start(self) -> None:
+        assert self._head_timer is not None
+        self._head_timer.cancel()
+        self._head_timer = None
+        assert self._loop is not None
+        self.task = self._loop.create_task(self.server.serve(self))
+
+    def _first_head_late(self) -> None:
+        self._head_timer = None
+        self.server.refuse(self, RequestTimeout("request head not received in time"))

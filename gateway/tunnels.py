@@ -1,0 +1,87 @@
+"""The open tunnels of one worker: handed to the native relay thread when possible, relayed in Python otherwise.
+
+`Tunnels.start` is called with both connections right after the 101 has been written to the client. It keeps the
+balancer's per-instance counts and the tunnel metrics (upgrades, active tunnels, bytes each way) and forgets a
+tunnel when it ends. The native relay thread starts with the first tunnel of the worker process (never in the
+supervisor that forks the workers) and stops in `close_all`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+
+from gateway import native_relay
+from gateway.balancer import Balancer
+from gateway.conn import Conn
+from gateway.discovery.base import Endpoint
+from gateway.metrics import Metrics
+from gateway.native_relay import NativeRelay, NativeTunnel
+from gateway.tunnel import Tunnel
+
+log = logging.getLogger("gateway.tunnels")
+
+AnyTunnel = Tunnel | NativeTunnel
+
+
+class Tunnels:
+    """A set of open tunnels (iterable, sized) plus the worker's relay thread."""
+
+    def __init__(self, *, metrics: Metrics, balancer: Balancer) -> None:
+        self._open: set[AnyTunnel] = set()
+        self._metrics = metrics
+        self._balancer = balancer
+        self._relay: NativeRelay | None = None
+        self._relay_failed = False
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def __iter__(self) -> Iterator[AnyTunnel]:
+        return iter(self._open)
+
+    def _native(self, loop: asyncio.AbstractEventLoop) -> NativeRelay | None:
+        if self._relay is None and not self._relay_failed and native_relay.available():
+            try:
+                self._relay = NativeRelay(loop)
+            except (OSError, RuntimeError) as exc:
+                self._relay_failed = True
+                log.warning("native relay unavailable, tunnels are relayed in Python: %s", exc)
+        return self._relay
+
+    def start(self, client: Conn, upstream: Conn, *, route_id: str, endpoint: Endpoint,
+              idle_timeout_s: float | None, native: bool, loop: asyncio.AbstractEventLoop | None) -> AnyTunnel:
+        """Relay between `client` and `upstream` from now on; the tunnel is forgotten when it ends."""
+        metrics = self._metrics
+
+        def finished(tunnel: AnyTunnel) -> None:
+            self._open.discard(tunnel)
+            self._balancer.release(endpoint)
+            up, down = tunnel.nbytes
+            metrics.add("wsgate_active_tunnels", -1, route=route_id)
+            metrics.add("wsgate_tunnel_bytes_total", up, route=route_id, direction="upstream")
+            metrics.add("wsgate_tunnel_bytes_total", down, route=route_id, direction="downstream")
+
+        self._balancer.acquire(endpoint)
+        metrics.add("wsgate_upgrades_total", 1, route=route_id, instance=endpoint.address)
+        metrics.add("wsgate_active_tunnels", 1, route=route_id)
+        relay = self._native(loop) if native and loop is not None else None
+        tunnel: AnyTunnel | None = None
+        if relay is not None:
+            tunnel = relay.adopt(client, upstream, idle_timeout_s=idle_timeout_s, on_done=finished)
+        if tunnel is None:
+            tunnel = Tunnel(client, upstream, idle_timeout_s=idle_timeout_s, on_done=finished, loop=loop)
+        if not tunnel.done.done():
+            self._open.add(tunnel)
+        return tunnel
+
+    async def close_all(self, *, flush_timeout_s: float = 1.0) -> None:
+        """Close every tunnel (each flushes what it has pending), then stop the relay thread."""
+        for tunnel in list(self._open):
+            tunnel.close()
+        if self._relay is not None:
+            # The thread flushes what each side still has pending; give that a moment before it stops.
+            if closing := [t.done for t in self._open if isinstance(t, NativeTunnel)]:
+                await asyncio.wait(closing, timeout=flush_timeout_s)
+            self._relay.close()
