@@ -136,6 +136,9 @@ class GatewayServer:
         server = await loop.create_server(lambda: ClientConn(self, loop), host or None, port, ssl=self.listen_ssl,
                                           reuse_port=reuse_port, backlog=1024, reuse_address=True)
         self._servers.append(server)
+        if self.settings.native_relay:
+            # Started with the listener, so its three descriptors are part of the worker's baseline.
+            self.tunnels.prepare(loop)
         return [sock.getsockname()[:2] for sock in server.sockets]
 
     def stop_accepting(self) -> None:

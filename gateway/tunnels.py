@@ -2,8 +2,8 @@
 
 `Tunnels.start` is called with both connections right after the 101 has been written to the client. It keeps the
 balancer's per-instance counts and the tunnel metrics (upgrades, active tunnels, bytes each way) and forgets a
-tunnel when it ends. The native relay thread starts with the first tunnel of the worker process (never in the
-supervisor that forks the workers) and stops in `close_all`.
+tunnel when it ends. The native relay thread (an epoll fd, two eventfds and a thread) starts when the worker
+process listens (`prepare`; never in the supervisor that forks the workers) and stops in `close_all`.
 """
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ class Tunnels:
 
     def __iter__(self) -> Iterator[AnyTunnel]:
         return iter(self._open)
+
+    def prepare(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the relay thread now rather than with the first tunnel (a no-op without the native module)."""
+        self._native(loop)
 
     def _native(self, loop: asyncio.AbstractEventLoop) -> NativeRelay | None:
         if self._relay is None and not self._relay_failed and native_relay.available():
