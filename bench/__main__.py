@@ -65,7 +65,7 @@ def plan(args: argparse.Namespace, out_dir: Path) -> tuple[list[Job], dict[str, 
     jobs: list[Job] = []
     skipped: dict[str, str] = {}
     # (expected, budget) seconds; quick budgets add up to under two minutes on an idle 2-core machine.
-    times = {"relay": (22, 35), "fanout": (16, 30), "scaleout": (14, 30), "shards": (6, 15), "soak": (40, 60)} \
+    times = {"relay": (22, 35), "fanout": (16, 30), "scaleout": (14, 30), "shards": (8, 20), "soak": (40, 60)} \
         if args.quick else {"relay": (130, 400), "fanout": (90, 400), "soak": (120, 600), "scaleout": (40, 300),
                             "shards": (20, 120)}
     for name in NAMES:

@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.shards or min(args.shards) < 1 or min(args.sessions, args.pushes, args.in_flight) < 1:
         parser.error("--shards, --sessions, --pushes and --in-flight must be at least 1")
     if args.quick:
-        args.sessions, args.pushes = min(args.sessions, 200), min(args.pushes, 1000)
+        args.sessions, args.pushes = min(args.sessions, 1000), min(args.pushes, 1000)
     workdir = Path(tempfile.mkdtemp(prefix="wsgate-shards-"))
     group = ProcessGroup(workdir / "logs")
     try:
