@@ -123,6 +123,9 @@ class SessionRegistry:
         # Tells this process's alive key from one left by an earlier process with the same node id.
         self._token = uuid.uuid4().hex
         self._unremoved: list[tuple[str, str]] = []  # removals Redis missed, retried by the next refresh
+        # Removals seen by each refresh in flight: one that rewrites the sessions from a snapshot must not bring
+        # back a session that closed meanwhile (its removal may have reached Redis before the rewrite).
+        self._watchers: list[list[tuple[str, str]]] = []
 
     @property
     def alive(self) -> bool:
@@ -146,6 +149,8 @@ class SessionRegistry:
         pairs = list(sessions)
         if not pairs:
             return
+        for watcher in self._watchers:
+            watcher.extend(pairs)
         try:
             await self._remove(pairs)
         except BaseException:
@@ -182,14 +187,24 @@ class SessionRegistry:
         """
         indexes = range(self._shards.count) if shard is None else [shard]
         grouped: dict[int, list[tuple[str, str]]] | None = None
+        rewritten: set[str] = set()
 
         def of_shard(index: int) -> list[tuple[str, str]]:
             nonlocal grouped
             if grouped is None:  # read only when some shard needs the rewrite (rare), then grouped once
                 grouped = self._by_shard(list(sessions))
-            return grouped.get(index, [])
+            part = grouped.get(index, [])
+            rewritten.update(session_id for session_id, _ in part)
+            return part
 
-        await gather_all([self._refresh_on(index, of_shard, full=full) for index in indexes])
+        removed: list[tuple[str, str]] = []
+        self._watchers.append(removed)
+        try:
+            await gather_all([self._refresh_on(index, of_shard, full=full) for index in indexes])
+        finally:
+            self._watchers.remove(removed)
+            # Closed while the rewrite ran: removed once more below, after it (or by the next refresh).
+            self._unremoved.extend(pair for pair in removed if pair[0] in rewritten)
         if self._unremoved:
             retry, self._unremoved = self._unremoved, []
             await self.remove(retry)

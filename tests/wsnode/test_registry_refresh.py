@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -125,3 +125,27 @@ async def test_registry_add_and_remove_are_seen_at_once(own_redis: aioredis.Redi
     await registry.remove([("fresh", "zoe")])
     assert await registry.presence("zoe") == []
     assert await registry.counts() == (0, 1)
+
+
+async def test_refresh_rewrite_does_not_bring_back_a_session_closed_meanwhile(own_redis: aioredis.Redis) -> None:
+    """A full rewrite works from a snapshot in batches; a session closing during it must stay removed."""
+    keys = Keys("rw:")
+    registry = SessionRegistry(own_redis, keys, node_id="n1", ttl_s=30)
+    await asyncio.gather(own_redis.ping(), own_redis.ping())  # two pooled connections: the removal needs no connect
+    pairs = [(f"s{i}", f"u{i}") for i in range(2500)]  # three rewrite batches
+    closing = pairs[-1]  # written back by the last batch, after its removal has reached Redis
+    removals: list[asyncio.Task[None]] = []
+
+    class Snapshot:
+        """The node's sessions as the refresh reads them; the last one closes as the rewrite starts."""
+
+        def __iter__(self) -> Iterator[tuple[str, str]]:
+            removals.append(asyncio.ensure_future(registry.remove([closing])))
+            return iter(pairs)
+
+    await registry.refresh(Snapshot(), full=True)
+    await removals[0]
+    assert await own_redis.hget(keys.node_sessions("n1"), closing[0]) is None
+    assert await own_redis.zscore(keys.user_sessions(closing[1]), f"n1|{closing[0]}") is None
+    assert await own_redis.zscore(keys.all_sessions, closing[0]) is None
+    assert await own_redis.hget(keys.node_sessions("n1"), pairs[0][0]) == pairs[0][1]
