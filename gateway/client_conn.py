@@ -11,6 +11,8 @@ from gateway.conn import Conn
 from gateway.errors import GatewayError, HeadTooLarge, RequestTimeout
 from gateway.httpparse import HEAD_END
 
+LINGER_S = 5.0  # nginx's lingering_timeout: how long input is drained after an error answer before closing
+
 
 class ConnOwner(Protocol):
     """What a client connection needs from the server that accepted it (`server.GatewayServer`)."""
@@ -42,6 +44,7 @@ class ClientConn(Conn):
         self.task: asyncio.Task[None] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._scan_from = 0
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -51,6 +54,8 @@ class ClientConn(Conn):
             self._head_timer = self._loop.call_later(timeout_s, self._first_head_late)
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_timer is not None:
+            return  # lingering after an error answer: what still comes is dropped
         super().data_received(data)
         if self._head_timer is not None:
             if (self.buffer.find(HEAD_END, self._scan_from) >= 0
@@ -70,6 +75,8 @@ class ClientConn(Conn):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         self.server.connection_closed(self)
 
     def take_head(self, *, max_bytes: int) -> bytes | None:
@@ -88,6 +95,26 @@ class ClientConn(Conn):
         head = bytes(buffer[:end])
         del buffer[: end + len(HEAD_END)]
         return head
+
+    def close_lingering(self, *, linger_s: float = LINGER_S) -> None:
+        """Close after an answer to a client that may still be sending (an error, or input left unread).
+
+        Closing a socket with unread input makes the kernel send a reset, which can overtake the answer on its way
+        and destroy it (nginx's lingering close exists for this). Instead the write side is shut down once the
+        answer is sent, whatever still comes is dropped, and the connection closes at the client's EOF or after
+        `linger_s`.
+        """
+        transport = self.transport
+        if (transport is None or transport.is_closing() or self.eof or self._loop is None
+                or not transport.can_write_eof()):
+            self.close()
+            return
+        if self._linger_timer is not None:
+            return
+        self.buffer.clear()
+        self._linger_timer = self._loop.call_later(linger_s, transport.abort)
+        transport.write_eof()
+        self.resume_reading()
 
     def _start(self) -> None:
         assert self._head_timer is not None

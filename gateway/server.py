@@ -155,7 +155,8 @@ class GatewayServer:
                 conn.close()
         deadline = time.monotonic() + timeout_s
         while (self.tunnels or self.connections) and time.monotonic() < deadline:
-            waiters = [t.done for t in self.tunnels] + [c.task for c in self.connections if c.task is not None]
+            waiters = [t.done for t in self.tunnels] + [c.task for c in self.connections
+                                                          if c.task is not None and not c.task.done()]
             if not waiters:
                 break
             await asyncio.wait(waiters, timeout=max(0.0, deadline - time.monotonic()),
@@ -167,7 +168,8 @@ class GatewayServer:
 
     @staticmethod
     def _busy(conn: ClientConn) -> bool:
-        return bool(conn.buffer) or conn.busy
+        # A connection whose serving task has ended (answered, perhaps lingering) has nothing left to finish.
+        return (bool(conn.buffer) or conn.busy) and not (conn.task is not None and conn.task.done())
 
     # -- connections ------------------------------------------------------------------------------------
     def connection_opened(self, conn: ClientConn) -> bool:
@@ -183,7 +185,10 @@ class GatewayServer:
         self._count("-", error.status)
         access_log.info('%s "-" %d %s', self._client_addr(conn), error.status, error)
         conn.write(simple_response(error.status, error_body(error, ""), close=True))
-        conn.close()
+        if isinstance(conn, ClientConn):
+            conn.close_lingering()
+        else:
+            conn.close()
 
     def connection_closed(self, conn: ClientConn) -> None:
         """Forget a closed connection."""
@@ -201,6 +206,7 @@ class GatewayServer:
         remote = self._client_addr(conn)
         scheme = "https" if self.listen_ssl is not None else "http"
         handed_over = False
+        errored = False
         try:
             while not conn.lost:
                 conn.busy = False
@@ -230,13 +236,17 @@ class GatewayServer:
             self._count("-", error.status)
             access_log.info('%s "-" %d %s', remote, error.status, error)
             conn.write(simple_response(error.status, error_body(error, ""), close=True))
+            errored = True
         except (ConnectionError, OSError) as exc:
             log.debug("client connection failed: %s", exc)
         except Exception:
             log.exception("unexpected error serving %s", remote)
             conn.write(simple_response(500, error_body(GatewayError("internal error"), ""), close=True))
+            errored = True
         finally:
-            if not handed_over:
+            if not handed_over and (errored or conn.buffer):
+                conn.close_lingering()  # the answer must not be lost to a reset caused by unread input
+            elif not handed_over:
                 conn.close()
 
     def _count(self, route: str, status: int) -> None:

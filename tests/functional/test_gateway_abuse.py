@@ -174,7 +174,11 @@ async def test_gateway_abuse_slowloris_heads_get_408_and_memory_returns(
     pid, port = await start(procs, tmp_path, silent)
 
     async def slowloris(prefix: bytes) -> tuple[int, float]:
-        """The status answered (0: the connection was reset instead) and the seconds it took."""
+        """The status answered (0: the connection was reset instead) and the seconds it took.
+
+        The gateway answers 408, shuts its side down and drops what still trickles in (a lingering close), so
+        the answer is never overtaken by a reset: every slow client must read its 408.
+        """
         started = time.monotonic()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(prefix + b"GET /svc/x HTTP/1.1\r\nHost: x\r\n")
@@ -192,8 +196,6 @@ async def test_gateway_abuse_slowloris_heads_get_408_and_memory_returns(
             try:
                 response = await asyncio.wait_for(reader.read(), 10)
             except ConnectionResetError:
-                # Bytes that arrive after the gateway read its last ones turn its close into a reset, which may
-                # overtake the 408 on its way: the connection was still cut off, which is what counts.
                 return 0, time.monotonic() - started
             if prefix:  # the first, complete request's answer comes first
                 response = response[response.index(b"HTTP/1.1 ", 1):]
@@ -205,15 +207,14 @@ async def test_gateway_abuse_slowloris_heads_get_408_and_memory_returns(
     async def round_(n: int) -> None:
         results = await asyncio.gather(*(slowloris(b"") for _ in range(n)))
         statuses = [status for status, _ in results]
-        assert set(statuses) <= {408, 0}
-        assert statuses.count(408) >= n // 2
+        assert set(statuses) == {408}
         # Cut off at the head timeout (counted from before the connect), however many bytes keep coming.
         assert all(HEAD_TIMEOUT_S <= elapsed < HEAD_TIMEOUT_S + 8 for _, elapsed in results)
 
     await memory_returns(pid, round_, warmup=20, load=200)
     # The second head of a kept-alive connection has the same deadline.
     statuses = {(await slowloris(b"GET /actuator/health HTTP/1.1\r\nHost: x\r\n\r\n"))[0] for _ in range(3)}
-    assert 408 in statuses
+    assert statuses == {408}
 
 
 async def test_gateway_abuse_oversized_heads_get_431_and_memory_returns(

@@ -59,6 +59,19 @@ async def test_server_answers_431_to_large_head_still_arriving(start_gateway: St
     assert status_of(response) == 431
 
 
+async def test_server_error_answer_survives_input_still_arriving(start_gateway: StartGateway) -> None:
+    """Closing with unread input would send a reset that destroys the 431; the gateway lingers instead."""
+    gw = await start_gateway(config(max_head_bytes=1024))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nX-Big: " + b"a" * (4 * 1024 * 1024))  # far more than it reads at once
+        response = await asyncio.wait_for(reader.read(), 5)  # ConnectionResetError if the answer was lost
+        assert status_of(response) == 431
+        await asyncio.wait_for(writer.drain(), 5)  # what followed was read and dropped, not refused
+    finally:
+        writer.close()
+
+
 async def test_server_answers_400_to_garbage(start_gateway: StartGateway) -> None:
     gw = await start_gateway(config())
     response = await raw_exchange(gw.port, b"HELLO THERE\r\n\r\n")
