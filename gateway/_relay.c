@@ -11,6 +11,8 @@
  * - EOF from either side, or close(): stop reading both, flush what is pending to each side, then close it;
  * - an error on either side, or abort(): close both at once;
  * - an optional idle timeout closes a tunnel that moved no byte for that long;
+ * - a closing tunnel whose peer does not take its last bytes within flush_timeout_ms (30 s, nginx's
+ *   send_timeout is 60 s) is aborted, so a reader that stopped reading cannot hold two descriptors forever;
  * - the bytes each side sent are read from TCP_INFO (tcpi_bytes_received, handshake included) before the
  *   first socket of a tunnel is closed, falling back to the bytes this thread read.
  *
@@ -54,6 +56,7 @@ typedef struct tunnel {
     uint64_t id;
     end_t ends[2];               /* 0: client, 1: upstream */
     int closing;                 /* no more reading; each fd closes once its pending bytes are sent */
+    uint64_t closing_at_ms;      /* when closing began: a peer that never reads is cut off after flush_timeout_ms */
     int collected;
     int64_t received[2];         /* bytes each side sent (TCP_INFO), -1 until known */
     uint64_t idle_ms;            /* 0: no idle timeout */
@@ -94,6 +97,7 @@ typedef struct {
     uint64_t sweep_ms;
     uint64_t last_sweep_ms;
     pid_t owner; /* the process that started the thread (a forked child has no thread to stop) */
+    uint64_t flush_timeout_ms;  /* how long a closing tunnel may wait for a peer to take its last bytes */
     char buffer[CHUNK_BYTES];
 } Relay;
 
@@ -208,9 +212,17 @@ static int flush(end_t *e) {
     return 0;
 }
 
+/* The sweep runs at least every `ms` (5 ms to 1 s) from now on. */
+static void want_sweep(Relay *r, uint64_t ms) {
+    if (ms < 5) ms = 5;
+    if (ms > 1000) ms = 1000;
+    if (r->sweep_ms == 0 || ms < r->sweep_ms) r->sweep_ms = ms;
+}
+
 static void begin_close(Relay *r, tunnel_t *t) {
     if (!t->closing) {
         t->closing = 1;
+        t->closing_at_ms = now_ms();
         collect(t);
     }
     for (int i = 0; i < 2; i++) {
@@ -218,6 +230,7 @@ static void begin_close(Relay *r, tunnel_t *t) {
         if (e->fd >= 0 && e->pending_len == 0) close_end(r, e);
     }
     for (int i = 0; i < 2; i++) update_interest(r, t, i);
+    if (t->ends[0].fd >= 0 || t->ends[1].fd >= 0) want_sweep(r, r->flush_timeout_ms / 4);
     maybe_finish(r, t);
 }
 
@@ -297,11 +310,7 @@ static void start_tunnel(Relay *r, tunnel_t *t) {
     if (r->live) r->live->prev = t;
     r->live = t;
     t->active_at_ms = now_ms();
-    if (t->idle_ms) {
-        uint64_t sweep = t->idle_ms / 4;
-        if (sweep < 5) sweep = 5;
-        if (sweep < r->sweep_ms || r->sweep_ms == 0) r->sweep_ms = sweep > 1000 ? 1000 : sweep;
-    }
+    if (t->idle_ms) want_sweep(r, t->idle_ms / 4);
     /* Bytes that arrived with the heads go first. */
     for (int i = 0; i < 2; i++) {
         t->ends[i].tunnel = t;
@@ -327,7 +336,9 @@ static void sweep_idle(Relay *r, uint64_t now) {
     tunnel_t *t = r->live;
     while (t) {
         tunnel_t *next = t->next;
-        if (t->idle_ms && !t->closing) {
+        if (t->closing) {
+            if (now - t->closing_at_ms >= r->flush_timeout_ms) abort_tunnel(r, t);
+        } else if (t->idle_ms) {
             if (t->moved != t->moved_seen) {
                 t->moved_seen = t->moved;
                 t->active_at_ms = now;
@@ -444,10 +455,12 @@ static void stop_thread(Relay *r) {
 }
 
 static PyObject *Relay_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, ":Relay", keywords)) return NULL;
+    static char *keywords[] = {"flush_timeout_ms", NULL};
+    unsigned long long flush_timeout_ms = 30000;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$K:Relay", keywords, &flush_timeout_ms)) return NULL;
     Relay *r = (Relay *)type->tp_alloc(type, 0);
     if (r == NULL) return NULL;
+    r->flush_timeout_ms = flush_timeout_ms;
     r->epfd = r->wakefd = r->donefd = -1;
     pthread_mutex_init(&r->lock, NULL);
     r->next_id = 1;

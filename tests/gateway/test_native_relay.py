@@ -255,3 +255,31 @@ def test_relay_stop_closes_every_tunnel_and_refuses_new_ones(relay: Any, listene
 def test_relay_refuses_the_same_descriptor_twice(relay: Any) -> None:
     with pytest.raises(ValueError, match="distinct"):
         relay.add(5, 5)
+
+
+def test_relay_gives_up_flushing_to_a_peer_that_never_reads(listener: socket.socket) -> None:
+    """A closing tunnel waits for its last bytes to be taken, but not forever (flush_timeout_ms)."""
+    from gateway import _relay
+
+    relay = _relay.Relay(flush_timeout_ms=200)
+    t = Tunnel(relay, listener)
+    try:
+        # The client never reads: fill everything until the relay holds bytes for it and stops reading upstream.
+        t.upstream.setblocking(False)
+        chunk = b"z" * 65536
+        while True:
+            try:
+                t.upstream.send(chunk)
+                continue
+            except BlockingIOError:
+                pass
+            _, writable, _ = select.select([], [t.upstream], [], 0.5)
+            if not writable:
+                break
+        started = time.monotonic()
+        relay.close(t.id)
+        assert [d[0] for d in wait_done(relay)] == [t.id]
+        assert time.monotonic() - started >= 0.2
+    finally:
+        relay.stop()
+        t.close()
