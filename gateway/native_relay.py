@@ -114,12 +114,17 @@ class NativeRelay:
             return None
         ct.pause_reading()
         ut.pause_reading()
+        dups: list[int] = []
         try:
-            fds = (os.dup(client_fd), os.dup(upstream_fd))
-        except OSError as exc:
+            for fd in (client_fd, upstream_fd):
+                dups.append(os.dup(fd))
+        except OSError as exc:  # EMFILE near the descriptor limit: the Python tunnel needs none
+            for fd in dups:
+                os.close(fd)
             log.warning("cannot hand a tunnel to the native relay: %s", exc)
             self._resume(client, upstream)
             return None
+        fds = (dups[0], dups[1])
         to_upstream, to_client = bytes(client.buffer), bytes(upstream.buffer)
         idle_ms = round(idle_timeout_s * 1000) if idle_timeout_s else 0
         try:
