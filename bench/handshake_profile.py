@@ -1,6 +1,6 @@
 """Gateway CPU per WebSocket handshake, alone: the handshake part of `bench.relay` without nginx or message runs.
 
-    python -m bench.handshake_profile [--rounds 5] [--duration-s 2] [--baseline DIR] [--py-spy OUT.txt]
+    python -m bench.handshake_profile [--rounds 5] [--duration-s 2] [--baseline DIR] [--pin] [--py-spy OUT.txt]
 
 Starts an echo upstream, the dev Consul agent and a gateway (one worker, access log off, `lb:ws://bench-echo`
 through Consul), exactly as `bench.relay` does, then runs `--rounds` rounds of handshakes (open, upgrade, close;
@@ -27,17 +27,21 @@ import tempfile
 from pathlib import Path
 
 from bench import loadgen, procstat
-from bench.relay import GATEWAY_ROUTES, register_echo
+from bench.relay import GATEWAY_ROUTES, pin, register_echo
 from tests.harness import ManagedProcess, ProcessGroup, free_port
 
+RELAY_THREAD = "wsgate-relay"  # the native relay thread's name (gateway/_relay.c)
 
-async def one_round(proc: ManagedProcess, port: int, *, duration_s: float, concurrency: int) -> tuple[float, float]:
-    """(CPU microseconds per handshake, handshakes per second) of one round against `proc`."""
-    before = procstat.cpu_seconds(proc.pid)
+
+async def one_round(proc: ManagedProcess, port: int, *, duration_s: float,
+                    concurrency: int) -> tuple[float, float, float]:
+    """(CPU microseconds per handshake, of which in the relay thread, handshakes per second) of one round."""
+    before, relay_before = procstat.cpu_seconds(proc.pid), procstat.thread_cpu_seconds(proc.pid, RELAY_THREAD)
     count, elapsed = await loadgen.run_handshakes("127.0.0.1", port, "/echo/hs", concurrency=concurrency,
                                                   duration_s=duration_s)
     cpu = procstat.cpu_seconds(proc.pid) - before
-    return cpu * 1e6 / max(count, 1), count / elapsed
+    relay_cpu = procstat.thread_cpu_seconds(proc.pid, RELAY_THREAD) - relay_before
+    return cpu * 1e6 / max(count, 1), relay_cpu * 1e6 / max(count, 1), count / elapsed
 
 
 def start_gateway(group: ProcessGroup, name: str, workdir: Path, consul_port: int,
@@ -76,15 +80,24 @@ async def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> i
     gateways = {"current": start_gateway(group, "current", workdir, consul_port, None)}
     if args.baseline is not None:
         gateways["baseline"] = start_gateway(group, "baseline", workdir, consul_port, args.baseline)
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.pin and len(cpus) >= 2:  # as `bench.relay --pin` does: gateways on one CPU, everything else on the rest
+        for proc, _ in gateways.values():
+            pin(proc.pid, {cpus[-1]})
+        for proc in (echo, consul):
+            pin(proc.pid, set(cpus[:-1]))
+        os.sched_setaffinity(0, set(cpus[:-1]))
     for proc, port in gateways.values():  # warm-up: first connections, Consul snapshot, code paths
         await one_round(proc, port, duration_s=0.5, concurrency=args.concurrency)
     results: dict[str, list[float]] = {name: [] for name in gateways}
     order = list(gateways.items())
     for i in range(args.rounds):
         for name, (proc, port) in (order if i % 2 == 0 else order[::-1]):
-            cpu_us, rate = await one_round(proc, port, duration_s=args.duration_s, concurrency=args.concurrency)
+            cpu_us, relay_us, rate = await one_round(proc, port, duration_s=args.duration_s,
+                                                     concurrency=args.concurrency)
             results[name].append(cpu_us)
-            print(f"round {i + 1} {name:8} {cpu_us:6.1f} us/handshake  {rate:6.0f} handshakes/s", flush=True)
+            print(f"round {i + 1} {name:8} {cpu_us:6.1f} us/handshake ({relay_us:5.1f} in the relay thread)"
+                  f"  {rate:6.0f} handshakes/s", flush=True)
     if args.py_spy is not None:
         proc, port = gateways["current"]
         recorder = start_py_spy(proc.pid, args.py_spy)
@@ -107,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, default=2.0, help="seconds per round")
     parser.add_argument("--concurrency", type=int, default=16, help="handshakes in flight")
     parser.add_argument("--baseline", type=Path, help="another copy of the code to run alongside, alternating")
+    parser.add_argument("--pin", action="store_true", help="gateways on the last CPU, the rest elsewhere")
     parser.add_argument("--py-spy", type=Path, help="record one more round with py-spy (raw format) here")
     args = parser.parse_args(argv)
     if args.rounds < 1:

@@ -34,6 +34,21 @@ def cpu_seconds(pid: int) -> float:
     return total / _TICKS
 
 
+def thread_cpu_seconds(pid: int, name: str) -> float:
+    """User + system CPU seconds of the threads named `name` (their comm) in `pid` and its descendants."""
+    total = 0
+    for p in descendants(pid):
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                if (task / "comm").read_text().strip() != name:
+                    continue
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+    return total / _TICKS
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of the tree rooted at `pid`."""
     total = 0

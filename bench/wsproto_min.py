@@ -7,7 +7,7 @@ import hashlib
 import os
 import struct
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B85"
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 
 
 def accept_key(key: bytes) -> bytes:

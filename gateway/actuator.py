@@ -15,7 +15,7 @@ from gateway.discovery.base import Provider
 from gateway.httpparse import RequestHead
 from gateway.metrics import Metrics
 from gateway.routing import describe_routes
-from gateway.server import RoutingState
+from gateway.targets import RoutingState
 
 JSON = "application/json"
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"

@@ -45,7 +45,8 @@ from gateway.discovery.base import Provider
 from gateway.httpparse import RequestHead
 from gateway.metrics import Metrics
 from gateway.routing import describe_routes
-from gateway.server import AdminHandler, RoutingState
+from gateway.server import AdminHandler
+from gateway.targets import RoutingState
 
 log = logging.getLogger("gateway.admin")
 

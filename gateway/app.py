@@ -32,7 +32,8 @@ from gateway.loader import load_config
 from gateway.metrics import Metrics
 from gateway.ratelimit_redis import RedisRateLimiter
 from gateway.routing import RouteTable
-from gateway.server import GatewayServer, RoutingState
+from gateway.server import GatewayServer
+from gateway.targets import RoutingState
 
 log = logging.getLogger("gateway.app")
 

@@ -7,13 +7,55 @@ on at once and the reader waits for the writer's buffer to drain, so memory stay
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 
 from gateway.conn import Conn
 from gateway.discovery.base import Endpoint
-from gateway.errors import GatewayError
-from gateway.httpparse import ChunkedScanner, Framing
+from gateway.errors import BadGateway, GatewayError, UpstreamTimeout
+from gateway.httpparse import ChunkedScanner, Framing, ResponseHead, parse_response_head, serialize_head
+
+MAX_RESPONSE_HEAD_BYTES = 64 * 1024
+
+
+async def adopt_socket(fd: int, data: bytes, *, loop: asyncio.AbstractEventLoop) -> Conn:
+    """A connected socket's descriptor (now owned here) as a Conn whose buffer starts with `data`, read from it."""
+    sock = socket.socket(fileno=fd)
+
+    def protocol() -> Conn:
+        conn = Conn(loop)
+        conn.buffer += data
+        return conn
+
+    try:
+        _, conn = await loop.create_connection(protocol, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    return conn
+
+
+async def read_response(client: Conn, upstream: Conn, response_timeout_s: float | None) -> ResponseHead:
+    """Read the instance's final response head; 1xx heads other than 101 are passed on to `client` meanwhile."""
+    while True:
+        try:
+            if response_timeout_s is None:
+                raw = await upstream.read_head(max_bytes=MAX_RESPONSE_HEAD_BYTES)
+            else:
+                async with asyncio.timeout(response_timeout_s):
+                    raw = await upstream.read_head(max_bytes=MAX_RESPONSE_HEAD_BYTES)
+        except TimeoutError:
+            raise UpstreamTimeout("instance did not answer in time") from None
+        except GatewayError as error:
+            raise BadGateway(f"bad response head from instance: {error}") from None
+        if raw is None:
+            raise BadGateway("instance closed the connection without answering")
+        response = parse_response_head(raw)
+        if 100 <= response.status < 200 and response.status != 101:
+            client.write(serialize_head(f"HTTP/1.1 {response.status} {response.reason}", response.headers))
+            continue
+        return response
 
 
 async def dial(endpoint: Endpoint, *, timeout_s: float, ssl_context: ssl.SSLContext | None,

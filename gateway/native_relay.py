@@ -6,6 +6,11 @@ Python runs for the tunnel until it ends: the thread reports finished tunnels th
 watches with `loop.add_reader`. `NativeTunnel` offers the same interface as `tunnel.Tunnel` (`done`, `nbytes`,
 `close`, `abort`), so the server treats both alike; `NativeRelay.adopt` returns None when a connection cannot be
 handed over (TLS, bytes still queued in a transport, a side already gone) and the caller keeps the Python tunnel.
+
+`NativeRelay.dial` goes further for a WebSocket upgrade on plain TCP: the thread itself connects to the instance,
+sends the request head and reads the response head. A 101 goes to the client as it came and the tunnel starts
+without the event loop ever holding a transport to the instance; any other head (403, a redirect, a 101 the route
+rewrites) comes back with the instance's descriptor, and the server answers it the ordinary way.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -30,6 +36,24 @@ try:
     from gateway import _relay
 except ImportError:  # built without a compiler, or not on Linux
     _relay = None
+
+
+@dataclass(frozen=True, slots=True)
+class DialResult:
+    """How a `NativeRelay.dial` ended: exactly one of `tunnel`, `failure` or `upstream_fd` is set."""
+
+    tunnel: NativeTunnel | None = None
+    failure: str | None = None  # "refused", "connect-timeout", "response-timeout", "closed", "aborted"
+    errno: int = 0
+    upstream_fd: int | None = None  # the instance's connection, now the caller's to use and close
+    head: bytes = b""  # what the instance sent so far (a complete head, or all it sent before closing)
+
+
+
+
+_FAILURES: dict[int, str] = {} if _relay is None else {
+    _relay.FAIL_CONNECT: "refused", _relay.FAIL_CONNECT_TIMEOUT: "connect-timeout",
+    _relay.FAIL_RESPONSE_TIMEOUT: "response-timeout", _relay.FAIL_CLOSED: "closed", _relay.FAIL_ABORTED: "aborted"}
 
 
 def available() -> bool:
@@ -92,11 +116,9 @@ class NativeRelay:
         self._loop = loop
         self._relay: _RelayType = _relay.Relay()
         self._tunnels: dict[int, NativeTunnel] = {}
+        self._dials: dict[int, _Dial] = {}
         self._closed = False
         loop.add_reader(self._relay.fileno(), self._reap)
-
-    def __len__(self) -> int:
-        return len(self._tunnels)
 
     def adopt(self, client: Conn, upstream: Conn, *, idle_timeout_s: float | None = None,
               on_done: Callable[[NativeTunnel], None] | None = None) -> NativeTunnel | None:
@@ -144,6 +166,76 @@ class NativeRelay:
         ut.close()
         return tunnel
 
+    def dial(self, client: Conn, host: str, port: int, request: bytes, *, connect_timeout_s: float,
+             response_timeout_s: float | None, idle_timeout_s: float | None,
+             on_upgraded: Callable[[NativeTunnel], None], on_done: Callable[[NativeTunnel], None],
+             ) -> asyncio.Future[DialResult] | None:
+        """Let the thread dial host:port (an IP address) and send `request` for `client` (whose buffer is empty).
+
+        None when the client cannot be handed over. OSError when the connect fails at once (the client is
+        untouched). Otherwise the client stops being read until the future resolves: with a tunnel (the 101 went
+        to the client; `on_upgraded` has run, `on_done` runs when it ends, the client's transport is released),
+        or with a failure or a head to answer, after which the client is read again.
+        """
+        if self._closed:
+            return None
+        ct = client.transport
+        if ct is None or client.lost or client.eof or ct.is_closing() or ct.get_write_buffer_size():
+            return None
+        client_fd = _plain_socket_fd(ct)
+        if client_fd is None:
+            return None
+        try:
+            dup = os.dup(client_fd)
+        except OSError as exc:
+            log.warning("cannot hand a handshake to the native relay: %s", exc)
+            return None
+        try:
+            tunnel_id = self._relay.dial(
+                dup, host, port, request, connect_timeout_ms=max(1, round(connect_timeout_s * 1000)),
+                response_timeout_ms=max(1, round(response_timeout_s * 1000)) if response_timeout_s else 0,
+                idle_timeout_ms=max(0, round(idle_timeout_s * 1000)) if idle_timeout_s else 0)
+        except BaseException:
+            os.close(dup)
+            raise
+        ct.pause_reading()
+        future: asyncio.Future[DialResult] = self._loop.create_future()
+        tunnel = NativeTunnel(self, tunnel_id, self._loop.create_future(), on_done)
+        self._dials[tunnel_id] = _Dial(future, tunnel, client, on_upgraded)
+        future.add_done_callback(lambda f: self.command_abort(tunnel_id) if f.cancelled() else None)
+        return future
+
+    def _dial_ended(self, tunnel_id: int, kind: int, a: int, b: int, data: bytes | None) -> None:
+        dial = self._dials.pop(tunnel_id, None)
+        assert _relay is not None
+        if kind == _relay.EV_UPGRADED:
+            if dial is None:
+                return
+            self._tunnels[tunnel_id] = dial.tunnel
+            ct = dial.client.transport
+            if ct is not None:
+                ct.close()  # the thread's duplicate keeps the connection open
+            # Counted as open even when the caller gave up meanwhile: its abort is on the way and ends the tunnel
+            # through `on_done` like any other.
+            dial.on_upgraded(dial.tunnel)
+            if not dial.future.done():
+                dial.future.set_result(DialResult(tunnel=dial.tunnel))
+            return
+        if kind == _relay.EV_HEAD and (dial is None or dial.future.done()):
+            os.close(a)
+            return
+        if dial is None:
+            return
+        ct = dial.client.transport
+        if ct is not None and not ct.is_closing():
+            ct.resume_reading()
+        if dial.future.done():
+            return
+        if kind == _relay.EV_HEAD:
+            dial.future.set_result(DialResult(upstream_fd=a, head=data or b""))
+        else:
+            dial.future.set_result(DialResult(failure=_FAILURES.get(a, "aborted"), errno=b))
+
     @staticmethod
     def _resume(client: Conn, upstream: Conn) -> None:
         for conn in (client, upstream):
@@ -159,10 +251,14 @@ class NativeRelay:
             self._relay.abort(tunnel_id)
 
     def _reap(self) -> None:
-        for tunnel_id, client_bytes, upstream_bytes in self._relay.reap():
+        assert _relay is not None
+        for tunnel_id, kind, a, b, data in self._relay.reap():
+            if kind != _relay.EV_DONE:
+                self._dial_ended(tunnel_id, kind, a, b, data)
+                continue
             tunnel = self._tunnels.pop(tunnel_id, None)
             if tunnel is not None:
-                tunnel.finish(max(client_bytes, 0), max(upstream_bytes, 0))
+                tunnel.finish(max(a, 0), max(b, 0))
 
     def close(self) -> None:
         """Abort every tunnel, stop the thread and resolve what is left (idempotent)."""
@@ -176,3 +272,16 @@ class NativeRelay:
         for tunnel in list(self._tunnels.values()):
             tunnel.finish(*tunnel.nbytes)
         self._tunnels.clear()
+        assert _relay is not None
+        for tunnel_id in list(self._dials):  # the thread stopped before it reported these
+            self._dial_ended(tunnel_id, _relay.EV_FAILED, _relay.FAIL_ABORTED, 0, None)
+
+
+@dataclass(slots=True)
+class _Dial:
+    """A dial the thread has not finished: its caller's future and what an upgrade needs."""
+
+    future: asyncio.Future[DialResult]
+    tunnel: NativeTunnel
+    client: Conn
+    on_upgraded: Callable[[NativeTunnel], None]

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.balancer import Balancer
 from gateway.client_conn import ClientConn
-from gateway.config import GatewayConfig, RouteSpec, ServerSettings
+from gateway.config import RouteSpec, ServerSettings
 from gateway.conn import Conn
 from gateway.discovery.base import Endpoint, Provider
 from gateway.errors import (
@@ -33,13 +33,12 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.headers import authority, strip_hop_by_hop, upstream_request_headers
-from gateway.http_proxy import UpstreamPool, dial, relay_body
+from gateway.http_proxy import UpstreamPool, adopt_socket, dial, read_response, relay_body
 from gateway.httpparse import (
     Framing,
     RequestHead,
     ResponseHead,
     parse_request_head,
-    parse_response_head,
     request_framing,
     response_framing,
     serialize_head,
@@ -48,13 +47,13 @@ from gateway.metrics import Labels, Metrics, series_key
 from gateway.model import ForwardPlan, Headers, RateLimit, RequestView
 from gateway.ratelimit import RateDecision
 from gateway.responses import error_body, simple_response
-from gateway.routing import RouteTable, apply_header_ops
+from gateway.routing import apply_header_ops
+from gateway.targets import RouteTarget, RoutingState, ip_literal
 from gateway.tunnels import Tunnels
 
 log = logging.getLogger("gateway.server")
 access_log = logging.getLogger("gateway.access")
 
-MAX_RESPONSE_HEAD_BYTES = 64 * 1024
 _MAX_CACHED_KEYS = 4096  # bounds the per-worker caches of metric keys and Host values
 AdminHandler = Callable[[RequestHead], Awaitable[tuple[int, str, bytes]]]
 
@@ -65,39 +64,6 @@ class RateLimiter(Protocol):
     async def check(self, route_id: str, limit: RateLimit, request: RequestView) -> RateDecision:
         """Take tokens for `request` from its bucket on `route_id`."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class RoutingState:
-    """The configuration in force and its compiled route table (replaced as a whole on reload)."""
-
-    config: GatewayConfig
-    table: RouteTable
-
-
-class RouteTarget:
-    """Where and how a route dials, worked out once per route and configuration instead of per request."""
-
-    __slots__ = ("choice", "connect_timeout_s", "endpoints", "name", "response_timeout_s", "route", "scheme",
-                 "service", "tls")
-
-    def __init__(self, route: RouteSpec, config: GatewayConfig) -> None:
-        upstream = route.uri
-        self.route = route
-        self.service = upstream.service
-        self.endpoints: tuple[Endpoint, ...] = ()  # a fixed host's one endpoint (a service's come from discovery)
-        if upstream.service is not None:
-            self.name = upstream.service
-        else:
-            assert upstream.host is not None
-            port = upstream.port or (443 if upstream.tls else 80)
-            self.name = f"{upstream.host}:{port}"
-            self.endpoints = (Endpoint(upstream.host, port),)
-        self.choice = route.metadata.balancer or config.loadbalancer.choice_for(upstream.service or "")
-        self.connect_timeout_s = route.metadata.connect_timeout_s or config.server.connect_timeout_s
-        self.response_timeout_s = route.metadata.response_timeout_s or config.server.response_timeout_s
-        self.tls = upstream.tls
-        self.scheme = "https" if upstream.tls else "http"
 
 
 class GatewayServer:
@@ -122,7 +88,6 @@ class GatewayServer:
         self._targets: dict[str, RouteTarget] = {}
         self._targets_state: RoutingState | None = None
         self._request_keys: dict[tuple[str, int], tuple[str, Labels]] = {}
-        self._authorities: dict[tuple[str, int, str], str] = {}
         metrics.gauge("wsgate_open_connections", lambda: float(len(self.connections)))
 
     @property
@@ -266,18 +231,9 @@ class GatewayServer:
             self._targets_state = state
         target = self._targets.get(route.id)
         if target is None or target.route is not route:
-            target = self._targets[route.id] = RouteTarget(route, state.config)
+            target = self._targets[route.id] = RouteTarget(route, state.config,
+                                                           plain_listener=self.listen_ssl is None)
         return target
-
-    def _authority(self, endpoint: Endpoint, scheme: str) -> str:
-        """The Host value for `endpoint` (cached: a worker dials few distinct instances)."""
-        key = (endpoint.host, endpoint.port, scheme)
-        value = self._authorities.get(key)
-        if value is None:
-            if len(self._authorities) >= _MAX_CACHED_KEYS:
-                self._authorities.clear()
-            value = self._authorities[key] = authority(endpoint.host, endpoint.port, scheme)
-        return value
 
     # -- one request ------------------------------------------------------------------------------------
     async def handle(self, conn: ClientConn, head: RequestHead, *, remote: str, scheme: str) -> tuple[bool, bool]:
@@ -375,6 +331,12 @@ class GatewayServer:
         upgrade = view.is_websocket and head.method == "GET"
         framing, length = request_framing(head)
         target = self._target(route)
+        if (upgrade and target.native_dial and framing is Framing.NONE and not conn.buffer and not extra_headers
+                and not plan.response_headers):
+            answered = await self._upgrade_native(conn, head, view, route, plan, target, remote=remote,
+                                                  scheme=scheme, started=started)
+            if answered is not None:
+                return answered
         loop = conn.loop
         endpoint, upstream, reused = await self._connect(route, target, view, loop, pooled=not upgrade)
         plan_headers = plan.headers
@@ -382,32 +344,107 @@ class GatewayServer:
             # Answer the client's wait ourselves: the body is streamed as soon as it comes.
             conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             plan_headers = tuple((k, v) for k, v in plan_headers if k.lower() != "expect")
-        headers = upstream_request_headers(
-            plan_headers, upgrade=upgrade, client_addr=remote, proto=scheme, prefix=plan.prefix,
-            preserve_host=plan.preserve_host, upstream_authority=self._authority(endpoint, target.scheme))
-        request_bytes = serialize_head(f"{head.method} {plan.target} HTTP/1.1", headers)
+        request_bytes = self._request_bytes(head, plan, plan_headers, endpoint, target, remote=remote,
+                                            scheme=scheme, upgrade=upgrade)
         response_timeout_s = target.response_timeout_s
         try:
             try:
-                response = await self._exchange(conn, upstream, request_bytes, framing, length,
-                                                response_timeout_s, head.method)
+                upstream.write(request_bytes)
+                if framing is not Framing.NONE:
+                    await relay_body(conn, upstream, framing, length, error=BadRequest)
+                response = await read_response(conn, upstream, response_timeout_s)
             except BadGateway:
                 if not reused or framing is not Framing.NONE:
                     raise
                 # A pooled connection the instance closed meanwhile: dial afresh once.
                 upstream.close()
                 endpoint, upstream, _ = await self._connect(route, target, view, loop, pooled=False)
-                response = await self._exchange(conn, upstream, request_bytes, framing, length,
-                                                response_timeout_s, head.method)
-        except GatewayError as error:
+                upstream.write(request_bytes)
+                response = await read_response(conn, upstream, response_timeout_s)
+        except BaseException as error:
             upstream.close()
-            if isinstance(error, (UpstreamTimeout, BadGateway)):
-                self.metrics.add("wsgate_upstream_errors_total", 1, route=route.id, instance=endpoint.address,
-                                 reason="timeout" if isinstance(error, UpstreamTimeout) else "bad-response")
+            self._count_upstream_error(route, endpoint, error)
             raise
-        except BaseException:
-            upstream.close()
-            raise
+        return await self._answer(conn, upstream, head, response, route, plan, endpoint, remote=remote,
+                                  started=started, upgrade=upgrade, extra_headers=extra_headers)
+
+    def _request_bytes(self, head: RequestHead, plan: ForwardPlan, plan_headers: Headers, endpoint: Endpoint,
+                       target: RouteTarget, *, remote: str, scheme: str, upgrade: bool) -> bytes:
+        headers = upstream_request_headers(
+            plan_headers, upgrade=upgrade, client_addr=remote, proto=scheme, prefix=plan.prefix,
+            preserve_host=plan.preserve_host, upstream_authority=authority(endpoint.host, endpoint.port, target.scheme))
+        return serialize_head(f"{head.method} {plan.target} HTTP/1.1", headers)
+
+    def _count_upstream_error(self, route: RouteSpec, endpoint: Endpoint, error: BaseException) -> None:
+        if isinstance(error, (UpstreamTimeout, BadGateway)):
+            self.metrics.add("wsgate_upstream_errors_total", 1, route=route.id, instance=endpoint.address,
+                             reason="timeout" if isinstance(error, UpstreamTimeout) else "bad-response")
+
+    def _dial_failed(self, route: RouteSpec, endpoint: Endpoint, reason: str, detail: object) -> None:
+        log.warning("dial %s for route %s failed (%s): %s", endpoint.address, route.id, reason, detail)
+        self.metrics.add("wsgate_upstream_errors_total", 1, route=route.id, instance=endpoint.address, reason=reason)
+
+    async def _upgrade_native(self, conn: ClientConn, head: RequestHead, view: RequestView, route: RouteSpec,
+                              plan: ForwardPlan, target: RouteTarget, *, remote: str, scheme: str,
+                              started: float) -> tuple[bool, bool] | None:
+        """A WebSocket upgrade whose dial, request and 101 the relay thread does (`native_relay.NativeRelay.dial`).
+
+        None, before anything was dialed, when it cannot be used here (no relay thread, an instance named by a
+        host name rather than an address): the caller goes the ordinary way.
+        """
+        relay = self.tunnels.native_relay(conn.loop)
+        if relay is None:
+            return None
+        endpoints = self.provider.snapshot(target.service) if target.service is not None else target.endpoints
+        if not endpoints:
+            raise NoInstance(target.name)
+        if not all(ip_literal(endpoint.host) for endpoint in endpoints):
+            return None
+        idle_timeout_s = route.metadata.idle_timeout_s or self.settings.idle_timeout_s
+        for endpoint in self.balancer.order(target.name, endpoints, target.choice, view):
+            request_bytes = self._request_bytes(head, plan, plan.headers, endpoint, target, remote=remote,
+                                                scheme=scheme, upgrade=True)
+            try:
+                waiting = self.tunnels.dial(relay, conn, endpoint, request_bytes, route_id=route.id,
+                                            idle_timeout_s=idle_timeout_s, connect_timeout_s=target.connect_timeout_s,
+                                            response_timeout_s=target.response_timeout_s)
+            except OSError as exc:
+                self._dial_failed(route, endpoint, "refused", exc)
+                continue
+            if waiting is None:
+                return None
+            result = await waiting
+            if result.tunnel is not None:
+                self._count(route.id, 101)
+                self._log(remote, head, 101, route.id, endpoint.address, started)
+                self.connection_closed(conn)  # the client connection now belongs to the tunnel
+                return False, True
+            if result.failure in ("refused", "connect-timeout"):
+                reason = "timeout" if result.failure == "connect-timeout" else "refused"
+                self._dial_failed(route, endpoint, reason, os.strerror(result.errno) if result.errno else reason)
+                continue
+            upstream: Conn | None = None
+            try:
+                if result.upstream_fd is None:
+                    if result.failure == "response-timeout":
+                        raise UpstreamTimeout("instance did not answer in time")
+                    raise BadGateway("instance closed the connection without answering")
+                loop = conn.loop or asyncio.get_running_loop()
+                upstream = await adopt_socket(result.upstream_fd, result.head, loop=loop)
+                response = await read_response(conn, upstream, target.response_timeout_s)
+            except BaseException as error:
+                if upstream is not None:
+                    upstream.close()
+                self._count_upstream_error(route, endpoint, error)
+                raise
+            return await self._answer(conn, upstream, head, response, route, plan, endpoint, remote=remote,
+                                      started=started, upgrade=True, extra_headers=())
+        raise NoInstance(target.name)
+
+    async def _answer(self, conn: ClientConn, upstream: Conn, head: RequestHead, response: ResponseHead,
+                      route: RouteSpec, plan: ForwardPlan, endpoint: Endpoint, *, remote: str, started: float,
+                      upgrade: bool, extra_headers: Headers) -> tuple[bool, bool]:
+        """Pass the instance's final response head on: start the tunnel on a 101, relay the body otherwise."""
         response_headers = (*response.headers, *extra_headers) if extra_headers else response.headers
         if plan.response_headers:
             response_headers = apply_header_ops(response_headers, plan.response_headers)
@@ -419,31 +456,6 @@ class GatewayServer:
             return False, True
         return await self._relay_response(conn, upstream, head, response, response_headers, route, endpoint,
                                           upgrade=upgrade), False
-
-    async def _exchange(self, conn: Conn, upstream: Conn, request_bytes: bytes, framing: Framing, length: int,
-                        response_timeout_s: float | None, method: str) -> ResponseHead:
-        """Send the head and body upstream and read the final response head (1xx other than 101 relayed)."""
-        upstream.write(request_bytes)
-        if framing is not Framing.NONE:
-            await relay_body(conn, upstream, framing, length, error=BadRequest)
-        while True:
-            try:
-                if response_timeout_s is None:
-                    raw = await upstream.read_head(max_bytes=MAX_RESPONSE_HEAD_BYTES)
-                else:
-                    async with asyncio.timeout(response_timeout_s):
-                        raw = await upstream.read_head(max_bytes=MAX_RESPONSE_HEAD_BYTES)
-            except TimeoutError:
-                raise UpstreamTimeout("instance did not answer in time") from None
-            except GatewayError as error:
-                raise BadGateway(f"bad response head from instance: {error}") from None
-            if raw is None:
-                raise BadGateway("instance closed the connection without answering")
-            response = parse_response_head(raw)
-            if 100 <= response.status < 200 and response.status != 101:
-                conn.write(serialize_head(f"HTTP/1.1 {response.status} {response.reason}", response.headers))
-                continue
-            return response
 
     async def _relay_response(self, conn: ClientConn, upstream: Conn, head: RequestHead, response: ResponseHead,
                               headers: Headers, route: RouteSpec, endpoint: Endpoint, *, upgrade: bool) -> bool:

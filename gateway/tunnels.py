@@ -1,6 +1,7 @@
 """The open tunnels of one worker: handed to the native relay thread when possible, relayed in Python otherwise.
 
-`Tunnels.start` is called with both connections right after the 101 has been written to the client. It keeps the
+`Tunnels.start` is called with both connections right after the 101 has been written to the client;
+`Tunnels.dial` lets the relay thread dial the instance and forward its 101 itself. Either way this keeps the
 balancer's per-instance counts and the tunnel metrics (upgrades, active tunnels, bytes each way) and forgets a
 tunnel when it ends. The native relay thread (an epoll fd, two eventfds and a thread) starts when the worker
 process listens (`prepare`; never in the supervisor that forks the workers) and stops in `close_all`.
@@ -10,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from gateway import native_relay
 from gateway.balancer import Balancer
 from gateway.conn import Conn
 from gateway.discovery.base import Endpoint
 from gateway.metrics import Metrics
-from gateway.native_relay import NativeRelay, NativeTunnel
+from gateway.native_relay import DialResult, NativeRelay, NativeTunnel
 from gateway.tunnel import Tunnel
 
 log = logging.getLogger("gateway.tunnels")
@@ -54,9 +55,11 @@ class Tunnels:
                 log.warning("native relay unavailable, tunnels are relayed in Python: %s", exc)
         return self._relay
 
-    def start(self, client: Conn, upstream: Conn, *, route_id: str, endpoint: Endpoint,
-              idle_timeout_s: float | None, native: bool, loop: asyncio.AbstractEventLoop | None) -> AnyTunnel:
-        """Relay between `client` and `upstream` from now on; the tunnel is forgotten when it ends."""
+    def native_relay(self, loop: asyncio.AbstractEventLoop | None) -> NativeRelay | None:
+        """The worker's relay thread, or None (not built, failed to start, or no loop given)."""
+        return self._native(loop) if loop is not None else None
+
+    def _finisher(self, route_id: str, endpoint: Endpoint) -> Callable[[AnyTunnel], None]:
         metrics = self._metrics
 
         def finished(tunnel: AnyTunnel) -> None:
@@ -67,9 +70,33 @@ class Tunnels:
             metrics.add("wsgate_tunnel_bytes_total", up, route=route_id, direction="upstream")
             metrics.add("wsgate_tunnel_bytes_total", down, route=route_id, direction="downstream")
 
+        return finished
+
+    def _opened(self, route_id: str, endpoint: Endpoint) -> None:
         self._balancer.acquire(endpoint)
-        metrics.add("wsgate_upgrades_total", 1, route=route_id, instance=endpoint.address)
-        metrics.add("wsgate_active_tunnels", 1, route=route_id)
+        self._metrics.add("wsgate_upgrades_total", 1, route=route_id, instance=endpoint.address)
+        self._metrics.add("wsgate_active_tunnels", 1, route=route_id)
+
+    def dial(self, relay: NativeRelay, client: Conn, endpoint: Endpoint, request: bytes, *, route_id: str,
+             idle_timeout_s: float | None, connect_timeout_s: float,
+             response_timeout_s: float | None) -> asyncio.Future[DialResult] | None:
+        """`NativeRelay.dial` for a route; a 101 makes the tunnel count as open (see there for the outcomes)."""
+
+        def upgraded(tunnel: NativeTunnel) -> None:
+            # Called from the relay's reaping, before anything else about this tunnel is handled.
+            self._opened(route_id, endpoint)
+            if not tunnel.done.done():
+                self._open.add(tunnel)
+
+        return relay.dial(client, endpoint.host, endpoint.port, request, connect_timeout_s=connect_timeout_s,
+                          response_timeout_s=response_timeout_s, idle_timeout_s=idle_timeout_s,
+                          on_upgraded=upgraded, on_done=self._finisher(route_id, endpoint))
+
+    def start(self, client: Conn, upstream: Conn, *, route_id: str, endpoint: Endpoint,
+              idle_timeout_s: float | None, native: bool, loop: asyncio.AbstractEventLoop | None) -> AnyTunnel:
+        """Relay between `client` and `upstream` from now on; the tunnel is forgotten when it ends."""
+        finished = self._finisher(route_id, endpoint)
+        self._opened(route_id, endpoint)
         relay = self._native(loop) if native and loop is not None else None
         tunnel: AnyTunnel | None = None
         if relay is not None:

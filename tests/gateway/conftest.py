@@ -19,7 +19,8 @@ from gateway.metrics import Metrics
 from gateway.model import RouteMetadata
 from gateway.predicates import build_predicate
 from gateway.routing import RouteTable
-from gateway.server import GatewayServer, RoutingState
+from gateway.server import GatewayServer
+from gateway.targets import RoutingState
 from tests.gateway.upstream import make_app
 
 

@@ -31,7 +31,8 @@ from gateway.discovery.base import Endpoint
 from gateway.discovery.static import StaticProvider
 from gateway.metrics import Metrics
 from gateway.routing import RouteTable
-from gateway.server import GatewayServer, RoutingState
+from gateway.server import GatewayServer
+from gateway.targets import RoutingState
 from tests.gateway.conftest import config, route
 from tests.gateway.procs import eventually, register
 from tests.harness import free_port

@@ -6,8 +6,6 @@ Every test runs twice: tunnels relayed by the native thread (gateway._relay) and
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import os
 
 import aiohttp
@@ -20,6 +18,7 @@ from gateway.native_relay import NativeTunnel
 from gateway.tunnel import Tunnel
 from tests.gateway import conftest
 from tests.gateway.conftest import StartGateway, StartUpstream, route
+from tests.gateway.rawsock import switching_protocols
 
 _native = {"on": True}
 
@@ -125,12 +124,7 @@ async def test_tunnel_upstream_close_closes_client(start_gateway: StartGateway, 
     upstream_writer: asyncio.Future[asyncio.StreamWriter] = asyncio.get_running_loop().create_future()
 
     async def raw_upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
-                   if line.lower().startswith(b"sec-websocket-key:"))
-        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
-        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        writer.write(switching_protocols(await reader.readuntil(b"\r\n\r\n")))
         upstream_writer.set_result(writer)
         await reader.read()
 

@@ -1,0 +1,58 @@
+"""What the server works from: the routing state in force and, per route, where and how it dials."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from functools import lru_cache
+
+from gateway.config import GatewayConfig, RouteSpec
+from gateway.discovery.base import Endpoint
+from gateway.routing import RouteTable
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingState:
+    """The configuration in force and its compiled route table (replaced as a whole on reload)."""
+
+    config: GatewayConfig
+    table: RouteTable
+
+
+class RouteTarget:
+    """Where and how a route dials, worked out once per route and configuration instead of per request."""
+
+    __slots__ = ("choice", "connect_timeout_s", "endpoints", "name", "native_dial", "response_timeout_s", "route",
+                 "scheme", "service", "tls")
+
+    def __init__(self, route: RouteSpec, config: GatewayConfig, *, plain_listener: bool = True) -> None:
+        upstream = route.uri
+        self.route = route
+        self.service = upstream.service
+        self.endpoints: tuple[Endpoint, ...] = ()  # a fixed host's one endpoint (a service's come from discovery)
+        if upstream.service is not None:
+            self.name = upstream.service
+        else:
+            assert upstream.host is not None
+            port = upstream.port or (443 if upstream.tls else 80)
+            self.name = f"{upstream.host}:{port}"
+            self.endpoints = (Endpoint(upstream.host, port),)
+        self.choice = route.metadata.balancer or config.loadbalancer.choice_for(upstream.service or "")
+        self.connect_timeout_s = route.metadata.connect_timeout_s or config.server.connect_timeout_s
+        self.response_timeout_s = route.metadata.response_timeout_s or config.server.response_timeout_s
+        self.tls = upstream.tls
+        self.scheme = "https" if upstream.tls else "http"
+        # Upgrades the relay thread may dial itself: plain TCP on both sides (it never speaks TLS).
+        self.native_dial = config.server.native_relay and plain_listener and not upstream.tls
+
+
+@lru_cache(maxsize=4096)
+def ip_literal(host: str) -> bool:
+    """Whether `host` is an IPv4 or IPv6 address the relay thread can connect to without a name lookup."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return True
+    return False
