@@ -198,6 +198,14 @@ class RedisInfo:
         return f"redis://{self.host}:{self.port}/0"
 
 
+def redis_server_binary() -> str:
+    """The redis-server executable; a missing one is a broken setup (CI installs it), so ProcessFailed, no skip."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ProcessFailed("redis-server is not installed (run scripts/ensure-redis-server)")
+    return binary
+
+
 def _parse_redis_url(url: str) -> tuple[str, int]:
     from urllib.parse import urlsplit
 

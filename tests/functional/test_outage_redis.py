@@ -8,15 +8,13 @@ while health stayed green).
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
-from tests.harness import ManagedProcess, ProcessGroup, free_port, redis_answers, unique_prefix
+from tests.harness import ManagedProcess, ProcessGroup, free_port, redis_answers, redis_server_binary, unique_prefix
 from tests.wsnode.conftest import API_KEY, FAST, SECRET, Client, NodeProc, api_get, eventually, make_token, push
 
 # Without persistence a restarted Redis is empty; with an append-only file in the same directory it comes back whole.
@@ -28,9 +26,7 @@ class OwnRedis:
     """A redis-server on a fixed free port that the test stops and starts again (same port, same directory)."""
 
     def __init__(self, procs: ProcessGroup, directory: Path, persistence: tuple[str, ...]) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server is not installed (run scripts/ensure-redis-server)")
+        binary = redis_server_binary()
         self.procs = procs
         self.port = free_port()
         self.argv = [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(directory), *persistence]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -15,7 +14,7 @@ import redis.asyncio
 from gateway.model import RateLimit, RequestView
 from gateway.ratelimit import RateDecision
 from gateway.ratelimit_redis import RedisRateLimiter
-from tests.harness import ManagedProcess, ProcessGroup, RedisInfo, free_port, redis_answers
+from tests.harness import ManagedProcess, ProcessGroup, RedisInfo, free_port, redis_answers, redis_server_binary
 
 ALICE = RequestView("GET", "/", headers=(("X-User", "alice"),), remote_addr="10.0.0.1")
 BOB = RequestView("GET", "/", headers=(("X-User", "bob"),), remote_addr="10.0.0.2")
@@ -195,9 +194,7 @@ async def test_redis_rate_limiter_hung_redis_times_out(redis_prefix: str) -> Non
 
 
 def start_private_redis(procs: ProcessGroup, tmp_path: Path, port: int, name: str) -> ManagedProcess:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
+    binary = redis_server_binary()
     proc = procs.start(name, [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
                               "--appendonly", "no", "--dir", str(tmp_path)])
     deadline = time.monotonic() + 10

@@ -6,14 +6,13 @@ Each test runs its own redis-server (INFO commandstats and FLUSHALL must not see
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 import redis.asyncio as aioredis
 
-from tests.harness import ProcessGroup, free_port, redis_answers
+from tests.harness import ProcessGroup, free_port, redis_answers, redis_server_binary
 from wsnode.keys import Keys
 from wsnode.registry import SessionRegistry
 
@@ -21,9 +20,7 @@ from wsnode.registry import SessionRegistry
 @pytest.fixture
 async def own_redis(procs: ProcessGroup) -> AsyncIterator[aioredis.Redis]:
     """A client of a fresh redis-server on a free port (no persistence)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (run scripts/ensure-redis-server)")
+    binary = redis_server_binary()
     port = free_port()
     proc = procs.start("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
                                  "--appendonly", "no"])
