@@ -909,11 +909,9 @@ static PyObject *Relay_dial(Relay *r, PyObject *args, PyObject *kwargs) {
      * takes the queue and so waits until the tunnel is in it. Not woken: the answer's event will do that. */
     uint64_t id = 0; /* read under the lock: once it is released the thread may finish and free the tunnel */
     pthread_mutex_lock(&r->lock);
-    int failed = epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &ev) != 0 ? errno : 0;
-    if (!failed && grow((void **)&r->commands, &r->commands_cap, r->ncommands + 1, sizeof(command_t)) != 0) {
-        epoll_ctl(r->epfd, EPOLL_CTL_DEL, fd, NULL);
-        failed = ENOMEM;
-    }
+    /* Room first: once registered, an event may reach the thread, which must then find the tunnel queued. */
+    int failed = grow((void **)&r->commands, &r->commands_cap, r->ncommands + 1, sizeof(command_t)) != 0 ? ENOMEM : 0;
+    if (!failed && epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) failed = errno;
     if (!failed) {
         id = t->id = r->next_id++;
         r->commands[r->ncommands++] = (command_t){.kind = CMD_ADD, .id = id, .tunnel = t};
