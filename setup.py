@@ -1,4 +1,4 @@
-"""The optional native relay (gateway/_relay.c); everything else is in pyproject.toml.
+"""The optional native relay (gateway/_relay*.c, _relay.h); everything else is in pyproject.toml.
 
 `optional=True`: without a C compiler the install still succeeds and the gateway relays tunnels in Python.
 """
@@ -9,7 +9,9 @@ from setuptools import Extension, setup
 
 ext_modules = []
 if sys.platform.startswith("linux"):  # epoll and eventfd
-    ext_modules.append(Extension("gateway._relay", ["gateway/_relay.c"], optional=True,
+    ext_modules.append(Extension("gateway._relay", ["gateway/_relay.c", "gateway/_relay_thread.c",
+                                                    "gateway/_relay_dial.c"], depends=["gateway/_relay.h"],
+                                 optional=True,
                                  extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]))
 
 setup(ext_modules=ext_modules)

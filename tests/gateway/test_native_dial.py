@@ -1,5 +1,5 @@
-"""`Relay.dial` (gateway/_relay.c) over real loopback sockets: the relay thread connects to an instance, sends the
-request, reads the response head, and either forwards a 101 and relays or hands the head back to Python.
+"""`Relay.dial` (gateway/_relay_dial.c) over real loopback sockets: the socket is connected and the request sent,
+then the relay thread reads the response head and either forwards a 101 and relays or hands the head back to Python.
 
 Why: this path runs without Python in the loop, so each way a dial can end (101, another head, refused, connect or
 response timeout, EOF, abort, stop) must report exactly one outcome through `reap()` and must leave every

@@ -1,0 +1,148 @@
+/* gateway._relay's shared definitions: the tunnel and relay structures, and what its three files share.
+ *
+ * _relay.c is the Python type (see its comment for the design), _relay_thread.c the relay thread's loop and
+ * byte relaying, _relay_dial.c the dialed upgrades (Relay.dial, and the thread's side of them).
+ */
+#ifndef WSGATE_RELAY_H
+#define WSGATE_RELAY_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CHUNK_BYTES 65536
+#define MAX_EVENTS 256
+#define TCP_INFO_BYTES_RECEIVED_AT 128 /* u64 tcpi_bytes_received, Linux >= 4.1 */
+#define HEAD_LIMIT (65536 + 4096)     /* a response head not complete by then goes back to Python (its 64 KiB rule) */
+#define HEAD_FIRST_BYTES 2048
+#define LAZY_MAX_MS 100               /* the longest the thread sleeps without looking at its command queue */
+
+/* A dialed tunnel's life: connecting, then sending the request and reading the response head, then relaying. */
+enum { ST_RELAY, ST_DIAL, ST_HEAD };
+
+/* What the thread reports (Relay.reap): a finished tunnel, or how a dial ended. */
+enum { EV_DONE, EV_UPGRADED, EV_FAILED, EV_HEAD };
+enum { FAIL_CONNECT = 1, FAIL_CONNECT_TIMEOUT, FAIL_RESPONSE_TIMEOUT, FAIL_CLOSED, FAIL_ABORTED };
+
+struct tunnel;
+
+typedef struct {
+    struct tunnel *tunnel;
+    int fd;              /* -1 once closed */
+    uint32_t events;     /* what epoll watches now */
+    char *pending;       /* bytes waiting to be sent to this fd */
+    size_t pending_len, pending_off;
+    uint64_t read_bytes; /* bytes read from this fd by the thread */
+} end_t;
+
+typedef struct tunnel {
+    uint64_t id;
+    end_t ends[2];               /* 0: client, 1: upstream */
+    int closing;                 /* no more reading; each fd closes once its pending bytes are sent */
+    uint64_t closing_at_ms;      /* when closing began: a peer that never reads is cut off after flush_timeout_ms */
+    int collected;
+    int64_t received[2];         /* bytes each side sent (TCP_INFO), -1 until known */
+    uint64_t idle_ms;            /* 0: no idle timeout */
+    uint64_t moved, moved_seen;  /* activity, for the idle sweep */
+    uint64_t active_at_ms;
+    int finished;
+    struct tunnel *prev, *next;  /* the live list (sweeps and shutdown) */
+    /* dialed tunnels (Relay.dial) before the relay starts */
+    int state;
+    int linked;                  /* in the live list (a dialed tunnel is registered by Python before that) */
+    uint64_t created_ms;         /* when Python handed it over: its connect and response deadlines count from here */
+    int forward_101;             /* relay a 101 head as it came; any other head goes back to Python */
+    int outcome_reported;        /* the dial's end (failure or hand-back) has been reported */
+    uint64_t deadline_ms;        /* connect, then response deadline; 0: none */
+    uint64_t connect_timeout_ms, response_timeout_ms;
+    char *head;                  /* what the instance sent so far */
+    size_t head_len, head_cap;
+} tunnel_t;
+
+enum { CMD_ADD, CMD_CLOSE, CMD_ABORT, CMD_STOP };
+
+typedef struct {
+    int kind;
+    uint64_t id;
+    tunnel_t *tunnel; /* CMD_ADD */
+} command_t;
+
+typedef struct {
+    uint64_t id;
+    int kind;
+    int64_t a, b;  /* EV_DONE: bytes each side sent; EV_FAILED: reason and errno; EV_HEAD: the instance's fd */
+    char *data;    /* EV_HEAD: the bytes read from the instance (owned by the event) */
+    size_t len;
+} done_t;
+
+typedef struct {
+    PyObject_HEAD
+    int epfd, wakefd, donefd;
+    pthread_t thread;
+    int started, stopped;
+    pthread_mutex_t lock;
+    command_t *commands;
+    size_t ncommands, commands_cap;
+    int queued;     /* commands wait (read by the thread without the lock, atomically) */
+    int signalled;  /* the wake eventfd was written since the thread last took the queue */
+    done_t *done;
+    size_t ndone, done_cap;
+    uint64_t next_id;
+    /* owned by the relay thread */
+    tunnel_t *live;
+    tunnel_t **freelater;
+    size_t nfreelater, freelater_cap;
+    uint64_t sweep_ms;
+    uint64_t last_sweep_ms;
+    pid_t owner; /* the process that started the thread (a forked child has no thread to stop) */
+    uint64_t flush_timeout_ms;  /* how long a closing tunnel may wait for a peer to take its last bytes */
+    char buffer[CHUNK_BYTES];
+} Relay;
+
+/* Shared between the three files, not exported from the module. */
+#pragma GCC visibility push(hidden)
+
+/* _relay_thread.c */
+uint64_t now_ms(void);
+int grow(void **items, size_t *cap, size_t need, size_t size);
+void signal_fd(int fd);
+void *take_queue(pthread_mutex_t *lock, int fd, void **items, size_t *count, size_t *cap, size_t *taken);
+void close_end(Relay *r, end_t *e);
+void report_event(Relay *r, uint64_t id, int kind, int64_t a, int64_t b, char *data, size_t len);
+void maybe_finish(Relay *r, tunnel_t *t);
+void abort_tunnel(Relay *r, tunnel_t *t);
+void set_interest(Relay *r, end_t *e, uint32_t want);
+int flush(end_t *e);
+void want_sweep(Relay *r, uint64_t ms);
+void link_live(Relay *r, tunnel_t *t);
+void arm_relay(Relay *r, tunnel_t *t, const int registered[2]);
+void *relay_main(void *arg);
+
+/* _relay_dial.c */
+void fail_dial(Relay *r, tunnel_t *t, int reason, int err);
+void on_dial_event(Relay *r, tunnel_t *t, uint32_t got);
+void start_dial(Relay *r, tunnel_t *t);
+PyObject *Relay_dial(Relay *r, PyObject *args, PyObject *kwargs);
+extern const char dial_doc[];
+
+/* _relay.c */
+int copy_pending(end_t *e, Py_buffer *data);
+
+#pragma GCC visibility pop
+
+#endif

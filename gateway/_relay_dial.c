@@ -1,0 +1,255 @@
+/* gateway._relay: dialed upgrades. `Relay.dial` (run by the Python thread) connects, sends the request and
+ * registers the socket without waking the relay thread; the functions before it are the thread's side: reading the
+ * response head, then forwarding a 101 and relaying, or handing the head and the socket back to Python. */
+#include "_relay.h"
+
+/* ---- dialed tunnels: connect, send the request, read the response head ------------------------------ */
+
+/* The dial ended before any relaying: report why and close both descriptors. */
+void fail_dial(Relay *r, tunnel_t *t, int reason, int err) {
+    report_event(r, t->id, EV_FAILED, reason, err, NULL, 0);
+    t->outcome_reported = 1;
+    close_end(r, &t->ends[0]);
+    close_end(r, &t->ends[1]);
+    maybe_finish(r, t);
+}
+
+/* A head Python must judge (not a 101, or a 101 it rewrites): give it the instance's descriptor and the bytes
+ * read; the client's duplicate is closed (Python still holds the client's own transport). */
+static void hand_back(Relay *r, tunnel_t *t) {
+    end_t *up = &t->ends[1];
+    if (up->pending_len) {
+        /* Answered before the whole request was taken: nothing Python could resume. */
+        fail_dial(r, t, FAIL_CLOSED, 0);
+        return;
+    }
+    epoll_ctl(r->epfd, EPOLL_CTL_DEL, up->fd, NULL);
+    int fd = up->fd;
+    up->fd = -1;
+    report_event(r, t->id, EV_HEAD, fd, 0, t->head, t->head_len);
+    t->head = NULL;
+    t->head_len = t->head_cap = 0;
+    t->outcome_reported = 1;
+    close_end(r, &t->ends[0]);
+    maybe_finish(r, t);
+}
+
+/* The instance answered 101: the head and anything after it go to the client, then the relay starts. */
+static void upgrade(Relay *r, tunnel_t *t) {
+    end_t *client = &t->ends[0], *up = &t->ends[1];
+    report_event(r, t->id, EV_UPGRADED, 0, 0, NULL, 0);
+    t->state = ST_RELAY;
+    t->deadline_ms = 0;
+    up->read_bytes += t->head_len;
+    client->pending = t->head;
+    client->pending_len = t->head_len;
+    client->pending_off = 0;
+    t->head = NULL;
+    t->head_len = t->head_cap = 0;
+    t->active_at_ms = now_ms();
+    const int registered[2] = {0, 1};
+    arm_relay(r, t, registered);
+}
+
+static int is_upgrade_head(const tunnel_t *t, const char *end) {
+    static const char prefix[] = "HTTP/1.1 101 ";
+    return t->forward_101 && end != NULL && t->head_len >= sizeof(prefix) - 1
+        && memcmp(t->head, prefix, sizeof(prefix) - 1) == 0;
+}
+
+/* Read what the instance sent; returns 1 once the dial has moved on (upgraded, handed back or failed). */
+static int read_response_head(Relay *r, tunnel_t *t) {
+    end_t *up = &t->ends[1];
+    for (;;) {
+        if (t->head_len == t->head_cap) {
+            if (t->head_cap >= HEAD_LIMIT) {
+                hand_back(r, t);
+                return 1;
+            }
+            size_t cap = t->head_cap ? t->head_cap * 2 : HEAD_FIRST_BYTES;
+            if (cap > HEAD_LIMIT) cap = HEAD_LIMIT;
+            char *bigger = realloc(t->head, cap);
+            if (bigger == NULL) {
+                fail_dial(r, t, FAIL_CLOSED, ENOMEM);
+                return 1;
+            }
+            t->head = bigger;
+            t->head_cap = cap;
+        }
+        ssize_t n = recv(up->fd, t->head + t->head_len, t->head_cap - t->head_len, 0);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+            fail_dial(r, t, FAIL_CLOSED, errno);
+            return 1;
+        }
+        if (n == 0) {
+            /* A partial head at EOF is Python's to judge (it names what was wrong). */
+            if (t->head_len) hand_back(r, t); else fail_dial(r, t, FAIL_CLOSED, 0);
+            return 1;
+        }
+        size_t from = t->head_len >= 3 ? t->head_len - 3 : 0;
+        t->head_len += (size_t)n;
+        const char *end = memmem(t->head + from, t->head_len - from, "\r\n\r\n", 4);
+        if (end != NULL) {
+            if (is_upgrade_head(t, end)) upgrade(r, t); else hand_back(r, t);
+            return 1;
+        }
+    }
+}
+
+void on_dial_event(Relay *r, tunnel_t *t, uint32_t got) {
+    end_t *up = &t->ends[1];
+    if (t->state == ST_DIAL) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        if (getsockopt(up->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+        if (err == 0 && (got & (EPOLLERR | EPOLLHUP))) err = ECONNREFUSED;
+        if (err != 0) {
+            fail_dial(r, t, FAIL_CONNECT, err);
+            return;
+        }
+        if (!(got & EPOLLOUT)) return;
+        t->state = ST_HEAD;
+        t->deadline_ms = t->response_timeout_ms ? now_ms() + t->response_timeout_ms : 0;
+    }
+    if (up->pending_len && (got & EPOLLOUT) && flush(up) != 0) {
+        fail_dial(r, t, FAIL_CLOSED, errno);
+        return;
+    }
+    if ((got & (EPOLLIN | EPOLLHUP | EPOLLERR)) && read_response_head(r, t)) return;
+    set_interest(r, up, EPOLLIN | (up->pending_len ? EPOLLOUT : 0));
+}
+
+/* Python connected the socket, sent what it could of the request and registered the socket in the epoll set
+ * (Relay_dial); the thread takes the tunnel over here, at the latest when the first event for it comes. */
+void start_dial(Relay *r, tunnel_t *t) {
+    link_live(r, t);
+    if (t->state == ST_DIAL) {
+        t->deadline_ms = t->created_ms + t->connect_timeout_ms;
+        want_sweep(r, t->connect_timeout_ms / 4);
+    } else if (t->response_timeout_ms) {
+        t->deadline_ms = t->created_ms + t->response_timeout_ms;
+    }
+    if (t->response_timeout_ms) want_sweep(r, t->response_timeout_ms / 4);
+}
+
+/* ---- the Python entry point ----------------------------------------------------------------------- */
+
+const char dial_doc[] =
+"dial(client_fd, host, port, request, *, connect_timeout_ms, response_timeout_ms=0, idle_timeout_ms=0,\n"
+"     forward_101=True) -> int\n\n"
+"Connect to host:port (an IPv4 or IPv6 literal; ValueError otherwise) and send `request` from the calling\n"
+"thread without blocking; the relay thread reads the response head. A '101' head (when `forward_101`) goes\n"
+"to the client with what follows it and the tunnel relays from then on; any other head comes back through\n"
+"reap() with the instance's descriptor. The relay owns `client_fd` once this returns; a connect refused at\n"
+"once raises OSError and leaves it to the caller.";
+
+PyObject *Relay_dial(Relay *r, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"client_fd", "host", "port", "request", "connect_timeout_ms", "response_timeout_ms",
+                               "idle_timeout_ms", "forward_101", NULL};
+    int client_fd, port, forward_101 = 1;
+    const char *host;
+    Py_buffer request = {0};
+    unsigned long long connect_ms = 0, response_ms = 0, idle_ms = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "isiy*|$KKKp:dial", keywords, &client_fd, &host, &port, &request,
+                                     &connect_ms, &response_ms, &idle_ms, &forward_101))
+        return NULL;
+    PyObject *result = NULL;
+    int fd = -1;
+    struct sockaddr_storage address;
+    socklen_t address_len;
+    memset(&address, 0, sizeof(address));
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&address;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&address;
+    if (r->stopped) {
+        PyErr_SetString(PyExc_RuntimeError, "relay is stopped");
+        goto out;
+    }
+    if (client_fd < 0 || port <= 0 || port > 65535 || connect_ms == 0) {
+        PyErr_SetString(PyExc_ValueError, "an open client descriptor, a port and a connect timeout are needed");
+        goto out;
+    }
+    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        address_len = sizeof(*v4);
+    } else if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)port);
+        address_len = sizeof(*v6);
+    } else {
+        PyErr_Format(PyExc_ValueError, "not an IP address: %s", host);
+        goto out;
+    }
+    fd = socket(address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto out;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(fd, (struct sockaddr *)&address, address_len) != 0 && errno != EINPROGRESS) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto out;
+    }
+    /* On loopback the connection is usually up already: send at once, from this thread, so the relay thread
+     * first hears of the dial when the answer comes. EAGAIN: still connecting (or, rarely, no room). */
+    ssize_t sent = send(fd, request.buf, (size_t)request.len, MSG_NOSIGNAL);
+    if (sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto out;
+    }
+    tunnel_t *t = calloc(1, sizeof(tunnel_t));
+    if (t == NULL) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    t->state = sent < 0 ? ST_DIAL : ST_HEAD;
+    t->created_ms = now_ms();
+    t->forward_101 = forward_101;
+    t->connect_timeout_ms = connect_ms;
+    t->response_timeout_ms = response_ms;
+    t->idle_ms = idle_ms;
+    t->received[0] = t->received[1] = -1;
+    t->ends[0].fd = client_fd;
+    t->ends[1].fd = fd;
+    t->ends[0].tunnel = t->ends[1].tunnel = t;
+    Py_buffer rest = request;
+    rest.buf = (char *)request.buf + (sent > 0 ? sent : 0);
+    rest.len = request.len - (sent > 0 ? sent : 0);
+    if (copy_pending(&t->ends[1], &rest) != 0) {
+        free(t);
+        PyErr_NoMemory();
+        goto out;
+    }
+    end_t *up = &t->ends[1];
+    up->events = t->state == ST_DIAL ? EPOLLOUT : EPOLLIN | (up->pending_len ? EPOLLOUT : 0);
+    struct epoll_event ev = {.events = up->events, .data.ptr = up};
+    /* Registered and queued under the lock: the thread, seeing an event for a tunnel it has not taken over yet,
+     * takes the queue and so waits until the tunnel is in it. Not woken: the answer's event will do that. */
+    uint64_t id = 0; /* read under the lock: once it is released the thread may finish and free the tunnel */
+    pthread_mutex_lock(&r->lock);
+    /* Room first: once registered, an event may reach the thread, which must then find the tunnel queued. */
+    int failed = grow((void **)&r->commands, &r->commands_cap, r->ncommands + 1, sizeof(command_t)) != 0 ? ENOMEM : 0;
+    if (!failed && epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) failed = errno;
+    if (!failed) {
+        id = t->id = r->next_id++;
+        r->commands[r->ncommands++] = (command_t){.kind = CMD_ADD, .id = id, .tunnel = t};
+        __atomic_store_n(&r->queued, 1, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&r->lock);
+    if (failed) {
+        free(up->pending);
+        free(t);
+        errno = failed;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto out;
+    }
+    fd = -1; /* the thread's now */
+    result = PyLong_FromUnsignedLongLong(id);
+out:
+    if (fd >= 0) close(fd);
+    PyBuffer_Release(&request);
+    return result;
+}

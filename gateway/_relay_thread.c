@@ -1,0 +1,399 @@
+/* gateway._relay: the relay thread. Its epoll loop, the byte relaying between the two sockets of a tunnel with
+ * paired backpressure, closing and the sweeps (idle timeout, flush timeout, dial deadlines). See _relay.c for the
+ * rules and _relay_dial.c for the dialed upgrades it also carries. */
+#include "_relay.h"
+
+uint64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+int grow(void **items, size_t *cap, size_t need, size_t size) {
+    if (need <= *cap) return 0;
+    size_t cap2 = *cap ? *cap * 2 : 16;
+    while (cap2 < need) cap2 *= 2;
+    void *bigger = realloc(*items, cap2 * size);
+    if (bigger == NULL) return -1;
+    *items = bigger;
+    *cap = cap2;
+    return 0;
+}
+
+/* Wake whoever waits on the eventfd `fd`. */
+void signal_fd(int fd) {
+    uint64_t one = 1;
+    ssize_t unused = write(fd, &one, sizeof(one));
+    (void)unused;
+}
+
+/* Reset the eventfd `fd`, then take the queue it signals (items, count, capacity) under the lock. The order
+ * matters: anything queued after the take signals again. Returns the items (the caller frees them). */
+void *take_queue(pthread_mutex_t *lock, int fd, void **items, size_t *count, size_t *cap, size_t *taken) {
+    uint64_t value;
+    ssize_t unused = read(fd, &value, sizeof(value));
+    (void)unused;
+    pthread_mutex_lock(lock);
+    void *out = *items;
+    *taken = *count;
+    *items = NULL;
+    *count = *cap = 0;
+    pthread_mutex_unlock(lock);
+    return out;
+}
+
+/* ---- the relay thread ---------------------------------------------------------------------------- */
+
+static int64_t tcp_bytes_received(int fd) {
+    unsigned char info[TCP_INFO_BYTES_RECEIVED_AT + 8];
+    socklen_t len = sizeof(info);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, &len) != 0 || len < sizeof(info)) return -1;
+    uint64_t value;
+    memcpy(&value, info + TCP_INFO_BYTES_RECEIVED_AT, sizeof(value));
+    return (int64_t)value;
+}
+
+static void collect(tunnel_t *t) {
+    if (t->collected) return;
+    t->collected = 1;
+    for (int i = 0; i < 2; i++) {
+        int64_t value = t->ends[i].fd >= 0 ? tcp_bytes_received(t->ends[i].fd) : -1;
+        t->received[i] = value >= 0 ? value : (int64_t)t->ends[i].read_bytes;
+    }
+}
+
+void close_end(Relay *r, end_t *e) {
+    if (e->fd < 0) return;
+    epoll_ctl(r->epfd, EPOLL_CTL_DEL, e->fd, NULL);
+    close(e->fd);
+    e->fd = -1;
+    free(e->pending);
+    e->pending = NULL;
+    e->pending_len = e->pending_off = 0;
+}
+
+/* Queue an event for Python; `data` (malloc'ed) passes to the event. */
+void report_event(Relay *r, uint64_t id, int kind, int64_t a, int64_t b, char *data, size_t len) {
+    pthread_mutex_lock(&r->lock);
+    /* Python reads the eventfd before it takes the queue: a non-empty queue is already signalled. */
+    int wake = r->ndone == 0;
+    int failed = grow((void **)&r->done, &r->done_cap, r->ndone + 1, sizeof(done_t));
+    if (!failed) r->done[r->ndone++] = (done_t){.id = id, .kind = kind, .a = a, .b = b, .data = data, .len = len};
+    pthread_mutex_unlock(&r->lock);
+    if (failed) {
+        /* Out of memory: what the event carried cannot reach Python. */
+        free(data);
+        if (kind == EV_HEAD) close((int)a);
+        return;
+    }
+    if (wake) signal_fd(r->donefd);
+}
+
+static void free_tunnel(tunnel_t *t) {
+    free(t->head);
+    free(t);
+}
+
+/* Free tunnels only after the current batch of epoll events: a later event may still point at them. */
+void maybe_finish(Relay *r, tunnel_t *t) {
+    if (t->finished || t->ends[0].fd >= 0 || t->ends[1].fd >= 0) return;
+    t->finished = 1;
+    if (t->prev) t->prev->next = t->next; else r->live = t->next;
+    if (t->next) t->next->prev = t->prev;
+    if (t->state == ST_RELAY)
+        report_event(r, t->id, EV_DONE, t->received[0], t->received[1], NULL, 0);
+    else if (!t->outcome_reported)
+        report_event(r, t->id, EV_FAILED, FAIL_ABORTED, 0, NULL, 0);
+    if (grow((void **)&r->freelater, &r->freelater_cap, r->nfreelater + 1, sizeof(tunnel_t *)) == 0)
+        r->freelater[r->nfreelater++] = t;
+    /* else, out of memory: leak one small struct rather than risk a use after free */
+}
+
+void abort_tunnel(Relay *r, tunnel_t *t) {
+    collect(t);
+    close_end(r, &t->ends[0]);
+    close_end(r, &t->ends[1]);
+    maybe_finish(r, t);
+}
+
+void set_interest(Relay *r, end_t *e, uint32_t want) {
+    if (want == e->events) return;
+    struct epoll_event ev = {.events = want, .data.ptr = e};
+    if (epoll_ctl(r->epfd, EPOLL_CTL_MOD, e->fd, &ev) == 0) e->events = want;
+}
+
+/* What epoll should watch on end i: reading while nothing waits to go the other way, writing while bytes wait. */
+static void update_interest(Relay *r, tunnel_t *t, int i) {
+    end_t *e = &t->ends[i];
+    if (e->fd < 0) return;
+    end_t *other = &t->ends[1 - i];
+    uint32_t want = 0;
+    if (!t->closing && other->pending_len == 0) want |= EPOLLIN;
+    if (e->pending_len) want |= EPOLLOUT;
+    set_interest(r, e, want);
+}
+
+/* Send what waits for end i; returns -1 on a fatal error. */
+int flush(end_t *e) {
+    while (e->pending_len) {
+        ssize_t n = send(e->fd, e->pending + e->pending_off, e->pending_len, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+            return -1;
+        }
+        e->pending_off += (size_t)n;
+        e->pending_len -= (size_t)n;
+    }
+    free(e->pending);
+    e->pending = NULL;
+    e->pending_off = 0;
+    return 0;
+}
+
+/* The sweep runs at least every `ms` (5 ms to 1 s) from now on. */
+void want_sweep(Relay *r, uint64_t ms) {
+    if (ms < 5) ms = 5;
+    if (ms > 1000) ms = 1000;
+    if (r->sweep_ms == 0 || ms < r->sweep_ms) r->sweep_ms = ms;
+}
+
+static void begin_close(Relay *r, tunnel_t *t) {
+    if (!t->closing) {
+        t->closing = 1;
+        t->closing_at_ms = now_ms();
+        collect(t);
+    }
+    for (int i = 0; i < 2; i++) {
+        end_t *e = &t->ends[i];
+        if (e->fd >= 0 && e->pending_len == 0) close_end(r, e);
+    }
+    for (int i = 0; i < 2; i++) update_interest(r, t, i);
+    if (t->ends[0].fd >= 0 || t->ends[1].fd >= 0) want_sweep(r, r->flush_timeout_ms / 4);
+    maybe_finish(r, t);
+}
+
+/* Keep bytes that could not be sent yet; the source stops being read until they are. */
+static int keep_pending(end_t *dst, const char *data, size_t len) {
+    char *copy = malloc(len);
+    if (copy == NULL) return -1;
+    memcpy(copy, data, len);
+    dst->pending = copy;
+    dst->pending_len = len;
+    dst->pending_off = 0;
+    return 0;
+}
+
+static void on_readable(Relay *r, tunnel_t *t, int i) {
+    end_t *src = &t->ends[i], *dst = &t->ends[1 - i];
+    ssize_t n;
+    do {
+        n = recv(src->fd, r->buffer, CHUNK_BYTES, 0);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) abort_tunnel(r, t);
+        return;
+    }
+    if (n == 0) {
+        begin_close(r, t);
+        return;
+    }
+    src->read_bytes += (uint64_t)n;
+    t->moved += (uint64_t)n;
+    if (dst->fd < 0) return;
+    size_t sent = 0;
+    while (sent < (size_t)n) {
+        ssize_t w = send(dst->fd, r->buffer + sent, (size_t)n - sent, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+            abort_tunnel(r, t);
+            return;
+        }
+        sent += (size_t)w;
+    }
+    if (sent < (size_t)n) {
+        if (keep_pending(dst, r->buffer + sent, (size_t)n - sent) != 0) {
+            abort_tunnel(r, t);
+            return;
+        }
+        update_interest(r, t, i);
+        update_interest(r, t, 1 - i);
+    }
+}
+
+static void on_writable(Relay *r, tunnel_t *t, int i) {
+    end_t *e = &t->ends[i];
+    if (flush(e) != 0) {
+        abort_tunnel(r, t);
+        return;
+    }
+    if (e->pending_len == 0 && t->closing) {
+        close_end(r, e);
+        maybe_finish(r, t);
+        return;
+    }
+    update_interest(r, t, i);
+    update_interest(r, t, 1 - i);
+}
+
+static tunnel_t *find_live(Relay *r, uint64_t id) {
+    for (tunnel_t *t = r->live; t; t = t->next)
+        if (t->id == id) return t;
+    return NULL;
+}
+
+void link_live(Relay *r, tunnel_t *t) {
+    t->linked = 1;
+    t->prev = NULL;
+    t->next = r->live;
+    if (r->live) r->live->prev = t;
+    r->live = t;
+    t->ends[0].tunnel = t;
+    t->ends[1].tunnel = t;
+    t->active_at_ms = now_ms();
+    if (t->idle_ms) want_sweep(r, t->idle_ms / 4);
+}
+
+/* Send what each side has pending (bytes that came with the heads), then watch both with their final interest.
+ * `registered` tells which ends are in the epoll set already. */
+void arm_relay(Relay *r, tunnel_t *t, const int registered[2]) {
+    for (int i = 0; i < 2; i++) {
+        if (t->ends[i].pending_len && flush(&t->ends[i]) != 0) {
+            abort_tunnel(r, t);
+            return;
+        }
+    }
+    for (int i = 0; i < 2; i++) {
+        end_t *e = &t->ends[i];
+        uint32_t want = (t->ends[1 - i].pending_len ? 0 : EPOLLIN) | (e->pending_len ? EPOLLOUT : 0);
+        if (registered[i] && want == e->events) continue;
+        struct epoll_event ev = {.events = want, .data.ptr = e};
+        if (epoll_ctl(r->epfd, registered[i] ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, e->fd, &ev) != 0) {
+            abort_tunnel(r, t);
+            return;
+        }
+        e->events = want;
+    }
+}
+
+static void start_tunnel(Relay *r, tunnel_t *t) {
+    if (t->state != ST_RELAY) {
+        start_dial(r, t);
+        return;
+    }
+    link_live(r, t);
+    const int registered[2] = {0, 0};
+    arm_relay(r, t, registered);
+}
+
+static void sweep_idle(Relay *r, uint64_t now) {
+    tunnel_t *t = r->live;
+    while (t) {
+        tunnel_t *next = t->next;
+        if (t->state != ST_RELAY) {
+            if (t->deadline_ms && now >= t->deadline_ms)
+                fail_dial(r, t, t->state == ST_DIAL ? FAIL_CONNECT_TIMEOUT : FAIL_RESPONSE_TIMEOUT, 0);
+        } else if (t->closing) {
+            if (now - t->closing_at_ms >= r->flush_timeout_ms) abort_tunnel(r, t);
+        } else if (t->idle_ms) {
+            if (t->moved != t->moved_seen) {
+                t->moved_seen = t->moved;
+                t->active_at_ms = now;
+            } else if (now - t->active_at_ms >= t->idle_ms) {
+                begin_close(r, t);
+            }
+        }
+        t = next;
+    }
+}
+
+/* Take the command queue; `woken`: the wake eventfd was readable (it is reset first). Returns 1 when asked to
+ * stop. */
+static int run_commands(Relay *r, int woken) {
+    if (woken) {
+        uint64_t value;
+        ssize_t unused = read(r->wakefd, &value, sizeof(value));
+        (void)unused;
+    }
+    pthread_mutex_lock(&r->lock);
+    command_t *commands = r->commands;
+    size_t count = r->ncommands;
+    r->commands = NULL;
+    r->ncommands = r->commands_cap = 0;
+    r->signalled = 0;
+    __atomic_store_n(&r->queued, 0, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&r->lock);
+    int stop = 0;
+    for (size_t k = 0; k < count; k++) {
+        command_t *c = &commands[k];
+        if (c->kind == CMD_ADD) {
+            start_tunnel(r, c->tunnel);
+        } else if (c->kind == CMD_STOP) {
+            stop = 1;
+        } else {
+            tunnel_t *t = find_live(r, c->id);
+            if (t == NULL) continue;
+            /* Closing a tunnel still dialing leaves nothing to flush: it is aborted. */
+            if (c->kind == CMD_CLOSE && t->state == ST_RELAY) begin_close(r, t); else abort_tunnel(r, t);
+        }
+    }
+    free(commands);
+    return stop;
+}
+
+void *relay_main(void *arg) {
+    Relay *r = (Relay *)arg;
+    pthread_setname_np(pthread_self(), "wsgate-relay"); /* shown by top -H and /proc/<pid>/task/<tid>/comm */
+    struct sched_param batch = {.sched_priority = 0};
+    pthread_setschedparam(pthread_self(), SCHED_BATCH, &batch);
+    struct epoll_event events[MAX_EVENTS];
+    int stop = 0;
+    while (!stop) {
+        /* Dials are queued without waking the thread: it looks at the queue at least every LAZY_MAX_MS. */
+        int timeout = r->sweep_ms && r->sweep_ms < LAZY_MAX_MS ? (int)r->sweep_ms : LAZY_MAX_MS;
+        int n = epoll_wait(r->epfd, events, MAX_EVENTS, timeout);
+        if (n < 0 && errno != EINTR) break;
+        int woken = 0;
+        for (int k = 0; k < n; k++) woken |= events[k].data.ptr == NULL;
+        if (woken || __atomic_load_n(&r->queued, __ATOMIC_ACQUIRE)) stop = run_commands(r, woken) || stop;
+        for (int k = 0; k < n; k++) {
+            if (events[k].data.ptr == NULL) continue;
+            end_t *e = (end_t *)events[k].data.ptr;
+            tunnel_t *t = e->tunnel;
+            /* A dial registered after the queue was taken: Python holds the lock until it is queued. */
+            if (!t->linked) stop = run_commands(r, 0) || stop;
+            if (e->fd < 0 || t->finished) continue;
+            int i = (int)(e - t->ends);
+            uint32_t got = events[k].events;
+            if (t->state != ST_RELAY) {
+                on_dial_event(r, t, got);
+                continue;
+            }
+            if (got & EPOLLOUT) {
+                on_writable(r, t, i);
+                if (e->fd < 0 || t->finished) continue;
+            }
+            if ((got & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !t->closing && t->ends[1 - i].pending_len == 0) {
+                on_readable(r, t, i);
+            } else if (got & (EPOLLHUP | EPOLLERR)) {
+                abort_tunnel(r, t);
+            }
+        }
+        for (size_t k = 0; k < r->nfreelater; k++) free_tunnel(r->freelater[k]);
+        r->nfreelater = 0;
+        if (r->sweep_ms) {
+            uint64_t now = now_ms();
+            if (now - r->last_sweep_ms >= r->sweep_ms) {
+                r->last_sweep_ms = now;
+                sweep_idle(r, now);
+                for (size_t k = 0; k < r->nfreelater; k++) free_tunnel(r->freelater[k]);
+                r->nfreelater = 0;
+            }
+        }
+    }
+    while (r->live) abort_tunnel(r, r->live);
+    for (size_t k = 0; k < r->nfreelater; k++) free_tunnel(r->freelater[k]);
+    r->nfreelater = 0;
+    return NULL;
+}
