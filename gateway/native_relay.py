@@ -7,10 +7,11 @@ watches with `loop.add_reader`. `NativeTunnel` offers the same interface as `tun
 `close`, `abort`), so the server treats both alike; `NativeRelay.adopt` returns None when a connection cannot be
 handed over (TLS, bytes still queued in a transport, a side already gone) and the caller keeps the Python tunnel.
 
-`NativeRelay.dial` goes further for a WebSocket upgrade on plain TCP: the thread itself connects to the instance,
-sends the request head and reads the response head. A 101 goes to the client as it came and the tunnel starts
-without the event loop ever holding a transport to the instance; any other head (403, a redirect, a 101 the route
-rewrites) comes back with the instance's descriptor, and the server answers it the ordinary way.
+`NativeRelay.dial` goes further for a WebSocket upgrade on plain TCP: the instance's socket is connected and the
+request sent from here (in C, without a transport) and the thread reads the response head. A 101 goes to the client
+as it came and the tunnel starts without the event loop ever holding a transport to the instance; any other head
+(403, a redirect, a 101 the route rewrites) comes back with the instance's descriptor, and the server answers it
+the ordinary way.
 """
 
 from __future__ import annotations
@@ -47,8 +48,6 @@ class DialResult:
     errno: int = 0
     upstream_fd: int | None = None  # the instance's connection, now the caller's to use and close
     head: bytes = b""  # what the instance sent so far (a complete head, or all it sent before closing)
-
-
 
 
 _FAILURES: dict[int, str] = {} if _relay is None else {
@@ -170,7 +169,9 @@ class NativeRelay:
              response_timeout_s: float | None, idle_timeout_s: float | None,
              on_upgraded: Callable[[NativeTunnel], None], on_done: Callable[[NativeTunnel], None],
              ) -> asyncio.Future[DialResult] | None:
-        """Let the thread dial host:port (an IP address) and send `request` for `client` (whose buffer is empty).
+        """Connect to host:port (an IP address), send `request` and let the thread read the answer for `client`.
+
+        `client`'s buffer must be empty (nothing after its head).
 
         None when the client cannot be handed over. OSError when the connect fails at once (the client is
         untouched). Otherwise the client stops being read until the future resolves: with a tunnel (the 101 went

@@ -3,8 +3,10 @@
 Each accepted connection is a `client_conn.ClientConn` (an asyncio Protocol with a buffer) served by one coroutine until
 its head is answered. After a 101 the coroutine ends and the two sockets go to the native relay thread
 (`native_relay`, plain TCP) or relay to each other through their transports (`tunnel.Tunnel`, TLS or without the
-native module); only the tunnel's small bookkeeping objects stay. Discovery, balancing and metrics come in
-through the constructor: this module knows no Consul.
+native module); only the tunnel's small bookkeeping objects stay. A plain-TCP upgrade to an instance given by
+address is dialed for the relay thread (`_upgrade_native`): the thread forwards the instance's 101 itself, and
+only another answer comes back here. Discovery, balancing and metrics come in through the constructor: this module
+knows no Consul.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from gateway.tunnels import Tunnels
 log = logging.getLogger("gateway.server")
 access_log = logging.getLogger("gateway.access")
 
-_MAX_CACHED_KEYS = 4096  # bounds the per-worker caches of metric keys and Host values
+_MAX_CACHED_KEYS = 4096  # bounds the per-worker cache of metric keys
 AdminHandler = Callable[[RequestHead], Awaitable[tuple[int, str, bytes]]]
 
 
