@@ -123,6 +123,17 @@ static void Relay_dealloc(Relay *r) {
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
 
+tunnel_t *tunnel_new(int client_fd, int upstream_fd, uint64_t idle_ms) {
+    tunnel_t *t = calloc(1, sizeof(tunnel_t));
+    if (t == NULL) return NULL;
+    t->idle_ms = idle_ms;
+    t->received[0] = t->received[1] = -1;
+    t->ends[0].fd = client_fd;
+    t->ends[1].fd = upstream_fd;
+    t->ends[0].tunnel = t->ends[1].tunnel = t;
+    return t;
+}
+
 int copy_pending(end_t *e, Py_buffer *data) {
     if (data->len == 0) return 0;
     e->pending = malloc((size_t)data->len);
@@ -154,16 +165,12 @@ static PyObject *Relay_add(Relay *r, PyObject *args, PyObject *kwargs) {
         PyErr_SetString(PyExc_ValueError, "two distinct open descriptors are needed");
         goto out;
     }
-    tunnel_t *t = calloc(1, sizeof(tunnel_t));
+    tunnel_t *t = tunnel_new(fds[0], fds[1], idle_ms);
     if (t == NULL) {
         PyErr_NoMemory();
         goto out;
     }
     t->id = r->next_id++;
-    t->idle_ms = idle_ms;
-    t->received[0] = t->received[1] = -1;
-    t->ends[0].fd = fds[0];
-    t->ends[1].fd = fds[1];
     if (copy_pending(&t->ends[0], &to_client) != 0 || copy_pending(&t->ends[1], &to_upstream) != 0) {
         free(t->ends[0].pending);
         free(t->ends[1].pending);

@@ -141,6 +141,7 @@ PyObject *Relay_dial(Relay *r, PyObject *args, PyObject *kwargs);
 extern const char dial_doc[];
 
 /* _relay.c */
+tunnel_t *tunnel_new(int client_fd, int upstream_fd, uint64_t idle_ms); /* calloc'ed; the caller sets the id */
 int copy_pending(end_t *e, Py_buffer *data);
 
 #pragma GCC visibility pop

@@ -200,7 +200,7 @@ PyObject *Relay_dial(Relay *r, PyObject *args, PyObject *kwargs) {
         PyErr_SetFromErrno(PyExc_OSError);
         goto out;
     }
-    tunnel_t *t = calloc(1, sizeof(tunnel_t));
+    tunnel_t *t = tunnel_new(client_fd, fd, idle_ms);
     if (t == NULL) {
         PyErr_NoMemory();
         goto out;
@@ -210,11 +210,6 @@ PyObject *Relay_dial(Relay *r, PyObject *args, PyObject *kwargs) {
     t->forward_101 = forward_101;
     t->connect_timeout_ms = connect_ms;
     t->response_timeout_ms = response_ms;
-    t->idle_ms = idle_ms;
-    t->received[0] = t->received[1] = -1;
-    t->ends[0].fd = client_fd;
-    t->ends[1].fd = fd;
-    t->ends[0].tunnel = t->ends[1].tunnel = t;
     Py_buffer rest = request;
     rest.buf = (char *)request.buf + (sent > 0 ? sent : 0);
     rest.len = request.len - (sent > 0 ? sent : 0);

@@ -249,8 +249,6 @@ void link_live(Relay *r, tunnel_t *t) {
     t->next = r->live;
     if (r->live) r->live->prev = t;
     r->live = t;
-    t->ends[0].tunnel = t;
-    t->ends[1].tunnel = t;
     t->active_at_ms = now_ms();
     if (t->idle_ms) want_sweep(r, t->idle_ms / 4);
 }

@@ -55,6 +55,11 @@ _FAILURES: dict[int, str] = {} if _relay is None else {
     _relay.FAIL_RESPONSE_TIMEOUT: "response-timeout", _relay.FAIL_CLOSED: "closed", _relay.FAIL_ABORTED: "aborted"}
 
 
+def _ms(seconds: float | None) -> int:
+    """A timeout for the thread in whole milliseconds (0: none); a positive one never rounds down to none."""
+    return max(1, round(seconds * 1000)) if seconds and seconds > 0 else 0
+
+
 def available() -> bool:
     """Whether the native relay was built for this interpreter."""
     return _relay is not None
@@ -147,9 +152,9 @@ class NativeRelay:
             return None
         fds = (dups[0], dups[1])
         to_upstream, to_client = bytes(client.buffer), bytes(upstream.buffer)
-        idle_ms = round(idle_timeout_s * 1000) if idle_timeout_s else 0
         try:
-            tunnel_id = self._relay.add(fds[0], fds[1], to_client, to_upstream, idle_timeout_ms=max(idle_ms, 0))
+            tunnel_id = self._relay.add(fds[0], fds[1], to_client, to_upstream,
+                                        idle_timeout_ms=_ms(idle_timeout_s))
         except (OSError, RuntimeError, MemoryError, ValueError) as exc:
             for fd in fds:
                 os.close(fd)
@@ -193,9 +198,8 @@ class NativeRelay:
             return None
         try:
             tunnel_id = self._relay.dial(
-                dup, host, port, request, connect_timeout_ms=max(1, round(connect_timeout_s * 1000)),
-                response_timeout_ms=max(1, round(response_timeout_s * 1000)) if response_timeout_s else 0,
-                idle_timeout_ms=max(0, round(idle_timeout_s * 1000)) if idle_timeout_s else 0)
+                dup, host, port, request, connect_timeout_ms=max(1, _ms(connect_timeout_s)),
+                response_timeout_ms=_ms(response_timeout_s), idle_timeout_ms=_ms(idle_timeout_s))
         except BaseException:
             os.close(dup)
             raise

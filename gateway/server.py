@@ -305,9 +305,7 @@ class GatewayServer:
                        loop: asyncio.AbstractEventLoop | None, *, pooled: bool) -> tuple[Endpoint, Conn, bool]:
         """Dial the route's instances in balancer order; returns (endpoint, connection, reused from pool)."""
         name = target.name
-        endpoints = self.provider.snapshot(target.service) if target.service is not None else target.endpoints
-        if not endpoints:
-            raise NoInstance(name)
+        endpoints = self._endpoints(target)
         tls = target.tls
         tls_context = self.upstream_ssl if tls else None
         if tls and tls_context is None:
@@ -321,10 +319,7 @@ class GatewayServer:
                 conn = await dial(endpoint, timeout_s=target.connect_timeout_s, ssl_context=tls_context, loop=loop)
                 return endpoint, conn, False
             except (OSError, TimeoutError) as exc:
-                reason = "timeout" if isinstance(exc, TimeoutError) else "refused"
-                log.warning("dial %s for route %s failed (%s): %s", endpoint.address, route.id, reason, exc)
-                self.metrics.add("wsgate_upstream_errors_total", 1, route=route.id, instance=endpoint.address,
-                                 reason=reason)
+                self._dial_failed(route, endpoint, "timeout" if isinstance(exc, TimeoutError) else "refused", exc)
         raise NoInstance(name)
 
     async def _forward(self, conn: ClientConn, head: RequestHead, view: RequestView, route: RouteSpec,
@@ -382,6 +377,13 @@ class GatewayServer:
             self.metrics.add("wsgate_upstream_errors_total", 1, route=route.id, instance=endpoint.address,
                              reason="timeout" if isinstance(error, UpstreamTimeout) else "bad-response")
 
+    def _endpoints(self, target: RouteTarget) -> tuple[Endpoint, ...]:
+        """The instances `target` may dial now; NoInstance (503 naming the service) when there are none."""
+        endpoints = self.provider.snapshot(target.service) if target.service is not None else target.endpoints
+        if not endpoints:
+            raise NoInstance(target.name)
+        return tuple(endpoints)
+
     def _dial_failed(self, route: RouteSpec, endpoint: Endpoint, reason: str, detail: object) -> None:
         log.warning("dial %s for route %s failed (%s): %s", endpoint.address, route.id, reason, detail)
         self.metrics.add("wsgate_upstream_errors_total", 1, route=route.id, instance=endpoint.address, reason=reason)
@@ -397,9 +399,7 @@ class GatewayServer:
         relay = self.tunnels.native_relay(conn.loop)
         if relay is None:
             return None
-        endpoints = self.provider.snapshot(target.service) if target.service is not None else target.endpoints
-        if not endpoints:
-            raise NoInstance(target.name)
+        endpoints = self._endpoints(target)
         if not all(ip_literal(endpoint.host) for endpoint in endpoints):
             return None
         idle_timeout_s = route.metadata.idle_timeout_s or self.settings.idle_timeout_s

@@ -83,10 +83,9 @@ class Tunnels:
         """`NativeRelay.dial` for a route; a 101 makes the tunnel count as open (see there for the outcomes)."""
 
         def upgraded(tunnel: NativeTunnel) -> None:
-            # Called from the relay's reaping, before anything else about this tunnel is handled.
+            # Called from the relay's reaping, before its end can be: the tunnel is still open here.
             self._opened(route_id, endpoint)
-            if not tunnel.done.done():
-                self._open.add(tunnel)
+            self._open.add(tunnel)
 
         return relay.dial(client, endpoint.host, endpoint.port, request, connect_timeout_s=connect_timeout_s,
                           response_timeout_s=response_timeout_s, idle_timeout_s=idle_timeout_s,
