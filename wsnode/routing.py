@@ -127,7 +127,7 @@ class Router:
                 delay = min(delay * 2, backoff_max_s)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
 
     def _dispatch(self, message: dict[str, Any], handle: PayloadHandler) -> None:
         data = message.get("data")
