@@ -18,8 +18,6 @@ import ssl
 import sys
 from collections.abc import Callable, Mapping
 
-import redis.asyncio
-
 from gateway.actuator import Actuator
 from gateway.admin import AdminPage
 from gateway.balancer import Balancer
@@ -30,7 +28,7 @@ from gateway.discovery.static import StaticProvider
 from gateway.errors import ConfigError
 from gateway.loader import load_config
 from gateway.metrics import Metrics
-from gateway.ratelimit_redis import RedisRateLimiter
+from gateway.ratelimit_redis import RedisRateLimiter, redis_connection
 from gateway.routing import RouteTable
 from gateway.server import GatewayServer
 from gateway.targets import RoutingState
@@ -150,10 +148,10 @@ class GatewayApp:
                           consul=consul_settings(config, self.env), upstream_ssl=upstream_ssl_context(settings),
                           listen_hosts=lambda: [host for host, _ in self.addresses])
         # The Redis client connects on first use: routes without RequestRateLimiter never touch it.
-        redis_client = redis.asyncio.from_url(settings.redis_url or self.env.get("REDIS_URL") or DEFAULT_REDIS_URL)
+        limiter_redis = redis_connection(settings.redis_url or self.env.get("REDIS_URL") or DEFAULT_REDIS_URL)
         prefix = settings.redis_prefix
-        limiter = RedisRateLimiter(redis_client, key_prefix=self.env.get("WSGATE_REDIS_PREFIX", "") if prefix is None
-                                   else prefix)
+        limiter = RedisRateLimiter(limiter_redis.client, key_prefix=self.env.get("WSGATE_REDIS_PREFIX", "")
+                                   if prefix is None else prefix)
         self.server = GatewayServer(state, provider=self.provider, balancer=self.balancer, metrics=self.metrics,
                                     admin=admin, upstream_ssl=upstream_ssl_context(settings),
                                     listen_ssl=listen_ssl_context(settings), rate_limiter=limiter)
@@ -180,7 +178,7 @@ class GatewayApp:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             await self.provider.stop()
-            await redis_client.aclose()
+            await limiter_redis.aclose()
             self.metrics.publish()
         log.info("gateway stopped")
         return 0

@@ -16,6 +16,9 @@ from gateway.filters import GatewayFilter
 from gateway.model import BalancerChoice, Balancing, RouteMetadata, Upstream
 from gateway.predicates import RoutePredicate
 
+# What `wsgate.redis.url` may name: one server, or a master that sentinels watch (CONTRACT section 7).
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
+
 _SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 _HASH_ON = re.compile(r"client|(header|cookie|query):[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -71,8 +74,8 @@ class ServerSettings:
         _positive("idle timeout", self.idle_timeout_s)
         if self.drain_timeout_s < 0:
             raise ValueError(f"drain timeout must be >= 0, not {self.drain_timeout_s}")
-        if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"redis url must start with redis://, rediss:// or unix://, not {self.redis_url!r}")
+        if self.redis_url is not None and not self.redis_url.startswith(REDIS_SCHEMES):
+            raise ValueError(f"redis url must start with {', '.join(REDIS_SCHEMES)}, not {self.redis_url!r}")
 
     @property
     def tls(self) -> bool:

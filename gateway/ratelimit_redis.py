@@ -15,8 +15,11 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import NoScriptError, RedisError
 
 from gateway.model import RateLimit, RequestView
@@ -73,6 +76,41 @@ end
 return { allowed_num, new_tokens }
 """
 TOKEN_BUCKET_SHA = hashlib.sha1(TOKEN_BUCKET_LUA.encode()).hexdigest()
+
+
+SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+
+
+@dataclass
+class RedisConnection:
+    """The limiter's Redis client and, for a Sentinel URL, the sentinels' own connections, closed together."""
+
+    client: redis.asyncio.Redis
+    sentinel: Sentinel | None = None
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        if self.sentinel is not None:
+            await self.sentinel.aclose()
+
+
+def redis_connection(url: str) -> RedisConnection:
+    """A client for `wsgate.redis.url` (connecting on first use): one server, or a master that sentinels watch,
+    `redis+sentinel://[user:password@]host:26379[,host:26379]/<master>[/<db>]` (CONTRACT section 7)."""
+    if not url.startswith(SENTINEL_SCHEMES):
+        return RedisConnection(redis.asyncio.from_url(url))
+    parts = urlsplit(url.replace("+sentinel", "", 1))
+    hosts = parts.netloc.rpartition("@")[2]
+    sentinels = []
+    for entry in hosts.split(","):
+        host, _, port = entry.rpartition(":") if entry.rpartition(":")[2].isdigit() else (entry, "", "")
+        sentinels.append((host.strip("[]"), int(port) if port else 26379))
+    master, _, db = parts.path.strip("/").partition("/")
+    sentinel = Sentinel(sentinels, socket_timeout=1.0)
+    client: redis.asyncio.Redis = sentinel.master_for(
+        unquote(master), db=int(db or 0), username=unquote(parts.username or "") or None,
+        password=unquote(parts.password or "") or None, ssl=url.startswith("rediss"))
+    return RedisConnection(client, sentinel)
 
 
 class _UnexpectedReply(RedisError):

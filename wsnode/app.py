@@ -10,7 +10,6 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
@@ -19,6 +18,7 @@ from wsnode.auth import TokenVerifier
 from wsnode.endpoint import Endpoint
 from wsnode.node import Node
 from wsnode.push_api import PushApi
+from wsnode.redis_connect import connect_shard
 from wsnode.registration import ConsulRegistration, ServiceSpec, parse_consul_addr
 from wsnode.settings import NodeSettings
 from wsnode.sharding import Shards
@@ -57,11 +57,11 @@ def build_app(settings: NodeSettings) -> web.Application:
     name = re.sub(r"[^A-Za-z0-9_.:-]", "_", f"wsnode-{settings.redis_prefix}{settings.node_id}")
     # A bounded pool per shard that makes callers wait for a connection (redis-py's default pool fails with "Too
     # many connections" under a burst of handshakes instead).
-    pools = [aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=settings.redis_max_connections, timeout=5.0,
-        socket_connect_timeout=1.0, socket_timeout=5.0, health_check_interval=10, client_name=name)
-        for url in settings.redis_urls]
-    shards = Shards([aioredis.Redis(connection_pool=pool) for pool in pools])
+    shard_clients = [connect_shard(url, max_connections=settings.redis_max_connections, pool_timeout_s=5.0,
+                                   socket_connect_timeout=1.0, socket_timeout=5.0, health_check_interval=10,
+                                   client_name=name)
+                     for url in settings.redis_urls]
+    shards = Shards([shard.client for shard in shard_clients])
     client = shards.primary  # shard 0 holds the push stream
     node = Node(settings, shards)
     verifier = TokenVerifier(hs256_secret=settings.jwt_secret, rs256_public_key=settings.jwt_public_key,
@@ -88,9 +88,8 @@ def build_app(settings: NodeSettings) -> web.Application:
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
-        for shard_client, pool in zip(shards.all, pools, strict=True):
-            await shard_client.aclose()
-            await pool.disconnect()
+        for shard in shard_clients:
+            await shard.aclose()
 
     async def loops_ctx(app: web.Application) -> AsyncIterator[None]:
         consumer = StreamConsumer(client, node.keys.push_stream, consumer=settings.node_id,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from wsnode.errors import SettingsError
+from wsnode.redis_urls import RedisUrlError, split_redis_urls
 
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -86,22 +87,15 @@ class NodeSettings:
             raise SettingsError("session refresh interval must be shorter than the session expiry")
 
     def _check_redis_urls(self) -> None:
-        items = [item.strip() for item in self.redis_url.split(",")]
-        for item in items:
-            if not item.startswith(("redis://", "rediss://", "unix://")) or len(item) <= len("unix://"):
-                raise SettingsError(f"--redis takes redis:// URLs separated by commas; {item!r} is not one "
-                                    f"(in {self.redis_url!r})")
-        seen: set[str] = set()
-        for item in items:
-            if item in seen:
-                # Two shard indexes on one server would still work, but a typo here silently halves the capacity.
-                raise SettingsError(f"--redis names {item!r} twice; each shard must be its own Redis")
-            seen.add(item)
+        try:
+            split_redis_urls(self.redis_url)
+        except RedisUrlError as exc:
+            raise SettingsError(str(exc)) from None
 
     @property
     def redis_urls(self) -> tuple[str, ...]:
         """The Redis shards, in order (users are spread over them by wsnode/sharding.py; shard 0 is the primary)."""
-        return tuple(item.strip() for item in self.redis_url.split(","))
+        return split_redis_urls(self.redis_url)
 
     @property
     def service_id(self) -> str:
@@ -149,7 +143,8 @@ _HELP: dict[str, str] = {
     '--port': 'listen port',
     '--host': 'listen address (default 0.0.0.0)',
     '--redis': 'Redis URL; several, comma-separated, shard users over them (order matters: keep it the same '
-               'on every node)',
+               'on every node); redis+sentinel://host:26379[,host:26379]/<master>[/db] follows a Sentinel-watched '
+               'master',
     '--redis-prefix': 'prefix of every Redis key and channel',
     '--consul': 'Consul agent (host:port or URL); registers when set',
     '--consul-token': 'Consul ACL token',
