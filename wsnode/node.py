@@ -52,7 +52,8 @@ class Node:
         self.registry = SessionRegistry(self.shards, self.keys, node_id=settings.node_id,
                                         ttl_s=settings.session_ttl_s)
         self.store = MessageStore(self.shards, self.keys, max_count=settings.store_max_count,
-                                  max_age_s=settings.store_max_age_s)
+                                  max_age_s=settings.store_max_age_s, min_replicas=settings.redis_min_replicas,
+                                  wait_timeout_s=settings.redis_wait_timeout_s)
         self.router = Router(self.shards, self.keys, node_id=settings.node_id)
         self.draining = False
         self.redis_ok = True

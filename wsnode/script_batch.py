@@ -3,6 +3,10 @@
 Under load most of a push's cost on the node is system calls (one write and one read per Redis command): calls that
 arrive in the same loop turn share them. A lone call costs what a plain script call costs; each call still gets its
 own result or error, and the script runs once per call (the batch is not a transaction).
+
+With `min_replicas`, every round trip ends with `WAIT min_replicas timeout` on the same connection: its calls are
+answered only once that many replicas have their writes, and fail with `NotReplicated` otherwise (CONTRACT
+section 7, `--redis-min-replicas`). The writes stay on the master; callers make a retry harmless with a dedupe key.
 """
 
 from __future__ import annotations
@@ -12,18 +16,25 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 Args = Sequence[str | int]
+
+
+class NotReplicated(RedisError):
+    """Fewer replicas than asked confirmed a round trip's writes within the timeout (the push is answered 503)."""
 
 
 class ScriptBatcher:
     """Callable like a registered script (`await batcher(keys=[], args=[...])`), batching concurrent calls."""
 
-    __slots__ = ("_pending", "_redis", "_script", "_tasks")
+    __slots__ = ("_min_replicas", "_pending", "_redis", "_script", "_tasks", "_wait_timeout_ms")
 
-    def __init__(self, client: aioredis.Redis, script: str) -> None:
+    def __init__(self, client: aioredis.Redis, script: str, *, min_replicas: int = 0,
+                 wait_timeout_ms: int = 1000) -> None:
         self._redis = client
+        self._min_replicas = min_replicas
+        self._wait_timeout_ms = wait_timeout_ms
         self._script = client.register_script(script)
         self._pending: list[tuple[Args, asyncio.Future[Any]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -47,7 +58,7 @@ class ScriptBatcher:
 
     async def _run(self, batch: list[tuple[Args, asyncio.Future[Any]]]) -> None:
         try:
-            if len(batch) == 1:
+            if len(batch) == 1 and not self._min_replicas:
                 results: list[Any] = [await self._script(keys=[], args=list(batch[0][0]))]
             else:
                 results = await self._pipelined([args for args, _ in batch])
@@ -84,4 +95,14 @@ class ScriptBatcher:
         async with self._redis.pipeline(transaction=False) as pipe:
             for args in calls:
                 pipe.evalsha(self._script.sha, 0, *args)
-            return list(await pipe.execute(raise_on_error=False))
+            if self._min_replicas:
+                pipe.execute_command("WAIT", self._min_replicas, self._wait_timeout_ms)
+            results = list(await pipe.execute(raise_on_error=False))
+        if self._min_replicas:
+            confirmed = results.pop()
+            if isinstance(confirmed, Exception):
+                raise confirmed
+            if int(confirmed) < self._min_replicas:
+                raise NotReplicated(f"{int(confirmed)} of {self._min_replicas} replica(s) confirmed the write within "
+                                    f"{self._wait_timeout_ms} ms")
+        return results

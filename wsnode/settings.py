@@ -52,6 +52,8 @@ class NodeSettings:
     stream_claim_idle_s: float = 30.0
     token_leeway_s: float = 5.0
     redis_max_connections: int = 64
+    redis_min_replicas: int = 0  # a stored push is answered 202 only once this many replicas have it (WAIT)
+    redis_wait_timeout_s: float = 1.0  # how long WAIT may take before the push is answered 503
     ws_compress: bool = False
 
     def __post_init__(self) -> None:
@@ -73,6 +75,10 @@ class NodeSettings:
                 raise SettingsError(f"{name} must be positive")
         if self.redis_max_connections < 4:
             raise SettingsError("redis_max_connections must be at least 4 (pub/sub and the stream hold one each)")
+        if self.redis_min_replicas < 0:
+            raise SettingsError(f"--redis-min-replicas must be >= 0, not {self.redis_min_replicas}")
+        if self.redis_wait_timeout_s <= 0:
+            raise SettingsError(f"--redis-wait-timeout must be > 0, not {self.redis_wait_timeout_s}")
         for name in ("send_queue_max", "max_frame_bytes", "client_burst", "store_max_count"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1")
@@ -137,6 +143,8 @@ _FLAGS: dict[str, tuple[str, str, str]] = {
     "--token-leeway": ("WSNODE_TOKEN_LEEWAY_S", "token_leeway_s", "float"),
     "--ws-compress": ("WSNODE_WS_COMPRESS", "ws_compress", "bool"),
     "--redis-max-connections": ("WSNODE_REDIS_MAX_CONNECTIONS", "redis_max_connections", "int"),
+    "--redis-min-replicas": ("WSNODE_REDIS_MIN_REPLICAS", "redis_min_replicas", "int"),
+    "--redis-wait-timeout": ("WSNODE_REDIS_WAIT_TIMEOUT_S", "redis_wait_timeout_s", "float"),
 }
 
 _HELP: dict[str, str] = {
@@ -174,6 +182,11 @@ _HELP: dict[str, str] = {
     '--token-leeway': 'clock skew tolerated on exp/nbf, seconds (default 5)',
     '--ws-compress': 'offer permessage-deflate (off: memory)',
     '--redis-max-connections': 'Redis connection pool size, per shard (default 64)',
+    '--redis-min-replicas': 'a stored push is answered 202 only once this many replicas confirmed it (Redis WAIT); '
+                            'otherwise 503, and a retry with the same Idempotency-Key stores nothing twice '
+                            '(default 0)',
+    '--redis-wait-timeout': 'seconds WAIT may take for --redis-min-replicas before the push is answered 503 '
+                            '(default 1)',
 }
 
 _TRUE = {"1", "true", "yes", "on"}

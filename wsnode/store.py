@@ -178,13 +178,14 @@ class MessageStore:
     """The store and the atomic store-and-route of pushes to users."""
 
     def __init__(self, client: aioredis.Redis | RedisShards, keys: Keys, *, max_count: int,
-                 max_age_s: float) -> None:
+                 max_age_s: float, min_replicas: int = 0, wait_timeout_s: float = 1.0) -> None:
         self._shards = as_shards(client)
         self._keys = keys
         self._max_count = max_count
         self._max_age_ms = int(max_age_s * 1000)
         # Concurrent pushes to one shard share one pipelined round trip (see script_batch.py).
-        self._push = [ScriptBatcher(c, _PUSH_LUA) for c in self._shards.all]
+        self._push = [ScriptBatcher(c, _PUSH_LUA, min_replicas=min_replicas, wait_timeout_ms=int(wait_timeout_s * 1000))
+                      for c in self._shards.all]
         self._ack = [c.register_script(_ACK_LUA) for c in self._shards.all]
 
     async def push_to_users(self, request: PushRequest, *, push_id: str, ts_ms: int,

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -18,7 +19,7 @@ from gateway.model import RateLimit, RequestView
 from gateway.ratelimit_redis import RedisRateLimiter, redis_connection
 from tests.functional.test_outage_redis import EPHEMERAL, OwnRedis, start_node_on
 from tests.harness import ManagedProcess, ProcessGroup, free_port, redis_answers, redis_server_binary, unique_prefix
-from tests.wsnode.conftest import Client, NodeProc, eventually, make_token, push
+from tests.wsnode.conftest import API_KEY, FAST, SECRET, Client, NodeProc, eventually, make_token, push
 
 pytestmark = pytest.mark.slow
 MASTER = "mymaster"
@@ -192,3 +193,134 @@ async def test_gateway_rate_limiter_follows_the_sentinel_failover(sentinel_setup
         assert await sentinel_setup.master_port() == sentinel_setup.replica.port
     finally:
         await connection.aclose()
+
+
+async def _push_keyed(http: aiohttp.ClientSession, node: NodeProc, user: str, n: int,
+                      key: str) -> tuple[int, dict[str, Any]]:
+    body = {"to": {"users": [user]}, "module": "m", "data": {"n": n}}
+    headers = {"Authorization": f"Bearer {API_KEY}", "Idempotency-Key": key}
+    async with http.post(f"{node.url}/api/v1/push", json=body, headers=headers) as response:
+        return response.status, await response.json()
+
+
+def _start_node(procs: ProcessGroup, name: str, url: str, prefix: str, *extra: str) -> NodeProc:
+    port = free_port()
+    proc = procs.python(name, "wsnode", "--port", str(port), "--host", "127.0.0.1", "--node-id", name,
+                        "--redis", url, "--redis-prefix", prefix, "--jwt-secret", SECRET, "--api-key", API_KEY,
+                        *FAST, *extra)
+    proc.wait_http_ready(f"http://127.0.0.1:{port}/health")
+    return NodeProc(proc=proc, node_id=name, port=port)
+
+
+async def test_min_replicas_answers_503_until_a_replica_has_the_push_and_a_retry_stores_once(
+        procs: ProcessGroup, tmp_path: Path) -> None:
+    (tmp_path / "primary").mkdir()
+    (tmp_path / "replica").mkdir()
+    primary = OwnRedis(procs, tmp_path / "primary", (*EPHEMERAL, "--repl-diskless-sync-delay", "0"))
+    await primary.start()
+    replica = OwnRedis(procs, tmp_path / "replica", (*EPHEMERAL, "--replicaof", "127.0.0.1", str(primary.port)))
+    await replica.start()
+    prefix = unique_prefix("wait")
+    node = _start_node(procs, "node-a", primary.url, prefix, "--redis-min-replicas", "1",
+                       "--redis-wait-timeout", "0.5")
+    replicas = aioredis.Redis(port=primary.port, decode_responses=True)
+    try:
+        async def connected_replicas() -> int:
+            return int((await replicas.info("replication"))["connected_slaves"])
+
+        await eventually(connected_replicas, timeout_s=15)
+        async with aiohttp.ClientSession() as http:
+            status, body = await _push_keyed(http, node, "carol", 1, "k1")
+            assert status == 202, body
+
+            await replica.stop()
+            await eventually(lambda: _equals(connected_replicas(), 0), timeout_s=10)
+            status, body = await _push_keyed(http, node, "carol", 2, "k2")
+            assert status == 503, body
+            assert "replica" in body["error"], body
+
+            await replica.start()
+            await eventually(connected_replicas, timeout_s=15)
+            status, retried = await _push_keyed(http, node, "carol", 2, "k2")
+            assert status == 202, retried
+            again_status, again = await _push_keyed(http, node, "carol", 2, "k2")
+            assert (again_status, again["ids"]) == (202, retried["ids"])
+
+            # The store holds each push once: the 503'd write and its retry are one message.
+            client = Client(await http.ws_connect(node.ws_url, params={"token": make_token("carol"),
+                                                                       "since": "0"}))
+            welcome = await client.next()
+            assert welcome["type"] == "welcome", welcome
+            replayed = [await client.next_of("message") for _ in range(2)]
+            assert [m["data"]["n"] for m in replayed] == [1, 2]
+            assert replayed[1]["id"] == retried["ids"]["carol"]
+            assert welcome["unread"] == {"m": 2}
+            await client.ws.close()
+    finally:
+        await replicas.aclose()
+
+
+async def _equals(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
+
+
+async def test_min_replicas_every_202_survives_a_primary_sigkill(procs: ProcessGroup,
+                                                                  sentinel_setup: SentinelSetup) -> None:
+    prefix = unique_prefix("wait-failover")
+    nodes = [_start_node(procs, name, sentinel_setup.url, prefix, "--redis-min-replicas", "1")
+             for name in ("node-a", "node-b")]
+    async with aiohttp.ClientSession() as http:
+        alice = await _open(http, nodes[0], "alice")
+        accepted: dict[str, int] = {}
+        got: dict[str, int] = {}
+        everything_arrived = asyncio.Event()
+
+        async def read_alice() -> None:
+            # Reading all along also answers the node's pings (aiohttp answers them only while receiving).
+            while True:
+                frame = await alice.next_of("message", timeout_s=120)
+                got.setdefault(frame["id"], frame["data"]["n"])
+                if len(accepted) >= 40 and set(accepted) <= set(got):
+                    everything_arrived.set()
+
+        reader = asyncio.create_task(read_alice())
+        n = 0
+
+        async def push_until(count: int, *, during: Callable[[], Awaitable[None]] | None = None) -> None:
+            nonlocal n
+            deadline = time.monotonic() + 45
+            while len(accepted) < count:
+                assert time.monotonic() < deadline, f"pushes did not go on: {len(accepted)} accepted"
+                n += 1
+                status, body = await _push_keyed(http, nodes[n % 2], "alice", n, f"p{n}")
+                if status == 202:
+                    accepted[body["ids"]["alice"]] = n
+                else:
+                    assert status == 503, body
+                    if during is not None:
+                        await during()
+                    await asyncio.sleep(0.1)
+
+        await push_until(20)
+        assert sentinel_setup.primary.proc is not None
+        sentinel_setup.primary.proc.kill()
+        old_primary_back = False
+
+        async def bring_back_the_old_primary() -> None:
+            # With one replica, the promoted one has none left and every WAIT 1 fails (503, as it should); the
+            # old primary restarted empty is turned into its replica by the sentinels, and 202s come back.
+            nonlocal old_primary_back
+            if not old_primary_back and await sentinel_setup.master_port() == sentinel_setup.replica.port:
+                await sentinel_setup.primary.start()
+                old_primary_back = True
+
+        await push_until(40, during=bring_back_the_old_primary)
+        assert old_primary_back
+        # Every push answered 202 reaches alice: once each after dropping duplicate ids, in id order.
+        if not set(accepted) <= set(got):
+            await asyncio.wait_for(everything_arrived.wait(), 20)
+        reader.cancel()
+        ids = sorted(got, key=int)
+        assert [got[i] for i in ids if i in accepted] == [accepted[i] for i in sorted(accepted, key=int)]
+        assert [int(i) for i in ids] == list(range(int(ids[0]), int(ids[0]) + len(ids)))
+        await alice.ws.close()
