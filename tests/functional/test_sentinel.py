@@ -66,8 +66,7 @@ async def _answers(port: int, proc: ManagedProcess) -> None:
         await asyncio.sleep(0.02)
 
 
-@pytest.fixture
-async def sentinel_setup(procs: ProcessGroup, tmp_path: Path) -> AsyncIterator[SentinelSetup]:
+async def _primary_and_replica(procs: ProcessGroup, tmp_path: Path) -> tuple[OwnRedis, OwnRedis]:
     (tmp_path / "primary").mkdir()
     (tmp_path / "replica").mkdir()
     # No diskless-sync delay: the replica is in sync a moment after it starts, not five seconds later.
@@ -75,6 +74,12 @@ async def sentinel_setup(procs: ProcessGroup, tmp_path: Path) -> AsyncIterator[S
     await primary.start()
     replica = OwnRedis(procs, tmp_path / "replica", (*EPHEMERAL, "--replicaof", "127.0.0.1", str(primary.port)))
     await replica.start()
+    return primary, replica
+
+
+@pytest.fixture
+async def sentinel_setup(procs: ProcessGroup, tmp_path: Path) -> AsyncIterator[SentinelSetup]:
+    primary, replica = await _primary_and_replica(procs, tmp_path)
     ports = []
     for index in range(3):
         port, proc = _start_sentinel(procs, tmp_path, primary.port, index)
@@ -214,12 +219,7 @@ def _start_node(procs: ProcessGroup, name: str, url: str, prefix: str, *extra: s
 
 async def test_min_replicas_answers_503_until_a_replica_has_the_push_and_a_retry_stores_once(
         procs: ProcessGroup, tmp_path: Path) -> None:
-    (tmp_path / "primary").mkdir()
-    (tmp_path / "replica").mkdir()
-    primary = OwnRedis(procs, tmp_path / "primary", (*EPHEMERAL, "--repl-diskless-sync-delay", "0"))
-    await primary.start()
-    replica = OwnRedis(procs, tmp_path / "replica", (*EPHEMERAL, "--replicaof", "127.0.0.1", str(primary.port)))
-    await replica.start()
+    primary, replica = await _primary_and_replica(procs, tmp_path)
     prefix = unique_prefix("wait")
     node = _start_node(procs, "node-a", primary.url, prefix, "--redis-min-replicas", "1",
                        "--redis-wait-timeout", "0.5")
