@@ -31,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = asyncio.run
     try:
         runner(serve(settings))  # type: ignore[operator]
+    except SettingsError as exc:  # found once Redis answered: a --redis list that differs from the other nodes'
+        print(f"wsnode: {exc.reason}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"wsnode: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
         return 1

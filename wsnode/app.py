@@ -21,6 +21,7 @@ from wsnode.push_api import PushApi
 from wsnode.redis_connect import connect_shard
 from wsnode.registration import ConsulRegistration, ServiceSpec, parse_consul_addr
 from wsnode.settings import NodeSettings
+from wsnode.shard_agreement import agree_on_shards
 from wsnode.sharding import Shards
 from wsnode.stream_consumer import StreamConsumer
 
@@ -28,6 +29,8 @@ log = logging.getLogger("wsnode.app")
 
 NODE_KEY = web.AppKey("node", Node)
 REGISTRATION_KEY = web.AppKey("registration", ConsulRegistration)
+# The shard-list check (wsnode/shard_agreement.py) is done before listening when every shard answers at once.
+SHARD_CHECK_HEAD_START_S = 2.0
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
@@ -133,6 +136,13 @@ def build_app(settings: NodeSettings) -> web.Application:
 async def serve(settings: NodeSettings, *, started: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT, then drain: leave Consul, stop accepting, close sessions 1001, clean Redis."""
     app = build_app(settings)
+    node = app[NODE_KEY]
+    shard_check = asyncio.create_task(agree_on_shards(node.shards.all, settings.redis_urls, node.keys))
+    # A node whose --redis list differs from the other nodes' refuses to start (exit 2, the difference named). A
+    # shard that does not answer yet is checked in the background: the node serves the users of the others.
+    await asyncio.wait({shard_check}, timeout=SHARD_CHECK_HEAD_START_S)
+    if shard_check.done():
+        shard_check.result()
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, access_log_class=AccessLogger)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
@@ -144,9 +154,16 @@ async def serve(settings: NodeSettings, *, started: asyncio.Event | None = None)
         loop.add_signal_handler(signum, stop.set)
     if started is not None:
         started.set()
-    await stop.wait()
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({stopped, shard_check}, return_when=asyncio.FIRST_COMPLETED)
+    mismatch = shard_check.exception() if shard_check.done() else None
+    if mismatch is not None:
+        log.error("stopping: %s", mismatch)
+    elif not stopped.done():
+        await stopped
+    stopped.cancel()
+    shard_check.cancel()
     log.info("draining")
-    node = app[NODE_KEY]
     node.draining = True
     registration = app.get(REGISTRATION_KEY)
     if registration is not None:
@@ -155,3 +172,5 @@ async def serve(settings: NodeSettings, *, started: asyncio.Event | None = None)
         await asyncio.sleep(settings.drain_delay_s)
     await runner.cleanup()
     log.info("stopped")
+    if mismatch is not None:
+        raise mismatch

@@ -54,6 +54,16 @@ class Keys:
         return f"{self.prefix}wsgate:dedupe:{key}"
 
     @property
+    def shard_id(self) -> str:
+        """A shard's own random id, set once by the first node that reaches it."""
+        return f"{self.prefix}wsgate:shard:id"
+
+    @property
+    def shard_list(self) -> str:
+        """JSON list of the shard ids in the order every node's `--redis` list names them (kept on every shard)."""
+        return f"{self.prefix}wsgate:shard:list"
+
+    @property
     def push_stream(self) -> str:
         """Stream backends add pushes to (field `payload`)."""
         return f"{self.prefix}wsgate:push"

@@ -10,6 +10,7 @@ Consistent Hash Algorithm", 2014); crc32 makes the choice the same in every proc
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Iterable, Sequence
 from typing import Generic, TypeVar
@@ -84,3 +85,34 @@ class Shards(Generic[C]):
     def group(self, users: Iterable[str]) -> dict[int, list[str]]:
         """Users per shard index (see group_by_shard)."""
         return group_by_shard(users, len(self._clients))
+
+
+def shard_list_mismatch(urls: Sequence[str], observed: Sequence[str], stored: str | None) -> str | None:
+    """Why this node's shard list is not the one `stored` on a shard (a JSON list of shard ids), or None.
+
+    `observed[i]` is the id that shard `urls[i]` carries (each Redis keeps a random id of its own). Every node must
+    see the same servers in the same order, or users land on different shards from node to node.
+    """
+    if stored is None:
+        return None
+    try:
+        expected = json.loads(stored)
+    except ValueError:
+        return f"the stored shard list is not JSON: {stored[:80]!r}"
+    if not isinstance(expected, list) or not all(isinstance(item, str) for item in expected):
+        return f"the stored shard list is not a list of ids: {stored[:80]!r}"
+    if list(observed) == expected:
+        return None
+    if len(observed) != len(expected):
+        return (f"this node lists {len(observed)} Redis shard(s) ({', '.join(urls)}), the nodes already using them "
+                f"list {len(expected)}: every node needs the same --redis list (to change it, use the procedure in "
+                f"docs/scaling.md)")
+    wrong = []
+    for index, (url, shard_id) in enumerate(zip(urls, observed, strict=True)):
+        if shard_id != expected[index]:
+            elsewhere = expected.index(shard_id) if shard_id in expected else None
+            where = (f"the other nodes use it as shard {elsewhere}" if elsewhere is not None
+                     else "it is not in the other nodes' list")
+            wrong.append(f"shard {index} {url} ({where})")
+    return ("this node's --redis list differs from the one the other nodes use: " + "; ".join(wrong)
+            + " (every node needs the same list in the same order)")

@@ -18,8 +18,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.functional.test_outage_redis import EPHEMERAL, OwnRedis, start_node_on
-from tests.harness import ProcessGroup, unique_prefix
-from tests.wsnode.conftest import API_KEY, Client, NodeProc, api_get, eventually, make_token, push
+from tests.harness import ProcessGroup, free_port, http_status, unique_prefix
+from tests.wsnode.conftest import API_KEY, FAST, SECRET, Client, NodeProc, api_get, eventually, make_token, push
 from wsnode.keys import Keys
 from wsnode.sharding import shard_of
 
@@ -220,3 +220,26 @@ async def test_sharding_retried_multi_shard_push_returns_the_first_result(sharde
     for user in (zero, one):
         _, unread = await api_get(sharded.http, a, f"/api/v1/users/{user}/unread")
         assert unread["unread"] == {"m": 1}, (user, unread)
+
+
+@pytest.mark.parametrize("case", ["reversed", "one more", "another server"])
+async def test_sharding_a_node_with_a_different_list_refuses_to_start(sharded: ShardedCluster, procs: ProcessGroup,
+                                                                      tmp_path: Path, case: str) -> None:
+    urls = [f"redis://127.0.0.1:{r.port}/0" for r in sharded.redis]
+    if case == "reversed":
+        listed, named = [urls[1], urls[0]], f"shard 0 {urls[1]} (the other nodes use it as shard 1)"
+    else:
+        (tmp_path / "extra").mkdir()
+        extra = OwnRedis(procs, tmp_path / "extra", EPHEMERAL)
+        await extra.start()
+        if case == "one more":
+            listed, named = [*urls, extra.url], "this node lists 3 Redis shard(s)"
+        else:
+            listed, named = [urls[0], extra.url], f"shard 1 {extra.url} (it is not in the other nodes' list)"
+    port = free_port()
+    proc = procs.python("node-odd", "wsnode", "--port", str(port), "--host", "127.0.0.1", "--node-id", "node-odd",
+                        "--redis", ",".join(listed), "--redis-prefix", sharded.keys.prefix, "--jwt-secret", SECRET,
+                        "--api-key", API_KEY, *FAST)
+    assert await asyncio.to_thread(proc.wait_exit, timeout_s=20) == 2
+    assert named in proc.log()
+    assert http_status(f"http://127.0.0.1:{port}/health") is None  # it never listened

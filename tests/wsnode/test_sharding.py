@@ -8,7 +8,7 @@ import pytest
 
 from wsnode.errors import SettingsError
 from wsnode.settings import NodeSettings
-from wsnode.sharding import Shards, group_by_shard, jump_hash, shard_of
+from wsnode.sharding import Shards, group_by_shard, jump_hash, shard_list_mismatch, shard_of
 
 USERS = [f"user-{i}" for i in range(10_000)]
 
@@ -90,3 +90,23 @@ def test_sharding_settings_accept_a_list_of_redis_urls() -> None:
 def test_sharding_settings_name_the_bad_redis_url(value: str, named: str) -> None:
     with pytest.raises(SettingsError, match=named):
         NodeSettings(port=1, node_id="n", allow_anonymous=True, redis_url=value)
+
+
+@pytest.mark.parametrize(("observed", "stored", "problem"), [
+    (["a", "b"], None, None),
+    (["a", "b"], '["a", "b"]', None),
+    (["a", "b", "c"], '["a", "b"]', "this node lists 3 Redis shard(s)"),
+    (["b", "a"], '["a", "b"]', "shard 0 redis://s0 (the other nodes use it as shard 1); "
+                               "shard 1 redis://s1 (the other nodes use it as shard 0)"),
+    (["a", "c"], '["a", "b"]', "shard 1 redis://s1 (it is not in the other nodes' list)"),
+    (["a"], "not json", "is not JSON"),
+    (["a"], '{"a": 1}', "is not a list of ids"),
+])
+def test_sharding_list_mismatch_names_the_difference(observed: list[str], stored: str | None,
+                                                     problem: str | None) -> None:
+    urls = [f"redis://s{i}" for i in range(len(observed))]
+    verdict = shard_list_mismatch(urls, observed, stored)
+    if problem is None:
+        assert verdict is None
+    else:
+        assert verdict is not None and problem in verdict
