@@ -26,7 +26,7 @@ import jwt
 from bench import procstat
 from bench.fanout_push import NodePusher, SocketioPusher
 from bench.wsproto_min import client_handshake, frame, parse_frames
-from tests.harness import ManagedProcess, ProcessGroup, RedisInfo, delete_prefix, free_port, provide_redis
+from harness import ManagedProcess, ProcessGroup, RedisInfo, delete_prefix, free_port, provide_redis
 
 SECRET = "bench-secret-0123456789abcdef0123456789"
 API_KEY = "bench-key"

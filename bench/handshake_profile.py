@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench import loadgen, procstat
 from bench.relay import GATEWAY_ROUTES, pin, register_echo
-from tests.harness import ManagedProcess, ProcessGroup, free_port
+from harness import ManagedProcess, ProcessGroup, free_port
 
 RELAY_THREAD = "wsgate-relay"  # the native relay thread's name (gateway/_relay.c)
 

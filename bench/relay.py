@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path
 
 from bench import loadgen, procstat
-from tests.harness import ManagedProcess, ProcessGroup, free_port
+from harness import ManagedProcess, ProcessGroup, free_port
 
 SIZES = (100, 4096, 16384)
 

@@ -34,7 +34,7 @@ import redis.asyncio as aioredis
 from bench import procstat
 from bench.fanout import API_KEY, SECRET, FanoutClient, Stats, connect_clients, paced, path_for, percentile_ms
 from bench.fanout_push import NodePusher
-from tests.harness import ManagedProcess, ProcessGroup, RedisInfo, delete_prefix, free_port, provide_redis
+from harness import ManagedProcess, ProcessGroup, RedisInfo, delete_prefix, free_port, provide_redis
 
 SERVICE = "bench-ws"
 MARKER = "bench-marker"

@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from bench.fanout import API_KEY, SECRET, Stats, connect_clients
 from bench.fanout_push import NodePusher
 from bench.scaleout import command_calls, redis_cpu_s
-from tests.harness import ProcessGroup, free_port
+from harness import ProcessGroup, free_port
 from wsnode.sharding import shard_of
 
 IGNORED = ("ping", "info", "config|resetstat", "config")  # health checks and this benchmark's own reads

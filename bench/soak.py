@@ -35,7 +35,7 @@ import aiohttp
 import redis
 
 from bench import procstat
-from tests.harness import ManagedProcess, ProcessGroup, RedisInfo, delete_prefix, free_port, provide_redis
+from harness import ManagedProcess, ProcessGroup, RedisInfo, delete_prefix, free_port, provide_redis
 
 SECRET = "soak-secret-of-at-least-32-bytes-long"
 API_KEY = "soak-key"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import jwt
 
-from tests.harness import ProcessGroup, free_port, http_status, provide_redis
+from harness import ProcessGroup, free_port, http_status, provide_redis
 
 DEMO_SECRET = "wsgate-demo-secret-not-for-production"  # >= 32 bytes, as HS256 wants
 DEMO_API_KEY = "wsgate-demo-key"

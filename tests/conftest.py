@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import (
+from harness import (
     ManagedProcess,
     ProcessGroup,
     RedisInfo,

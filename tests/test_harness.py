@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.harness import ProcessFailed, ProcessGroup, RedisInfo, free_port, http_status, redis_answers
+from harness import ProcessFailed, ProcessGroup, RedisInfo, free_port, http_status, redis_answers
 
 
 def test_free_port_can_be_bound() -> None:

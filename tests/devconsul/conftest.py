@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.harness import free_port
+from harness import free_port
 
 EXTERNAL_CONSUL = bool(os.environ.get("CONSUL_HTTP_ADDR"))
 dev_only = pytest.mark.skipif(

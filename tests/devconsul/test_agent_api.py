@@ -11,8 +11,8 @@ from typing import Any
 
 import consul
 
+from harness import free_port
 from tests.devconsul.conftest import HealthBackend, check_status, dev_only, statuses, wait_health
-from tests.harness import free_port
 
 
 async def test_agent_register_deregister_roundtrip(consul_client: Any, service_name: str) -> None:

@@ -9,8 +9,8 @@ import time
 import aiohttp
 import pytest
 
+from harness import ProcessGroup
 from tests.conftest import start_devconsul
-from tests.harness import ProcessGroup
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

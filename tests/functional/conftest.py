@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from harness import ROOT, ManagedProcess, ProcessGroup, RedisInfo, free_port
 from tests.conftest import start_devconsul
-from tests.harness import ROOT, ManagedProcess, ProcessGroup, RedisInfo, free_port
 
 CHROMIUM = Path(os.environ.get("WSGATE_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ("--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -20,8 +20,8 @@ from aiohttp import ClientSession, WSMsgType, web
 from aiohttp.test_utils import TestServer
 
 from demo.server import DemoError, DemoSettings, build_app
+from harness import ROOT, free_port
 from tests.functional.conftest import Cluster
-from tests.harness import ROOT, free_port
 
 WSGATE_JS = ROOT / "wsnode" / "static" / "wsgate.js"
 DOCS_IMAGES = ROOT / "docs" / "images"

@@ -18,8 +18,8 @@ from typing import Any
 import aiohttp
 import jwt
 
+from harness import ProcessGroup, RedisInfo
 from tests.functional.conftest import Cluster, start_cluster
-from tests.harness import ProcessGroup, RedisInfo
 
 # Short session expiry: the SIGKILLed node's session records must be gone within the test.
 FAST_NODE = ("--session-ttl", "2", "--session-refresh", "0.5", "--consul-check-interval", "1")

@@ -18,8 +18,8 @@ from urllib.parse import unquote
 
 import pytest
 
+from harness import ProcessGroup
 from tests.gateway.procs import eventually, start_gateway_proc, start_upstream_proc
-from tests.harness import ProcessGroup
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 RSS_TOLERANCE_BYTES = 6 * 1024 * 1024

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import aiohttp
 
+from harness import ROOT, ProcessGroup, http_status
 from tests.gateway.procs import eventually, self_signed_cert, start_gateway_proc, start_upstream_proc
-from tests.harness import ROOT, ProcessGroup, http_status
 
 
 def routes_yaml(port: int, prefix: str = "/a", *, extra: str = "") -> str:

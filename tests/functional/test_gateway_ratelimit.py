@@ -13,8 +13,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from harness import ProcessGroup, RedisInfo
 from tests.gateway.procs import start_gateway_proc, start_upstream_proc
-from tests.harness import ProcessGroup, RedisInfo
 
 BURST = 5
 

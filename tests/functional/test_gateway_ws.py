@@ -10,8 +10,8 @@ from pathlib import Path
 import aiohttp
 from aiohttp import WSMsgType
 
+from harness import ProcessGroup, free_port
 from tests.gateway.procs import register, set_check, start_gateway_proc, start_upstream_proc
-from tests.harness import ProcessGroup, free_port
 
 SEED = """\
 service:

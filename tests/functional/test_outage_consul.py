@@ -13,8 +13,8 @@ from typing import Any
 
 import aiohttp
 
+from harness import ManagedProcess
 from tests.functional.conftest import Cluster
-from tests.harness import ManagedProcess
 from tests.wsnode.conftest import eventually, make_token
 
 

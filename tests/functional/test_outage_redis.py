@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.harness import ManagedProcess, ProcessGroup, free_port, redis_answers, redis_server_binary, unique_prefix
+from harness import ManagedProcess, ProcessGroup, free_port, redis_answers, redis_server_binary, unique_prefix
 from tests.wsnode.conftest import API_KEY, FAST, SECRET, Client, NodeProc, api_get, eventually, make_token, push
 
 # Without persistence a restarted Redis is empty; with an append-only file in the same directory it comes back whole.

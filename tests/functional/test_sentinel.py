@@ -17,8 +17,8 @@ import redis.asyncio as aioredis
 
 from gateway.model import RateLimit, RequestView
 from gateway.ratelimit_redis import RedisRateLimiter, redis_connection
+from harness import ManagedProcess, ProcessGroup, free_port, redis_answers, redis_server_binary, unique_prefix
 from tests.functional.test_outage_redis import EPHEMERAL, OwnRedis, start_node_on
-from tests.harness import ManagedProcess, ProcessGroup, free_port, redis_answers, redis_server_binary, unique_prefix
 from tests.wsnode.conftest import API_KEY, FAST, SECRET, Client, NodeProc, eventually, make_token, push
 
 pytestmark = pytest.mark.slow

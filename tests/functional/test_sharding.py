@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from harness import ProcessGroup, free_port, http_status, unique_prefix
 from tests.functional.test_outage_redis import EPHEMERAL, OwnRedis, start_node_on
-from tests.harness import ProcessGroup, free_port, http_status, unique_prefix
 from tests.wsnode.conftest import API_KEY, FAST, SECRET, Client, NodeProc, api_get, eventually, make_token, push
 from wsnode.keys import Keys
 from wsnode.sharding import shard_of

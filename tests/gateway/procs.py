@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.harness import ManagedProcess, ProcessGroup, free_port
+from harness import ManagedProcess, ProcessGroup, free_port
 
 
 def start_upstream_proc(procs: ProcessGroup, name: str, *, tls: tuple[Path, Path] | None = None) -> int:

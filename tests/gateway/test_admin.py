@@ -33,9 +33,9 @@ from gateway.metrics import Metrics
 from gateway.routing import RouteTable
 from gateway.server import GatewayServer
 from gateway.targets import RoutingState
+from harness import free_port
 from tests.gateway.conftest import config, route
 from tests.gateway.procs import eventually, register
-from tests.harness import free_port
 
 TOKEN = "s3cret-admin"
 ROUTE = route("ws-svc", "lb:ws://ws-service", ["Path=/ws-svc/**"], ["StripPrefix=1"])

@@ -10,8 +10,8 @@ import pytest
 from gateway.discovery.base import Endpoint
 from gateway.discovery.consul import BACKOFF_MAX_S, ConsulProvider, backoff_s
 from gateway.discovery.static import StaticProvider
+from harness import ProcessGroup
 from tests.gateway.procs import eventually, register, set_check
-from tests.harness import ProcessGroup
 
 
 def provider_for(consul: str) -> ConsulProvider:

@@ -14,7 +14,7 @@ import redis.asyncio
 from gateway.model import RateLimit, RequestView
 from gateway.ratelimit import RateDecision
 from gateway.ratelimit_redis import RedisRateLimiter
-from tests.harness import ManagedProcess, ProcessGroup, RedisInfo, free_port, redis_answers, redis_server_binary
+from harness import ManagedProcess, ProcessGroup, RedisInfo, free_port, redis_answers, redis_server_binary
 
 ALICE = RequestView("GET", "/", headers=(("X-User", "alice"),), remote_addr="10.0.0.1")
 BOB = RequestView("GET", "/", headers=(("X-User", "bob"),), remote_addr="10.0.0.2")

@@ -12,8 +12,8 @@ from gateway.discovery.base import Endpoint
 from gateway.discovery.static import StaticProvider
 from gateway.model import BalancerChoice, Balancing, RouteMetadata
 from gateway.ratelimit_redis import RedisRateLimiter
+from harness import RedisInfo, free_port
 from tests.gateway.conftest import StartGateway, StartUpstream, config, route
-from tests.harness import RedisInfo, free_port
 
 
 async def raw_exchange(port: int, data: bytes, *, timeout_s: float = 5.0) -> bytes:

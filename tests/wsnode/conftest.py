@@ -13,7 +13,7 @@ import aiohttp
 import jwt
 import pytest
 
-from tests.harness import ManagedProcess, ProcessGroup, RedisInfo, free_port
+from harness import ManagedProcess, ProcessGroup, RedisInfo, free_port
 
 SECRET = "test-secret-0123456789-abcdefghijkl"
 API_KEY = "key-one"

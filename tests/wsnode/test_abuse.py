@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.harness import RedisInfo
+from harness import RedisInfo
 from tests.wsnode.conftest import API_KEY, SECRET, Connect, StartNode, api_get, eventually, make_token, push
 
 OP_TEXT, OP_BINARY, OP_CLOSE = 0x1, 0x2, 0x8

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 
-from tests.harness import RedisInfo
+from harness import RedisInfo
 from tests.wsnode.conftest import API_KEY, Connect, StartNode
 from wsnode.client import PushClient, PushClientError, StreamPushClient, push_body
 from wsnode.errors import PushError

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from tests.harness import RedisInfo
+from harness import RedisInfo
 from tests.wsnode.conftest import (
     API_KEY_2,
     Connect,

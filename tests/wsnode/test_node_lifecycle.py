@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from harness import ProcessGroup, free_port
 from tests.conftest import start_devconsul
-from tests.harness import ProcessGroup, free_port
 from tests.wsnode.conftest import Connect, StartNode, api_get, eventually, make_token, push
 
 

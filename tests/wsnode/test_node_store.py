@@ -8,7 +8,7 @@ import json
 import aiohttp
 import redis.asyncio as aioredis
 
-from tests.harness import RedisInfo
+from harness import RedisInfo
 from tests.wsnode.conftest import Connect, NodeProc, StartNode, api_get, eventually, make_token, push
 
 

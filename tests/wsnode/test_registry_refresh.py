@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from tests.harness import ProcessGroup, free_port, redis_answers, redis_server_binary
+from harness import ProcessGroup, free_port, redis_answers, redis_server_binary
 from wsnode.keys import Keys
 from wsnode.registry import SessionRegistry
 

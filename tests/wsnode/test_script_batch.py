@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from tests.harness import RedisInfo
+from harness import RedisInfo
 from wsnode.script_batch import ScriptBatcher
 
 # INCR a counter and return "<argument>:<new value>"; error on demand, to check errors stay with their caller.

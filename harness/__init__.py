@@ -1,4 +1,5 @@
-"""Real processes on loopback ports for tests: free ports, readiness polling, logs on failure, clean stop.
+"""Real processes on loopback ports for the tests, the benchmarks and the demo: free ports, readiness polling,
+logs on failure, clean stop.
 
 Nothing here sleeps for a fixed time to synchronise: readiness is polled on an endpoint with a deadline.
 """
