@@ -203,6 +203,21 @@ def shards_table(shards: Mapping[str, Any] | None) -> str:
     return "\n".join(rows)
 
 
+def storm_table(storm: Mapping[str, Any] | None) -> str:
+    """The reconnect storm after a node is killed (empty when not run)."""
+    if not storm:
+        return ""
+    failures = ", ".join(f"{kind} {count}" for kind, count in sorted((storm.get("failures") or {}).items())) or "none"
+    return "\n".join([
+        "### Reconnect storm (`python -m bench.storm`)", "",
+        "| clients | gateway workers | dropped by the kill | all back after | handshakes/s | attempts "
+        "| failed attempts | pushes accepted during the storm | lost |", "|---|---|---|---|---|---|---|---|---|",
+        f"| {storm['clients']} | {storm['gateway_workers']} | {storm['dropped']} | {float(storm['reconnect_s']):.2f} s "
+        f"| {float(storm['handshakes_per_s']):.0f} | {storm['attempts']} | {failures} | {storm['pushes_accepted']} "
+        f"| {storm['pushes_lost']} |",
+        "", f"Clients spread their first retry over {storm['jitter_s']} s (uniform jitter), as wsgate.js does."])
+
+
 def all_figures(results: Mapping[str, Mapping[str, Any] | None]) -> list[Figure]:
     """Every figure of the report, in table order."""
     return (relay_figures(results.get("relay")) + fanout_figures(results.get("fanout"))
