@@ -106,7 +106,10 @@ class GatewayApp:
             return None
 
     def _load(self) -> GatewayConfig:
-        return load_config(self.config_path, env=self.env)
+        config = load_config(self.config_path, env=self.env, unknown_filters=self.env.get("WSGATE_UNKNOWN_FILTERS"))
+        for warning in config.warnings:
+            log.warning("%s", warning)
+        return config
 
     def stop(self) -> None:
         """Ask `run` to drain and return."""

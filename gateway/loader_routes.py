@@ -11,14 +11,15 @@ from typing import TypeVar
 from gateway.config import RouteSpec, parse_balancer_choice, parse_upstream
 from gateway.confignodes import Reader, YMap, YNode, YScalar, YSeq
 from gateway.errors import ConfigError
-from gateway.factory import ArgValue, Definition, SpecError
-from gateway.filters import GatewayFilter, build_filter
+from gateway.factory import ArgValue, Definition, SpecError, relaxed
+from gateway.filters import FILTERS, GatewayFilter, build_filter
 from gateway.javaregex import group_names
 from gateway.model import BalancerChoice, RouteMetadata
-from gateway.predicates import RoutePredicate, build_predicate
+from gateway.plugins import plugin_filter, plugin_predicate
+from gateway.predicates import PREDICATES, RoutePredicate, build_predicate
 
 T = TypeVar("T")
-_ROUTE_KEYS = ("id", "uri", "order", "predicates", "filters", "metadata")
+_ROUTE_KEYS = ("id", "uri", "order", "predicates", "filters", "metadata", "enabled")
 _META_TIMEOUTS = {
     "connect-timeout": "connect_timeout_s",
     "response-timeout": "response_timeout_s",
@@ -50,17 +51,25 @@ class RouteReader:
         seen: dict[str, int] = {}
         for index, item in enumerate(self.reader.sequence(node, key).items):
             route = self.route(item, f"{key}[{index}]", index)
+            if route is None:
+                continue
             if route.id in seen:
                 raise self.reader.error(f"duplicate route id {route.id!r} (first on line {seen[route.id]})", item, key)
             seen[route.id] = item.line
             routes.append(route)
         return tuple(routes)
 
-    def route(self, node: YNode, key: str, index: int) -> RouteSpec:
-        """One route entry."""
+    def route(self, node: YNode, key: str, index: int) -> RouteSpec | None:
+        """One route entry; None for `enabled: false` (SCG leaves such a route out)."""
         r = self.reader
         section = r.mapping(node, key)
-        r.check_keys(section, key, _ROUTE_KEYS)
+        known = {relaxed(name) for name in _ROUTE_KEYS}
+        for name, child in section.items:
+            if relaxed(name) not in known:
+                r.unknown(f"unknown key (known: {', '.join(_ROUTE_KEYS)})", child, f"{key}.{name}")
+        enabled = section.get("enabled")
+        if enabled is not None and not r.boolean(enabled, f"{key}.enabled"):
+            return None
         id_node = section.get("id")
         route_id = r.text(id_node, f"{key}.id").strip() if id_node is not None else f"route-{index}"
         if not route_id:
@@ -77,7 +86,7 @@ class RouteReader:
         predicates: tuple[RoutePredicate, ...] = ()
         if (pnode := section.get("predicates")) is not None:
             predicates = tuple(
-                self._compile(d, k, build_predicate) for d, k in self.definitions(pnode, f"{key}.predicates")
+                self._compile(d, k, build_any_predicate) for d, k in self.definitions(pnode, f"{key}.predicates")
             )
         filters: tuple[GatewayFilter, ...] = ()
         if (fnode := section.get("filters")) is not None:
@@ -89,8 +98,21 @@ class RouteReader:
             raise r.error(str(exc), section, key) from None
 
     def filters(self, node: YNode, key: str) -> tuple[GatewayFilter, ...]:
-        """A filter list (a route's, or default-filters)."""
-        return tuple(self._compile(d, k, build_filter) for d, k in self.definitions(node, key))
+        """A filter list (a route's, or default-filters); under `warn` an unknown filter is left out."""
+        compiled: list[GatewayFilter] = []
+        for located, item_key in self.definitions(node, key):
+            definition, item = located
+            if definition.name not in FILTERS:
+                found = self._compile(located, item_key, plugin_filter)
+                if found is None:
+                    self.reader.unknown(
+                        f"unknown filter {definition.name!r}: neither built in nor a plugin in the entry-point group "
+                        f"wsgate.filters (built in: {', '.join(sorted(FILTERS))})", item, item_key)
+                    continue
+                compiled.append(found)
+                continue
+            compiled.append(self._compile(located, item_key, build_filter))
+        return tuple(compiled)
 
     def _compile(self, located: tuple[Definition, YNode], key: str, build: Callable[[Definition], T]) -> T:
         definition, node = located
@@ -188,6 +210,25 @@ class RouteReader:
             )
         except ValueError as exc:
             raise ConfigError(str(exc), file=r.file, line=section.line, key=key) from None
+
+
+def build_any_predicate(definition: Definition) -> RoutePredicate:
+    """A built-in predicate, else a plugin of the entry-point group wsgate.predicates (never left out)."""
+    if definition.name in PREDICATES:
+        return build_predicate(definition)
+    found = plugin_predicate(definition)
+    if found is None:
+        return build_predicate(definition)  # its SpecError names the built-in predicates
+    return found
+
+
+def build_any_filter(definition: Definition) -> GatewayFilter:
+    """A built-in filter, else a plugin (for routes built at run time, such as discovery.locator's)."""
+    if definition.name not in FILTERS:
+        found = plugin_filter(definition)
+        if found is not None:
+            return found
+    return build_filter(definition)
 
 
 def _raw_text(node: YNode) -> str:

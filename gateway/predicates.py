@@ -321,9 +321,12 @@ def parse_zoned_datetime(text: str) -> datetime:
 
 
 def _path(definition: Definition) -> PathPredicate:
-    args = bind(definition, ("patterns", "matchTrailingSlash", "pattern"), Shortcut.GATHER_LIST_TAIL_FLAG)
+    # `pattern` and `matchOptionalTrailingSeparator` are SCG 2.x's names, still bound by its relaxed binder.
+    fields = ("patterns", "matchTrailingSlash", "pattern", "matchOptionalTrailingSeparator")
+    args = bind(definition, fields, Shortcut.GATHER_LIST_TAIL_FLAG)
     texts = get_list(args, "patterns", required=False) or get_list(args, "pattern")
-    trailing = get_bool(args, "matchTrailingSlash", default=True)
+    old = get_bool(args, "matchOptionalTrailingSeparator", default=True)
+    trailing = get_bool(args, "matchTrailingSlash", default=old)
     try:
         patterns = tuple(PathPattern(text, match_trailing_slash=trailing) for text in texts)
     except PathPatternError as exc:
@@ -332,8 +335,9 @@ def _path(definition: Definition) -> PathPredicate:
 
 
 def _host(definition: Definition) -> HostPredicate:
-    args = bind(definition, ("patterns",), Shortcut.GATHER_LIST)
-    return HostPredicate(tuple(HostPattern(text) for text in get_list(args, "patterns")))
+    args = bind(definition, ("patterns", "pattern"), Shortcut.GATHER_LIST)  # `pattern`: SCG 2.0's single pattern
+    texts = get_list(args, "patterns", required=False) or get_list(args, "pattern")
+    return HostPredicate(tuple(HostPattern(text) for text in texts))
 
 
 def _method(definition: Definition) -> MethodPredicate:
