@@ -14,7 +14,7 @@ from gateway.errors import ConfigError
 from gateway.factory import ArgValue, Definition, SpecError, relaxed
 from gateway.filters import FILTERS, GatewayFilter, build_filter
 from gateway.javaregex import group_names
-from gateway.model import BalancerChoice, RouteMetadata
+from gateway.model import BalancerChoice, RouteMetadata, Upstream
 from gateway.plugins import plugin_filter, plugin_predicate
 from gateway.predicates import PREDICATES, RoutePredicate, build_predicate
 
@@ -62,6 +62,8 @@ class RouteReader:
     def route(self, node: YNode, key: str, index: int) -> RouteSpec | None:
         """One route entry; None for `enabled: false` (SCG leaves such a route out)."""
         r = self.reader
+        if isinstance(node, YScalar):
+            return self._shortcut_route(node, key)
         section = r.mapping(node, key)
         known = {relaxed(name) for name in _ROUTE_KEYS}
         for name, child in section.items:
@@ -77,10 +79,9 @@ class RouteReader:
         uri_node = section.get("uri")
         if uri_node is None:
             raise r.error("route has no uri", section, f"{key}.uri")
-        try:
-            uri = parse_upstream(r.text(uri_node, f"{key}.uri"))
-        except ValueError as exc:
-            raise r.error(str(exc), uri_node, f"{key}.uri") from None
+        uri = self._uri(uri_node, f"{key}.uri")
+        if uri is None:
+            return None
         order_node = section.get("order")
         order = r.integer(order_node, f"{key}.order") if order_node is not None else 0
         predicates: tuple[RoutePredicate, ...] = ()
@@ -96,6 +97,35 @@ class RouteReader:
             return RouteSpec(route_id, uri, order, metadata, predicates, filters, section.line)
         except ValueError as exc:
             raise r.error(str(exc), section, key) from None
+
+    def _uri(self, node: YNode, key: str) -> Upstream | None:
+        """The route's upstream; None (the route left out, under `warn`) for a URI scheme wsgate has no use for."""
+        text = self.reader.text(node, key)
+        try:
+            return parse_upstream(text)
+        except ValueError as exc:
+            if str(exc).startswith("unsupported uri"):
+                self.reader.unknown(f"{exc}; the route is left out", node, key)
+                return None
+            raise self.reader.error(str(exc), node, key) from None
+
+    def _shortcut_route(self, node: YScalar, key: str) -> RouteSpec | None:
+        """SCG's one-line route `id=uri, Predicate=a, Predicate2=b` (RouteDefinition(String))."""
+        text = self.reader.text(node, key)
+        route_id, eq, rest = text.partition("=")
+        parts = [part.strip() for part in rest.split(",")]
+        if not eq or not route_id.strip() or not parts[0]:
+            raise self.reader.error("a one-line route is written id=uri, Predicate=args, ...", node, key)
+        uri = self._uri(YScalar(parts[0], node.line), key)
+        if uri is None:
+            return None
+        predicates = []
+        for index, part in enumerate(parts[1:]):
+            try:
+                predicates.append(build_any_predicate(Definition.shortcut(part)))
+            except SpecError as exc:
+                raise self.reader.error(str(exc), node, f"{key}.predicates[{index}]") from None
+        return RouteSpec(route_id.strip(), uri, predicates=tuple(predicates), line=node.line)
 
     def filters(self, node: YNode, key: str) -> tuple[GatewayFilter, ...]:
         """A filter list (a route's, or default-filters); under `warn` an unknown filter is left out."""

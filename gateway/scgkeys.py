@@ -60,6 +60,7 @@ PROPERTIES: dict[str, Rule] = {
 }
 
 _RELAXED = {relaxed(path): rule for path, rule in PROPERTIES.items()}
+_PREFIXES = {".".join(path.split(".")[:n]) for path in _RELAXED for n in range(1, path.count(".") + 1)}
 _ENABLE_FLAGS = ("filter", "predicate")  # `filter.<name>.enabled`, `predicate.<name>.enabled`
 
 
@@ -110,7 +111,9 @@ def _walk(reader: Reader, node: YNode, parts: list[str], prefix: str) -> None:
         if value != rule.only:
             reader.unknown(f"only {rule.only} is supported: {rule.reason}", node, key)
         return
-    if isinstance(node, YMap) and node.items:
+    rpath = relaxed(path)
+    flag = rpath.split(".")[0] in _ENABLE_FLAGS and rpath.count(".") == 1
+    if isinstance(node, YMap) and node.items and (rpath in _PREFIXES or flag):
         for name, child in node.items:
             _walk(reader, child, [*parts, name], prefix)
         return

@@ -151,8 +151,8 @@ def _condition(doc: YNode) -> YNode | None:
 
 
 def _names(reader: Reader, node: YNode | None, key: str) -> list[str]:
-    if node is None:
-        return []
+    if node is None or (isinstance(node, YScalar) and node.value is None):
+        return []  # `active:` left empty (a build tool was to fill it in): no profile from the file
     items = node.items if isinstance(node, YSeq) else (node,)
     return [p.strip() for item in items for p in reader.text(item, key).split(",") if p.strip()]
 
@@ -178,7 +178,14 @@ def merge_documents(
     else:
         active = _names(reader, find(base, "spring.profiles.active"), "spring.profiles.active")
     active += _names(reader, find(base, "spring.profiles.include"), "spring.profiles.include")
-    active_set = frozenset(active or ["default"])
+    active = active or ["default"]
+    groups = find(base, "spring.profiles.group")
+    if isinstance(groups, YMap):
+        # A group's name activates its members (Boot 2.4+), once each.
+        for name, members in groups.items:
+            if name in active:
+                active += [m for m in _names(reader, members, f"spring.profiles.group.{name}") if m not in active]
+    active_set = frozenset(active)
     chosen: list[YMap] = []
     for doc in normal:
         condition = _condition(doc)
