@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from gateway.factory import ArgValue, Definition, SpecError, bind
-from gateway.model import Headers, RequestView, header_values
+from gateway.model import ForwardPlan, Headers, RequestView, header_values
 
 GROUPS = {"filter": "wsgate.filters", "predicate": "wsgate.predicates", "key_resolver": "wsgate.key_resolvers"}
 
@@ -194,7 +194,31 @@ def plugin_predicate(definition: Definition) -> PluginPredicate | None:
     return PluginPredicate(definition.name, created, _text(definition))
 
 
+_RESOLVERS: dict[str, Callable[[Exchange], str | None]] = {}
+
+
 def key_resolver(name: str) -> Callable[[Exchange], str | None] | None:
-    """The key resolver registered as `name` (a `#{@name}` bean in YAML), or None."""
-    created = _create("key_resolver", Definition(name))
-    return created if callable(created) else None
+    """The key resolver registered as `name` (a `#{@name}` bean in YAML), created once per process, or None."""
+    found = _RESOLVERS.get(name)
+    if found is None:
+        created = _create("key_resolver", Definition(name))
+        if not callable(created):
+            return None
+        found = _RESOLVERS[name] = created
+    return found
+
+
+async def run_plugin_filters(
+    filters: tuple[object, ...], request: RequestView, plan: ForwardPlan, route_id: str
+) -> tuple[ForwardPlan, Response | None]:
+    """Run the route's plugin filters in chain order: the plan with their header changes, or the first answer."""
+    plugins = [f for f in filters if isinstance(f, PluginFilter)]
+    if not plugins:
+        return plan, None
+    exchange = Exchange.of(request, route_id=route_id, path=plan.path, query=plan.query, headers=plan.headers,
+                           variables=dict(plan.variables))
+    for plugin in plugins:
+        answer = await plugin.run(exchange)
+        if answer is not None:
+            return plan, answer
+    return replace(plan, headers=tuple(exchange.headers)), None

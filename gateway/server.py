@@ -47,6 +47,7 @@ from gateway.httpparse import (
 )
 from gateway.metrics import Labels, Metrics, series_key
 from gateway.model import ForwardPlan, Headers, RateLimit, RequestView
+from gateway.plugins import Response, run_plugin_filters
 from gateway.ratelimit import RateDecision
 from gateway.responses import error_body, simple_response
 from gateway.routing import apply_header_ops
@@ -271,6 +272,10 @@ class GatewayServer:
                 limit_headers = (*limit_headers, *decision.headers)
                 if not decision.allowed:
                     return self._refuse_rate(conn, head, route.id, decision, limit_headers, remote, started), False
+            if match.has_plugins:
+                plan, answer = await run_plugin_filters(match.chain or route.filters, view, plan, route.id)
+                if answer is not None:
+                    return self._plugin_answer(conn, head, route.id, answer, remote, started), False
             return await self._forward(conn, head, view, route, plan, remote=remote, scheme=scheme,
                                        started=started, extra_headers=limit_headers)
         except GatewayError as error:
@@ -294,6 +299,17 @@ class GatewayServer:
                              status=decision.status)
         keep = head.keep_alive and request_framing(head)[0] is Framing.NONE
         conn.write(simple_response(decision.status, error_body(error, head.path), close=not keep, extra=headers))
+        return keep
+
+    def _plugin_answer(self, conn: ClientConn, head: RequestHead, route_id: str, answer: Response, remote: str,
+                       started: float) -> bool:
+        """A plugin filter answered the request itself (docs/plugins.md)."""
+        self._count(route_id, answer.status)
+        self._log(remote, head, answer.status, route_id, "-", started)
+        body, content_type = answer.encoded()
+        keep = head.keep_alive and request_framing(head)[0] is Framing.NONE
+        conn.write(simple_response(answer.status, body, content_type=content_type, close=not keep,
+                                   extra=answer.headers))
         return keep
 
     def _log(self, remote: str, head: RequestHead, status: int, route: str, instance: str, started: float) -> None:
