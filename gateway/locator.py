@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from gateway.config import RouteSpec, parse_upstream
+from gateway.config import GatewayConfig, RouteSpec, parse_upstream
 from gateway.factory import ArgValue, Definition, SpecError
 
 DEFAULT_PREFIX = "ReactiveCompositeDiscoveryClient_"
@@ -236,7 +236,9 @@ def route_for(
     seen = ServiceInfo(name, service.metadata)
     if not _truth(evaluate(settings.include_expression, seen)):
         return None
-    uri = parse_upstream(str(evaluate(settings.url_expression, seen)))
+    # The uri keeps the service's own spelling: Consul matches names without regard to case, the dev agent and
+    # our discovery watch do not, and `lb://` resolves the same instances either way.
+    uri = parse_upstream(str(evaluate(settings.url_expression, service)))
     predicates = tuple(
         build_predicate(Definition(d.name, tuple((k, _arg(v, seen)) for k, v in d.args))) for d in settings.predicates
     )
@@ -266,3 +268,11 @@ def locator_routes(
         if route is not None:
             routes.append(route)
     return tuple(routes)
+
+
+def with_located(config: GatewayConfig, located: tuple[RouteSpec, ...]) -> GatewayConfig:
+    """`config` with the locator's routes after the file's; a file route of the same id wins."""
+    if not located:
+        return config
+    ids = {route.id for route in config.routes}
+    return replace(config, routes=config.routes + tuple(r for r in located if r.id not in ids))
