@@ -32,6 +32,8 @@ class ServiceInfo:
 
     name: str
     metadata: tuple[tuple[str, str], ...] = ()
+    # Each instance's metadata: `include-expression` holds when it holds for any of them (SCG tests instances).
+    instances: tuple[tuple[tuple[str, str], ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +160,10 @@ class _Spel:
             }  # fmt: skip
             if value in names:
                 return names[value]
+            if value == "Locale":  # `toLowerCase(Locale.ROOT)`: the locale changes nothing here
+                self._take(".")
+                self._take()
+                return None
             if value == "getServiceId":
                 self._take("(")
                 self._take(")")
@@ -233,9 +239,11 @@ def route_for(
     SpelError/SpecError/ValueError when the settings cannot make a route for it.
     """
     name = service.name.lower() if settings.lower_case_service_id else service.name
-    seen = ServiceInfo(name, service.metadata)
-    if not _truth(evaluate(settings.include_expression, seen)):
+    chosen = [meta for meta in (service.instances or (service.metadata,))
+              if _truth(evaluate(settings.include_expression, ServiceInfo(name, meta)))]
+    if not chosen:
         return None
+    seen = ServiceInfo(name, chosen[-1])  # SCG keeps the last included instance of a service
     # The uri keeps the service's own spelling: Consul matches names without regard to case, the dev agent and
     # our discovery watch do not, and `lb://` resolves the same instances either way.
     uri = parse_upstream(str(evaluate(settings.url_expression, service)))

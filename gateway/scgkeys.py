@@ -112,7 +112,7 @@ def _walk(reader: Reader, node: YNode, parts: list[str], prefix: str) -> None:
             reader.unknown(f"only {rule.only} is supported: {rule.reason}", node, key)
         return
     rpath = relaxed(path)
-    flag = rpath.split(".")[0] in _ENABLE_FLAGS and rpath.count(".") == 1
+    flag = rpath.split(".")[0] in _ENABLE_FLAGS and rpath.count(".") <= 1
     if isinstance(node, YMap) and node.items and (rpath in _PREFIXES or flag):
         for name, child in node.items:
             _walk(reader, child, [*parts, name], prefix)

@@ -71,5 +71,6 @@ class CatalogWatch:
         if not self._with_metadata:
             return ServiceInfo(name)
         _, entries = await client.catalog.service(name)
-        meta = (entries[0].get("ServiceMeta") or {}) if entries else {}
-        return ServiceInfo(name, tuple(sorted((str(k), str(v)) for k, v in meta.items())))
+        metas = tuple(tuple(sorted((str(k), str(v)) for k, v in (entry.get("ServiceMeta") or {}).items()))
+                      for entry in entries or ())
+        return ServiceInfo(name, metas[0] if metas else (), metas)
