@@ -3,9 +3,14 @@ the file, the line and the key.
 
 Accepted keys (names compare in Spring's relaxed form: `passing-only` == `passingOnly` == `passing_only`):
 
+Whole Spring files (gateway.springdocs): several documents, profiles (`spring.config.activate.on-profile`,
+`spring.profiles`), dotted and indexed keys, all merged first; every key under spring.cloud.gateway is checked
+(gateway.scgkeys); `wsgate.unknown-filters: warn` turns what wsgate does not implement into warnings. docs/routes.md.
+
 Routes (Spring Cloud Gateway's syntax; the first of these that is present is used, giving two is an error):
-    routes:  |  spring.cloud.gateway.routes:  |  spring.cloud.gateway.server.webflux.routes:
-      - id: ws-svc                      # optional, default route-<n>; unique
+    routes:  |  spring.cloud.gateway.routes:  |  spring.cloud.gateway.server.{webflux,webmvc}.routes:
+      - id: ws-svc                      # optional, default route-<n>; unique (or one line: `id=uri, Path=/a/**`)
+        enabled: true                   # false leaves the route out
         uri: lb:ws://ws-service         # http|https|ws|wss://host[:port], lb://name, lb:ws://name, lb:http(s)://name
         order: 0                        # lower first; ties keep file order
         predicates: [Path=/ws-svc/**]   # shortcut `Name=a, b` or expanded {name: Path, args: {patterns: [...]}}
@@ -21,7 +26,9 @@ Routes (Spring Cloud Gateway's syntax; the first of these that is present is use
 
 Predicates: Path, Host, Method, Header, Query, Cookie, After, Before, Between, RemoteAddr, Weight.
 Filters: RewritePath, StripPrefix, PrefixPath, SetPath, Add/Set/RemoveRequestHeader,
-Add/Set/RemoveResponseHeader, PreserveHostHeader, RequestRateLimiter.
+Add/Set/RemoveResponseHeader, PreserveHostHeader, RequestRateLimiter (see gateway.filters for the full list).
+Other names: plugins from the entry-point groups wsgate.filters / wsgate.predicates (gateway.plugins).
+spring.cloud.gateway.discovery.locator: a route per Consul service (gateway.locator).
 
 Server and tunables (wsgate's own section wins over the Spring keys):
     server: {host: 0.0.0.0, port: 8080, address: <alias of host>,

@@ -35,11 +35,14 @@ class Response:
     status: int
     body: bytes | str | dict[str, Any] | list[Any] = b""
     headers: Headers = ()
+    content_type: str | None = None  # None: from the body's type
 
     def encoded(self) -> tuple[bytes, str]:
         """The body's bytes and content type."""
         if isinstance(self.body, bytes):
-            return self.body, "application/octet-stream"
+            return self.body, self.content_type or "application/octet-stream"
+        if self.content_type is not None:
+            return (self.body if isinstance(self.body, str) else json.dumps(self.body)).encode(), self.content_type
         if isinstance(self.body, str):
             return self.body.encode(), "text/plain; charset=utf-8"
         return json.dumps(self.body).encode(), "application/json"

@@ -40,7 +40,8 @@ class ValidateCodeFilter:
             return Response(400, {"code": 1, "msg": "captcha missing"})
         key = self.key_prefix + random_str
         stored = await self.redis.getdel(key)  # one use: a captcha cannot be replayed
-        if stored is None or stored.decode().lower() != code.strip().lower():
+        text = stored.decode() if isinstance(stored, bytes) else stored
+        if text is None or text.lower() != code.strip().lower():
             return Response(400, {"code": 1, "msg": "captcha invalid"})
         exchange.remove_header("X-Captcha-Verified")
         exchange.add_header("X-Captcha-Verified", "true")
