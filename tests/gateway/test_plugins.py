@@ -141,3 +141,70 @@ async def test_captcha_plugin_refuses_a_login_without_a_valid_captcha_and_passes
                 assert response.status == 200  # outside `paths`, the route is not checked
     finally:
         await store.aclose()
+
+
+TEAM_MODULE = '''
+class Tenant:
+    """`Tenant=acme` or {name: Tenant, args: {tenant: acme}}: the X-Tenant header names the tenant."""
+
+    shortcut_fields = ("tenant",)
+
+    def __init__(self, args):
+        self.tenant = args["tenant"]
+
+    def __call__(self, exchange):
+        return exchange.header("X-Tenant") == self.tenant
+
+
+class Deny:
+    shortcut_fields = ("status", "message")
+
+    def __init__(self, args):
+        self.status = int(args.get("status", "403"))
+        self.message = args.get("message", "denied")
+
+    async def filter(self, exchange):
+        from gateway.plugins import Response
+
+        if exchange.header("X-Let-Me-In") == "yes":
+            exchange.set_header("X-Checked", "1")
+            return None
+        return Response(self.status, self.message)
+'''
+
+
+@pytest.fixture
+def team_plugins(tmp_path: Path) -> Iterator[Path]:
+    """A distribution installed by hand (what pip leaves behind: a module and a .dist-info with entry points)."""
+    (tmp_path / "team_plugins.py").write_text(TEAM_MODULE)
+    info = tmp_path / "team_plugins-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: team-plugins\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[wsgate.predicates]\nTenant = team_plugins:Tenant\n\n[wsgate.filters]\nDeny = team_plugins:Deny\n")
+    sys.path.insert(0, str(tmp_path))
+    importlib.invalidate_caches()
+    yield tmp_path
+    sys.path.remove(str(tmp_path))
+    sys.modules.pop("team_plugins", None)
+    importlib.invalidate_caches()
+
+
+async def test_plugin_predicate_and_filter_with_shortcut_arguments(team_plugins: Path) -> None:
+    from gateway.plugins import run_plugin_filters
+    from gateway.routing import RouteTable
+
+    config = load_config_text("routes:\n  - id: acme\n    uri: http://h:1\n    predicates: [Path=/a/**, Tenant=acme]\n"
+                              "    filters: [StripPrefix=1, 'Deny=401, go away']\n")
+    table = RouteTable(config)
+    assert table.match(RequestView("GET", "/a/x", headers=(("X-Tenant", "other"),))) is None
+    request = RequestView("GET", "/a/x", headers=(("X-Tenant", "acme"),))
+    match = table.match(request)
+    assert match is not None and match.has_plugins
+    plan, answer = await run_plugin_filters(match.chain or (), request, match.plan(request), "acme")
+    assert answer is not None and (answer.status, answer.encoded()) == (401, (b"go away", "text/plain; charset=utf-8"))
+    request = RequestView("GET", "/a/x", headers=(("X-Tenant", "acme"), ("X-Let-Me-In", "yes")))
+    plan, answer = await run_plugin_filters(match.chain or (), request, match.plan(request), "acme")
+    assert answer is None
+    assert plan.path == "/x"  # the plugin saw and kept what StripPrefix did
+    assert ("X-Checked", "1") in plan.headers
