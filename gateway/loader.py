@@ -95,7 +95,10 @@ _WSGATE_KEYS = (
     "redis", "native-relay", "unknown-filters",
 )  # fmt: skip
 _CONSUL_KEYS = ("address", "host", "port", "scheme", "token", "passing-only", "datacenter")
-_SCG_ROOTS = ("spring.cloud.gateway.server.webflux", "spring.cloud.gateway.server.webmvc", "spring.cloud.gateway")
+_SCG_ROOTS = (
+    "spring.cloud.gateway.server.webflux", "spring.cloud.gateway.server.webmvc", "spring.cloud.gateway.mvc",
+    "spring.cloud.gateway",
+)  # fmt: skip
 
 
 def load_config(

@@ -15,7 +15,7 @@ from gateway.confignodes import Reader, YMap, YNode, YScalar, find
 from gateway.factory import relaxed
 
 GATEWAY_ROOT = "spring.cloud.gateway"
-_SUBROOTS = ("server.webflux", "server.webmvc")
+_SUBROOTS = ("server.webflux", "server.webmvc", "mvc")  # `mvc`: SCG 4.0-4.2's Server MVC prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +97,8 @@ def check_gateway_keys(reader: Reader, root: YMap) -> None:
                     if relaxed(sub) not in ("webflux", "webmvc"):
                         reader.unknown("not a Spring Cloud Gateway property", node, f"{prefix}.server.{sub}")
                 continue
+            if prefix == GATEWAY_ROOT and relaxed(name) == "mvc" and isinstance(child, YMap):
+                continue  # a root of its own
             _walk(reader, child, [name], prefix)
 
 

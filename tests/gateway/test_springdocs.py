@@ -109,6 +109,7 @@ def test_profile_groups_and_include() -> None:
     # SCG 4.x's prefixes
     "spring.cloud.gateway.server.webflux.routes:\n  - {id: r, uri: 'http://h:1', predicates: [Path=/a/**]}\n",
     "spring.cloud.gateway.server.webmvc.routes:\n  - {id: r, uri: 'http://h:1', predicates: [Path=/a/**]}\n",
+    "spring.cloud.gateway.mvc.routes:\n  - {id: r, uri: 'http://h:1', predicates: [Path=/a/**]}\n",  # SCG 4.0-4.2
     # SCG's one-line route: id=uri, predicates...
     "spring.cloud.gateway.routes:\n  - r=http://h:1, Path=/a/**\n",
     # `routes[0]:` as a section
