@@ -103,6 +103,8 @@ def check_gateway_keys(reader: Reader, root: YMap) -> None:
 
 
 def _walk(reader: Reader, node: YNode, parts: list[str], prefix: str) -> None:
+    if (isinstance(node, YScalar) and node.value is None) or (isinstance(node, YMap) and not node.items):
+        return  # `filter:` with nothing under it sets nothing, in Spring as here
     path = ".".join(parts)
     key = f"{prefix}.{'.'.join(parts)}"
     rule = _rule(path)
