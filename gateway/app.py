@@ -102,6 +102,8 @@ class GatewayApp:
         self._stop = asyncio.Event()
         self._mtime = self._file_mtime()
         self._services: Services = {}  # the Consul catalog, for discovery.locator's routes
+        self._catalog_watching = False
+        self._background: list[asyncio.Task[None]] = []  # cancelled when run() ends
 
     def _file_mtime(self) -> float | None:
         try:
@@ -135,6 +137,7 @@ class GatewayApp:
         """Put `config` in force, with discovery.locator's routes for the services known now."""
         assert self.server is not None and self.provider is not None
         self._base = config
+        self._follow_catalog(config)
         located: tuple[RouteSpec, ...] = ()
         if config.locator is not None:
             located = locator_routes(config.locator, self._services, build_any_predicate, build_any_filter,
@@ -142,6 +145,15 @@ class GatewayApp:
         effective = with_located(config, located)
         self.server.state = RoutingState(effective, RouteTable(effective))
         asyncio.get_running_loop().create_task(self.provider.set_services(effective.services))
+
+    def _follow_catalog(self, config: GatewayConfig) -> None:
+        """Start watching Consul's catalog the first time a configuration enables discovery.locator."""
+        settings = consul_settings(config, self.env)
+        if config.locator is None or settings is None or self._catalog_watching:
+            return
+        self._catalog_watching = True
+        watch = CatalogWatch(settings, self._services_changed)
+        self._background.append(asyncio.get_running_loop().create_task(watch.run()))
 
     async def _services_changed(self, services: Services) -> None:
         self._services = services
@@ -190,10 +202,8 @@ class GatewayApp:
                  ", ".join(f"{h}:{p}" for h, p in self.addresses), os.getpid(), len(config.routes))
         background = [loop.create_task(self._publish_metrics())]
         self._base = config
-        locator_consul = consul_settings(config, self.env)
-        if config.locator is not None and locator_consul is not None:
-            watch = CatalogWatch(locator_consul, self._services_changed)
-            background.append(loop.create_task(watch.run()))
+        self._background = background
+        self._follow_catalog(config)
         if self.watch_file:
             background.append(loop.create_task(self._watch_file()))
         if ready is not None:
