@@ -222,8 +222,10 @@ def _build(reader: Reader, root: YMap, profiles: tuple[str, ...]) -> GatewayConf
     defaults_at = _first(root, reader, "default-filters", *(f"{r}.default-filters" for r in _SCG_ROOTS))
     default_filters = routes_reader.filters(defaults_at[1], defaults_at[0]) if defaults_at else ()
     routes: tuple[RouteSpec, ...] = ()
-    if routes_at:
-        routes = routes_reader.routes(routes_at[1], routes_at[0])
+    routes_map = _first(root, reader, *(f"{r}.routes-map" for r in _SCG_ROOTS))
+    if routes_at or routes_map:
+        routes = routes_reader.routes(routes_at[1] if routes_at else None, routes_at[0] if routes_at else "routes",
+                                      (routes_map[1], routes_map[0]) if routes_map else None)
     server = _server(reader, root)
     loadbalancer = _loadbalancer(reader, find(root, "loadbalancer"))
     locator = _locator(reader, root, routes_reader)

@@ -45,12 +45,19 @@ class RouteReader:
     def __init__(self, reader: Reader) -> None:
         self.reader = reader
 
-    def routes(self, node: YNode, key: str) -> tuple[RouteSpec, ...]:
-        """Every route of a `routes:` list."""
+    def routes(self, node: YNode | None, key: str, by_id: tuple[YNode, str] | None = None) -> tuple[RouteSpec, ...]:
+        """Every route of a `routes:` list, then of a `routes-map:` (id -> route; SCG Server MVC's form)."""
         routes: list[RouteSpec] = []
         seen: dict[str, int] = {}
-        for index, item in enumerate(self.reader.sequence(node, key).items):
-            route = self.route(item, f"{key}[{index}]", index)
+        entries = [(item, f"{key}[{index}]") for index, item in
+                   enumerate(self.reader.sequence(node, key).items if node is not None else ())]
+        if by_id is not None:
+            for name, item in self.reader.mapping(by_id[0], by_id[1]).items:
+                if isinstance(item, YMap) and item.get("id") is None:
+                    item = YMap((("id", YScalar(name, item.line)), *item.items), item.line)
+                entries.append((item, f"{by_id[1]}.{name}"))
+        for index, (item, item_key) in enumerate(entries):
+            route = self.route(item, item_key, index)
             if route is None:
                 continue
             if route.id in seen:

@@ -404,6 +404,32 @@ def _weight(definition: Definition) -> WeightPredicate:
     return WeightPredicate(group, get_int(args, "weight", minimum=0))
 
 
+_CF_HEADERS = ("X-CF-Forwarded-Url", "X-CF-Proxy-Signature", "X-CF-Proxy-Metadata")
+
+
+@dataclass(frozen=True, slots=True)
+class CloudFoundryPredicate:
+    """SCG's CloudFoundryRouteService: the three headers a Cloud Foundry route service receives are all present."""
+
+    parts: tuple[ValuePredicate, ...] = tuple(ValuePredicate("Header", h, None, None) for h in _CF_HEADERS)
+
+    @property
+    def name(self) -> str:
+        return "CloudFoundryRouteService"
+
+    def test(self, ctx: MatchContext) -> bool:
+        return all(part.test(ctx) for part in self.parts)
+
+    def describe(self) -> str:
+        return "CloudFoundryRouteService"
+
+
+def _cloud_foundry(definition: Definition) -> CloudFoundryPredicate:
+    if any(value for _, value in definition.args):  # `CloudFoundryRouteService=` (nothing after it) is fine
+        raise SpecError("CloudFoundryRouteService takes no arguments")
+    return CloudFoundryPredicate()
+
+
 PREDICATES: dict[str, Callable[[Definition], RoutePredicate]] = {
     "Path": _path,
     "Host": _host,
@@ -416,6 +442,7 @@ PREDICATES: dict[str, Callable[[Definition], RoutePredicate]] = {
     "Between": _time("Between"),
     "RemoteAddr": _remote_addr,
     "Weight": _weight,
+    "CloudFoundryRouteService": _cloud_foundry,
 }
 
 

@@ -36,6 +36,7 @@ def _only(value: str, reason: str) -> Rule:
 
 PROPERTIES: dict[str, Rule] = {
     "routes": _USED,
+    "routes-map": _USED,
     "default-filters": _USED,
     "discovery.locator": _USED,
     "httpclient.connect-timeout": _USED,

@@ -110,6 +110,8 @@ def test_profile_groups_and_include() -> None:
     "spring.cloud.gateway.server.webflux.routes:\n  - {id: r, uri: 'http://h:1', predicates: [Path=/a/**]}\n",
     "spring.cloud.gateway.server.webmvc.routes:\n  - {id: r, uri: 'http://h:1', predicates: [Path=/a/**]}\n",
     "spring.cloud.gateway.mvc.routes:\n  - {id: r, uri: 'http://h:1', predicates: [Path=/a/**]}\n",  # SCG 4.0-4.2
+    # SCG Server MVC's routes-map: the key is the id
+    "spring.cloud.gateway.server.webmvc.routesMap:\n  r: {uri: 'http://h:1', predicates: [Path=/a/**]}\n",
     # SCG's one-line route: id=uri, predicates...
     "spring.cloud.gateway.routes:\n  - r=http://h:1, Path=/a/**\n",
     # `routes[0]:` as a section
@@ -211,3 +213,19 @@ def test_check_prints_the_route_table_and_warnings_and_exits_0_or_2(tmp_path: Pa
     done = subprocess.run([sys.executable, "-m", "gateway", "--check", str(good), "--unknown-filters", "warn"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
+
+
+# After SCG's CloudFoundryRouteServiceRoutePredicateFactoryTest (spring-cloud-gateway-server-webflux/src/test/java/
+# org/springframework/cloud/gateway/handler/predicate/): all three route-service headers, or no match.
+@pytest.mark.parametrize(("headers", "matches"), [
+    ({"X-CF-Forwarded-Url": "https://a.b", "X-CF-Proxy-Signature": "s", "X-CF-Proxy-Metadata": "m"}, True),
+    ({"X-CF-Forwarded-Url": "https://a.b", "X-CF-Proxy-Signature": "s"}, False),
+    ({}, False),
+])
+def test_cloud_foundry_route_service_predicate(headers: dict[str, str], matches: bool) -> None:
+    from gateway.model import RequestView
+    from gateway.routing import RouteTable
+
+    config = load_config_text("routes:\n  - id: cf\n    uri: http://h:1\n    predicates: [CloudFoundryRouteService=]\n")
+    found = RouteTable(config).match(RequestView("GET", "/", headers=tuple(headers.items())))
+    assert (found is not None) is matches
