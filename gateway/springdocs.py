@@ -12,7 +12,9 @@ turned into the nested form:
 Profiles: `spring.config.activate.on-profile` (Boot 2.4+) or the older scalar `spring.profiles` makes a document
 conditional; the expression may list several profiles (`a, b`: any), negate (`!a`) and combine (`a & b`, `a | b`).
 The active profiles are the caller's (`--profile`), else `SPRING_PROFILES_ACTIVE`, else the last
-`spring.profiles.active` of an unconditional document, plus `spring.profiles.include`; none active means `default`.
+`spring.profiles.active` of an unconditional document, plus `spring.profiles.include` and the members of
+`spring.profiles.group`; none active means `default`. `spring.config.activate.on-cloud-platform` is matched against
+the platform Spring Boot would detect from the environment (kubernetes, cloud_foundry, heroku, none).
 """
 
 from __future__ import annotations
@@ -187,7 +189,13 @@ def merge_documents(
                 active += [m for m in _names(reader, members, f"spring.profiles.group.{name}") if m not in active]
     active_set = frozenset(active)
     chosen: list[YMap] = []
+    platform = _cloud_platform(env)
     for doc in normal:
+        on_platform = find(doc, "spring.config.activate.on-cloud-platform")
+        if on_platform is not None:
+            wanted = reader.text(on_platform, "spring.config.activate.on-cloud-platform").strip().lower()
+            if wanted.replace("-", "_") != platform:
+                continue
         condition = _condition(doc)
         if condition is None:
             chosen.append(doc)
@@ -199,6 +207,17 @@ def merge_documents(
         except ValueError as exc:
             raise reader.error(str(exc), condition, key) from None
     return _merge(chosen), tuple(sorted(active_set))
+
+
+def _cloud_platform(env: Mapping[str, str]) -> str:
+    """The platform as Spring Boot's CloudPlatform detects it from the environment (`none` when none is)."""
+    if "KUBERNETES_SERVICE_HOST" in env and "KUBERNETES_SERVICE_PORT" in env:
+        return "kubernetes"
+    if "VCAP_APPLICATION" in env or "VCAP_SERVICES" in env:
+        return "cloud_foundry"
+    if "DYNO" in env:
+        return "heroku"
+    return "none"
 
 
 def _merge(docs: Sequence[YMap]) -> YMap:

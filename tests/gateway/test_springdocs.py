@@ -229,3 +229,14 @@ def test_cloud_foundry_route_service_predicate(headers: dict[str, str], matches:
     config = load_config_text("routes:\n  - id: cf\n    uri: http://h:1\n    predicates: [CloudFoundryRouteService=]\n")
     found = RouteTable(config).match(RequestView("GET", "/", headers=tuple(headers.items())))
     assert (found is not None) is matches
+
+
+@pytest.mark.parametrize(("env", "port"), [
+    ({}, 8080),
+    ({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}, 7001),
+    ({"VCAP_APPLICATION": "{}"}, 7002),
+])
+def test_documents_on_a_cloud_platform_apply_only_there(env: dict[str, str], port: int) -> None:
+    text = ("server.port: 8080\n---\nspring.config.activate.on-cloud-platform: kubernetes\nserver.port: 7001\n"
+            "---\nspring.config.activate.on-cloud-platform: cloud-foundry\nserver.port: 7002\n")
+    assert load_config_text(text, env=env).server.port == port
