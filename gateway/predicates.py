@@ -282,6 +282,29 @@ class RemoteAddrPredicate:
 
 
 @dataclass(frozen=True, slots=True)
+class XForwardedRemoteAddrPredicate:
+    """SCG's XForwardedRemoteAddr: RemoteAddr on the `maxTrustedIndex`-th X-Forwarded-For entry from the right."""
+
+    inner: RemoteAddrPredicate
+    max_trusted_index: int
+
+    name = "XForwardedRemoteAddr"
+
+    def test(self, ctx: MatchContext) -> bool:
+        headers = header_values(ctx.request.headers, "x-forwarded-for")
+        # Several X-Forwarded-For headers cannot be trusted: SCG then falls back to the peer address.
+        values = [v.strip() for v in headers[0].split(",") if v.strip()] if len(headers) == 1 else []
+        if not values:
+            return self.inner.test(ctx)
+        chosen = values[::-1][min(len(values), self.max_trusted_index) - 1]
+        view = RequestView(ctx.request.method, ctx.request.raw_path, remote_addr=chosen)
+        return self.inner.test(MatchContext(view))
+
+    def describe(self) -> str:
+        return f"XForwardedRemoteAddrs: [{', '.join(self.inner.texts)}], maxTrustedIndex: {self.max_trusted_index}"
+
+
+@dataclass(frozen=True, slots=True)
 class WeightPredicate:
     """`Weight=group, 8`: the route table picks one route per group per request, in proportion to weights."""
 
@@ -396,6 +419,12 @@ def _remote_addr(definition: Definition) -> RemoteAddrPredicate:
     return RemoteAddrPredicate(tuple(networks), texts)
 
 
+def _x_forwarded_remote_addr(definition: Definition) -> XForwardedRemoteAddrPredicate:
+    args = bind(definition, ("sources", "maxTrustedIndex"), Shortcut.GATHER_LIST)
+    inner = _remote_addr(Definition("RemoteAddr", (("sources", get_list(args, "sources")),)))
+    return XForwardedRemoteAddrPredicate(inner, get_int(args, "maxTrustedIndex", default=1, minimum=1))
+
+
 def _weight(definition: Definition) -> WeightPredicate:
     args = bind(definition, ("group", "weight"))
     group = get_str(args, "group")
@@ -443,6 +472,7 @@ PREDICATES: dict[str, Callable[[Definition], RoutePredicate]] = {
     "RemoteAddr": _remote_addr,
     "Weight": _weight,
     "CloudFoundryRouteService": _cloud_foundry,
+    "XForwardedRemoteAddr": _x_forwarded_remote_addr,
 }
 
 

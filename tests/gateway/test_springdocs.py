@@ -240,3 +240,28 @@ def test_documents_on_a_cloud_platform_apply_only_there(env: dict[str, str], por
     text = ("server.port: 8080\n---\nspring.config.activate.on-cloud-platform: kubernetes\nserver.port: 7001\n"
             "---\nspring.config.activate.on-cloud-platform: cloud-foundry\nserver.port: 7002\n")
     assert load_config_text(text, env=env).server.port == port
+
+
+# After SCG's XForwardedRemoteAddrRoutePredicateFactoryTests (spring-cloud-gateway-server-webflux/src/test/java/org/
+# springframework/cloud/gateway/handler/predicate/), plus maxTrustedIndex and the several-headers fallback of its
+# XForwardedRemoteAddressResolver.
+@pytest.mark.parametrize(("predicate", "xff", "peer", "matches"), [
+    ("XForwardedRemoteAddr=12.34.56.78", ["12.34.56.78"], "10.0.0.1", True),  # xForwardedRemoteAddrWorks
+    ("XForwardedRemoteAddr=12.34.56.78", ["99.99.99.99,12.34.56.78"], "10.0.0.1", True),  # right-most by default
+    ("XForwardedRemoteAddr=12.34.56.78", ["99.99.99.99"], "10.0.0.1", False),  # xForwardedRemoteAddrRejects
+    ("{name: XForwardedRemoteAddr, args: {sources: 99.99.99.0/24, maxTrustedIndex: 2}}",
+     ["99.99.99.99, 12.34.56.78"], "10.0.0.1", True),
+    ("{name: XForwardedRemoteAddr, args: {sources: 99.99.99.0/24, maxTrustedIndex: 5}}",
+     ["99.99.99.99, 12.34.56.78"], "10.0.0.1", True),  # past the left end: the left-most entry
+    ("XForwardedRemoteAddr=10.0.0.0/8", [], "10.0.0.1", True),  # no header: the peer address
+    ("XForwardedRemoteAddr=12.34.56.78", ["12.34.56.78", "12.34.56.78"], "10.0.0.1", False),  # two headers: peer
+])
+def test_x_forwarded_remote_addr_predicate(predicate: str, xff: list[str], peer: str, matches: bool) -> None:
+    from gateway.model import RequestView
+    from gateway.routing import RouteTable
+
+    config = load_config_text(f"routes:\n  - id: x\n    uri: http://h:1\n    predicates: [\"{predicate}\"]\n"
+                              if predicate.startswith("X") else
+                              f"routes:\n  - id: x\n    uri: http://h:1\n    predicates: [{predicate}]\n")
+    request = RequestView("GET", "/", headers=tuple(("X-Forwarded-For", v) for v in xff), remote_addr=peer)
+    assert (RouteTable(config).match(request) is not None) is matches
