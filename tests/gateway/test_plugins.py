@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,8 +28,10 @@ EXAMPLE = ROOT / "examples" / "captcha-filter"
 def plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The example plugin pip-installed into a directory of its own, put on sys.path (entry points and all)."""
     target = tmp_path_factory.mktemp("plugins")
+    source = tmp_path_factory.mktemp("plugin-src") / "captcha-filter"
+    shutil.copytree(EXAMPLE, source)  # the build leaves build/ and *.egg-info next to the sources: not in ours
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
-                    str(EXAMPLE)], check=True, timeout=300)
+                    str(source)], check=True, timeout=300)
     sys.path.insert(0, str(target))
     importlib.invalidate_caches()
     yield target
