@@ -1,5 +1,7 @@
 """`python -m gateway --config routes.yaml [--host H] [--port P] [--workers N]` (console script `wsgate`).
 
+`wsgate --check FILE [--profile P]` validates the file, prints its route table and every warning, and exits
+0 (or 2 with the errors) without listening, like `nginx -t`.
 A file that cannot be used is reported on stderr as `file:line: key: reason` and the exit status is 2.
 With one worker the process serves itself; with more it becomes the master of N workers (see supervisor.py).
 """
@@ -21,7 +23,13 @@ EXIT_CONFIG = 2
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(prog="wsgate", description="WebSocket gateway with SCG routes and Consul.")
-    parser.add_argument("--config", required=True, help="routes.yaml (Spring Cloud Gateway route syntax)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="routes.yaml (Spring Cloud Gateway route syntax)")
+    source.add_argument("--check", metavar="FILE", help="validate FILE, print its routes and warnings, and exit")
+    parser.add_argument("--profile", action="append", default=None,
+                        help="active Spring profile (repeatable or comma-separated; default SPRING_PROFILES_ACTIVE)")
+    parser.add_argument("--unknown-filters", choices=("fail", "warn"), default=None,
+                        help="override the file's wsgate.unknown-filters")
     parser.add_argument("--host", default=None, help="listen address (overrides server.host)")
     parser.add_argument("--port", type=int, default=None, help="listen port (overrides server.port)")
     parser.add_argument("--workers", type=int, default=None,
@@ -37,11 +45,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s [{os.getpid()}] %(name)s: %(message)s")
+    if args.check is not None:
+        return check(args.check, args.profile, args.unknown_filters)
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, profiles=args.profile, unknown_filters=args.unknown_filters)
     except ConfigError as error:
         print(f"wsgate: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    # Workers and reloads read the file again: they find the choices in the environment they inherit.
+    if args.profile:
+        os.environ["SPRING_PROFILES_ACTIVE"] = ",".join(args.profile)
+    if args.unknown_filters is not None:
+        os.environ["WSGATE_UNKNOWN_FILTERS"] = args.unknown_filters
     if args.workers is not None and args.workers < 1:
         print("wsgate: --workers must be >= 1", file=sys.stderr)
         return EXIT_CONFIG
@@ -57,11 +72,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gateway.supervisor import Supervisor
 
     worker_args = ["--config", args.config, "--log-level", args.log_level]
+
     if args.host is not None:
         worker_args += ["--host", args.host]
     if args.port is not None:
         worker_args += ["--port", str(args.port)]
     return Supervisor(args.config, worker_args, workers, drain_timeout_s=config.server.drain_timeout_s).run()
+
+
+def check(file: str, profiles: Sequence[str] | None, unknown_filters: str | None) -> int:
+    """`--check`: the route table and the warnings on stdout, the errors on stderr; 0 or EXIT_CONFIG."""
+    try:
+        config = load_config(file, profiles=profiles, unknown_filters=unknown_filters)
+    except ConfigError as error:
+        print(f"wsgate: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    from gateway.check_report import route_table
+
+    print(route_table(config))
+    for warning in config.warnings:
+        print(f"warning: {warning}")
+    print(f"{file}: ok, {len(config.routes)} route(s), {len(config.warnings)} warning(s)")
+    return 0
 
 
 if __name__ == "__main__":

@@ -21,12 +21,15 @@ from collections.abc import Callable, Mapping
 from gateway.actuator import Actuator
 from gateway.admin import AdminPage
 from gateway.balancer import Balancer
-from gateway.config import ConsulSettings, GatewayConfig, ServerSettings
+from gateway.config import ConsulSettings, GatewayConfig, RouteSpec, ServerSettings
 from gateway.discovery.base import Provider
+from gateway.discovery.catalog_watch import CatalogWatch, Services
 from gateway.discovery.consul import ConsulProvider
 from gateway.discovery.static import StaticProvider
 from gateway.errors import ConfigError
 from gateway.loader import load_config
+from gateway.loader_routes import build_any_filter, build_any_predicate
+from gateway.locator import locator_routes, with_located
 from gateway.metrics import Metrics
 from gateway.ratelimit_redis import RedisRateLimiter, redis_connection
 from gateway.routing import RouteTable
@@ -96,6 +99,9 @@ class GatewayApp:
         self.addresses: list[tuple[str, int]] = []
         self._stop = asyncio.Event()
         self._mtime = self._file_mtime()
+        self._services: Services = {}  # the Consul catalog, for discovery.locator's routes
+        self._catalog_watching = False
+        self._background: list[asyncio.Task[None]] = []  # cancelled when run() ends
 
     def _file_mtime(self) -> float | None:
         try:
@@ -104,7 +110,10 @@ class GatewayApp:
             return None
 
     def _load(self) -> GatewayConfig:
-        return load_config(self.config_path, env=self.env)
+        config = load_config(self.config_path, env=self.env, unknown_filters=self.env.get("WSGATE_UNKNOWN_FILTERS"))
+        for warning in config.warnings:
+            log.warning("%s", warning)
+        return config
 
     def stop(self) -> None:
         """Ask `run` to drain and return."""
@@ -118,10 +127,36 @@ class GatewayApp:
         except ConfigError as error:
             log.error("reload refused, keeping the previous routes: %s", error)
             return False
-        self.server.state = RoutingState(config, RouteTable(config))
-        asyncio.get_running_loop().create_task(self.provider.set_services(config.services))
+        self._install(config)
         log.info("reloaded %s: %d route(s)", self.config_path, len(config.routes))
         return True
+
+    def _install(self, config: GatewayConfig) -> None:
+        """Put `config` in force, with discovery.locator's routes for the services known now."""
+        assert self.server is not None and self.provider is not None
+        self._base = config
+        self._follow_catalog(config)
+        located: tuple[RouteSpec, ...] = ()
+        if config.locator is not None:
+            located = locator_routes(config.locator, self._services, build_any_predicate, build_any_filter,
+                                     on_error=lambda name, exc: log.warning("discovery.locator: %s: %s", name, exc))
+        effective = with_located(config, located)
+        self.server.state = RoutingState(effective, RouteTable(effective))
+        asyncio.get_running_loop().create_task(self.provider.set_services(effective.services))
+
+    def _follow_catalog(self, config: GatewayConfig) -> None:
+        """Start watching Consul's catalog the first time a configuration enables discovery.locator."""
+        settings = consul_settings(config, self.env)
+        if config.locator is None or settings is None or self._catalog_watching:
+            return
+        self._catalog_watching = True
+        watch = CatalogWatch(settings, self._services_changed)
+        self._background.append(asyncio.get_running_loop().create_task(watch.run()))
+
+    async def _services_changed(self, services: Services) -> None:
+        self._services = services
+        self._install(self._base)
+        log.info("discovery.locator: %d service(s) in Consul", len(services))
 
     async def _watch_file(self) -> None:
         while True:
@@ -164,6 +199,9 @@ class GatewayApp:
         log.info("gateway listening on %s (pid %d, %d route(s))",
                  ", ".join(f"{h}:{p}" for h, p in self.addresses), os.getpid(), len(config.routes))
         background = [loop.create_task(self._publish_metrics())]
+        self._base = config
+        self._background = background
+        self._follow_catalog(config)
         if self.watch_file:
             background.append(loop.create_task(self._watch_file()))
         if ready is not None:

@@ -10,11 +10,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from gateway.filters import GatewayFilter
 from gateway.model import BalancerChoice, Balancing, RouteMetadata, Upstream
 from gateway.predicates import RoutePredicate
+
+if TYPE_CHECKING:
+    from gateway.locator import LocatorSettings
 
 # What `wsgate.redis.url` may name: one server, or a master that sentinels watch (CONTRACT section 7).
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
@@ -228,6 +232,9 @@ class GatewayConfig:
     discovery: ConsulSettings | None = None
     loadbalancer: LoadBalancerSettings = field(default_factory=LoadBalancerSettings)
     source: str = ""
+    locator: LocatorSettings | None = None  # discovery.locator, when enabled
+    warnings: tuple[str, ...] = ()  # what `wsgate.unknown-filters: warn` left out, as `file:line: key: reason`
+    profiles: tuple[str, ...] = ()  # the Spring profiles the file was read with
 
     def __post_init__(self) -> None:
         seen: set[str] = set()

@@ -94,10 +94,19 @@ class Reader:
         self.file = file
         self.root = root
         self.env = env
+        self.warn_unknown = False  # `wsgate.unknown-filters: warn`: what wsgate does not implement is a warning
+        self.warnings: list[str] = []
 
     def error(self, message: str, node: YNode | None, key: str) -> ConfigError:
         """A ConfigError at `node`'s line."""
         return ConfigError(message, file=self.file, line=node.line if node is not None else None, key=key)
+
+    def unknown(self, message: str, node: YNode | None, key: str) -> None:
+        """Something wsgate does not implement: a ConfigError, or under `warn` a warning naming the line."""
+        error = self.error(message, node, key)
+        if not self.warn_unknown:
+            raise error
+        self.warnings.append(str(error))
 
     # -- placeholders -------------------------------------------------------------------------------------------
 

@@ -3,9 +3,14 @@ the file, the line and the key.
 
 Accepted keys (names compare in Spring's relaxed form: `passing-only` == `passingOnly` == `passing_only`):
 
+Whole Spring files (gateway.springdocs): several documents, profiles (`spring.config.activate.on-profile`,
+`spring.profiles`), dotted and indexed keys, all merged first; every key under spring.cloud.gateway is checked
+(gateway.scgkeys); `wsgate.unknown-filters: warn` turns what wsgate does not implement into warnings. docs/routes.md.
+
 Routes (Spring Cloud Gateway's syntax; the first of these that is present is used, giving two is an error):
-    routes:  |  spring.cloud.gateway.routes:  |  spring.cloud.gateway.server.webflux.routes:
-      - id: ws-svc                      # optional, default route-<n>; unique
+    routes:  |  spring.cloud.gateway.routes:  |  spring.cloud.gateway.server.{webflux,webmvc}.routes:
+      - id: ws-svc                      # optional, default route-<n>; unique (or one line: `id=uri, Path=/a/**`)
+        enabled: true                   # false leaves the route out
         uri: lb:ws://ws-service         # http|https|ws|wss://host[:port], lb://name, lb:ws://name, lb:http(s)://name
         order: 0                        # lower first; ties keep file order
         predicates: [Path=/ws-svc/**]   # shortcut `Name=a, b` or expanded {name: Path, args: {patterns: [...]}}
@@ -21,7 +26,9 @@ Routes (Spring Cloud Gateway's syntax; the first of these that is present is use
 
 Predicates: Path, Host, Method, Header, Query, Cookie, After, Before, Between, RemoteAddr, Weight.
 Filters: RewritePath, StripPrefix, PrefixPath, SetPath, Add/Set/RemoveRequestHeader,
-Add/Set/RemoveResponseHeader, PreserveHostHeader, RequestRateLimiter.
+Add/Set/RemoveResponseHeader, PreserveHostHeader, RequestRateLimiter (see gateway.filters for the full list).
+Other names: plugins from the entry-point groups wsgate.filters / wsgate.predicates (gateway.plugins).
+spring.cloud.gateway.discovery.locator: a route per Consul service (gateway.locator).
 
 Server and tunables (wsgate's own section wins over the Spring keys):
     server: {host: 0.0.0.0, port: 8080, address: <alias of host>,
@@ -59,7 +66,7 @@ relaxed A_B_C form), `${NAME:default}` gives a default; `\\${x}` is a literal. I
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
@@ -73,22 +80,39 @@ from gateway.config import (
 )
 from gateway.confignodes import Reader, YMap, YNode, YScalar, YSeq, find
 from gateway.errors import ConfigError
-from gateway.loader_routes import RouteReader, balancer_choice
+from gateway.factory import SpecError, relaxed
+from gateway.loader_routes import RouteReader, balancer_choice, build_any_filter, build_any_predicate
+from gateway.locator import LocatorSettings, ServiceInfo, SpelError, route_for
 from gateway.model import BalancerChoice
+from gateway.scgkeys import check_gateway_keys
+from gateway.springdocs import merge_documents
 
 _MAX_NODES = 200_000
 
 _WSGATE_KEYS = (
     "workers", "head-timeout", "max-head-bytes", "max-connections", "connect-timeout", "response-timeout",
     "idle-timeout", "drain-timeout", "admin-token", "tls", "upstream-tls-verify", "upstream-ca", "access-log",
-    "redis", "native-relay",
+    "redis", "native-relay", "unknown-filters",
 )  # fmt: skip
 _CONSUL_KEYS = ("address", "host", "port", "scheme", "token", "passing-only", "datacenter")
-_SCG_ROOTS = ("spring.cloud.gateway.server.webflux", "spring.cloud.gateway")
+_SCG_ROOTS = (
+    "spring.cloud.gateway.server.webflux", "spring.cloud.gateway.server.webmvc", "spring.cloud.gateway.mvc",
+    "spring.cloud.gateway",
+)  # fmt: skip
 
 
-def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> GatewayConfig:
-    """Read, validate and compile routes.yaml; ConfigError (file, line, key) for anything unusable."""
+def load_config(
+    path: str | os.PathLike[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    profiles: Sequence[str] | None = None,
+    unknown_filters: str | None = None,
+) -> GatewayConfig:
+    """Read, validate and compile routes.yaml; ConfigError (file, line, key) for anything unusable.
+
+    `profiles` are the active Spring profiles (else SPRING_PROFILES_ACTIVE, else the file's); `unknown_filters`
+    (`fail` or `warn`) overrides the file's `wsgate.unknown-filters`.
+    """
     file = os.fspath(path)
     try:
         text = Path(file).read_text(encoding="utf-8")
@@ -96,30 +120,42 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
         raise ConfigError(f"cannot read the file: {exc.strerror or exc}", file=file) from None
     except UnicodeDecodeError:
         raise ConfigError("the file is not UTF-8 text", file=file) from None
-    return load_config_text(text, file=file, env=os.environ if env is None else env)
+    return load_config_text(
+        text, file=file, env=os.environ if env is None else env, profiles=profiles, unknown_filters=unknown_filters
+    )
 
 
-def load_config_text(text: str, *, file: str = "<string>", env: Mapping[str, str] | None = None) -> GatewayConfig:
+def load_config_text(
+    text: str,
+    *,
+    file: str = "<string>",
+    env: Mapping[str, str] | None = None,
+    profiles: Sequence[str] | None = None,
+    unknown_filters: str | None = None,
+) -> GatewayConfig:
     """Like load_config for text already read (tests, reload checks)."""
-    root = _parse_yaml(text, file)
-    if root is not None and not isinstance(root, YMap):
-        raise ConfigError("the top level must be a section (key: value pairs)", file=file, line=root.line)
-    reader = Reader(file, root, os.environ if env is None else env)
-    return _build(reader, root if isinstance(root, YMap) else YMap((), 1))
+    environment = os.environ if env is None else env
+    root, active = merge_documents(_parse_yaml(text, file), file=file, env=environment, profiles=profiles)
+    reader = Reader(file, root, environment)
+    mode_node = find(root, "wsgate.unknown-filters")
+    mode = unknown_filters or (reader.text(mode_node, "wsgate.unknown-filters").strip() if mode_node else "fail")
+    if mode not in ("fail", "warn"):
+        raise reader.error(f"must be fail or warn, not {mode!r}", mode_node, "wsgate.unknown-filters")
+    reader.warn_unknown = mode == "warn"
+    return _build(reader, root, active)
 
 
-def _parse_yaml(text: str, file: str) -> YNode | None:
+def _parse_yaml(text: str, file: str) -> list[YNode]:
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         raise ConfigError(f"YAML syntax error: {exc.problem or exc}", file=file, line=line) from None
     except (yaml.YAMLError, ValueError, RecursionError) as exc:
         raise ConfigError(f"YAML error: {exc}", file=file) from None
-    if node is None:
-        return None
-    return _Converter(file).convert(node, ())
+    converter = _Converter(file)
+    return [converter.convert(node, ()) for node in nodes if node is not None]
 
 
 class _Converter:
@@ -179,21 +215,63 @@ def _first(root: YMap, reader: Reader, *paths: str) -> tuple[str, YNode] | None:
     return found[0] if found else None
 
 
-def _build(reader: Reader, root: YMap) -> GatewayConfig:
+def _build(reader: Reader, root: YMap, profiles: tuple[str, ...]) -> GatewayConfig:
+    check_gateway_keys(reader, root)
     routes_reader = RouteReader(reader)
     routes_at = _first(root, reader, "routes", *(f"{r}.routes" for r in _SCG_ROOTS))
     defaults_at = _first(root, reader, "default-filters", *(f"{r}.default-filters" for r in _SCG_ROOTS))
     default_filters = routes_reader.filters(defaults_at[1], defaults_at[0]) if defaults_at else ()
     routes: tuple[RouteSpec, ...] = ()
-    if routes_at:
-        routes = routes_reader.routes(routes_at[1], routes_at[0])
+    routes_map = _first(root, reader, *(f"{r}.routes-map" for r in _SCG_ROOTS))
+    if routes_at or routes_map:
+        routes = routes_reader.routes(routes_at[1] if routes_at else None, routes_at[0] if routes_at else "routes",
+                                      (routes_map[1], routes_map[0]) if routes_map else None)
     server = _server(reader, root)
     loadbalancer = _loadbalancer(reader, find(root, "loadbalancer"))
-    discovery = _discovery(reader, root, any(r.uri.service is not None for r in routes))
+    locator = _locator(reader, root, routes_reader)
+    uses_lb = locator is not None or any(r.uri.service is not None for r in routes)
+    discovery = _discovery(reader, root, uses_lb)
     try:
-        return GatewayConfig(server, routes, default_filters, discovery, loadbalancer, reader.file)
+        return GatewayConfig(
+            server, routes, default_filters, discovery, loadbalancer, reader.file,
+            locator=locator, warnings=tuple(reader.warnings), profiles=profiles,
+        )  # fmt: skip
     except ValueError as exc:
         raise reader.error(str(exc), routes_at[1] if routes_at else None, routes_at[0] if routes_at else "") from None
+
+
+_LOCATOR_KEYS = ("enabled", "lower-case-service-id", "include-expression", "url-expression", "route-id-prefix",
+                 "predicates", "filters")
+
+
+def _locator(reader: Reader, root: YMap, routes_reader: RouteReader) -> LocatorSettings | None:
+    """`discovery.locator` when enabled; its expressions are tried on a sample service so errors name their line."""
+    found = _first(root, reader, *(f"{r}.discovery.locator" for r in _SCG_ROOTS))
+    if found is None:
+        return None
+    key, node = found
+    section = reader.mapping(node, key)
+    for name, child in section.items:
+        if relaxed(name) not in {relaxed(k) for k in _LOCATOR_KEYS}:
+            reader.unknown("not a discovery.locator property wsgate implements", child, f"{key}.{name}")
+    enabled = section.get("enabled")
+    if enabled is None or not reader.boolean(enabled, f"{key}.enabled"):
+        return None
+    values: dict[str, object] = {}
+    if (lower := section.get("lower-case-service-id")) is not None:
+        values["lower_case_service_id"] = reader.boolean(lower, f"{key}.lower-case-service-id")
+    for name in ("include-expression", "url-expression", "route-id-prefix"):
+        if (text_node := section.get(name)) is not None:
+            values[name.replace("-", "_")] = reader.text(text_node, f"{key}.{name}", keep=frozenset(["remaining"]))
+    for name in ("predicates", "filters"):
+        if (list_node := section.get(name)) is not None:
+            values[name] = tuple(d for (d, _), _ in routes_reader.definitions(list_node, f"{key}.{name}"))
+    settings = LocatorSettings(enabled=True, **values)  # type: ignore[arg-type]
+    try:
+        route_for(settings, ServiceInfo("service"), build_any_predicate, build_any_filter)
+    except (SpelError, SpecError, ValueError) as exc:
+        raise reader.error(f"discovery.locator: {exc}", node, key) from None
+    return settings
 
 
 def _server(reader: Reader, root: YMap) -> ServerSettings:

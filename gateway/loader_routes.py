@@ -11,14 +11,15 @@ from typing import TypeVar
 from gateway.config import RouteSpec, parse_balancer_choice, parse_upstream
 from gateway.confignodes import Reader, YMap, YNode, YScalar, YSeq
 from gateway.errors import ConfigError
-from gateway.factory import ArgValue, Definition, SpecError
-from gateway.filters import GatewayFilter, build_filter
+from gateway.factory import ArgValue, Definition, SpecError, relaxed
+from gateway.filters import FILTERS, GatewayFilter, build_filter
 from gateway.javaregex import group_names
-from gateway.model import BalancerChoice, RouteMetadata
-from gateway.predicates import RoutePredicate, build_predicate
+from gateway.model import BalancerChoice, RouteMetadata, Upstream
+from gateway.plugins import plugin_filter, plugin_predicate
+from gateway.predicates import PREDICATES, RoutePredicate, build_predicate
 
 T = TypeVar("T")
-_ROUTE_KEYS = ("id", "uri", "order", "predicates", "filters", "metadata")
+_ROUTE_KEYS = ("id", "uri", "order", "predicates", "filters", "metadata", "enabled")
 _META_TIMEOUTS = {
     "connect-timeout": "connect_timeout_s",
     "response-timeout": "response_timeout_s",
@@ -44,23 +45,40 @@ class RouteReader:
     def __init__(self, reader: Reader) -> None:
         self.reader = reader
 
-    def routes(self, node: YNode, key: str) -> tuple[RouteSpec, ...]:
-        """Every route of a `routes:` list."""
+    def routes(self, node: YNode | None, key: str, by_id: tuple[YNode, str] | None = None) -> tuple[RouteSpec, ...]:
+        """Every route of a `routes:` list, then of a `routes-map:` (id -> route; SCG Server MVC's form)."""
         routes: list[RouteSpec] = []
         seen: dict[str, int] = {}
-        for index, item in enumerate(self.reader.sequence(node, key).items):
-            route = self.route(item, f"{key}[{index}]", index)
+        entries = [(item, f"{key}[{index}]") for index, item in
+                   enumerate(self.reader.sequence(node, key).items if node is not None else ())]
+        if by_id is not None:
+            for name, item in self.reader.mapping(by_id[0], by_id[1]).items:
+                if isinstance(item, YMap) and item.get("id") is None:
+                    item = YMap((("id", YScalar(name, item.line)), *item.items), item.line)
+                entries.append((item, f"{by_id[1]}.{name}"))
+        for index, (item, item_key) in enumerate(entries):
+            route = self.route(item, item_key, index)
+            if route is None:
+                continue
             if route.id in seen:
                 raise self.reader.error(f"duplicate route id {route.id!r} (first on line {seen[route.id]})", item, key)
             seen[route.id] = item.line
             routes.append(route)
         return tuple(routes)
 
-    def route(self, node: YNode, key: str, index: int) -> RouteSpec:
-        """One route entry."""
+    def route(self, node: YNode, key: str, index: int) -> RouteSpec | None:
+        """One route entry; None for `enabled: false` (SCG leaves such a route out)."""
         r = self.reader
+        if isinstance(node, YScalar):
+            return self._shortcut_route(node, key)
         section = r.mapping(node, key)
-        r.check_keys(section, key, _ROUTE_KEYS)
+        known = {relaxed(name) for name in _ROUTE_KEYS}
+        for name, child in section.items:
+            if relaxed(name) not in known:
+                r.unknown(f"unknown key (known: {', '.join(_ROUTE_KEYS)})", child, f"{key}.{name}")
+        enabled = section.get("enabled")
+        if enabled is not None and not r.boolean(enabled, f"{key}.enabled"):
+            return None
         id_node = section.get("id")
         route_id = r.text(id_node, f"{key}.id").strip() if id_node is not None else f"route-{index}"
         if not route_id:
@@ -68,16 +86,15 @@ class RouteReader:
         uri_node = section.get("uri")
         if uri_node is None:
             raise r.error("route has no uri", section, f"{key}.uri")
-        try:
-            uri = parse_upstream(r.text(uri_node, f"{key}.uri"))
-        except ValueError as exc:
-            raise r.error(str(exc), uri_node, f"{key}.uri") from None
+        uri = self._uri(uri_node, f"{key}.uri")
+        if uri is None:
+            return None
         order_node = section.get("order")
         order = r.integer(order_node, f"{key}.order") if order_node is not None else 0
         predicates: tuple[RoutePredicate, ...] = ()
         if (pnode := section.get("predicates")) is not None:
             predicates = tuple(
-                self._compile(d, k, build_predicate) for d, k in self.definitions(pnode, f"{key}.predicates")
+                self._compile(d, k, build_any_predicate) for d, k in self.definitions(pnode, f"{key}.predicates")
             )
         filters: tuple[GatewayFilter, ...] = ()
         if (fnode := section.get("filters")) is not None:
@@ -88,9 +105,51 @@ class RouteReader:
         except ValueError as exc:
             raise r.error(str(exc), section, key) from None
 
+    def _uri(self, node: YNode, key: str) -> Upstream | None:
+        """The route's upstream; None (the route left out, under `warn`) for a URI scheme wsgate has no use for."""
+        text = self.reader.text(node, key)
+        try:
+            return parse_upstream(text)
+        except ValueError as exc:
+            if str(exc).startswith("unsupported uri"):
+                self.reader.unknown(f"{exc}; the route is left out", node, key)
+                return None
+            raise self.reader.error(str(exc), node, key) from None
+
+    def _shortcut_route(self, node: YScalar, key: str) -> RouteSpec | None:
+        """SCG's one-line route `id=uri, Predicate=a, Predicate2=b` (RouteDefinition(String))."""
+        text = self.reader.text(node, key)
+        route_id, eq, rest = text.partition("=")
+        parts = [part.strip() for part in rest.split(",")]
+        if not eq or not route_id.strip() or not parts[0]:
+            raise self.reader.error("a one-line route is written id=uri, Predicate=args, ...", node, key)
+        uri = self._uri(YScalar(parts[0], node.line), key)
+        if uri is None:
+            return None
+        predicates = []
+        for index, part in enumerate(parts[1:]):
+            try:
+                predicates.append(build_any_predicate(Definition.shortcut(part)))
+            except SpecError as exc:
+                raise self.reader.error(str(exc), node, f"{key}.predicates[{index}]") from None
+        return RouteSpec(route_id.strip(), uri, predicates=tuple(predicates), line=node.line)
+
     def filters(self, node: YNode, key: str) -> tuple[GatewayFilter, ...]:
-        """A filter list (a route's, or default-filters)."""
-        return tuple(self._compile(d, k, build_filter) for d, k in self.definitions(node, key))
+        """A filter list (a route's, or default-filters); under `warn` an unknown filter is left out."""
+        compiled: list[GatewayFilter] = []
+        for located, item_key in self.definitions(node, key):
+            definition, item = located
+            if definition.name not in FILTERS:
+                found = self._compile(located, item_key, plugin_filter)
+                if found is None:
+                    self.reader.unknown(
+                        f"unknown filter {definition.name!r}: neither built in nor a plugin in the entry-point group "
+                        f"wsgate.filters (built in: {', '.join(sorted(FILTERS))})", item, item_key)
+                    continue
+                compiled.append(found)
+                continue
+            compiled.append(self._compile(located, item_key, build_filter))
+        return tuple(compiled)
 
     def _compile(self, located: tuple[Definition, YNode], key: str, build: Callable[[Definition], T]) -> T:
         definition, node = located
@@ -188,6 +247,25 @@ class RouteReader:
             )
         except ValueError as exc:
             raise ConfigError(str(exc), file=r.file, line=section.line, key=key) from None
+
+
+def build_any_predicate(definition: Definition) -> RoutePredicate:
+    """A built-in predicate, else a plugin of the entry-point group wsgate.predicates (never left out)."""
+    if definition.name in PREDICATES:
+        return build_predicate(definition)
+    found = plugin_predicate(definition)
+    if found is None:
+        return build_predicate(definition)  # its SpecError names the built-in predicates
+    return found
+
+
+def build_any_filter(definition: Definition) -> GatewayFilter:
+    """A built-in filter, else a plugin (for routes built at run time, such as discovery.locator's)."""
+    if definition.name not in FILTERS:
+        found = plugin_filter(definition)
+        if found is not None:
+            return found
+    return build_filter(definition)
 
 
 def _raw_text(node: YNode) -> str:

@@ -282,6 +282,29 @@ class RemoteAddrPredicate:
 
 
 @dataclass(frozen=True, slots=True)
+class XForwardedRemoteAddrPredicate:
+    """SCG's XForwardedRemoteAddr: RemoteAddr on the `maxTrustedIndex`-th X-Forwarded-For entry from the right."""
+
+    inner: RemoteAddrPredicate
+    max_trusted_index: int
+
+    name = "XForwardedRemoteAddr"
+
+    def test(self, ctx: MatchContext) -> bool:
+        headers = header_values(ctx.request.headers, "x-forwarded-for")
+        # Several X-Forwarded-For headers cannot be trusted: SCG then falls back to the peer address.
+        values = [v.strip() for v in headers[0].split(",") if v.strip()] if len(headers) == 1 else []
+        if not values:
+            return self.inner.test(ctx)
+        chosen = values[::-1][min(len(values), self.max_trusted_index) - 1]
+        view = RequestView(ctx.request.method, ctx.request.raw_path, remote_addr=chosen)
+        return self.inner.test(MatchContext(view))
+
+    def describe(self) -> str:
+        return f"XForwardedRemoteAddrs: [{', '.join(self.inner.texts)}], maxTrustedIndex: {self.max_trusted_index}"
+
+
+@dataclass(frozen=True, slots=True)
 class WeightPredicate:
     """`Weight=group, 8`: the route table picks one route per group per request, in proportion to weights."""
 
@@ -321,9 +344,12 @@ def parse_zoned_datetime(text: str) -> datetime:
 
 
 def _path(definition: Definition) -> PathPredicate:
-    args = bind(definition, ("patterns", "matchTrailingSlash", "pattern"), Shortcut.GATHER_LIST_TAIL_FLAG)
+    # `pattern` and `matchOptionalTrailingSeparator` are SCG 2.x's names, still bound by its relaxed binder.
+    fields = ("patterns", "matchTrailingSlash", "pattern", "matchOptionalTrailingSeparator")
+    args = bind(definition, fields, Shortcut.GATHER_LIST_TAIL_FLAG)
     texts = get_list(args, "patterns", required=False) or get_list(args, "pattern")
-    trailing = get_bool(args, "matchTrailingSlash", default=True)
+    old = get_bool(args, "matchOptionalTrailingSeparator", default=True)
+    trailing = get_bool(args, "matchTrailingSlash", default=old)
     try:
         patterns = tuple(PathPattern(text, match_trailing_slash=trailing) for text in texts)
     except PathPatternError as exc:
@@ -332,8 +358,9 @@ def _path(definition: Definition) -> PathPredicate:
 
 
 def _host(definition: Definition) -> HostPredicate:
-    args = bind(definition, ("patterns",), Shortcut.GATHER_LIST)
-    return HostPredicate(tuple(HostPattern(text) for text in get_list(args, "patterns")))
+    args = bind(definition, ("patterns", "pattern"), Shortcut.GATHER_LIST)  # `pattern`: SCG 2.0's single pattern
+    texts = get_list(args, "patterns", required=False) or get_list(args, "pattern")
+    return HostPredicate(tuple(HostPattern(text) for text in texts))
 
 
 def _method(definition: Definition) -> MethodPredicate:
@@ -392,12 +419,44 @@ def _remote_addr(definition: Definition) -> RemoteAddrPredicate:
     return RemoteAddrPredicate(tuple(networks), texts)
 
 
+def _x_forwarded_remote_addr(definition: Definition) -> XForwardedRemoteAddrPredicate:
+    args = bind(definition, ("sources", "maxTrustedIndex"), Shortcut.GATHER_LIST)
+    inner = _remote_addr(Definition("RemoteAddr", (("sources", get_list(args, "sources")),)))
+    return XForwardedRemoteAddrPredicate(inner, get_int(args, "maxTrustedIndex", default=1, minimum=1))
+
+
 def _weight(definition: Definition) -> WeightPredicate:
     args = bind(definition, ("group", "weight"))
     group = get_str(args, "group")
     if not group:
         raise SpecError("Weight needs a group", key="group")
     return WeightPredicate(group, get_int(args, "weight", minimum=0))
+
+
+_CF_HEADERS = ("X-CF-Forwarded-Url", "X-CF-Proxy-Signature", "X-CF-Proxy-Metadata")
+
+
+@dataclass(frozen=True, slots=True)
+class CloudFoundryPredicate:
+    """SCG's CloudFoundryRouteService: the three headers a Cloud Foundry route service receives are all present."""
+
+    parts: tuple[ValuePredicate, ...] = tuple(ValuePredicate("Header", h, None, None) for h in _CF_HEADERS)
+
+    @property
+    def name(self) -> str:
+        return "CloudFoundryRouteService"
+
+    def test(self, ctx: MatchContext) -> bool:
+        return all(part.test(ctx) for part in self.parts)
+
+    def describe(self) -> str:
+        return "CloudFoundryRouteService"
+
+
+def _cloud_foundry(definition: Definition) -> CloudFoundryPredicate:
+    if any(value for _, value in definition.args):  # `CloudFoundryRouteService=` (nothing after it) is fine
+        raise SpecError("CloudFoundryRouteService takes no arguments")
+    return CloudFoundryPredicate()
 
 
 PREDICATES: dict[str, Callable[[Definition], RoutePredicate]] = {
@@ -412,6 +471,8 @@ PREDICATES: dict[str, Callable[[Definition], RoutePredicate]] = {
     "Between": _time("Between"),
     "RemoteAddr": _remote_addr,
     "Weight": _weight,
+    "CloudFoundryRouteService": _cloud_foundry,
+    "XForwardedRemoteAddr": _x_forwarded_remote_addr,
 }
 
 

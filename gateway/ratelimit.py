@@ -97,6 +97,12 @@ def resolve_key(limit: RateLimit, request: RequestView) -> str:
     prefix, _, name = kind.partition(":")
     if prefix == "header" and name:
         return (request.header(name) or "").strip()
+    if prefix == "plugin" and name:
+        # A team's own KeyResolver (gateway.plugins): None or "" is the empty key, as in SCG.
+        from gateway.plugins import Exchange, key_resolver
+
+        resolver = key_resolver(name)
+        return (resolver(Exchange.of(request)) or "") if resolver is not None else ""
     raise ValueError(f"bad rate-limit key {kind!r} (client, principal or header:NAME)")
 
 

@@ -18,6 +18,7 @@ from gateway.config import GatewayConfig, RouteSpec, format_upstream
 from gateway.errors import BadRequest
 from gateway.filters import GatewayFilter, PlanState
 from gateway.model import ForwardPlan, HeaderOp, Headers, RequestView
+from gateway.plugins import PluginFilter
 from gateway.predicates import MatchContext, WeightPredicate, no_weight_groups
 
 # Characters a path may carry as they are; anything else a rewrite produced is percent-encoded.
@@ -74,6 +75,7 @@ class RouteMatch:
     variables: Mapping[str, str]
     default_filters: tuple[GatewayFilter, ...] = ()
     chain: tuple[GatewayFilter, ...] | None = None  # the filters in order, when the table computed them already
+    has_plugins: bool = False  # a plugin filter (gateway.plugins) runs in the server, after the plan is built
 
     def plan(self, request: RequestView) -> ForwardPlan:
         """Run the filters over `request`; BadRequest when the result cannot be sent."""
@@ -118,7 +120,7 @@ class _WeightGroup:
 class RouteTable:
     """Routes sorted by order (stable); `match` finds the first route whose predicates all hold."""
 
-    __slots__ = ("_chains", "_config", "_entries", "_groups", "_rng", "routes")
+    __slots__ = ("_chains", "_config", "_entries", "_groups", "_plugins", "_rng", "routes")
 
     def __init__(self, config: GatewayConfig, *, rng: random.Random | None = None) -> None:
         self._config = config
@@ -129,6 +131,7 @@ class RouteTable:
             route.id: tuple(f for _, f in ordered_filters(config.default_filters, route.filters))
             for route in self.routes
         }
+        self._plugins = {rid: any(isinstance(f, PluginFilter) for f in chain) for rid, chain in self._chains.items()}
         for route in self.routes:
             for predicate in route.predicates:
                 if isinstance(predicate, WeightPredicate):
@@ -139,7 +142,7 @@ class RouteTable:
         empty: Mapping[str, str] = MappingProxyType({})
         self._entries = tuple(
             (route, tuple(route.predicates),
-             RouteMatch(route, empty, config.default_filters, self._chains[route.id]))
+             RouteMatch(route, empty, config.default_filters, self._chains[route.id], self._plugins[route.id]))
             for route in self.routes
         )
 
@@ -184,7 +187,7 @@ class RouteTable:
                 if not ctx.variables:
                     return plain_match
                 return RouteMatch(route, MappingProxyType(ctx.variables), self._config.default_filters,
-                                  self._chains[route.id])
+                                  self._chains[route.id], self._plugins[route.id])
         return None
 
 

@@ -47,6 +47,7 @@ from gateway.httpparse import (
 )
 from gateway.metrics import Labels, Metrics, series_key
 from gateway.model import ForwardPlan, Headers, RateLimit, RequestView
+from gateway.plugins import Response, run_plugin_filters
 from gateway.ratelimit import RateDecision
 from gateway.responses import error_body, simple_response
 from gateway.routing import apply_header_ops
@@ -270,7 +271,15 @@ class GatewayServer:
                 decision = await self._rate_decision(route.id, limit, view)
                 limit_headers = (*limit_headers, *decision.headers)
                 if not decision.allowed:
-                    return self._refuse_rate(conn, head, route.id, decision, limit_headers, remote, started), False
+                    # 429, 403 for an empty key, 503 when Redis is down and fail-closed
+                    error = GatewayError("rate limit exceeded" if decision.status == 429
+                                         else "request refused by rate limiter", status=decision.status)
+                    refusal = Response(decision.status, error_body(error, head.path), limit_headers, "application/json")
+                    return self._answer_here(conn, head, route.id, refusal, remote, started), False
+            if match.has_plugins:
+                plan, answer = await run_plugin_filters(match.chain or route.filters, view, plan, route.id)
+                if answer is not None:
+                    return self._answer_here(conn, head, route.id, answer, remote, started), False
             return await self._forward(conn, head, view, route, plan, remote=remote, scheme=scheme,
                                        started=started, extra_headers=limit_headers)
         except GatewayError as error:
@@ -285,15 +294,14 @@ class GatewayServer:
             return RateDecision(True)
         return await self.rate_limiter.check(route_id, limit, view)
 
-    def _refuse_rate(self, conn: ClientConn, head: RequestHead, route_id: str, decision: RateDecision,
-                     headers: Headers, remote: str, started: float) -> bool:
-        """Answer a refused rate decision (429, 403 for an empty key, 503 when Redis is down and fail-closed)."""
-        self._count(route_id, decision.status)
-        self._log(remote, head, decision.status, route_id, "-", started)
-        error = GatewayError("rate limit exceeded" if decision.status == 429 else "request refused by rate limiter",
-                             status=decision.status)
+    def _answer_here(self, conn: ClientConn, head: RequestHead, route_id: str, answer: Response, remote: str,
+                     started: float) -> bool:
+        """Answer without dialing (a rate limiter's refusal, a plugin filter's own answer); keep the connection?"""
+        self._count(route_id, answer.status)
+        self._log(remote, head, answer.status, route_id, "-", started)
+        body, ctype = answer.encoded()
         keep = head.keep_alive and request_framing(head)[0] is Framing.NONE
-        conn.write(simple_response(decision.status, error_body(error, head.path), close=not keep, extra=headers))
+        conn.write(simple_response(answer.status, body, content_type=ctype, close=not keep, extra=answer.headers))
         return keep
 
     def _log(self, remote: str, head: RequestHead, status: int, route: str, instance: str, started: float) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from gateway.factory import Definition, SpecError, bind, get_bool, get_int, relaxed
 from gateway.filters.base import PlanState, check_header_name
 from gateway.model import RateLimit
+from gateway.plugins import find_factory
 
 _FIELDS = (
     "redis-rate-limiter.replenishRate",
@@ -45,6 +46,8 @@ def parse_key(text: str, *, field: str = "key") -> str:
     text = text.strip()
     bean = _BEAN.fullmatch(text)
     if bean:
+        if find_factory("key_resolver", bean.group(1)) is not None:
+            return f"plugin:{bean.group(1)}"  # a team's own KeyResolver wins over a built-in alias of the name
         known = _RESOLVERS.get(relaxed(bean.group(1)))
         if known is None:
             names = ", ".join(sorted({"#{@ipKeyResolver}", "#{@principalNameKeyResolver}", "#{@userKeyResolver}"}))
