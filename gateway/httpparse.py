@@ -149,8 +149,12 @@ def _parse_request_slowly(data: bytes) -> RequestHead:
 
 def _check_request_fields(head: RequestHead) -> None:
     """Refuse what an instance could read otherwise than the gateway: a `Connection` header naming a framing or
-    handshake header, and a body whose framing `request_framing` refuses."""
+    handshake header, a body whose framing `request_framing` refuses, and a missing (HTTP/1.1) or repeated `Host`
+    (RFC 9112 section 3.2: routes match the first, an instance might read the other)."""
     names = [key.lower() for key, _ in head.headers]
+    hosts = names.count("host")
+    if hosts > 1 or (hosts == 0 and head.version == "HTTP/1.1"):
+        raise BadRequest("an HTTP/1.1 request has exactly one Host header")
     if "connection" in names:
         for name, (_, value) in zip(names, head.headers, strict=True):
             if name != "connection":

@@ -120,7 +120,7 @@ def test_request_framing_refuses_transfer_encoding_in_http_1_0() -> None:
 
 @pytest.mark.parametrize("connection", ["Upgrade", "keep-alive", "close", "X-Custom, TE", "connection"])
 def test_parse_request_head_accepts_harmless_connection_options(connection: str) -> None:
-    head = parse_request_head(f"GET / HTTP/1.1\r\nConnection: {connection}\r\nX-Custom: 1".encode())
+    head = parse_request_head(f"GET / HTTP/1.1\r\nHost: a\r\nConnection: {connection}\r\nX-Custom: 1".encode())
     assert head.header("connection") == connection
 
 
