@@ -204,7 +204,10 @@ async def read_answers(reader: asyncio.StreamReader, *, count: int | None, timeo
                 continue
             length = next((int(line.split(":", 1)[1]) for line in lines[1:]
                            if line.lower().startswith("content-length:")), 0)
-            answers.append(Answer(status, await reader.readexactly(length)))
+            try:
+                answers.append(Answer(status, await reader.readexactly(length)))
+            except asyncio.IncompleteReadError:
+                return answers  # closed inside the body: no whole answer
             if status >= 400:
                 return answers
     return answers
