@@ -112,7 +112,7 @@ def _headers(block: bytes, error: type[GatewayError]) -> Headers:
     for line in block.split(b"\r\n"):
         name, sep, value = line.partition(b":")
         if not sep or not _TOKEN.fullmatch(name):
-            raise error(f"malformed header line {line[:64]!r}")
+            raise error("malformed header line")  # never its text: error messages are logged, it may hold a token
         value = value.strip(b" \t")
         if _VALUE_BAD.search(value):
             raise error(f"control character in header {name.decode('latin-1')}")
@@ -162,7 +162,8 @@ def _check_request_fields(head: RequestHead) -> None:
             for token in value.split(","):
                 token = token.strip().lower()
                 if token in _UNNAMEABLE or token.startswith("sec-websocket-"):
-                    raise BadRequest(f"Connection header names {token}")
+                    named = token if token in _UNNAMEABLE else "Sec-WebSocket-*"  # a fixed text: it is logged
+                    raise BadRequest(f"Connection header names {named}")
     if "content-length" in names or "transfer-encoding" in names:
         _request_framing(head.version, head.headers)
 

@@ -12,7 +12,8 @@ import aiohttp
 from tests.gateway.procs import eventually, start_gateway_proc, start_upstream_proc
 from tests.harness import ROOT, ProcessGroup, free_port
 
-SECRETS = ("SECRET-HTTP-TOKEN", "SECRET-API-KEY", "SECRET-WS-TOKEN", "SECRET-404", "SECRET-400", "SECRET-PARSE")
+SECRETS = ("SECRET-HTTP-TOKEN", "SECRET-API-KEY", "SECRET-WS-TOKEN", "SECRET-404", "SECRET-400", "SECRET-PARSE",
+           "SECRET-HEADER")
 
 
 async def raw_status(port: int, data: bytes) -> int:
@@ -46,8 +47,11 @@ async def test_gateway_log_holds_no_query_string(procs: ProcessGroup, tmp_path: 
                                    "Sec-WebSocket-Version: 13\r\nContent-Length: 1\r\n\r\nx").encode()) == 400
     assert await raw_status(port, (f"POST /a/x?token={SECRETS[5]} HTTP/1.1\r\nHost: gw\r\n"
                                    "Connection: content-length\r\nContent-Length: 1\r\n\r\nx").encode()) == 400
-    # Every request above leaves one access line; once all are there, none holds a query string.
-    assert await eventually(lambda: gateway.log().count("gateway.access") >= 6, timeout_s=10.0), gateway.log()
+    # A header line without its colon: the error message that is logged must not quote it.
+    assert await raw_status(port, f"GET /a/x HTTP/1.1\r\nHost: gw\r\nAuthorization Bearer {SECRETS[6]}\r\n\r\n"
+                            .encode()) == 400
+    # Every request above leaves one access line; once all are there, none holds a query string or a token.
+    assert await eventually(lambda: gateway.log().count("gateway.access") >= 7, timeout_s=10.0), gateway.log()
     log = gateway.log()
     assert "/a/echo" in log and "/a/ws" in log
     leaked = [secret for secret in SECRETS if secret in log]
