@@ -1,14 +1,17 @@
-"""A real gateway process: no query string (token, key) in its log, and the shipped routes.yaml keeps management
-data private. Issue 13, items 3 and 7 (the gateway's part); docs/security-gateway.md."""
+"""A real gateway process: no query string (token, key) in its log, the shipped routes.yaml keeps management data
+private (issue 13, items 3 and 7, the gateway's part), and a silent instance is cut off by the route's response
+timeout (issue 14, item 3). docs/security-gateway.md."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import aiohttp
 
+from tests.gateway.framing import OK, ScriptedUpstream
 from tests.gateway.procs import eventually, start_gateway_proc, start_upstream_proc
 from tests.harness import ROOT, ProcessGroup, free_port
 
@@ -92,3 +95,33 @@ async def test_shipped_routes_yaml_serves_management_data_with_the_admin_token(p
             assert response.status == 200
         async with http.get(f"{base}/actuator/health", headers={"Authorization": "Bearer s3cret-admin"}) as response:
             assert "components" in json.loads(await response.read())
+
+
+async def test_silent_instance_on_a_reused_pooled_connection_gets_504_within_the_route_timeout(
+        procs: ProcessGroup, tmp_path: Path) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(OK)
+        if index == 0:
+            await reader.readuntil(b"\r\n\r\n")  # the next request on the pooled connection: never answered
+
+    upstream = ScriptedUpstream(script)
+    upstream_port = await upstream.start()
+    try:
+        config = tmp_path / "routes.yaml"
+        config.write_text(f"routes:\n  - id: a\n    uri: http://127.0.0.1:{upstream_port}\n"
+                          "    predicates: [Path=/a/**]\n    metadata: {response-timeout: 500}\n")
+        _, port = start_gateway_proc(procs, config)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/a/1") as response:
+                assert response.status == 200
+            started = time.monotonic()
+            async with http.get(f"http://127.0.0.1:{port}/a/2", headers={"Connection": "close"}) as response:
+                assert response.status == 504
+            assert time.monotonic() - started < 10.0
+            await asyncio.wait_for(upstream.ended[0].wait(), 10.0)  # the pooled connection was dropped
+            async with http.get(f"http://127.0.0.1:{port}/a/3") as response:
+                assert response.status == 200
+        assert upstream.accepted == 2
+    finally:
+        await upstream.close()

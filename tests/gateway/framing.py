@@ -1,4 +1,5 @@
-"""h11 as the reference framer of HTTP/1.1 requests, and an upstream that records exactly what it receives.
+"""h11 as the reference framer of HTTP/1.1 requests, an upstream that records exactly what it receives, and one
+that follows a script byte for byte.
 
 The differential framing suite (`test_framing_differential.py`) and the fuzz tests (`test_framing_fuzz.py`) judge
 the gateway against h11: what h11 frames as requests from a client's bytes is what an instance must receive.
@@ -7,10 +8,13 @@ the gateway against h11: what h11 frames as requests from a client's bytes is wh
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import h11
 
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 # Not compared: what a proxy is meant to change (hop-by-hop headers, Host, X-Forwarded-*, the Expect it answers).
 _NOT_COMPARED = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization", b"proxy-authenticate", b"te",
@@ -179,6 +183,46 @@ class RecordingUpstream:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+class ScriptedUpstream:
+    """Runs `script(reader, writer, n)` for its n-th accepted connection; notes when each connection ended."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.accepted = 0
+        self.ended: list[asyncio.Event] = []
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        index = self.accepted
+        self.accepted += 1
+        ended = asyncio.Event()
+        self.ended.append(ended)
+        try:
+            await self.script(reader, writer, index)
+            await reader.read()  # until the gateway closes its side
+        except ConnectionError:
+            pass
+        finally:
+            ended.set()
+            writer.close()
+
+    async def close(self) -> None:
+        """Stop listening and end every connection still open."""
+        if self._server is not None:
+            self._server.close()
+        for task in self._handlers:
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
 
 
 @dataclass(frozen=True)

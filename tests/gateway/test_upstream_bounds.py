@@ -10,7 +10,7 @@ import asyncio
 import math
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -21,51 +21,9 @@ from gateway.model import RouteMetadata
 from gateway.routing import describe_routes
 from gateway.targets import RouteTarget
 from tests.gateway.conftest import RunningGateway, StartGateway, config, route
-from tests.gateway.framing import read_answers
+from tests.gateway.framing import OK, Script, ScriptedUpstream, read_answers
 
-Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
-MakeUpstream = Callable[[Script], "ScriptedUpstream"]
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
-
-class ScriptedUpstream:
-    """Runs `script(reader, writer, n)` for its n-th accepted connection; notes when each connection ended."""
-
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.accepted = 0
-        self.ended: list[asyncio.Event] = []
-        self._server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        index = self.accepted
-        self.accepted += 1
-        ended = asyncio.Event()
-        self.ended.append(ended)
-        try:
-            await self.script(reader, writer, index)
-            await reader.read()  # until the gateway closes its side
-        except ConnectionError:
-            pass
-        finally:
-            ended.set()
-            writer.close()
-
-    async def close(self) -> None:
-        """Stop listening and end every connection still open."""
-        if self._server is not None:
-            self._server.close()
-        for task in self._handlers:
-            task.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
+MakeUpstream = Callable[[Script], ScriptedUpstream]
 
 
 @pytest.fixture
