@@ -169,10 +169,14 @@ class UpstreamPool:
         self._idle.clear()
 
 
-def check_buffered_chunks(conn: Conn) -> None:
-    """BadRequest when the chunked body already buffered on `conn` is malformed: refused before anything of the
-    request is sent upstream (the relay checks the rest as it comes, and closes both sides on an error)."""
-    if conn.buffer:
+def check_request_body(conn: Conn, framing: Framing, *, upgrade: bool) -> None:
+    """BadRequest, before anything of the request is sent upstream, for a body on a WebSocket handshake, or for a
+    chunked body whose part already buffered on `conn` is malformed (the relay checks the rest as it comes, and
+    closes both sides on an error)."""
+    if upgrade and framing is not Framing.NONE:
+        # After a 101 the bytes are relayed blind: a body could be read as frames by one side, not the other.
+        raise BadRequest("a WebSocket handshake carries no body")
+    if framing is Framing.CHUNKED and conn.buffer:
         ChunkedScanner(BadRequest).feed(bytes(conn.buffer))
 
 

@@ -35,7 +35,7 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.headers import authority, strip_hop_by_hop, upstream_request_headers
-from gateway.http_proxy import UpstreamPool, adopt_socket, check_buffered_chunks, dial, read_response, relay_body
+from gateway.http_proxy import UpstreamPool, adopt_socket, check_request_body, dial, read_response, relay_body
 from gateway.httpparse import (
     Framing,
     RequestHead,
@@ -57,8 +57,6 @@ log = logging.getLogger("gateway.server")
 access_log = logging.getLogger("gateway.access")
 
 _MAX_CACHED_KEYS = 4096  # bounds the per-worker cache of metric keys
-# connect-timeout -1 for the relay thread, which always wants one: the kernel's SYN retries end a connect first.
-NO_CONNECT_BOUND_S = 3600.0
 AdminHandler = Callable[[RequestHead], Awaitable[tuple[int, str, bytes]]]
 
 
@@ -330,11 +328,7 @@ class GatewayServer:
                        extra_headers: Headers = ()) -> tuple[bool, bool]:
         upgrade = view.is_websocket and head.method == "GET"
         framing, length = request_framing(head)
-        if upgrade and framing is not Framing.NONE:
-            # After a 101 the bytes are relayed blind: a body could be read as frames by one side, not the other.
-            raise BadRequest("a WebSocket handshake carries no body")
-        if framing is Framing.CHUNKED:
-            check_buffered_chunks(conn)
+        check_request_body(conn, framing, upgrade=upgrade)
         target = self._target(route)
         if (upgrade and target.native_dial and framing is Framing.NONE and not conn.buffer and not extra_headers
                 and not plan.response_headers):
@@ -351,14 +345,13 @@ class GatewayServer:
             plan_headers = tuple((k, v) for k, v in plan_headers if k.lower() != "expect")
         request_bytes = self._request_bytes(head, plan, plan_headers, endpoint, target, remote=remote,
                                             scheme=scheme, upgrade=upgrade)
-        response_timeout_s = target.response_timeout_s
+        timeout_s = target.response_timeout_s
         try:
             try:
                 upstream.write(request_bytes)
                 if framing is not Framing.NONE:
-                    await relay_body(conn, upstream, framing, length, error=BadRequest,
-                                     drain_timeout_s=response_timeout_s)
-                response = await read_response(conn, upstream, response_timeout_s, upgrade=upgrade)
+                    await relay_body(conn, upstream, framing, length, error=BadRequest, drain_timeout_s=timeout_s)
+                response = await read_response(conn, upstream, timeout_s, upgrade=upgrade)
             except BadGateway:
                 if not reused or framing is not Framing.NONE:
                     raise
@@ -366,14 +359,14 @@ class GatewayServer:
                 upstream.close()
                 endpoint, upstream, _ = await self._connect(route, target, view, loop, pooled=False)
                 upstream.write(request_bytes)
-                response = await read_response(conn, upstream, response_timeout_s, upgrade=upgrade)
+                response = await read_response(conn, upstream, timeout_s, upgrade=upgrade)
         except BaseException as error:
             upstream.close()
             self._count_upstream_error(route, endpoint, error)
             raise
         return await self._answer(conn, upstream, head, response, route, plan, endpoint, remote=remote,
                                   started=started, upgrade=upgrade, extra_headers=extra_headers,
-                                  response_timeout_s=response_timeout_s)
+                                  response_timeout_s=timeout_s)
 
     def _request_bytes(self, head: RequestHead, plan: ForwardPlan, plan_headers: Headers, endpoint: Endpoint,
                        target: RouteTarget, *, remote: str, scheme: str, upgrade: bool) -> bytes:
@@ -418,8 +411,7 @@ class GatewayServer:
                                                 scheme=scheme, upgrade=True)
             try:
                 waiting = self.tunnels.dial(relay, conn, endpoint, request_bytes, route_id=route.id,
-                                            idle_timeout_s=idle_timeout_s,
-                                            connect_timeout_s=target.connect_timeout_s or NO_CONNECT_BOUND_S,
+                                            idle_timeout_s=idle_timeout_s, connect_timeout_s=target.relay_connect_s,
                                             response_timeout_s=target.response_timeout_s)
             except OSError as exc:
                 self._dial_failed(route, endpoint, "refused", exc)
@@ -483,8 +475,7 @@ class GatewayServer:
         try:
             nbytes = await relay_body(upstream, conn, framing, length, error=BadGateway,
                                       read_timeout_s=response_timeout_s)
-        except GatewayError as error:
-            # The client has the head already: all that is left is to close both (never pool a doubtful one).
+        except GatewayError as error:  # the client has the head already: close both, never pool a doubtful one
             upstream.close()
             conn.close()
             self._count_upstream_error(route, endpoint, error)

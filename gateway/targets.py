@@ -11,6 +11,9 @@ from gateway.config import GatewayConfig, RouteSpec
 from gateway.discovery.base import Endpoint
 from gateway.routing import RouteTable
 
+# connect-timeout -1 for the relay thread, which always wants one: the kernel's SYN retries end a connect first.
+NO_CONNECT_BOUND_S = 3600.0
+
 
 @dataclass(frozen=True, slots=True)
 class RoutingState:
@@ -46,6 +49,11 @@ class RouteTarget:
         self.scheme = "https" if upstream.tls else "http"
         # Upgrades the relay thread may dial itself: plain TCP on both sides (it never speaks TLS).
         self.native_dial = config.server.native_relay and plain_listener and not upstream.tls
+
+    @property
+    def relay_connect_s(self) -> float:
+        """The connect timeout for the relay thread's dial (which always wants one)."""
+        return self.connect_timeout_s if self.connect_timeout_s is not None else NO_CONNECT_BOUND_S
 
 
 def _bound(timeout_s: float | None) -> float | None:
