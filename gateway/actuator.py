@@ -1,16 +1,21 @@
 """The admin endpoints under /actuator, answered by the gateway itself on its own port.
 
-`GET /actuator/gateway/routes` (SCG's JSON shape), `/actuator/gateway/routes/{id}`, `/actuator/health` (UP or DOWN
-with discovery's status; 503 when DOWN, like Spring Boot) and `/actuator/prometheus`. With `server.admin-token`
-set every endpoint but health wants `Authorization: Bearer <token>`.
+`GET /actuator/gateway/routes` (SCG's JSON shape), `/actuator/gateway/routes/{id}`, `/actuator/health` (UP or DOWN;
+503 when DOWN, like Spring Boot) and `/actuator/prometheus`.
+
+Safe by default, as Spring Boot exposes only `health` over HTTP until told otherwise: `health` answers anyone, with
+its components (discovery's status) only to those who may read management data. Everything else wants
+`Authorization: Bearer <wsgate.admin-token>` when a token is set; without one it answers only while the gateway
+listens on loopback addresses alone (a developer's machine), and 403 otherwise (`admin_view.decide_access`, the
+admin page's rule).
 """
 
 from __future__ import annotations
 
-import hmac
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from gateway.admin_view import AccessDecision, decide_access
 from gateway.discovery.base import Provider
 from gateway.httpparse import RequestHead
 from gateway.metrics import Metrics
@@ -24,26 +29,27 @@ PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 class Actuator:
     """Answers /actuator requests from the routing state, discovery status and metrics."""
 
-    def __init__(self, *, state: Callable[[], RoutingState], provider: Provider, metrics: Metrics) -> None:
+    def __init__(self, *, state: Callable[[], RoutingState], provider: Provider, metrics: Metrics,
+                 listen_hosts: Callable[[], Sequence[str]] = lambda: ()) -> None:
         self._state = state
         self._provider = provider
         self._metrics = metrics
+        self._listen_hosts = listen_hosts
 
-    def _authorized(self, head: RequestHead) -> bool:
-        token = self._state().config.server.admin_token
-        if not token:
-            return True
-        given = head.header("authorization") or ""
-        return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+    def _access(self, head: RequestHead) -> AccessDecision:
+        return decide_access(self._state().config.server.admin_token, head.header("authorization"),
+                             listen_hosts=list(self._listen_hosts()))
 
-    def health(self) -> tuple[int, dict[str, object]]:
-        """(HTTP status, body) of the health endpoint."""
+    def health(self, *, details: bool = True) -> tuple[int, dict[str, object]]:
+        """(HTTP status, body) of the health endpoint; its components only with `details`."""
         discovery = dict(self._provider.status())
         up = discovery.get("status") == "UP"
-        body: dict[str, object] = {"status": "UP" if up else "DOWN", "components": {
-            "discovery": discovery,
-            "gateway": {"status": "UP", "routes": len(self._state().config.routes)},
-        }}
+        body: dict[str, object] = {"status": "UP" if up else "DOWN"}
+        if details:
+            body["components"] = {
+                "discovery": discovery,
+                "gateway": {"status": "UP", "routes": len(self._state().config.routes)},
+            }
         return (200 if up else 503), body
 
     async def __call__(self, head: RequestHead) -> tuple[int, str, bytes]:
@@ -51,11 +57,14 @@ class Actuator:
         path = head.path.rstrip("/")
         if head.method not in ("GET", "HEAD"):
             return 405, JSON, json.dumps({"status": 405, "error": "Method Not Allowed", "path": path}).encode()
+        access = self._access(head)
         if path == "/actuator/health":
-            status, body = self.health()
+            status, body = self.health(details=access.allowed)
             return status, JSON, json.dumps(body).encode()
-        if not self._authorized(head):
-            return 401, JSON, json.dumps({"status": 401, "error": "Unauthorized", "path": path}).encode()
+        if not access.allowed:
+            refused = {"status": access.status, "error": "Unauthorized" if access.status == 401 else "Forbidden",
+                       "message": access.reason, "path": path}
+            return access.status, JSON, json.dumps(refused).encode()
         if path == "/actuator/prometheus":
             return 200, PROMETHEUS, self._metrics.render().encode()
         if path == "/actuator/gateway/routes":

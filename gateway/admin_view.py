@@ -25,7 +25,7 @@ NODE_COUNTERS = {
     "connects": "wsnode_connects_total",
 }
 NO_TOKEN_MESSAGE = (
-    "the admin page needs a token: set `wsgate: {admin-token: <secret>}` in routes.yaml "
+    "management data needs a token: set `wsgate: {admin-token: <secret>}` in routes.yaml "
     "(or listen on loopback only, e.g. --host 127.0.0.1)"
 )
 

@@ -178,7 +178,8 @@ class GatewayApp:
         self.provider = make_provider(consul_settings(config, self.env))
         await self.provider.start(config.services)
         state = RoutingState(config, RouteTable(config))
-        actuator = Actuator(state=lambda: self._state(), provider=self.provider, metrics=self.metrics)
+        actuator = Actuator(state=lambda: self._state(), provider=self.provider, metrics=self.metrics,
+                            listen_hosts=lambda: [host for host, _ in self.addresses])
         admin = AdminPage(state=lambda: self._state(), provider=self.provider, metrics=self.metrics, fallback=actuator,
                           consul=consul_settings(config, self.env), upstream_ssl=upstream_ssl_context(settings),
                           listen_hosts=lambda: [host for host, _ in self.addresses])

@@ -7,7 +7,7 @@ from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from gateway.config import ServerSettings
-from gateway.conn import Conn
+from gateway.conn import BARE_CR_OR_LF, Conn
 from gateway.errors import GatewayError, HeadTooLarge, RequestTimeout
 from gateway.httpparse import HEAD_END
 
@@ -59,8 +59,9 @@ class ClientConn(Conn):
         super().data_received(data)
         if self._head_timer is not None:
             if (self.buffer.find(HEAD_END, self._scan_from) >= 0
-                    or len(self.buffer) > self.server.settings.max_head_bytes):
-                self._start()
+                    or len(self.buffer) > self.server.settings.max_head_bytes
+                    or BARE_CR_OR_LF.search(self.buffer, max(0, self._scan_from - 1)) is not None):
+                self._start()  # to answer the head, or refuse it
             else:
                 self._scan_from = max(0, len(self.buffer) - len(HEAD_END) + 1)
 

@@ -49,8 +49,10 @@ class ServerSettings:
     head_timeout_s: float = 10.0
     max_head_bytes: int = 16384
     max_connections: int = 10000
-    connect_timeout_s: float = 5.0
-    response_timeout_s: float | None = None
+    connect_timeout_s: float = 5.0  # math.inf: no bound (SCG's -1)
+    # How long an instance may keep a request waiting for the response head, or pause within its body
+    # (Reactor Netty's responseTimeout, which SCG's response-timeout sets); None or math.inf: no bound.
+    response_timeout_s: float | None = 30.0
     idle_timeout_s: float | None = None
     drain_timeout_s: float = 30.0
     admin_token: str | None = None

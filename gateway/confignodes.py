@@ -4,6 +4,7 @@ and value conversions that fail as ConfigErrors naming file, line and key; pure 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -201,9 +202,12 @@ class Reader:
             return False
         raise self.error(f"expected true or false, not {text!r}", node, key)
 
-    def duration_s(self, node: YNode | None, key: str, *, default_unit: str, positive: bool = True) -> float:
-        """A duration in seconds (see parse_duration_s)."""
+    def duration_s(self, node: YNode | None, key: str, *, default_unit: str, positive: bool = True,
+                   off: bool = False) -> float:
+        """A duration in seconds (see parse_duration_s); with `off`, SCG's `-1` (no bound) is math.inf."""
         text = self.text(node, key)
+        if off and text.strip() == "-1":
+            return math.inf
         try:
             seconds = parse_duration_s(text, default_unit=default_unit)
         except ValueError as exc:

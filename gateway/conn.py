@@ -9,12 +9,16 @@ hands over whatever arrived after the head.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import cast
 
 from gateway.errors import BadRequest, HeadTooLarge
 from gateway.httpparse import HEAD_END
 
 HIGH_WATER_BYTES = 256 * 1024
+# A CR not followed by LF, or an LF without its CR: a head that will never end in CRLFCRLF as we read it, while
+# another parser (h11 takes "\n\n") may see its end already. Refused at once rather than after the head timeout.
+BARE_CR_OR_LF = re.compile(rb"\r[^\n]|(?<!\r)\n")
 
 
 class Conn(asyncio.Protocol):
@@ -31,6 +35,11 @@ class Conn(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
         self._read_paused = False
+
+    @property
+    def writing_paused(self) -> bool:
+        """Whether the transport's write buffer is above its high-water mark (`drain` would wait)."""
+        return self._write_paused
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -120,6 +129,8 @@ class Conn(asyncio.Protocol):
                 return head
             if len(self.buffer) > max_bytes:
                 raise HeadTooLarge("request head too large")
+            if BARE_CR_OR_LF.search(self.buffer):
+                raise BadRequest("bare CR or LF in a head")
             if self.eof:
                 if not self.buffer:
                     return None

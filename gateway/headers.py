@@ -8,6 +8,7 @@ like Spring Cloud Gateway's XForwardedHeadersFilter with its default `append` se
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from gateway.model import Headers
@@ -19,6 +20,7 @@ HOP_BY_HOP = frozenset({
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _DROP = HOP_BY_HOP - {"transfer-encoding"}
+_PORT = re.compile(r"[0-9]{1,5}")  # ASCII digits only: str.isdigit() also takes "²", which int() refuses
 _FORWARDED_NAMES = frozenset({
     "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-forwarded-prefix",
 })
@@ -48,9 +50,9 @@ def _split_host(host: str) -> tuple[str, int | None]:
     if host.startswith("["):
         end = host.find("]")
         rest = host[end + 1:] if end >= 0 else ""
-        return host[: end + 1], int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
+        return host[: end + 1], int(rest[1:]) if rest.startswith(":") and _PORT.fullmatch(rest[1:]) else None
     name, sep, port = host.rpartition(":")
-    if sep and port.isdigit() and ":" not in name:
+    if sep and _PORT.fullmatch(port) and ":" not in name:
         return name, int(port)
     return host, None
 

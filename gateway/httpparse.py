@@ -1,9 +1,12 @@
 """HTTP/1.x heads and body framing (pure): parse request and response heads, find where a body ends.
 
 Heads are parsed strictly (RFC 9112): CRLF line ends, token header names, no obsolete line folding, no control
-characters in values. A request with both `Content-Length` and `Transfer-Encoding`, or conflicting lengths, is
-refused (request smuggling). Bodies are not decoded: `ChunkedScanner` only finds where a chunked body ends, so
-the proxy can relay it byte for byte.
+characters in values. A request that the gateway and an instance could frame differently is refused with 400
+(request smuggling): both `Content-Length` and `Transfer-Encoding`, conflicting or non-ASCII lengths, a transfer
+coding other than a single `chunked`, `Transfer-Encoding` in HTTP/1.0, or a `Connection` header naming a framing
+or handshake header (the proxy would drop that header yet still frame the body by it). Bodies are not decoded:
+`ChunkedScanner` only finds where a chunked body ends (strictly, RFC 9112 section 7.1), so the proxy can relay it
+byte for byte.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _TARGET = re.compile(rb"[\x21-\x7e\x80-\xff]+")
 _VERSION = re.compile(rb"HTTP/1\.[01]")
-_HEX = re.compile(rb"[0-9a-fA-F]{1,16}")
+_LENGTH = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() also takes "²" and "٣"
+# Headers a `Connection` header may not name: dropping them as hop-by-hop would change how the body or the
+# handshake is read upstream while the gateway still reads it by them.
+_UNNAMEABLE = frozenset({"content-length", "transfer-encoding", "host"})
 # The same rules over the head decoded as latin-1 (one byte, one character), in one pass: a valid request line
 # and header block (every line ending in CRLF once the caller's CRLF is put back). Whatever does not match goes
 # through the line-by-line checks, which say what is wrong.
@@ -106,7 +112,7 @@ def _headers(block: bytes, error: type[GatewayError]) -> Headers:
     for line in block.split(b"\r\n"):
         name, sep, value = line.partition(b":")
         if not sep or not _TOKEN.fullmatch(name):
-            raise error(f"malformed header line {line[:64]!r}")
+            raise error("malformed header line")  # never its text: error messages are logged, it may hold a token
         value = value.strip(b" \t")
         if _VALUE_BAD.search(value):
             raise error(f"control character in header {name.decode('latin-1')}")
@@ -119,7 +125,15 @@ def parse_request_head(data: bytes) -> RequestHead:
     found = _REQUEST_TEXT.fullmatch(data.decode("latin-1") + "\r\n")
     if found is not None:
         method, target, version, block = found.groups()
-        return RequestHead(method, target, version, _split_fields(block))
+        head = RequestHead(method, target, version, _split_fields(block))
+    else:
+        head = _parse_request_slowly(data)
+    _check_request_fields(head)
+    return head
+
+
+def _parse_request_slowly(data: bytes) -> RequestHead:
+    """The line-by-line reading of a head the one-pass pattern refused: says what is wrong."""
     first, _, block = data.partition(b"\r\n")
     parts = first.split(b" ")
     if len(parts) != 3:
@@ -131,6 +145,27 @@ def parse_request_head(data: bytes) -> RequestHead:
         raise BadRequest("only origin-form request targets are accepted")
     return RequestHead(method.decode("ascii"), target.decode("latin-1"), version.decode("ascii"),
                        _headers(block, BadRequest))
+
+
+def _check_request_fields(head: RequestHead) -> None:
+    """Refuse what an instance could read otherwise than the gateway: a `Connection` header naming a framing or
+    handshake header, a body whose framing `request_framing` refuses, and a missing (HTTP/1.1) or repeated `Host`
+    (RFC 9112 section 3.2: routes match the first, an instance might read the other)."""
+    names = [key.lower() for key, _ in head.headers]
+    hosts = names.count("host")
+    if hosts > 1 or (hosts == 0 and head.version == "HTTP/1.1"):
+        raise BadRequest("an HTTP/1.1 request has exactly one Host header")
+    if "connection" in names:
+        for name, (_, value) in zip(names, head.headers, strict=True):
+            if name != "connection":
+                continue
+            for token in value.split(","):
+                token = token.strip().lower()
+                if token in _UNNAMEABLE or token.startswith("sec-websocket-"):
+                    named = token if token in _UNNAMEABLE else "Sec-WebSocket-*"  # a fixed text: it is logged
+                    raise BadRequest(f"Connection header names {named}")
+    if "content-length" in names or "transfer-encoding" in names:
+        _request_framing(head.version, head.headers)
 
 
 def parse_response_head(data: bytes) -> ResponseHead:
@@ -169,54 +204,98 @@ class Framing(Enum):
     UNTIL_CLOSE = "until-close"
 
 
-def _framing(headers: Headers, error: type[GatewayError]) -> tuple[Framing, int]:
-    lowered = [k.lower() for k, _ in headers]
-    if "transfer-encoding" not in lowered and "content-length" not in lowered:
-        return Framing.NONE, 0  # most requests, every WebSocket handshake
-    encodings = [t.strip().lower() for k, v in headers if k.lower() == "transfer-encoding" for t in v.split(",")]
+def _content_length(headers: Headers, error: type[GatewayError]) -> int | None:
+    """The one length the `Content-Length` headers agree on (ASCII digits only), None without any."""
     lengths = {v.strip() for k, v in headers if k.lower() == "content-length"}
+    if not lengths:
+        return None
+    if len(lengths) != 1:
+        raise error("conflicting Content-Length")
+    raw = lengths.pop()
+    if not _LENGTH.fullmatch(raw):
+        raise error("invalid Content-Length")
+    return int(raw)
+
+
+def _request_framing(version: str, headers: Headers) -> tuple[Framing, int]:
+    encodings = [v for k, v in headers if k.lower() == "transfer-encoding"]
+    length = _content_length(headers, BadRequest)
     if encodings:
-        if lengths:
-            raise error("both Content-Length and Transfer-Encoding")
-        if encodings[-1] != "chunked":
-            raise error("unsupported Transfer-Encoding")
+        if length is not None:
+            raise BadRequest("both Content-Length and Transfer-Encoding")
+        if version == "HTTP/1.0":
+            raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")  # RFC 9112 section 6.1: faulty framing
+        # Only one `chunked`: a coding list is one more thing an instance might read otherwise (h11 refuses it too).
+        if len(encodings) != 1 or encodings[0].strip().lower() != "chunked":
+            raise BadRequest("unsupported Transfer-Encoding")
         return Framing.CHUNKED, 0
-    if lengths:
-        if len(lengths) != 1:
-            raise error("conflicting Content-Length")
-        raw = lengths.pop()
-        if not raw.isdigit() or len(raw) > 18:
-            raise error("invalid Content-Length")
-        length = int(raw)
-        return (Framing.LENGTH, length) if length else (Framing.NONE, 0)
-    return Framing.NONE, 0
+    return (Framing.LENGTH, length) if length else (Framing.NONE, 0)
 
 
 def request_framing(head: RequestHead) -> tuple[Framing, int]:
-    """How the request's body ends: (framing, length for LENGTH)."""
-    return _framing(head.headers, BadRequest)
+    """How the request's body ends: (framing, length for LENGTH); BadRequest for what could be framed otherwise."""
+    return _request_framing(head.version, head.headers)
+
+
+def _response_framing(headers: Headers) -> tuple[Framing, int]:
+    lowered = [k.lower() for k, _ in headers]
+    if "transfer-encoding" not in lowered and "content-length" not in lowered:
+        return Framing.NONE, 0
+    encodings = [t.strip().lower() for k, v in headers if k.lower() == "transfer-encoding" for t in v.split(",")]
+    length = _content_length(headers, BadGateway)
+    if encodings:
+        if length is not None:
+            raise BadGateway("both Content-Length and Transfer-Encoding")
+        if encodings[-1] != "chunked":
+            raise BadGateway("unsupported Transfer-Encoding")
+        return Framing.CHUNKED, 0
+    return (Framing.LENGTH, length) if length else (Framing.NONE, 0)
 
 
 def response_framing(method: str, head: ResponseHead) -> tuple[Framing, int]:
     """How the response's body ends, given the request method (HEAD and 1xx/204/304 carry none)."""
     if method == "HEAD" or head.status < 200 or head.status in (204, 304):
         return Framing.NONE, 0
-    framing, length = _framing(head.headers, BadGateway)
+    framing, length = _response_framing(head.headers)
     if framing is Framing.NONE and head.header("content-length") is None:
         return Framing.UNTIL_CLOSE, 0
     return framing, length
 
 
+_TOKEN_TEXT = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED_TEXT = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+# chunk-size [chunk-ext] (RFC 9112 section 7.1.1), without whitespace before the first ';' (h11 refuses it too).
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[ \t]*" + _TOKEN_TEXT + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN_TEXT
+                         + rb"|" + _QUOTED_TEXT + rb"))?[ \t]*)*")
+_TRAILER_LINE = re.compile(rb"(" + _TOKEN_TEXT + rb"):[\t\x20-\x7e\x80-\xff]*")
+_TRAILER_FORBIDDEN = frozenset({b"content-length", b"transfer-encoding", b"host"})
+_MAX_CHUNK_SIZE = 1 << 62  # a size that an instance's 64-bit signed arithmetic cannot overflow on
+
+
+class _Part(Enum):
+    SIZE_LINE = "size-line"
+    DATA = "data"
+    DATA_END = "data-end"  # the CRLF that must follow each chunk's data
+    TRAILER = "trailer"
+
+
 class ChunkedScanner:
-    """Finds the end of a chunked body in the bytes fed to it, without copying or decoding the data."""
+    """Finds the end of a chunked body in the bytes fed to it, without copying or decoding the data.
+
+    Strict, as RFC 9112 section 7.1 reads: every line ends in CRLF (a bare CR or LF is an error), the CRLF after
+    each chunk's data is checked, the size is 1 to 16 hex digits, extensions and trailer fields are well formed.
+    Any error raises the scanner's error class: the caller must then close both connections.
+    """
 
     _MAX_LINE = 4096
+    _MAX_TRAILER_BYTES = 16384
 
     def __init__(self, error: type[GatewayError] = BadRequest) -> None:
         self._error = error
-        self._remaining = 0  # data bytes (plus CRLF) left in the current chunk
+        self._part = _Part.SIZE_LINE
+        self._remaining = 0  # data bytes left in the current chunk, or bytes of its closing CRLF
         self._line = b""
-        self._trailers = False
+        self._trailer_bytes = 0
         self.done = False
 
     def feed(self, data: bytes) -> int:
@@ -224,33 +303,69 @@ class ChunkedScanner:
         pos = 0
         size = len(data)
         while pos < size and not self.done:
-            if self._remaining:
+            if self._part is _Part.DATA:
                 step = min(self._remaining, size - pos)
                 self._remaining -= step
                 pos += step
+                if not self._remaining:
+                    self._part = _Part.DATA_END
+                    self._remaining = 2
+                continue
+            if self._part is _Part.DATA_END:
+                expected = b"\r\n"[2 - self._remaining:]
+                step = min(self._remaining, size - pos)
+                if data[pos:pos + step] != expected[:step]:
+                    raise self._error("chunk data not followed by CRLF")
+                self._remaining -= step
+                pos += step
+                if not self._remaining:
+                    self._part = _Part.SIZE_LINE
                 continue
             end = data.find(b"\n", pos)
             if end < 0:
                 self._line += data[pos:]
-                if len(self._line) > self._MAX_LINE:
-                    raise self._error("chunk line too long")
+                self._check_partial_line()
                 return size
-            line = (self._line + data[pos:end]).rstrip(b"\r")
+            line = self._line + data[pos:end]
             self._line = b""
             pos = end + 1
-            self._line_complete(line)
+            if not line.endswith(b"\r"):
+                raise self._error("bare LF in a chunked body")
+            self._line_complete(line[:-1])
         return pos
 
+    def _check_partial_line(self) -> None:
+        if len(self._line) > self._MAX_LINE:
+            raise self._error("chunk line too long")
+        cr = self._line.find(b"\r")
+        if 0 <= cr < len(self._line) - 1:
+            raise self._error("bare CR in a chunked body")
+
     def _line_complete(self, line: bytes) -> None:
-        if self._trailers:
-            if not line:
-                self.done = True
+        if len(line) > self._MAX_LINE:
+            raise self._error("chunk line too long")
+        if self._part is _Part.TRAILER:
+            self._trailer_complete(line)
             return
-        raw = line.partition(b";")[0].strip()
-        if not _HEX.fullmatch(raw):
-            raise self._error("malformed chunk size")
-        length = int(raw, 16)
+        found = _CHUNK_LINE.fullmatch(line)
+        if found is None:
+            raise self._error("malformed chunk size line")
+        length = int(found.group(1), 16)
+        if length > _MAX_CHUNK_SIZE:
+            raise self._error("chunk size too large")
         if length == 0:
-            self._trailers = True
+            self._part = _Part.TRAILER
         else:
-            self._remaining = length + 2
+            self._part = _Part.DATA
+            self._remaining = length
+
+    def _trailer_complete(self, line: bytes) -> None:
+        if not line:
+            self.done = True
+            return
+        self._trailer_bytes += len(line) + 2
+        found = _TRAILER_LINE.fullmatch(line)
+        if found is None or self._trailer_bytes > self._MAX_TRAILER_BYTES:
+            raise self._error("malformed trailer field")
+        if found.group(1).lower() in _TRAILER_FORBIDDEN:
+            raise self._error("framing header in trailer")  # RFC 9110 section 6.5.1

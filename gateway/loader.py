@@ -17,7 +17,7 @@ Routes (Spring Cloud Gateway's syntax; the first of these that is present is use
         filters: [StripPrefix=1]        # same two notations; shortcut values bind like SCG's _genkey_N
         metadata:
           connect-timeout: 2000         # ms as in SCG, or a duration string ("2s")
-          response-timeout: 5000        # ms or duration
+          response-timeout: 5000        # ms or duration; -1: no bound (also for connect-timeout)
           idle-timeout: 60000           # ms or duration
           load-balancer: hash:header:X-User   # or {algorithm: hash, hash-on: "cookie:SESSION"}
           retries: 1
@@ -292,10 +292,11 @@ def _server(reader: Reader, root: YMap) -> ServerSettings:
     if httpclient:
         section = reader.mapping(httpclient[1], httpclient[0])
         if (node := section.get("connect-timeout")) is not None:
-            values["connect_timeout_s"] = reader.duration_s(node, f"{httpclient[0]}.connect-timeout", default_unit="ms")
+            values["connect_timeout_s"] = reader.duration_s(node, f"{httpclient[0]}.connect-timeout", default_unit="ms",
+                                                            off=True)
         if (node := section.get("response-timeout")) is not None:
             values["response_timeout_s"] = reader.duration_s(
-                node, f"{httpclient[0]}.response-timeout", default_unit="ms"
+                node, f"{httpclient[0]}.response-timeout", default_unit="ms", off=True
             )
         if (node := find(section, "ssl.use-insecure-trust-manager")) is not None:
             insecure = reader.boolean(node, f"{httpclient[0]}.ssl.use-insecure-trust-manager")
@@ -318,7 +319,8 @@ def _wsgate(reader: Reader, section: YMap) -> dict[str, object]:
     }  # fmt: skip
     for key, field_name in durations.items():
         if (node := section.get(key)) is not None:
-            values[field_name] = reader.duration_s(node, f"wsgate.{key}", default_unit="s")
+            values[field_name] = reader.duration_s(node, f"wsgate.{key}", default_unit="s",
+                                                   off=key in ("connect-timeout", "response-timeout"))
     if (node := section.get("drain-timeout")) is not None:
         values["drain_timeout_s"] = reader.duration_s(node, "wsgate.drain-timeout", default_unit="s", positive=False)
     for key, field_name in (("workers", "workers"), ("max-head-bytes", "max_head_bytes")):

@@ -229,7 +229,8 @@ class RouteReader:
             child_key = f"{key}.{name}"
             normal = name.replace("_", "-").lower()
             if normal in _META_TIMEOUTS:
-                timeouts[_META_TIMEOUTS[normal]] = r.duration_s(child, child_key, default_unit="ms")
+                timeouts[_META_TIMEOUTS[normal]] = r.duration_s(child, child_key, default_unit="ms",
+                                                                 off=normal != "idle-timeout")
             elif normal in ("load-balancer", "loadbalancer"):
                 balancer = balancer_choice(r, child, child_key)
             elif normal == "retries":

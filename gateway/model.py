@@ -90,7 +90,10 @@ class Upstream:
 
 @dataclass(frozen=True, slots=True)
 class RouteMetadata:
-    """Per-route tunables from `metadata:` (SCG's connect-timeout/response-timeout in ms become seconds)."""
+    """Per-route tunables from `metadata:` (SCG's connect-timeout/response-timeout in ms become seconds).
+
+    None: the global setting applies; `math.inf`: no bound (SCG's -1).
+    """
 
     connect_timeout_s: float | None = None
     response_timeout_s: float | None = None

@@ -6,6 +6,7 @@ merged by number, default filters first on ties) and checks that the rewritten p
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Callable, Mapping
@@ -220,10 +221,9 @@ def describe_routes(config: GatewayConfig) -> list[dict[str, object]]:
         filters = [f"[{f.describe()}, order = {n}]" for n, f in ordered_filters(config.default_filters, route.filters)]
         meta = route.metadata
         metadata: dict[str, object] = dict(meta.extra)
-        if meta.connect_timeout_s is not None:
-            metadata["connect-timeout"] = round(meta.connect_timeout_s * 1000)
-        if meta.response_timeout_s is not None:
-            metadata["response-timeout"] = round(meta.response_timeout_s * 1000)
+        for key, value in (("connect-timeout", meta.connect_timeout_s), ("response-timeout", meta.response_timeout_s)):
+            if value is not None:
+                metadata[key] = -1 if math.isinf(value) else round(value * 1000)  # SCG's -1: no bound
         if meta.idle_timeout_s is not None:
             metadata["idle-timeout"] = round(meta.idle_timeout_s * 1000)
         if meta.balancer is not None:

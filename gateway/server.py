@@ -35,7 +35,7 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.headers import authority, strip_hop_by_hop, upstream_request_headers
-from gateway.http_proxy import UpstreamPool, adopt_socket, dial, read_response, relay_body
+from gateway.http_proxy import UpstreamPool, adopt_socket, check_request_body, dial, read_response, relay_body
 from gateway.httpparse import (
     Framing,
     RequestHead,
@@ -305,8 +305,9 @@ class GatewayServer:
         return keep
 
     def _log(self, remote: str, head: RequestHead, status: int, route: str, instance: str, started: float) -> None:
+        # The path only: a query string may hold a token or a key (?token=...), which no log line may hold.
         if self.settings.access_log:
-            access_log.info('%s "%s %s %s" %d route=%s instance=%s %.1fms', remote, head.method, head.target,
+            access_log.info('%s "%s %s %s" %d route=%s instance=%s %.1fms', remote, head.method, head.path,
                             head.version, status, route, instance, (time.monotonic() - started) * 1000)
 
     async def _connect(self, route: RouteSpec, target: RouteTarget, view: RequestView,
@@ -335,6 +336,7 @@ class GatewayServer:
                        extra_headers: Headers = ()) -> tuple[bool, bool]:
         upgrade = view.is_websocket and head.method == "GET"
         framing, length = request_framing(head)
+        check_request_body(conn, framing, upgrade=upgrade)
         target = self._target(route)
         if (upgrade and target.native_dial and framing is Framing.NONE and not conn.buffer and not extra_headers
                 and not plan.response_headers):
@@ -351,13 +353,13 @@ class GatewayServer:
             plan_headers = tuple((k, v) for k, v in plan_headers if k.lower() != "expect")
         request_bytes = self._request_bytes(head, plan, plan_headers, endpoint, target, remote=remote,
                                             scheme=scheme, upgrade=upgrade)
-        response_timeout_s = target.response_timeout_s
+        timeout_s = target.response_timeout_s
         try:
             try:
                 upstream.write(request_bytes)
                 if framing is not Framing.NONE:
-                    await relay_body(conn, upstream, framing, length, error=BadRequest)
-                response = await read_response(conn, upstream, response_timeout_s)
+                    await relay_body(conn, upstream, framing, length, error=BadRequest, drain_timeout_s=timeout_s)
+                response = await read_response(conn, upstream, timeout_s, upgrade=upgrade)
             except BadGateway:
                 if not reused or framing is not Framing.NONE:
                     raise
@@ -365,13 +367,14 @@ class GatewayServer:
                 upstream.close()
                 endpoint, upstream, _ = await self._connect(route, target, view, loop, pooled=False)
                 upstream.write(request_bytes)
-                response = await read_response(conn, upstream, response_timeout_s)
+                response = await read_response(conn, upstream, timeout_s, upgrade=upgrade)
         except BaseException as error:
             upstream.close()
             self._count_upstream_error(route, endpoint, error)
             raise
         return await self._answer(conn, upstream, head, response, route, plan, endpoint, remote=remote,
-                                  started=started, upgrade=upgrade, extra_headers=extra_headers)
+                                  started=started, upgrade=upgrade, extra_headers=extra_headers,
+                                  response_timeout_s=timeout_s)
 
     def _request_bytes(self, head: RequestHead, plan: ForwardPlan, plan_headers: Headers, endpoint: Endpoint,
                        target: RouteTarget, *, remote: str, scheme: str, upgrade: bool) -> bytes:
@@ -416,7 +419,7 @@ class GatewayServer:
                                                 scheme=scheme, upgrade=True)
             try:
                 waiting = self.tunnels.dial(relay, conn, endpoint, request_bytes, route_id=route.id,
-                                            idle_timeout_s=idle_timeout_s, connect_timeout_s=target.connect_timeout_s,
+                                            idle_timeout_s=idle_timeout_s, connect_timeout_s=target.relay_connect_s,
                                             response_timeout_s=target.response_timeout_s)
             except OSError as exc:
                 self._dial_failed(route, endpoint, "refused", exc)
@@ -448,12 +451,13 @@ class GatewayServer:
                 self._count_upstream_error(route, endpoint, error)
                 raise
             return await self._answer(conn, upstream, head, response, route, plan, endpoint, remote=remote,
-                                      started=started, upgrade=True, extra_headers=())
+                                      started=started, upgrade=True, extra_headers=(),
+                                      response_timeout_s=target.response_timeout_s)
         raise NoInstance(target.name)
 
     async def _answer(self, conn: ClientConn, upstream: Conn, head: RequestHead, response: ResponseHead,
                       route: RouteSpec, plan: ForwardPlan, endpoint: Endpoint, *, remote: str, started: float,
-                      upgrade: bool, extra_headers: Headers) -> tuple[bool, bool]:
+                      upgrade: bool, extra_headers: Headers, response_timeout_s: float | None) -> tuple[bool, bool]:
         """Pass the instance's final response head on: start the tunnel on a 101, relay the body otherwise."""
         response_headers = (*response.headers, *extra_headers) if extra_headers else response.headers
         if plan.response_headers:
@@ -465,10 +469,11 @@ class GatewayServer:
             self._start_tunnel(conn, upstream, route, endpoint)
             return False, True
         return await self._relay_response(conn, upstream, head, response, response_headers, route, endpoint,
-                                          upgrade=upgrade), False
+                                          upgrade=upgrade, response_timeout_s=response_timeout_s), False
 
     async def _relay_response(self, conn: ClientConn, upstream: Conn, head: RequestHead, response: ResponseHead,
-                              headers: Headers, route: RouteSpec, endpoint: Endpoint, *, upgrade: bool) -> bool:
+                              headers: Headers, route: RouteSpec, endpoint: Endpoint, *, upgrade: bool,
+                              response_timeout_s: float | None) -> bool:
         framing, length = response_framing(head.method, response)
         keep_client = head.keep_alive and framing is not Framing.UNTIL_CLOSE
         out = strip_hop_by_hop(headers)
@@ -476,10 +481,12 @@ class GatewayServer:
             out = (*out, ("Connection", "close"))
         conn.write(serialize_head(f"HTTP/1.1 {response.status} {response.reason}", out))
         try:
-            nbytes = await relay_body(upstream, conn, framing, length, error=BadGateway)
-        except GatewayError:
+            nbytes = await relay_body(upstream, conn, framing, length, error=BadGateway,
+                                      read_timeout_s=response_timeout_s)
+        except GatewayError as error:  # the client has the head already: close both, never pool a doubtful one
             upstream.close()
             conn.close()
+            self._count_upstream_error(route, endpoint, error)
             return False
         self.metrics.add("wsgate_http_bytes_total", nbytes, route=route.id, direction="downstream")
         upstream_keep = (response.version == "HTTP/1.1" and framing is not Framing.UNTIL_CLOSE and not upgrade

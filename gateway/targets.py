@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 from dataclasses import dataclass
 from functools import lru_cache
@@ -9,6 +10,9 @@ from functools import lru_cache
 from gateway.config import GatewayConfig, RouteSpec
 from gateway.discovery.base import Endpoint
 from gateway.routing import RouteTable
+
+# connect-timeout -1 for the relay thread, which always wants one: the kernel's SYN retries end a connect first.
+NO_CONNECT_BOUND_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +42,22 @@ class RouteTarget:
             self.name = f"{upstream.host}:{port}"
             self.endpoints = (Endpoint(upstream.host, port),)
         self.choice = route.metadata.balancer or config.loadbalancer.choice_for(upstream.service or "")
-        self.connect_timeout_s = route.metadata.connect_timeout_s or config.server.connect_timeout_s
-        self.response_timeout_s = route.metadata.response_timeout_s or config.server.response_timeout_s
+        # A route's own value wins; infinity is SCG's -1 (no bound), kept here as None (no timer).
+        self.connect_timeout_s = _bound(route.metadata.connect_timeout_s or config.server.connect_timeout_s)
+        self.response_timeout_s = _bound(route.metadata.response_timeout_s or config.server.response_timeout_s)
         self.tls = upstream.tls
         self.scheme = "https" if upstream.tls else "http"
         # Upgrades the relay thread may dial itself: plain TCP on both sides (it never speaks TLS).
         self.native_dial = config.server.native_relay and plain_listener and not upstream.tls
+
+    @property
+    def relay_connect_s(self) -> float:
+        """The connect timeout for the relay thread's dial (which always wants one)."""
+        return self.connect_timeout_s if self.connect_timeout_s is not None else NO_CONNECT_BOUND_S
+
+
+def _bound(timeout_s: float | None) -> float | None:
+    return None if timeout_s is None or math.isinf(timeout_s) else timeout_s
 
 
 @lru_cache(maxsize=4096)

@@ -36,7 +36,9 @@ async def _upgrade_nodes(http: aiohttp.ClientSession, cluster: Cluster, count: i
 
 
 async def _gateway_health(http: aiohttp.ClientSession, cluster: Cluster) -> tuple[int, dict[str, Any]]:
-    async with http.get(f"{cluster.gateway_url}/actuator/health") as resp:
+    # Health details (the discovery component) are management data: they want the admin token.
+    async with http.get(f"{cluster.gateway_url}/actuator/health",
+                        headers={"Authorization": f"Bearer {cluster.admin_token}"}) as resp:
         return resp.status, await resp.json()
 
 

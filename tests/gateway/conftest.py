@@ -90,7 +90,8 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
         metrics = Metrics()
         balancer = Balancer()
         holder: list[GatewayServer] = []
-        actuator = Actuator(state=lambda: holder[0].state, provider=provider, metrics=metrics)
+        actuator = Actuator(state=lambda: holder[0].state, provider=provider, metrics=metrics,
+                            listen_hosts=lambda: ("127.0.0.1",))
         server = GatewayServer(RoutingState(cfg, RouteTable(cfg)), provider=provider, balancer=balancer,
                                metrics=metrics, admin=actuator, **kwargs)  # type: ignore[arg-type]
         holder.append(server)

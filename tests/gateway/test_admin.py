@@ -258,7 +258,8 @@ async def start_admin() -> AsyncIterator[StartAdmin]:
         balancer = Balancer()
         metrics.gauge_by("wsgate_instance_tunnels", "instance", balancer.active_by_address)
         holder: list[GatewayServer] = []
-        actuator = Actuator(state=lambda: holder[0].state, provider=provider, metrics=metrics)
+        actuator = Actuator(state=lambda: holder[0].state, provider=provider, metrics=metrics,
+                            listen_hosts=lambda: listen_hosts)
         admin = AdminPage(state=lambda: holder[0].state, provider=provider, metrics=metrics, fallback=actuator,
                           consul=consul, listen_hosts=lambda: listen_hosts, node_timeout_s=0.5, cache_s=0.0)
         server = GatewayServer(RoutingState(cfg, RouteTable(cfg)), provider=provider, balancer=balancer,
@@ -287,6 +288,27 @@ async def test_admin_data_refused_without_configured_token_unless_loopback_only(
     assert status == 403 and "wsgate: {admin-token: <secret>}" in body["error"]
     local = await start_admin(config(ROUTE), StaticProvider(), listen_hosts=("127.0.0.1", "::1"))
     assert (await local.get("/actuator/admin/data", token=None))[0] == 200
+
+
+async def test_management_data_refused_on_an_exposed_gateway_without_token(start_admin: StartAdmin) -> None:
+    exposed = await start_admin(config(ROUTE), StaticProvider(), listen_hosts=("0.0.0.0",))
+    for path in ("/actuator/prometheus", "/actuator/gateway/routes", "/actuator/gateway/routes/r", "/actuator"):
+        status, _, body = await exposed.get(path, token=None)
+        assert status == 403 and "wsgate: {admin-token: <secret>}" in body["message"], path
+    status, _, body = await exposed.get("/actuator/health", token=None)
+    assert (status, body) == (200, {"status": "UP"})  # no details (Spring Boot's show-details when-authorized)
+    local = await start_admin(config(ROUTE), StaticProvider(), listen_hosts=("127.0.0.1",))
+    assert (await local.get("/actuator/prometheus", token=None))[0] == 200
+    status, _, body = await local.get("/actuator/health", token=None)
+    assert status == 200 and body["components"]["gateway"]["routes"] == 1
+
+
+async def test_management_data_with_admin_token_wants_it_even_on_loopback(start_admin: StartAdmin) -> None:
+    gw = await start_admin(config(ROUTE, admin_token=TOKEN), StaticProvider(), listen_hosts=("127.0.0.1",))
+    assert (await gw.get("/actuator/prometheus", token=None))[0] == 401
+    assert "components" not in (await gw.get("/actuator/health", token=None))[2]
+    assert (await gw.get("/actuator/prometheus"))[0] == 200
+    assert "components" in (await gw.get("/actuator/health"))[2]
 
 
 async def test_admin_page_and_assets_load_without_token_and_other_paths_reach_the_actuator(

@@ -36,6 +36,16 @@ def test_parse_request_head_reads_line_and_headers() -> None:
     b"GET / HTTP/1.1\r\nNoColon",
     b"GET / HTTP/1.1\r\nX: a\x00b",
     b"GET /a b HTTP/1.1",
+    # What an instance could frame otherwise: a Connection header naming framing or handshake headers (issue 13,
+    # item 1: the proxy dropped Content-Length yet relayed the body), non-ASCII lengths, both framings.
+    b"POST / HTTP/1.1\r\nConnection: content-length\r\nContent-Length: 5",
+    b"POST / HTTP/1.1\r\nConnection: keep-alive, Content-Length\r\nContent-Length: 5",
+    b"POST / HTTP/1.1\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked",
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: host",
+    b"GET / HTTP/1.1\r\nConnection: Upgrade, Sec-WebSocket-Key\r\nUpgrade: websocket",
+    b"GET / HTTP/1.1\r\nConnection: close\r\nConnection: sec-websocket-protocol",
+    b"POST / HTTP/1.1\r\nContent-Length: \xc2\xb2",
+    b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked",
 ])
 def test_parse_request_head_refuses_malformed(raw: bytes) -> None:
     with pytest.raises(BadRequest):
@@ -75,8 +85,9 @@ def test_serialize_head_round_trips() -> None:
     ((("Content-Length", "12"),), (Framing.LENGTH, 12)),
     ((("Content-Length", "0"),), (Framing.NONE, 0)),
     ((("Transfer-Encoding", "chunked"),), (Framing.CHUNKED, 0)),
-    ((("Transfer-Encoding", "gzip, chunked"),), (Framing.CHUNKED, 0)),
+    ((("Transfer-Encoding", "Chunked"),), (Framing.CHUNKED, 0)),
     ((("Content-Length", "5"), ("Content-Length", "5")), (Framing.LENGTH, 5)),
+    ((("Content-Length", "007"),), (Framing.LENGTH, 7)),
 ])
 def test_request_framing(headers: tuple[tuple[str, str], ...], expected: tuple[Framing, int]) -> None:
     assert request_framing(RequestHead("POST", "/", "HTTP/1.1", headers)) == expected
@@ -88,10 +99,29 @@ def test_request_framing(headers: tuple[tuple[str, str], ...], expected: tuple[F
     (("Content-Length", "-1"),),
     (("Content-Length", "1e3"),),
     (("Transfer-Encoding", "chunked, gzip"),),
+    # A coding list, or two Transfer-Encoding headers: an instance may honour another coding (h11 refuses too).
+    (("Transfer-Encoding", "gzip, chunked"),),
+    (("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "chunked")),
+    (("Content-Length", "5, 5"),),
+    (("Content-Length", "²"),),  # isdigit() but int() fails: was a 500
+    (("Content-Length", "٣"),),  # isdigit() and int() reads 3: an instance reads no length at all
+    (("Content-Length", " "),),
+    (("Content-Length", "1" * 19),),
 ])
 def test_request_framing_refuses_smuggling_shapes(headers: tuple[tuple[str, str], ...]) -> None:
     with pytest.raises(BadRequest):
         request_framing(RequestHead("POST", "/", "HTTP/1.1", headers))
+
+
+def test_request_framing_refuses_transfer_encoding_in_http_1_0() -> None:
+    with pytest.raises(BadRequest):
+        request_framing(RequestHead("POST", "/", "HTTP/1.0", (("Transfer-Encoding", "chunked"),)))
+
+
+@pytest.mark.parametrize("connection", ["Upgrade", "keep-alive", "close", "X-Custom, TE", "connection"])
+def test_parse_request_head_accepts_harmless_connection_options(connection: str) -> None:
+    head = parse_request_head(f"GET / HTTP/1.1\r\nHost: a\r\nConnection: {connection}\r\nX-Custom: 1".encode())
+    assert head.header("connection") == connection
 
 
 @pytest.mark.parametrize(("method", "status", "headers", "expected"), [
@@ -128,10 +158,39 @@ def test_chunked_scanner_finds_the_end_across_any_split(split: int) -> None:
     assert consumed == len(BODY)
 
 
-@pytest.mark.parametrize("raw", [b"zz\r\n", b"0x5\r\n", b"1_0\r\n", b"-5\r\n"])
-def test_chunked_scanner_refuses_bad_sizes(raw: bytes) -> None:
+@pytest.mark.parametrize("raw", [
+    b"zz\r\n", b"0x5\r\n", b"1_0\r\n", b"-5\r\n",
+    b"5\nhello\r\n0\r\n\r\n",  # bare LF after the size
+    b"5\r\nhello\n0\r\n\r\n",  # bare LF after the data
+    b"5\r\nhelloXX0\r\n\r\n",  # no CRLF after the data
+    b"5\r\nhello\r\n0\r\n\n",  # bare LF ending the trailer section (issue 13, item 4)
+    b"5\rX\r\n", b"5;a\rb\r\n",  # bare CR
+    b"5 \r\n", b" 5\r\n", b"5 ;a=b\r\n", b"5;\r\n", b"5;a=\r\n", b"5;a=\"b\r\n",
+    b"\xd9\xa3\r\n",  # non-ASCII digit
+    b"00000000000000005\r\n",  # 17 hex digits
+    b"ffffffffffffffff\r\n",  # past 2**62
+    b"0\r\nBad Trailer: x\r\n\r\n", b"0\r\n folded\r\n\r\n", b"0\r\nContent-Length: 5\r\n\r\n",
+    b"0\r\nX: a\x01b\r\n\r\n",
+])
+def test_chunked_scanner_refuses_bad_framing(raw: bytes) -> None:
+    # Fed whole and byte by byte: the verdict must not depend on how the bytes arrive.
     with pytest.raises(BadRequest):
-        ChunkedScanner().feed(raw)
+        ChunkedScanner().feed(raw + b"\r\n\r\n")
+    scanner = ChunkedScanner()
+    with pytest.raises(BadRequest):
+        for index in range(len(raw) + 4):
+            scanner.feed((raw + b"\r\n\r\n")[index:index + 1])
+
+
+@pytest.mark.parametrize("raw", [
+    b"5\r\nhello\r\n0\r\n\r\n", b"0005\r\nhello\r\n000\r\n\r\n", b"5;a=b;c;d=\"x\\\"y\"\r\nhello\r\n0\r\n\r\n",
+    b"A\r\n0123456789\r\n0\r\nX-Sum: 1\r\nY:\r\n\r\n",
+])
+def test_chunked_scanner_accepts_strict_bodies(raw: bytes) -> None:
+    scanner = ChunkedScanner()
+    assert scanner.feed(raw + b"NEXT") == len(raw) and scanner.done
+    scanner = ChunkedScanner()
+    assert sum(scanner.feed(raw[i:i + 1]) for i in range(len(raw))) == len(raw) and scanner.done
 
 
 def test_chunked_scanner_refuses_endless_size_line() -> None:
