@@ -11,9 +11,9 @@ from pathlib import Path
 
 import aiohttp
 
+from harness import ROOT, ProcessGroup, free_port
 from tests.gateway.framing import OK, ScriptedUpstream
 from tests.gateway.procs import eventually, start_gateway_proc, start_upstream_proc
-from tests.harness import ROOT, ProcessGroup, free_port
 
 SECRETS = ("SECRET-HTTP-TOKEN", "SECRET-API-KEY", "SECRET-WS-TOKEN", "SECRET-404", "SECRET-400", "SECRET-PARSE",
            "SECRET-HEADER")
