@@ -164,6 +164,10 @@ class LoadBalancerSettings:
 def parse_upstream(text: str) -> Upstream:
     """A route `uri`: http/ws/https/wss://host[:port] or lb://name, lb:ws://name, lb:http(s)://name."""
     text = text.strip()
+    if text.startswith("forward:"):
+        # SCG's ForwardPathFilter: the request goes back to the gateway's own handlers with this path.
+        path = "/" + text[len("forward:"):].lstrip("/")
+        return Upstream(scheme="forward", forward_path=path)
     if text.startswith("lb:"):
         rest = text[3:]
         scheme = "http"
@@ -190,6 +194,8 @@ def parse_upstream(text: str) -> Upstream:
 
 def format_upstream(upstream: Upstream) -> str:
     """The `uri` text of an Upstream, as the actuator shows it."""
+    if upstream.forward_path is not None:
+        return f"forward:{upstream.forward_path}"
     if upstream.service is not None:
         return f"lb://{upstream.service}" if upstream.scheme == "http" else f"lb:{upstream.scheme}://{upstream.service}"
     host = f"[{upstream.host}]" if upstream.host and ":" in upstream.host else upstream.host
@@ -211,7 +217,7 @@ class RouteSpec:
     def __post_init__(self) -> None:
         if not self.id:
             raise ValueError("route id must not be empty")
-        if self.uri.service is None and (not self.uri.host or not self.uri.port):
+        if self.uri.service is None and self.uri.forward_path is None and (not self.uri.host or not self.uri.port):
             raise ValueError("route uri needs a host and port, or a service")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
 from urllib.parse import quote, unquote
@@ -17,7 +17,7 @@ from urllib.parse import quote, unquote
 from gateway.config import GatewayConfig, RouteSpec, format_upstream
 from gateway.errors import BadRequest
 from gateway.filters import GatewayFilter, PlanState
-from gateway.model import ForwardPlan, HeaderOp, Headers, RequestView
+from gateway.model import ForwardPlan, HeaderOp, Headers, RequestView, ResponseEdit
 from gateway.predicates import MatchContext, WeightPredicate, no_weight_groups
 
 # Characters a path may carry as they are; anything else a rewrite produced is percent-encoded.
@@ -75,11 +75,16 @@ class RouteMatch:
     default_filters: tuple[GatewayFilter, ...] = ()
     chain: tuple[GatewayFilter, ...] | None = None  # the filters in order, when the table computed them already
 
-    def plan(self, request: RequestView) -> ForwardPlan:
-        """Run the filters over `request`; BadRequest when the result cannot be sent."""
+    def plan(self, request: RequestView, *, failure: tuple[str, str] | None = None) -> ForwardPlan:
+        """Run the filters over `request`; BadRequest when the result cannot be sent.
+
+        `failure` is the CircuitBreaker failure that forwarded this request here (for FallbackHeaders).
+        """
         chain = self.chain
         if chain is None:
             chain = tuple(f for _, f in ordered_filters(self.default_filters, self.route.filters))
+        if self.route.uri.forward_path is not None:
+            request = replace(request, raw_path=self.route.uri.forward_path)  # SCG's ForwardPathFilter
         if not chain:
             # No filter: what the filters would have produced is the request itself (the common case).
             raw_path = request.raw_path
@@ -94,9 +99,12 @@ class RouteMatch:
             query=request.query,
             headers=list(request.headers),
             variables=dict(self.variables),
+            failure=failure,
         )
         for gateway_filter in chain:
             gateway_filter.apply(state)
+            if state.answer is not None:
+                break  # the filter answered itself: SCG does not call the rest of the chain
         path = safe_path(state.path)
         return ForwardPlan(
             path=path,
@@ -107,6 +115,11 @@ class RouteMatch:
             rate_limits=tuple(state.rate_limits),
             prefix=forwarded_prefix(request.raw_path, path),
             variables=tuple(sorted(self.variables.items())),
+            answer=state.answer,
+            body_edits=tuple(state.body_edits),
+            retry=state.retry,
+            breaker=state.breaker,
+            request_url=state.request_url,
         )
 
 
@@ -190,14 +203,14 @@ class RouteTable:
 
 def apply_header_ops(headers: Headers, ops: tuple[HeaderOp, ...]) -> Headers:
     """Apply response header edits (add appends, set replaces every value, remove drops every value)."""
-    result = list(headers)
-    for op in ops:
-        lname = op.name.lower()
-        if op.op in ("set", "remove"):
-            result = [(k, v) for k, v in result if k.lower() != lname]
-        if op.op in ("add", "set"):
-            result.append((op.name, op.value))
-    return tuple(result)
+    return apply_response_edits(200, headers, ops)[1]
+
+
+def apply_response_edits(status: int, headers: Headers, edits: tuple[ResponseEdit, ...]) -> tuple[int, Headers]:
+    """Apply the filters' response edits in filter order: the status and headers the client gets."""
+    for edit in edits:
+        status, headers = edit.edit(status, headers)
+    return status, headers
 
 
 def _describe_predicates(route: RouteSpec) -> str:

@@ -8,7 +8,8 @@ from typing import Protocol
 from urllib.parse import quote
 
 from gateway.factory import SpecError
-from gateway.model import HeaderOp, RateLimit, RequestView
+from gateway.model import BodyEdit, LocalAnswer, RateLimit, RequestView, ResponseEdit
+from gateway.resilience import BreakerSpec, RetryPolicy
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TEMPLATE_VAR = re.compile(r"\{([^{}]+)\}")
@@ -25,8 +26,16 @@ class PlanState:
     headers: list[tuple[str, str]]
     variables: dict[str, str]
     preserve_host: bool = False
-    response_ops: list[HeaderOp] = field(default_factory=list)
+    response_ops: list[ResponseEdit] = field(default_factory=list)
     rate_limits: list[RateLimit] = field(default_factory=list)
+    # A filter that answers itself (RedirectTo, RequestSize, ...) sets this; the filters after it do not run.
+    answer: LocalAnswer | None = None
+    body_edits: list[BodyEdit] = field(default_factory=list)
+    retry: RetryPolicy | None = None
+    breaker: BreakerSpec | None = None
+    request_url: str | None = None
+    # (exception type, message) when a CircuitBreaker forwarded here to its fallback, for FallbackHeaders.
+    failure: tuple[str, str] | None = None
 
 
 class GatewayFilter(Protocol):
