@@ -1,0 +1,171 @@
+"""Filters that act around the forward, through a real gateway and real backends: local answers (RedirectTo,
+RequestSize), SetStatus, Retry on HTTP and on WebSocket upgrades, CircuitBreaker with a `forward:` fallback and
+FallbackHeaders (tables after SCG's RetryGatewayFilterFactoryIntegrationTests and
+SpringCloudCircuitBreakerFilterFactoryTests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.config import RouteSpec
+from gateway.factory import Definition
+from gateway.filters import build_filter
+from gateway.resilience import BreakerSettings
+from tests.gateway.conftest import StartGateway, config, route
+from tests.harness import free_port
+
+Counter = dict[str, int]
+
+
+def with_filter(spec: RouteSpec, factory: str, **args: str) -> RouteSpec:
+    """`spec` with one filter given in SCG's expanded form (name + args)."""
+    return dataclasses.replace(spec, filters=(*spec.filters, build_filter(Definition(factory, tuple(args.items())))))
+
+
+@pytest.fixture
+async def flaky() -> AsyncIterator[Callable[[int], asyncio.Future[tuple[int, Counter]]]]:
+    """A backend whose /flaky answers 500 (and refuses upgrades with 503) the first `fail` times, then succeeds."""
+    runners: list[web.AppRunner] = []
+
+    async def start(fail: int) -> tuple[int, Counter]:
+        counts: Counter = {"http": 0, "ws": 0}
+
+        async def flaky_http(request: web.Request) -> web.StreamResponse:
+            if request.headers.get("Upgrade", "").lower() == "websocket":
+                counts["ws"] += 1
+                if counts["ws"] <= fail:
+                    return web.Response(status=503, text="not yet")
+                ws = web.WebSocketResponse()
+                await ws.prepare(request)
+                async for msg in ws:
+                    await ws.send_str(msg.data)
+                return ws
+            counts["http"] += 1
+            if counts["http"] <= fail:
+                return web.Response(status=500, text="boom")
+            return web.json_response({"attempt": counts["http"], "headers": dict(request.headers)})
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", flaky_http)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        assert site._server is not None
+        return int(site._server.sockets[0].getsockname()[1]), counts  # type: ignore[attr-defined]
+
+    yield start  # type: ignore[misc]
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def test_scg_policy_redirect_to_is_answered_by_the_gateway(start_gateway: StartGateway) -> None:
+    gw = await start_gateway(config(route("r", "http://127.0.0.1:9", ["Path=/old/**"],
+                                          ["AddResponseHeader=X-Before, 1", "RedirectTo=302, https://acme.org"])))
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"{gw.url}/old/x", allow_redirects=False) as response:
+        assert response.status == 302
+        assert response.headers["Location"] == "https://acme.org"
+        assert response.headers["X-Before"] == "1"
+
+
+async def test_scg_policy_request_size_413(start_gateway: StartGateway, flaky: Callable[..., object]) -> None:
+    port, _ = await flaky(0)  # type: ignore[misc]
+    limited = with_filter(route("r", f"http://127.0.0.1:{port}", ["Path=/**"]), "RequestSize", maxSize="10B")
+    gw = await start_gateway(config(limited))
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{gw.url}/up", data=b"x" * 11) as response:
+            assert response.status == 413
+            assert response.headers["errorMessage"].startswith("Request size is larger than permissible limit.")
+        async with session.post(f"{gw.url}/up", data=b"x" * 10) as response:
+            assert response.status == 200
+
+
+async def test_scg_policy_set_status_changes_the_instance_status(start_gateway: StartGateway,
+                                                                 flaky: Callable[..., object]) -> None:
+    port, _ = await flaky(0)  # type: ignore[misc]
+    gw = await start_gateway(config(route("r", f"http://127.0.0.1:{port}", ["Path=/**"], ["SetStatus=401"])))
+    async with aiohttp.ClientSession() as session, session.get(f"{gw.url}/x") as response:
+        assert response.status == 401
+        assert (await response.json())["attempt"] == 1
+
+
+@pytest.mark.parametrize(
+    ("retry", "fail", "status", "attempts"),
+    [
+        ("Retry=3", 2, 200, 3),  # SERVER_ERROR series by default
+        ("Retry=1", 2, 500, 2),  # the last answer is passed on
+        ("Retry=3, BAD_GATEWAY", 1, 200, 2),  # statuses add to the default SERVER_ERROR series, as in SCG
+        ("Retry=3, INTERNAL_SERVER_ERROR, POST", 1, 500, 1),  # GET is not a listed method
+        ("Retry=3, INTERNAL_SERVER_ERROR, GET, 10ms, 50ms, 2, false", 2, 200, 3),
+    ],
+)
+async def test_scg_policy_retry_http(start_gateway: StartGateway, flaky: Callable[..., object], retry: str,
+                                     fail: int, status: int, attempts: int) -> None:
+    port, counts = await flaky(fail)  # type: ignore[misc]
+    gw = await start_gateway(config(route("r", f"http://127.0.0.1:{port}", ["Path=/**"], [retry])))
+    async with aiohttp.ClientSession() as session, session.get(f"{gw.url}/x") as response:
+        assert response.status == status
+    assert counts["http"] == attempts
+
+
+async def test_scg_policy_retry_http_on_connect_refused(start_gateway: StartGateway) -> None:
+    port = free_port()  # nothing listens: every dial is refused
+    gw = await start_gateway(config(route("r", f"http://127.0.0.1:{port}", ["Path=/**"],
+                                          ["Retry=2, INTERNAL_SERVER_ERROR, GET, 5ms"])))
+    async with aiohttp.ClientSession() as session, session.get(f"{gw.url}/x") as response:
+        assert response.status == 503
+    assert gw.metrics.render().count(f'instance="127.0.0.1:{port}"') >= 1
+    text = gw.metrics.render()
+    assert f'wsgate_upstream_errors_total{{instance="127.0.0.1:{port}",reason="refused",route="r"}} 3' in text
+
+
+@pytest.mark.parametrize("native", [True, False])
+async def test_scg_policy_retry_websocket_upgrade_on_listed_status(start_gateway: StartGateway,
+                                                                   flaky: Callable[..., object],
+                                                                   native: bool) -> None:
+    port, counts = await flaky(2)  # type: ignore[misc]
+    gw = await start_gateway(config(route("r", f"ws://127.0.0.1:{port}", ["Path=/**"],
+                                          ["Retry=3, SERVICE_UNAVAILABLE"]), native_relay=native))
+    async with aiohttp.ClientSession() as session, session.ws_connect(f"{gw.url}/ws") as ws:
+        await ws.send_str("hello")
+        assert (await ws.receive(timeout=10)).data == "hello"
+    assert counts["ws"] == 3
+
+
+async def test_scg_policy_circuit_breaker_fallback_forward_with_fallback_headers(
+        start_gateway: StartGateway, flaky: Callable[..., object]) -> None:
+    port, _ = await flaky(0)  # type: ignore[misc]
+    dead = free_port()
+    guarded = with_filter(route("cb", f"http://127.0.0.1:{dead}", ["Path=/guarded/**"]), "CircuitBreaker",
+                          name="myCircuitBreaker", fallbackUri="forward:/fallback")
+    fallback = route("fb", f"http://127.0.0.1:{port}", ["Path=/fallback"], ["FallbackHeaders"])
+    gw = await start_gateway(config(guarded, fallback))
+    async with aiohttp.ClientSession() as session, session.get(f"{gw.url}/guarded/x") as response:
+        assert response.status == 200
+        headers = (await response.json())["headers"]
+        assert headers["Execution-Exception-Type"] == "io.netty.channel.AbstractChannel$AnnotatedConnectException"
+        assert "Root-Cause-Exception-Message" in headers
+
+
+async def test_scg_policy_circuit_breaker_opens_then_answers_503(start_gateway: StartGateway) -> None:
+    dead = free_port()
+    gw = await start_gateway(config(route("cb", f"http://127.0.0.1:{dead}", ["Path=/**"], ["CircuitBreaker=cb1"])))
+    gw.server.breakers.settings["cb1"] = BreakerSettings(sliding_window_size=2, minimum_number_of_calls=2,
+                                                         wait_duration_in_open_state_s=3600)
+    statuses = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            async with session.get(f"{gw.url}/x") as response:
+                statuses.append((response.status, (await response.json())["message"]))
+    assert [s for s, _ in statuses] == [503, 503, 503]
+    assert statuses[2][1] == "Upstream service is temporarily unavailable"  # the open breaker, not a dial
+    assert gw.server.breakers.get("cb1").state.value == "OPEN"
