@@ -113,6 +113,8 @@ class RateLimit:
     requested_tokens: int = 1
     key: str = "client"  # client | header:NAME | principal
     deny_empty_key: bool = True
+    status_code: int = 429  # SCG's `status-code`: the answer when the bucket is empty
+    empty_key_status: int = 403  # SCG's `empty-key-status-code`: the answer to a request without a key
 
 
 class ResponseEdit(Protocol):
