@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
+from gateway.buffered import edited, read_body
 from gateway.config import RouteSpec, parse_upstream
 from gateway.conn import Conn
 from gateway.errors import BadGateway, GatewayError, NoInstance, UpstreamTimeout
-from gateway.httpparse import Framing, RequestHead, ResponseHead, request_framing, serialize_head
+from gateway.headers import strip_hop_by_hop
+from gateway.httpparse import Framing, RequestHead, ResponseHead, request_framing, response_framing, serialize_head
 from gateway.model import ForwardPlan, Headers, LocalAnswer, RequestView
 from gateway.ratelimit import RateDecision
 from gateway.resilience import BreakerSettings, CircuitBreaker, Failure, RetryPolicy
@@ -161,6 +163,22 @@ def edit_response(response: ResponseHead, headers: Headers, plan: ForwardPlan) -
     if status != response.status:
         response = dataclasses.replace(response, status=status, reason=reason(status))
     return response, headers
+
+
+async def relay_buffered(conn: ClientConn, upstream: Conn, head: RequestHead, response: ResponseHead,
+                         headers: Headers, plan: ForwardPlan) -> bool:
+    """Answer with the instance's whole body after the filters' body edits (`buffered`); returns keep-alive."""
+    framing, length = response_framing(head.method, response)
+    try:
+        body = await read_body(upstream, framing, length)
+    finally:
+        upstream.close()
+    headers, body = edited(response.status, headers, body, plan.body_edits)
+    keep = head.keep_alive
+    out = strip_hop_by_hop(headers) if keep else (*strip_hop_by_hop(headers), ("Connection", "close"))
+    conn.write(serialize_head(f"HTTP/1.1 {response.status} {response.reason}", out) + body)
+    await conn.drain()
+    return keep
 
 
 def reason(status: int) -> str:

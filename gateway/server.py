@@ -455,6 +455,8 @@ class GatewayServer:
             response, response_headers = policies.edit_response(response, response_headers, plan)
         self._count(route.id, response.status)
         self._log(remote, head, response.status, route.id, endpoint.address, started)
+        if plan.body_edits and not (response.status == 101 and upgrade):
+            return await policies.relay_buffered(conn, upstream, head, response, response_headers, plan), False
         if response.status == 101 and upgrade:
             conn.write(serialize_head(f"HTTP/1.1 101 {response.reason}", response_headers))
             self._start_tunnel(conn, upstream, route, endpoint)

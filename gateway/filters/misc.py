@@ -8,8 +8,7 @@
   wsgate streams bodies, and Retry re-sends only requests without a body.
 - FallbackHeaders: on the route a CircuitBreaker forwarded its fallback to, adds the failure as request headers.
 - RequestHeaderToRequestUri: the request goes to the URL named in a request header instead of the route's uri.
-- RemoveJsonAttributesResponseBody: refused for now; `JsonAttributesEdit` is the rewrite, the proxy has no
-  buffered-body hook yet.
+- RemoveJsonAttributesResponseBody: drops attributes from a JSON response body (buffered: `gateway.buffered`).
 - ModifyRequestBody / ModifyResponseBody: refused; SCG offers them only through Java code (a rewrite function).
 """
 
@@ -176,11 +175,8 @@ def remove_json_attributes_response_body(definition: Definition) -> RemoveJsonAt
     """Build RemoveJsonAttributesResponseBody (fieldList, deleteRecursively)."""
     args = bind(definition, ("fieldList", "deleteRecursively"), Shortcut.GATHER_LIST_TAIL_FLAG)
     fields = frozenset(get_list(args, "fieldList"))
-    get_bool(args, "deleteRecursively", default=False)
-    # The edit is written (JsonAttributesEdit) but the proxy streams bodies and does not buffer one for it yet:
-    # refused rather than accepted and ignored.
-    raise SpecError(f"{definition.name} ({', '.join(sorted(fields))}) is not supported yet: wsgate streams "
-                    f"response bodies and does not buffer one to rewrite it")
+    return RemoveJsonAttributesResponseBody(JsonAttributesEdit(fields, get_bool(args, "deleteRecursively",
+                                                                                default=False)))
 
 
 def java_only(definition: Definition) -> Passive:

@@ -8,6 +8,7 @@ from urllib.parse import parse_qsl
 
 import pytest
 
+from gateway.buffered import dechunk
 from gateway.factory import Definition, SpecError
 from gateway.filters import PlanState, build_filter
 from gateway.filters.misc import JsonAttributesEdit
@@ -390,6 +391,16 @@ def test_scg_remove_json_attributes_edit(fields: tuple[str, ...], recursive: boo
     assert edit.edit_body(200, (("Content-Type", "text/plain"),), body)[1] == body
 
 
-def test_scg_remove_json_attributes_response_body_is_refused_until_bodies_are_buffered() -> None:
-    with pytest.raises(SpecError, match="not supported yet"):
-        build_filter(Definition.shortcut("RemoveJsonAttributesResponseBody=id, color, true"))
+def test_scg_remove_json_attributes_response_body_arguments() -> None:
+    state = run("RemoveJsonAttributesResponseBody=id, color, true")
+    assert state.body_edits == [JsonAttributesEdit(frozenset({"id", "color"}), True)]
+    state = run(expanded("RemoveJsonAttributesResponseBody", fieldList=("id",)))
+    assert state.body_edits == [JsonAttributesEdit(frozenset({"id"}), False)]
+
+
+@pytest.mark.parametrize(("raw", "data"), [
+    (b"0\r\n\r\n", b""),
+    (b"3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nX-Trailer: 1\r\n\r\n", b"abcde"),
+])
+def test_buffered_dechunk(raw: bytes, data: bytes) -> None:
+    assert dechunk(raw) == data

@@ -169,3 +169,16 @@ async def test_scg_policy_circuit_breaker_opens_then_answers_503(start_gateway: 
     assert [s for s, _ in statuses] == [503, 503, 503]
     assert statuses[2][1] == "Upstream service is temporarily unavailable"  # the open breaker, not a dial
     assert gw.server.breakers.get("cb1").state.value == "OPEN"
+
+
+async def test_scg_policy_remove_json_attributes_response_body(start_gateway: StartGateway,
+                                                               flaky: Callable[..., object]) -> None:
+    port, _ = await flaky(0)  # type: ignore[misc]
+    gw = await start_gateway(config(route("r", f"http://127.0.0.1:{port}", ["Path=/**"],
+                                          ["RemoveJsonAttributesResponseBody=headers"])))
+    async with aiohttp.ClientSession() as session:
+        for _ in range(2):  # the client connection stays usable after a buffered answer
+            async with session.get(f"{gw.url}/x") as response:
+                assert response.status == 200
+                assert await response.read() in (b'{"attempt":1}', b'{"attempt":2}')
+                assert response.headers["Content-Length"] == "13"
