@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
+from gateway.cors import CorsSettings
 from gateway.filters import GatewayFilter
 from gateway.model import BalancerChoice, Balancing, RouteMetadata, Upstream
 from gateway.predicates import RoutePredicate
+from gateway.resilience import BreakerSettings
 
 _SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
@@ -231,6 +233,8 @@ class GatewayConfig:
     discovery: ConsulSettings | None = None
     loadbalancer: LoadBalancerSettings = field(default_factory=LoadBalancerSettings)
     source: str = ""
+    cors: CorsSettings | None = None  # spring.cloud.gateway.globalcors
+    breakers: tuple[tuple[str, BreakerSettings], ...] = ()  # resilience4j.circuitbreaker/timelimiter, by id
 
     def __post_init__(self) -> None:
         seen: set[str] = set()

@@ -73,6 +73,7 @@ from gateway.config import (
 )
 from gateway.confignodes import Reader, YMap, YNode, YScalar, YSeq, find
 from gateway.errors import ConfigError
+from gateway.loader_cors import read_breakers, read_globalcors
 from gateway.loader_routes import RouteReader, balancer_choice
 from gateway.model import BalancerChoice
 
@@ -190,8 +191,9 @@ def _build(reader: Reader, root: YMap) -> GatewayConfig:
     server = _server(reader, root)
     loadbalancer = _loadbalancer(reader, find(root, "loadbalancer"))
     discovery = _discovery(reader, root, any(r.uri.service is not None for r in routes))
+    cors, breakers = read_globalcors(reader, root), read_breakers(reader, root)
     try:
-        return GatewayConfig(server, routes, default_filters, discovery, loadbalancer, reader.file)
+        return GatewayConfig(server, routes, default_filters, discovery, loadbalancer, reader.file, cors, breakers)
     except ValueError as exc:
         raise reader.error(str(exc), routes_at[1] if routes_at else None, routes_at[0] if routes_at else "") from None
 

@@ -10,10 +10,12 @@ from typing import TypeVar
 
 from gateway.config import RouteSpec, parse_balancer_choice, parse_upstream
 from gateway.confignodes import Reader, YMap, YNode, YScalar, YSeq
+from gateway.cors import CorsConfig
 from gateway.errors import ConfigError
 from gateway.factory import ArgValue, Definition, SpecError
 from gateway.filters import GatewayFilter, build_filter
 from gateway.javaregex import group_names
+from gateway.loader_cors import read_cors
 from gateway.model import BalancerChoice, RouteMetadata
 from gateway.predicates import RoutePredicate, build_predicate
 
@@ -165,6 +167,7 @@ class RouteReader:
         timeouts: dict[str, float] = {}
         balancer: BalancerChoice | None = None
         retries = 0
+        cors: CorsConfig | None = None
         extra: list[tuple[str, str]] = []
         for name, child in section.items:
             child_key = f"{key}.{name}"
@@ -175,6 +178,8 @@ class RouteReader:
                 balancer = balancer_choice(r, child, child_key)
             elif normal == "retries":
                 retries = r.integer(child, child_key, minimum=0)
+            elif normal == "cors":
+                cors = read_cors(r, child, child_key, split=False)  # SCG's metadata reader keeps strings whole
             else:
                 extra.append((name, _raw_text(child) if not isinstance(child, YScalar) else r.text(child, child_key)))
         try:
@@ -185,6 +190,7 @@ class RouteReader:
                 balancer=balancer,
                 retries=retries,
                 extra=tuple(extra),
+                cors=cors,
             )
         except ValueError as exc:
             raise ConfigError(str(exc), file=r.file, line=section.line, key=key) from None

@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.resilience import BreakerSpec, RetryPolicy
+
+if TYPE_CHECKING:
+    from gateway.cors import CorsConfig
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -102,6 +105,7 @@ class RouteMetadata:
     balancer: BalancerChoice | None = None
     retries: int = 0
     extra: tuple[tuple[str, str], ...] = ()
+    cors: CorsConfig | None = None  # `metadata.cors` (SCG's per-route CORS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -133,6 +133,16 @@ class Breakers:
     def __init__(self, settings: dict[str, BreakerSettings] | None = None) -> None:
         self.settings = settings or {}
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._source: object = None
+
+    def configure(self, settings: tuple[tuple[str, BreakerSettings], ...]) -> None:
+        """Use the settings of the configuration in force (a reload keeps the breakers' states)."""
+        if settings is self._source:
+            return
+        self._source = settings
+        self.settings = dict(settings)
+        for breaker_id, breaker in self._breakers.items():
+            breaker.settings = self.settings.get(breaker_id) or self.settings.get("default") or BreakerSettings()
 
     def get(self, breaker_id: str) -> CircuitBreaker:
         """The breaker named `breaker_id`, created on first use."""
@@ -290,4 +300,6 @@ async def serve_policies(server: GatewayServer, conn: ClientConn, head: RequestH
         return await server.forward(conn, head, view, target_route, plan, remote=remote, scheme=scheme,
                                     started=started, extra_headers=extra_headers)
 
+    if plan.breaker is not None:
+        server.breakers.configure(server.state.config.breakers)
     return await forward(head, route, plan, server.breakers, run, redispatch)

@@ -15,10 +15,12 @@ from types import MappingProxyType
 from urllib.parse import quote, unquote
 
 from gateway.config import GatewayConfig, RouteSpec, format_upstream
-from gateway.errors import BadRequest
+from gateway.cors import CorsConfig, CorsFilter, CorsTable, is_cors_request, is_preflight
+from gateway.errors import BadRequest, NoRoute
 from gateway.filters import GatewayFilter, PlanState
-from gateway.model import ForwardPlan, HeaderOp, Headers, RequestView, ResponseEdit
-from gateway.predicates import MatchContext, WeightPredicate, no_weight_groups
+from gateway.model import ForwardPlan, HeaderOp, Headers, LocalAnswer, RequestView, ResponseEdit, Upstream
+from gateway.predicates import MatchContext, PathPredicate, WeightPredicate, no_weight_groups
+from gateway.responses import error_body
 
 # Characters a path may carry as they are; anything else a rewrite produced is percent-encoded.
 _PATH_SAFE = "/!$&'()*+,;=:@-._~%"
@@ -131,7 +133,7 @@ class _WeightGroup:
 class RouteTable:
     """Routes sorted by order (stable); `match` finds the first route whose predicates all hold."""
 
-    __slots__ = ("_chains", "_config", "_entries", "_groups", "_rng", "routes")
+    __slots__ = ("_chains", "_config", "_cors", "_entries", "_groups", "_rng", "routes")
 
     def __init__(self, config: GatewayConfig, *, rng: random.Random | None = None) -> None:
         self._config = config
@@ -142,6 +144,10 @@ class RouteTable:
             route.id: tuple(f for _, f in ordered_filters(config.default_filters, route.filters))
             for route in self.routes
         }
+        self._cors = cors_table(config)
+        if self._cors is not None:
+            cors_first = CorsFilter(self._cors)
+            self._chains = {route_id: (cors_first, *chain) for route_id, chain in self._chains.items()}
         for route in self.routes:
             for predicate in route.predicates:
                 if isinstance(predicate, WeightPredicate):
@@ -198,7 +204,50 @@ class RouteTable:
                     return plain_match
                 return RouteMatch(route, MappingProxyType(ctx.variables), self._config.default_filters,
                                   self._chains[route.id])
+        if self._cors is not None and is_cors_request(request):
+            # No route. Preflights: SCG's DispatcherHandler answers (globalcors with add-to-simple-url-handler-mapping,
+            # else 403). Other CORS requests: with that mapping, a 404 that carries the global CORS headers.
+            cors_first = CorsFilter(self._cors, global_only=True)
+            if is_preflight(request):
+                return RouteMatch(_PREFLIGHT_ROUTE, MappingProxyType({}), (), (cors_first,))
+            if self._cors.add_to_simple_url_handler_mapping:
+                return RouteMatch(_PREFLIGHT_ROUTE, MappingProxyType({}), (), (cors_first, _NOT_FOUND))
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class _NotFound:
+    """Answers 404 (what the gateway answers without a route), after the CORS filter added its headers."""
+
+    name = "NotFound"
+
+    def apply(self, state: PlanState) -> None:
+        if state.answer is None:
+            body = error_body(NoRoute("no route matches"), state.request.raw_path)
+            state.answer = LocalAnswer(404, (("Content-Type", "application/json"),), body)
+
+    def describe(self) -> str:
+        return "[NotFound]"
+
+
+# The route of a CORS request no route matches; its filters always answer, so the uri is never dialed.
+_PREFLIGHT_ROUTE = RouteSpec("cors-preflight", Upstream("http", "127.0.0.1", 9))
+_NOT_FOUND = _NotFound()
+
+
+def cors_table(config: GatewayConfig) -> CorsTable | None:
+    """SCG's CORS path map for `config`, or None when the file configures no CORS."""
+    entries: list[tuple[str, CorsConfig]] = []
+    for route in config.routes:
+        if route.metadata.cors is not None:
+            paths = [p.patterns[0].pattern for p in route.predicates if isinstance(p, PathPredicate) and p.patterns]
+            entries.append((paths[0] if paths else "/**", route.metadata.cors))
+    settings = config.cors
+    if not entries and (settings is None or not settings.configurations):
+        return None
+    global_entries = settings.configurations if settings is not None else ()
+    simple = settings is not None and settings.add_to_simple_url_handler_mapping
+    return CorsTable(entries, global_entries, add_to_simple_url_handler_mapping=simple)
 
 
 def apply_header_ops(headers: Headers, ops: tuple[HeaderOp, ...]) -> Headers:

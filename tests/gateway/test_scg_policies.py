@@ -158,9 +158,9 @@ async def test_scg_policy_circuit_breaker_fallback_forward_with_fallback_headers
 
 async def test_scg_policy_circuit_breaker_opens_then_answers_503(start_gateway: StartGateway) -> None:
     dead = free_port()
-    gw = await start_gateway(config(route("cb", f"http://127.0.0.1:{dead}", ["Path=/**"], ["CircuitBreaker=cb1"])))
-    gw.server.breakers.settings["cb1"] = BreakerSettings(sliding_window_size=2, minimum_number_of_calls=2,
-                                                         wait_duration_in_open_state_s=3600)
+    cfg = config(route("cb", f"http://127.0.0.1:{dead}", ["Path=/**"], ["CircuitBreaker=cb1"]))
+    settings = BreakerSettings(sliding_window_size=2, minimum_number_of_calls=2, wait_duration_in_open_state_s=3600)
+    gw = await start_gateway(dataclasses.replace(cfg, breakers=(("cb1", settings),)))
     statuses = []
     async with aiohttp.ClientSession() as session:
         for _ in range(3):
