@@ -120,7 +120,8 @@ def test_cors_scg_tables(yaml_text: str, req: RequestView, expected: tuple[int |
 
 def test_cors_simple_url_handler_mapping() -> None:
     """SimpleUrlHandlerCorsTests: preflights and CORS requests no route matches get the global configuration."""
-    yaml_text = GLOBAL_YAML.replace("      globalcors:\n", "      globalcors:\n        add-to-simple-url-handler-mapping: true\n")
+    simple = "      globalcors:\n        add-to-simple-url-handler-mapping: true\n"
+    yaml_text = GLOBAL_YAML.replace("      globalcors:\n", simple)
     assert outcome(yaml_text, request("OPTIONS", "/elsewhere", *PREFLIGHT)) == (
         200, (("Access-Control-Allow-Origin", "*"), ("Access-Control-Allow-Methods", "GET"),
               ("Access-Control-Max-Age", "10")))
