@@ -29,33 +29,59 @@ def dechunk(raw: bytes) -> bytes:
         pos += size + 2  # the data and its CRLF
 
 
-async def read_body(upstream: Conn, framing: Framing, length: int, *, limit: int = MAX_BUFFERED_BYTES) -> bytes:
-    """The instance's whole body (decoded from chunked framing); GatewayError 500 past `limit`."""
-    if framing is Framing.NONE:
-        return b""
-    raw = bytearray()
-    scanner = ChunkedScanner(BadGateway) if framing is Framing.CHUNKED else None
-    while True:
-        if framing is Framing.LENGTH and len(raw) >= length:
-            break
-        data = await upstream.read_some()
+class BodyReader:
+    """Reads one response body off the instance's connection, as it came on the wire (framing kept)."""
+
+    def __init__(self, upstream: Conn, framing: Framing, length: int) -> None:
+        self.upstream = upstream
+        self.framing = framing
+        self.remaining = length
+        self.scanner = ChunkedScanner(BadGateway) if framing is Framing.CHUNKED else None
+        self.done = framing is Framing.NONE or (framing is Framing.LENGTH and length == 0)
+        self.overflow = b""
+
+    async def read(self) -> bytes:
+        """The next piece of the body (b"" once it is complete); bytes past its end stay in the connection."""
+        if self.done:
+            return b""
+        data = await self.upstream.read_some()
         if not data:
-            if framing is Framing.UNTIL_CLOSE:
-                break
-            raise BadGateway("connection closed inside a body")
-        if scanner is not None:
-            used = scanner.feed(data)
-            raw += data[:used]
-            if scanner.done:
-                break
+            if self.framing is not Framing.UNTIL_CLOSE:
+                raise BadGateway("connection closed inside a body")
+            self.done = True
+            return b""
+        if self.scanner is not None:
+            used = self.scanner.feed(data)
+            self.done = self.scanner.done
+        elif self.framing is Framing.LENGTH:
+            used = min(self.remaining, len(data))
+            self.remaining -= used
+            self.done = self.remaining == 0
         else:
-            raw += data
+            used = len(data)
+        if used < len(data):
+            self.upstream.unread(data[used:])
+        return data[:used]
+
+    def decode(self, raw: bytes) -> bytes:
+        """The data of the complete body `raw` (chunked framing removed)."""
+        return dechunk(raw) if self.scanner is not None else raw
+
+
+async def read_body(reader: BodyReader, *, limit: int = MAX_BUFFERED_BYTES) -> bytes | None:
+    """The whole raw body, or None once more than `limit` bytes came (what was read is in `reader.overflow`)."""
+    raw = bytearray()
+    while not reader.done:
+        raw += await reader.read()
         if len(raw) > limit + 64:
-            raise GatewayError(f"Exceeded limit on max bytes to buffer : {limit}", status=500)
-    body = dechunk(bytes(raw)) if scanner is not None else bytes(raw[:length] if framing is Framing.LENGTH else raw)
-    if len(body) > limit:
-        raise GatewayError(f"Exceeded limit on max bytes to buffer : {limit}", status=500)
-    return body
+            reader.overflow = bytes(raw)
+            return None
+    return bytes(raw)
+
+
+def too_large(limit: int = MAX_BUFFERED_BYTES) -> GatewayError:
+    """SCG's DataBufferLimitException, answered 500."""
+    return GatewayError(f"Exceeded limit on max bytes to buffer : {limit}", status=500)
 
 
 def edited(status: int, headers: Headers, body: bytes, edits: tuple[BodyEdit, ...]) -> tuple[Headers, bytes]:

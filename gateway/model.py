@@ -158,7 +158,13 @@ class LocalAnswer:
 
 
 class BodyEdit(Protocol):
-    """A change of a whole (buffered) response body, given the response head after the header edits."""
+    """A change of a whole (buffered) response body, given the response head after the header edits.
+
+    An `optional` edit (a cache store) is skipped for a body too large to buffer, which then streams as usual.
+    """
+
+    @property
+    def optional(self) -> bool: ...
 
     def edit_body(self, status: int, headers: Headers, body: bytes) -> tuple[Headers, bytes]: ...
 

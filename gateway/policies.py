@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
-from gateway.buffered import edited, read_body
+from gateway.buffered import BodyReader, edited, read_body, too_large
 from gateway.config import RouteSpec, parse_upstream
 from gateway.conn import Conn
 from gateway.errors import BadGateway, GatewayError, NoInstance, UpstreamTimeout
@@ -156,7 +156,10 @@ class Breakers:
 def local_answer(answer: LocalAnswer, plan: ForwardPlan, *, keep_alive: bool) -> tuple[int, bytes]:
     """The bytes of a filter's own answer, after the response edits of the filters before it."""
     status, headers = apply_response_edits(answer.status, answer.headers, plan.response_headers)
-    out: Headers = (*headers, ("Content-Length", str(len(answer.body))))
+    # A cached answer carries the instance's framing headers: the length is the gateway's to say.
+    framed = tuple((k, v) for k, v in strip_hop_by_hop(headers) if k.lower() not in ("content-length",
+                                                                                      "transfer-encoding"))
+    out: Headers = (*framed, ("Content-Length", str(len(answer.body))))
     if not keep_alive:
         out = (*out, ("Connection", "close"))
     return status, serialize_head(f"HTTP/1.1 {status} {reason(status)}", out) + answer.body
@@ -179,11 +182,23 @@ async def relay_buffered(conn: ClientConn, upstream: Conn, head: RequestHead, re
                          headers: Headers, plan: ForwardPlan) -> bool:
     """Answer with the instance's whole body after the filters' body edits (`buffered`); returns keep-alive."""
     framing, length = response_framing(head.method, response)
+    reader = BodyReader(upstream, framing, length)
+    keep = head.keep_alive and framing is not Framing.UNTIL_CLOSE
     try:
-        body = await read_body(upstream, framing, length)
+        raw = await read_body(reader)
+        if raw is None:
+            if not all(e.optional for e in plan.body_edits):
+                raise too_large()
+            # Too large to keep (a cache store): the body streams on as it came, framing untouched.
+            out = strip_hop_by_hop(headers) if keep else (*strip_hop_by_hop(headers), ("Connection", "close"))
+            conn.write(serialize_head(f"HTTP/1.1 {response.status} {response.reason}", out) + reader.overflow)
+            while data := await reader.read():
+                conn.write(data)
+                await conn.drain()
+            return keep
     finally:
         upstream.close()
-    headers, body = edited(response.status, headers, body, plan.body_edits)
+    headers, body = edited(response.status, headers, reader.decode(raw), plan.body_edits)
     keep = head.keep_alive
     out = strip_hop_by_hop(headers) if keep else (*strip_hop_by_hop(headers), ("Connection", "close"))
     conn.write(serialize_head(f"HTTP/1.1 {response.status} {response.reason}", out) + body)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gateway.factory import Definition, SpecError
-from gateway.filters import answers, headers, misc, params, path, rate_limiter, resilience, response
+from gateway.filters import answers, cache, headers, misc, params, path, rate_limiter, resilience, response
 from gateway.filters.base import GatewayFilter, PlanState
 
 FILTERS: dict[str, Callable[[Definition], GatewayFilter]] = {
@@ -43,6 +43,7 @@ FILTERS: dict[str, Callable[[Definition], GatewayFilter]] = {
     "RemoveJsonAttributesResponseBody": misc.remove_json_attributes_response_body,
     "ModifyRequestBody": misc.java_only,
     "ModifyResponseBody": misc.java_only,
+    "LocalResponseCache": cache.local_response_cache,
     "Retry": resilience.retry,
     "CircuitBreaker": resilience.circuit_breaker,
 }

@@ -105,6 +105,7 @@ class JsonAttributesEdit:
 
     fields: frozenset[str]
     recursive: bool
+    optional = False
 
     def edit_body(self, status: int, headers: Headers, body: bytes) -> tuple[Headers, bytes]:
         ctype = next((v for k, v in headers if k.lower() == "content-type"), "")

@@ -182,3 +182,21 @@ async def test_scg_policy_remove_json_attributes_response_body(start_gateway: St
                 assert response.status == 200
                 assert await response.read() in (b'{"attempt":1}', b'{"attempt":2}')
                 assert response.headers["Content-Length"] == "13"
+
+
+async def test_scg_policy_local_response_cache_serves_the_second_get(start_gateway: StartGateway,
+                                                                    flaky: Callable[..., object]) -> None:
+    port, counts = await flaky(0)  # type: ignore[misc]
+    gw = await start_gateway(config(route("r", f"http://127.0.0.1:{port}", ["Path=/**"],
+                                          ["LocalResponseCache=1m"])))
+    async with aiohttp.ClientSession() as session:
+        bodies = []
+        for _ in range(3):
+            async with session.get(f"{gw.url}/x") as response:
+                assert response.status == 200
+                assert response.headers["Cache-Control"].startswith("max-age=")
+                bodies.append((await response.json())["attempt"])
+        async with session.get(f"{gw.url}/x", headers={"Cache-Control": "no-cache"}) as response:
+            bodies.append((await response.json())["attempt"])
+    assert bodies == [1, 1, 1, 2]
+    assert counts["http"] == 2
