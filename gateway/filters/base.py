@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import quote
 
+from gateway.errors import BadRequest
 from gateway.factory import SpecError
+from gateway.javaregex import JavaRegexError, compile_java_regex, translate_replacement
 from gateway.model import BodyEdit, LocalAnswer, RateLimit, RequestView, ResponseEdit
 from gateway.resilience import BreakerSpec, RetryPolicy
 
@@ -47,6 +49,25 @@ class GatewayFilter(Protocol):
     def apply(self, state: PlanState) -> None: ...
 
     def describe(self) -> str: ...
+
+
+def without_controls(text: str, what: str, extra: str = "") -> str:
+    """`text`, or BadRequest when a rewrite at request time produced CR, LF or NUL (or one of `extra`) in it."""
+    if any(ch in text for ch in "\r\n\0" + extra):
+        raise BadRequest(f"a {what} would contain CR, LF, NUL{' or ' + repr(extra) if extra else ''}")
+    return text
+
+
+def compile_rewrite(regexp: str, replacement: str) -> tuple[re.Pattern[str], str]:
+    """A Java regex and its `replaceAll` replacement (`$1`, `${name}`, SCG's `$\\{name}`) for `re.sub`."""
+    try:
+        pattern = compile_java_regex(regexp)
+    except JavaRegexError as exc:
+        raise SpecError(str(exc), key="regexp") from exc
+    try:
+        return pattern, translate_replacement(replacement, pattern)
+    except JavaRegexError as exc:
+        raise SpecError(str(exc), key="replacement") from exc
 
 
 def check_header_name(name: str, key: str = "name") -> str:

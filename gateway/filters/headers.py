@@ -8,17 +8,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.errors import BadRequest
 from gateway.factory import Definition, Shortcut, SpecError, bind, get_bool, get_list, get_str
-from gateway.filters.base import PlanState, check_header_name, check_header_value, expand
+from gateway.filters.base import PlanState, check_header_name, check_header_value, expand, without_controls
 from gateway.model import HeaderOp
 
 
 def _expanded(value: str, state: PlanState) -> str:
-    result = expand(value, state.variables)
-    if any(ch in result for ch in "\r\n\0"):
-        raise BadRequest("a header value would contain CR, LF or NUL")
-    return result
+    return without_controls(expand(value, state.variables), "header value")
 
 
 @dataclass(frozen=True, slots=True)

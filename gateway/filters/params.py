@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
-from gateway.errors import BadRequest
 from gateway.factory import Definition, bind, get_str
-from gateway.filters.base import PlanState, check_header_value, expand
+from gateway.filters.base import PlanState, check_header_value, expand, without_controls
 
 Param = tuple[str, str | None]
 
@@ -36,12 +35,6 @@ def encode_query(params: list[Param]) -> str:
                     for name, value in params)
 
 
-def _checked(text: str) -> str:
-    if any(ch in text for ch in "\r\n\0#"):
-        raise BadRequest("a query parameter would contain CR, LF, NUL or '#'")
-    return text
-
-
 @dataclass(frozen=True, slots=True)
 class AddRequestParameter:
     """`AddRequestParameter=name, value`: append a parameter (URI template variables expanded in the value)."""
@@ -59,7 +52,7 @@ class AddRequestParameter:
         query = state.query
         if query and not query.endswith("&"):
             query += "&"
-        state.query = _checked(quote(query + pair, safe="&=%+;/?:@!$'()*,-._~"))
+        state.query = without_controls(quote(query + pair, safe="&=%+;/?:@!$'()*,-._~"), "query parameter", "#")
 
     def describe(self) -> str:
         return f"[AddRequestParameter {self.param} = '{self.value}']"

@@ -11,8 +11,7 @@ import re
 from dataclasses import dataclass
 
 from gateway.factory import Definition, SpecError, bind, get_list, get_str, parse_status, relaxed
-from gateway.filters.base import PlanState, check_header_name, check_header_value
-from gateway.javaregex import JavaRegexError, compile_java_regex, translate_replacement
+from gateway.filters.base import PlanState, check_header_name, check_header_value, compile_rewrite
 from gateway.model import Headers
 
 _STRATEGIES = ("RETAIN_FIRST", "RETAIN_LAST", "RETAIN_UNIQUE")
@@ -270,14 +269,7 @@ def rewrite_response_header(definition: Definition) -> RewriteResponseHeader:
     header = check_header_name(get_str(args, "name"))
     regexp = get_str(args, "regexp")
     replacement = get_str(args, "replacement", default="")
-    try:
-        pattern = compile_java_regex(regexp)
-    except JavaRegexError as exc:
-        raise SpecError(str(exc), key="regexp") from exc
-    try:
-        template = translate_replacement(replacement.replace("$\\", "$"), pattern)
-    except JavaRegexError as exc:
-        raise SpecError(str(exc), key="replacement") from exc
+    pattern, template = compile_rewrite(regexp, replacement)
     return RewriteResponseHeader(header, regexp, replacement, RegexEdit(header, pattern, template))
 
 
