@@ -200,3 +200,66 @@ async def test_scg_policy_local_response_cache_serves_the_second_get(start_gatew
             bodies.append((await response.json())["attempt"])
     assert bodies == [1, 1, 1, 2]
     assert counts["http"] == 2
+
+
+@pytest.mark.parametrize("native", [True, False])
+async def test_scg_policy_retry_websocket_upgrade_on_connect_refused(start_gateway: StartGateway, native: bool) -> None:
+    """Retry on an upgrade route: each attempt dials again (here three refused dials), then 503 naming the service."""
+    dead = free_port()
+    gw = await start_gateway(config(route("r", f"ws://127.0.0.1:{dead}", ["Path=/**"], ["Retry=2"]),
+                                    native_relay=native))
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await session.ws_connect(f"{gw.url}/ws")
+    assert refused.value.status == 503
+    text = gw.metrics.render()
+    assert f'wsgate_upstream_errors_total{{instance="127.0.0.1:{dead}",reason="refused",route="r"}} 3' in text
+
+
+@pytest.mark.parametrize("native", [True, False])
+async def test_scg_policy_circuit_breaker_fallback_for_websocket_upgrade(start_gateway: StartGateway,
+                                                                        native: bool) -> None:
+    """A CircuitBreaker on an upgrade route answers its fallback when the dial fails (nothing was relayed yet);
+    here the fallback is one of the gateway's own handlers (`forward:/actuator/health`)."""
+    dead = free_port()
+    guarded = with_filter(route("ws", f"ws://127.0.0.1:{dead}", ["Path=/ws/**"]), "CircuitBreaker",
+                          fallbackUri="forward:/actuator/health")
+    gw = await start_gateway(config(guarded, native_relay=native))
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as answered:
+            await session.ws_connect(f"{gw.url}/ws/chat")
+    assert answered.value.status in (200, 503)  # the health handler's answer, not the dial's 503 error
+    assert 'reason="refused",route="ws"' in gw.metrics.render()
+
+
+async def test_scg_policy_circuit_breaker_time_limiter(start_gateway: StartGateway) -> None:
+    """Resilience4j's time limiter (timeoutDuration): a slow instance is answered 504, or by the fallback."""
+    app = web.Application()
+    release = asyncio.Event()
+
+    async def slow(_: web.Request) -> web.Response:
+        await release.wait()  # answers only after the test is over
+        return web.Response(text="late")
+
+    app.router.add_get("/{tail:.*}", slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    assert site._server is not None
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    try:
+        plain = route("plain", f"http://127.0.0.1:{port}", ["Path=/plain/**"], ["CircuitBreaker=slow"])
+        guarded = with_filter(route("guarded", f"http://127.0.0.1:{port}", ["Path=/guarded/**"]), "CircuitBreaker",
+                              name="slow", fallbackUri="forward:/actuator/health")
+        cfg = dataclasses.replace(config(plain, guarded), breakers=(("slow", BreakerSettings(timeout_s=0.2)),))
+        gw = await start_gateway(cfg)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{gw.url}/plain/x") as response:
+                assert response.status == 504
+            async with session.get(f"{gw.url}/guarded/x") as response:
+                assert response.status in (200, 503)  # the gateway's own health handler answered
+                assert "status" in await response.json()
+    finally:
+        release.set()
+        await runner.cleanup()
