@@ -14,6 +14,7 @@ import asyncio
 import contextvars
 import dataclasses
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -67,8 +68,14 @@ class Attempt:
     breaker_codes: frozenset[int]
     breaker_fallback: bool
     time_limit_s: float | None
+    retry_until: float | None = None  # Retry's `timeout`: no retry is started after this (monotonic) time
     failure: Failure | None = None
     status_failure: bool = False
+    status_retry: bool = False  # reject_status gave the response up for Retry
+
+    def may_retry(self) -> bool:
+        """Whether Retry's overall `timeout` still allows another attempt."""
+        return self.retry is not None and (self.retry_until is None or time.monotonic() < self.retry_until)
 
     def dial_failed(self, reason: str) -> None:
         """The server could not connect to an instance (`timeout` or `refused`)."""
@@ -78,7 +85,9 @@ class Attempt:
         """Whether to drop a response with `status` (to retry, or to answer the breaker's fallback)."""
         in_breaker = status in self.breaker_codes
         self.status_failure = in_breaker
-        if self.retry is not None and self.retry.retry_status(self.method, status, self.iteration):
+        self.status_retry = self.may_retry() and self.retry is not None and self.retry.retry_status(
+            self.method, status, self.iteration)
+        if self.status_retry:
             return True
         return in_breaker and self.breaker_fallback
 
@@ -236,6 +245,7 @@ async def forward(head: RequestHead, route: RouteSpec, plan: ForwardPlan, breake
     limit_s = breaker.settings.timeout_s if breaker is not None else None
     delay_s = 0.0
     iteration = 0
+    retry_until = time.monotonic() + retry.timeout_s if retry is not None and retry.timeout_s else None
     while True:
         iteration += 1
         if breaker is not None and not breaker.try_acquire():
@@ -246,7 +256,7 @@ async def forward(head: RequestHead, route: RouteSpec, plan: ForwardPlan, breake
                 return await _fallback(head, spec.fallback_path, text, redispatch)
             raise GatewayError("Upstream service is temporarily unavailable", status=503)
         attempt = Attempt(head.method, iteration, retry, spec.status_codes if spec else frozenset(),
-                          bool(spec and spec.fallback_path), limit_s)
+                          bool(spec and spec.fallback_path), limit_s, retry_until)
         token = CURRENT_ATTEMPT.set(attempt)
         try:
             result = await run()
@@ -256,9 +266,8 @@ async def forward(head: RequestHead, route: RouteSpec, plan: ForwardPlan, breake
                 raise
             if breaker is not None:
                 breaker.record(failed=True)
-            if retry is not None and (
-                    (failure is None and retry.retry_status(head.method, error.status, iteration))
-                    or (failure is not None and retry.retry_failure(head.method, failure, iteration))):
+            if retry is not None and (attempt.status_retry if failure is None else (
+                    attempt.may_retry() and retry.retry_failure(head.method, failure, iteration))):
                 delay_s = retry.delay_s(iteration, delay_s)
                 if retry.jitter:
                     delay_s *= 1 + random.uniform(-retry.jitter, retry.jitter)

@@ -263,3 +263,15 @@ async def test_scg_policy_circuit_breaker_time_limiter(start_gateway: StartGatew
     finally:
         release.set()
         await runner.cleanup()
+
+
+async def test_scg_policy_retry_timeout_ends_the_retries(start_gateway: StartGateway,
+                                                         flaky: Callable[..., object]) -> None:
+    """Retry's `timeout`: no retry starts once it has passed; the last answer is passed on."""
+    port, counts = await flaky(10)  # type: ignore[misc]
+    spec = with_filter(route("r", f"http://127.0.0.1:{port}", ["Path=/**"]), "Retry", retries="10",
+                       **{"backoff.firstBackoff": "100ms", "backoff.factor": "1", "timeout": "250ms"})
+    gw = await start_gateway(config(spec))
+    async with aiohttp.ClientSession() as session, session.get(f"{gw.url}/x") as response:
+        assert response.status == 500
+    assert 1 <= counts["http"] <= 4  # attempts at least 100 ms apart, none started after 250 ms: not 11
