@@ -276,7 +276,7 @@ async def forward(head: RequestHead, route: RouteSpec, plan: ForwardPlan, breake
                 continue
             if spec is not None:
                 text = _FAILURE_TEXT[failure] if failure is not None else (
-                    _STATUS_EXCEPTION, f"{error.status} {HTTPStatus(error.status).name}")
+                    _STATUS_EXCEPTION, f"{error.status} {reason(error.status).upper().replace(' ', '_')}")
                 if spec.fallback_path is not None:
                     return await _fallback(head, spec.fallback_path, text, redispatch)
                 if failure is Failure.RESPONSE_TIMEOUT:

@@ -15,12 +15,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from gateway.errors import GatewayError
 from gateway.factory import Definition, Shortcut, SpecError, bind, get_bool, get_list, get_str
-from gateway.filters.base import PlanState, check_header_name
+from gateway.filters.base import PlanState, check_header_name, expand
 from gateway.model import Headers
 
 
@@ -72,21 +73,40 @@ class RequestHeaderToRequestUri:
 
     def apply(self, state: PlanState) -> None:
         value = state.request.header(self.header)
-        if not value:
-            return
-        try:
-            url = urlsplit(value.strip())
-            url.port  # noqa: B018 - raises ValueError for a bad port
-        except ValueError:
-            return  # SCG logs an invalid URL and keeps the route's uri
-        if url.scheme not in ("http", "https") or not url.hostname:
-            return
-        state.request_url = f"{url.scheme}://{url.netloc}"
-        state.path = url.path or "/"
-        state.query = url.query
+        if value:
+            send_to_url(state, value)
 
     def describe(self) -> str:
         return f"[RequestHeaderToRequestUri name = '{self.header}']"
+
+
+def send_to_url(state: PlanState, value: str) -> None:
+    """Send the request to an absolute http(s) URL (its path and query too); an invalid one changes nothing."""
+    try:
+        url = urlsplit(value.strip())
+        url.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return  # SCG logs an invalid URL and keeps the route's uri
+    if url.scheme not in ("http", "https") or not url.hostname or any(ch in value for ch in "\r\n\0 "):
+        return
+    state.request_url = f"{url.scheme}://{url.netloc}"
+    state.path = url.path or "/"
+    state.query = url.query
+
+
+@dataclass(frozen=True, slots=True)
+class SetRequestUri:
+    """`SetRequestUri=template`: send to the URL the template gives (URI template variables expanded)."""
+
+    template: str
+
+    name = "SetRequestUri"
+
+    def apply(self, state: PlanState) -> None:
+        send_to_url(state, expand(self.template, state.variables, encode=True))
+
+    def describe(self) -> str:
+        return f"[SetRequestUri template = '{self.template}']"
 
 
 def _remove(node: object, fields: frozenset[str], recursive: bool) -> None:
@@ -167,6 +187,20 @@ def fallback_headers(definition: Definition) -> FallbackHeaders:
     return FallbackHeaders(*values)
 
 
+def set_request_uri(definition: Definition) -> SetRequestUri:
+    """Build SetRequestUri (template)."""
+    return SetRequestUri(get_str(bind(definition, ("template",)), "template"))
+
+
+def refused(reason: str) -> Callable[[Definition], Passive]:
+    """A factory that refuses its filter with `reason` (a filter SCG 4.x does not have, or needs Java or gRPC)."""
+
+    def build(definition: Definition) -> Passive:
+        raise SpecError(f"{definition.name} is refused: {reason}")
+
+    return build
+
+
 def request_header_to_request_uri(definition: Definition) -> RequestHeaderToRequestUri:
     """Build RequestHeaderToRequestUri (name)."""
     return RequestHeaderToRequestUri(check_header_name(get_str(bind(definition, ("name",)), "name")))
@@ -180,8 +214,6 @@ def remove_json_attributes_response_body(definition: Definition) -> RemoveJsonAt
                                                                                 default=False)))
 
 
-def java_only(definition: Definition) -> Passive:
-    """ModifyRequestBody / ModifyResponseBody: refused, as SCG only offers them through Java code."""
-    raise SpecError(f"{definition.name} is refused: Spring Cloud Gateway only offers it through Java code (a "
-                    f"RewriteFunction bean), not in configuration; write a wsgate filter plugin instead")
+JAVA_ONLY = refused("Spring Cloud Gateway only offers it through Java code (a RewriteFunction bean), not in "
+                    "configuration; write a wsgate filter plugin instead")
 

@@ -178,8 +178,8 @@ def test_filters_refuse_bad_arguments(spec: str, key: str) -> None:
 
 
 def test_filters_unknown_name_is_refused() -> None:
-    with pytest.raises(SpecError, match="unknown filter 'Hystrix'"):
-        build_filter(Definition.shortcut("Hystrix=x"))
+    with pytest.raises(SpecError, match="unknown filter 'ValidateCodeFilter'"):
+        build_filter(Definition.shortcut("ValidateCodeFilter=x"))
 
 
 def test_filters_expanded_notation_equals_shortcut() -> None:

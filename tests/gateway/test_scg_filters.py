@@ -404,3 +404,26 @@ def test_scg_remove_json_attributes_response_body_arguments() -> None:
 ])
 def test_buffered_dechunk(raw: bytes, data: bytes) -> None:
     assert dechunk(raw) == data
+
+
+# -- SetRequestUriGatewayFilterFactoryTests ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("template", "variables", "expected"),
+    [
+        ("https://example.com", {}, ("https://example.com", "/", "")),
+        ("http://{sub}.example.com:8080/a?b=1", {"sub": "api"}, ("http://api.example.com:8080", "/a", "b=1")),
+        ("example.com", {}, (None, "/orig", "")),  # not absolute: the route's uri stays
+        ("http://{sub}:99999", {"sub": "h"}, (None, "/orig", "")),
+    ],
+)
+def test_scg_set_request_uri(template: str, variables: dict[str, str],
+                             expected: tuple[str | None, str, str]) -> None:
+    state = run(expanded("SetRequestUri", template=template), "/orig", variables=variables)
+    assert (state.request_url, state.path, state.query) == expected
+
+
+@pytest.mark.parametrize(("spec", "reason"), [("Hystrix=fallbackcmd", "use CircuitBreaker"),
+                                               ("JsonToGrpc=file:proto.pb, file:proto.proto, Svc, Method", "gRPC")])
+def test_scg_filters_refused_with_a_reason(spec: str, reason: str) -> None:
+    with pytest.raises(SpecError, match=reason):
+        build_filter(Definition.shortcut(spec))

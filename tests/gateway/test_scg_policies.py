@@ -275,3 +275,16 @@ async def test_scg_policy_retry_timeout_ends_the_retries(start_gateway: StartGat
     async with aiohttp.ClientSession() as session, session.get(f"{gw.url}/x") as response:
         assert response.status == 500
     assert 1 <= counts["http"] <= 4  # attempts at least 100 ms apart, none started after 250 ms: not 11
+
+
+async def test_scg_policy_request_header_to_request_uri(start_gateway: StartGateway,
+                                                        flaky: Callable[..., object]) -> None:
+    """The request goes to the URL a header names (path and query included), not to the route's uri."""
+    port, counts = await flaky(0)  # type: ignore[misc]
+    gw = await start_gateway(config(route("r", f"http://127.0.0.1:{free_port()}", ["Path=/**"],
+                                          ["RequestHeaderToRequestUri=X-New-Url"])))
+    async with aiohttp.ClientSession() as session:
+        headers = {"X-New-Url": f"http://127.0.0.1:{port}/elsewhere?q=1"}
+        async with session.get(f"{gw.url}/x", headers=headers) as response:
+            assert response.status == 200
+    assert counts["http"] == 1
