@@ -1,4 +1,5 @@
-"""Whole response bodies for the filters that rewrite one (RemoveJsonAttributesResponseBody).
+"""Whole bodies: responses for the filters that rewrite or keep one (RemoveJsonAttributesResponseBody,
+LocalResponseCache), requests that Retry or a CircuitBreaker fallback may send again.
 
 Bodies are otherwise streamed; a route with a body edit reads the instance's body into memory (at most
 `MAX_BUFFERED_BYTES`, Spring's default `spring.codec.max-in-memory-size` of 256 KiB, beyond which SCG fails the
@@ -32,11 +33,13 @@ def dechunk(raw: bytes) -> bytes:
 class BodyReader:
     """Reads one response body off the instance's connection, as it came on the wire (framing kept)."""
 
-    def __init__(self, upstream: Conn, framing: Framing, length: int) -> None:
+    def __init__(self, upstream: Conn, framing: Framing, length: int,
+                 error: type[GatewayError] = BadGateway) -> None:
         self.upstream = upstream
         self.framing = framing
         self.remaining = length
-        self.scanner = ChunkedScanner(BadGateway) if framing is Framing.CHUNKED else None
+        self.error = error
+        self.scanner = ChunkedScanner(error) if framing is Framing.CHUNKED else None
         self.done = framing is Framing.NONE or (framing is Framing.LENGTH and length == 0)
         self.overflow = b""
 
@@ -47,7 +50,7 @@ class BodyReader:
         data = await self.upstream.read_some()
         if not data:
             if self.framing is not Framing.UNTIL_CLOSE:
-                raise BadGateway("connection closed inside a body")
+                raise self.error("connection closed inside a body")
             self.done = True
             return b""
         if self.scanner is not None:

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
-from gateway.buffered import BodyReader, edited, read_body, too_large
+from gateway.buffered import MAX_BUFFERED_BYTES, BodyReader, edited, read_body, too_large
 from gateway.config import RouteSpec, parse_upstream
 from gateway.conn import Conn
-from gateway.errors import BadGateway, GatewayError, NoInstance, UpstreamTimeout
+from gateway.errors import BadGateway, BadRequest, GatewayError, NoInstance, UpstreamTimeout
 from gateway.headers import strip_hop_by_hop
 from gateway.httpparse import Framing, RequestHead, ResponseHead, request_framing, response_framing, serialize_head
 from gateway.model import ForwardPlan, Headers, LocalAnswer, RequestView
@@ -234,12 +234,17 @@ def _failure_of(error: BaseException, attempt: Attempt) -> Failure | None:
 
 
 async def forward(head: RequestHead, route: RouteSpec, plan: ForwardPlan, breakers: Breakers,
-                  run: Forwarder, redispatch: Redispatcher, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-                  ) -> tuple[bool, bool]:
-    """Run `run` (one forward) under the plan's Retry and CircuitBreaker."""
-    retry = plan.retry
-    if retry is not None and request_framing(head)[0] is not Framing.NONE:
-        retry = None  # a streamed body cannot be sent twice
+                  run: Forwarder, redispatch: Redispatcher, *, body: bytes | None = None,
+                  replay: Callable[[bytes], None] | None = None,
+                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> tuple[bool, bool]:
+    """Run `run` (one forward) under the plan's Retry and CircuitBreaker.
+
+    `body` is the request body kept for another attempt or the fallback (SCG caches it too); `replay` puts it back
+    in front of the client connection's input. Without a kept body, a request with one is not retried.
+    """
+    has_body = request_framing(head)[0] is not Framing.NONE
+    retry = plan.retry if body is not None or not has_body else None
+    consumed = False  # whether the last attempt read the body off the client connection
     spec = plan.breaker
     breaker = breakers.get(spec.id or route.id) if spec is not None else None
     limit_s = breaker.settings.timeout_s if breaker is not None else None
@@ -252,7 +257,7 @@ async def forward(head: RequestHead, route: RouteSpec, plan: ForwardPlan, breake
             assert spec is not None
             text = (_NOT_PERMITTED, f"CircuitBreaker '{spec.id or route.id}' is OPEN and does not permit "
                                     f"further calls")
-            if spec.fallback_path is not None:
+            if spec.fallback_path is not None and _replayed(consumed, body, replay):
                 return await _fallback(head, spec.fallback_path, text, redispatch)
             raise GatewayError("Upstream service is temporarily unavailable", status=503)
         attempt = Attempt(head.method, iteration, retry, spec.status_codes if spec else frozenset(),
@@ -266,6 +271,8 @@ async def forward(head: RequestHead, route: RouteSpec, plan: ForwardPlan, breake
                 raise
             if breaker is not None:
                 breaker.record(failed=True)
+            # Only a failed dial leaves the body unread: every other failure comes after it was sent.
+            consumed = has_body and not isinstance(error, NoInstance)
             if retry is not None and (attempt.status_retry if failure is None else (
                     attempt.may_retry() and retry.retry_failure(head.method, failure, iteration))):
                 delay_s = retry.delay_s(iteration, delay_s)
@@ -273,11 +280,12 @@ async def forward(head: RequestHead, route: RouteSpec, plan: ForwardPlan, breake
                     delay_s *= 1 + random.uniform(-retry.jitter, retry.jitter)
                 if delay_s > 0:
                     await sleep(delay_s)
+                consumed = not _replayed(consumed, body, replay)
                 continue
             if spec is not None:
                 text = _FAILURE_TEXT[failure] if failure is not None else (
                     _STATUS_EXCEPTION, f"{error.status} {reason(error.status).upper().replace(' ', '_')}")
-                if spec.fallback_path is not None:
+                if spec.fallback_path is not None and _replayed(consumed, body, replay):
                     return await _fallback(head, spec.fallback_path, text, redispatch)
                 if failure is Failure.RESPONSE_TIMEOUT:
                     raise UpstreamTimeout(text[1]) from None
@@ -287,6 +295,31 @@ async def forward(head: RequestHead, route: RouteSpec, plan: ForwardPlan, breake
         if breaker is not None:
             breaker.record(failed=attempt.status_failure)
         return result
+
+
+def _replayed(consumed: bool, body: bytes | None, replay: Callable[[bytes], None] | None) -> bool:
+    """Make the body readable again if the last attempt read it; False when that is impossible (not kept)."""
+    if not consumed:
+        return True
+    if body is None or replay is None:
+        return False
+    replay(body)
+    return True
+
+
+async def keep_body(conn: ClientConn, head: RequestHead) -> tuple[bytes | None, RequestHead]:
+    """Read a request body of at most MAX_BUFFERED_BYTES so that it can be sent again (left in the connection's
+    input as well); (None, head) when it is larger. The head returned has no `Expect: 100-continue` left."""
+    framing, length = request_framing(head)
+    if framing is Framing.NONE or (framing is Framing.LENGTH and length > MAX_BUFFERED_BYTES):
+        return None, head
+    if (head.header("expect") or "").lower() == "100-continue":
+        conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        head = dataclasses.replace(head, headers=tuple((k, v) for k, v in head.headers if k.lower() != "expect"))
+    reader = BodyReader(conn, framing, length, error=BadRequest)
+    raw = await read_body(reader)
+    conn.unread(raw if raw is not None else reader.overflow)
+    return raw, head
 
 
 async def _fallback(head: RequestHead, path: str, failure: tuple[str, str],
@@ -326,4 +359,7 @@ async def serve_policies(server: GatewayServer, conn: ClientConn, head: RequestH
 
     if plan.breaker is not None:
         server.breakers.configure(server.state.config.breakers)
-    return await forward(head, route, plan, server.breakers, run, redispatch)
+    body = None
+    if plan.retry is not None or (plan.breaker is not None and plan.breaker.fallback_path is not None):
+        body, head = await keep_body(conn, head)
+    return await forward(head, route, plan, server.breakers, run, redispatch, body=body, replay=conn.unread)

@@ -49,8 +49,10 @@ async def flaky() -> AsyncIterator[Callable[[int], asyncio.Future[tuple[int, Cou
                 return ws
             counts["http"] += 1
             if counts["http"] <= fail:
+                await request.read()
                 return web.Response(status=500, text="boom")
-            return web.json_response({"attempt": counts["http"], "headers": dict(request.headers)})
+            return web.json_response({"attempt": counts["http"], "headers": dict(request.headers),
+                                      "body": (await request.read()).decode()})
 
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", flaky_http)
@@ -175,7 +177,7 @@ async def test_scg_policy_remove_json_attributes_response_body(start_gateway: St
                                                                flaky: Callable[..., object]) -> None:
     port, _ = await flaky(0)  # type: ignore[misc]
     gw = await start_gateway(config(route("r", f"http://127.0.0.1:{port}", ["Path=/**"],
-                                          ["RemoveJsonAttributesResponseBody=headers"])))
+                                          ["RemoveJsonAttributesResponseBody=headers, body"])))
     async with aiohttp.ClientSession() as session:
         for _ in range(2):  # the client connection stays usable after a buffered answer
             async with session.get(f"{gw.url}/x") as response:
@@ -288,3 +290,39 @@ async def test_scg_policy_request_header_to_request_uri(start_gateway: StartGate
         async with session.get(f"{gw.url}/x", headers=headers) as response:
             assert response.status == 200
     assert counts["http"] == 1
+
+
+@pytest.mark.parametrize("expect100", [False, True])
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_scg_policy_retry_sends_the_body_again(start_gateway: StartGateway, flaky: Callable[..., object],
+                                                     expect100: bool, chunked: bool) -> None:
+    """SCG keeps the body for Retry (enableBodyCaching): a POST is sent whole on every attempt."""
+    port, counts = await flaky(2)  # type: ignore[misc]
+    gw = await start_gateway(config(route("r", f"http://127.0.0.1:{port}", ["Path=/**"],
+                                          ["Retry=3, INTERNAL_SERVER_ERROR, POST"])))
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"hel"
+        yield b"lo"
+
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{gw.url}/x", data=chunks() if chunked else b"hello", expect100=expect100) as response:
+        assert response.status == 200
+        assert (await response.json())["body"] == "hello"
+    assert counts["http"] == 3
+
+
+async def test_scg_policy_circuit_breaker_fallback_gets_the_body(start_gateway: StartGateway,
+                                                               flaky: Callable[..., object]) -> None:
+    """The fallback route receives the request body even though the failed attempt already sent it."""
+    port, _ = await flaky(0)  # type: ignore[misc]
+    failing, _ = await flaky(100)  # type: ignore[misc]
+    guarded = with_filter(route("cb", f"http://127.0.0.1:{failing}", ["Path=/guarded/**"]), "CircuitBreaker",
+                          fallbackUri="forward:/fallback", statusCodes="500")
+    fallback = route("fb", f"http://127.0.0.1:{port}", ["Path=/fallback"], ["FallbackHeaders"])
+    gw = await start_gateway(config(guarded, fallback))
+    async with aiohttp.ClientSession() as session, session.post(f"{gw.url}/guarded/x", data=b"payload") as response:
+        assert response.status == 200
+        answer = await response.json()
+    assert answer["body"] == "payload"
+    assert answer["headers"]["Execution-Exception-Message"] == "500 INTERNAL_SERVER_ERROR"
