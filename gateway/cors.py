@@ -223,7 +223,9 @@ class CorsFilter:
         outcome = process(self.table.lookup(request.raw_path, global_only=self.global_only), request)
         if isinstance(outcome, LocalAnswer):
             state.answer = outcome
-        else:
+        elif not request.is_websocket:
+            # Browsers do not read CORS headers on a WebSocket handshake (its Origin is still checked above); leaving
+            # its 101 unedited keeps the relay thread's dial for it.
             state.response_ops.append(outcome if outcome is not None else VaryEdit())
 
     def describe(self) -> str:

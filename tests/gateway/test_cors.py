@@ -240,3 +240,13 @@ resilience4j:
     a = breakers["backendA"]
     assert (a.failure_rate_threshold, a.wait_duration_in_open_state_s, a.minimum_number_of_calls, a.timeout_s) == (
         20.0, 5.0, 5, 0.5)
+
+
+def test_cors_websocket_handshake_checks_origin_without_editing_the_101() -> None:
+    ws = (("Upgrade", "websocket"), ("Connection", "Upgrade"))
+    allowed = request("GET", "/cors/ws", ("Origin", "https://test.com"), *ws)
+    assert outcome(PER_ROUTE_YAML, allowed) == (None, ())
+    table = RouteTable(load_config_text(PER_ROUTE_YAML))
+    match = table.match(allowed)
+    assert match is not None and match.plan(allowed).response_headers == ()
+    assert outcome(PER_ROUTE_YAML, request("GET", "/cors/ws", ("Origin", "https://evil.example"), *ws)) == (403, ())
