@@ -1,6 +1,6 @@
 """What the proxy does for the filters that act around a forward: local answers, Retry, CircuitBreaker, `forward:`.
 
-`forward()` wraps `GatewayServer._forward` for one request. Each attempt runs with an `Attempt` in the context
+`forward()` wraps `GatewayServer.forward` for one request. Each attempt runs with an `Attempt` in the context
 variable `CURRENT_ATTEMPT`; the server consults it at the two points where an attempt can still be abandoned
 without the client having seen anything: a dial that failed (`dial_failed`) and a response head that is about to
 be passed on (`reject_status`, which makes the server close the instance's connection and raise
@@ -345,7 +345,11 @@ async def serve_policies(server: GatewayServer, conn: ClientConn, head: RequestH
     async def redispatch(new_head: RequestHead, failure: tuple[str, str] | None) -> tuple[bool, bool]:
         if hops >= MAX_FORWARD_HOPS:
             raise GatewayError(f"more than {MAX_FORWARD_HOPS} forward: hops")
-        return await server.handle(conn, new_head, remote=remote, scheme=scheme, failure=failure, hops=hops + 1)
+        token = CURRENT_ATTEMPT.set(None)  # the fallback is a request of its own, not another attempt
+        try:
+            return await server.handle(conn, new_head, remote=remote, scheme=scheme, failure=failure, hops=hops + 1)
+        finally:
+            CURRENT_ATTEMPT.reset(token)
 
     if route.uri.forward_path is not None:
         return await redispatch(dataclasses.replace(head, target=plan.target, headers=plan.headers), None)

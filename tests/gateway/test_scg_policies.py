@@ -326,3 +326,18 @@ async def test_scg_policy_circuit_breaker_fallback_gets_the_body(start_gateway: 
         answer = await response.json()
     assert answer["body"] == "payload"
     assert answer["headers"]["Execution-Exception-Message"] == "500 INTERNAL_SERVER_ERROR"
+
+
+async def test_scg_policy_fallback_route_is_not_judged_by_the_failed_route_breaker(
+        start_gateway: StartGateway, flaky: Callable[..., object]) -> None:
+    """The fallback's own 500 is its answer: the guarded route's statusCodes do not apply to it."""
+    failing, _ = await flaky(100)  # type: ignore[misc]
+    also_failing, counts = await flaky(100)  # type: ignore[misc]
+    guarded = with_filter(route("cb", f"http://127.0.0.1:{failing}", ["Path=/guarded/**"]), "CircuitBreaker",
+                          fallbackUri="forward:/fallback", statusCodes="500")
+    fallback = route("fb", f"http://127.0.0.1:{also_failing}", ["Path=/fallback"])
+    gw = await start_gateway(config(guarded, fallback))
+    async with aiohttp.ClientSession() as session, session.get(f"{gw.url}/guarded/x") as response:
+        assert response.status == 500
+        assert await response.text() == "boom"
+    assert counts["http"] == 1
