@@ -281,9 +281,9 @@ def rewrite_location_response_header(definition: Definition) -> RewriteLocationR
         raise SpecError(f"stripVersion must be NEVER_STRIP, AS_IN_REQUEST or ALWAYS_STRIP, not {strip!r}",
                         key="stripVersion")
     header = check_header_name(get_str(args, "locationHeaderName", default="Location"), "locationHeaderName")
-    host = args.get(relaxed("hostValue"))
-    host_value = check_header_value(get_str(args, "hostValue"), "hostValue") if host is not None else None
-    protocols = get_str(args, "protocols", default="https?|ftps?")
+    # SCG documents the shortcut `AS_IN_REQUEST, Location, ,`: an empty value means the default.
+    host_value = check_header_value(get_str(args, "hostValue", default=""), "hostValue") or None
+    protocols = get_str(args, "protocols", default="") or "https?|ftps?"
     try:
         compiled = re.compile(f"(?:{protocols})")
     except re.error as exc:

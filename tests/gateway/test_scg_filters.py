@@ -303,11 +303,14 @@ def test_scg_add_request_headers_if_not_present_refuses_bad_pair() -> None:
         ("RewriteLocationResponseHeader=NEVER_STRIP, Location, , https|ftps", "/some/object/name",
          "http://object-service.prod.example.net/v1/some/object/id",
          "http://object-service.prod.example.net/v1/some/object/id"),
+        ("RewriteLocationResponseHeader=NEVER_STRIP, Location, , https|ftps", "/some/object/name",
+         "https://object-service.prod.example.net/v1/some/object/id", "https://api.example.com:443/v1/some/object/id"),
+        # SCG's documented shortcut: empty hostValue and protocols mean their defaults.
+        ("RewriteLocationResponseHeader=AS_IN_REQUEST, Location, ,", "/some/object/id",
+         "http://backend:8080/v2/some/object/id", "http://api.example.com:443/some/object/id"),
     ],
 )
 def test_scg_rewrite_location_response_header(spec: str, path: str, location: str, expected: str) -> None:
-    if ", , " in spec:  # an empty shortcut value means "not given" here
-        spec = spec.replace(", , ", ", api.example.com:443, ")
     _, headers = response(spec, 201, (("Location", location),), request_headers=(("Host", "api.example.com:443"),),
                           path=path)
     assert dict(headers)["Location"] == expected
