@@ -152,7 +152,7 @@ def process(config: CorsConfig | None, request: RequestView) -> LocalAnswer | Co
     if not is_cors_request(request):
         return None
     preflight = is_preflight(request)
-    rejected = LocalAnswer(403, tuple(("Vary", v) for v in VARY_HEADERS), b"Invalid CORS request")
+    rejected = LocalAnswer(403, tuple(("Vary", v) for v in VARY_HEADERS))  # WebFlux rejects with an empty body
     if config is None:
         return rejected if preflight else None
     origin = request.header("origin") or ""

@@ -162,8 +162,9 @@ class Breakers:
         return breaker
 
 
-def local_answer(answer: LocalAnswer, plan: ForwardPlan, *, keep_alive: bool) -> tuple[int, bytes]:
-    """The bytes of a filter's own answer, after the response edits of the filters before it."""
+def local_answer(answer: LocalAnswer, plan: ForwardPlan, *, keep_alive: bool,
+                 head_request: bool = False) -> tuple[int, bytes]:
+    """The bytes of a filter's own answer, after the response edits of the filters before it (no body for HEAD)."""
     status, headers = apply_response_edits(answer.status, answer.headers, plan.response_headers)
     # A cached answer carries the instance's framing headers: the length is the gateway's to say.
     framed = tuple((k, v) for k, v in strip_hop_by_hop(headers) if k.lower() not in ("content-length",
@@ -171,7 +172,7 @@ def local_answer(answer: LocalAnswer, plan: ForwardPlan, *, keep_alive: bool) ->
     out: Headers = (*framed, ("Content-Length", str(len(answer.body))))
     if not keep_alive:
         out = (*out, ("Connection", "close"))
-    return status, serialize_head(f"HTTP/1.1 {status} {reason(status)}", out) + answer.body
+    return status, serialize_head(f"HTTP/1.1 {status} {reason(status)}", out) + (b"" if head_request else answer.body)
 
 
 def needed(route: RouteSpec, plan: ForwardPlan) -> bool:
@@ -337,7 +338,7 @@ async def serve_policies(server: GatewayServer, conn: ClientConn, head: RequestH
     """Answer a request whose filters need more than a plain forward (see the module docstring)."""
     if plan.answer is not None:
         keep = head.keep_alive and request_framing(head)[0] is Framing.NONE
-        status, data = local_answer(plan.answer, plan, keep_alive=keep)
+        status, data = local_answer(plan.answer, plan, keep_alive=keep, head_request=head.method == "HEAD")
         server.count_and_log(remote, head, status, route.id, started)
         conn.write(data)
         return keep, False

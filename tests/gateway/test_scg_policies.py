@@ -17,6 +17,7 @@ from aiohttp import web
 from gateway.config import RouteSpec
 from gateway.factory import Definition
 from gateway.filters import build_filter
+from gateway.loader import load_config_text
 from gateway.resilience import BreakerSettings
 from tests.gateway.conftest import StartGateway, config, route
 from tests.harness import free_port
@@ -341,3 +342,24 @@ async def test_scg_policy_fallback_route_is_not_judged_by_the_failed_route_break
         assert response.status == 500
         assert await response.text() == "boom"
     assert counts["http"] == 1
+
+
+async def test_scg_policy_local_answer_to_head_has_no_body(start_gateway: StartGateway) -> None:
+    """A gateway answer to HEAD keeps its Content-Length and sends no body, so the next request stays framed
+    (here the 404 with global CORS headers that add-to-simple-url-handler-mapping gives a request no route takes)."""
+    yaml_text = (
+        "spring.cloud.gateway.globalcors:\n  add-to-simple-url-handler-mapping: true\n  cors-configurations:\n"
+        "    '[/**]': {allowedOrigins: '*'}\n"
+        "routes:\n  - {id: r, uri: 'http://127.0.0.1:9', predicates: [Path=/only/**]}\n")
+    gw = await start_gateway(load_config_text(yaml_text))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    try:
+        writer.write(b"HEAD /x HTTP/1.1\r\nHost: h\r\nOrigin: http://o.example\r\n\r\n"
+                     b"GET /x HTTP/1.1\r\nHost: h\r\nOrigin: http://o.example\r\nConnection: close\r\n\r\n")
+        data = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    first, _, rest = data.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 404 ") and b"Access-Control-Allow-Origin: *" in first
+    assert rest.startswith(b"HTTP/1.1 404 ")  # no body between the two answers
+    assert rest.endswith(b'"path": "/x"}')
