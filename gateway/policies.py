@@ -51,6 +51,12 @@ _STATUS_EXCEPTION = "org.springframework.cloud.gateway.filter.factory." \
 _NOT_PERMITTED = "io.github.resilience4j.circuitbreaker.CallNotPermittedException"
 
 
+class ResumedWithoutError(GatewayError):
+    """CircuitBreaker `resumeWithoutError`: a failure without fallback ends the exchange with an empty 200."""
+
+    status = 200
+
+
 class RetryableStatus(GatewayError):
     """An instance's response the attempt gave up before anything was sent (closed, never relayed)."""
 
@@ -290,6 +296,8 @@ async def forward(head: RequestHead, route: RouteSpec, plan: ForwardPlan, breake
                     return await _fallback(head, spec.fallback_path, text, redispatch)
                 if failure is Failure.RESPONSE_TIMEOUT:
                     raise UpstreamTimeout(text[1]) from None
+                if spec.resume_without_error and failure is not None:
+                    raise ResumedWithoutError(text[1]) from None
             raise
         finally:
             CURRENT_ATTEMPT.reset(token)
@@ -336,12 +344,15 @@ async def serve_policies(server: GatewayServer, conn: ClientConn, head: RequestH
                          route: RouteSpec, plan: ForwardPlan, *, remote: str, scheme: str, started: float,
                          extra_headers: Headers, hops: int) -> tuple[bool, bool]:
     """Answer a request whose filters need more than a plain forward (see the module docstring)."""
-    if plan.answer is not None:
-        keep = head.keep_alive and request_framing(head)[0] is Framing.NONE
-        status, data = local_answer(plan.answer, plan, keep_alive=keep, head_request=head.method == "HEAD")
+    def answer(own: LocalAnswer) -> tuple[bool, bool]:
+        keep = head.keep_alive and request_framing(head)[0] is Framing.NONE  # an unread body: close after
+        status, data = local_answer(own, plan, keep_alive=keep, head_request=head.method == "HEAD")
         server.count_and_log(remote, head, status, route.id, started)
         conn.write(data)
         return keep, False
+
+    if plan.answer is not None:
+        return answer(plan.answer)
 
     async def redispatch(new_head: RequestHead, failure: tuple[str, str] | None) -> tuple[bool, bool]:
         if hops >= MAX_FORWARD_HOPS:
@@ -367,4 +378,7 @@ async def serve_policies(server: GatewayServer, conn: ClientConn, head: RequestH
     body = None
     if plan.retry is not None or (plan.breaker is not None and plan.breaker.fallback_path is not None):
         body, head = await keep_body(conn, head)
-    return await forward(head, route, plan, server.breakers, run, redispatch, body=body, replay=conn.unread)
+    try:
+        return await forward(head, route, plan, server.breakers, run, redispatch, body=body, replay=conn.unread)
+    except ResumedWithoutError:
+        return answer(LocalAnswer(200))

@@ -363,3 +363,13 @@ async def test_scg_policy_local_answer_to_head_has_no_body(start_gateway: StartG
     assert first.startswith(b"HTTP/1.1 404 ") and b"Access-Control-Allow-Origin: *" in first
     assert rest.startswith(b"HTTP/1.1 404 ")  # no body between the two answers
     assert rest.endswith(b'"path": "/x"}')
+
+
+async def test_scg_policy_circuit_breaker_resume_without_error(start_gateway: StartGateway) -> None:
+    """`resumeWithoutError: true` without a fallback: a failed call ends with an empty 200 (SCG's Mono.empty())."""
+    spec = with_filter(route("r", f"http://127.0.0.1:{free_port()}", ["Path=/**"]), "CircuitBreaker",
+                       resumeWithoutError="true")
+    gw = await start_gateway(config(spec))
+    async with aiohttp.ClientSession() as session, session.get(f"{gw.url}/x") as response:
+        assert response.status == 200
+        assert await response.read() == b""
