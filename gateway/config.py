@@ -13,9 +13,11 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from gateway.cors import CorsSettings
 from gateway.filters import GatewayFilter
 from gateway.model import BalancerChoice, Balancing, RouteMetadata, Upstream
 from gateway.predicates import RoutePredicate
+from gateway.resilience import BreakerSettings
 
 if TYPE_CHECKING:
     from gateway.locator import LocatorSettings
@@ -173,6 +175,10 @@ class LoadBalancerSettings:
 def parse_upstream(text: str) -> Upstream:
     """A route `uri`: http/ws/https/wss://host[:port] or lb://name, lb:ws://name, lb:http(s)://name."""
     text = text.strip()
+    if text.startswith("forward:"):
+        # SCG's ForwardPathFilter: the request goes back to the gateway's own handlers with this path.
+        path = "/" + text[len("forward:"):].lstrip("/")
+        return Upstream(scheme="forward", forward_path=path)
     if text.startswith("lb:"):
         rest = text[3:]
         scheme = "http"
@@ -199,6 +205,8 @@ def parse_upstream(text: str) -> Upstream:
 
 def format_upstream(upstream: Upstream) -> str:
     """The `uri` text of an Upstream, as the actuator shows it."""
+    if upstream.forward_path is not None:
+        return f"forward:{upstream.forward_path}"
     if upstream.service is not None:
         return f"lb://{upstream.service}" if upstream.scheme == "http" else f"lb:{upstream.scheme}://{upstream.service}"
     host = f"[{upstream.host}]" if upstream.host and ":" in upstream.host else upstream.host
@@ -220,7 +228,7 @@ class RouteSpec:
     def __post_init__(self) -> None:
         if not self.id:
             raise ValueError("route id must not be empty")
-        if self.uri.service is None and (not self.uri.host or not self.uri.port):
+        if self.uri.service is None and self.uri.forward_path is None and (not self.uri.host or not self.uri.port):
             raise ValueError("route uri needs a host and port, or a service")
 
 
@@ -234,6 +242,8 @@ class GatewayConfig:
     discovery: ConsulSettings | None = None
     loadbalancer: LoadBalancerSettings = field(default_factory=LoadBalancerSettings)
     source: str = ""
+    cors: CorsSettings | None = None  # spring.cloud.gateway.globalcors
+    breakers: tuple[tuple[str, BreakerSettings], ...] = ()  # resilience4j.circuitbreaker/timelimiter, by id
     locator: LocatorSettings | None = None  # discovery.locator, when enabled
     warnings: tuple[str, ...] = ()  # what `wsgate.unknown-filters: warn` left out, as `file:line: key: reason`
     profiles: tuple[str, ...] = ()  # the Spring profiles the file was read with

@@ -26,6 +26,11 @@ class SpecError(ValueError):
         self.key = key
 
 
+class Unsupported(SpecError):
+    """A predicate or filter name wsgate knows but refuses (SCG 4.x dropped it, or it needs Java code): the loader
+    treats it like an unknown name, so `wsgate.unknown-filters: warn` leaves it out with this reason."""
+
+
 class Shortcut(Enum):
     """How shortcut values map to fields (SCG's ShortcutConfigurable.ShortcutType)."""
 
@@ -141,3 +146,61 @@ def get_int(args: Mapping[str, ArgValue], field: str, *, default: int | None = N
     if number < minimum:
         raise SpecError(f"argument {field!r} must be >= {minimum}, not {number}", key=field)
     return number
+
+
+def get_duration_s(args: Mapping[str, ArgValue], field: str, *, default: float | None = None) -> float | None:
+    """A Spring `Duration` argument (`10ms`, `1s`, `PT1S`, a bare number in ms) in seconds."""
+    from gateway.confignodes import parse_duration_s  # imported here: confignodes imports this module
+
+    if relaxed(field) not in args:
+        return default
+    try:
+        return parse_duration_s(get_str(args, field), default_unit="ms")
+    except ValueError as exc:
+        raise SpecError(str(exc), key=field) from None
+
+
+_DATA_SIZE = re.compile(r"(\d+)\s*(B|KB|MB|GB|TB)?", re.IGNORECASE)
+_DATA_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
+
+
+def get_data_size(args: Mapping[str, ArgValue], field: str, *, default: int) -> int:
+    """A Spring `DataSize` argument (`5000000`, `5MB`, `16KB`; binary units as Spring) in bytes."""
+    if relaxed(field) not in args:
+        return default
+    text = get_str(args, field).strip()
+    found = _DATA_SIZE.fullmatch(text)
+    if not found:
+        raise SpecError(f"argument {field!r} must be a data size such as 5000000, 16KB or 5MB, not {text!r}", key=field)
+    return int(found.group(1)) * _DATA_UNITS[(found.group(2) or "B").lower()]
+
+
+# HttpStatus names SCG accepts where a status is given by name (HttpStatusHolder.parse).
+HTTP_STATUS_NAMES = {
+    "CONTINUE": 100, "SWITCHING_PROTOCOLS": 101, "OK": 200, "CREATED": 201, "ACCEPTED": 202, "NO_CONTENT": 204,
+    "MOVED_PERMANENTLY": 301, "FOUND": 302, "SEE_OTHER": 303, "NOT_MODIFIED": 304, "TEMPORARY_REDIRECT": 307,
+    "PERMANENT_REDIRECT": 308, "BAD_REQUEST": 400, "UNAUTHORIZED": 401, "PAYMENT_REQUIRED": 402, "FORBIDDEN": 403,
+    "NOT_FOUND": 404, "METHOD_NOT_ALLOWED": 405, "NOT_ACCEPTABLE": 406, "REQUEST_TIMEOUT": 408, "CONFLICT": 409,
+    "GONE": 410, "PAYLOAD_TOO_LARGE": 413, "CONTENT_TOO_LARGE": 413, "UNSUPPORTED_MEDIA_TYPE": 415,
+    "I_AM_A_TEAPOT": 418, "UNPROCESSABLE_ENTITY": 422, "TOO_MANY_REQUESTS": 429,
+    "REQUEST_HEADER_FIELDS_TOO_LARGE": 431, "INTERNAL_SERVER_ERROR": 500, "NOT_IMPLEMENTED": 501,
+    "BAD_GATEWAY": 502, "SERVICE_UNAVAILABLE": 503, "GATEWAY_TIMEOUT": 504,
+}
+
+
+def parse_status(text: str, *, field: str = "status") -> int:
+    """An HTTP status given as a number (100-599) or an HttpStatus name (`BAD_GATEWAY`)."""
+    text = text.strip()
+    if text.isdigit() and 100 <= int(text) <= 599:
+        return int(text)
+    status = HTTP_STATUS_NAMES.get(text.upper().replace("-", "_"))
+    if status is None:
+        raise SpecError(f"bad HTTP status {text!r}", key=field)
+    return status
+
+
+def refuse_shortcut(definition: Definition, fields: str) -> None:
+    """SpecError for a factory SCG gives no shortcut field order (its shortcut form fails there too)."""
+    if any(key.startswith(GENKEY) for key, _ in definition.args):
+        raise SpecError(f"{definition.name} has no shortcut form in SCG; use `name: {definition.name}` with "
+                        f"`args:` ({fields})")

@@ -81,6 +81,7 @@ from gateway.config import (
 from gateway.confignodes import Reader, YMap, YNode, YScalar, YSeq, find
 from gateway.errors import ConfigError
 from gateway.factory import SpecError, relaxed
+from gateway.loader_cors import read_breakers, read_globalcors
 from gateway.loader_routes import RouteReader, balancer_choice, build_any_filter, build_any_predicate
 from gateway.locator import LocatorSettings, ServiceInfo, SpelError, route_for
 from gateway.model import BalancerChoice
@@ -231,9 +232,10 @@ def _build(reader: Reader, root: YMap, profiles: tuple[str, ...]) -> GatewayConf
     locator = _locator(reader, root, routes_reader)
     uses_lb = locator is not None or any(r.uri.service is not None for r in routes)
     discovery = _discovery(reader, root, uses_lb)
+    cors, breakers = read_globalcors(reader, root), read_breakers(reader, root)
     try:
         return GatewayConfig(
-            server, routes, default_filters, discovery, loadbalancer, reader.file,
+            server, routes, default_filters, discovery, loadbalancer, reader.file, cors, breakers,
             locator=locator, warnings=tuple(reader.warnings), profiles=profiles,
         )  # fmt: skip
     except ValueError as exc:

@@ -10,10 +10,12 @@ from typing import TypeVar
 
 from gateway.config import RouteSpec, parse_balancer_choice, parse_upstream
 from gateway.confignodes import Reader, YMap, YNode, YScalar, YSeq
+from gateway.cors import CorsConfig
 from gateway.errors import ConfigError
-from gateway.factory import ArgValue, Definition, SpecError, relaxed
+from gateway.factory import ArgValue, Definition, SpecError, Unsupported, relaxed
 from gateway.filters import FILTERS, GatewayFilter, build_filter
 from gateway.javaregex import group_names
+from gateway.loader_cors import read_cors
 from gateway.model import BalancerChoice, RouteMetadata, Upstream
 from gateway.plugins import plugin_filter, plugin_predicate
 from gateway.predicates import PREDICATES, RoutePredicate, build_predicate
@@ -148,14 +150,22 @@ class RouteReader:
                     continue
                 compiled.append(found)
                 continue
-            compiled.append(self._compile(located, item_key, build_filter))
+            try:
+                compiled.append(self._compile(located, item_key, build_filter, unsupported=True))
+            except Unsupported as exc:
+                self.reader.unknown(str(exc), item, item_key)
         return tuple(compiled)
 
-    def _compile(self, located: tuple[Definition, YNode], key: str, build: Callable[[Definition], T]) -> T:
+    def _compile(self, located: tuple[Definition, YNode], key: str, build: Callable[[Definition], T], *,
+                 unsupported: bool = False) -> T:
+        """`build(definition)`; a ConfigError naming the argument's line (an Unsupported name passes through when
+        `unsupported`, for the caller to treat like an unknown one)."""
         definition, node = located
         try:
             return build(definition)
         except SpecError as exc:
+            if unsupported and isinstance(exc, Unsupported):
+                raise
             where = f"{key}.{exc.key}" if exc.key else key
             raise self.reader.error(f"{definition.name}: {exc}", self._arg_node(node, exc.key), where) from None
 
@@ -224,6 +234,7 @@ class RouteReader:
         timeouts: dict[str, float] = {}
         balancer: BalancerChoice | None = None
         retries = 0
+        cors: CorsConfig | None = None
         extra: list[tuple[str, str]] = []
         for name, child in section.items:
             child_key = f"{key}.{name}"
@@ -235,6 +246,8 @@ class RouteReader:
                 balancer = balancer_choice(r, child, child_key)
             elif normal == "retries":
                 retries = r.integer(child, child_key, minimum=0)
+            elif normal == "cors":
+                cors = read_cors(r, child, child_key, split=False)  # SCG's metadata reader keeps strings whole
             else:
                 extra.append((name, _raw_text(child) if not isinstance(child, YScalar) else r.text(child, child_key)))
         try:
@@ -245,6 +258,7 @@ class RouteReader:
                 balancer=balancer,
                 retries=retries,
                 extra=tuple(extra),
+                cors=cors,
             )
         except ValueError as exc:
             raise ConfigError(str(exc), file=r.file, line=section.line, key=key) from None

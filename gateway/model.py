@@ -10,6 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING, Protocol
+
+from gateway.resilience import BreakerSpec, RetryPolicy
+
+if TYPE_CHECKING:
+    from gateway.cors import CorsConfig
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -78,6 +84,7 @@ class Upstream:
     host: str | None = None
     port: int | None = None
     service: str | None = None
+    forward_path: str | None = None  # `forward:/path`: the gateway's own handlers answer (scheme "forward")
 
     @property
     def is_discovered(self) -> bool:
@@ -101,6 +108,7 @@ class RouteMetadata:
     balancer: BalancerChoice | None = None
     retries: int = 0
     extra: tuple[tuple[str, str], ...] = ()
+    cors: CorsConfig | None = None  # `metadata.cors` (SCG's per-route CORS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,15 +120,56 @@ class RateLimit:
     requested_tokens: int = 1
     key: str = "client"  # client | header:NAME | principal
     deny_empty_key: bool = True
+    status_code: int = 429  # SCG's `status-code`: the answer when the bucket is empty
+    empty_key_status: int = 403  # SCG's `empty-key-status-code`: the answer to a request without a key
+
+
+class ResponseEdit(Protocol):
+    """A change a filter makes to the response on its way back (SCG's post-filter part); pure."""
+
+    def edit(self, status: int, headers: Headers) -> tuple[int, Headers]: ...
 
 
 @dataclass(frozen=True, slots=True)
 class HeaderOp:
-    """One edit of response headers: op is add, set or remove."""
+    """One edit of response headers: op is add, add-if-absent, set or remove."""
 
     op: str
     name: str
     value: str = ""
+
+    def edit(self, status: int, headers: Headers) -> tuple[int, Headers]:
+        """Add appends, set replaces every value, remove drops every value."""
+        lname = self.name.lower()
+        result = list(headers)
+        if self.op in ("set", "remove"):
+            result = [(k, v) for k, v in result if k.lower() != lname]
+        if self.op in ("add", "set"):
+            result.append((self.name, self.value))
+        elif self.op == "add-if-absent" and not any(v.strip() for k, v in result if k.lower() == lname):
+            result.append((self.name, self.value))  # AddResponseHeader's `override: false`
+        return status, tuple(result)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAnswer:
+    """A response a filter gives itself instead of forwarding (RedirectTo, RequestSize, ...)."""
+
+    status: int
+    headers: Headers = ()
+    body: bytes = b""
+
+
+class BodyEdit(Protocol):
+    """A change of a whole (buffered) response body, given the response head after the header edits.
+
+    An `optional` edit (a cache store) is skipped for a body too large to buffer, which then streams as usual.
+    """
+
+    @property
+    def optional(self) -> bool: ...
+
+    def edit_body(self, status: int, headers: Headers, body: bytes) -> tuple[Headers, bytes]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,10 +184,15 @@ class ForwardPlan:
     query: str
     headers: Headers
     preserve_host: bool = False
-    response_headers: tuple[HeaderOp, ...] = ()
+    response_headers: tuple[ResponseEdit, ...] = ()
     rate_limits: tuple[RateLimit, ...] = ()
     prefix: str = ""
     variables: tuple[tuple[str, str], ...] = field(default=())
+    answer: LocalAnswer | None = None  # a filter answered: nothing is forwarded
+    body_edits: tuple[BodyEdit, ...] = ()
+    retry: RetryPolicy | None = None
+    breaker: BreakerSpec | None = None
+    request_url: str | None = None  # RequestHeaderToRequestUri: where to send instead of the route's uri
 
     @property
     def target(self) -> str:

@@ -28,8 +28,6 @@ BURST_CAPACITY_HEADER = "X-RateLimit-Burst-Capacity"
 REQUESTED_TOKENS_HEADER = "X-RateLimit-Requested-Tokens"
 
 ALLOWED_STATUS = 200
-DENIED_STATUS = 429  # SCG's default `status-code`
-EMPTY_KEY_STATUS = 403  # SCG's default `empty-key-status-code`
 UNAVAILABLE_STATUS = 503  # fail-closed while Redis cannot answer: the limiter, not the caller, is at fault
 
 # SCG reports -1 tokens left when Redis could not be asked.
@@ -130,14 +128,14 @@ def rate_limit_headers(limit: RateLimit, tokens_left: int) -> Headers:
 
 def decide(limit: RateLimit, allowed: bool, tokens_left: int) -> RateDecision:
     """The decision for the script's answer: pass, or 429, with the headers in both cases."""
-    status = ALLOWED_STATUS if allowed else DENIED_STATUS
+    status = ALLOWED_STATUS if allowed else limit.status_code
     return RateDecision(allowed, status, rate_limit_headers(limit, tokens_left))
 
 
 def empty_key_decision(limit: RateLimit) -> RateDecision:
     """A request without a key: 403 when `deny_empty_key`, else it passes unmetered (no headers, as SCG)."""
     if limit.deny_empty_key:
-        return RateDecision(False, EMPTY_KEY_STATUS)
+        return RateDecision(False, limit.empty_key_status)
     return RateDecision(True)
 
 

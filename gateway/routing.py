@@ -10,17 +10,19 @@ import math
 import random
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
 from urllib.parse import quote, unquote
 
 from gateway.config import GatewayConfig, RouteSpec, format_upstream
-from gateway.errors import BadRequest
+from gateway.cors import CorsConfig, CorsFilter, CorsTable, is_cors_request, is_preflight
+from gateway.errors import BadRequest, NoRoute
 from gateway.filters import GatewayFilter, PlanState
-from gateway.model import ForwardPlan, HeaderOp, Headers, RequestView
+from gateway.model import ForwardPlan, HeaderOp, Headers, LocalAnswer, RequestView, ResponseEdit, Upstream
 from gateway.plugins import PluginFilter
-from gateway.predicates import MatchContext, WeightPredicate, no_weight_groups
+from gateway.predicates import MatchContext, PathPredicate, WeightPredicate, no_weight_groups
+from gateway.responses import error_body
 
 # Characters a path may carry as they are; anything else a rewrite produced is percent-encoded.
 _PATH_SAFE = "/!$&'()*+,;=:@-._~%"
@@ -78,11 +80,16 @@ class RouteMatch:
     chain: tuple[GatewayFilter, ...] | None = None  # the filters in order, when the table computed them already
     has_plugins: bool = False  # a plugin filter (gateway.plugins) runs in the server, after the plan is built
 
-    def plan(self, request: RequestView) -> ForwardPlan:
-        """Run the filters over `request`; BadRequest when the result cannot be sent."""
+    def plan(self, request: RequestView, *, failure: tuple[str, str] | None = None) -> ForwardPlan:
+        """Run the filters over `request`; BadRequest when the result cannot be sent.
+
+        `failure` is the CircuitBreaker failure that forwarded this request here (for FallbackHeaders).
+        """
         chain = self.chain
         if chain is None:
             chain = tuple(f for _, f in ordered_filters(self.default_filters, self.route.filters))
+        if self.route.uri.forward_path is not None:
+            request = replace(request, raw_path=self.route.uri.forward_path)  # SCG's ForwardPathFilter
         if not chain:
             # No filter: what the filters would have produced is the request itself (the common case).
             raw_path = request.raw_path
@@ -97,9 +104,12 @@ class RouteMatch:
             query=request.query,
             headers=list(request.headers),
             variables=dict(self.variables),
+            failure=failure,
         )
         for gateway_filter in chain:
             gateway_filter.apply(state)
+            if state.answer is not None:
+                break  # the filter answered itself: SCG does not call the rest of the chain
         path = safe_path(state.path)
         return ForwardPlan(
             path=path,
@@ -110,6 +120,11 @@ class RouteMatch:
             rate_limits=tuple(state.rate_limits),
             prefix=forwarded_prefix(request.raw_path, path),
             variables=tuple(sorted(self.variables.items())),
+            answer=state.answer,
+            body_edits=tuple(state.body_edits),
+            retry=state.retry,
+            breaker=state.breaker,
+            request_url=state.request_url,
         )
 
 
@@ -121,7 +136,7 @@ class _WeightGroup:
 class RouteTable:
     """Routes sorted by order (stable); `match` finds the first route whose predicates all hold."""
 
-    __slots__ = ("_chains", "_config", "_entries", "_groups", "_plugins", "_rng", "routes")
+    __slots__ = ("_chains", "_config", "_cors", "_entries", "_groups", "_plugins", "_rng", "routes")
 
     def __init__(self, config: GatewayConfig, *, rng: random.Random | None = None) -> None:
         self._config = config
@@ -133,6 +148,10 @@ class RouteTable:
             for route in self.routes
         }
         self._plugins = {rid: any(isinstance(f, PluginFilter) for f in chain) for rid, chain in self._chains.items()}
+        self._cors = cors_table(config)
+        if self._cors is not None:
+            cors_first = CorsFilter(self._cors)
+            self._chains = {route_id: (cors_first, *chain) for route_id, chain in self._chains.items()}
         for route in self.routes:
             for predicate in route.predicates:
                 if isinstance(predicate, WeightPredicate):
@@ -189,19 +208,62 @@ class RouteTable:
                     return plain_match
                 return RouteMatch(route, MappingProxyType(ctx.variables), self._config.default_filters,
                                   self._chains[route.id], self._plugins[route.id])
+        if self._cors is not None and is_cors_request(request):
+            # No route. Preflights: SCG's DispatcherHandler answers (globalcors with add-to-simple-url-handler-mapping,
+            # else 403). Other CORS requests: with that mapping, a 404 that carries the global CORS headers.
+            cors_first = CorsFilter(self._cors, global_only=True)
+            if is_preflight(request):
+                return RouteMatch(_PREFLIGHT_ROUTE, MappingProxyType({}), (), (cors_first,))
+            if self._cors.add_to_simple_url_handler_mapping:
+                return RouteMatch(_PREFLIGHT_ROUTE, MappingProxyType({}), (), (cors_first, _NOT_FOUND))
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class _NotFound:
+    """Answers 404 (what the gateway answers without a route), after the CORS filter added its headers."""
+
+    name = "NotFound"
+
+    def apply(self, state: PlanState) -> None:
+        if state.answer is None:
+            body = error_body(NoRoute("no route matches"), state.request.raw_path)
+            state.answer = LocalAnswer(404, (("Content-Type", "application/json"),), body)
+
+    def describe(self) -> str:
+        return "[NotFound]"
+
+
+# The route of a CORS request no route matches; its filters always answer, so the uri is never dialed.
+_PREFLIGHT_ROUTE = RouteSpec("cors-preflight", Upstream("http", "127.0.0.1", 9))
+_NOT_FOUND = _NotFound()
+
+
+def cors_table(config: GatewayConfig) -> CorsTable | None:
+    """SCG's CORS path map for `config`, or None when the file configures no CORS."""
+    entries: list[tuple[str, CorsConfig]] = []
+    for route in config.routes:
+        if route.metadata.cors is not None:
+            paths = [p.patterns[0].pattern for p in route.predicates if isinstance(p, PathPredicate) and p.patterns]
+            entries.append((paths[0] if paths else "/**", route.metadata.cors))
+    settings = config.cors
+    if not entries and (settings is None or not settings.configurations):
+        return None
+    global_entries = settings.configurations if settings is not None else ()
+    simple = settings is not None and settings.add_to_simple_url_handler_mapping
+    return CorsTable(entries, global_entries, add_to_simple_url_handler_mapping=simple)
 
 
 def apply_header_ops(headers: Headers, ops: tuple[HeaderOp, ...]) -> Headers:
     """Apply response header edits (add appends, set replaces every value, remove drops every value)."""
-    result = list(headers)
-    for op in ops:
-        lname = op.name.lower()
-        if op.op in ("set", "remove"):
-            result = [(k, v) for k, v in result if k.lower() != lname]
-        if op.op in ("add", "set"):
-            result.append((op.name, op.value))
-    return tuple(result)
+    return apply_response_edits(200, headers, ops)[1]
+
+
+def apply_response_edits(status: int, headers: Headers, edits: tuple[ResponseEdit, ...]) -> tuple[int, Headers]:
+    """Apply the filters' response edits in filter order: the status and headers the client gets."""
+    for edit in edits:
+        status, headers = edit.edit(status, headers)
+    return status, headers
 
 
 def _describe_predicates(route: RouteSpec) -> str:

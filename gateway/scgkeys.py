@@ -39,6 +39,7 @@ PROPERTIES: dict[str, Rule] = {
     "routes-map": _USED,
     "default-filters": _USED,
     "discovery.locator": _USED,
+    "globalcors": _USED,
     "httpclient.connect-timeout": _USED,
     "httpclient.response-timeout": _USED,
     "httpclient.ssl.use-insecure-trust-manager": _USED,

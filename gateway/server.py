@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from gateway import policies
 from gateway.balancer import Balancer
 from gateway.client_conn import ClientConn
 from gateway.config import RouteSpec, ServerSettings
@@ -50,7 +51,6 @@ from gateway.model import ForwardPlan, Headers, RateLimit, RequestView
 from gateway.plugins import Response, run_plugin_filters
 from gateway.ratelimit import RateDecision
 from gateway.responses import error_body, simple_response
-from gateway.routing import apply_header_ops
 from gateway.targets import RouteTarget, RoutingState, ip_literal
 from gateway.tunnels import Tunnels
 
@@ -91,6 +91,7 @@ class GatewayServer:
         self._targets: dict[str, RouteTarget] = {}
         self._targets_state: RoutingState | None = None
         self._request_keys: dict[tuple[str, int], tuple[str, Labels]] = {}
+        self.breakers = policies.Breakers()  # CircuitBreaker state by id, kept across reloads
         metrics.gauge("wsgate_open_connections", lambda: float(len(self.connections)))
 
     @property
@@ -239,8 +240,9 @@ class GatewayServer:
         return target
 
     # -- one request ------------------------------------------------------------------------------------
-    async def handle(self, conn: ClientConn, head: RequestHead, *, remote: str, scheme: str) -> tuple[bool, bool]:
-        """Answer one request; returns (keep the client connection, it became a tunnel)."""
+    async def handle(self, conn: ClientConn, head: RequestHead, *, remote: str, scheme: str,
+                     failure: tuple[str, str] | None = None, hops: int = 0) -> tuple[bool, bool]:
+        """Answer one request; returns (keep, became a tunnel). `failure`, `hops`: from a forward (`policies`)."""
         started = time.monotonic()
         path, _, query = head.target.partition("?")
         if path == "/actuator" or path.startswith("/actuator/"):
@@ -265,7 +267,7 @@ class GatewayServer:
             return keep, False
         route = match.route
         try:
-            plan = match.plan(view)
+            plan = match.plan(view, failure=failure)
             limit_headers: Headers = ()
             for limit in plan.rate_limits:
                 decision = await self._rate_decision(route.id, limit, view)
@@ -280,7 +282,10 @@ class GatewayServer:
                 plan, answer = await run_plugin_filters(match.chain or route.filters, view, plan, route.id)
                 if answer is not None:
                     return self._answer_here(conn, head, route.id, answer, remote, started), False
-            return await self._forward(conn, head, view, route, plan, remote=remote, scheme=scheme,
+            if policies.needed(route, plan):
+                return await policies.serve_policies(self, conn, head, view, route, plan, remote=remote, scheme=scheme,
+                                                     started=started, extra_headers=limit_headers, hops=hops)
+            return await self.forward(conn, head, view, route, plan, remote=remote, scheme=scheme,
                                        started=started, extra_headers=limit_headers)
         except GatewayError as error:
             self._count(route.id, error.status)
@@ -303,6 +308,11 @@ class GatewayServer:
         keep = head.keep_alive and request_framing(head)[0] is Framing.NONE
         conn.write(simple_response(answer.status, body, content_type=ctype, close=not keep, extra=answer.headers))
         return keep
+
+    def count_and_log(self, remote: str, head: RequestHead, status: int, route: str, started: float) -> None:
+        """Count and log an answer the gateway gave itself."""
+        self._count(route, status)
+        self._log(remote, head, status, route, "-", started)
 
     def _log(self, remote: str, head: RequestHead, status: int, route: str, instance: str, started: float) -> None:
         # The path only: a query string may hold a token or a key (?token=...), which no log line may hold.
@@ -331,7 +341,7 @@ class GatewayServer:
                 self._dial_failed(route, endpoint, "timeout" if isinstance(exc, TimeoutError) else "refused", exc)
         raise NoInstance(name)
 
-    async def _forward(self, conn: ClientConn, head: RequestHead, view: RequestView, route: RouteSpec,
+    async def forward(self, conn: ClientConn, head: RequestHead, view: RequestView, route: RouteSpec,
                        plan: ForwardPlan, *, remote: str, scheme: str, started: float,
                        extra_headers: Headers = ()) -> tuple[bool, bool]:
         upgrade = view.is_websocket and head.method == "GET"
@@ -353,7 +363,7 @@ class GatewayServer:
             plan_headers = tuple((k, v) for k, v in plan_headers if k.lower() != "expect")
         request_bytes = self._request_bytes(head, plan, plan_headers, endpoint, target, remote=remote,
                                             scheme=scheme, upgrade=upgrade)
-        timeout_s = target.response_timeout_s
+        timeout_s = policies.attempt_timeout(target.response_timeout_s)
         try:
             try:
                 upstream.write(request_bytes)
@@ -396,6 +406,7 @@ class GatewayServer:
         return tuple(endpoints)
 
     def _dial_failed(self, route: RouteSpec, endpoint: Endpoint, reason: str, detail: object) -> None:
+        policies.note_dial_failure(reason)
         log.warning("dial %s for route %s failed (%s): %s", endpoint.address, route.id, reason, detail)
         self.metrics.add("wsgate_upstream_errors_total", 1, route=route.id, instance=endpoint.address, reason=reason)
 
@@ -414,13 +425,14 @@ class GatewayServer:
         if not all(ip_literal(endpoint.host) for endpoint in endpoints):
             return None
         idle_timeout_s = route.metadata.idle_timeout_s or self.settings.idle_timeout_s
+        response_timeout_s = policies.attempt_timeout(target.response_timeout_s)
         for endpoint in self.balancer.order(target.name, endpoints, target.choice, view):
             request_bytes = self._request_bytes(head, plan, plan.headers, endpoint, target, remote=remote,
                                                 scheme=scheme, upgrade=True)
             try:
                 waiting = self.tunnels.dial(relay, conn, endpoint, request_bytes, route_id=route.id,
                                             idle_timeout_s=idle_timeout_s, connect_timeout_s=target.relay_connect_s,
-                                            response_timeout_s=target.response_timeout_s)
+                                            response_timeout_s=response_timeout_s)
             except OSError as exc:
                 self._dial_failed(route, endpoint, "refused", exc)
                 continue
@@ -444,7 +456,7 @@ class GatewayServer:
                     raise BadGateway("instance closed the connection without answering")
                 loop = conn.loop or asyncio.get_running_loop()
                 upstream = await adopt_socket(result.upstream_fd, result.head, loop=loop)
-                response = await read_response(conn, upstream, target.response_timeout_s)
+                response = await read_response(conn, upstream, response_timeout_s)
             except BaseException as error:
                 if upstream is not None:
                     upstream.close()
@@ -452,18 +464,21 @@ class GatewayServer:
                 raise
             return await self._answer(conn, upstream, head, response, route, plan, endpoint, remote=remote,
                                       started=started, upgrade=True, extra_headers=(),
-                                      response_timeout_s=target.response_timeout_s)
+                                      response_timeout_s=response_timeout_s)
         raise NoInstance(target.name)
 
     async def _answer(self, conn: ClientConn, upstream: Conn, head: RequestHead, response: ResponseHead,
                       route: RouteSpec, plan: ForwardPlan, endpoint: Endpoint, *, remote: str, started: float,
                       upgrade: bool, extra_headers: Headers, response_timeout_s: float | None) -> tuple[bool, bool]:
         """Pass the instance's final response head on: start the tunnel on a 101, relay the body otherwise."""
+        policies.check_response(upstream, response.status)  # Retry or CircuitBreaker may still give this attempt up
         response_headers = (*response.headers, *extra_headers) if extra_headers else response.headers
         if plan.response_headers:
-            response_headers = apply_header_ops(response_headers, plan.response_headers)
+            response, response_headers = policies.edit_response(response, response_headers, plan)
         self._count(route.id, response.status)
         self._log(remote, head, response.status, route.id, endpoint.address, started)
+        if plan.body_edits and not (response.status == 101 and upgrade):
+            return await policies.relay_buffered(conn, upstream, head, response, response_headers, plan), False
         if response.status == 101 and upgrade:
             conn.write(serialize_head(f"HTTP/1.1 101 {response.reason}", response_headers))
             self._start_tunnel(conn, upstream, route, endpoint)

@@ -7,8 +7,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import quote
 
+from gateway.errors import BadRequest
 from gateway.factory import SpecError
-from gateway.model import HeaderOp, RateLimit, RequestView
+from gateway.javaregex import JavaRegexError, compile_java_regex, translate_replacement
+from gateway.model import BodyEdit, LocalAnswer, RateLimit, RequestView, ResponseEdit
+from gateway.resilience import BreakerSpec, RetryPolicy
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TEMPLATE_VAR = re.compile(r"\{([^{}]+)\}")
@@ -25,8 +28,16 @@ class PlanState:
     headers: list[tuple[str, str]]
     variables: dict[str, str]
     preserve_host: bool = False
-    response_ops: list[HeaderOp] = field(default_factory=list)
+    response_ops: list[ResponseEdit] = field(default_factory=list)
     rate_limits: list[RateLimit] = field(default_factory=list)
+    # A filter that answers itself (RedirectTo, RequestSize, ...) sets this; the filters after it do not run.
+    answer: LocalAnswer | None = None
+    body_edits: list[BodyEdit] = field(default_factory=list)
+    retry: RetryPolicy | None = None
+    breaker: BreakerSpec | None = None
+    request_url: str | None = None
+    # (exception type, message) when a CircuitBreaker forwarded here to its fallback, for FallbackHeaders.
+    failure: tuple[str, str] | None = None
 
 
 class GatewayFilter(Protocol):
@@ -38,6 +49,25 @@ class GatewayFilter(Protocol):
     def apply(self, state: PlanState) -> None: ...
 
     def describe(self) -> str: ...
+
+
+def without_controls(text: str, what: str, extra: str = "") -> str:
+    """`text`, or BadRequest when a rewrite at request time produced CR, LF or NUL (or one of `extra`) in it."""
+    if any(ch in text for ch in "\r\n\0" + extra):
+        raise BadRequest(f"a {what} would contain CR, LF, NUL{' or ' + repr(extra) if extra else ''}")
+    return text
+
+
+def compile_rewrite(regexp: str, replacement: str) -> tuple[re.Pattern[str], str]:
+    """A Java regex and its `replaceAll` replacement (`$1`, `${name}`, SCG's `$\\{name}`) for `re.sub`."""
+    try:
+        pattern = compile_java_regex(regexp)
+    except JavaRegexError as exc:
+        raise SpecError(str(exc), key="regexp") from exc
+    try:
+        return pattern, translate_replacement(replacement, pattern)
+    except JavaRegexError as exc:
+        raise SpecError(str(exc), key="replacement") from exc
 
 
 def check_header_name(name: str, key: str = "name") -> str:

@@ -7,8 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.factory import ArgValue, Definition, SpecError, bind, get_int, get_str
-from gateway.filters.base import PlanState, expand
-from gateway.javaregex import JavaRegexError, compile_java_regex, translate_replacement
+from gateway.filters.base import PlanState, compile_rewrite, expand
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,14 +25,7 @@ class RewritePath:
     def create(args: Mapping[str, ArgValue]) -> RewritePath:
         regexp = get_str(args, "regexp")
         replacement = get_str(args, "replacement", default="")
-        try:
-            pattern = compile_java_regex(regexp)
-        except JavaRegexError as exc:
-            raise SpecError(str(exc), key="regexp") from exc
-        try:
-            template = translate_replacement(replacement, pattern)
-        except JavaRegexError as exc:
-            raise SpecError(str(exc), key="replacement") from exc
+        pattern, template = compile_rewrite(regexp, replacement)
         return RewritePath(regexp, replacement, pattern, template)
 
     def apply(self, state: PlanState) -> None:

@@ -1,7 +1,8 @@
 """`RequestRateLimiter` with SCG's arguments, parsed into a `RateLimit` for the proxy's Redis token bucket; pure.
 
 Expanded form (SCG's): `redis-rate-limiter.replenishRate`, `.burstCapacity`, `.requestedTokens`, `key-resolver`
-(`#{@ipKeyResolver}`-style bean names), `deny-empty-key`. Our additions: `key: header:X-User` (or `client`,
+(`#{@ipKeyResolver}`-style bean names; without one SCG's default, the principal name), `deny-empty-key`,
+`status-code` (429) and `empty-key-status-code` (403). Our additions: `key: header:X-User` (or `client`,
 `principal`), and the shortcut `RequestRateLimiter=replenishRate, burstCapacity[, requestedTokens[, key]]`.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gateway.factory import Definition, SpecError, bind, get_bool, get_int, relaxed
+from gateway.factory import Definition, SpecError, bind, get_bool, get_int, get_str, parse_status, relaxed
 from gateway.filters.base import PlanState, check_header_name
 from gateway.model import RateLimit
 from gateway.plugins import find_factory
@@ -25,6 +26,7 @@ _FIELDS = (
     "rate-limiter",
     "empty-key-status-code",
     "status-code",
+    "empty-key-status",
     "replenishRate",
     "burstCapacity",
     "requestedTokens",
@@ -99,10 +101,13 @@ def request_rate_limiter(definition: Definition) -> RequestRateLimiter:
     if 0 < burst < replenish:
         raise SpecError(f"burstCapacity ({burst}) must be >= replenishRate ({replenish})", key=burst_field)
     tokens = get_int(args, tokens_field, default=1, minimum=1)
-    key = "client"
+    key = "principal"  # SCG's default key resolver: PrincipalNameKeyResolver (403 without a principal)
     for field in ("key", "key-resolver"):
         if relaxed(field) in args:
             value = args[relaxed(field)]
             key = parse_key(value if isinstance(value, str) else ",".join(value), field=field)
     deny_empty = get_bool(args, "deny-empty-key", default=True)
-    return RequestRateLimiter(RateLimit(replenish, burst, tokens, key, deny_empty))
+    status = parse_status(get_str(args, "status-code", default="TOO_MANY_REQUESTS"), field="status-code")
+    empty_field = pick("empty-key-status-code", "empty-key-status")
+    empty_status = parse_status(get_str(args, empty_field, default="FORBIDDEN"), field=empty_field)
+    return RequestRateLimiter(RateLimit(replenish, burst, tokens, key, deny_empty, status, empty_status))

@@ -31,6 +31,9 @@ from gateway.model import BalancerChoice, Balancing, Upstream
         ("ws://127.0.0.1", Upstream("ws", "127.0.0.1", 80)),
         ("https://example.org", Upstream("https", "example.org", 443)),
         ("wss://[::1]:9443/ignored/path", Upstream("wss", "::1", 9443)),
+        # SCG's forward: scheme (CONTRACT 2b): the gateway's own handlers, with the uri's path.
+        ("forward:/fallback", Upstream("forward", forward_path="/fallback")),
+        ("forward:///globalfilters", Upstream("forward", forward_path="/globalfilters")),
     ],
 )
 def test_config_parse_upstream_forms(text: str, expected: Upstream) -> None:
@@ -38,7 +41,7 @@ def test_config_parse_upstream_forms(text: str, expected: Upstream) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["forward:/x", "lb:", "lb://", "lb:ftp://svc", "lb://bad name", "http://", "http://h:99999", "tcp://h:1"]
+    "text", ["lb:", "lb://", "lb:ftp://svc", "lb://bad name", "http://", "http://h:99999", "tcp://h:1"]
 )
 def test_config_parse_upstream_refuses(text: str) -> None:
     with pytest.raises(ValueError):

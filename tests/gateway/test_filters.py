@@ -131,7 +131,11 @@ def test_filters_preserve_host_header_sets_flag() -> None:
         (Definition("RequestRateLimiter", (("redis-rate-limiter.replenishRate", "10"),
                                            ("redis-rate-limiter.burstCapacity", "20"),
                                            ("redis-rate-limiter.requestedTokens", "1"))),
-         RateLimit(10, 20, 1, "client")),
+         RateLimit(10, 20, 1, "principal")),  # SCG's default key resolver: the principal name
+        # SCG's `status-code` and `empty-key-status-code` (RequestRateLimiterGatewayFilterFactoryTests).
+        (Definition("RequestRateLimiter", (("redis-rate-limiter.replenishRate", "1"), ("status-code", "BAD_REQUEST"),
+                                           ("empty-key-status-code", "423"))),
+         RateLimit(1, 1, 1, "principal", status_code=400, empty_key_status=423)),
         (Definition("RequestRateLimiter", (("redis-rate-limiter.replenishRate", "1"),
                                            ("redis-rate-limiter.burstCapacity", "60"),
                                            ("redis-rate-limiter.requestedTokens", "60"),
@@ -144,6 +148,7 @@ def test_filters_preserve_host_header_sets_flag() -> None:
                                            ("key", "header:X-User"))),
          RateLimit(5, 10, 1, "header:X-User")),
         (Definition.shortcut("RequestRateLimiter=2, 4, 1, header:X-Api-Key"), RateLimit(2, 4, 1, "header:X-Api-Key")),
+        (Definition.shortcut("RequestRateLimiter=2, 4"), RateLimit(2, 4, 1, "principal")),
     ],
 )
 def test_filters_request_rate_limiter_args(definition: Definition, expected: RateLimit) -> None:
@@ -173,8 +178,8 @@ def test_filters_refuse_bad_arguments(spec: str, key: str) -> None:
 
 
 def test_filters_unknown_name_is_refused() -> None:
-    with pytest.raises(SpecError, match="unknown filter 'Hystrix'"):
-        build_filter(Definition.shortcut("Hystrix=x"))
+    with pytest.raises(SpecError, match="unknown filter 'ValidateCodeFilter'"):
+        build_filter(Definition.shortcut("ValidateCodeFilter=x"))
 
 
 def test_filters_expanded_notation_equals_shortcut() -> None:

@@ -10,7 +10,7 @@ import pytest
 from gateway.config import ConsulSettings, GatewayConfig
 from gateway.errors import ConfigError
 from gateway.loader import load_config
-from gateway.model import BalancerChoice, Balancing, RequestView, Upstream
+from gateway.model import BalancerChoice, Balancing, HeaderOp, RequestView, Upstream
 from gateway.routing import RouteTable
 
 SEED = r"""
@@ -79,7 +79,8 @@ def test_loader_reads_scg_application_yml_sections(tmp_path: Path, root: str) ->
     assert match is not None
     plan = match.plan(request)
     assert plan.headers == (("X-Request-Red", "Blue-7"),)
-    assert [op.name for op in plan.response_headers] == ["X-Response-Default-Red"]
+    assert [op.name for op in plan.response_headers if isinstance(op, HeaderOp)] == ["X-Response-Default-Red"]
+    assert len(plan.response_headers) == 1
 
 
 def test_loader_flat_dotted_keys_and_expanded_notation(tmp_path: Path) -> None:

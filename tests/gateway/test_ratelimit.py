@@ -143,7 +143,10 @@ def test_rate_decision_rejects_inconsistent_status(allowed: bool, status: int) -
 
 
 @pytest.mark.parametrize(("shortcut", "req", "expected_key"), [
-    ("RequestRateLimiter=1, 2", request(remote_addr="10.9.8.7"), "10.9.8.7"),
+    # No key resolver: SCG's PrincipalNameKeyResolver; a request without a principal has the empty key (403).
+    ("RequestRateLimiter=1, 2", request(remote_addr="10.9.8.7"), ""),
+    ("RequestRateLimiter=1, 2", request((("Authorization", basic("erin:pw")),), remote_addr="10.9.8.7"), "erin"),
+    ("RequestRateLimiter=1, 2, 1, #{@ipKeyResolver}", request(remote_addr="10.9.8.7"), "10.9.8.7"),
     ("RequestRateLimiter=1, 2, 1, header:X-User", request((("X-User", "carol"),)), "carol"),
     ("RequestRateLimiter=1, 2, 1, #{@principalNameKeyResolver}", request((("Authorization", basic("dan:x")),)),
      "dan"),
@@ -153,3 +156,10 @@ def test_resolve_key_from_routes_yaml_filter(shortcut: str, req: RequestView, ex
     built = build_filter(Definition.shortcut(shortcut))
     assert isinstance(built, RequestRateLimiter)
     assert resolve_key(built.limit, req) == expected_key
+
+
+def test_rate_decisions_use_the_configured_statuses() -> None:
+    """SCG's `status-code` and `empty-key-status-code` replace 429 and 403."""
+    limit = RateLimit(1, 1, status_code=400, empty_key_status=423)
+    assert decide(limit, False, 0).status == 400
+    assert empty_key_decision(limit).status == 423
