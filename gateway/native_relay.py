@@ -26,6 +26,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from gateway.conn import Conn
+from gateway.linger import DEFAULT_TIMEOUTS, CloseTimeouts
 
 if TYPE_CHECKING:
     from gateway._relay import Relay as _RelayType
@@ -84,7 +85,7 @@ class NativeTunnel:
         return self._counts
 
     def close(self) -> None:
-        """Flush what is pending to each side, then close both."""
+        """Flush what is pending to each side, then close both the lingering way (`gateway.linger`)."""
         if not self.done.done():
             self._relay.command_close(self.id)
 
@@ -114,11 +115,11 @@ def _plain_socket_fd(transport: asyncio.BaseTransport) -> int | None:
 class NativeRelay:
     """The relay thread of one worker process and the tunnels it carries."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, timeouts: CloseTimeouts = DEFAULT_TIMEOUTS) -> None:
         if _relay is None:
             raise RuntimeError("gateway._relay is not built")
         self._loop = loop
-        self._relay: _RelayType = _relay.Relay()
+        self._relay: _RelayType = _relay.Relay(**timeouts.native_ms())
         self._tunnels: dict[int, NativeTunnel] = {}
         self._dials: dict[int, _Dial] = {}
         self._closed = False

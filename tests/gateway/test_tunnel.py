@@ -6,6 +6,7 @@ Every test runs twice: tunnels relayed by the native thread (gateway._relay) and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 
 import aiohttp
@@ -19,6 +20,8 @@ from gateway.tunnel import Tunnel
 from tests.gateway import conftest
 from tests.gateway.conftest import StartGateway, StartUpstream, route
 from tests.gateway.rawsock import switching_protocols
+from tests.harness import ProcessGroup, RedisInfo, free_port
+from tests.wsnode.conftest import API_KEY, SECRET, make_token
 
 _native = {"on": True}
 
@@ -198,3 +201,32 @@ async def test_tunnel_forwards_bytes_that_arrive_with_the_heads(start_gateway: S
         writer.close()
         server.close()
         await server.wait_closed()
+
+
+CLOSE_CODE_ROUNDS = 100
+
+
+async def test_tunnel_delivers_close_code_of_a_node_that_closes_while_the_client_sends(
+        start_gateway: StartGateway, procs: ProcessGroup, redis_server: RedisInfo, redis_prefix: str) -> None:
+    # The node refuses a 16 MiB frame after its header (limit 1 MiB) and closes 1009 while the client is still
+    # sending; a relay that closes the client's socket with that input unread makes the kernel send a reset, which
+    # destroys the close frame on its way. Direct to the node this holds every time; so must it through the tunnel.
+    node_port = free_port()
+    node = procs.python("node", "wsnode", "--port", str(node_port), "--host", "127.0.0.1", "--node-id", "node",
+                        "--redis", redis_server.url, "--redis-prefix", redis_prefix, "--jwt-secret", SECRET,
+                        "--api-key", API_KEY, "--max-frame-bytes", str(1 << 20))
+    await node.wait_http_ready_async(f"http://127.0.0.1:{node_port}/health")
+    gw = await start_gateway(config(route("ws", f"ws://127.0.0.1:{node_port}", ["Path=/**"])))
+    frame = os.urandom(16 << 20)
+    codes: list[int | str] = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(CLOSE_CODE_ROUNDS):
+            async with session.ws_connect(f"{gw.ws_url}/websocket", params={"token": make_token("ann")},
+                                          autoping=False, heartbeat=None) as ws:
+                assert (await ws.receive(timeout=10)).type == WSMsgType.TEXT  # the welcome frame
+                sending = asyncio.ensure_future(ws.send_bytes(frame))
+                message = await ws.receive(timeout=10)
+                with contextlib.suppress(OSError, aiohttp.ClientError):
+                    await sending
+                codes.append(message.data if message.type == WSMsgType.CLOSE else message.type.name)
+    assert codes == [1009] * CLOSE_CODE_ROUNDS, {str(code): codes.count(code) for code in set(codes)}
