@@ -1,7 +1,8 @@
 """The admin endpoints under /actuator, answered by the gateway itself on its own port.
 
 `GET /actuator/gateway/routes` (SCG's JSON shape), `/actuator/gateway/routes/{id}`, `/actuator/health` (UP or DOWN
-with discovery's status; 503 when DOWN, like Spring Boot) and `/actuator/prometheus`. With `server.admin-token`
+with discovery's status and the background duties' (`tasks`); 503 when DOWN, like Spring Boot) and
+`/actuator/prometheus`. With `server.admin-token`
 set every endpoint but health wants `Authorization: Bearer <token>`.
 """
 
@@ -16,6 +17,7 @@ from gateway.httpparse import RequestHead
 from gateway.metrics import Metrics
 from gateway.routing import describe_routes
 from gateway.targets import RoutingState
+from gateway.tasks import TaskSupervisor
 
 JSON = "application/json"
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
@@ -24,10 +26,12 @@ PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 class Actuator:
     """Answers /actuator requests from the routing state, discovery status and metrics."""
 
-    def __init__(self, *, state: Callable[[], RoutingState], provider: Provider, metrics: Metrics) -> None:
+    def __init__(self, *, state: Callable[[], RoutingState], provider: Provider, metrics: Metrics,
+                 tasks: TaskSupervisor | None = None) -> None:
         self._state = state
         self._provider = provider
         self._metrics = metrics
+        self._tasks = tasks
 
     def _authorized(self, head: RequestHead) -> bool:
         token = self._state().config.server.admin_token
@@ -39,12 +43,16 @@ class Actuator:
     def health(self) -> tuple[int, dict[str, object]]:
         """(HTTP status, body) of the health endpoint."""
         discovery = dict(self._provider.status())
-        up = discovery.get("status") == "UP"
-        body: dict[str, object] = {"status": "UP" if up else "DOWN", "components": {
+        components: dict[str, object] = {
             "discovery": discovery,
             "gateway": {"status": "UP", "routes": len(self._state().config.routes)},
-        }}
-        return (200 if up else 503), body
+        }
+        up = discovery.get("status") == "UP"
+        if self._tasks is not None:
+            tasks = dict(self._tasks.status())
+            components["tasks"] = tasks
+            up = up and tasks.get("status") == "UP"
+        return (200 if up else 503), {"status": "UP" if up else "DOWN", "components": components}
 
     async def __call__(self, head: RequestHead) -> tuple[int, str, bytes]:
         """Answer one request: (status, content type, body)."""

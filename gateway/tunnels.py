@@ -23,6 +23,7 @@ from gateway.discovery.base import Endpoint
 from gateway.linger import DEFAULT_TIMEOUTS, CloseTimeouts
 from gateway.metrics import Metrics
 from gateway.native_relay import DialResult, NativeRelay, NativeTunnel
+from gateway.tasks import TaskSupervisor
 from gateway.tunnel import Tunnel
 
 log = logging.getLogger("gateway.tunnels")
@@ -37,6 +38,7 @@ class Tunnels:
     def __init__(self, *, metrics: Metrics, balancer: Balancer, timeouts: CloseTimeouts = DEFAULT_TIMEOUTS) -> None:
         self._open: set[AnyTunnel] = set()
         self.timeouts = timeouts
+        self.tasks: TaskSupervisor | None = None  # the worker's; set before `prepare` to supervise the relay's reader
         self._metrics = metrics
         self._balancer = balancer
         self._relay: NativeRelay | None = None
@@ -55,7 +57,7 @@ class Tunnels:
     def _native(self, loop: asyncio.AbstractEventLoop) -> NativeRelay | None:
         if self._relay is None and not self._relay_failed and native_relay.available():
             try:
-                self._relay = NativeRelay(loop, timeouts=self.timeouts)
+                self._relay = NativeRelay(loop, timeouts=self.timeouts, tasks=self.tasks)
             except (OSError, RuntimeError) as exc:
                 self._relay_failed = True
                 log.warning("native relay unavailable, tunnels are relayed in Python: %s", exc)

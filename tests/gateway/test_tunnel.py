@@ -1,6 +1,7 @@
 """WebSocket through the gateway: the instance's handshake answer reaches the client, then bytes flow untouched.
 
-Every test runs twice: tunnels relayed by the native thread (gateway._relay) and by uvloop transports in Python.
+Every test runs against each relay of `gateway.tunnels.RELAY_KINDS`: the native thread (gateway._relay) and uvloop
+transports in Python; a relay added there gets every case, the lingering close's included.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from gateway import native_relay
 from gateway.config import GatewayConfig, RouteSpec
 from gateway.native_relay import NativeTunnel
 from gateway.tunnel import Tunnel
+from gateway.tunnels import RELAY_KINDS
 from tests.gateway import conftest
 from tests.gateway.conftest import StartGateway, StartUpstream, route
 from tests.gateway.rawsock import switching_protocols
@@ -26,7 +28,7 @@ from tests.wsnode.conftest import API_KEY, SECRET, make_token
 _native = {"on": True}
 
 
-@pytest.fixture(autouse=True, params=["native", "python"])
+@pytest.fixture(autouse=True, params=RELAY_KINDS)
 def relay_kind(request: pytest.FixtureRequest) -> str:
     """Which relay carries this test's tunnels (a missing native build fails rather than hiding)."""
     if request.param == "native" and not native_relay.available():
