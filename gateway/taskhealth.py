@@ -85,6 +85,10 @@ class TaskBoard:
         record.running = False
         return backoff_s(record.failures - 1, rng=self._rng)
 
+    def record(self, name: str) -> DutyRecord | None:
+        """What is known of `name` (None: never started, or removed)."""
+        return self._records.get(name)
+
     def removed(self, name: str) -> None:
         """`name` was stopped on purpose (a service no longer routed to): it is no longer reported."""
         self._records.pop(name, None)

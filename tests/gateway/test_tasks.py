@@ -124,8 +124,15 @@ async def test_relay_completion_reader_recovers_after_a_completion_callback_rais
         for conn in first_far:  # the first tunnel ends: its callback raises in the reader
             assert conn.transport is not None
             conn.transport.close()
-        assert await eventually(lambda: tasks.status()["status"] == "DOWN", timeout_s=10)
-        for conn in far[2:]:  # the second ends while the reader is down: reported once it is back
+        # DOWN lasts one backoff (up to 0.1 s after a first failure): the record, not a poll, shows it happened.
+        def reader_failed() -> bool:
+            record = tasks.board.record(REAPER)
+            return record is not None and record.failed_at is not None
+
+        assert await eventually(reader_failed, timeout_s=10)
+        record = tasks.board.record(REAPER)
+        assert record is not None and record.error == "ValueError: a completion callback failed"
+        for conn in far[2:]:  # the second ends after the failure: reported by the restarted reader
             assert conn.transport is not None
             conn.transport.close()
         await asyncio.wait_for(tunnels[1].done, 15)
