@@ -167,6 +167,9 @@ class Tunnel:
             side.eof = conn.eof
             if conn.lost:
                 side.lost = True
+                if side.spare is not None:
+                    side.spare.close()
+                    side.spare = None
                 self.side_lost()
         if client.eof or upstream.eof:
             self.begin_close()
