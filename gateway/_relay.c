@@ -8,11 +8,16 @@
  * Rules, the same as gateway/tunnel.py's:
  * - paired backpressure: when a send is short, the rest waits in the destination's pending buffer and the
  *   source is not read until it has been flushed;
- * - EOF from either side, or close(): stop reading both, flush what is pending to each side, then close it;
- * - an error on either side, or abort(): close both at once;
+ * - EOF, a reset or an error from either side, or close(): stop relaying; each side still open gets what is
+ *   pending for it, then a lingering close (gateway/linger.py states the rule for every relay): its write side is
+ *   shut down and what it still sends is read and dropped until its EOF or for linger_ms (5 s), so that closing
+ *   it with unread input cannot make the kernel reset the connection and destroy the last bytes (a close frame);
+ * - abort(): close both at once;
  * - an optional idle timeout closes a tunnel that moved no byte for that long;
  * - a closing tunnel whose peer does not take its last bytes within flush_timeout_ms (30 s, nginx's
  *   send_timeout is 60 s) is aborted, so a reader that stopped reading cannot hold two descriptors forever;
+ * - close and abort commands find their tunnel through an index by id (_relay_index.c), so draining N tunnels
+ *   costs O(N);
  * - the bytes each side sent are read from TCP_INFO (tcpi_bytes_received, handshake included) before the
  *   first socket of a tunnel is closed, falling back to the bytes this thread read.
  *
@@ -30,7 +35,7 @@
  * SCHED_BATCH: woken while the Python thread has work, it waits for it instead of preempting it.
  *
  * Files: this one is the Python type; _relay_thread.c the thread's loop and relaying; _relay_dial.c the dialed
- * upgrades; _relay.h what they share.
+ * upgrades; _relay_index.c the tunnels by id; _relay.h what they share.
  */
 #include "_relay.h"
 
@@ -66,12 +71,14 @@ static void stop_thread(Relay *r) {
 }
 
 static PyObject *Relay_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"flush_timeout_ms", NULL};
-    unsigned long long flush_timeout_ms = 30000;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$K:Relay", keywords, &flush_timeout_ms)) return NULL;
+    static char *keywords[] = {"flush_timeout_ms", "linger_ms", NULL};
+    unsigned long long flush_timeout_ms = 30000, linger_ms = 5000;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$KK:Relay", keywords, &flush_timeout_ms, &linger_ms))
+        return NULL;
     Relay *r = (Relay *)type->tp_alloc(type, 0);
     if (r == NULL) return NULL;
     r->flush_timeout_ms = flush_timeout_ms;
+    r->linger_ms = linger_ms;
     r->epfd = r->wakefd = r->donefd = -1;
     pthread_mutex_init(&r->lock, NULL);
     r->next_id = 1;
@@ -119,6 +126,7 @@ static void Relay_dealloc(Relay *r) {
     }
     free(r->done);
     free(r->freelater);
+    free(r->index);
     pthread_mutex_destroy(&r->lock);
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
@@ -236,6 +244,13 @@ static PyObject *Relay_reap(Relay *r, PyObject *Py_UNUSED(ignored)) {
 
 static PyObject *Relay_fileno(Relay *r, PyObject *Py_UNUSED(ignored)) { return PyLong_FromLong(r->donefd); }
 
+static PyObject *Relay_stats(Relay *r, PyObject *Py_UNUSED(ignored)) {
+    /* Written by the relay thread without a lock: each value is read whole, not the set at one instant. */
+    return Py_BuildValue("{sKsKsK}", "live", (unsigned long long)__atomic_load_n(&r->index_count, __ATOMIC_RELAXED),
+                         "lookups", (unsigned long long)__atomic_load_n(&r->lookups, __ATOMIC_RELAXED),
+                         "probes", (unsigned long long)__atomic_load_n(&r->probes, __ATOMIC_RELAXED));
+}
+
 static PyObject *Relay_stop(Relay *r, PyObject *Py_UNUSED(ignored)) {
     stop_thread(r);
     Py_RETURN_NONE;
@@ -252,6 +267,8 @@ static PyMethodDef Relay_methods[] = {
      "dial failed, a is FAIL_* and b an errno or 0. EV_HEAD: a dial's head is Python's, a is the instance's\n"
      "descriptor (the caller's to close) and data what was read from it."},
     {"fileno", (PyCFunction)Relay_fileno, METH_NOARGS, "The eventfd that becomes readable when tunnels finish."},
+    {"stats", (PyCFunction)Relay_stats, METH_NOARGS,
+     "stats() -> {'live', 'lookups', 'probes'}: live tunnels, id lookups and the index slots they examined."},
     {"stop", (PyCFunction)Relay_stop, METH_NOARGS, "Abort every tunnel and stop the thread (idempotent)."},
     {NULL, NULL, 0, NULL},
 };

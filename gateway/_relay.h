@@ -1,7 +1,8 @@
 /* gateway._relay's shared definitions: the tunnel and relay structures, and what its three files share.
  *
  * _relay.c is the Python type (see its comment for the design), _relay_thread.c the relay thread's loop and
- * byte relaying, _relay_dial.c the dialed upgrades (Relay.dial, and the thread's side of them).
+ * byte relaying, _relay_dial.c the dialed upgrades (Relay.dial, and the thread's side of them), _relay_index.c the
+ * live tunnels by id.
  */
 #ifndef WSGATE_RELAY_H
 #define WSGATE_RELAY_H
@@ -48,12 +49,15 @@ typedef struct {
     char *pending;       /* bytes waiting to be sent to this fd */
     size_t pending_len, pending_off;
     uint64_t read_bytes; /* bytes read from this fd by the thread */
+    int eof;             /* this fd said EOF: nothing more will come from it */
+    int shut;            /* lingering: its write side is shut down, what it still sends is dropped */
+    uint64_t linger_until_ms; /* a lingering fd is closed at its EOF or then, whichever comes first */
 } end_t;
 
 typedef struct tunnel {
     uint64_t id;
     end_t ends[2];               /* 0: client, 1: upstream */
-    int closing;                 /* no more reading; each fd closes once its pending bytes are sent */
+    int closing;                 /* no more relaying; each fd gets its pending bytes, then a lingering close */
     uint64_t closing_at_ms;      /* when closing began: a peer that never reads is cut off after flush_timeout_ms */
     int collected;
     int64_t received[2];         /* bytes each side sent (TCP_INFO), -1 until known */
@@ -105,12 +109,17 @@ typedef struct {
     uint64_t next_id;
     /* owned by the relay thread */
     tunnel_t *live;
+    tunnel_t **index;  /* the live tunnels by id (open addressing, linear probing): commands find theirs in O(1) */
+    size_t index_cap, index_count;
+    uint64_t probes;   /* slots examined by id lookups (Relay.stats), to check that a lookup stays O(1) */
+    uint64_t lookups;
     tunnel_t **freelater;
     size_t nfreelater, freelater_cap;
     uint64_t sweep_ms;
     uint64_t last_sweep_ms;
     pid_t owner; /* the process that started the thread (a forked child has no thread to stop) */
     uint64_t flush_timeout_ms;  /* how long a closing tunnel may wait for a peer to take its last bytes */
+    uint64_t linger_ms;         /* how long a closing fd is drained after its write side is shut down */
     char buffer[CHUNK_BYTES];
 } Relay;
 
@@ -129,9 +138,14 @@ void abort_tunnel(Relay *r, tunnel_t *t);
 void set_interest(Relay *r, end_t *e, uint32_t want);
 int flush(end_t *e);
 void want_sweep(Relay *r, uint64_t ms);
-void link_live(Relay *r, tunnel_t *t);
+int link_live(Relay *r, tunnel_t *t);
 void arm_relay(Relay *r, tunnel_t *t, const int registered[2]);
 void *relay_main(void *arg);
+
+/* _relay_index.c */
+int index_put(Relay *r, tunnel_t *t);
+tunnel_t *index_get(Relay *r, uint64_t id);
+void index_del(Relay *r, uint64_t id);
 
 /* _relay_dial.c */
 void fail_dial(Relay *r, tunnel_t *t, int reason, int err);

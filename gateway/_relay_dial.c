@@ -124,7 +124,10 @@ void on_dial_event(Relay *r, tunnel_t *t, uint32_t got) {
 /* Python connected the socket, sent what it could of the request and registered the socket in the epoll set
  * (Relay_dial); the thread takes the tunnel over here, at the latest when the first event for it comes. */
 void start_dial(Relay *r, tunnel_t *t) {
-    link_live(r, t);
+    if (link_live(r, t) != 0) {
+        fail_dial(r, t, FAIL_CLOSED, ENOMEM);
+        return;
+    }
     if (t->state == ST_DIAL) {
         t->deadline_ms = t->created_ms + t->connect_timeout_ms;
         want_sweep(r, t->connect_timeout_ms / 4);

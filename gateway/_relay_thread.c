@@ -1,6 +1,6 @@
 /* gateway._relay: the relay thread. Its epoll loop, the byte relaying between the two sockets of a tunnel with
- * paired backpressure, closing and the sweeps (idle timeout, flush timeout, dial deadlines). See _relay.c for the
- * rules and _relay_dial.c for the dialed upgrades it also carries. */
+ * paired backpressure, the lingering close and the sweeps (idle timeout, flush timeout, linger timeout, dial
+ * deadlines). See _relay.c for the rules and _relay_dial.c for the dialed upgrades it also carries. */
 #include "_relay.h"
 
 uint64_t now_ms(void) {
@@ -98,8 +98,11 @@ static void free_tunnel(tunnel_t *t) {
 void maybe_finish(Relay *r, tunnel_t *t) {
     if (t->finished || t->ends[0].fd >= 0 || t->ends[1].fd >= 0) return;
     t->finished = 1;
-    if (t->prev) t->prev->next = t->next; else r->live = t->next;
-    if (t->next) t->next->prev = t->prev;
+    if (t->linked) {
+        if (t->prev) t->prev->next = t->next; else r->live = t->next;
+        if (t->next) t->next->prev = t->prev;
+        index_del(r, t->id);
+    }
     if (t->state == ST_RELAY)
         report_event(r, t->id, EV_DONE, t->received[0], t->received[1], NULL, 0);
     else if (!t->outcome_reported)
@@ -122,13 +125,14 @@ void set_interest(Relay *r, end_t *e, uint32_t want) {
     if (epoll_ctl(r->epfd, EPOLL_CTL_MOD, e->fd, &ev) == 0) e->events = want;
 }
 
-/* What epoll should watch on end i: reading while nothing waits to go the other way, writing while bytes wait. */
+/* What epoll should watch on end i: reading while nothing waits to go the other way (while closing: until its EOF,
+ * to drop what it still sends), writing while bytes wait. */
 static void update_interest(Relay *r, tunnel_t *t, int i) {
     end_t *e = &t->ends[i];
     if (e->fd < 0) return;
     end_t *other = &t->ends[1 - i];
     uint32_t want = 0;
-    if (!t->closing && other->pending_len == 0) want |= EPOLLIN;
+    if (t->closing ? !e->eof : other->pending_len == 0) want |= EPOLLIN;
     if (e->pending_len) want |= EPOLLOUT;
     set_interest(r, e, want);
 }
@@ -158,19 +162,100 @@ void want_sweep(Relay *r, uint64_t ms) {
     if (r->sweep_ms == 0 || ms < r->sweep_ms) r->sweep_ms = ms;
 }
 
+/* The lingering close of an end whose pending bytes are all sent. One that said EOF closes now. Any other has its
+ * write side shut down (its peer reads our EOF after the last bytes) and is read until its EOF, dropping what
+ * comes, for at most linger_ms: closing a socket with unread input makes the kernel send a reset, and a reset can
+ * overtake the last bytes (a WebSocket close frame) on their way and destroy them. */
+static void end_flushed(Relay *r, end_t *e) {
+    if (e->fd < 0 || e->shut) return;
+    if (e->eof || r->linger_ms == 0 || shutdown(e->fd, SHUT_WR) != 0) {
+        close_end(r, e);
+        return;
+    }
+    e->shut = 1;
+    e->linger_until_ms = now_ms() + r->linger_ms;
+}
+
+/* Stop relaying: each end still open gets what is pending for it, then its lingering close. */
 static void begin_close(Relay *r, tunnel_t *t) {
     if (!t->closing) {
         t->closing = 1;
         t->closing_at_ms = now_ms();
         collect(t);
     }
-    for (int i = 0; i < 2; i++) {
-        end_t *e = &t->ends[i];
-        if (e->fd >= 0 && e->pending_len == 0) close_end(r, e);
-    }
+    for (int i = 0; i < 2; i++)
+        if (t->ends[i].pending_len == 0) end_flushed(r, &t->ends[i]);
     for (int i = 0; i < 2; i++) update_interest(r, t, i);
-    if (t->ends[0].fd >= 0 || t->ends[1].fd >= 0) want_sweep(r, r->flush_timeout_ms / 4);
+    if (t->ends[0].fd >= 0 || t->ends[1].fd >= 0)
+        want_sweep(r, (r->linger_ms && r->linger_ms < r->flush_timeout_ms ? r->linger_ms : r->flush_timeout_ms) / 4);
     maybe_finish(r, t);
+}
+
+/* A closing end is readable: drop what it sends until its EOF. At EOF it closes once flushed; after an error or a
+ * hang-up at once (nothing can be sent to it any more). A few reads per event, so that no tunnel holds the thread. */
+static void on_lingering(Relay *r, tunnel_t *t, int i, uint32_t got) {
+    end_t *e = &t->ends[i];
+    int hung_up = (got & (EPOLLHUP | EPOLLERR)) != 0;
+    for (int k = 0; k < 16; k++) {
+        ssize_t n = recv(e->fd, r->buffer, CHUNK_BYTES, 0);
+        if (n > 0 || (n < 0 && errno == EINTR)) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && !hung_up) return;
+        if (n == 0 && e->pending_len && !hung_up) {
+            e->eof = 1;
+            update_interest(r, t, i);
+            return;
+        }
+        close_end(r, e);
+        maybe_finish(r, t);
+        return;
+    }
+}
+
+/* Append to what waits for `dst` (rare: an end that hung up while the other was backpressured). */
+static int append_pending(end_t *dst, const char *data, size_t len) {
+    char *joined = malloc(dst->pending_len + len);
+    if (joined == NULL) return -1;
+    if (dst->pending_len) memcpy(joined, dst->pending + dst->pending_off, dst->pending_len);
+    memcpy(joined + dst->pending_len, data, len);
+    free(dst->pending);
+    dst->pending = joined;
+    dst->pending_len += len;
+    dst->pending_off = 0;
+    return 0;
+}
+
+/* Take everything end i sent that is still queued in the kernel (until its EOF, an error or EAGAIN) for the
+ * other end. Needed when end i fails or hangs up while it is not read (the other end was backpressured), or when
+ * writing to it fails first: its last bytes (a close frame, often) came before the reset and must not be lost with
+ * it. Returns the last recv's result (0: EOF). */
+static ssize_t salvage(Relay *r, tunnel_t *t, int i) {
+    end_t *src = &t->ends[i], *dst = &t->ends[1 - i];
+    for (;;) {
+        ssize_t n = recv(src->fd, r->buffer, CHUNK_BYTES, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return n;
+        src->read_bytes += (uint64_t)n;
+        if (dst->fd >= 0 && append_pending(dst, r->buffer, (size_t)n) != 0) return -1;
+    }
+}
+
+/* End i failed (a reset, an error): nothing more can be sent to it. What it sent before goes to the other end, then
+ * it closes and the other end gets its lingering close. */
+static void end_failed(Relay *r, tunnel_t *t, int i) {
+    collect(t);
+    if (!t->closing) salvage(r, t, i);
+    close_end(r, &t->ends[i]);
+    begin_close(r, t);
+}
+
+/* End i hung up while it was not read (the other end was backpressured). */
+static void on_hangup(Relay *r, tunnel_t *t, int i) {
+    if (salvage(r, t, i) == 0) {
+        t->ends[i].eof = 1;
+        begin_close(r, t);
+    } else {
+        end_failed(r, t, i);
+    }
 }
 
 /* Keep bytes that could not be sent yet; the source stops being read until they are. */
@@ -191,10 +276,11 @@ static void on_readable(Relay *r, tunnel_t *t, int i) {
         n = recv(src->fd, r->buffer, CHUNK_BYTES, 0);
     } while (n < 0 && errno == EINTR);
     if (n < 0) {
-        if (errno != EAGAIN && errno != EWOULDBLOCK) abort_tunnel(r, t);
+        if (errno != EAGAIN && errno != EWOULDBLOCK) end_failed(r, t, i);
         return;
     }
     if (n == 0) {
+        src->eof = 1;
         begin_close(r, t);
         return;
     }
@@ -207,7 +293,7 @@ static void on_readable(Relay *r, tunnel_t *t, int i) {
         if (w < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-            abort_tunnel(r, t);
+            end_failed(r, t, 1 - i);
             return;
         }
         sent += (size_t)w;
@@ -225,11 +311,12 @@ static void on_readable(Relay *r, tunnel_t *t, int i) {
 static void on_writable(Relay *r, tunnel_t *t, int i) {
     end_t *e = &t->ends[i];
     if (flush(e) != 0) {
-        abort_tunnel(r, t);
+        end_failed(r, t, i);
         return;
     }
     if (e->pending_len == 0 && t->closing) {
-        close_end(r, e);
+        end_flushed(r, e);
+        update_interest(r, t, i);
         maybe_finish(r, t);
         return;
     }
@@ -237,13 +324,8 @@ static void on_writable(Relay *r, tunnel_t *t, int i) {
     update_interest(r, t, 1 - i);
 }
 
-static tunnel_t *find_live(Relay *r, uint64_t id) {
-    for (tunnel_t *t = r->live; t; t = t->next)
-        if (t->id == id) return t;
-    return NULL;
-}
-
-void link_live(Relay *r, tunnel_t *t) {
+/* Returns -1 when the tunnel cannot be indexed (out of memory): the caller drops it. */
+int link_live(Relay *r, tunnel_t *t) {
     t->linked = 1;
     t->prev = NULL;
     t->next = r->live;
@@ -251,6 +333,13 @@ void link_live(Relay *r, tunnel_t *t) {
     r->live = t;
     t->active_at_ms = now_ms();
     if (t->idle_ms) want_sweep(r, t->idle_ms / 4);
+    if (index_put(r, t) != 0) {
+        t->linked = 0;  /* not in the index: maybe_finish must not look for it there */
+        r->live = t->next;
+        if (t->next) t->next->prev = NULL;
+        return -1;
+    }
+    return 0;
 }
 
 /* Send what each side has pending (bytes that came with the heads), then watch both with their final interest.
@@ -280,7 +369,10 @@ static void start_tunnel(Relay *r, tunnel_t *t) {
         start_dial(r, t);
         return;
     }
-    link_live(r, t);
+    if (link_live(r, t) != 0) {
+        abort_tunnel(r, t);
+        return;
+    }
     const int registered[2] = {0, 0};
     arm_relay(r, t, registered);
 }
@@ -293,7 +385,13 @@ static void sweep_idle(Relay *r, uint64_t now) {
             if (t->deadline_ms && now >= t->deadline_ms)
                 fail_dial(r, t, t->state == ST_DIAL ? FAIL_CONNECT_TIMEOUT : FAIL_RESPONSE_TIMEOUT, 0);
         } else if (t->closing) {
-            if (now - t->closing_at_ms >= r->flush_timeout_ms) abort_tunnel(r, t);
+            int flushing = 0;
+            for (int i = 0; i < 2; i++) {
+                end_t *e = &t->ends[i];
+                if (e->fd >= 0 && e->shut && now >= e->linger_until_ms) close_end(r, e);
+                flushing |= e->fd >= 0 && !e->shut;
+            }
+            if (flushing && now - t->closing_at_ms >= r->flush_timeout_ms) abort_tunnel(r, t); else maybe_finish(r, t);
         } else if (t->idle_ms) {
             if (t->moved != t->moved_seen) {
                 t->moved_seen = t->moved;
@@ -330,7 +428,7 @@ static int run_commands(Relay *r, int woken) {
         } else if (c->kind == CMD_STOP) {
             stop = 1;
         } else {
-            tunnel_t *t = find_live(r, c->id);
+            tunnel_t *t = index_get(r, c->id);
             if (t == NULL) continue;
             /* Closing a tunnel still dialing leaves nothing to flush: it is aborted. */
             if (c->kind == CMD_CLOSE && t->state == ST_RELAY) begin_close(r, t); else abort_tunnel(r, t);
@@ -372,11 +470,10 @@ void *relay_main(void *arg) {
                 on_writable(r, t, i);
                 if (e->fd < 0 || t->finished) continue;
             }
-            if ((got & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !t->closing && t->ends[1 - i].pending_len == 0) {
-                on_readable(r, t, i);
-            } else if (got & (EPOLLHUP | EPOLLERR)) {
-                abort_tunnel(r, t);
-            }
+            if (!(got & (EPOLLIN | EPOLLHUP | EPOLLERR))) continue;
+            if (t->closing) on_lingering(r, t, i, got);
+            else if (t->ends[1 - i].pending_len == 0) on_readable(r, t, i);
+            else if (got & (EPOLLHUP | EPOLLERR)) on_hangup(r, t, i);
         }
         for (size_t k = 0; k < r->nfreelater; k++) free_tunnel(r->freelater[k]);
         r->nfreelater = 0;

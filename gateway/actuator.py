@@ -1,10 +1,11 @@
 """The admin endpoints under /actuator, answered by the gateway itself on its own port.
 
-`GET /actuator/gateway/routes` (SCG's JSON shape), `/actuator/gateway/routes/{id}`, `/actuator/health` (UP or DOWN;
-503 when DOWN, like Spring Boot) and `/actuator/prometheus`.
+`GET /actuator/gateway/routes` (SCG's JSON shape), `/actuator/gateway/routes/{id}`, `/actuator/health` (UP or DOWN
+with discovery's status and the background duties' (`tasks`); 503 when DOWN, like Spring Boot) and
+`/actuator/prometheus`.
 
 Safe by default, as Spring Boot exposes only `health` over HTTP until told otherwise: `health` answers anyone, with
-its components (discovery's status) only to those who may read management data. Everything else wants
+its components (discovery, tasks) only to those who may read management data. Everything else wants
 `Authorization: Bearer <wsgate.admin-token>` when a token is set; without one it answers only while the gateway
 listens on loopback addresses alone (a developer's machine), and 403 otherwise (`admin_view.decide_access`, the
 admin page's rule).
@@ -21,6 +22,7 @@ from gateway.httpparse import RequestHead
 from gateway.metrics import Metrics
 from gateway.routing import describe_routes
 from gateway.targets import RoutingState
+from gateway.tasks import TaskSupervisor
 
 JSON = "application/json"
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
@@ -30,11 +32,12 @@ class Actuator:
     """Answers /actuator requests from the routing state, discovery status and metrics."""
 
     def __init__(self, *, state: Callable[[], RoutingState], provider: Provider, metrics: Metrics,
-                 listen_hosts: Callable[[], Sequence[str]] = lambda: ()) -> None:
+                 listen_hosts: Callable[[], Sequence[str]] = lambda: (), tasks: TaskSupervisor | None = None) -> None:
         self._state = state
         self._provider = provider
         self._metrics = metrics
         self._listen_hosts = listen_hosts
+        self._tasks = tasks
 
     def _access(self, head: RequestHead) -> AccessDecision:
         return decide_access(self._state().config.server.admin_token, head.header("authorization"),
@@ -43,13 +46,18 @@ class Actuator:
     def health(self, *, details: bool = True) -> tuple[int, dict[str, object]]:
         """(HTTP status, body) of the health endpoint; its components only with `details`."""
         discovery = dict(self._provider.status())
+        components: dict[str, object] = {
+            "discovery": discovery,
+            "gateway": {"status": "UP", "routes": len(self._state().config.routes)},
+        }
         up = discovery.get("status") == "UP"
+        if self._tasks is not None:
+            tasks = dict(self._tasks.status())
+            components["tasks"] = tasks
+            up = up and tasks.get("status") == "UP"
         body: dict[str, object] = {"status": "UP" if up else "DOWN"}
         if details:
-            body["components"] = {
-                "discovery": discovery,
-                "gateway": {"status": "UP", "routes": len(self._state().config.routes)},
-            }
+            body["components"] = components
         return (200 if up else 503), body
 
     async def __call__(self, head: RequestHead) -> tuple[int, str, bytes]:

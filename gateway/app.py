@@ -5,6 +5,10 @@ mtime changes; a bad file on reload is logged and the old routes stay. On stop i
 tunnels get up to `drain_timeout_s` to finish, then are closed. RequestRateLimiter buckets live in the Redis at
 `wsgate.redis.url`, else $REDIS_URL (default 127.0.0.1:6379), keys prefixed with `wsgate.redis.prefix`, else
 $WSGATE_REDIS_PREFIX (read once at start: a reload does not move the buckets).
+
+Every long-running background duty of the worker runs under one `TaskSupervisor` (`gateway.tasks`): the metrics
+snapshot writer, the routes file watch, each service's discovery watch and the relay's completion reader. One that
+fails is logged, restarted with backoff and DOWN in `/actuator/health` until it works again.
 """
 
 from __future__ import annotations
@@ -35,12 +39,16 @@ from gateway.ratelimit_redis import RedisRateLimiter, redis_connection
 from gateway.routing import RouteTable
 from gateway.server import GatewayServer
 from gateway.targets import RoutingState
+from gateway.tasks import TaskSupervisor
 
 log = logging.getLogger("gateway.app")
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"  # Spring Data Redis's default, as SCG's rate limiter uses
 FILE_POLL_S = 1.0
 METRICS_PUBLISH_S = 1.0
+FILE_WATCH = "routes-file-watch"  # the supervised duties of this module
+METRICS_SNAPSHOTS = "metrics-snapshots"
+CATALOG_WATCH = "discovery-locator-catalog"
 
 
 def consul_settings(config: GatewayConfig, env: Mapping[str, str]) -> ConsulSettings | None:
@@ -53,12 +61,12 @@ def consul_settings(config: GatewayConfig, env: Mapping[str, str]) -> ConsulSett
     return None
 
 
-def make_provider(settings: ConsulSettings | None) -> Provider:
-    """A Consul provider for `settings`, or an empty static one when there is no Consul."""
+def make_provider(settings: ConsulSettings | None, *, tasks: TaskSupervisor | None = None) -> Provider:
+    """A Consul provider for `settings` (its watches duties of `tasks`), or an empty static one without Consul."""
     if settings is None:
         return StaticProvider()
     return ConsulProvider(host=settings.host, port=settings.port, scheme=settings.scheme, token=settings.token,
-                          passing_only=settings.passing_only, datacenter=settings.datacenter)
+                          passing_only=settings.passing_only, datacenter=settings.datacenter, tasks=tasks)
 
 
 def listen_ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
@@ -97,11 +105,11 @@ class GatewayApp:
         self.server: GatewayServer | None = None
         self.provider: Provider | None = None
         self.addresses: list[tuple[str, int]] = []
+        self.tasks = TaskSupervisor.from_env(self.env)
         self._stop = asyncio.Event()
         self._mtime = self._file_mtime()
         self._services: Services = {}  # the Consul catalog, for discovery.locator's routes
         self._catalog_watching = False
-        self._background: list[asyncio.Task[None]] = []  # cancelled when run() ends
 
     def _file_mtime(self) -> float | None:
         try:
@@ -151,9 +159,10 @@ class GatewayApp:
             return
         self._catalog_watching = True
         watch = CatalogWatch(settings, self._services_changed)
-        self._background.append(asyncio.get_running_loop().create_task(watch.run()))
+        self.tasks.spawn(CATALOG_WATCH, watch.run)
 
     async def _services_changed(self, services: Services) -> None:
+        self.tasks.ok(CATALOG_WATCH)  # a unit of work done: UP again after a restart
         self._services = services
         self._install(self._base)
         log.info("discovery.locator: %d service(s) in Consul", len(services))
@@ -165,21 +174,23 @@ class GatewayApp:
             if mtime is not None and mtime != self._mtime:
                 self._mtime = mtime
                 self.reload()
+            self.tasks.ok(FILE_WATCH)
 
     async def _publish_metrics(self) -> None:
         while True:
             await asyncio.sleep(METRICS_PUBLISH_S)
-            self.metrics.publish()
+            self.metrics.publish()  # OSError (a full disk, a directory gone) is the supervisor's to report
+            self.tasks.ok(METRICS_SNAPSHOTS)
 
     async def run(self, *, ready: Callable[[GatewayApp], None] | None = None) -> int:
         """Serve until stopped; returns the exit status."""
         config = self._load()
         settings = config.server
-        self.provider = make_provider(consul_settings(config, self.env))
+        self.provider = make_provider(consul_settings(config, self.env), tasks=self.tasks)
         await self.provider.start(config.services)
         state = RoutingState(config, RouteTable(config))
         actuator = Actuator(state=lambda: self._state(), provider=self.provider, metrics=self.metrics,
-                            listen_hosts=lambda: [host for host, _ in self.addresses])
+                            listen_hosts=lambda: [host for host, _ in self.addresses], tasks=self.tasks)
         admin = AdminPage(state=lambda: self._state(), provider=self.provider, metrics=self.metrics, fallback=actuator,
                           consul=consul_settings(config, self.env), upstream_ssl=upstream_ssl_context(settings),
                           listen_hosts=lambda: [host for host, _ in self.addresses])
@@ -191,6 +202,7 @@ class GatewayApp:
         self.server = GatewayServer(state, provider=self.provider, balancer=self.balancer, metrics=self.metrics,
                                     admin=admin, upstream_ssl=upstream_ssl_context(settings),
                                     listen_ssl=listen_ssl_context(settings), rate_limiter=limiter)
+        self.server.tunnels.tasks = self.tasks  # before `start` starts the relay thread
         self.addresses = await self.server.start(self.host or settings.host, settings.port if self.port is None
                                                  else self.port, reuse_port=self.reuse_port)
         loop = asyncio.get_running_loop()
@@ -199,12 +211,11 @@ class GatewayApp:
             loop.add_signal_handler(signum, handler)
         log.info("gateway listening on %s (pid %d, %d route(s))",
                  ", ".join(f"{h}:{p}" for h, p in self.addresses), os.getpid(), len(config.routes))
-        background = [loop.create_task(self._publish_metrics())]
+        self.tasks.spawn(METRICS_SNAPSHOTS, self._publish_metrics)
         self._base = config
-        self._background = background
         self._follow_catalog(config)
         if self.watch_file:
-            background.append(loop.create_task(self._watch_file()))
+            self.tasks.spawn(FILE_WATCH, self._watch_file)
         if ready is not None:
             ready(self)
         try:
@@ -212,13 +223,17 @@ class GatewayApp:
             log.info("draining (up to %.1fs)", self._state().config.server.drain_timeout_s)
             await self.server.drain(self._state().config.server.drain_timeout_s)
         finally:
-            for task in background:
-                task.cancel()
+            self.tasks.cancel(METRICS_SNAPSHOTS)
+            self.tasks.cancel(FILE_WATCH)
+            self.tasks.cancel(CATALOG_WATCH)
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             await self.provider.stop()
             await limiter_redis.aclose()
-            self.metrics.publish()
+            try:
+                self.metrics.publish()
+            except OSError as error:
+                log.warning("last metrics snapshot not written: %s", error)
         log.info("gateway stopped")
         return 0
 

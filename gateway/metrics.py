@@ -8,7 +8,6 @@ snapshots, so the figures are the whole gateway's, at most a second old for the 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -71,14 +70,13 @@ class Metrics:
         return self._own().get((name, tuple(sorted(labels.items()))), 0.0)
 
     def publish(self) -> None:
-        """Write this worker's snapshot for the others (no-op without a shared directory)."""
+        """Write this worker's snapshot for the others (no-op without a shared directory); OSError when it cannot."""
         if self._shared_dir is None:
             return
         data = [[name, list(labels), value] for (name, labels), value in self._own().items()]
         tmp = self._shared_dir / f".{self._pid}.tmp"
-        with contextlib.suppress(OSError):
-            tmp.write_text(json.dumps(data))
-            tmp.replace(self._shared_dir / f"{self._pid}.json")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self._shared_dir / f"{self._pid}.json")
 
     def _others(self) -> Iterable[tuple[tuple[str, Labels], float]]:
         if self._shared_dir is None:

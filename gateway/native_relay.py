@@ -20,12 +20,15 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING
 
 from gateway.conn import Conn
+from gateway.linger import DEFAULT_TIMEOUTS, CloseTimeouts
+from gateway.tasks import TaskSupervisor
 
 if TYPE_CHECKING:
     from gateway._relay import Relay as _RelayType
@@ -84,7 +87,7 @@ class NativeTunnel:
         return self._counts
 
     def close(self) -> None:
-        """Flush what is pending to each side, then close both."""
+        """Flush what is pending to each side, then close both the lingering way (`gateway.linger`)."""
         if not self.done.done():
             self._relay.command_close(self.id)
 
@@ -111,18 +114,33 @@ def _plain_socket_fd(transport: asyncio.BaseTransport) -> int | None:
     return fd if isinstance(fd, int) and fd >= 0 else None
 
 
-class NativeRelay:
-    """The relay thread of one worker process and the tunnels it carries."""
+REAPER = "relay-completions"  # the supervised duty that reads what the thread reports
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+
+class NativeRelay:
+    """The relay thread of one worker process and the tunnels it carries.
+
+    Its completion reader (`_reap`, called when the thread's eventfd is readable) is a duty of `tasks`: should
+    handling an event raise, that event is dropped, the reader is detached, logged as failed and DOWN in
+    `/actuator/health`, and attached again after a backoff; the events after the failed one wait for it.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, timeouts: CloseTimeouts = DEFAULT_TIMEOUTS,
+                 tasks: TaskSupervisor | None = None) -> None:
         if _relay is None:
             raise RuntimeError("gateway._relay is not built")
         self._loop = loop
-        self._relay: _RelayType = _relay.Relay()
+        self._relay: _RelayType = _relay.Relay(**timeouts.native_ms())
         self._tunnels: dict[int, NativeTunnel] = {}
         self._dials: dict[int, _Dial] = {}
         self._closed = False
-        loop.add_reader(self._relay.fileno(), self._reap)
+        self._backlog: deque[tuple[int, int, int, int, bytes | None]] = deque()
+        fd = self._relay.fileno()
+        self._tasks = tasks or TaskSupervisor()
+        self._reader = self._tasks.guard(
+            REAPER, self._reap, loop=loop, detach=lambda: loop.remove_reader(fd),
+            attach=lambda reader: None if self._closed else loop.add_reader(fd, reader))
+        loop.add_reader(fd, self._reader)
 
     def adopt(self, client: Conn, upstream: Conn, *, idle_timeout_s: float | None = None,
               on_done: Callable[[NativeTunnel], None] | None = None) -> NativeTunnel | None:
@@ -257,7 +275,10 @@ class NativeRelay:
 
     def _reap(self) -> None:
         assert _relay is not None
-        for tunnel_id, kind, a, b, data in self._relay.reap():
+        backlog = self._backlog
+        backlog.extend(self._relay.reap())
+        while backlog:
+            tunnel_id, kind, a, b, data = backlog.popleft()
             if kind != _relay.EV_DONE:
                 self._dial_ended(tunnel_id, kind, a, b, data)
                 continue
@@ -273,7 +294,8 @@ class NativeRelay:
         with contextlib.suppress(Exception):
             self._loop.remove_reader(self._relay.fileno())
         self._relay.stop()
-        self._reap()
+        self._reader()
+        self._tasks.cancel(REAPER)
         for tunnel in list(self._tunnels.values()):
             tunnel.finish(*tunnel.nbytes)
         self._tunnels.clear()

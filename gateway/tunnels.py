@@ -5,6 +5,9 @@
 balancer's per-instance counts and the tunnel metrics (upgrades, active tunnels, bytes each way) and forgets a
 tunnel when it ends. The native relay thread (an epoll fd, two eventfds and a thread) starts when the worker
 process listens (`prepare`; never in the supervisor that forks the workers) and stops in `close_all`.
+
+Both relays end tunnels with the same lingering close (`gateway.linger`, with this worker's `CloseTimeouts`);
+`RELAY_KINDS` names them, and the tunnel tests run every case against each.
 """
 
 from __future__ import annotations
@@ -17,20 +20,25 @@ from gateway import native_relay
 from gateway.balancer import Balancer
 from gateway.conn import Conn
 from gateway.discovery.base import Endpoint
+from gateway.linger import DEFAULT_TIMEOUTS, CloseTimeouts
 from gateway.metrics import Metrics
 from gateway.native_relay import DialResult, NativeRelay, NativeTunnel
+from gateway.tasks import TaskSupervisor
 from gateway.tunnel import Tunnel
 
 log = logging.getLogger("gateway.tunnels")
 
 AnyTunnel = Tunnel | NativeTunnel
+RELAY_KINDS = ("native", "python")  # the native relay thread, uvloop transports (`Tunnel`)
 
 
 class Tunnels:
     """A set of open tunnels (iterable, sized) plus the worker's relay thread."""
 
-    def __init__(self, *, metrics: Metrics, balancer: Balancer) -> None:
+    def __init__(self, *, metrics: Metrics, balancer: Balancer, timeouts: CloseTimeouts = DEFAULT_TIMEOUTS) -> None:
         self._open: set[AnyTunnel] = set()
+        self.timeouts = timeouts
+        self.tasks: TaskSupervisor | None = None  # the worker's; set before `prepare` to supervise the relay's reader
         self._metrics = metrics
         self._balancer = balancer
         self._relay: NativeRelay | None = None
@@ -49,7 +57,7 @@ class Tunnels:
     def _native(self, loop: asyncio.AbstractEventLoop) -> NativeRelay | None:
         if self._relay is None and not self._relay_failed and native_relay.available():
             try:
-                self._relay = NativeRelay(loop)
+                self._relay = NativeRelay(loop, timeouts=self.timeouts, tasks=self.tasks)
             except (OSError, RuntimeError) as exc:
                 self._relay_failed = True
                 log.warning("native relay unavailable, tunnels are relayed in Python: %s", exc)
@@ -101,17 +109,22 @@ class Tunnels:
         if relay is not None:
             tunnel = relay.adopt(client, upstream, idle_timeout_s=idle_timeout_s, on_done=finished)
         if tunnel is None:
-            tunnel = Tunnel(client, upstream, idle_timeout_s=idle_timeout_s, on_done=finished, loop=loop)
+            tunnel = Tunnel(client, upstream, idle_timeout_s=idle_timeout_s, on_done=finished, loop=loop,
+                            timeouts=self.timeouts)
         if not tunnel.done.done():
             self._open.add(tunnel)
         return tunnel
 
     async def close_all(self, *, flush_timeout_s: float = 1.0) -> None:
-        """Close every tunnel (each flushes what it has pending), then stop the relay thread."""
+        """Close every tunnel (each flushes what it has pending and lingers), then stop the relay thread.
+
+        The lingering of each is cut short after `flush_timeout_s`: the worker is stopping."""
         for tunnel in list(self._open):
             tunnel.close()
+        if closing := [t.done for t in self._open]:
+            await asyncio.wait(closing, timeout=flush_timeout_s)
+        for tunnel in list(self._open):
+            if isinstance(tunnel, Tunnel):
+                tunnel.abort()
         if self._relay is not None:
-            # The thread flushes what each side still has pending; give that a moment before it stops.
-            if closing := [t.done for t in self._open if isinstance(t, NativeTunnel)]:
-                await asyncio.wait(closing, timeout=flush_timeout_s)
             self._relay.close()

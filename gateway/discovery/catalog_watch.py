@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from gateway.config import ConsulSettings
-from gateway.discovery.consul import WAIT, WAIT_S, backoff_s
+from gateway.discovery.consul import WAIT, WAIT_S
 from gateway.locator import ServiceInfo
+from gateway.taskhealth import backoff_s
 
 log = logging.getLogger("gateway.discovery.catalog")
 

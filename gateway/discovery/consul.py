@@ -2,13 +2,16 @@
 
 Each watch asks `/v1/health/service/<name>?index=<last>&wait=30s`, which Consul answers as soon as anything
 changes, so changes apply well within a second. Errors back off exponentially with full jitter (capped) and the
-previous instances stay in use. JSON handling is in `consul_build` (pure).
+previous instances stay in use. JSON handling is in `consul_build` (pure). Each watch is a duty of the gateway's
+`TaskSupervisor`: should it fail outside its own error handling, it is logged, restarted with backoff and reported
+DOWN in `/actuator/health` until it has processed an answer again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -18,27 +21,24 @@ from typing import Any
 
 from gateway.discovery.base import SnapshotTable
 from gateway.discovery.consul_build import build_endpoints
+from gateway.taskhealth import backoff_s
+from gateway.tasks import TaskSupervisor
 
 log = logging.getLogger("gateway.discovery.consul")
 
 WAIT = "30s"
 WAIT_S = 30.0
-BACKOFF_BASE_S = 0.1
-BACKOFF_MAX_S = 5.0
 FIRST_RESULTS_TIMEOUT_S = 3.0
-
-
-def backoff_s(failures: int, *, rng: random.Random) -> float:
-    """Full-jitter exponential backoff after `failures` consecutive errors."""
-    return rng.uniform(0, min(BACKOFF_MAX_S, BACKOFF_BASE_S * (2 ** min(failures, 16))))
 
 
 class ConsulProvider(SnapshotTable):
     """Healthy instances of watched services, from a Consul agent (py-consul's `consul.aio`)."""
 
     def __init__(self, *, host: str, port: int, scheme: str = "http", token: str | None = None,
-                 passing_only: bool = True, datacenter: str | None = None, verify: bool | str = True) -> None:
+                 passing_only: bool = True, datacenter: str | None = None, verify: bool | str = True,
+                 tasks: TaskSupervisor | None = None) -> None:
         super().__init__()
+        self._supervisor = tasks or TaskSupervisor()
         self._params: dict[str, Any] = {"host": host, "port": port, "scheme": scheme, "token": token,
                                         "dc": datacenter, "verify": verify}
         self._passing_only = passing_only
@@ -71,19 +71,20 @@ class ConsulProvider(SnapshotTable):
     async def set_services(self, services: frozenset[str]) -> None:
         """Watch exactly `services`."""
         for name in set(self._tasks) - services:
-            self._tasks.pop(name).cancel()
+            self._tasks.pop(name)
+            self._supervisor.cancel(_duty(name))
             self._snapshots.pop(name, None)
             self._errors.pop(name, None)
         for name in services - set(self._tasks):
             self._first[name] = asyncio.Event()
-            self._tasks[name] = asyncio.get_running_loop().create_task(self._watch(name), name=f"consul:{name}")
+            self._tasks[name] = self._supervisor.spawn(_duty(name), functools.partial(self._watch, name))
 
     async def stop(self) -> None:
         """Cancel the watches and close the client."""
         tasks = list(self._tasks.values())
+        for name in list(self._tasks):
+            self._supervisor.cancel(_duty(name))
         self._tasks.clear()
-        for task in tasks:
-            task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -122,6 +123,7 @@ class ConsulProvider(SnapshotTable):
             if self.publish(name, snapshot):
                 log.info("service %s: %d instance(s)", name, len(snapshot))
             self._first[name].set()
+            self._supervisor.ok(_duty(name))
 
     def status(self) -> Mapping[str, object]:
         """DOWN while any watch is failing (the last known instances are still used)."""
@@ -132,6 +134,11 @@ class ConsulProvider(SnapshotTable):
             "services": {name: len(self._snapshots.get(name, ())) for name in sorted(self._tasks)},
             **({"errors": dict(self._errors)} if self._errors else {}),
         }
+
+
+def _duty(service: str) -> str:
+    """The supervised duty watching `service`."""
+    return f"discovery:{service}"
 
 
 def _as_int(value: object) -> int:

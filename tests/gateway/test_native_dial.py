@@ -172,6 +172,7 @@ def test_dial_forwards_a_101_and_relays_both_ways(bench: Bench) -> None:
     client.shutdown(socket.SHUT_WR)
     assert recv_until_eof(up) == b""
     assert recv_until_eof(client) == b""
+    up.shutdown(socket.SHUT_WR)  # the lingering close waits for the instance's EOF
     [(done_id, kind, from_client, from_instance, data)] = wait_events(bench.relay)
     assert (done_id, kind, data) == (tunnel_id, _relay.EV_DONE, None)
     # TCP_INFO counts sequence numbers (a FIN may add one); the instance's count includes the 101 head.
@@ -200,11 +201,13 @@ def test_dial_idle_timeout_applies_once_relaying(bench: Bench) -> None:
     upgraded_at = time.monotonic()
     up.sendall(UPGRADE)
     assert recv_exactly(client, len(UPGRADE)) == UPGRADE
-    assert [e[:2] for e in wait_events(bench.relay, 2)] == [(tunnel_id, _relay.EV_UPGRADED),
-                                                            (tunnel_id, _relay.EV_DONE)]
-    assert time.monotonic() - upgraded_at >= 0.09  # the relay's clock counts whole milliseconds
     assert recv_until_eof(client) == b""
     assert recv_until_eof(up) == b""
+    assert time.monotonic() - upgraded_at >= 0.09  # the relay's clock counts whole milliseconds
+    client.shutdown(socket.SHUT_WR)  # the lingering close waits for both EOFs
+    up.shutdown(socket.SHUT_WR)
+    assert [e[:2] for e in wait_events(bench.relay, 2)] == [(tunnel_id, _relay.EV_UPGRADED),
+                                                            (tunnel_id, _relay.EV_DONE)]
 
 
 def test_dial_hands_back_a_non_101_head_with_the_bytes_after_it(bench: Bench) -> None:
@@ -382,8 +385,10 @@ def test_dial_over_ipv6_loopback(relay: _relay.Relay, listener: socket.socket) -
                 up.sendall(b"v6")
                 assert recv_exactly(client, 2) == b"v6"
                 relay.close(tunnel_id)
-                assert [e[:2] for e in wait_events(relay)] == [(tunnel_id, _relay.EV_DONE)]
                 assert recv_until_eof(up) == b""
+                up.shutdown(socket.SHUT_WR)  # the lingering close waits for both EOFs
+                client.shutdown(socket.SHUT_WR)
+                assert [e[:2] for e in wait_events(relay)] == [(tunnel_id, _relay.EV_DONE)]
 
 
 def test_dial_leaks_no_descriptors(bench: Bench, closed_port: int) -> None:
@@ -395,6 +400,8 @@ def test_dial_leaks_no_descriptors(bench: Bench, closed_port: int) -> None:
         up.sendall(UPGRADE)
         assert recv_exactly(client, len(UPGRADE)) == UPGRADE
         client.close()
+        assert recv_until_eof(up) == b""
+        up.shutdown(socket.SHUT_WR)  # the lingering close waits for the instance's EOF
         assert [e[:2] for e in wait_events(relay, 2)] == [(tunnel_id, _relay.EV_UPGRADED),
                                                           (tunnel_id, _relay.EV_DONE)]
         client, tunnel_id, up = bench.answered()  # handed back

@@ -141,6 +141,7 @@ def test_relay_eof_from_one_side_closes_the_other_after_flushing(relay: Any, lis
         t.upstream.sendall(b"last words")
         t.upstream.shutdown(socket.SHUT_WR)
         assert recv_until_eof(t.client) == b"last words"
+        t.client.close()  # the lingering close waits for the client's EOF
         [(tunnel_id, from_client, from_upstream)] = wait_done(relay)
         assert tunnel_id == t.id
         # TCP_INFO counts sequence numbers: the FIN may add one.
@@ -155,6 +156,7 @@ def test_relay_reset_from_one_side_closes_the_other(relay: Any, listener: socket
         t.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         t.client.close()  # linger 0: RST
         assert recv_until_eof(t.upstream) == b""
+        t.upstream.close()
         assert [d[0] for d in wait_done(relay)] == [t.id]
     finally:
         t.close()
@@ -168,10 +170,11 @@ def test_relay_counts_the_bytes_each_side_sent(relay: Any, listener: socket.sock
         t.upstream.sendall(b"y" * 300)
         assert recv_exactly(t.client, 300) == b"y" * 300
         relay.close(t.id)
-        [(_, from_client, from_upstream)] = wait_done(relay)
-        assert (from_client, from_upstream) == (1000, 300)
         assert recv_until_eof(t.client) == b""
         assert recv_until_eof(t.upstream) == b""
+        t.close()
+        [(_, from_client, from_upstream)] = wait_done(relay)
+        assert (from_client, from_upstream) == (1000, 300)
     finally:
         t.close()
 
@@ -196,13 +199,16 @@ def test_relay_idle_timeout_closes_only_quiet_tunnels(relay: Any, listener: sock
         while not done:
             busy.client.sendall(b"tick")
             assert recv_exactly(busy.upstream, 4) == b"tick"
-            readable, _, _ = select.select([relay.fileno()], [], [], 0.02)
-            if readable:
+            watched = [relay.fileno()] + ([quiet.client] if quiet.client.fileno() >= 0 else [])
+            readable, _, _ = select.select(watched, [], [], 0.02)
+            if quiet.client in readable:  # the idle timeout shut the quiet tunnel's write sides down
+                assert recv_until_eof(quiet.client) == b""
+                quiet.close()
+            if relay.fileno() in readable:
                 done = finished(relay)
             assert time.monotonic() - started < 5, "the quiet tunnel was never closed"
         assert [d[0] for d in done] == [quiet.id]
         assert time.monotonic() - started >= 0.1
-        assert recv_until_eof(quiet.client) == b""
     finally:
         quiet.close()
         busy.close()
@@ -218,6 +224,9 @@ def test_relay_carries_many_tunnels_independently(relay: Any, listener: socket.s
             assert recv_exactly(t.upstream, len(expected)) == expected
         for t in tunnels[:25]:
             relay.close(t.id)
+        for t in tunnels[:25]:
+            assert recv_until_eof(t.client) == b""
+            t.close()
         assert sorted(d[0] for d in wait_done(relay, 25)) == sorted(t.id for t in tunnels[:25])
         tunnels[30].upstream.sendall(b"still here")
         assert recv_exactly(tunnels[30].client, 10) == b"still here"
@@ -274,3 +283,78 @@ def test_relay_gives_up_flushing_to_a_peer_that_never_reads(listener: socket.soc
     finally:
         relay.stop()
         t.close()
+
+
+def test_relay_delivers_the_last_bytes_of_an_instance_that_resets_while_the_client_sends(
+        relay: Any, listener: socket.socket) -> None:
+    """The instance answers and resets while the client is still sending: the answer, then EOF, no reset."""
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    t = Tunnel(relay, listener)
+    try:
+        t.client.setblocking(False)
+        chunk = b"c" * 65536
+        with contextlib.suppress(BlockingIOError):
+            while True:  # until every buffer on the way to the instance is full
+                t.client.send(chunk)
+        t.upstream.sendall(b"close frame")
+        t.upstream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        t.upstream.close()  # unread input and linger 0: RST
+        received = bytearray()
+        deadline = time.monotonic() + 5
+        while True:  # keep sending, as a client in the middle of a frame does, and read what comes
+            assert time.monotonic() < deadline, f"no EOF after {received!r}"
+            readable, writable, _ = select.select([t.client], [t.client], [], 1)
+            if writable:
+                with contextlib.suppress(BlockingIOError):
+                    t.client.send(chunk)
+            if readable:
+                data = t.client.recv(65536)  # a reset here raises ConnectionResetError
+                if not data:
+                    break
+                received += data
+        assert bytes(received) == b"close frame"
+        t.client.close()
+        assert [d[0] for d in wait_done(relay)] == [t.id]
+    finally:
+        t.close()
+
+
+def test_relay_lingers_at_most_linger_ms_for_a_peer_that_never_closes(listener: socket.socket) -> None:
+    from gateway import _relay
+
+    relay = _relay.Relay(linger_ms=150)
+    t = Tunnel(relay, listener)
+    try:
+        t.upstream.close()
+        assert recv_until_eof(t.client) == b""  # the write side is shut down at once
+        started = time.monotonic()
+        assert [d[0] for d in wait_done(relay)] == [t.id]  # then the client is waited for, but not forever
+        assert time.monotonic() - started >= 0.1
+    finally:
+        relay.stop()
+        t.close()
+
+
+def test_relay_finds_a_tunnel_by_id_in_constant_time(relay: Any) -> None:
+    """Closing N tunnels looks each one up in O(1) (a list walk made a drain cost O(N^2))."""
+    count = 2000
+    far: list[socket.socket] = []
+    try:
+        ids = []
+        for _ in range(count):
+            client, client_near = socket.socketpair()
+            upstream, upstream_near = socket.socketpair()
+            far += [client, upstream]
+            for near in (client_near, upstream_near):
+                near.setblocking(False)
+            ids.append(relay.add(client_near.detach(), upstream_near.detach()))
+        for tunnel_id in ids:
+            relay.abort(tunnel_id)
+        assert sorted(d[0] for d in wait_done(relay, count, timeout_s=30)) == sorted(ids)
+        stats = relay.stats()
+        assert stats["live"] == 0
+        assert stats["lookups"] >= count
+        assert stats["probes"] <= 3 * stats["lookups"], stats
+    finally:
+        for sock in far:
+            sock.close()

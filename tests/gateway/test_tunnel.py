@@ -1,11 +1,13 @@
 """WebSocket through the gateway: the instance's handshake answer reaches the client, then bytes flow untouched.
 
-Every test runs twice: tunnels relayed by the native thread (gateway._relay) and by uvloop transports in Python.
+Every test runs against each relay of `gateway.tunnels.RELAY_KINDS`: the native thread (gateway._relay) and uvloop
+transports in Python; a relay added there gets every case, the lingering close's included.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 
 import aiohttp
@@ -16,14 +18,17 @@ from gateway import native_relay
 from gateway.config import GatewayConfig, RouteSpec
 from gateway.native_relay import NativeTunnel
 from gateway.tunnel import Tunnel
+from gateway.tunnels import RELAY_KINDS
+from harness import ProcessGroup, RedisInfo, free_port
 from tests.gateway import conftest
 from tests.gateway.conftest import StartGateway, StartUpstream, route
 from tests.gateway.rawsock import switching_protocols
+from tests.wsnode.conftest import API_KEY, SECRET, make_token
 
 _native = {"on": True}
 
 
-@pytest.fixture(autouse=True, params=["native", "python"])
+@pytest.fixture(autouse=True, params=RELAY_KINDS)
 def relay_kind(request: pytest.FixtureRequest) -> str:
     """Which relay carries this test's tunnels (a missing native build fails rather than hiding)."""
     if request.param == "native" and not native_relay.available():
@@ -198,3 +203,32 @@ async def test_tunnel_forwards_bytes_that_arrive_with_the_heads(start_gateway: S
         writer.close()
         server.close()
         await server.wait_closed()
+
+
+CLOSE_CODE_ROUNDS = 100
+
+
+async def test_tunnel_delivers_close_code_of_a_node_that_closes_while_the_client_sends(
+        start_gateway: StartGateway, procs: ProcessGroup, redis_server: RedisInfo, redis_prefix: str) -> None:
+    # The node refuses a 16 MiB frame after its header (limit 1 MiB) and closes 1009 while the client is still
+    # sending; a relay that closes the client's socket with that input unread makes the kernel send a reset, which
+    # destroys the close frame on its way. Direct to the node this holds every time; so must it through the tunnel.
+    node_port = free_port()
+    node = procs.python("node", "wsnode", "--port", str(node_port), "--host", "127.0.0.1", "--node-id", "node",
+                        "--redis", redis_server.url, "--redis-prefix", redis_prefix, "--jwt-secret", SECRET,
+                        "--api-key", API_KEY, "--max-frame-bytes", str(1 << 20))
+    await node.wait_http_ready_async(f"http://127.0.0.1:{node_port}/health")
+    gw = await start_gateway(config(route("ws", f"ws://127.0.0.1:{node_port}", ["Path=/**"])))
+    frame = os.urandom(16 << 20)
+    codes: list[int | str] = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(CLOSE_CODE_ROUNDS):
+            async with session.ws_connect(f"{gw.ws_url}/websocket", params={"token": make_token("ann")},
+                                          autoping=False, heartbeat=None) as ws:
+                assert (await ws.receive(timeout=10)).type == WSMsgType.TEXT  # the welcome frame
+                sending = asyncio.ensure_future(ws.send_bytes(frame))
+                message = await ws.receive(timeout=10)
+                with contextlib.suppress(OSError, aiohttp.ClientError):
+                    await sending
+                codes.append(message.data if message.type == WSMsgType.CLOSE else message.type.name)
+    assert codes == [1009] * CLOSE_CODE_ROUNDS, {str(code): codes.count(code) for code in set(codes)}
