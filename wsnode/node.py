@@ -177,7 +177,7 @@ class Node:
     def go_live(self, session: Session, replay: Replay, *, since: int | None) -> None:
         """After the upgrade: welcome, replayed frames, buffered live frames, then live (see sessions.py)."""
         welcome = encode_welcome(session=session.id, user=session.user, node=self.settings.node_id,
-                                 unread=replay.unread, recovered=replay.recovered)
+                                 unread=replay.unread, recovered=replay.recovered, last=replay.position)
         if session.finish_replay(welcome, replay.frames, position=replay.position):
             self._catch_up_soon(session)
         metrics.CONNECTS.inc()
