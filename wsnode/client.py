@@ -145,7 +145,10 @@ class Receiver:
 
     def __init__(self, urls: Sequence[str] | str, *, token: TokenSource, on_message: MessageHandler,
                  since: str | None = None, backoff_base_s: float = 0.5, backoff_max_s: float = 15.0,
-                 session: aiohttp.ClientSession | None = None, rng: random.Random | None = None) -> None:
+                 session: aiohttp.ClientSession | None = None, rng: random.Random | None = None,
+                 resume_on_gap: bool = True) -> None:
+        """`resume_on_gap=False` delivers across gaps (counted in `stats["gaps"]`): what a client without the rule
+        sees, for measuring the nodes alone."""
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         self._token = token
         self._on_message = on_message
@@ -159,6 +162,7 @@ class Receiver:
         self.close_codes: list[int | None] = []
         self.stats = {"connects": 0, "messages": 0, "duplicates": 0, "gaps": 0, "reconnects": 0}
         self.connected = asyncio.Event()
+        self._resume_on_gap = resume_on_gap
 
     async def _bearer(self) -> str:
         token = self._token() if callable(self._token) else self._token
@@ -216,7 +220,7 @@ class Receiver:
             self.connected.set()
             return "welcome"
         if kind == "message" and frame.get("id") is not None:
-            verdict = self.tracker.message(str(frame["id"]))
+            verdict = self.tracker.message(str(frame["id"]), allow_gap=not self._resume_on_gap)
             if verdict is Verdict.DUPLICATE:
                 self.stats["duplicates"] += 1
             elif verdict is Verdict.GAP:
@@ -225,6 +229,8 @@ class Receiver:
                 return "gap"
             else:
                 self.stats["messages"] += 1
+                if verdict is Verdict.DELIVER_AFTER_GAP:
+                    self.stats["gaps"] += 1
                 self._on_message(frame)
         return None
 

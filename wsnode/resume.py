@@ -21,6 +21,7 @@ class Verdict(Enum):
     DELIVER = "deliver"
     DUPLICATE = "duplicate"
     GAP = "gap"  # do not deliver; reconnect with since=ResumeTracker.point
+    DELIVER_AFTER_GAP = "deliver_after_gap"  # only with allow_gap: delivered although ids were skipped
 
 
 def stored_seq(message_id: str) -> int | None:
@@ -43,21 +44,24 @@ class ResumeTracker:
         """A welcome frame's `last` (absent on older nodes: the point is unknown until the next stored id)."""
         self.point = stored_seq(last) if isinstance(last, str) else None
 
-    def message(self, message_id: str) -> Verdict:
-        """Classify a message frame's id (and remember it when it is delivered)."""
+    def message(self, message_id: str, *, allow_gap: bool = False) -> Verdict:
+        """Classify a message frame's id (and remember it when it is delivered); `allow_gap` delivers across a gap."""
         if message_id in self._seen:
             return Verdict.DUPLICATE
+        verdict = Verdict.DELIVER
         seq = stored_seq(message_id)
         if seq is not None:
             if self.point is not None and self.point > 0 and seq > self.point + 1:
-                return Verdict.GAP
+                if not allow_gap:
+                    return Verdict.GAP
+                verdict = Verdict.DELIVER_AFTER_GAP
             if self.point is None or seq > self.point:
                 self.point = seq
         self._seen[message_id] = None
         while len(self._seen) > self._remember:
             self._seen.popitem(last=False)
         self.last_id = message_id
-        return Verdict.DELIVER
+        return verdict
 
     @property
     def resume_from(self) -> str | None:
