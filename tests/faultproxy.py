@@ -175,6 +175,7 @@ class FaultProxy:
         self._up = PASS
         self._down = PASS
         self.accepted = 0
+        self._closing = False
 
     @property
     def port(self) -> int:
@@ -227,10 +228,13 @@ class FaultProxy:
         """Stop listening and close every connection."""
         if self._server is not None:
             self._server.close()
-        for link in list(self._links):
-            link.stopped.set()
-        # Not cancelled: asyncio logs a cancelled connection callback as an error.
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._closing = True
+        # Not cancelled: asyncio logs a cancelled connection callback as an error. A connection accepted just before
+        # the listener closed may still be dialing upstream: stopped as soon as its link exists.
+        while self._tasks:
+            for link in list(self._links):
+                link.stopped.set()
+            await asyncio.wait(list(self._tasks), timeout=0.1)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
@@ -248,6 +252,8 @@ class FaultProxy:
                 return
             link = _Link((reader, writer), upstream, self._up, self._down)
             self._links.add(link)
+            if self._closing:
+                link.stopped.set()
             try:
                 await link.run()
             finally:

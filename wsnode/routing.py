@@ -109,7 +109,11 @@ class Router:
             beat: asyncio.Task[None] | None = None
             proof = time.monotonic()  # last subscribe confirmation or heartbeat back: the subscription works
             try:
-                await pubsub.subscribe(*channels)
+                try:
+                    # Connecting (CLIENT SETNAME) over a stalled link would wait for the socket timeout.
+                    await asyncio.wait_for(pubsub.subscribe(*channels), self._stall_s)
+                except TimeoutError:
+                    raise SubscriptionStalled(f"no answer to subscribe within {self._stall_s:g}s") from None
                 confirmed = 0
                 while True:
                     if time.monotonic() - proof > self._stall_s:
