@@ -67,7 +67,8 @@ class Node:
                              heartbeat_s=settings.pubsub_heartbeat_s, stall_s=settings.pubsub_timeout_s)
         self.draining = False
         self.redis_ok = True
-        self.unroutable_since: float | None = None  # monotonic time the node last became unable to route
+        # Per shard: the loop time since which the node cannot route pushes of that shard's users (None: it can).
+        self.unroutable_since: list[float | None] = [None] * self.shards.count
         self.handed_over = 0  # sessions closed with 1013 because the node could not route
         self._tasks: set[asyncio.Task[Any]] = set()
         self._recovery: asyncio.Task[None] | None = None
@@ -287,26 +288,31 @@ class Node:
             metrics.REDIS_ERRORS.labels("refresh").inc()
             self.redis_ok = False
 
-    @property
-    def routable(self) -> bool:
-        """Whether pushes reach this node's sessions: the subscription is live and the node's presence confirmed."""
-        return self.router.subscribed.is_set() and self.registry.alive
+    def routable(self, index: int) -> bool:
+        """Whether pushes for users of shard `index` reach this node's sessions: that shard's subscription is live
+        and the node's presence there is confirmed."""
+        return self.router.live(index) and self.registry.alive_on(index)
 
     def check_routing(self, now: float) -> int:
-        """Close every session with 1013 once the node has been unable to route for longer than the grace period;
-        the number closed."""
-        if self.routable or self.draining:
-            self.unroutable_since = None
+        """Close with 1013 the sessions of users on shards this node has been unable to route for longer than the
+        grace period (only those: users on other shards are served); the number closed."""
+        expired: set[int] = set()
+        for index in range(self.shards.count):
+            if self.draining or self.routable(index):
+                self.unroutable_since[index] = None
+                continue
+            since = self.unroutable_since[index]
+            if since is None:
+                self.unroutable_since[index] = now
+            elif now - since >= self.settings.route_grace_s:
+                expired.add(index)
+        if not expired:
             return 0
-        if self.unroutable_since is None:
-            self.unroutable_since = now
-            return 0
-        if now - self.unroutable_since < self.settings.route_grace_s:
-            return 0
-        closing = [s for s in self.sessions if not s.closed]
+        closing = [s for s in self.sessions if not s.closed
+                   and (self.shards.count == 1 or self.shards.index_of(s.user) in expired)]
         if closing:
-            log.warning("unable to route for %.1fs: closing %d sessions with %d", now - self.unroutable_since,
-                        len(closing), CLOSE_TRY_AGAIN_LATER)
+            log.warning("unable to route (shards %s) for over %.1fs: closing %d sessions with %d", sorted(expired),
+                        self.settings.route_grace_s, len(closing), CLOSE_TRY_AGAIN_LATER)
         for session in closing:
             session.close_soon(CLOSE_TRY_AGAIN_LATER, "node cannot deliver; reconnect")
         self.handed_over += len(closing)

@@ -132,6 +132,10 @@ class SessionRegistry:
         """Whether heartbeats succeeded recently enough that this node's alive key is still on every shard."""
         return time.monotonic() < min(self._alive_until)
 
+    def alive_on(self, index: int) -> bool:
+        """Whether this node's alive key is known to be on shard `index`."""
+        return time.monotonic() < self._alive_until[index]
+
     def _member(self, session_id: str) -> str:
         return f"{self._node}|{session_id}"
 

@@ -90,6 +90,10 @@ class Router:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    def live(self, index: int) -> bool:
+        """Whether shard `index`'s subscription is confirmed (and its heartbeats come back)."""
+        return self._live[index]
+
     def _set_live(self, index: int, live: bool) -> None:
         self._live[index] = live
         if all(self._live):
