@@ -227,17 +227,13 @@ class Node:
 
     async def resend(self, shards: set[int]) -> None:
         """Send every session of users on `shards` what the store holds beyond the last id it was sent."""
-        sessions = [s for s in self.sessions if not s.closed
-                    and (self.shards.count == 1 or self.shards.index_of(s.user) in shards) and s.begin_catch_up()]
-        failed = False
+        sessions = [s for s in self.sessions
+                    if not s.closed and (self.shards.count == 1 or self.shards.index_of(s.user) in shards)]
         for start in range(0, len(sessions), _RESEND_BATCH):
-            batch = sessions[start:start + _RESEND_BATCH]
-            if failed:  # the store does not answer: let the rest go live; their clients see the gap and resume
-                for session in batch:
-                    session.finish_catch_up([])
-                continue
-            results = await asyncio.gather(*(self._catch_up(session) for session in batch))
-            failed = not all(results)
+            # Buffering starts per batch, so nothing is left buffering if this is cancelled or gives up.
+            batch = [session for session in sessions[start:start + _RESEND_BATCH] if session.begin_catch_up()]
+            if not all(await asyncio.gather(*(self._catch_up(session) for session in batch))):
+                break  # the store does not answer: the rest stay live; their clients see the gap and resume
 
     def _catch_up_soon(self, session: Session) -> None:
         task = asyncio.get_running_loop().create_task(self._catch_up(session))
