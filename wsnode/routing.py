@@ -171,13 +171,25 @@ class Router:
                     await asyncio.wait_for(pubsub.aclose(), self._stall_s)
 
     async def _beat(self, client: aioredis.Redis, channel: str) -> None:
-        """Publish this process's heartbeat to its own channel every heartbeat period, whatever becomes of each."""
+        """Publish this process's heartbeat to its own channel every heartbeat period, without waiting for the
+        previous one's reply: slow replies must not slow the beat down, or they would pass for a stall."""
         payload = json.dumps({"k": "hb", "o": self._token}, separators=(",", ":"))
-        while True:
-            # A publish stuck on a stalled pooled connection must not hold up the next one.
-            with contextlib.suppress(RedisError, OSError, TimeoutError):
-                await asyncio.wait_for(client.publish(channel, payload), self._stall_s)
-            await asyncio.sleep(self._heartbeat_s)
+        pending: set[asyncio.Task[None]] = set()
+        most = int(self._stall_s / self._heartbeat_s) + 1  # a stalled link does not pile publishes up
+        try:
+            while True:
+                if len(pending) < most:
+                    task = asyncio.ensure_future(self._publish(client, channel, payload))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                await asyncio.sleep(self._heartbeat_s)
+        finally:
+            for task in pending:
+                task.cancel()
+
+    async def _publish(self, client: aioredis.Redis, channel: str, payload: str) -> None:
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(client.publish(channel, payload), self._stall_s)
 
     async def _drop_pool(self, client: aioredis.Redis) -> None:
         """Disconnect every pooled connection of a shard whose subscription stalled: they crossed the same link,
