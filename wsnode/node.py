@@ -243,6 +243,7 @@ class Node:
     async def _catch_up(self, session: Session) -> bool:
         """Fill a catching-up session from the store; False when the store could not be read."""
         frames: list[tuple[int, str]] = []
+        metrics.CATCH_UPS.inc()
         try:
             frames = (await self.store.replay(session.user, session.last_id)).frames
             return True

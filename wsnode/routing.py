@@ -160,6 +160,7 @@ class Router:
                 metrics.PUBSUB_RECONNECTS.inc()
                 if isinstance(exc, SubscriptionStalled):
                     self.stalls += 1
+                    metrics.PUBSUB_STALLS.inc()
                     await self._drop_pool(client)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, backoff_max_s)

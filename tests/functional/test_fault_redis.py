@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -238,6 +239,9 @@ async def test_stalled_subscription_after_a_short_cut_is_replaced_without_closin
         print(f"\nscenario 2 short (4 s cut, old connections stay stalled): {figures}")
         assert figures["lost"] == 0
         assert figures["reconnects"] == 0, "sessions were to stay on A"
+        async with run.http.get(f"{f.a}/metrics") as resp:
+            stalls = re.search(r"^wsnode_pubsub_stalls_total (\S+)$", await resp.text(), re.MULTILINE)
+        assert stalls is not None and float(stalls.group(1)) >= 1  # noticed by the heartbeat, nothing reset it
 
 
 @pytest.mark.parametrize("check_timeout_s", [1.0])
