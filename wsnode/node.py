@@ -69,7 +69,6 @@ class Node:
         self.redis_ok = True
         # Per shard: the loop time since which the node cannot route pushes of that shard's users (None: it can).
         self.unroutable_since: list[float | None] = [None] * self.shards.count
-        self.handed_over = 0  # sessions closed with 1013 because the node could not route
         self._tasks: set[asyncio.Task[Any]] = set()
         self._recovery: asyncio.Task[None] | None = None
 
@@ -312,7 +311,6 @@ class Node:
                         self.settings.route_grace_s, len(closing), CLOSE_TRY_AGAIN_LATER)
         for session in closing:
             session.close_soon(CLOSE_TRY_AGAIN_LATER, "node cannot deliver; reconnect")
-        self.handed_over += len(closing)
         return len(closing)
 
     async def route_watch_loop(self) -> None:
