@@ -100,6 +100,7 @@ def build_app(settings: NodeSettings) -> web.Application:
                                   claim_idle_s=settings.stream_claim_idle_s)
         tasks = [_background("pubsub", node.router.run(node.handle_payload, node.resync)),
                  _background("refresh", node.refresh_loop()),
+                 _background("route-watch", node.route_watch_loop()),
                  _background("stream", consumer.run())]
         with contextlib.suppress(TimeoutError):
             # A short head start; until the subscription is live, upgrades are refused with 503 anyway.

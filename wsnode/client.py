@@ -1,16 +1,24 @@
-"""A small async client for backends: push through a node's HTTP API or through the Redis stream.
+"""Small async clients: push through a node's HTTP API or the Redis stream (backends), and receive as a user.
 
     async with PushClient("http://127.0.0.1:8080", api_key="k") as client:
         accepted = await client.push(users=["u1"], module="notice", event="created", data={"id": 7})
 
     stream = StreamPushClient(redis.asyncio.from_url("redis://127.0.0.1:6379/0"), prefix="")
     entry_id = await stream.push(users=["u1"], module="notice", data={"id": 7})
+
+    receiver = Receiver(["wss://gw/ws-svc/websocket"], token=lambda: login(), on_message=show)
+    task = asyncio.create_task(receiver.run())   # reconnects with since=, resumes at a gap (docs/protocol.md)
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
 import json
-from collections.abc import Sequence
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -19,6 +27,9 @@ import redis.asyncio as aioredis
 from wsnode.envelope import parse_push
 from wsnode.errors import WsnodeError
 from wsnode.keys import Keys
+from wsnode.resume import ResumeTracker, Verdict
+
+log = logging.getLogger("wsnode.client")
 
 
 class PushClientError(WsnodeError):
@@ -117,3 +128,115 @@ class StreamPushClient:
         entry = await self._redis.xadd(self._keys.push_stream, {"payload": json.dumps(body)}, maxlen=self._maxlen,
                                        approximate=True)
         return entry.decode() if isinstance(entry, bytes) else str(entry)
+
+
+TokenSource = str | Callable[[], str | Awaitable[str]]
+MessageHandler = Callable[[dict[str, Any]], None]
+
+
+class Receiver:
+    """A user's WebSocket connection that does not lose what the node accepted for it.
+
+    Reconnects after any close (backoff with full jitter, trying `urls` in turn, a fresh token each time) with
+    `since=` the point reached; drops duplicate ids; at a gap in the stored ids it reconnects at once with `since=`
+    the last id before the gap (the rule in docs/protocol.md, wsnode/resume.py). `on_message` gets each message
+    frame once, in id order.
+    """
+
+    def __init__(self, urls: Sequence[str] | str, *, token: TokenSource, on_message: MessageHandler,
+                 since: str | None = None, backoff_base_s: float = 0.5, backoff_max_s: float = 15.0,
+                 session: aiohttp.ClientSession | None = None, rng: random.Random | None = None,
+                 resume_on_gap: bool = True) -> None:
+        """`resume_on_gap=False` delivers across gaps (counted in `stats["gaps"]`): what a client without the rule
+        sees, for measuring the nodes alone."""
+        self.urls = [urls] if isinstance(urls, str) else list(urls)
+        self._token = token
+        self._on_message = on_message
+        self.tracker = ResumeTracker(since=since)
+        self._backoff = (backoff_base_s, backoff_max_s)
+        self._session = session
+        self._rng = rng or random.Random()
+        self._stop = asyncio.Event()
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self.welcomes: list[dict[str, Any]] = []
+        self.close_codes: list[int | None] = []
+        self.stats = {"connects": 0, "messages": 0, "duplicates": 0, "gaps": 0, "reconnects": 0}
+        self.connected = asyncio.Event()
+        self._resume_on_gap = resume_on_gap
+
+    async def _bearer(self) -> str:
+        token = self._token() if callable(self._token) else self._token
+        return await token if inspect.isawaitable(token) else token
+
+    async def run(self) -> None:
+        """Connect and receive until `stop()`."""
+        owned = self._session is None
+        http = self._session or aiohttp.ClientSession()
+        attempt = 0
+        try:
+            while not self._stop.is_set():
+                url = self.urls[self.stats["connects"] % len(self.urls)]
+                self.stats["connects"] += 1
+                params = {"token": await self._bearer()}
+                if self.tracker.resume_from:
+                    params["since"] = self.tracker.resume_from
+                gap = False
+                try:
+                    async with http.ws_connect(url, params=params, heartbeat=None) as ws:
+                        self._ws = ws
+                        async for msg in ws:
+                            if msg.type != aiohttp.WSMsgType.TEXT:
+                                continue
+                            outcome = self._on_frame(json.loads(msg.data))
+                            if outcome == "welcome":
+                                attempt = 0
+                            elif outcome == "gap":
+                                gap = True
+                                break
+                        self.close_codes.append(ws.close_code)
+                except (aiohttp.ClientError, OSError, ValueError) as exc:
+                    log.info("connect to %s failed: %s", url, exc)
+                finally:
+                    self._ws = None
+                    self.connected.clear()
+                if self._stop.is_set():
+                    return
+                self.stats["reconnects"] += 1
+                if not gap:
+                    attempt += 1
+                    cap = min(self._backoff[1], self._backoff[0] * 2 ** min(attempt, 30))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), self._rng.uniform(0, cap))
+        finally:
+            if owned:
+                await http.close()
+
+    def _on_frame(self, frame: dict[str, Any]) -> str | None:
+        """Handle one frame; "welcome", or "gap" when a message showed a gap (the caller resumes)."""
+        kind = frame.get("type")
+        if kind == "welcome":
+            self.welcomes.append(frame)
+            self.tracker.welcome(frame.get("last"))
+            self.connected.set()
+            return "welcome"
+        if kind == "message" and frame.get("id") is not None:
+            verdict = self.tracker.message(str(frame["id"]), allow_gap=not self._resume_on_gap)
+            if verdict is Verdict.DUPLICATE:
+                self.stats["duplicates"] += 1
+            elif verdict is Verdict.GAP:
+                self.stats["gaps"] += 1
+                log.info("gap before id %s: resuming from %s", frame["id"], self.tracker.resume_from)
+                return "gap"
+            else:
+                self.stats["messages"] += 1
+                if verdict is Verdict.DELIVER_AFTER_GAP:
+                    self.stats["gaps"] += 1
+                self._on_message(frame)
+        return None
+
+    async def stop(self) -> None:
+        """Close the connection and stop reconnecting."""
+        self._stop.set()
+        ws = self._ws
+        if ws is not None:
+            await ws.close()

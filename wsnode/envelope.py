@@ -84,11 +84,15 @@ def _dumps(obj: dict[str, Any]) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
-def encode_welcome(*, session: str, user: str, node: str, unread: dict[str, int], recovered: bool | None) -> str:
-    """The first frame of every session."""
+def encode_welcome(*, session: str, user: str, node: str, unread: dict[str, int], recovered: bool | None,
+                   last: int | None = None) -> str:
+    """The first frame of every session; `last` is the user's last stored id when the store was read (the point
+    clients check the next ids against for gaps, docs/protocol.md)."""
     obj: dict[str, Any] = {"type": "welcome", "session": session, "user": user, "node": node, "unread": unread}
     if recovered is not None:
         obj["recovered"] = recovered
+    if last is not None:
+        obj["last"] = str(last)
     return _dumps(obj)
 
 

@@ -17,6 +17,10 @@ QUEUE_DROPS = Counter("wsnode_slow_consumer_closes", "Sessions closed 4008 for a
 REDIS_ERRORS = Counter("wsnode_redis_errors", "Redis operations that failed", ["op"], registry=REGISTRY)
 PUBSUB_RECONNECTS = Counter("wsnode_pubsub_reconnects", "Pub/sub subscriptions lost and made again",
                             registry=REGISTRY)
+PUBSUB_STALLS = Counter("wsnode_pubsub_stalls", "Subscriptions replaced because no heartbeat came back in time",
+                        registry=REGISTRY)
+CATCH_UPS = Counter("wsnode_session_catch_ups", "Sessions resent from the store (a gap, or written again)",
+                    registry=REGISTRY)
 CLOSES = Counter("wsnode_closes", "Sessions closed by the node", ["code"], registry=REGISTRY)
 
 

@@ -1,4 +1,11 @@
-"""The node's core: sessions here, pushes in, payloads from other nodes out to sockets, refresh and drain."""
+"""The node's core: sessions here, pushes in, payloads from other nodes out to sockets, refresh and drain.
+
+No session is stranded (docs/operations.md): whenever the node registers its sessions again (presence had lapsed, a
+refresh failed, the subscription was lost or stalled) it resends each session what the store holds beyond the last
+id that session was sent; a gap in a session's ids is filled from the store (sessions.py); and when the node has been
+unable to route (subscription not live, or its presence unconfirmed) for longer than `--route-grace`, it closes its
+sessions with 1013 so that clients come back through the gateway to a node that can, and resume with `since=`.
+"""
 
 from __future__ import annotations
 
@@ -27,11 +34,14 @@ from wsnode.errors import BackendUnavailable
 from wsnode.keys import Keys
 from wsnode.registry import RedisShards, SessionRegistry, as_shards, gather_all
 from wsnode.routing import Router
-from wsnode.sessions import CLOSE_GOING_AWAY, CLOSE_POLICY, LocalSessions, Session
+from wsnode.sessions import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER, LocalSessions, Session
 from wsnode.settings import NodeSettings
 from wsnode.store import MessageStore, PushResult, Replay
 
 log = logging.getLogger("wsnode.node")
+
+_RESEND_BATCH = 100  # sessions whose store reads run concurrently when the node resends after registering again
+_ROUTE_WATCH_S = 0.25  # how often the node checks that it can route
 
 
 def new_id() -> str:
@@ -54,9 +64,14 @@ class Node:
         self.store = MessageStore(self.shards, self.keys, max_count=settings.store_max_count,
                                   max_age_s=settings.store_max_age_s, min_replicas=settings.redis_min_replicas,
                                   wait_timeout_s=settings.redis_wait_timeout_s)
-        self.router = Router(self.shards, self.keys, node_id=settings.node_id)
+        self.router = Router(self.shards, self.keys, node_id=settings.node_id,
+                             heartbeat_s=settings.pubsub_heartbeat_s, stall_s=settings.pubsub_timeout_s)
         self.draining = False
         self.redis_ok = True
+        # Per shard: the loop time since which the node cannot route pushes of that shard's users (None: it can).
+        self.unroutable_since: list[float | None] = [None] * self.shards.count
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._recovery: asyncio.Task[None] | None = None
 
     # ---- pushes -------------------------------------------------------------------------------------------------
 
@@ -97,10 +112,12 @@ class Node:
                 unread = item.get("n")
                 for session in targets:
                     if isinstance(frame, str) and isinstance(unread, dict):
-                        session.deliver_stored_and_unread(int(item["i"]), frame, unread)
+                        if session.deliver_stored_and_unread(int(item["i"]), frame, unread):
+                            self._catch_up_soon(session)
                         continue
                     if isinstance(frame, str):
-                        session.deliver_stored(int(item["i"]), frame)
+                        if session.deliver_stored(int(item["i"]), frame):
+                            self._catch_up_soon(session)
                     else:
                         session.deliver_ephemeral(push_id, tail)
                     if isinstance(unread, dict):
@@ -145,7 +162,7 @@ class Node:
             if not self.registry.alive:
                 # Before the first heartbeat (or after a long stall) this node's sessions are invisible to presence
                 # and routing: mark the node alive first (it writes every session here, this one included).
-                await self.registry.refresh(self.sessions.pairs())
+                await self.refresh_registry()
             await self.registry.add(session.id, session.user)
             return await self.store.replay(session.user, since)
         except (RedisError, OSError) as exc:
@@ -161,8 +178,9 @@ class Node:
     def go_live(self, session: Session, replay: Replay, *, since: int | None) -> None:
         """After the upgrade: welcome, replayed frames, buffered live frames, then live (see sessions.py)."""
         welcome = encode_welcome(session=session.id, user=session.user, node=self.settings.node_id,
-                                 unread=replay.unread, recovered=replay.recovered)
-        session.finish_replay(welcome, replay.frames, position=replay.position)
+                                 unread=replay.unread, recovered=replay.recovered, last=replay.position)
+        if session.finish_replay(welcome, replay.frames, position=replay.position):
+            self._catch_up_soon(session)
         metrics.CONNECTS.inc()
         log.info("session open session=%s user=%s since=%s replayed=%d", session.id, session.user, since,
                  len(replay.frames))
@@ -194,54 +212,146 @@ class Node:
     async def resync(self, shard: int | None = None) -> None:
         """After a pub/sub gap (on one shard, or all when None): register the sessions again, then send each what the
         store holds beyond its last."""
-        with contextlib.suppress(RedisError, OSError):
+        try:
             # Redis may have restarted empty: until this, pushes for these users would not be routed here.
-            await self.registry.refresh(self.sessions.pairs(), full=True, shard=shard)
-        for session in self.sessions:
-            if session.replaying or session.closed:
-                continue
-            if shard is not None and self.shards.count > 1 and self.shards.index_of(session.user) != shard:
-                continue  # its user's pushes come from another shard, whose subscription had no gap
-            with contextlib.suppress(RedisError, OSError):
-                replay = await self.store.replay(session.user, session.last_id)
-                for seq, frame in replay.frames:
-                    session.deliver_stored(seq, frame)
+            await self.refresh_registry(full=True, shard=shard)  # resends once the sessions are written again
+        except (RedisError, OSError):
+            await self.resend({shard} if shard is not None else set(range(self.shards.count)))
+
+    async def refresh_registry(self, *, full: bool = False, shard: int | None = None) -> None:
+        """Mark the node alive (registry.refresh); when that wrote the sessions again, resend from the store what
+        they may have missed while presence lapsed (pushes meanwhile were stored, but routed to no session here)."""
+        rewritten = await self.registry.refresh(self.sessions.pairs(), full=full, shard=shard)
+        if rewritten:
+            await self.resend(rewritten)
+
+    async def resend(self, shards: set[int]) -> None:
+        """Send every session of users on `shards` what the store holds beyond the last id it was sent."""
+        sessions = [s for s in self.sessions
+                    if not s.closed and (self.shards.count == 1 or self.shards.index_of(s.user) in shards)]
+        for start in range(0, len(sessions), _RESEND_BATCH):
+            # Buffering starts per batch, so nothing is left buffering if this is cancelled or gives up.
+            batch = [session for session in sessions[start:start + _RESEND_BATCH] if session.begin_catch_up()]
+            if not all(await asyncio.gather(*(self._catch_up(session) for session in batch))):
+                break  # the store does not answer: the rest stay live; their clients see the gap and resume
+
+    def _catch_up_soon(self, session: Session) -> None:
+        task = asyncio.get_running_loop().create_task(self._catch_up(session))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _catch_up(self, session: Session) -> bool:
+        """Fill a catching-up session from the store; False when the store could not be read."""
+        frames: list[tuple[int, str]] = []
+        metrics.CATCH_UPS.inc()
+        try:
+            frames = (await self.store.replay(session.user, session.last_id)).frames
+            return True
+        except (RedisError, OSError) as exc:
+            metrics.REDIS_ERRORS.labels("catch_up").inc()
+            log.warning("could not resend to session=%s: %s", session.id, exc)
+            return False
+        finally:
+            session.finish_catch_up(frames)
 
     # ---- background loops ---------------------------------------------------------------------------------------
 
     async def refresh_loop(self) -> None:
-        """Keep this node alive in Redis (one script call, whatever its session count) and watch Redis health."""
+        """Keep this node alive in Redis (one script call, whatever its session count) and watch Redis health.
+
+        A refresh starts every period whether or not the previous one has answered (up to as many as fit in the
+        session expiry): slow replies from Redis must not stretch the period past the expiry, or the node's
+        presence lapses while its sessions are open."""
+        in_flight: set[asyncio.Task[None]] = set()
+        limit = max(1, int(self.settings.session_ttl_s / self.settings.session_refresh_s))
+        try:
+            while True:
+                if len(in_flight) < limit:
+                    task = asyncio.get_running_loop().create_task(self._refresh_once())
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                await asyncio.sleep(self.settings.session_refresh_s if self.redis_ok else 0.5)
+        finally:
+            for task in in_flight:
+                task.cancel()
+
+    async def _refresh_once(self) -> None:
+        try:
+            await self.refresh_registry()
+            self.redis_ok = True
+        except (RedisError, OSError) as exc:
+            if self.redis_ok:
+                log.warning("redis refresh failed: %s", exc)
+            metrics.REDIS_ERRORS.labels("refresh").inc()
+            self.redis_ok = False
+
+    def routable(self, index: int) -> bool:
+        """Whether pushes for users of shard `index` reach this node's sessions: that shard's subscription is live
+        and the node's presence there is confirmed."""
+        return self.router.live(index) and self.registry.alive_on(index)
+
+    def check_routing(self, now: float) -> int:
+        """Close with 1013 the sessions of users on shards this node has been unable to route for longer than the
+        grace period (only those: users on other shards are served); the number closed."""
+        expired: set[int] = set()
+        for index in range(self.shards.count):
+            if self.draining or self.routable(index):
+                self.unroutable_since[index] = None
+                continue
+            since = self.unroutable_since[index]
+            if since is None:
+                self.unroutable_since[index] = now
+            elif now - since >= self.settings.route_grace_s:
+                expired.add(index)
+        if not expired:
+            return 0
+        closing = [s for s in self.sessions if not s.closed
+                   and (self.shards.count == 1 or self.shards.index_of(s.user) in expired)]
+        if closing:
+            log.warning("unable to route (shards %s) for over %.1fs: closing %d sessions with %d", sorted(expired),
+                        self.settings.route_grace_s, len(closing), CLOSE_TRY_AGAIN_LATER)
+        for session in closing:
+            session.close_soon(CLOSE_TRY_AGAIN_LATER, "node cannot deliver; reconnect")
+        return len(closing)
+
+    async def route_watch_loop(self) -> None:
+        """Apply `check_routing` a few times a second."""
+        loop = asyncio.get_running_loop()
         while True:
-            try:
-                await self.registry.refresh(self.sessions.pairs())
-                self.redis_ok = True
-            except (RedisError, OSError) as exc:
-                if self.redis_ok:
-                    log.warning("redis refresh failed: %s", exc)
-                metrics.REDIS_ERRORS.labels("refresh").inc()
-                self.redis_ok = False
-            await asyncio.sleep(self.settings.session_refresh_s if self.redis_ok else 0.5)
+            await asyncio.sleep(_ROUTE_WATCH_S)
+            self.check_routing(loop.time())
 
     async def healthy(self) -> tuple[bool, dict[str, Any]]:
-        """(UP?, details) for /health: every Redis shard answers and every pub/sub subscription is live."""
+        """(UP?, details) for /health: every Redis shard answers and every pub/sub subscription is live.
+
+        Answers within half the Consul check's timeout (Redis is waited for that long), so during a silent partition
+        Consul gets a 503, not a timeout."""
         try:
-            await asyncio.wait_for(gather_all([client.ping() for client in self.shards.all]), 1.0)
-            if not self.redis_ok:
-                # First answer after a gap (Redis may have restarted empty): drop pooled connections to the old
-                # server and register the sessions again before turning green, so the node works as soon as it is UP.
-                await gather_all([client.connection_pool.disconnect(inuse_connections=False)
-                                  for client in self.shards.all])
-                await self.registry.refresh(self.sessions.pairs(), full=True)
-                self.redis_ok = True
-            redis_up = True
+            await asyncio.wait_for(gather_all([client.ping() for client in self.shards.all]),
+                                   self.settings.health_redis_timeout_s)
+            if not self.redis_ok and self._recovery is None:
+                # First answer after a gap (Redis may have restarted empty): in the background, drop pooled
+                # connections to the old server and register the sessions again; DOWN until that is done.
+                self._recovery = asyncio.get_running_loop().create_task(self._recover())
+            redis_up = self.redis_ok
         except (RedisError, OSError, TimeoutError):
-            self.redis_ok = False
             redis_up = False
         subscribed = self.router.subscribed.is_set()
         up = redis_up and subscribed and not self.draining
         return up, {"status": "UP" if up else "DOWN", "node": self.settings.node_id,
                     "redis": "UP" if redis_up else "DOWN", "pubsub": "UP" if subscribed else "DOWN",
                     "sessions": len(self.sessions), "draining": self.draining}
+
+    async def _recover(self) -> None:
+        try:
+            await gather_all([client.connection_pool.disconnect(inuse_connections=False)
+                              for client in self.shards.all])
+            await self.refresh_registry(full=True)
+            self.redis_ok = True
+        except (RedisError, OSError) as exc:
+            log.warning("redis recovery failed: %s", exc)
+        finally:
+            self._recovery = None
 
     async def close_all(self) -> None:
         """Drain: close every session with 1001 and remove them from Redis."""

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from wsnode.settings import consul_check_timeout_s
+
 log = logging.getLogger("wsnode.registration")
 
 
@@ -55,7 +57,7 @@ class ServiceSpec:
         """The HTTP check on /health, in the agent API's JSON."""
         scheme_host = f"[{self.address}]" if ":" in self.address else self.address
         return {"HTTP": f"http://{scheme_host}:{self.port}/health", "Interval": _duration(self.check_interval_s),
-                "Timeout": _duration(min(self.check_interval_s, 1.0)),
+                "Timeout": _duration(consul_check_timeout_s(self.check_interval_s)),
                 "DeregisterCriticalServiceAfter": _duration(self.deregister_after_s)}
 
 

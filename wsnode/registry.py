@@ -132,6 +132,10 @@ class SessionRegistry:
         """Whether heartbeats succeeded recently enough that this node's alive key is still on every shard."""
         return time.monotonic() < min(self._alive_until)
 
+    def alive_on(self, index: int) -> bool:
+        """Whether this node's alive key is known to be on shard `index`."""
+        return time.monotonic() < self._alive_until[index]
+
     def _member(self, session_id: str) -> str:
         return f"{self._node}|{session_id}"
 
@@ -178,9 +182,9 @@ class SessionRegistry:
             await pipe.execute()
 
     async def refresh(self, sessions: Iterable[tuple[str, str]], *, full: bool = False,
-                      shard: int | None = None) -> None:
+                      shard: int | None = None) -> set[int]:
         """Mark this node alive (one script call per shard) and clean dead nodes up; rewrite `sessions` if Redis lost
-        them.
+        them. Returns the shards where the sessions were written again (their pushes may have gone nowhere).
 
         `sessions` is only read when this node's alive key was missing on a shard or `full` is set (after a Redis
         gap); only the sessions of that shard's users are written there. `shard` limits all this to one shard.
@@ -200,7 +204,7 @@ class SessionRegistry:
         removed: list[tuple[str, str]] = []
         self._watchers.append(removed)
         try:
-            await gather_all([self._refresh_on(index, of_shard, full=full) for index in indexes])
+            written = await gather_all([self._refresh_on(index, of_shard, full=full) for index in indexes])
         finally:
             self._watchers.remove(removed)
             # Closed while the rewrite ran: removed once more below, after it (or by the next refresh).
@@ -208,15 +212,19 @@ class SessionRegistry:
         if self._unremoved:
             retry, self._unremoved = self._unremoved, []
             await self.remove(retry)
+        return {index for index, rewritten in zip(indexes, written, strict=True) if rewritten}
 
     async def _refresh_on(self, index: int, of_shard: Callable[[int], list[tuple[str, str]]], *,
-                          full: bool) -> None:
+                          full: bool) -> bool:
         started = time.monotonic()
         had, _cleaned = cast(list[int], await self._heartbeats[index](
             keys=[], args=[self._keys.prefix, self._node, self._ttl_ms, self._token]))
-        if full or not int(had):
+        rewrite = full or not int(had)
+        if rewrite:
             await self._register_all(index, of_shard(index))
-        self._alive_until[index] = started + self._ttl_ms / 1000
+        # Refreshes may overlap (slow replies): an older one answering last must not shorten what a newer one proved.
+        self._alive_until[index] = max(self._alive_until[index], started + self._ttl_ms / 1000)
+        return rewrite
 
     async def _register_all(self, index: int, pairs: list[tuple[str, str]]) -> None:
         now = _now_ms()

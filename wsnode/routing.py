@@ -7,6 +7,13 @@ Sharded Redis (wsnode/sharding.py): a push for user U is published on U's shard,
 channel on every shard (one connection and loop each, reconnecting on its own) and to the broadcast channel on shard
 0, where broadcasts are published. `subscribed` is set only while every shard's subscription is live, and
 `on_resubscribed(shard)` names the shard that had the gap.
+
+A subscription can stall without an error: a silent partition leaves its TCP connection open, with nothing arriving,
+and when the link comes back the connection may stay dead. So each shard's loop publishes a heartbeat to this node's
+own channel every `heartbeat_s` (through the pool, as pushes are published) and expects it back on the subscription:
+with no heartbeat (nor subscribe confirmation) for `stall_s`, the subscription counts as lost. It is then handled like
+a reset one (not live, new connection, subscribe, `on_resubscribed`), and the shard's pooled connections are dropped
+too, since they crossed the same link.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,13 +39,23 @@ log = logging.getLogger("wsnode.routing")
 PayloadHandler = Callable[[dict[str, Any]], None]
 
 
+class SubscriptionStalled(RedisError):
+    """No heartbeat came back on the subscription within the bound."""
+
+
 class Router:
     """Publishes control payloads to nodes and runs this node's subscription."""
 
-    def __init__(self, client: aioredis.Redis | RedisShards, keys: Keys, *, node_id: str) -> None:
+    def __init__(self, client: aioredis.Redis | RedisShards, keys: Keys, *, node_id: str,
+                 heartbeat_s: float = 1.0, stall_s: float = 3.0) -> None:
         self._shards = as_shards(client)
         self._keys = keys
         self._node = node_id
+        self._heartbeat_s = heartbeat_s
+        self._stall_s = stall_s
+        # Tells this process's heartbeats from those of an earlier process with the same node id.
+        self._token = uuid.uuid4().hex[:12]
+        self.stalls = 0
         self.subscribed = asyncio.Event()
         self._live = [False] * self._shards.count  # per shard: its subscription is confirmed
         self.reconnects = 0
@@ -71,6 +90,10 @@ class Router:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    def live(self, index: int) -> bool:
+        """Whether shard `index`'s subscription is confirmed (and its heartbeats come back)."""
+        return self._live[index]
+
     def _set_live(self, index: int, live: bool) -> None:
         self._live[index] = live
         if all(self._live):
@@ -87,14 +110,23 @@ class Router:
         lost = False
         while True:
             pubsub = client.pubsub()
+            beat: asyncio.Task[None] | None = None
+            proof = time.monotonic()  # last subscribe confirmation or heartbeat back: the subscription works
             try:
-                await pubsub.subscribe(*channels)
+                try:
+                    # Connecting (CLIENT SETNAME) over a stalled link would wait for the socket timeout.
+                    await asyncio.wait_for(pubsub.subscribe(*channels), self._stall_s)
+                except TimeoutError:
+                    raise SubscriptionStalled(f"no answer to subscribe within {self._stall_s:g}s") from None
                 confirmed = 0
                 while True:
-                    message = await pubsub.get_message(timeout=1.0)
+                    if time.monotonic() - proof > self._stall_s:
+                        raise SubscriptionStalled(f"no heartbeat back within {self._stall_s:g}s")
+                    message = await pubsub.get_message(timeout=min(1.0, self._heartbeat_s))
                     if message is None:
                         continue
                     if message.get("type") == "subscribe":
+                        proof = time.monotonic()
                         confirmed += 1
                         if confirmed > len(channels) and confirmed % len(channels) == 0:
                             # redis-py reconnected by itself and subscribed again: messages may have been missed
@@ -109,38 +141,79 @@ class Router:
                                 # so nothing accepted from now on can miss a session that stayed connected.
                                 lost = False
                                 await on_resubscribed(index)
+                                proof = time.monotonic()
                             self._set_live(index, True)
                             delay = 0.05
+                            if beat is None:
+                                beat = asyncio.ensure_future(self._beat(client, node_channel))
                         continue
-                    if message.get("type") == "message":
-                        self._dispatch(message, handle)
+                    if message.get("type") == "message" and self._dispatch(message, handle):
+                        proof = time.monotonic()
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                if self._live[index]:
+                if self._live[index] or isinstance(exc, SubscriptionStalled):
                     log.warning("pub/sub lost (shard %d): %s", index, exc)
                 self._set_live(index, False)
                 lost = True
                 self.reconnects += 1
                 metrics.PUBSUB_RECONNECTS.inc()
+                if isinstance(exc, SubscriptionStalled):
+                    self.stalls += 1
+                    metrics.PUBSUB_STALLS.inc()
+                    await self._drop_pool(client)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, backoff_max_s)
             finally:
+                if beat is not None:
+                    beat.cancel()
+                    await asyncio.gather(beat, return_exceptions=True)
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await asyncio.wait_for(pubsub.aclose(), self._stall_s)
 
-    def _dispatch(self, message: dict[str, Any], handle: PayloadHandler) -> None:
+    async def _beat(self, client: aioredis.Redis, channel: str) -> None:
+        """Publish this process's heartbeat to its own channel every heartbeat period, without waiting for the
+        previous one's reply: slow replies must not slow the beat down, or they would pass for a stall."""
+        payload = json.dumps({"k": "hb", "o": self._token}, separators=(",", ":"))
+        pending: set[asyncio.Task[None]] = set()
+        most = int(self._stall_s / self._heartbeat_s) + 1  # a stalled link does not pile publishes up
+        try:
+            while True:
+                if len(pending) < most:
+                    task = asyncio.ensure_future(self._publish(client, channel, payload))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                await asyncio.sleep(self._heartbeat_s)
+        finally:
+            for task in pending:
+                task.cancel()
+
+    async def _publish(self, client: aioredis.Redis, channel: str, payload: str) -> None:
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(client.publish(channel, payload), self._stall_s)
+
+    async def _drop_pool(self, client: aioredis.Redis) -> None:
+        """Disconnect every pooled connection of a shard whose subscription stalled: they crossed the same link,
+        and one left stalled would hold each command on it until the socket timeout."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.connection_pool.disconnect(), self._stall_s)
+
+    def _dispatch(self, message: dict[str, Any], handle: PayloadHandler) -> bool:
+        """Hand a payload to `handle`; True when it was this process's own heartbeat (not handed on)."""
         data = message.get("data")
         if not isinstance(data, str | bytes):
-            return
+            return False
         try:
             payload = json.loads(data)
         except (TypeError, ValueError):
             log.warning("ignoring a malformed payload on %s", message.get("channel"))
-            return
+            return False
         if not isinstance(payload, dict):
-            return
+            return False
+        if payload.get("k") == "hb":
+            return payload.get("o") == self._token
         try:
             handle(payload)
         except Exception:  # one bad payload must not end the subscription
             log.exception("failed to handle a payload on %s", message.get("channel"))
+        return False

@@ -4,6 +4,12 @@ Ordering at the seam: a session starts in replay mode, where every live delivery
 the store and calls `finish_replay`, which sends the welcome, the stored frames, then the buffered live frames whose
 id is beyond the last replayed one. Afterwards a stored message is sent only when its id is newer than the last one
 sent, so a message both replayed and published arrives once.
+
+Gaps: a user's stored ids grow by one, so a stored message whose id is beyond the next one expected shows that a
+publication never reached this node (a stalled subscription, a lapse of presence). The session then buffers again,
+as at the seam, and the node fills the gap from the store (`finish_catch_up`) before the buffered frames go out: the
+client sees the ids in order, without the gap. The same catch-up resends what a session may have missed whenever the
+node registers its sessions again.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ log = logging.getLogger("wsnode.sessions")
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN_LATER = 1013  # the node cannot route (docs/operations.md): reconnect through the gateway
 CLOSE_SLOW_CONSUMER = 4008
 
 
@@ -83,7 +90,7 @@ class Session:
 
     @property
     def replaying(self) -> bool:
-        """True until finish_replay: live deliveries are buffered meanwhile."""
+        """True until finish_replay (and while catching up after a gap): live deliveries are buffered meanwhile."""
         return self._buffer is not None
 
     def allow_client_frame(self) -> bool:
@@ -103,24 +110,73 @@ class Session:
         else:
             self._enqueue(frame)
 
-    def deliver_stored(self, seq: int, frame: str) -> None:
-        """A stored message; sent only if newer than the last stored message this session got."""
+    def deliver_stored(self, seq: int, frame: str) -> bool:
+        """A stored message; sent only if newer than the last stored message this session got.
+
+        True when `seq` is beyond the next id expected: the session then buffers (`catching up`) and the caller must
+        have the gap filled (`finish_catch_up`).
+        """
         if self._buffer is not None:
             self._buffer.append((seq, "raw", frame))
-        elif seq > self.last_id:
-            self.last_id = seq
-            self._enqueue(frame)
+            return False
+        if seq <= self.last_id:
+            return False
+        if not self._next(seq):
+            self._buffer = [(seq, "raw", frame)]
+            return True
+        self.last_id = seq
+        self._enqueue(frame)
+        return False
 
-    def deliver_stored_and_unread(self, seq: int, frame: str, counts: dict[str, int]) -> None:
-        """A stored message and the user's new unread counts; one write (one system call) when both go out now."""
-        if (self._buffer is None and not self.closed and seq > self.last_id and self._writer is None
+    def deliver_stored_and_unread(self, seq: int, frame: str, counts: dict[str, int]) -> bool:
+        """A stored message and the user's new unread counts; one write (one system call) when both go out now.
+
+        True when a gap showed (as `deliver_stored`)."""
+        if (self._buffer is None and not self.closed and self._next(seq) and self._writer is None
                 and self._transport is not None
                 and self._write_now(text_frame(frame) + text_frame(encode_unread(counts)))):
             self.last_id = seq
             metrics.MESSAGES_OUT.inc()  # the second frame of the write
-            return
-        self.deliver_stored(seq, frame)
+            return False
+        gap = self.deliver_stored(seq, frame)
         self.deliver_unread(counts)
+        return gap
+
+    def _next(self, seq: int) -> bool:
+        """Whether `seq` is the next stored id this session expects (any id when it has seen none)."""
+        return seq == self.last_id + 1 or (self.last_id == 0 and seq > 0)
+
+    def begin_catch_up(self) -> bool:
+        """Buffer live deliveries until `finish_catch_up`; False when the session is already buffering."""
+        if self._buffer is not None:
+            return False
+        self._buffer = []
+        return True
+
+    def finish_catch_up(self, frames: list[tuple[int, str]]) -> None:
+        """Send the stored `frames` newer than the last id sent (read from the store after a gap, in id order), then
+        what was buffered meanwhile, and go live. A gap the store could not fill (trimmed, or the store unreachable)
+        is let through: the client detects it and resumes (docs/protocol.md)."""
+        buffered, self._buffer = self._buffer or [], None
+        self._release([(seq, "raw", frame) for seq, frame in frames], check_gaps=False)
+        self._release(buffered, check_gaps=False)
+
+    def _release(self, items: list[tuple[int | None, str, str]], *, check_gaps: bool) -> bool:
+        """Send buffered items in order; with `check_gaps`, stop at a gap and keep buffering from there (True)."""
+        for index, (seq, kind, text) in enumerate(items):
+            if seq is not None:
+                if seq <= self.last_id:
+                    continue  # replayed or sent already
+                if check_gaps and not self._next(seq):
+                    self._buffer = items[index:]
+                    return True
+                self.last_id = seq
+                self._enqueue(text)
+            elif kind == "raw":
+                self._enqueue(text)
+            else:
+                self.deliver_ephemeral(kind, text)
+        return False
 
     def deliver_ephemeral(self, push_id: str, tail: str) -> None:
         """A message that is not stored (store:false or broadcast); its id refers to the last stored id."""
@@ -140,11 +196,12 @@ class Session:
         """New unread counts of the user."""
         self.send(encode_unread(counts))
 
-    def finish_replay(self, welcome: str, frames: list[tuple[int, str]], *, position: int) -> None:
+    def finish_replay(self, welcome: str, frames: list[tuple[int, str]], *, position: int) -> bool:
         """Send welcome, replayed frames, then what arrived live meanwhile (ids beyond `position`), and go live.
 
         `position` is the user's last stored id when the store was read: everything up to it was replayed or is
-        already read (or trimmed), so only newer stored ids may follow.
+        already read (or trimmed), so only newer stored ids may follow. True when a buffered id showed a gap (see
+        `deliver_stored`).
         """
         self._enqueue(welcome)
         for number, frame in frames:
@@ -152,13 +209,7 @@ class Session:
             self._enqueue(frame)
         self.last_id = max(self.last_id, position)
         buffered, self._buffer = self._buffer or [], None
-        for seq, kind, text in buffered:
-            if seq is not None:
-                self.deliver_stored(seq, text)
-            elif kind == "raw":
-                self._enqueue(text)
-            else:
-                self.deliver_ephemeral(kind, text)
+        return self._release(buffered, check_gaps=True)
 
     def _write_now(self, wire: bytes) -> bool:
         """Write a whole frame straight to the transport when nothing is queued before it and the peer keeps up.

@@ -16,6 +16,11 @@ from wsnode.redis_urls import RedisUrlError, split_redis_urls
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
+def consul_check_timeout_s(check_interval_s: float) -> float:
+    """The timeout of the Consul HTTP check on /health (Consul counts a slower answer as critical)."""
+    return min(check_interval_s, 1.0)
+
+
 @dataclass(frozen=True, slots=True)
 class NodeSettings:
     """Everything a node needs to run; invalid combinations cannot be built."""
@@ -47,6 +52,11 @@ class NodeSettings:
     store_max_count: int = 1000
     store_max_age_s: float = 7 * 24 * 3600.0
     consul_check_interval_s: float = 1.0
+    # Delivery resilience (docs/operations.md): pub/sub heartbeat period, the bound on its round trip before the
+    # subscription counts as stalled, and how long the node may be unable to route before it closes its sessions.
+    pubsub_heartbeat_s: float = 1.0
+    pubsub_timeout_s: float = 3.0
+    route_grace_s: float = 5.0
     consul_deregister_after_s: float = 60.0
     drain_delay_s: float = 1.0
     stream_claim_idle_s: float = 30.0
@@ -70,7 +80,8 @@ class NodeSettings:
         if self.jwt_public_key is not None and "PUBLIC KEY" not in self.jwt_public_key:
             raise SettingsError("--jwt-public-key must name a PEM public key file")
         for name in ("session_ttl_s", "session_refresh_s", "heartbeat_s", "client_rate_per_s",
-                     "store_max_age_s", "consul_check_interval_s", "consul_deregister_after_s", "stream_claim_idle_s"):
+                     "store_max_age_s", "consul_check_interval_s", "consul_deregister_after_s", "stream_claim_idle_s",
+                     "pubsub_heartbeat_s", "pubsub_timeout_s", "route_grace_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive")
         if self.redis_max_connections < 4:
@@ -91,6 +102,8 @@ class NodeSettings:
                 raise SettingsError(f"--consul: {exc}") from None
         if self.session_refresh_s >= self.session_ttl_s:
             raise SettingsError("session refresh interval must be shorter than the session expiry")
+        if self.pubsub_timeout_s <= self.pubsub_heartbeat_s:
+            raise SettingsError("--pubsub-timeout must be longer than --pubsub-heartbeat")
 
     def _check_redis_urls(self) -> None:
         try:
@@ -102,6 +115,11 @@ class NodeSettings:
     def redis_urls(self) -> tuple[str, ...]:
         """The Redis shards, in order (users are spread over them by wsnode/sharding.py; shard 0 is the primary)."""
         return split_redis_urls(self.redis_url)
+
+    @property
+    def health_redis_timeout_s(self) -> float:
+        """How long /health waits for Redis: half the check's timeout, so a silent partition is answered 503."""
+        return consul_check_timeout_s(self.consul_check_interval_s) / 2
 
     @property
     def service_id(self) -> str:
@@ -137,6 +155,9 @@ _FLAGS: dict[str, tuple[str, str, str]] = {
     "--store-max-count": ("WSNODE_STORE_MAX_COUNT", "store_max_count", "int"),
     "--store-max-age": ("WSNODE_STORE_MAX_AGE_S", "store_max_age_s", "float"),
     "--consul-check-interval": ("WSNODE_CONSUL_CHECK_INTERVAL_S", "consul_check_interval_s", "float"),
+    "--pubsub-heartbeat": ("WSNODE_PUBSUB_HEARTBEAT_S", "pubsub_heartbeat_s", "float"),
+    "--pubsub-timeout": ("WSNODE_PUBSUB_TIMEOUT_S", "pubsub_timeout_s", "float"),
+    "--route-grace": ("WSNODE_ROUTE_GRACE_S", "route_grace_s", "float"),
     "--consul-deregister-after": ("WSNODE_CONSUL_DEREGISTER_AFTER_S", "consul_deregister_after_s", "float"),
     "--drain-delay": ("WSNODE_DRAIN_DELAY_S", "drain_delay_s", "float"),
     "--stream-claim-idle": ("WSNODE_STREAM_CLAIM_IDLE_S", "stream_claim_idle_s", "float"),
@@ -176,6 +197,11 @@ _HELP: dict[str, str] = {
     '--store-max-count': 'stored messages kept per user (default 1000)',
     '--store-max-age': 'seconds a stored message is kept (default 7 days)',
     '--consul-check-interval': 'seconds between Consul health checks (default 1)',
+    '--pubsub-heartbeat': 'seconds between heartbeats a node sends itself through Redis pub/sub (default 1)',
+    '--pubsub-timeout': 'seconds without a heartbeat back before the subscription counts as stalled and is '
+                        'replaced (default 3)',
+    '--route-grace': 'seconds a node may be unable to route before it closes its sessions with 1013 so clients '
+                     'resume elsewhere (default 5)',
     '--consul-deregister-after': 'seconds critical before Consul removes the node (default 60)',
     '--drain-delay': 'seconds between leaving Consul and closing sessions on SIGTERM (default 1)',
     '--stream-claim-idle': 'seconds before a pending push stream entry of another consumer is claimed (default 30)',

@@ -432,3 +432,19 @@ async def test_admin_page_asks_for_the_token_and_shows_both_nodes_follow_a_clien
     await _wait_text(linked, f"{nodes[node]} .sessions .value", "1")
     assert "token" not in linked.url
     await fresh.close()
+
+
+async def test_wsgate_js_resumes_from_the_last_id_before_a_gap(browser: Any, fake_node: tuple[FakeNode, str]) -> None:
+    node, base = fake_node
+    page = await _client_page(browser, base)
+    await node.send({"type": "message", "id": "11", "module": "notices", "event": "e", "data": None, "ts": 1})
+    # 12 never arrives: 13 is not shown, the client reconnects at once with since=11.
+    await node.send({"type": "message", "id": "13", "module": "notices", "event": "e", "data": None, "ts": 1})
+    await node.wait_for(lambda: len(node.connections) == 2)
+    assert node.connections[1]["since"] == "11"
+    await page.wait_for_function("window.client.state === 'open' && window.client.session === 's2'", timeout=WAIT_MS)
+    for ident in ("12", "13"):
+        await node.send({"type": "message", "id": ident, "module": "notices", "event": "e", "data": None, "ts": 1})
+    await page.wait_for_function("window.seen.messages.length === 3", timeout=WAIT_MS)
+    assert await page.evaluate("window.seen.messages") == ["11", "12", "13"]
+    assert await page.evaluate("client.stats.gaps") == 1

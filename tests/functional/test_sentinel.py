@@ -112,7 +112,10 @@ async def _status(http: aiohttp.ClientSession, node: NodeProc) -> int:
 
 async def test_sentinel_failover_pushes_go_on(procs: ProcessGroup, sentinel_setup: SentinelSetup) -> None:
     prefix = unique_prefix("sentinel")
-    nodes = [start_node_on(procs, name, sentinel_setup.url, prefix) for name in ("node-a", "node-b")]
+    # --route-grace: the session must stay open through the failover (the test follows it), however slow the
+    # machine is; a failover longer than the default 5 s would hand sessions over with 1013, which is right too.
+    nodes = [start_node_on(procs, name, sentinel_setup.url, prefix, "--route-grace", "30")
+             for name in ("node-a", "node-b")]
     async with aiohttp.ClientSession() as http:
         alice = await _open(http, nodes[0], "alice")
         status, body = await push(http, nodes[1], {"to": {"users": ["alice"]}, "module": "m", "data": {"n": 0}})
@@ -267,7 +270,7 @@ async def _equals(value: Awaitable[int], expected: int) -> bool:
 async def test_min_replicas_every_202_survives_a_primary_sigkill(procs: ProcessGroup,
                                                                   sentinel_setup: SentinelSetup) -> None:
     prefix = unique_prefix("wait-failover")
-    nodes = [_start_node(procs, name, sentinel_setup.url, prefix, "--redis-min-replicas", "1")
+    nodes = [_start_node(procs, name, sentinel_setup.url, prefix, "--redis-min-replicas", "1", "--route-grace", "30")
              for name in ("node-a", "node-b")]
     async with aiohttp.ClientSession() as http:
         alice = await _open(http, nodes[0], "alice")

@@ -202,6 +202,22 @@ async def test_sharding_one_shard_down_turns_health_red_then_recovers(sharded: S
     assert (await client.next_of("message", timeout_s=10))["data"] == "after"
 
 
+async def test_sharding_hand_over_after_the_grace_closes_only_users_of_the_lost_shard(
+        sharded: ShardedCluster, procs: ProcessGroup) -> None:
+    urls = ",".join(r.url for r in sharded.redis)
+    node = start_node_on(procs, "node-c", urls, sharded.keys.prefix, "--route-grace", "1")
+    kept_user, lost_user = users_on(0, 1, "keep")[0], users_on(1, 1, "lose")[0]
+    kept, _ = await sharded.open(node, kept_user)
+    lost, _ = await sharded.open(node, lost_user)
+    await sharded.redis[1].stop()
+    assert await lost.closed_with(timeout_s=15) == 1013
+    # Users whose data is on the shard that answers keep their session and their pushes.
+    status, _ = await push(sharded.http, sharded.nodes[1], {"to": {"users": [kept_user]}, "module": "m", "data": 1})
+    assert status == 202
+    assert (await kept.next_of("message", timeout_s=10))["data"] == 1
+    await sharded.redis[1].start()
+
+
 async def _all(health: Any, nodes: tuple[NodeProc, ...], status: int) -> bool:
     return all([await health(node) == status for node in nodes])
 

@@ -32,6 +32,9 @@ def test_flags_override_environment() -> None:
     ({"WSNODE_HOST": "::1"}, "host", "::1"),
     ({"WSNODE_SESSION_TTL_S": "3"}, "session_ttl_s", 3.0),
     ({"WSNODE_STORE_MAX_COUNT": "10"}, "store_max_count", 10),
+    ({"WSNODE_PUBSUB_HEARTBEAT_S": "0.5"}, "pubsub_heartbeat_s", 0.5),
+    ({"WSNODE_PUBSUB_TIMEOUT_S": "4"}, "pubsub_timeout_s", 4.0),
+    ({"WSNODE_ROUTE_GRACE_S": "8"}, "route_grace_s", 8.0),
 ])
 def test_every_setting_reads_its_environment_variable(env: dict[str, str], field: str, value: object) -> None:
     assert getattr(settings_from(BASE, env), field) == value
@@ -61,8 +64,17 @@ def test_public_key_is_read_from_a_file(tmp_path: Path) -> None:
     ([*BASE, "--session-ttl", "1", "--session-refresh", "2"], {}, "refresh"),
     ([*BASE, "--send-queue-max", "0"], {}, "send_queue_max"),
     ([*BASE, "--consul", "ftp://x:1"], {}, "--consul"),
+    ([*BASE, "--pubsub-heartbeat", "2", "--pubsub-timeout", "2"], {}, "--pubsub-timeout"),
+    ([*BASE, "--route-grace", "0"], {}, "route_grace_s"),
 ])
 def test_bad_settings_are_refused_with_a_clear_message(argv: list[str], env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError) as info:
         settings_from(argv, env)
     assert message in info.value.reason
+
+
+@pytest.mark.parametrize(("interval_s", "health_redis_timeout_s"), [(1.0, 0.5), (10.0, 0.5), (0.4, 0.2)])
+def test_health_waits_for_redis_half_the_consul_check_timeout(interval_s: float,
+                                                              health_redis_timeout_s: float) -> None:
+    settings = settings_from([*BASE, "--consul-check-interval", str(interval_s)], {})
+    assert settings.health_redis_timeout_s == health_redis_timeout_s

@@ -14,6 +14,10 @@
  * last one seen is passed back as `since=` when reconnecting, so nothing is lost across reconnects; a bounded set of
  * recent ids drops the duplicates that at-least-once delivery may bring.
  *
+ * Gaps (docs/protocol.md): a user's stored ids (all digits) grow by one from `welcome.last`, so a stored id beyond the
+ * next one means messages were missed; the client does not show it and reconnects at once with `since=` the last id
+ * before the gap, and the replay brings the missed ones in order (wsnode/resume.py is the same rule in Python).
+ *
  * Reconnects use exponential backoff with full jitter: the n-th attempt waits a uniform random time in
  * [0, min(backoffMaxMs, backoffBaseMs * 2^n)], so that the clients of a drained node do not all come back at once.
  * The token is asked for again (getToken) before every attempt, so an expired one is replaced.
@@ -77,6 +81,30 @@
 
     get size() {
       return this.map.size;
+    }
+  }
+
+  /** The sequence number of a stored message id (all digits), or null for an ephemeral one ("<seq>-<push>"). */
+  function storedSeq(id) {
+    return typeof id === "string" && /^[0-9]{1,15}$/.test(id) ? Number(id) : null;
+  }
+
+  /** The point reached in the user's stored ids; `check(id)` says "deliver" or "gap" (see docs/protocol.md). */
+  class GapTracker {
+    constructor(since) {
+      this.point = storedSeq(since);
+    }
+
+    welcome(last) {
+      this.point = storedSeq(last);
+    }
+
+    check(id) {
+      const seq = storedSeq(id);
+      if (seq === null) return "deliver";
+      if (this.point !== null && this.point > 0 && seq > this.point + 1) return "gap";
+      if (this.point === null || seq > this.point) this.point = seq;
+      return "deliver";
     }
   }
 
@@ -150,7 +178,8 @@
       /** Reconnect attempts since the last welcome. */
       this.attempt = 0;
       /** Counters for diagnostics and tests. */
-      this.stats = { connects: 0, welcomes: 0, messages: 0, duplicates: 0, reconnects: 0 };
+      this.stats = { connects: 0, welcomes: 0, messages: 0, duplicates: 0, reconnects: 0, gaps: 0 };
+      this._gaps = new GapTracker(this.lastId);
 
       this._handlers = new Map();
       this._seen = new RecentIds(this.options.dedupSize);
@@ -344,7 +373,8 @@
         this._setState(STATES.CLOSED, info);
         return;
       }
-      const delay = backoffDelayMs(this.attempt, this.options.backoffBaseMs, this.options.backoffMaxMs);
+      // A gap is resumed at once; anything else backs off.
+      const delay = info.gap ? 0 : backoffDelayMs(this.attempt, this.options.backoffBaseMs, this.options.backoffMaxMs);
       this.attempt++;
       this.stats.reconnects++;
       info.delayMs = delay;
@@ -435,6 +465,7 @@
       this.session = frame.session || null;
       this.user = frame.user || null;
       this.recovered = typeof frame.recovered === "boolean" ? frame.recovered : null;
+      this._gaps.welcome(frame.last);
       this.attempt = 0;
       this.stats.welcomes++;
       this._setState(STATES.OPEN, { node: this.node, session: this.session, recovered: this.recovered });
@@ -452,6 +483,14 @@
       if (id !== null) {
         if (this._seen.has(id)) {
           this.stats.duplicates++;
+          return;
+        }
+        if (this._gaps.check(id) === "gap") {
+          // Not shown now: it comes again, in order, after the missed ones.
+          this.stats.gaps++;
+          this.lastId = String(this._gaps.point);
+          const ws = this._ws;
+          if (ws) this._drop(ws, this._generation, { reason: "gap before id " + id, gap: true });
           return;
         }
         this._seen.add(id);
@@ -491,8 +530,9 @@
 
   WsGate.STATES = STATES;
   WsGate.RecentIds = RecentIds;
+  WsGate.GapTracker = GapTracker;
   WsGate.backoffDelayMs = backoffDelayMs;
-  WsGate.version = "1.0.0";
+  WsGate.version = "1.1.0";
 
   return WsGate;
 });
