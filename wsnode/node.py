@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 import uuid
 from typing import Any
@@ -23,8 +24,9 @@ from wsnode.envelope import (
     parse_stored_id,
     text_frame,
 )
-from wsnode.errors import BackendUnavailable
+from wsnode.errors import AuthError, BackendUnavailable
 from wsnode.keys import Keys
+from wsnode.limits import ALLOWED, FRAME_RATE_SPENT, UserLimits
 from wsnode.registry import RedisShards, SessionRegistry, as_shards, gather_all
 from wsnode.routing import Router
 from wsnode.sessions import CLOSE_GOING_AWAY, CLOSE_POLICY, LocalSessions, Session
@@ -54,6 +56,9 @@ class Node:
         self.store = MessageStore(self.shards, self.keys, max_count=settings.store_max_count,
                                   max_age_s=settings.store_max_age_s)
         self.router = Router(self.shards, self.keys, node_id=settings.node_id)
+        self.limits = UserLimits(self.shards, self.keys, publish_rate_per_s=settings.publish_rate_per_s,
+                                 publish_bytes_rate_per_s=settings.publish_bytes_rate_per_s,
+                                 stream_max_bytes=settings.publish_stream_max_bytes)
         self.draining = False
         self.redis_ok = True
 
@@ -124,10 +129,22 @@ class Node:
         elif kind == "disconnect":
             for session in self.sessions.of_user(str(payload.get("u"))):
                 session.close_soon(CLOSE_POLICY, "disconnected by the server")
+        elif kind == "evict":
+            evicted = payload.get("s")
+            for session in self.sessions.of_user(str(payload.get("u"))):
+                if isinstance(evicted, list) and session.id in evicted:
+                    session.close_soon(CLOSE_POLICY, "too many sessions of this user")
 
-    async def disconnect_user(self, user: str) -> int:
-        """Close every session of `user` on every node; the number of sessions found."""
+    async def disconnect_user(self, user: str, *, revoke: bool = False) -> int:
+        """Close every session of `user` on every node; the number of sessions found.
+
+        With `revoke`, tokens of the user issued before now are refused at the handshake for `revoke_ttl_s`.
+        """
         try:
+            if revoke:
+                # Whole seconds (iat is in seconds): a token issued within this second is refused too.
+                await self.shards.for_user(user).set(self.keys.user_revoked(user), math.ceil(time.time()),
+                                                     ex=max(1, int(self.settings.revoke_ttl_s)))
             found = await self.registry.presence(user)
             await self.router.to_nodes({s.node for s in found}, {"k": "disconnect", "u": user}, user=user)
         except (RedisError, OSError) as exc:
@@ -136,6 +153,39 @@ class Node:
         return len(found)
 
     # ---- sessions -----------------------------------------------------------------------------------------------
+
+    async def admit(self, user: str, issued_at: float | None) -> int:
+        """Before an upgrade: AuthError(401) when the user's tokens from before `issued_at` were revoked; else the
+        number of sessions the user holds (on any node, including ones of nodes that died recently)."""
+        try:
+            async with self.shards.for_user(user).pipeline(transaction=False) as pipe:
+                pipe.get(self.keys.user_revoked(user))
+                pipe.zcard(self.keys.user_sessions(user))
+                revoked, held = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            metrics.REDIS_ERRORS.labels("connect").inc()
+            raise BackendUnavailable(f"redis unavailable: {exc}") from None
+        if revoked is not None and (issued_at is None or issued_at < int(revoked)):
+            metrics.REFUSALS.labels("revoked").inc()
+            raise AuthError("token revoked")
+        return int(held)
+
+    async def evict_oldest(self, session: Session) -> None:
+        """Close the user's oldest sessions (1008) on every node while they hold more than the limit."""
+        try:
+            found = await self.registry.presence(session.user)
+            excess = len(found) - self.settings.max_sessions_per_user
+            if excess <= 0:
+                return
+            others = sorted((s for s in found if s.session != session.id), key=lambda s: (s.since_ms, s.session))
+            oldest = others[:excess]
+            metrics.REFUSALS.labels("sessions_per_user").inc(len(oldest))
+            await self.router.to_nodes({s.node for s in oldest}, {"k": "evict", "u": session.user,
+                                                                  "s": [s.session for s in oldest]},
+                                       user=session.user)
+        except (RedisError, OSError) as exc:  # the limit is enforced again at the user's next connect
+            metrics.REDIS_ERRORS.labels("evict").inc()
+            log.warning("could not enforce the session limit of user=%s: %s", session.user, exc)
 
     async def open_session(self, session: Session, *, since: int | None) -> Replay:
         """Index and register the session (live deliveries buffer from now on) and read the store."""
@@ -182,13 +232,21 @@ class Node:
             return  # an ephemeral message: nothing stored, nothing unread
         await self.store.ack(session.user, message_id)
 
-    async def publish(self, session: Session, module: str, data: Any, ref: Any) -> None:
-        """A client's publish, handed to backends on the publish stream."""
-        fields: dict[Any, Any] = {
+    async def publish(self, session: Session, module: str, data: Any, ref: Any) -> str | None:
+        """A client's publish, handed to backends on the publish stream within the user's budget; None when
+        accepted, else the name of the budget it exceeded."""
+        fields: dict[str, Any] = {
             "user": session.user, "session": session.id, "node": self.settings.node_id, "module": module,
             "data": json.dumps(data, separators=(",", ":")), "ref": json.dumps(ref, separators=(",", ":")),
             "ts": int(time.time() * 1000)}
-        await self.redis.xadd(self.keys.publish_stream, fields, maxlen=100_000, approximate=True)
+        size = sum(len(str(value).encode()) for value in fields.values())
+        verdict = await self.limits.spend_publish(session.user, size)
+        if verdict != ALLOWED:
+            refused = "publish_rate" if verdict == FRAME_RATE_SPENT else "publish_bytes_rate"
+            metrics.REFUSALS.labels(refused).inc()
+            return refused
+        await self.limits.append_publish(fields)
+        return None
 
     async def resync(self, shard: int | None = None) -> None:
         """After a pub/sub gap (on one shard, or all when None): register the sessions again, then send each what the
