@@ -39,8 +39,10 @@ class AccessLogger(AbstractAccessLogger):
     """Access lines without query strings: client tokens travel in `?token=` and must not reach the logs."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info("%s %s %s %d %.1fms", request.remote, request.method, request.path, response.status,
-                         time * 1000)
+        # The raw (still percent-encoded) path: a decoded one could put a newline or other control characters of
+        # the client's choosing into the log.
+        path = request.raw_path.partition("?")[0]
+        self.logger.info("%s %s %s %d %.1fms", request.remote, request.method, path, response.status, time * 1000)
 
 
 def build_app(settings: NodeSettings) -> web.Application:
