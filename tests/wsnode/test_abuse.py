@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import time
 import os
 import struct
+import time
 from pathlib import Path
 from typing import Any
 

@@ -21,7 +21,6 @@ from tests.wsnode.conftest import (
     Client,
     Connect,
     StartNode,
-    eventually,
     make_token,
     push,
 )
@@ -30,7 +29,8 @@ DEEP = 100_000  # levels: far beyond Python's recursion limit
 
 
 def _deep_push(user: str, levels: int = DEEP) -> str:
-    return '{"to":{"users":["%s"]},"module":"m","data":%s1%s}' % (user, "[" * levels, "]" * levels)
+    nested = "[" * levels + "1" + "]" * levels
+    return json.dumps({"to": {"users": [user]}, "module": "m"})[:-1] + f',"data":{nested}}}'
 
 
 async def _raw_http(port: int, request: bytes) -> bytes:
@@ -81,7 +81,7 @@ async def test_a_deeply_nested_client_frame_gets_an_error_frame_and_the_session_
     a = start_node("node-a")
     client, _ = await connect(a, "cleo")
     levels = 30_000  # 60 kB: under --max-frame-bytes (64 KiB)
-    await client.ws.send_str('{"type":"publish","module":"m","data":%s1%s}' % ("[" * levels, "]" * levels))
+    await client.ws.send_str('{"type":"publish","module":"m","data":' + "[" * levels + "1" + "]" * levels + "}")
     error = await client.next_of("error")
     assert error["code"] == "too_deep" and "nested deeper than" in error["reason"]
     await client.send({"type": "ping"})

@@ -15,7 +15,7 @@ from tests.wsnode.conftest import WITH_KEY, Client, Connect, NodeProc, StartNode
 async def _refusals(http: aiohttp.ClientSession, node: NodeProc, reason: str) -> float:
     async with http.get(f"{node.url}/metrics", headers=WITH_KEY) as resp:
         text = await resp.text()
-    found = re.search(r'^wsnode_refusals_total\{reason="%s"\} (\S+)$' % reason, text, re.M)
+    found = re.search(r'^wsnode_refusals_total\{reason="' + reason + r'"\} (\S+)$', text, re.M)
     return float(found.group(1)) if found else 0.0
 
 
@@ -44,7 +44,7 @@ async def _publish_all(clients: list[Client], frames: int, data: str) -> tuple[i
     """Each client publishes `frames` frames at once; (accepted, refusals by code)."""
     for client in clients:
         for n in range(frames):
-            await client.ws.send_str('{"type":"publish","module":"chat","data":"%s","ref":%d}' % (data, n))
+            await client.send({"type": "publish", "module": "chat", "data": data, "ref": n})
     accepted, refused = 0, {}
     for client in clients:
         for _ in range(frames):
