@@ -75,8 +75,11 @@ class Node:
             if request.to_all:
                 tail = message_tail(module=request.module, event=request.event, data_json=request.data_json,
                                     ts_ms=ts_ms)
+                # The marker has the shape the push script keeps for user pushes ([online, stored, ids, push id]):
+                # a key used for a broadcast and then for a user push must not make that script fail to decode it.
                 fresh = dedupe_key is None or await self.redis.set(
-                    self.keys.dedupe(dedupe_key), push_id, nx=True, px=int(self.settings.store_max_age_s * 1000))
+                    self.keys.dedupe(dedupe_key), json.dumps([0, 0, "{}", push_id]), nx=True,
+                    px=int(self.settings.store_max_age_s * 1000))
                 if fresh:
                     await self.router.broadcast(push_id=push_id, tail=tail)
                 online, _nodes = await self.registry.counts()

@@ -171,3 +171,13 @@ async def test_a_since_that_is_not_ascii_digits_is_400(start_node: StartNode, ht
     a = start_node("node-a")
     async with http.get(a.ws_url, params={"token": make_token("gus"), "since": since}) as resp:
         assert resp.status == 400, await resp.text()
+
+
+async def test_an_idempotency_key_used_for_a_broadcast_then_for_a_user_push_is_not_a_503(
+        start_node: StartNode, http: aiohttp.ClientSession) -> None:
+    # Found by schemathesis: the broadcast's marker was not in the shape the push script decodes.
+    a = start_node("node-a")
+    for body in ({"to": {"all": True}, "module": "m"}, {"to": {"users": ["hugo"]}, "module": "m"}):
+        async with http.post(f"{a.url}/api/v1/push", json=body,
+                             headers={**WITH_KEY, "Idempotency-Key": "same-key"}) as resp:
+            assert resp.status == 202, await resp.text()
