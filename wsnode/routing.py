@@ -135,7 +135,7 @@ class Router:
             return
         try:
             payload = json.loads(data)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             log.warning("ignoring a malformed payload on %s", message.get("channel"))
             return
         if not isinstance(payload, dict):

@@ -34,11 +34,12 @@ def _deep_push(user: str, levels: int = DEEP) -> str:
 
 
 async def _raw_http(port: int, request: bytes) -> bytes:
+    """The status line of the answer to `request` (the server need not close the connection after it)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(request)
         await writer.drain()
-        return await asyncio.wait_for(reader.read(), 10)
+        return await asyncio.wait_for(reader.readline(), 10)
     finally:
         writer.close()
 
@@ -162,7 +163,7 @@ async def test_a_content_length_that_is_not_ascii_digits_is_400(start_node: Star
     a = start_node("node-a")
     answer = await _raw_http(a.port, (f"POST /api/v1/push HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
                                       f"Content-Length: {length}\r\nConnection: close\r\n\r\nabc").encode())
-    assert answer.split(b"\r\n", 1)[0].split(b" ")[1] == b"400", answer
+    assert answer.split(b" ")[1] == b"400", answer
 
 
 @pytest.mark.parametrize("since", ["²", "١٢", "1_0", "-1", "+1", " 1"])

@@ -14,11 +14,12 @@ from tests.wsnode.conftest import API_KEY, API_KEY_2, SECRET, Connect, StartNode
 
 
 async def _raw(port: int, request: bytes) -> bytes:
+    """Send `request`; the status line of the answer."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(request)
         await writer.drain()
-        return await asyncio.wait_for(reader.read(), 10)
+        return await asyncio.wait_for(reader.readline(), 10)
     finally:
         writer.close()
 
@@ -44,12 +45,13 @@ async def test_no_log_line_of_a_node_holds_a_query_string_token_or_key(
     async with http.get(f"{a.url}/api/v1/stats?api_key={API_KEY}", headers={"Authorization": f"Bearer {API_KEY}"}):
         pass
     # Broken requests that make the HTTP parser log the line it refused.
-    await _raw(a.port, f"GET /websocket?token={in_query} HTTP/1.1 junk\r\nHost: x\r\n\r\n".encode())
-    await _raw(a.port, f"GET /websocket?token={in_query} HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n".encode())
-    await _raw(a.port, f"POST /api/v1/push HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\x01\r\n"
-                       "Content-Length: 0\r\n\r\n".encode())
-    await _raw(a.port, f"POST /api/v1/push HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
-                       "Content-Length: ²\r\n\r\n".encode())
+    for broken in (f"GET /websocket?token={in_query} HTTP/1.1 junk\r\nHost: x\r\n\r\n",
+                   f"GET /websocket?token={in_query} HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n",
+                   f"POST /api/v1/push HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\x01\r\n"
+                   "Content-Length: 0\r\n\r\n",
+                   f"POST /api/v1/push HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+                   "Content-Length: ²\r\n\r\n"):
+        assert b" 400 " in await _raw(a.port, broken.encode())
     a.proc.stop()
     log = a.proc.log()
     assert "GET /websocket 101" in log and "POST /api/v1/push 202" in log and "Error handling request" in log
