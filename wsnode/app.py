@@ -140,7 +140,8 @@ async def serve(settings: NodeSettings, *, started: asyncio.Event | None = None)
         management_runner = web.AppRunner(app[MANAGEMENT_KEY].app(), handle_signals=False,
                                           access_log_class=AccessLogger)
         await management_runner.setup()
-        await web.TCPSite(management_runner, settings.host, settings.management_port, reuse_address=True).start()
+        await web.TCPSite(management_runner, settings.management_host or settings.host, settings.management_port,
+                          reuse_address=True).start()
     log.info("wsnode %s listening on %s:%d", settings.node_id, settings.host, settings.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -36,6 +36,7 @@ class NodeSettings:
     api_keys: tuple[str, ...] = ()
     # /metrics and the detailed /health: on this port without credentials when set, else with a key on `port`
     management_port: int | None = None
+    management_host: str | None = None  # default: `host`
     management_keys: tuple[str, ...] = ()  # keys that read management data only (the API keys read it too)
     allowed_origins: tuple[str, ...] = ()
     allow_anonymous: bool = False
@@ -147,6 +148,7 @@ _FLAGS: dict[str, tuple[str, str, str]] = {
     "--jwt-issuer": ("WSNODE_JWT_ISSUER", "jwt_issuer", "str"),
     "--api-key": ("WSNODE_API_KEY", "api_keys", "list"),
     "--management-port": ("WSNODE_MANAGEMENT_PORT", "management_port", "int"),
+    "--management-host": ("WSNODE_MANAGEMENT_HOST", "management_host", "str"),
     "--management-key": ("WSNODE_MANAGEMENT_KEY", "management_keys", "list"),
     "--allowed-origins": ("WSNODE_ALLOWED_ORIGINS", "allowed_origins", "list"),
     "--allow-anonymous": ("WSNODE_ALLOW_ANONYMOUS", "allow_anonymous", "bool"),
@@ -194,6 +196,7 @@ _HELP: dict[str, str] = {
     '--api-key': 'push API bearer keys, comma-separated',
     '--management-port': 'serve /metrics and the detailed /health on this port without credentials (keep it '
                          'private); without it they need an API or management key',
+    '--management-host': 'listen address of the management port (default: --host)',
     '--management-key': 'bearer keys that read /metrics and the detailed /health only, comma-separated',
     '--allowed-origins': 'allowed browser Origins, comma-separated (empty: any)',
     '--allow-anonymous': 'development: clients without token get a generated user id',

@@ -36,7 +36,8 @@ async def test_the_management_port_serves_details_without_a_key_and_consul_still
         start_node: StartNode, procs: ProcessGroup, http: aiohttp.ClientSession) -> None:
     consul = str(start_devconsul(procs).extra["address"])
     management = free_port()
-    a = start_node("node-a", "--management-port", str(management), "--consul", consul)
+    a = start_node("node-a", "--management-port", str(management), "--management-host", "127.0.0.1",
+                   "--consul", consul)
     async with http.get(f"http://127.0.0.1:{management}/metrics") as resp:
         assert resp.status == 200 and "wsnode_sessions" in await resp.text()
     async with http.get(f"http://127.0.0.1:{management}/health") as resp:
