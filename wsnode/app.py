@@ -91,7 +91,7 @@ def build_app(settings: NodeSettings) -> web.Application:
         consumer = StreamConsumer(client, node.keys.push_stream, consumer=settings.node_id,
                                   push=lambda request, key: node.push(request, source="stream", dedupe_key=key),
                                   claim_idle_s=settings.stream_claim_idle_s)
-        supervisor.start("pubsub", lambda: node.router.run(node.handle_payload, node.resync))
+        supervisor.start("pubsub", node.pubsub_loop)
         supervisor.start("refresh", node.refresh_loop)
         supervisor.start("stream", consumer.run)
         with contextlib.suppress(TimeoutError):

@@ -61,6 +61,7 @@ class Node:
                                  stream_max_bytes=settings.publish_stream_max_bytes)
         self.draining = False
         self.redis_ok = True
+        self._pubsub_runs = 0
 
     # ---- pushes -------------------------------------------------------------------------------------------------
 
@@ -268,6 +269,25 @@ class Node:
                     session.deliver_stored(seq, frame)
 
     # ---- background loops ---------------------------------------------------------------------------------------
+
+    async def pubsub_loop(self) -> None:
+        """The pub/sub reader (supervised). When it runs again after a failure, upgrades wait for the new
+        subscription, and what the sessions here missed meanwhile is resent from the store once it is live."""
+        self._pubsub_runs += 1
+        if self._pubsub_runs == 1:
+            await self.router.run(self.handle_payload, self.resync)
+            return
+        self.router.subscribed.clear()
+
+        async def catch_up() -> None:
+            await self.router.subscribed.wait()
+            await self.resync()
+
+        catching_up = asyncio.ensure_future(catch_up())
+        try:
+            await self.router.run(self.handle_payload, self.resync)
+        finally:
+            catching_up.cancel()
 
     async def refresh_loop(self) -> None:
         """Keep this node alive in Redis (one script call, whatever its session count) and watch Redis health."""

@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.harness import RedisInfo, free_port
-from tests.wsnode.conftest import API_KEY, SECRET, WITH_KEY, eventually
+from tests.wsnode.conftest import API_KEY, SECRET, WITH_KEY, Client, eventually, make_token
 from wsnode.app import build_app
 from wsnode.node import Node
 from wsnode.registration import ConsulRegistration
@@ -99,6 +99,13 @@ class Injector:
         self.tripped.clear()
 
 
+def _settings(redis_server: RedisInfo, redis_prefix: str) -> NodeSettings:
+    return NodeSettings(port=free_port(), host="127.0.0.1", node_id="node-s", redis_url=redis_server.url,
+                        redis_prefix=redis_prefix, jwt_secret=SECRET, api_keys=(API_KEY,),
+                        consul_addr=f"127.0.0.1:{free_port()}",  # nobody answers: registration retries
+                        session_ttl_s=2, session_refresh_s=0.5)
+
+
 @pytest.mark.parametrize("name", sorted(TASKS))
 async def test_each_node_task_that_fails_turns_health_red_and_recovers(
         name: str, monkeypatch: pytest.MonkeyPatch, redis_server: RedisInfo, redis_prefix: str,
@@ -106,10 +113,7 @@ async def test_each_node_task_that_fails_turns_health_red_and_recovers(
     owner, method = TASKS[name]
     injector = Injector()
     monkeypatch.setattr(owner, method, injector.wrap(getattr(owner, method)))
-    settings = NodeSettings(port=free_port(), host="127.0.0.1", node_id="node-s", redis_url=redis_server.url,
-                            redis_prefix=redis_prefix, jwt_secret=SECRET, api_keys=(API_KEY,),
-                            consul_addr=f"127.0.0.1:{free_port()}",  # nobody answers: registration retries
-                            session_ttl_s=2, session_refresh_s=0.5)
+    settings = _settings(redis_server, redis_prefix)
     server = TestServer(build_app(settings), host="127.0.0.1", port=settings.port)
     await server.start_server()
     try:
@@ -133,5 +137,41 @@ async def test_each_node_task_that_fails_turns_health_red_and_recovers(
                        for r in caplog.records)
             injector.heal()
             await eventually(up, timeout_s=15)
+    finally:
+        await server.close()
+
+
+async def test_a_restarted_pubsub_reader_resends_what_its_sessions_missed(
+        monkeypatch: pytest.MonkeyPatch, redis_server: RedisInfo, redis_prefix: str) -> None:
+    injector = Injector()
+    monkeypatch.setattr(Router, "run", injector.wrap(Router.run))
+    settings = _settings(redis_server, redis_prefix)
+    server = TestServer(build_app(settings), host="127.0.0.1", port=settings.port)
+    await server.start_server()
+    base = f"http://127.0.0.1:{settings.port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def subscribed() -> bool:
+                async with http.get(f"{base}/health", headers=WITH_KEY) as resp:
+                    return resp.status == 200
+
+            await eventually(subscribed, timeout_s=15)
+            ws = await http.ws_connect(f"{base}/websocket", params={"token": make_token("nora")})
+            client = Client(ws)
+            assert (await client.next())["type"] == "welcome"
+            injector.trip()  # the subscription ends: a push now reaches no session here
+
+            async def down() -> bool:
+                async with http.get(f"{base}/health", headers=WITH_KEY) as resp:
+                    return resp.status == 503 and (await resp.json())["tasks"]["pubsub"] == "DOWN"
+
+            await eventually(down, timeout_s=15)
+            async with http.post(f"{base}/api/v1/push", headers=WITH_KEY,
+                                 json={"to": {"users": ["nora"]}, "module": "m", "data": "missed"}) as resp:
+                assert resp.status == 202
+            injector.heal()
+            message = await client.next_of("message", timeout_s=15)
+            assert message["data"] == "missed"
+            await ws.close()
     finally:
         await server.close()
