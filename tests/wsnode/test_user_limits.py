@@ -82,14 +82,15 @@ async def test_the_publish_frame_budget_is_shared_by_all_sessions_of_a_user_on_e
 
 async def test_the_publish_byte_budget_is_shared_by_all_sessions_of_a_user(
         start_node: StartNode, connect: Connect, http: aiohttp.ClientSession) -> None:
-    args = ("--publish-rate", "1000", "--publish-bytes-rate", "4096", "--max-frame-bytes", "4096")
+    args = ("--publish-rate", "1000", "--publish-bytes-rate", "2048", "--max-frame-bytes", "2048")
     a = start_node("node-a", *args)
     b = start_node("node-b", *args)
     on_a, _ = await connect(a, "lou")
     on_b, _ = await connect(b, "lou")
-    # 2 x 10 frames of about 1 kB against 4 kB per second: most are refused unless the test took over 4 s.
+    # 2 x 10 frames of about 1 kB against 2 kB per second (two frames at once, two more each second): at least 8
+    # are refused unless handling the 20 frames took over 4 s.
     accepted, refused = await _publish_all([on_a, on_b], 10, "y" * 900)
-    assert accepted >= 3 and refused.get("publish_bytes_rate", 0) >= 8, (accepted, refused)
+    assert accepted >= 2 and refused.get("publish_bytes_rate", 0) >= 8, (accepted, refused)
     assert accepted + refused["publish_bytes_rate"] == 20
     counted = await _refusals(http, a, "publish_bytes_rate") + await _refusals(http, b, "publish_bytes_rate")
     assert counted == refused["publish_bytes_rate"]
