@@ -8,7 +8,8 @@ only (a developer's machine). Every other /actuator path goes to the `fallback` 
 The document lists routes; each service's instances with their Consul status (all of them, from a non-blocking
 `/v1/health/service/<name>`, so critical ones show too), whether the balancer may pick them and their active
 tunnels (the gateway's metrics summed over workers); and each instance's node figures from its own `/health` and
-`/metrics`, which a wsnode serves without an API key: the gateway needs no node credential. Nodes are asked in
+`/metrics`, which a wsnode serves only with a key: `wsgate.node-management-key` is sent as a bearer token (start the
+nodes with the same value in `--management-key`: it reads management data and cannot push). Nodes are asked in
 parallel with a short timeout; one that does not answer is shown with its error. Fetches are shared and cached for
 `cache_s`, so any number of open pages costs the nodes one poll per second per worker.
 """
@@ -194,7 +195,7 @@ class AdminPage:
             return fallback, f"Consul did not answer: {type(exc).__name__} {exc}".strip()
 
     async def _poll_node(self, http: aiohttp.ClientSession, scheme: str, address: str) -> NodeReading:
-        """One node's /health and /metrics (both without credentials), as a sample with rates or an error."""
+        """One node's /health and /metrics (with the node management key), as a sample with rates or an error."""
         base = f"{scheme}://{address}"
         health, metrics = await asyncio.gather(self._get(http, f"{base}/health"), self._get(http, f"{base}/metrics"),
                                                return_exceptions=True)
@@ -216,7 +217,9 @@ class AdminPage:
     async def _get(self, http: aiohttp.ClientSession, url: str) -> str:
         # /health answers 503 with its JSON while the node is down: any status with a body is an answer.
         context = self._ssl if url.startswith("https:") and self._ssl is not None else True
-        async with http.get(url, ssl=context) as response:
+        key = self._state().config.server.node_management_key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        async with http.get(url, ssl=context, headers=headers) as response:
             if response.status == 404:
                 raise aiohttp.ClientResponseError(response.request_info, (), status=404, message="Not Found")
             return await response.text()

@@ -58,6 +58,7 @@ class ServerSettings:
     idle_timeout_s: float | None = None
     drain_timeout_s: float = 30.0
     admin_token: str | None = None
+    node_management_key: str | None = None  # sent to nodes' /health and /metrics by the admin page
     upstream_tls_verify: bool = True
     upstream_ca_path: str | None = None
     access_log: bool = True

@@ -93,7 +93,7 @@ _MAX_NODES = 200_000
 _WSGATE_KEYS = (
     "workers", "head-timeout", "max-head-bytes", "max-connections", "connect-timeout", "response-timeout",
     "idle-timeout", "drain-timeout", "admin-token", "tls", "upstream-tls-verify", "upstream-ca", "access-log",
-    "redis", "native-relay", "unknown-filters",
+    "redis", "native-relay", "unknown-filters", "node-management-key",
 )  # fmt: skip
 _CONSUL_KEYS = ("address", "host", "port", "scheme", "token", "passing-only", "datacenter")
 _SCG_ROOTS = (
@@ -332,6 +332,8 @@ def _wsgate(reader: Reader, section: YMap) -> dict[str, object]:
         values["max_connections"] = reader.integer(node, "wsgate.max-connections", minimum=1)
     if (node := section.get("admin-token")) is not None:
         values["admin_token"] = reader.optional_text(node, "wsgate.admin-token") or None
+    if (node := section.get("node-management-key")) is not None:
+        values["node_management_key"] = reader.optional_text(node, "wsgate.node-management-key") or None
     if (node := section.get("upstream-ca")) is not None:
         values["upstream_ca_path"] = reader.optional_text(node, "wsgate.upstream-ca") or None
     for key, field_name in (("upstream-tls-verify", "upstream_tls_verify"), ("access-log", "access_log"),

@@ -21,6 +21,7 @@ from harness import ProcessGroup, free_port, http_status, provide_redis
 
 DEMO_SECRET = "wsgate-demo-secret-not-for-production"  # >= 32 bytes, as HS256 wants
 DEMO_API_KEY = "wsgate-demo-key"
+DEMO_MANAGEMENT_KEY = "wsgate-demo-management-key"
 
 
 def _port(preferred: int) -> int:
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                 "CONSUL_HTTP_ADDR": f"127.0.0.1:{consul_port}",
                 "WSNODE_JWT_SECRET": DEMO_SECRET,
                 "WSNODE_API_KEY": DEMO_API_KEY,
+                "WSNODE_MANAGEMENT_KEY": DEMO_MANAGEMENT_KEY,  # the admin page reads the nodes with it
                 "WSNODE_REDIS_PREFIX": "wsgate-demo:",
                 # The page is served by the demo server, so its WebSocket's Origin is that server's.
                 "WSNODE_ALLOWED_ORIGINS": f"http://127.0.0.1:{demo_port},http://localhost:{demo_port}",
@@ -76,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             gw_port = _port(args.gateway_port)
             gateway = group.python("gateway", "gateway", "--config", "routes.yaml", "--host", "127.0.0.1",
                                    "--port", str(gw_port),
-                                   "--workers", "1", env={"CONSUL_HTTP_ADDR": f"127.0.0.1:{consul_port}"})
+                                   "--workers", "1", env={"CONSUL_HTTP_ADDR": f"127.0.0.1:{consul_port}",
+                                                          "WSGATE_NODE_MANAGEMENT_KEY": DEMO_MANAGEMENT_KEY})
             gateway.wait_http_ready(f"http://127.0.0.1:{gw_port}/actuator/health")
             base = f"http://127.0.0.1:{gw_port}"
             demo = group.python("demo", "demo.server", "--host", "127.0.0.1", "--port", str(demo_port),

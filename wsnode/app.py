@@ -13,9 +13,10 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from wsnode import metrics
-from wsnode.auth import TokenVerifier
+from wsnode import logsafe
+from wsnode.auth import BearerKeys, TokenVerifier
 from wsnode.endpoint import Endpoint
+from wsnode.management import Management
 from wsnode.node import Node
 from wsnode.push_api import PushApi
 from wsnode.redis_connect import connect_shard
@@ -24,34 +25,27 @@ from wsnode.settings import NodeSettings
 from wsnode.shard_agreement import agree_on_shards
 from wsnode.sharding import Shards
 from wsnode.stream_consumer import StreamConsumer
+from wsnode.supervisor import Supervisor
 
 log = logging.getLogger("wsnode.app")
 
 NODE_KEY = web.AppKey("node", Node)
 REGISTRATION_KEY = web.AppKey("registration", ConsulRegistration)
+SUPERVISOR_KEY = web.AppKey("supervisor", Supervisor)
+MANAGEMENT_KEY = web.AppKey("management", Management)
 # The shard-list check (wsnode/shard_agreement.py) is done before listening when every shard answers at once.
 SHARD_CHECK_HEAD_START_S = 2.0
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-
-
-def _background(task_name: str, coro: object) -> asyncio.Task[None]:
-    return asyncio.get_running_loop().create_task(coro, name=task_name)  # type: ignore[arg-type]
-
-
-async def _cancel(*tasks: asyncio.Task[None]) -> None:
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
 
 
 class AccessLogger(AbstractAccessLogger):
     """Access lines without query strings: client tokens travel in `?token=` and must not reach the logs."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info("%s %s %s %d %.1fms", request.remote, request.method, request.path, response.status,
-                         time * 1000)
+        # The raw (still percent-encoded) path: a decoded one could put a newline or other control characters of
+        # the client's choosing into the log.
+        path = request.raw_path.partition("?")[0]
+        self.logger.info("%s %s %s %d %.1fms", request.remote, request.method, path, response.status, time * 1000)
 
 
 def build_app(settings: NodeSettings) -> web.Application:
@@ -68,23 +62,24 @@ def build_app(settings: NodeSettings) -> web.Application:
     client = shards.primary  # shard 0 holds the push stream
     node = Node(settings, shards)
     verifier = TokenVerifier(hs256_secret=settings.jwt_secret, rs256_public_key=settings.jwt_public_key,
-                             leeway_s=settings.token_leeway_s, allow_anonymous=settings.allow_anonymous)
+                             leeway_s=settings.token_leeway_s, allow_anonymous=settings.allow_anonymous,
+                             allow_no_exp=settings.jwt_allow_no_exp, audience=settings.jwt_audience,
+                             issuer=settings.jwt_issuer)
     app = web.Application(client_max_size=1024 * 1024)
     app[NODE_KEY] = node
+    supervisor = Supervisor()
+    app[SUPERVISOR_KEY] = supervisor
     endpoint = Endpoint(node, verifier)
-    api = PushApi(node, settings.api_keys, open_without_key=settings.allow_anonymous)
-
-    async def health(request: web.Request) -> web.Response:
-        up, details = await node.healthy()
-        return web.json_response(details, status=200 if up else 503)
-
-    async def prometheus(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8",
-                            headers={"X-Prometheus-Format": "0.0.4"})
+    # Development (anonymous clients, no key configured): the push API and management data need no key.
+    open_without_key = settings.allow_anonymous and not settings.api_keys
+    api = PushApi(node, BearerKeys(settings.api_keys, open=open_without_key))
+    management = Management(node, supervisor, BearerKeys(settings.api_keys + settings.management_keys,
+                                                         open=open_without_key))
+    app[MANAGEMENT_KEY] = management
 
     app.router.add_get("/websocket", endpoint.handle)
-    app.router.add_get("/health", health)
-    app.router.add_get("/metrics", prometheus)
+    app.router.add_get("/health", management.public_health)
+    app.router.add_get("/metrics", management.public_metrics)
     app.router.add_routes(api.routes())
     if STATIC_DIR.is_dir():
         app.router.add_static("/static/", STATIC_DIR)
@@ -98,15 +93,15 @@ def build_app(settings: NodeSettings) -> web.Application:
         consumer = StreamConsumer(client, node.keys.push_stream, consumer=settings.node_id,
                                   push=lambda request, key: node.push(request, source="stream", dedupe_key=key),
                                   claim_idle_s=settings.stream_claim_idle_s)
-        tasks = [_background("pubsub", node.router.run(node.handle_payload, node.resync)),
-                 _background("refresh", node.refresh_loop()),
-                 _background("route-watch", node.route_watch_loop()),
-                 _background("stream", consumer.run())]
+        supervisor.start("pubsub", node.pubsub_loop)
+        supervisor.start("refresh", node.refresh_loop)
+        supervisor.start("route-watch", node.route_watch_loop)
+        supervisor.start("stream", consumer.run)
         with contextlib.suppress(TimeoutError):
             # A short head start; until the subscription is live, upgrades are refused with 503 anyway.
             await asyncio.wait_for(node.router.subscribed.wait(), 1.0)
         yield
-        await _cancel(*tasks)
+        await supervisor.stop()
 
     async def consul_ctx(app: web.Application) -> AsyncIterator[None]:
         if not settings.consul_addr:
@@ -116,12 +111,13 @@ def build_app(settings: NodeSettings) -> web.Application:
         spec = ServiceSpec(name=settings.service_name, service_id=settings.service_id,
                            address=settings.advertise_host, port=settings.port, node_id=settings.node_id,
                            tags=settings.tags, check_interval_s=settings.consul_check_interval_s,
-                           deregister_after_s=settings.consul_deregister_after_s)
+                           deregister_after_s=settings.consul_deregister_after_s,
+                           management_port=settings.management_port)
         registration = ConsulRegistration(target, spec, token=settings.consul_token)
         app[REGISTRATION_KEY] = registration
-        task = _background("consul", registration.keep_registered())
+        supervisor.start("consul", registration.keep_registered)
         yield
-        await _cancel(task)
+        await supervisor.cancel("consul")
         if registration.registered:
             await registration.deregister()
         await registration.close()
@@ -136,6 +132,7 @@ def build_app(settings: NodeSettings) -> web.Application:
 
 async def serve(settings: NodeSettings, *, started: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT, then drain: leave Consul, stop accepting, close sessions 1001, clean Redis."""
+    logsafe.install([*settings.api_keys, *settings.management_keys, settings.jwt_secret or ""])
     app = build_app(settings)
     node = app[NODE_KEY]
     shard_check = asyncio.create_task(agree_on_shards(node.shards.all, settings.redis_urls, node.keys))
@@ -148,6 +145,13 @@ async def serve(settings: NodeSettings, *, started: asyncio.Event | None = None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
     await site.start()
+    management_runner: web.AppRunner | None = None
+    if settings.management_port is not None:
+        management_runner = web.AppRunner(app[MANAGEMENT_KEY].app(), handle_signals=False,
+                                          access_log_class=AccessLogger)
+        await management_runner.setup()
+        await web.TCPSite(management_runner, settings.management_host or settings.host, settings.management_port,
+                          reuse_address=True).start()
     log.info("wsnode %s listening on %s:%d", settings.node_id, settings.host, settings.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -168,10 +172,13 @@ async def serve(settings: NodeSettings, *, started: asyncio.Event | None = None)
     node.draining = True
     registration = app.get(REGISTRATION_KEY)
     if registration is not None:
+        await app[SUPERVISOR_KEY].cancel("consul")  # it would register the node again
         await registration.deregister()
         # Give gateways watching Consul a moment to stop routing here before clients reconnect.
         await asyncio.sleep(settings.drain_delay_s)
     await runner.cleanup()
+    if management_runner is not None:
+        await management_runner.cleanup()
     log.info("stopped")
     if mismatch is not None:
         raise mismatch

@@ -7,22 +7,25 @@ are refused.
 
 from __future__ import annotations
 
+import hmac
 import uuid
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import jwt
 
+from wsnode.envelope import USER_ID_RULE, valid_user_id
 from wsnode.errors import AuthError
 
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who a session belongs to, and until when its token is valid (epoch seconds, None = no expiry)."""
+    """Who a session belongs to, until when its token is valid and when it was issued (epoch seconds or None)."""
 
     user: str
     expires_at: float | None
     anonymous: bool = False
+    issued_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,9 @@ class TokenVerifier:
     rs256_public_key: str | None = None
     leeway_s: float = 0.0
     allow_anonymous: bool = False
+    allow_no_exp: bool = False  # a token without `exp` never expires: refused unless this is set
+    audience: str | None = None  # when set, `aud` must name it
+    issuer: str | None = None  # when set, `iss` must be it
 
     def __post_init__(self) -> None:
         if self.hs256_secret is not None and not self.hs256_secret:
@@ -60,20 +66,57 @@ class TokenVerifier:
             key = self.rs256_public_key
         else:
             raise AuthError(f"token algorithm {alg!r} not accepted")
+        required = ["sub"] if self.allow_no_exp else ["sub", "exp"]
+        if self.audience is not None:
+            required.append("aud")
+        if self.issuer is not None:
+            required.append("iss")
         try:
-            claims = jwt.decode(token, key, algorithms=[alg], leeway=self.leeway_s,
-                                options={"require": ["sub"], "verify_aud": False})
+            claims = jwt.decode(token, key, algorithms=[alg], leeway=self.leeway_s, audience=self.audience,
+                                issuer=self.issuer,
+                                options={"require": required, "verify_aud": self.audience is not None})
         except jwt.ExpiredSignatureError:
             raise AuthError("token expired") from None
         except jwt.ImmatureSignatureError:
             raise AuthError("token not yet valid") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthError(f"token has no {exc.claim!r} claim") from None
+        except jwt.InvalidAudienceError:
+            raise AuthError("token audience not accepted") from None
+        except jwt.InvalidIssuerError:
+            raise AuthError("token issuer not accepted") from None
         except jwt.PyJWTError as exc:
             raise AuthError(f"invalid token: {exc}") from None
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub or "|" in sub or len(sub) > 128 or any(c.isspace() for c in sub):
-            raise AuthError("token sub must be a user id (1-128 characters, no spaces or '|')")
-        exp = claims.get("exp")
-        return Identity(user=sub, expires_at=float(exp) if isinstance(exp, int | float) else None)
+        if not valid_user_id(sub):
+            raise AuthError(f"token sub must be a user id: {USER_ID_RULE}")
+        assert isinstance(sub, str)
+        exp, iat = claims.get("exp"), claims.get("iat")
+        return Identity(user=sub, expires_at=_epoch(exp), issued_at=_epoch(iat))
+
+
+def _epoch(value: object) -> float | None:
+    # PyJWT has checked that exp/nbf/iat, when present, are numbers; bool is an int but no time.
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True, slots=True)
+class BearerKeys:
+    """A set of bearer keys (push API keys, management keys); `open` admits every request (development only)."""
+
+    keys: tuple[str, ...]
+    open: bool = False
+
+    def admits(self, authorization: str | None) -> bool:
+        """Whether an `Authorization` header carries one of the keys."""
+        if self.open:
+            return True
+        scheme, _, value = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            return False
+        given = value.strip().encode()
+        # Compare with every key (no early exit) so timing does not tell which one almost matched.
+        return sum(hmac.compare_digest(given, key.encode()) for key in self.keys) > 0
 
 
 def extract_token(authorization: str | None, query_token: str | None) -> str | None:

@@ -75,8 +75,11 @@ class Endpoint:
         try:
             check_origin(request.headers.get("Origin"), settings.allowed_origins)
             identity = self.verifier.verify(extract_token(request.headers.get("Authorization"), query.get("token")))
+            held = 0 if identity.anonymous else await self.node.admit(identity.user, identity.issued_at)
         except AuthError as exc:
             return _refuse(exc.status, exc.reason)
+        except BackendUnavailable as exc:
+            return _refuse(503, exc.reason)
         since_raw = query.get("since")
         del query  # the token must not live as long as the session
         try:
@@ -109,6 +112,8 @@ class Endpoint:
             self.node.go_live(session, replay, since=since)
             if identity.expires_at is not None:
                 self.node.sessions.expire_at(session, identity.expires_at)
+            if held >= settings.max_sessions_per_user:
+                await self.node.evict_oldest(session)
             del replay, identity  # the replayed frames and the claims must not live as long as the session
             # The frame loop is inline (no `async for`, no helper coroutine): each awaited coroutine frame stays
             # allocated for the session's whole life.
@@ -155,8 +160,12 @@ class Endpoint:
                                                                   "is not allowed"))
                     return
                 metrics.MESSAGES_IN.labels("publish").inc()
-                await self.node.publish(session, frame.module, frame.data, frame.ref)
-                session.send(encode_accepted(frame.ref))
+                refused = await self.node.publish(session, frame.module, frame.data, frame.ref)
+                if refused is None:
+                    session.send(encode_accepted(frame.ref))
+                else:
+                    session.send(encode_error(refused, "over this user's publish budget "
+                                                       f"({refused.replace('_', ' ')} per second); slow down"))
         except (RedisError, OSError):
             metrics.REDIS_ERRORS.labels("client_frame").inc()
             session.send(encode_error("unavailable", "the server cannot reach its store; try again"))

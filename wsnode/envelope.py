@@ -11,13 +11,53 @@ import json
 import re
 import struct
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 from wsnode.errors import FrameError, PushError
 
-MODULE_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
-USER_RE = re.compile(r"^[^\s|]{1,128}$")
+MODULE_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
 MAX_USERS_PER_PUSH = 10_000
+# Bounds on every JSON document the node decodes (client frames, push bodies, stream entries): Python's decoder
+# recurses once per level, so a deeply nested document would otherwise raise RecursionError wherever it is read.
+MAX_JSON_DEPTH = 64
+MAX_PUSH_BYTES = 1024 * 1024
+USER_ID_RULE = "user ids are 1-128 printable characters without whitespace, control characters or '|'"
+_STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)  # a JSON string (unrolled: linear time)
+_BRACKETS = re.compile(r"[\[\]{}]")
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def valid_user_id(user: object) -> bool:
+    """A user id (a token's `sub`, a user named in the push API): 1-128 printable characters, none of them
+    whitespace, a control character or '|' (the separator of the registry's `<node>|<session>` members)."""
+    return (isinstance(user, str) and 0 < len(user) <= 128 and user.isprintable() and "|" not in user
+            and not any(c.isspace() for c in user))
+
+
+def json_depth(text: str) -> int:
+    """How deeply arrays and objects nest in `text` (brackets inside strings do not count); no recursion."""
+    if "[" not in text and "{" not in text:
+        return 0
+    brackets = _BRACKETS.findall(_STRINGS.sub("", text))
+    return max(accumulate(_DEPTH_STEP[b] for b in brackets), default=0)
+
+
+class JsonTooLarge(ValueError):
+    """A JSON document over a size or nesting bound (the reason says which)."""
+
+
+def bounded_json(raw: str | bytes, *, max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """`json.loads` within bounds: JsonTooLarge when over `max_bytes` or `max_depth`, ValueError when not JSON."""
+    if len(raw) > max_bytes:
+        raise JsonTooLarge(f"larger than {max_bytes} bytes")
+    text = raw.decode() if isinstance(raw, bytes) else raw  # UnicodeDecodeError is a ValueError
+    if json_depth(text) > max_depth:
+        raise JsonTooLarge(f"nested deeper than {max_depth} levels")
+    try:
+        return json.loads(text)
+    except RecursionError:  # unreachable after the depth check; kept so no input can end a caller's task
+        raise JsonTooLarge(f"nested deeper than {max_depth} levels") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,20 +84,12 @@ class Publish:
 ClientFrame = Ack | Ping | Publish
 
 
-def _json_object(text: str | bytes, error: type[Exception], *args: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
-        raise error(*args, "not valid JSON") from None
-    if not isinstance(value, dict):
-        raise error(*args, "must be a JSON object")
-    return value
-
-
 def decode_client_frame(text: str) -> ClientFrame:
-    """Parse one client text frame; FrameError names what is wrong."""
+    """Parse one client text frame; FrameError names what is wrong (its size is bounded by the WebSocket reader)."""
     try:
-        obj = json.loads(text)
+        obj = bounded_json(text, max_bytes=len(text))
+    except JsonTooLarge as exc:
+        raise FrameError("too_deep", f"frame is {exc}") from None
     except ValueError:
         raise FrameError("bad_json", "frame is not valid JSON") from None
     if not isinstance(obj, dict):
@@ -72,7 +104,7 @@ def decode_client_frame(text: str) -> ClientFrame:
         return Ack(ident)
     if kind == "publish":
         module = obj.get("module")
-        if not isinstance(module, str) or not MODULE_RE.match(module):
+        if not isinstance(module, str) or not MODULE_RE.fullmatch(module):
             raise FrameError("bad_frame", "publish needs a module (1-64 of A-Z a-z 0-9 _ . : / -)")
         return Publish(module=module, data=obj.get("data"), ref=obj.get("ref"))
     if not isinstance(kind, str):
@@ -180,7 +212,17 @@ class PushRequest:
 
 def parse_push(body: str | bytes | dict[str, Any]) -> PushRequest:
     """Validate a push request body (API or stream payload); PushError names the bad field."""
-    obj = body if isinstance(body, dict) else _json_object(body, PushError, "body")
+    if isinstance(body, dict):
+        obj = body
+    else:
+        try:
+            obj = bounded_json(body, max_bytes=MAX_PUSH_BYTES)
+        except JsonTooLarge as exc:
+            raise PushError("body", f"is {exc}") from None
+        except ValueError:
+            raise PushError("body", "not valid JSON") from None
+        if not isinstance(obj, dict):
+            raise PushError("body", "must be a JSON object")
     to = obj.get("to")
     if not isinstance(to, dict):
         raise PushError("to", 'required: {"users":[...]} or {"all":true}')
@@ -197,11 +239,11 @@ def parse_push(body: str | bytes | dict[str, Any]) -> PushRequest:
         if len(raw) > MAX_USERS_PER_PUSH:
             raise PushError("to.users", f"at most {MAX_USERS_PER_PUSH} users per push")
         for user in raw:
-            if not isinstance(user, str) or not USER_RE.match(user):
-                raise PushError("to.users", "user ids are 1-128 characters without spaces or '|'")
+            if not valid_user_id(user):
+                raise PushError("to.users", USER_ID_RULE)
         users = tuple(dict.fromkeys(raw))
     module = obj.get("module")
-    if not isinstance(module, str) or not MODULE_RE.match(module):
+    if not isinstance(module, str) or not MODULE_RE.fullmatch(module):
         raise PushError("module", "required: 1-64 of A-Z a-z 0-9 _ . : / -")
     event = obj.get("event", "message")
     if not isinstance(event, str) or not 0 < len(event) <= 64:

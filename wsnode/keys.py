@@ -22,6 +22,14 @@ class Keys:
         """Stem of the per-user store keys (:seq, :msgs, :unacked, :unread)."""
         return f"{self.prefix}wsgate:user:{user}"
 
+    def user_revoked(self, user: str) -> str:
+        """Epoch second before which the user's tokens are refused (`disconnect?revoke=true`); expires."""
+        return f"{self.prefix}wsgate:user:{user}:revoked"
+
+    def user_publish_budget(self, user: str) -> str:
+        """The user's publish token buckets (frames and bytes), shared by all their sessions on every node."""
+        return f"{self.prefix}wsgate:user:{user}:publish_budget"
+
     @property
     def all_sessions(self) -> str:
         """Sorted set of every session id scored by its start (epoch ms)."""
@@ -72,3 +80,8 @@ class Keys:
     def publish_stream(self) -> str:
         """Stream client `publish` frames are handed to backends on."""
         return f"{self.prefix}wsgate:publish"
+
+    @property
+    def publish_stream_bytes(self) -> str:
+        """Bytes the publish stream holds (kept by the append script in limits.py, which trims by it)."""
+        return f"{self.prefix}wsgate:publish:bytes"

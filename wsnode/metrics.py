@@ -27,3 +27,8 @@ CLOSES = Counter("wsnode_closes", "Sessions closed by the node", ["code"], regis
 def render() -> bytes:
     """The Prometheus text exposition of this process."""
     return generate_latest(REGISTRY)
+TASK_FAILURES = Counter("wsnode_task_failures", "Long-lived tasks that failed and were restarted", ["task"],
+                        registry=REGISTRY)
+REFUSALS = Counter("wsnode_refusals", "Client actions refused by a per-user limit", ["reason"], registry=REGISTRY)
+DEAD_LETTERS = Counter("wsnode_dead_letters", "Push stream entries moved to the dead-letter stream",
+                       registry=REGISTRY)

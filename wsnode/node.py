@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 import uuid
 from typing import Any
@@ -30,8 +31,9 @@ from wsnode.envelope import (
     parse_stored_id,
     text_frame,
 )
-from wsnode.errors import BackendUnavailable
+from wsnode.errors import AuthError, BackendUnavailable
 from wsnode.keys import Keys
+from wsnode.limits import ALLOWED, FRAME_RATE_SPENT, UserLimits
 from wsnode.registry import RedisShards, SessionRegistry, as_shards, gather_all
 from wsnode.routing import Router
 from wsnode.sessions import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER, LocalSessions, Session
@@ -66,8 +68,12 @@ class Node:
                                   wait_timeout_s=settings.redis_wait_timeout_s)
         self.router = Router(self.shards, self.keys, node_id=settings.node_id,
                              heartbeat_s=settings.pubsub_heartbeat_s, stall_s=settings.pubsub_timeout_s)
+        self.limits = UserLimits(self.shards, self.keys, publish_rate_per_s=settings.publish_rate_per_s,
+                                 publish_bytes_rate_per_s=settings.publish_bytes_rate_per_s,
+                                 stream_max_bytes=settings.publish_stream_max_bytes)
         self.draining = False
         self.redis_ok = True
+        self._pubsub_runs = 0
         # Per shard: the loop time since which the node cannot route pushes of that shard's users (None: it can).
         self.unroutable_since: list[float | None] = [None] * self.shards.count
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -86,8 +92,11 @@ class Node:
             if request.to_all:
                 tail = message_tail(module=request.module, event=request.event, data_json=request.data_json,
                                     ts_ms=ts_ms)
+                # The marker has the shape the push script keeps for user pushes ([online, stored, ids, push id]):
+                # a key used for a broadcast and then for a user push must not make that script fail to decode it.
                 fresh = dedupe_key is None or await self.redis.set(
-                    self.keys.dedupe(dedupe_key), push_id, nx=True, px=int(self.settings.store_max_age_s * 1000))
+                    self.keys.dedupe(dedupe_key), json.dumps([0, 0, "{}", push_id]), nx=True,
+                    px=int(self.settings.store_max_age_s * 1000))
                 if fresh:
                     await self.router.broadcast(push_id=push_id, tail=tail)
                 online, _nodes = await self.registry.counts()
@@ -142,10 +151,22 @@ class Node:
         elif kind == "disconnect":
             for session in self.sessions.of_user(str(payload.get("u"))):
                 session.close_soon(CLOSE_POLICY, "disconnected by the server")
+        elif kind == "evict":
+            evicted = payload.get("s")
+            for session in self.sessions.of_user(str(payload.get("u"))):
+                if isinstance(evicted, list) and session.id in evicted:
+                    session.close_soon(CLOSE_POLICY, "too many sessions of this user")
 
-    async def disconnect_user(self, user: str) -> int:
-        """Close every session of `user` on every node; the number of sessions found."""
+    async def disconnect_user(self, user: str, *, revoke: bool = False) -> int:
+        """Close every session of `user` on every node; the number of sessions found.
+
+        With `revoke`, tokens of the user issued before now are refused at the handshake for `revoke_ttl_s`.
+        """
         try:
+            if revoke:
+                # Whole seconds (iat is in seconds): a token issued within this second is refused too.
+                await self.shards.for_user(user).set(self.keys.user_revoked(user), math.ceil(time.time()),
+                                                     ex=max(1, int(self.settings.revoke_ttl_s)))
             found = await self.registry.presence(user)
             await self.router.to_nodes({s.node for s in found}, {"k": "disconnect", "u": user}, user=user)
         except (RedisError, OSError) as exc:
@@ -154,6 +175,39 @@ class Node:
         return len(found)
 
     # ---- sessions -----------------------------------------------------------------------------------------------
+
+    async def admit(self, user: str, issued_at: float | None) -> int:
+        """Before an upgrade: AuthError(401) when the user's tokens from before `issued_at` were revoked; else the
+        number of sessions the user holds (on any node, including ones of nodes that died recently)."""
+        try:
+            async with self.shards.for_user(user).pipeline(transaction=False) as pipe:
+                pipe.get(self.keys.user_revoked(user))
+                pipe.zcard(self.keys.user_sessions(user))
+                revoked, held = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            metrics.REDIS_ERRORS.labels("connect").inc()
+            raise BackendUnavailable(f"redis unavailable: {exc}") from None
+        if revoked is not None and (issued_at is None or issued_at < int(revoked)):
+            metrics.REFUSALS.labels("revoked").inc()
+            raise AuthError("token revoked")
+        return int(held)
+
+    async def evict_oldest(self, session: Session) -> None:
+        """Close the user's oldest sessions (1008) on every node while they hold more than the limit."""
+        try:
+            found = await self.registry.presence(session.user)
+            excess = len(found) - self.settings.max_sessions_per_user
+            if excess <= 0:
+                return
+            others = sorted((s for s in found if s.session != session.id), key=lambda s: (s.since_ms, s.session))
+            oldest = others[:excess]
+            metrics.REFUSALS.labels("sessions_per_user").inc(len(oldest))
+            await self.router.to_nodes({s.node for s in oldest}, {"k": "evict", "u": session.user,
+                                                                  "s": [s.session for s in oldest]},
+                                       user=session.user)
+        except (RedisError, OSError) as exc:  # the limit is enforced again at the user's next connect
+            metrics.REDIS_ERRORS.labels("evict").inc()
+            log.warning("could not enforce the session limit of user=%s: %s", session.user, exc)
 
     async def open_session(self, session: Session, *, since: int | None) -> Replay:
         """Index and register the session (live deliveries buffer from now on) and read the store."""
@@ -201,13 +255,21 @@ class Node:
             return  # an ephemeral message: nothing stored, nothing unread
         await self.store.ack(session.user, message_id)
 
-    async def publish(self, session: Session, module: str, data: Any, ref: Any) -> None:
-        """A client's publish, handed to backends on the publish stream."""
-        fields: dict[Any, Any] = {
+    async def publish(self, session: Session, module: str, data: Any, ref: Any) -> str | None:
+        """A client's publish, handed to backends on the publish stream within the user's budget; None when
+        accepted, else the name of the budget it exceeded."""
+        fields: dict[str, Any] = {
             "user": session.user, "session": session.id, "node": self.settings.node_id, "module": module,
             "data": json.dumps(data, separators=(",", ":")), "ref": json.dumps(ref, separators=(",", ":")),
             "ts": int(time.time() * 1000)}
-        await self.redis.xadd(self.keys.publish_stream, fields, maxlen=100_000, approximate=True)
+        size = sum(len(str(value).encode()) for value in fields.values())
+        verdict = await self.limits.spend_publish(session.user, size)
+        if verdict != ALLOWED:
+            refused = "publish_rate" if verdict == FRAME_RATE_SPENT else "publish_bytes_rate"
+            metrics.REFUSALS.labels(refused).inc()
+            return refused
+        await self.limits.append_publish(fields)
+        return None
 
     async def resync(self, shard: int | None = None) -> None:
         """After a pub/sub gap (on one shard, or all when None): register the sessions again, then send each what the
@@ -255,6 +317,25 @@ class Node:
             session.finish_catch_up(frames)
 
     # ---- background loops ---------------------------------------------------------------------------------------
+
+    async def pubsub_loop(self) -> None:
+        """The pub/sub reader (supervised). When it runs again after a failure, upgrades wait for the new
+        subscription, and what the sessions here missed meanwhile is resent from the store once it is live."""
+        self._pubsub_runs += 1
+        if self._pubsub_runs == 1:
+            await self.router.run(self.handle_payload, self.resync)
+            return
+        self.router.subscribed.clear()
+
+        async def catch_up() -> None:
+            await self.router.subscribed.wait()
+            await self.resync()
+
+        catching_up = asyncio.ensure_future(catch_up())
+        try:
+            await self.router.run(self.handle_payload, self.resync)
+        finally:
+            catching_up.cancel()
 
     async def refresh_loop(self) -> None:
         """Keep this node alive in Redis (one script call, whatever its session count) and watch Redis health.

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from wsnode.envelope import MAX_USERS_PER_PUSH
+
 _ERROR = {"type": "object", "properties": {"status": {"type": "integer"}, "error": {"type": "string"},
                                            "field": {"type": "string"}}}
-_USER = [{"name": "user", "in": "path", "required": True, "schema": {"type": "string"}}]
+# JSON Schema patterns cannot say "printable", so user ids get a format of their own (tools that do not know it
+# ignore it; the tests generate ids for it).
+USER_ID_FORMAT = "wsgate-user-id"
+_USER_ID = {"type": "string", "format": USER_ID_FORMAT, "minLength": 1, "maxLength": 128,
+            "description": "1-128 printable characters without whitespace, control characters or '|'"}
+_USER = [{"name": "user", "in": "path", "required": True, "schema": _USER_ID}]
 
 
 def _answers(ok: str, schema: dict[str, Any], *extra: str) -> dict[str, Any]:
@@ -32,11 +39,13 @@ OPENAPI: dict[str, Any] = {
                 "type": "object", "required": ["to", "module"],
                 "properties": {
                     "to": {"oneOf": [
-                        {"type": "object", "required": ["users"],
-                         "properties": {"users": {"type": "array", "items": {"type": "string"}, "minItems": 1}}},
-                        {"type": "object", "required": ["all"], "properties": {"all": {"const": True}}}]},
+                        {"type": "object", "required": ["users"], "not": {"required": ["all"]},
+                         "properties": {"users": {"type": "array", "items": _USER_ID, "minItems": 1,
+                                                  "maxItems": MAX_USERS_PER_PUSH}}},
+                        {"type": "object", "required": ["all"], "not": {"required": ["users"]},
+                         "properties": {"all": {"const": True}}}]},
                     "module": {"type": "string", "pattern": "^[A-Za-z0-9_.:/-]{1,64}$"},
-                    "event": {"type": "string", "default": "message"},
+                    "event": {"type": "string", "minLength": 1, "maxLength": 64, "default": "message"},
                     "data": {},
                     "store": {"type": "boolean", "default": True,
                               "description": "keep for offline delivery and unread counts (ignored for all)"}}},
@@ -53,7 +62,7 @@ OPENAPI: dict[str, Any] = {
         "/api/v1/push": {"post": {
             "summary": "Push a message to users or to everyone",
             "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                            "schema": {"type": "string", "maxLength": 200},
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 200},
                             "description": "a retry with the same key returns the first answer and sends nothing"}],
             "requestBody": {"required": True,
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Push"}}}},
@@ -65,7 +74,11 @@ OPENAPI: dict[str, Any] = {
             "summary": "Unread counts per module", "parameters": _USER,
             "responses": _answers("200", {"type": "object"}, "400")}},
         "/api/v1/users/{user}/disconnect": {"post": {
-            "summary": "Close every session of a user (close code 1008)", "parameters": _USER,
+            "summary": "Close every session of a user (close code 1008)",
+            "parameters": [*_USER, {"name": "revoke", "in": "query", "required": False,
+                                    "schema": {"type": "string", "enum": ["true", "false"], "default": "false"},
+                                    "description": "also refuse the user's tokens issued before now (iat), for "
+                                                   "--revoke-ttl seconds; without it a client may reconnect at once"}],
             "responses": _answers("200", {"type": "object"}, "400")}},
         "/api/v1/stats": {"get": {"summary": "Session and node counts",
                                   "responses": _answers("200", {"type": "object"})}},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,7 +10,8 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from wsnode import metrics
-from wsnode.envelope import USER_RE, parse_push
+from wsnode.auth import BearerKeys
+from wsnode.envelope import USER_ID_RULE, parse_push, valid_user_id
 from wsnode.errors import BackendUnavailable, PushError
 from wsnode.node import Node
 from wsnode.openapi import OPENAPI
@@ -27,10 +27,9 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
 class PushApi:
     """Handlers of /api/v1/*, guarded by API keys."""
 
-    def __init__(self, node: Node, api_keys: tuple[str, ...], *, open_without_key: bool) -> None:
+    def __init__(self, node: Node, keys: BearerKeys) -> None:
         self.node = node
-        self._keys = tuple(k.encode() for k in api_keys)
-        self._open = open_without_key and not api_keys
+        self._keys = keys
 
     def routes(self) -> list[web.RouteDef]:
         """The routes to add to the application."""
@@ -43,19 +42,9 @@ class PushApi:
             web.get("/api/v1/openapi.json", self.openapi),
         ]
 
-    def _authorized(self, request: web.Request) -> bool:
-        if self._open:
-            return True
-        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not value:
-            return False
-        given = value.strip().encode()
-        # Compare with every key (no early exit) so timing does not tell which one almost matched.
-        return sum(hmac.compare_digest(given, key) for key in self._keys) > 0
-
     def _guard(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
-            if not self._authorized(request):
+            if not self._keys.admits(request.headers.get("Authorization")):
                 return web.json_response({"status": 401, "error": "missing or wrong API key"}, status=401,
                                          headers={"WWW-Authenticate": 'Bearer realm="wsnode"'})
             try:
@@ -72,8 +61,8 @@ class PushApi:
     @staticmethod
     def _user(request: web.Request) -> str:
         user = request.match_info["user"]
-        if not USER_RE.match(user):
-            raise PushError("user", "user ids are 1-128 characters without spaces or '|'")
+        if not valid_user_id(user):
+            raise PushError("user", USER_ID_RULE)
         return user
 
     async def push(self, request: web.Request) -> web.Response:
@@ -98,9 +87,14 @@ class PushApi:
         return web.json_response({"user": user, "unread": await self.node.store.unread(user)})
 
     async def disconnect(self, request: web.Request) -> web.Response:
-        """POST disconnect: close every session of the user (close code 1008)."""
+        """POST disconnect: close every session of the user (close code 1008); `revoke=true` also refuses the
+        user's tokens issued before now (else the client may reconnect at once with the same token)."""
         user = self._user(request)
-        return web.json_response({"user": user, "sessions": await self.node.disconnect_user(user)})
+        raw = request.query.get("revoke", "false")
+        if raw not in ("true", "false"):
+            raise PushError("revoke", "must be true or false")
+        sessions = await self.node.disconnect_user(user, revoke=raw == "true")
+        return web.json_response({"user": user, "sessions": sessions, "revoked": raw == "true"})
 
     async def stats(self, request: web.Request) -> web.Response:
         """GET cluster and node counts."""

@@ -52,6 +52,14 @@ class ServiceSpec:
     tags: tuple[str, ...]
     check_interval_s: float
     deregister_after_s: float
+    management_port: int | None = None  # announced in the service's meta, for admin tools on the private network
+
+    def meta(self) -> dict[str, str]:
+        """The service's Consul meta."""
+        meta = {"node_id": self.node_id}
+        if self.management_port is not None:
+            meta["management_port"] = str(self.management_port)
+        return meta
 
     def check(self) -> dict[str, Any]:
         """The HTTP check on /health, in the agent API's JSON."""
@@ -82,7 +90,7 @@ class ConsulRegistration:
             warnings.simplefilter("ignore", DeprecationWarning)
             await self._client.agent.service.register(
                 spec.name, service_id=spec.service_id, address=spec.address, port=spec.port, tags=list(spec.tags),
-                meta={"node_id": spec.node_id}, check=spec.check())
+                meta=spec.meta(), check=spec.check())
         self.registered = True
         log.info("registered %s in consul as %s", spec.name, spec.service_id)
 

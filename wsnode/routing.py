@@ -205,7 +205,7 @@ class Router:
             return False
         try:
             payload = json.loads(data)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             log.warning("ignoring a malformed payload on %s", message.get("channel"))
             return False
         if not isinstance(payload, dict):

@@ -36,7 +36,14 @@ class NodeSettings:
     advertise_host: str = "127.0.0.1"
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
+    jwt_allow_no_exp: bool = False
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
     api_keys: tuple[str, ...] = ()
+    # /metrics and the detailed /health: on this port without credentials when set, else with a key on `port`
+    management_port: int | None = None
+    management_host: str | None = None  # default: `host`
+    management_keys: tuple[str, ...] = ()  # keys that read management data only (the API keys read it too)
     allowed_origins: tuple[str, ...] = ()
     allow_anonymous: bool = False
     publish_modules: tuple[str, ...] = ()  # modules clients may `publish` to; empty: any
@@ -49,6 +56,11 @@ class NodeSettings:
     max_frame_bytes: int = 65536
     client_rate_per_s: float = 50.0
     client_burst: int = 100
+    max_sessions_per_user: int = 32
+    publish_rate_per_s: float = 20.0  # client publish frames per second per user, over all the user's sessions
+    publish_bytes_rate_per_s: int = 256 * 1024  # bytes of client publish frames per second per user
+    publish_stream_max_bytes: int = 256 * 1024 * 1024
+    revoke_ttl_s: float = 24 * 3600.0  # how long `disconnect?revoke=true` refuses a user's older tokens
     store_max_count: int = 1000
     store_max_age_s: float = 7 * 24 * 3600.0
     consul_check_interval_s: float = 1.0
@@ -79,9 +91,9 @@ class NodeSettings:
                                 "set --jwt-secret, --jwt-public-key or --allow-anonymous")
         if self.jwt_public_key is not None and "PUBLIC KEY" not in self.jwt_public_key:
             raise SettingsError("--jwt-public-key must name a PEM public key file")
-        for name in ("session_ttl_s", "session_refresh_s", "heartbeat_s", "client_rate_per_s",
-                     "store_max_age_s", "consul_check_interval_s", "consul_deregister_after_s", "stream_claim_idle_s",
-                     "pubsub_heartbeat_s", "pubsub_timeout_s", "route_grace_s"):
+        for name in ("session_ttl_s", "session_refresh_s", "heartbeat_s", "client_rate_per_s", "publish_rate_per_s",
+                     "revoke_ttl_s", "store_max_age_s", "consul_check_interval_s", "consul_deregister_after_s",
+                     "stream_claim_idle_s", "pubsub_heartbeat_s", "pubsub_timeout_s", "route_grace_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive")
         if self.redis_max_connections < 4:
@@ -90,9 +102,17 @@ class NodeSettings:
             raise SettingsError(f"--redis-min-replicas must be >= 0, not {self.redis_min_replicas}")
         if self.redis_wait_timeout_s <= 0:
             raise SettingsError(f"--redis-wait-timeout must be > 0, not {self.redis_wait_timeout_s}")
-        for name in ("send_queue_max", "max_frame_bytes", "client_burst", "store_max_count"):
+        for name in ("send_queue_max", "max_frame_bytes", "client_burst", "store_max_count", "max_sessions_per_user"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1")
+        # A budget smaller than one frame would refuse the largest frames for ever.
+        if self.publish_bytes_rate_per_s < self.max_frame_bytes:
+            raise SettingsError("--publish-bytes-rate must be at least --max-frame-bytes")
+        if self.publish_stream_max_bytes < self.max_frame_bytes:
+            raise SettingsError("--publish-stream-max-bytes must be at least --max-frame-bytes")
+        if self.management_port is not None and not (0 < self.management_port < 65536
+                                                     and self.management_port != self.port):
+            raise SettingsError("--management-port must be 1-65535 and differ from --port")
         if self.consul_addr is not None:
             from wsnode.registration import parse_consul_addr
 
@@ -140,7 +160,13 @@ _FLAGS: dict[str, tuple[str, str, str]] = {
     "--advertise-host": ("WSNODE_ADVERTISE_HOST", "advertise_host", "str"),
     "--jwt-secret": ("WSNODE_JWT_SECRET", "jwt_secret", "str"),
     "--jwt-public-key": ("WSNODE_JWT_PUBLIC_KEY", "jwt_public_key", "path"),
+    "--jwt-allow-no-exp": ("WSNODE_JWT_ALLOW_NO_EXP", "jwt_allow_no_exp", "bool"),
+    "--jwt-audience": ("WSNODE_JWT_AUDIENCE", "jwt_audience", "str"),
+    "--jwt-issuer": ("WSNODE_JWT_ISSUER", "jwt_issuer", "str"),
     "--api-key": ("WSNODE_API_KEY", "api_keys", "list"),
+    "--management-port": ("WSNODE_MANAGEMENT_PORT", "management_port", "int"),
+    "--management-host": ("WSNODE_MANAGEMENT_HOST", "management_host", "str"),
+    "--management-key": ("WSNODE_MANAGEMENT_KEY", "management_keys", "list"),
     "--allowed-origins": ("WSNODE_ALLOWED_ORIGINS", "allowed_origins", "list"),
     "--allow-anonymous": ("WSNODE_ALLOW_ANONYMOUS", "allow_anonymous", "bool"),
     "--publish-modules": ("WSNODE_PUBLISH_MODULES", "publish_modules", "list"),
@@ -152,6 +178,11 @@ _FLAGS: dict[str, tuple[str, str, str]] = {
     "--max-frame-bytes": ("WSNODE_MAX_FRAME_BYTES", "max_frame_bytes", "int"),
     "--client-rate": ("WSNODE_CLIENT_RATE_PER_S", "client_rate_per_s", "float"),
     "--client-burst": ("WSNODE_CLIENT_BURST", "client_burst", "int"),
+    "--max-sessions-per-user": ("WSNODE_MAX_SESSIONS_PER_USER", "max_sessions_per_user", "int"),
+    "--publish-rate": ("WSNODE_PUBLISH_RATE", "publish_rate_per_s", "float"),
+    "--publish-bytes-rate": ("WSNODE_PUBLISH_BYTES_RATE", "publish_bytes_rate_per_s", "int"),
+    "--publish-stream-max-bytes": ("WSNODE_PUBLISH_STREAM_MAX_BYTES", "publish_stream_max_bytes", "int"),
+    "--revoke-ttl": ("WSNODE_REVOKE_TTL_S", "revoke_ttl_s", "float"),
     "--store-max-count": ("WSNODE_STORE_MAX_COUNT", "store_max_count", "int"),
     "--store-max-age": ("WSNODE_STORE_MAX_AGE_S", "store_max_age_s", "float"),
     "--consul-check-interval": ("WSNODE_CONSUL_CHECK_INTERVAL_S", "consul_check_interval_s", "float"),
@@ -182,7 +213,14 @@ _HELP: dict[str, str] = {
     '--advertise-host': 'address registered in Consul (default 127.0.0.1)',
     '--jwt-secret': 'HS256 secret for client tokens',
     '--jwt-public-key': 'path to a PEM public key for RS256 client tokens',
+    '--jwt-allow-no-exp': 'accept client tokens without exp (they never expire; off by default)',
+    '--jwt-audience': 'when set, client tokens must name it in aud',
+    '--jwt-issuer': 'when set, client tokens must carry it as iss',
     '--api-key': 'push API bearer keys, comma-separated',
+    '--management-port': 'serve /metrics and the detailed /health on this port without credentials (keep it '
+                         'private); without it they need an API or management key',
+    '--management-host': 'listen address of the management port (default: --host)',
+    '--management-key': 'bearer keys that read /metrics and the detailed /health only, comma-separated',
     '--allowed-origins': 'allowed browser Origins, comma-separated (empty: any)',
     '--allow-anonymous': 'development: clients without token get a generated user id',
     '--publish-modules': 'modules clients may publish to, comma-separated (empty: any)',
@@ -194,6 +232,12 @@ _HELP: dict[str, str] = {
     '--max-frame-bytes': 'largest client frame; bigger closes 1009 (default 65536)',
     '--client-rate': 'client frames per second allowed (default 50)',
     '--client-burst': 'client frame burst (default 100)',
+    '--max-sessions-per-user': 'sessions per user over all nodes; a new one closes the oldest with 1008 (default 32)',
+    '--publish-rate': 'client publish frames per second per user, over all their sessions (default 20)',
+    '--publish-bytes-rate': 'bytes of client publish frames per second per user (default 262144)',
+    '--publish-stream-max-bytes': 'bytes the publish stream may hold; the oldest entries go (default 256 MiB)',
+    '--revoke-ttl': 'seconds a revoke (disconnect?revoke=true) is kept; tokens should not live longer '
+                    '(default 86400)',
     '--store-max-count': 'stored messages kept per user (default 1000)',
     '--store-max-age': 'seconds a stored message is kept (default 7 days)',
     '--consul-check-interval': 'seconds between Consul health checks (default 1)',
@@ -231,12 +275,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _ascii_number(raw: str) -> str:
+    # int() and float() also take other scripts' digits ('٣'), underscores and 'inf'/'nan': not numbers here.
+    text = raw.strip()
+    if not re.fullmatch(r"[+-]?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?", text):
+        raise ValueError(text)
+    return text
+
+
 def _convert(flag: str, kind: str, raw: str) -> object:
     try:
         if kind == "int":
-            return int(raw)
+            return int(_ascii_number(raw))
         if kind == "float":
-            return float(raw)
+            return float(_ascii_number(raw))
     except ValueError:
         raise SettingsError(f"{flag} must be a number, not {raw!r}") from None
     if kind == "bool":

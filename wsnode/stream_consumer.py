@@ -2,7 +2,9 @@
 
 Each node reads as its own consumer; an entry is XACKed only after its push is stored and routed, so a node that dies
 mid-way leaves it pending, and another node claims it (XAUTOCLAIM) once it has been idle for the claim time.
-Entries that can never succeed (bad JSON or fields) are acknowledged and copied to `<prefix>wsgate:push:dead`.
+Entries that can never succeed (bad JSON or fields, too large or too deeply nested, or one whose handling raised an
+error nobody expected) are acknowledged and copied to `<prefix>wsgate:push:dead` with the reason, so that one bad
+entry never stops this consumer, nor, claimed in turn, every other node's.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from wsnode import metrics
 from wsnode.envelope import PushRequest, parse_push
 from wsnode.errors import BackendUnavailable, PushError
 
@@ -101,10 +104,19 @@ class StreamConsumer:
                 # The entry id makes a retry after a crash (or a claim) deliver the same message, not a new one.
                 await self._push(request, f"stream:{self._stream}:{_text(entry_id)}")
             except PushError as exc:
-                log.warning("push stream entry %s refused: %s", entry_id, exc.reason)
-                await self._redis.xadd(self._stream + ":dead", {"entry": entry_id, "error": exc.reason,
-                                                                "payload": raw or b""}, maxlen=10_000)
+                await self._dead_letter(entry_id, exc.reason, raw)
             except BackendUnavailable as exc:
                 raise RedisError(exc.reason) from None
+            except (RedisError, OSError):
+                raise  # retried: the entry stays pending
+            except Exception as exc:
+                log.exception("push stream entry %s failed", _text(entry_id))
+                await self._dead_letter(entry_id, f"internal error: {type(exc).__name__}: {exc}"[:300], raw)
             await self._redis.xack(self._stream, GROUP, entry_id)
             self.handled += 1
+
+    async def _dead_letter(self, entry_id: Any, reason: str, raw: Any) -> None:
+        log.warning("push stream entry %s refused: %s", _text(entry_id), reason)
+        metrics.DEAD_LETTERS.inc()
+        await self._redis.xadd(self._stream + ":dead", {"entry": entry_id, "error": reason, "payload": raw or b""},
+                               maxlen=10_000, approximate=True)

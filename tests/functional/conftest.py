@@ -22,6 +22,7 @@ ARTIFACTS = ROOT / "artifacts"
 CLUSTER_SECRET = "functional-test-secret-of-32-bytes-or-more"
 CLUSTER_API_KEY = "functional-test-key"
 CLUSTER_ADMIN_TOKEN = "functional-test-admin-token"
+CLUSTER_MANAGEMENT_KEY = "functional-test-management-key"  # the gateway's admin page reads nodes with it
 _install_attempt: list[str] = []  # the outcome of the one apt-get attempt of this test session
 
 
@@ -99,6 +100,7 @@ discovery:
     address: {consul_addr}
 wsgate:
   admin-token: {CLUSTER_ADMIN_TOKEN}
+  node-management-key: {CLUSTER_MANAGEMENT_KEY}
 service:
   uri:
     ws-svc: lb:ws://ws-service
@@ -131,6 +133,7 @@ def start_cluster(procs: ProcessGroup, redis: RedisInfo, prefix: str, tmp_path: 
         node = procs.python(name, "wsnode", "--host", "127.0.0.1", "--port", str(port), "--node-id", name,
                             "--redis", redis.url, "--redis-prefix", prefix, "--consul", consul_addr,
                             "--jwt-secret", CLUSTER_SECRET, "--api-key", CLUSTER_API_KEY,
+                            "--management-key", CLUSTER_MANAGEMENT_KEY,
                             "--allowed-origins", demo_origin, *node_args, env=node_env)
         cluster.nodes[name] = node
         cluster.node_urls[name] = f"http://127.0.0.1:{port}"

@@ -239,7 +239,7 @@ async def test_stalled_subscription_after_a_short_cut_is_replaced_without_closin
         print(f"\nscenario 2 short (4 s cut, old connections stay stalled): {figures}")
         assert figures["lost"] == 0
         assert figures["reconnects"] == 0, "sessions were to stay on A"
-        async with run.http.get(f"{f.a}/metrics") as resp:
+        async with run.http.get(f"{f.a}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}) as resp:
             stalls = re.search(r"^wsnode_pubsub_stalls_total (\S+)$", await resp.text(), re.MULTILINE)
         assert stalls is not None and float(stalls.group(1)) >= 1  # noticed by the heartbeat, nothing reset it
 

@@ -72,7 +72,7 @@ async def _value(value: bool) -> bool:
 
 
 async def _health(http: aiohttp.ClientSession, node: NodeProc) -> tuple[int, dict[str, Any]]:
-    async with http.get(f"{node.url}/health") as resp:
+    async with http.get(f"{node.url}/health", headers={"Authorization": f"Bearer {API_KEY}"}) as resp:
         return resp.status, await resp.json()
 
 

@@ -18,6 +18,8 @@ from harness import ManagedProcess, ProcessGroup, RedisInfo, free_port
 SECRET = "test-secret-0123456789-abcdefghijkl"
 API_KEY = "key-one"
 API_KEY_2 = "key-two"
+# /metrics and the detailed /health need a key on the public port (CONTRACT section 8).
+WITH_KEY = {"Authorization": f"Bearer {API_KEY}"}
 # Short expiries and heartbeats keep the tests fast.
 FAST = ("--session-ttl", "2", "--session-refresh", "0.5", "--heartbeat", "5", "--stream-claim-idle", "1",
         "--drain-delay", "0.3", "--consul-check-interval", "1")

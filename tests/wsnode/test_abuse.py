@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from harness import RedisInfo
-from tests.wsnode.conftest import API_KEY, SECRET, Connect, StartNode, api_get, eventually, make_token, push
+from tests.wsnode.conftest import (
+    API_KEY,
+    SECRET,
+    WITH_KEY,
+    Connect,
+    StartNode,
+    api_get,
+    eventually,
+    make_token,
+    push,
+)
 
 OP_TEXT, OP_BINARY, OP_CLOSE = 0x1, 0x2, 0x8
 
@@ -121,7 +132,8 @@ async def test_forged_tokens_are_refused_401_by_a_node_that_knows_both_algorithm
             await http.ws_connect(a.ws_url, params={"token": token})
         assert info.value.status == 401, name
     # The same node accepts a token that is really signed with each configured key.
-    for token in (jwt.encode({"sub": "rita"}, private, algorithm="RS256"), make_token("rita")):
+    for token in (jwt.encode({"sub": "rita", "exp": int(time.time()) + 600}, private, algorithm="RS256"),
+                  make_token("rita")):
         async with http.ws_connect(a.ws_url, params={"token": token}) as ws:
             assert (await ws.receive_json(timeout=5))["user"] == "rita"
 
@@ -257,7 +269,7 @@ async def test_a_client_that_stops_reading_is_closed_4008_and_node_memory_stays_
                 break
 
         async def closed() -> bool:
-            async with http.get(f"{a.url}/metrics") as resp:
+            async with http.get(f"{a.url}/metrics", headers=WITH_KEY) as resp:
                 return 'wsnode_closes_total{code="4008"} 1.0' in await resp.text()
 
         await eventually(closed)

@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from wsnode.auth import TokenVerifier, check_origin, extract_token, normalize_origin
+from wsnode.auth import BearerKeys, TokenVerifier, check_origin, extract_token, normalize_origin
 from wsnode.errors import AuthError
 
 SECRET = "a-shared-secret-of-enough-length-32b"
@@ -52,11 +52,13 @@ RS_ONLY = TokenVerifier(rs256_public_key=PUBLIC_PEM)
 
 
 @pytest.mark.parametrize(("verifier", "token", "user"), [
-    (HS_ONLY, _hs({"sub": "alice"}), "alice"),
+    (HS_ONLY, _hs({"sub": "alice", "exp": NOW + 3600}), "alice"),
     (HS_ONLY, _hs({"sub": "alice", "exp": NOW + 3600, "nbf": NOW - 1}), "alice"),
     (RS_ONLY, _rs({"sub": "bob", "exp": NOW + 3600}), "bob"),
-    (BOTH, _hs({"sub": "carol"}), "carol"),
-    (BOTH, _rs({"sub": "dave"}), "dave"),
+    (BOTH, _hs({"sub": "carol", "exp": NOW + 3600}), "carol"),
+    (BOTH, _rs({"sub": "dave", "exp": NOW + 3600}), "dave"),
+    (BOTH, _hs({"sub": "é-ü@x.org", "exp": NOW + 3600}), "é-ü@x.org"),
+    (TokenVerifier(hs256_secret=SECRET, allow_no_exp=True), _hs({"sub": "erin"}), "erin"),
 ])
 def test_verify_accepts_good_tokens(verifier: TokenVerifier, token: str, user: str) -> None:
     assert verifier.verify(token).user == user
@@ -94,7 +96,7 @@ def test_verify_gives_anonymous_ids_only_when_allowed() -> None:
 
 def test_verify_reports_expiry() -> None:
     assert HS_ONLY.verify(_hs({"sub": "a", "exp": NOW + 3600})).expires_at == NOW + 3600
-    assert HS_ONLY.verify(_hs({"sub": "a"})).expires_at is None
+    assert TokenVerifier(hs256_secret=SECRET, allow_no_exp=True).verify(_hs({"sub": "a"})).expires_at is None
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"hs256_secret": ""}, {"rs256_public_key": "not a pem"}])
@@ -139,3 +141,56 @@ def test_check_origin(origin: str | None, allowed: tuple[str, ...], ok: bool) ->
 def test_normalize_origin_drops_default_ports() -> None:
     assert normalize_origin("HTTP://Example.COM:80") == "http://example.com"
     assert normalize_origin("https://[::1]:8443") == "https://[::1]:8443"
+
+
+HOUR = NOW + 3600
+STRICT = TokenVerifier(hs256_secret=SECRET, audience="wsgate", issuer="https://idp.example")
+
+
+@pytest.mark.parametrize(("verifier", "claims", "reason"), [
+    # exp is required unless --jwt-allow-no-exp: such a token would never expire.
+    (HS_ONLY, {"sub": "a"}, "token has no 'exp' claim"),
+    (BOTH, {"sub": "a", "iat": NOW}, "token has no 'exp' claim"),
+    # A user id is 1-128 printable characters, no whitespace or control characters, matched whole.
+    (HS_ONLY, {"sub": "bob\n", "exp": HOUR}, "token sub must be a user id"),
+    (HS_ONLY, {"sub": "a\x00b", "exp": HOUR}, "token sub must be a user id"),
+    (HS_ONLY, {"sub": "a\x1bb", "exp": HOUR}, "token sub must be a user id"),
+    (HS_ONLY, {"sub": "a\u200bb\u2028", "exp": HOUR}, "token sub must be a user id"),
+    (HS_ONLY, {"sub": "tab\there", "exp": HOUR}, "token sub must be a user id"),
+    (HS_ONLY, {"sub": "", "exp": HOUR}, "token sub must be a user id"),
+    (HS_ONLY, {"sub": "x" * 129, "exp": HOUR}, "token sub must be a user id"),
+    (HS_ONLY, {"sub": "a|b", "exp": HOUR}, "token sub must be a user id"),
+    # --jwt-audience and --jwt-issuer, when set, are checked.
+    (STRICT, {"sub": "a", "exp": HOUR, "iss": "https://idp.example"}, "token has no 'aud' claim"),
+    (STRICT, {"sub": "a", "exp": HOUR, "aud": "other", "iss": "https://idp.example"}, "token audience not accepted"),
+    (STRICT, {"sub": "a", "exp": HOUR, "aud": "wsgate"}, "token has no 'iss' claim"),
+    (STRICT, {"sub": "a", "exp": HOUR, "aud": "wsgate", "iss": "https://evil.example"}, "token issuer not accepted"),
+])
+def test_verify_refuses_tokens_outside_the_claim_rules(verifier: TokenVerifier, claims: dict[str, Any],
+                                                       reason: str) -> None:
+    with pytest.raises(AuthError) as info:
+        verifier.verify(_hs(claims))
+    assert info.value.status == 401
+    assert info.value.reason.startswith(reason)
+
+
+@pytest.mark.parametrize("claims", [
+    {"sub": "a", "exp": HOUR, "aud": "wsgate", "iss": "https://idp.example"},
+    {"sub": "a", "exp": HOUR, "aud": ["other", "wsgate"], "iss": "https://idp.example"},
+])
+def test_verify_accepts_the_configured_audience_and_issuer(claims: dict[str, Any]) -> None:
+    assert STRICT.verify(_hs(claims)).user == "a"
+
+
+def test_verify_reports_when_the_token_was_issued() -> None:
+    assert HS_ONLY.verify(_hs({"sub": "a", "exp": HOUR, "iat": NOW - 10})).issued_at == NOW - 10
+    assert HS_ONLY.verify(_hs({"sub": "a", "exp": HOUR})).issued_at is None
+
+
+@pytest.mark.parametrize(("header", "admitted"), [
+    ("Bearer k1", True), ("bearer  k2 ", True), ("Bearer k3", False), ("Basic k1", False), ("Bearer", False),
+    ("", False), (None, False), ("Bearer k1k2", False),
+])
+def test_bearer_keys_admit_exactly_the_configured_keys(header: str | None, admitted: bool) -> None:
+    assert BearerKeys(("k1", "k2")).admits(header) is admitted
+    assert BearerKeys((), open=True).admits(header) is True

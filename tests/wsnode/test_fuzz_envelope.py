@@ -8,7 +8,18 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsnode.envelope import Ack, Ping, Publish, decode_client_frame, parse_push, parse_since
+from wsnode.envelope import (
+    MAX_JSON_DEPTH,
+    Ack,
+    JsonTooLarge,
+    Ping,
+    Publish,
+    bounded_json,
+    decode_client_frame,
+    json_depth,
+    parse_push,
+    parse_since,
+)
 from wsnode.errors import FrameError, PushError
 
 JSON = st.recursive(
@@ -64,3 +75,48 @@ def test_parse_since_accepts_only_our_ids(since: str) -> None:
         assert error.code == "bad_since"
     else:
         assert value >= 0
+
+
+def _reference_depth(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + max((_reference_depth(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((_reference_depth(v) for v in value.values()), default=0)
+    return 0
+
+
+# Strings full of brackets, quotes and escapes: the depth scan must skip them exactly.
+TRICKY_TEXT = st.text(alphabet='[]{}"\\\\ab,:', max_size=12)
+NESTED = st.recursive(st.none() | st.integers() | TRICKY_TEXT,
+                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TRICKY_TEXT, inner, max_size=3),
+                      max_leaves=20)
+
+
+@settings(max_examples=400, deadline=None)
+@given(NESTED, st.booleans())
+def test_json_depth_counts_nesting_like_the_parsed_value(value: Any, pretty: bool) -> None:
+    text = json.dumps(value, indent=1 if pretty else None)
+    assert json_depth(text) == _reference_depth(value)
+    assert bounded_json(text, max_bytes=len(text.encode()), max_depth=_reference_depth(value)) == value
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=3000), st.sampled_from(["[", '{"a":']))
+def test_no_nesting_raises_anything_but_a_named_error(levels: int, opener: str) -> None:
+    closer = "]" if opener == "[" else "}"
+    text = opener * levels + "1" + closer * levels
+    if levels > MAX_JSON_DEPTH:
+        try:
+            bounded_json(text, max_bytes=len(text))
+        except JsonTooLarge as exc:
+            assert "nested deeper than" in str(exc)
+        else:
+            raise AssertionError("accepted")
+        try:
+            decode_client_frame(text)
+        except FrameError as exc:
+            assert exc.code == "too_deep"
+        else:
+            raise AssertionError("accepted")
+    else:
+        assert json_depth(text) == levels

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from harness import RedisInfo
 from tests.wsnode.conftest import (
     API_KEY_2,
+    WITH_KEY,
     Connect,
     StartNode,
     api_get,
@@ -196,10 +197,10 @@ async def test_oversized_frame_closes_1009_and_flood_closes_1008(start_node: Sta
 
 async def test_health_and_metrics_and_openapi(start_node: StartNode, http: aiohttp.ClientSession) -> None:
     a = start_node("node-a")
-    async with http.get(f"{a.url}/health") as resp:
+    async with http.get(f"{a.url}/health", headers=WITH_KEY) as resp:
         health = await resp.json()
         assert resp.status == 200 and health["status"] == "UP" and health["node"] == "node-a"
-    async with http.get(f"{a.url}/metrics") as resp:
+    async with http.get(f"{a.url}/metrics", headers=WITH_KEY) as resp:
         assert resp.status == 200 and "wsnode_sessions" in await resp.text()
     async with http.get(f"{a.url}/api/v1/openapi.json") as resp:
         doc = await resp.json()

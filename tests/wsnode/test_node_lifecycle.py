@@ -14,7 +14,7 @@ import pytest
 
 from harness import ProcessGroup, free_port
 from tests.conftest import start_devconsul
-from tests.wsnode.conftest import Connect, StartNode, api_get, eventually, make_token, push
+from tests.wsnode.conftest import WITH_KEY, Connect, StartNode, api_get, eventually, make_token, push
 
 
 async def _consul_service(http: aiohttp.ClientSession, address: str, name: str) -> list[dict[str, Any]]:
@@ -87,7 +87,7 @@ async def test_slow_consumer_is_closed_4008(start_node: StartNode, http: aiohttp
                 break
 
         async def closed() -> bool:
-            async with http.get(f"{a.url}/metrics") as resp:
+            async with http.get(f"{a.url}/metrics", headers=WITH_KEY) as resp:
                 text = await resp.text()
             return "wsnode_slow_consumer_closes_total 1.0" in text and 'wsnode_closes_total{code="4008"}' in text
 

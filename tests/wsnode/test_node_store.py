@@ -9,7 +9,7 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from harness import RedisInfo
-from tests.wsnode.conftest import Connect, NodeProc, StartNode, api_get, eventually, make_token, push
+from tests.wsnode.conftest import WITH_KEY, Connect, NodeProc, StartNode, api_get, eventually, make_token, push
 
 
 async def _push_n(http: aiohttp.ClientSession, node: NodeProc, user: str, count: int, *, module: str = "notice",
@@ -200,7 +200,7 @@ async def test_lost_subscription_is_made_again_and_missed_messages_are_resent(
     assert [m["id"] for m in messages] == ids
 
     async def resubscribed() -> bool:
-        async with http.get(f"{a.url}/metrics") as resp:
+        async with http.get(f"{a.url}/metrics", headers=WITH_KEY) as resp:
             text = await resp.text()
         async with http.get(f"{a.url}/health") as resp:
             return resp.status == 200 and "wsnode_pubsub_reconnects_total 1.0" in text

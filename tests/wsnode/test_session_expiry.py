@@ -9,7 +9,7 @@ from tests.wsnode.conftest import StartNode, make_token
 
 async def test_session_expiry_closes_each_session_at_its_own_token_expiry(
         start_node: StartNode, http: aiohttp.ClientSession) -> None:
-    a = start_node("node-a")
+    a = start_node("node-a", "--jwt-allow-no-exp")  # for the token without exp ("forever")
     # The later expiry is registered first: the earlier one that follows must re-arm the node's timer.
     late = await http.ws_connect(a.ws_url, params={"token": make_token("late", exp_in_s=4)})
     early = await http.ws_connect(a.ws_url, params={"token": make_token("early", exp_in_s=1)})

@@ -35,6 +35,17 @@ def test_flags_override_environment() -> None:
     ({"WSNODE_PUBSUB_HEARTBEAT_S": "0.5"}, "pubsub_heartbeat_s", 0.5),
     ({"WSNODE_PUBSUB_TIMEOUT_S": "4"}, "pubsub_timeout_s", 4.0),
     ({"WSNODE_ROUTE_GRACE_S": "8"}, "route_grace_s", 8.0),
+    ({"WSNODE_JWT_ALLOW_NO_EXP": "1"}, "jwt_allow_no_exp", True),
+    ({"WSNODE_JWT_AUDIENCE": "wsgate"}, "jwt_audience", "wsgate"),
+    ({"WSNODE_JWT_ISSUER": "https://idp"}, "jwt_issuer", "https://idp"),
+    ({"WSNODE_MANAGEMENT_PORT": "9101"}, "management_port", 9101),
+    ({"WSNODE_MANAGEMENT_HOST": "10.0.0.5"}, "management_host", "10.0.0.5"),
+    ({"WSNODE_MANAGEMENT_KEY": "m1,m2"}, "management_keys", ("m1", "m2")),
+    ({"WSNODE_MAX_SESSIONS_PER_USER": "4"}, "max_sessions_per_user", 4),
+    ({"WSNODE_PUBLISH_RATE": "2.5"}, "publish_rate_per_s", 2.5),
+    ({"WSNODE_PUBLISH_BYTES_RATE": "100000"}, "publish_bytes_rate_per_s", 100000),
+    ({"WSNODE_PUBLISH_STREAM_MAX_BYTES": "1000000"}, "publish_stream_max_bytes", 1000000),
+    ({"WSNODE_REVOKE_TTL_S": "600"}, "revoke_ttl_s", 600.0),
 ])
 def test_every_setting_reads_its_environment_variable(env: dict[str, str], field: str, value: object) -> None:
     assert getattr(settings_from(BASE, env), field) == value
@@ -66,6 +77,16 @@ def test_public_key_is_read_from_a_file(tmp_path: Path) -> None:
     ([*BASE, "--consul", "ftp://x:1"], {}, "--consul"),
     ([*BASE, "--pubsub-heartbeat", "2", "--pubsub-timeout", "2"], {}, "--pubsub-timeout"),
     ([*BASE, "--route-grace", "0"], {}, "route_grace_s"),
+    # Numbers are ASCII digits: int() would take other scripts' digits and underscores, float() 'nan' and 'inf'.
+    (["--port", "٨٠٨٠", "--jwt-secret", "s"], {}, "number"),
+    ([*BASE, "--client-burst", "1_0"], {}, "number"),
+    ([*BASE, "--publish-rate", "nan"], {}, "number"),
+    ([*BASE, "--publish-rate", "inf"], {}, "number"),
+    ([*BASE, "--max-sessions-per-user", "0"], {}, "max_sessions_per_user"),
+    ([*BASE, "--publish-rate", "0"], {}, "publish_rate_per_s"),
+    ([*BASE, "--publish-bytes-rate", "1000"], {}, "--publish-bytes-rate"),
+    ([*BASE, "--publish-stream-max-bytes", "1000"], {}, "--publish-stream-max-bytes"),
+    ([*BASE, "--management-port", "8080"], {}, "--management-port"),
 ])
 def test_bad_settings_are_refused_with_a_clear_message(argv: list[str], env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError) as info:
