@@ -17,6 +17,7 @@ from aiohttp.abc import AbstractAccessLogger
 from wsnode import metrics
 from wsnode.auth import TokenVerifier
 from wsnode.endpoint import Endpoint
+from wsnode.ingest import IngestStatus
 from wsnode.node import Node
 from wsnode.push_api import PushApi
 from wsnode.registration import ConsulRegistration, ServiceSpec, parse_consul_addr
@@ -71,8 +72,12 @@ def build_app(settings: NodeSettings) -> web.Application:
     endpoint = Endpoint(node, verifier)
     api = PushApi(node, settings.api_keys, open_without_key=settings.allow_anonymous)
 
+    ingest: list[IngestStatus] = []  # the RabbitMQ and outbox consumers (brokers_ctx)
+
     async def health(request: web.Request) -> web.Response:
         up, details = await node.healthy()
+        # Shown, but not part of UP: a broker outage must not take the node's WebSockets out of Consul.
+        details.update({status.source: status.as_json() for status in ingest})
         return web.json_response(details, status=200 if up else 503)
 
     async def prometheus(request: web.Request) -> web.Response:
@@ -105,6 +110,25 @@ def build_app(settings: NodeSettings) -> web.Application:
         yield
         await _cancel(*tasks)
 
+    async def brokers_ctx(app: web.Application) -> AsyncIterator[None]:
+        tasks = []
+        if settings.amqp_url:
+            from wsnode.amqp_consumer import AmqpConsumer
+
+            amqp = AmqpConsumer(settings.amqp_url, settings.amqp_queue, prefetch=settings.amqp_prefetch,
+                                push=lambda request, key: node.push(request, source="amqp", dedupe_key=key))
+            ingest.append(amqp.status)
+            tasks.append(_background("amqp", amqp.run()))
+        if settings.outbox_dsn:
+            from wsnode import outbox
+
+            drain = outbox.consumer(settings.outbox_dsn, batch=settings.outbox_batch, poll_s=settings.outbox_poll_s,
+                                    push=lambda request, key: node.push(request, source="outbox", dedupe_key=key))
+            ingest.append(drain.status)
+            tasks.append(_background("outbox", drain.run()))
+        yield
+        await _cancel(*tasks)
+
     async def consul_ctx(app: web.Application) -> AsyncIterator[None]:
         if not settings.consul_addr:
             yield
@@ -126,7 +150,7 @@ def build_app(settings: NodeSettings) -> web.Application:
     async def on_shutdown(app: web.Application) -> None:
         await node.close_all()
 
-    app.cleanup_ctx.extend([redis_ctx, loops_ctx, consul_ctx])
+    app.cleanup_ctx.extend([redis_ctx, loops_ctx, brokers_ctx, consul_ctx])
     app.on_shutdown.append(on_shutdown)
     return app
 

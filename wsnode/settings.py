@@ -13,6 +13,7 @@ from pathlib import Path
 from wsnode.errors import SettingsError
 
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+OUTBOX_SCHEMES = ("postgresql://", "postgres://", "mysql://", "mariadb://")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,13 @@ class NodeSettings:
     consul_deregister_after_s: float = 60.0
     drain_delay_s: float = 1.0
     stream_claim_idle_s: float = 30.0
+    # Pushes from RabbitMQ and from a transactional outbox (wsnode/amqp_consumer.py, wsnode/outbox/); off when unset.
+    amqp_url: str | None = None
+    amqp_queue: str = "wsgate.push"
+    amqp_prefetch: int = 64
+    outbox_dsn: str | None = None
+    outbox_batch: int = 100
+    outbox_poll_s: float = 1.0
     token_leeway_s: float = 5.0
     redis_max_connections: int = 64
     ws_compress: bool = False
@@ -67,11 +75,13 @@ class NodeSettings:
         if self.jwt_public_key is not None and "PUBLIC KEY" not in self.jwt_public_key:
             raise SettingsError("--jwt-public-key must name a PEM public key file")
         for name in ("session_ttl_s", "session_refresh_s", "heartbeat_s", "client_rate_per_s",
-                     "store_max_age_s", "consul_check_interval_s", "consul_deregister_after_s", "stream_claim_idle_s"):
+                     "store_max_age_s", "consul_check_interval_s", "consul_deregister_after_s", "stream_claim_idle_s",
+                     "outbox_poll_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive")
         if self.redis_max_connections < 4:
             raise SettingsError("redis_max_connections must be at least 4 (pub/sub and the stream hold one each)")
+        self._check_brokers()
         for name in ("send_queue_max", "max_frame_bytes", "client_burst", "store_max_count"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1")
@@ -84,6 +94,18 @@ class NodeSettings:
                 raise SettingsError(f"--consul: {exc}") from None
         if self.session_refresh_s >= self.session_ttl_s:
             raise SettingsError("session refresh interval must be shorter than the session expiry")
+
+    def _check_brokers(self) -> None:
+        if self.amqp_url is not None and not self.amqp_url.startswith(("amqp://", "amqps://")):
+            raise SettingsError("--amqp-url must be an amqp:// or amqps:// URL")
+        if not 0 < len(self.amqp_queue) <= 200:
+            raise SettingsError("--amqp-queue must be 1-200 characters")
+        if not 1 <= self.amqp_prefetch <= 10_000:
+            raise SettingsError("--amqp-prefetch must be 1-10000")
+        if self.outbox_dsn is not None and not self.outbox_dsn.startswith(OUTBOX_SCHEMES):
+            raise SettingsError(f"--outbox-dsn must start with one of {', '.join(OUTBOX_SCHEMES)}")
+        if not 1 <= self.outbox_batch <= 10_000:
+            raise SettingsError("--outbox-batch must be 1-10000")
 
     def _check_redis_urls(self) -> None:
         items = [item.strip() for item in self.redis_url.split(",")]
@@ -140,6 +162,12 @@ _FLAGS: dict[str, tuple[str, str, str]] = {
     "--consul-deregister-after": ("WSNODE_CONSUL_DEREGISTER_AFTER_S", "consul_deregister_after_s", "float"),
     "--drain-delay": ("WSNODE_DRAIN_DELAY_S", "drain_delay_s", "float"),
     "--stream-claim-idle": ("WSNODE_STREAM_CLAIM_IDLE_S", "stream_claim_idle_s", "float"),
+    "--amqp-url": ("WSNODE_AMQP_URL", "amqp_url", "str"),
+    "--amqp-queue": ("WSNODE_AMQP_QUEUE", "amqp_queue", "str"),
+    "--amqp-prefetch": ("WSNODE_AMQP_PREFETCH", "amqp_prefetch", "int"),
+    "--outbox-dsn": ("WSNODE_OUTBOX_DSN", "outbox_dsn", "str"),
+    "--outbox-batch": ("WSNODE_OUTBOX_BATCH", "outbox_batch", "int"),
+    "--outbox-poll": ("WSNODE_OUTBOX_POLL_S", "outbox_poll_s", "float"),
     "--token-leeway": ("WSNODE_TOKEN_LEEWAY_S", "token_leeway_s", "float"),
     "--ws-compress": ("WSNODE_WS_COMPRESS", "ws_compress", "bool"),
     "--redis-max-connections": ("WSNODE_REDIS_MAX_CONNECTIONS", "redis_max_connections", "int"),
@@ -176,6 +204,12 @@ _HELP: dict[str, str] = {
     '--consul-deregister-after': 'seconds critical before Consul removes the node (default 60)',
     '--drain-delay': 'seconds between leaving Consul and closing sessions on SIGTERM (default 1)',
     '--stream-claim-idle': 'seconds before a pending push stream entry of another consumer is claimed (default 30)',
+    '--amqp-url': 'RabbitMQ URL (amqp://user:pass@host:5672/vhost); consume pushes from --amqp-queue when set',
+    '--amqp-queue': 'durable queue of pushes, dead letters to <queue>.dead (default wsgate.push)',
+    '--amqp-prefetch': 'unacknowledged RabbitMQ messages this node holds at once (default 64)',
+    '--outbox-dsn': 'transactional outbox database (postgresql://... or mysql://...); push its rows when set',
+    '--outbox-batch': 'outbox rows claimed per transaction (default 100)',
+    '--outbox-poll': 'seconds between outbox polls when no notification wakes the node (default 1)',
     '--token-leeway': 'clock skew tolerated on exp/nbf, seconds (default 5)',
     '--ws-compress': 'offer permessage-deflate (off: memory)',
     '--redis-max-connections': 'Redis connection pool size, per shard (default 64)',
@@ -239,8 +273,9 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> NodeSettin
         values["node_id"] = re.sub(r"[^A-Za-z0-9_.-]", "-", str(values["node_id"]))
     if "session_ttl_s" in values and "session_refresh_s" not in values:
         values["session_refresh_s"] = float(values["session_ttl_s"]) / 3  # type: ignore[arg-type]
-    if values.get("consul_addr") == "":
-        values["consul_addr"] = None
+    for optional in ("consul_addr", "amqp_url", "outbox_dsn"):
+        if values.get(optional) == "":
+            values[optional] = None
     known = {f.name for f in fields(NodeSettings)}
     assert set(values) <= known
     return NodeSettings(**values)  # type: ignore[arg-type]

@@ -52,12 +52,12 @@ class OwnRedis:
         await asyncio.to_thread(self.proc.stop)
 
 
-def start_node_on(procs: ProcessGroup, name: str, redis_url: str, prefix: str) -> NodeProc:
-    """A node on the given Redis (the wsnode suite's settings), once its /health is UP."""
+def start_node_on(procs: ProcessGroup, name: str, redis_url: str, prefix: str, *extra: str) -> NodeProc:
+    """A node on the given Redis (the wsnode suite's settings, then `extra` flags), once its /health is UP."""
     port = free_port()
     proc = procs.python(name, "wsnode", "--port", str(port), "--host", "127.0.0.1", "--node-id", name,
                         "--redis", redis_url, "--redis-prefix", prefix, "--jwt-secret", SECRET, "--api-key", API_KEY,
-                        *FAST)
+                        *FAST, *extra)
     proc.wait_http_ready(f"http://127.0.0.1:{port}/health")
     return NodeProc(proc=proc, node_id=name, port=port)
 

@@ -1,0 +1,153 @@
+"""Pushes from RabbitMQ (wsnode/amqp_consumer.py) over the machine's real broker and real nodes and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.functional.test_outage_redis import EPHEMERAL, OwnRedis, start_node_on
+from tests.harness import ProcessGroup, unique_prefix
+from tests.wsnode.brokers import (
+    AMQP_URL,
+    amqp_queue,
+    close_connections_of,
+    drain,
+    publish,
+    ready_count,
+)
+from tests.wsnode.conftest import Connect, NodeProc, StartNode, eventually
+
+__all__ = ["amqp_queue"]  # the fixture, imported for pytest
+
+
+def body(user: str, data: Any, **extra: Any) -> dict[str, Any]:
+    return {"to": {"users": [user]}, "module": "orders", "event": "shipped", "data": data, **extra}
+
+
+async def health(http: aiohttp.ClientSession, node: NodeProc) -> dict[str, Any]:
+    async with http.get(f"{node.url}/health") as resp:
+        answer: dict[str, Any] = await resp.json()
+        return answer
+
+
+def amqp_args(queue: str, *extra: str) -> tuple[str, ...]:
+    return ("--amqp-url", AMQP_URL, "--amqp-queue", queue, *extra)
+
+
+async def test_amqp_pushes_arrive_once_per_message_id_and_malformed_ones_are_dead_lettered_with_the_reason(
+        start_node: StartNode, connect: Connect, http: aiohttp.ClientSession, amqp_queue: str) -> None:
+    node = start_node("node-a", *amqp_args(amqp_queue))
+    await eventually(lambda: _amqp_up(http, node), timeout_s=20)
+    tab, _ = await connect(node, "ava")
+    await publish(amqp_queue, [
+        (b"not json", "m-bad-json"),
+        ({"to": {"users": ["ava"]}, "data": 1}, "m-no-module"),
+        (body("ava", 1), "m-1"),
+        (body("ava", 1), "m-1"),  # the same message_id again: a producer's retry
+        (body("ava", 2), "m-2"),
+    ])
+    got = await tab.messages(2, timeout_s=20)
+    assert [m["data"] for m in got] == [1, 2]
+    assert got[0]["module"] == "orders" and got[0]["event"] == "shipped"
+    state = await eventually(lambda: _amqp_counts(http, node, handled=3, dead=2), timeout_s=20)
+    assert state["status"] == "UP" and state["target"] == amqp_queue
+    dead = await drain(f"{amqp_queue}.dead")
+    reasons = {m.message_id: (m.headers or {}).get("x-wsgate-error") for m in dead}
+    assert set(reasons) == {"m-bad-json", "m-no-module"}
+    assert "JSON" in str(reasons["m-bad-json"]) and "module" in str(reasons["m-no-module"])
+    assert dead[0].body in (b"not json", b'{"to": {"users": ["ava"]}, "data": 1}')
+    assert await ready_count(amqp_queue) == 0
+    # The consumer went on after the dead letters; nothing more arrives (the duplicate was dropped).
+    await publish(amqp_queue, [(body("ava", 3), "m-3")])
+    assert (await tab.next_of("message", timeout_s=20))["data"] == 3
+    async with http.get(f"{node.url}/metrics") as resp:
+        text = await resp.text()
+    assert 'wsnode_ingest_dead_letters_total{source="amqp"} 2.0' in text
+    assert 'wsnode_ingest_handled_total{source="amqp"} 4.0' in text
+    assert 'wsnode_ingest_lag_seconds{source="amqp"}' in text
+
+
+async def _amqp_up(http: aiohttp.ClientSession, node: NodeProc) -> bool:
+    return bool((await health(http, node)).get("amqp", {}).get("status") == "UP")
+
+
+async def _amqp_counts(http: aiohttp.ClientSession, node: NodeProc, *, handled: int, dead: int) -> Any:
+    state = (await health(http, node))["amqp"]
+    return state if (state["handled"], state["dead_letters"]) == (handled, dead) else None
+
+
+async def test_amqp_redis_down_nothing_is_acked_and_everything_arrives_after_redis_returns(
+        procs: ProcessGroup, tmp_path: Path, connect: Connect, amqp_queue: str) -> None:
+    redis = OwnRedis(procs, tmp_path, EPHEMERAL)
+    await redis.start()
+    prefix = unique_prefix("amqp")
+    node = start_node_on(procs, "node-a", redis.url, prefix, *amqp_args(amqp_queue, "--amqp-prefetch", "5"))
+    async with aiohttp.ClientSession() as http:
+        await eventually(lambda: _amqp_up(http, node), timeout_s=20)
+        await redis.stop()
+        await publish(amqp_queue, [(body("bea", n), f"r-{n}") for n in range(20)])
+        # The node takes messages, cannot store them, and gives them back: none is acked (handled stays 0).
+        await eventually(lambda: _retried(http, node), timeout_s=20)
+        assert (await health(http, node))["amqp"]["handled"] == 0
+        await redis.start()
+        await eventually(lambda: _amqp_counts(http, node, handled=20, dead=0), timeout_s=30)
+        assert await ready_count(amqp_queue) == 0
+        client, _ = await connect(node, "bea")
+        got = await client.messages(20, timeout_s=20)
+        assert sorted(m["data"] for m in got) == list(range(20))
+
+
+async def _retried(http: aiohttp.ClientSession, node: NodeProc) -> bool:
+    async with http.get(f"{node.url}/metrics") as resp:
+        text = await resp.text()
+    return any(line.startswith('wsnode_ingest_retries_total{source="amqp"}') and float(line.split()[-1]) >= 3
+               for line in text.splitlines())
+
+
+async def test_amqp_sigkilled_node_s_unacked_messages_are_redelivered_to_the_other_node(
+        start_node: StartNode, connect: Connect, http: aiohttp.ClientSession, amqp_queue: str) -> None:
+    a = start_node("node-a", *amqp_args(amqp_queue, "--amqp-prefetch", "10"))
+    await eventually(lambda: _amqp_up(http, a), timeout_s=20)
+    await publish(amqp_queue, [(body("cai", n), f"k-{n}") for n in range(20)])
+    await eventually(lambda: _amqp_counts(http, a, handled=20, dead=0), timeout_s=20)
+    # Frozen mid-stream: the broker still hands it up to its prefetch (10), which it holds unacked.
+    a.proc.signal(signal.SIGSTOP)
+    try:
+        await publish(amqp_queue, [(body("cai", n), f"k-{n}") for n in range(20, 120)])
+        await eventually(lambda: _ready_is(amqp_queue, 90), timeout_s=20)
+        b = start_node("node-b", *amqp_args(amqp_queue))
+        await eventually(lambda: _amqp_counts(http, b, handled=90, dead=0), timeout_s=30)
+        a.proc.kill()  # a crash: the 10 unacked go back to the queue, and to the other consumer
+    finally:
+        a.proc.signal(signal.SIGCONT)
+    await eventually(lambda: _amqp_counts(http, b, handled=100, dead=0), timeout_s=30)
+    tab, welcome = await connect(b, "cai", since="0")
+    got = await tab.messages(120, timeout_s=20)
+    assert sorted(m["data"] for m in got) == list(range(120))  # each once: no loss, no duplicate
+
+
+async def _ready_is(queue: str, count: int) -> bool:
+    return await ready_count(queue) == count
+
+
+async def test_amqp_consumer_reconnects_after_the_broker_closes_its_connection(
+        start_node: StartNode, connect: Connect, http: aiohttp.ClientSession, amqp_queue: str) -> None:
+    node = start_node("node-a", *amqp_args(amqp_queue))
+    await eventually(lambda: _amqp_up(http, node), timeout_s=20)
+    tab, _ = await connect(node, "dan")
+    # The broker side of a restart: rabbitmqctl closes the node's connection (the machine's broker stays up for
+    # everyone else, so this is the connection-kill route, not a whole broker restart).
+    assert await asyncio.to_thread(close_connections_of, amqp_queue) >= 1
+    state = await eventually(lambda: _reconnected(http, node), timeout_s=30)
+    assert state["connects"] >= 2
+    await publish(amqp_queue, [(body("dan", "after"), "d-1")])
+    assert (await tab.next_of("message", timeout_s=20))["data"] == "after"
+
+
+async def _reconnected(http: aiohttp.ClientSession, node: NodeProc) -> Any:
+    state = (await health(http, node))["amqp"]
+    return state if state["status"] == "UP" and state["connects"] >= 2 else None

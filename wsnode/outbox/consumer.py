@@ -1,0 +1,98 @@
+"""The outbox loop: claim a batch, push each row (dedupe key `outbox:<id>`), repeat; sleep until woken or polled.
+
+- Pushed rows are deleted in the transaction that claimed them, so a crash before the commit leaves them in place
+  (unlocked when the database notices the dead connection) for any node to take again; their dedupe keys make the
+  second push return the first result and send nothing.
+- A row that can never be pushed (bad fields) goes to `wsgate_outbox_dead` with the reason, in the same transaction.
+- Redis down: the batch is rolled back (nothing deleted) and retried after a pause.
+- Database connection lost: reconnect with capped exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from wsnode.envelope import PushRequest, parse_push
+from wsnode.errors import BackendUnavailable, PushError
+from wsnode.ingest import IngestStatus, reason_text
+from wsnode.outbox.db import OutboxDb
+from wsnode.outbox.ddl import TABLE, dedupe_key
+
+log = logging.getLogger("wsnode.outbox")
+
+PushFn = Callable[[PushRequest, str | None], Awaitable[Any]]  # (request, dedupe key)
+BACKOFF_MAX_S = 5.0
+
+
+class OutboxConsumer:
+    """Drains one outbox table into pushes."""
+
+    def __init__(self, connect: Callable[[], OutboxDb], *, push: PushFn, batch: int, poll_s: float,
+                 retry_s: float = 1.0) -> None:
+        self._connect = connect
+        self._push = push
+        self._batch = batch
+        self._poll_s = poll_s
+        self._retry_s = retry_s
+        self.status = IngestStatus("outbox", TABLE)
+
+    async def run(self) -> None:
+        """Consume until cancelled."""
+        delay = 0.2
+        while True:
+            db = self._connect()
+            try:
+                await db.open()
+                self.status.up()
+                log.info("consuming the outbox table %s", TABLE)
+                delay = 0.2
+                await self._serve(db)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # drivers share no error root; any failure here means reconnect
+                self.status.down(f"{type(exc).__name__}: {exc}")
+                log.warning("outbox: %s; reconnecting in %.1fs", self.status.error, delay)
+            finally:
+                await db.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX_S)
+
+    async def _serve(self, db: OutboxDb) -> None:
+        while True:
+            db.wake.clear()
+            while True:
+                try:
+                    claimed, dead = await db.claim(self._handle)
+                except BackendUnavailable as exc:
+                    self.status.count_retry()
+                    log.warning("outbox batch rolled back: %s", exc.reason)
+                    self.status.set_lag(await db.oldest_age_s())
+                    await asyncio.sleep(self._retry_s)
+                    continue
+                if dead:
+                    log.warning("outbox rows dead-lettered: %s", dead)
+                    self.status.count_dead(len(dead))
+                if claimed - len(dead):
+                    self.status.count_handled(claimed - len(dead))
+                if claimed < self._batch:
+                    break
+            self.status.set_lag(await db.oldest_age_s())
+            if db.lost:
+                raise ConnectionError("outbox database connection lost")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(db.wake.wait(), self._poll_s)
+
+    async def _handle(self, row_id: int, payload: str) -> str | None:
+        try:
+            await self._push(parse_push(payload), dedupe_key(row_id))
+        except PushError as exc:
+            return reason_text(exc.reason)
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"redis unavailable: {exc}") from None
+        return None
