@@ -125,7 +125,7 @@ async def test_amqp_sigkilled_node_s_unacked_messages_are_redelivered_to_the_oth
     finally:
         a.proc.signal(signal.SIGCONT)
     await eventually(lambda: _amqp_counts(http, b, handled=100, dead=0), timeout_s=30)
-    tab, welcome = await connect(b, "cai", since="0")
+    tab, _ = await connect(b, "cai", since="0")
     got = await tab.messages(120, timeout_s=20)
     assert sorted(m["data"] for m in got) == list(range(120))  # each once: no loss, no duplicate
 
