@@ -15,10 +15,12 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
+import aiohttp
 import asyncpg
 import pytest
 
 from tests.harness import ProcessFailed
+from tests.wsnode.conftest import NodeProc
 
 AMQP_URL = os.environ.get("WSGATE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 PG_ADMIN_DSN = os.environ.get("WSGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -138,3 +140,9 @@ async def mysql_dsn() -> AsyncIterator[str]:
             await cur.execute(f"DROP DATABASE IF EXISTS {name}")
     finally:
         conn.close()
+
+
+async def node_ready(http: aiohttp.ClientSession, node: NodeProc) -> bool:
+    """The node's /health is 200 (after a Redis outage: it has registered its sessions again)."""
+    async with http.get(f"{node.url}/health") as resp:
+        return resp.status == 200

@@ -16,6 +16,7 @@ from tests.wsnode.brokers import (
     amqp_queue,
     close_connections_of,
     drain,
+    node_ready,
     publish,
     ready_count,
 )
@@ -96,6 +97,7 @@ async def test_amqp_redis_down_nothing_is_acked_and_everything_arrives_after_red
         await redis.start()
         await eventually(lambda: _amqp_counts(http, node, handled=20, dead=0), timeout_s=30)
         assert await ready_count(amqp_queue) == 0
+        await eventually(lambda: node_ready(http, node), timeout_s=20)  # registered in Redis again
         client, _ = await connect(node, "bea")
         got = await client.messages(20, timeout_s=20)
         assert sorted(m["data"] for m in got) == list(range(20))
