@@ -29,13 +29,12 @@ from redis.exceptions import RedisError
 
 from wsnode.envelope import PushRequest, parse_push
 from wsnode.errors import BackendUnavailable, PushError
-from wsnode.ingest import IngestStatus, reason_text
+from wsnode.ingest import IngestStatus, keep_running, reason_text
 
 log = logging.getLogger("wsnode.amqp")
 
 PushFn = Callable[[PushRequest, str | None], Awaitable[Any]]  # (request, dedupe key)
 ERROR_HEADER = "x-wsgate-error"
-BACKOFF_MAX_S = 5.0
 
 
 def dedupe_key(message_id: str | None) -> str | None:
@@ -62,25 +61,13 @@ class AmqpConsumer:
         self._dlx: AbstractExchange | None = None
         self._queue: AbstractQueue | None = None
         self._in_flight = 0
-        self._was_up = False  # the last connection got as far as consuming: retry soon, the broker was there
         self.status = IngestStatus("amqp", queue)
 
     async def run(self) -> None:
         """Consume until cancelled; reconnect with backoff whenever the connection or channel is lost."""
-        delay = 0.2
-        while True:
-            try:
-                await self._consume(on_up=self.status.up)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the broker's errors have no common root; any failure means reconnect
-                self.status.down(f"{type(exc).__name__}: {exc}")
-                log.warning("RabbitMQ consumer: %s; reconnecting in %.1fs", self.status.error, delay)
-            await asyncio.sleep(delay)
-            delay = 0.2 if self._was_up else min(delay * 2, BACKOFF_MAX_S)
-            self._was_up = False
+        await keep_running(self._consume, self.status, log)
 
-    async def _consume(self, *, on_up: Callable[[], None]) -> None:
+    async def _consume(self) -> None:
         """One connection: declare, consume, and return (raise) when it is lost."""
         lost = asyncio.Event()
         connection = await aio_pika.connect(self._url, timeout=5, client_properties={
@@ -92,8 +79,7 @@ class AmqpConsumer:
             await self._declare(channel)
             assert self._queue is not None
             await self._queue.consume(self._on_message)
-            on_up()
-            self._was_up = True
+            self.status.up()
             log.info("consuming RabbitMQ queue %s (prefetch %d)", self._queue_name, self._prefetch)
             while not lost.is_set():
                 await self._watch_backlog()

@@ -1,4 +1,4 @@
-"""What the broker consumers share (pure, no I/O): their state for /health and their Prometheus metrics.
+"""What the broker consumers share: their state for /health, their Prometheus metrics, the reconnect loop.
 
 A source is `amqp` (wsnode/amqp_consumer.py) or `outbox` (wsnode/outbox/). Metrics per source:
 - `wsnode_ingest_handled_total`: messages or rows pushed (throughput is its rate);
@@ -12,7 +12,10 @@ A source is `amqp` (wsnode/amqp_consumer.py) or `outbox` (wsnode/outbox/). Metri
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +37,9 @@ UP = Gauge("wsnode_ingest_up", "1 while the node is connected to the broker or o
 
 # Dead-letter reasons are cut to this many characters (an AMQP header, a database column).
 REASON_MAX = 500
+
+BACKOFF_MIN_S = 0.2
+BACKOFF_MAX_S = 5.0
 
 CONNECTING = "CONNECTING"
 CONSUMING = "UP"
@@ -97,3 +103,24 @@ class IngestStatus:
         return {"status": self.state, "target": self.target, "error": self.error, "handled": self.handled,
                 "dead_letters": self.dead_letters, "retries": self.retries, "connects": self.connects,
                 "lag_s": round(self.lag_s, 3), "backlog": self.backlog, "since": round(self.since, 3)}
+
+
+async def keep_running(session: Callable[[], Awaitable[None]], status: IngestStatus, log: logging.Logger) -> None:
+    """Run `session` (connect, serve until the connection fails) again and again until cancelled.
+
+    A failure turns the status DOWN and waits with capped exponential backoff before the next attempt; a session that
+    got as far as UP starts the backoff over (the broker or database was there a moment ago)."""
+    delay = BACKOFF_MIN_S
+    while True:
+        connects = status.connects
+        try:
+            await session()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the drivers' errors share no root; any failure means reconnect
+            status.down(f"{type(exc).__name__}: {exc}")
+        if status.connects > connects:
+            delay = BACKOFF_MIN_S
+        log.warning("%s consumer: %s; reconnecting in %.1fs", status.source, status.error, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, BACKOFF_MAX_S)

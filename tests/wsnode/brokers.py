@@ -101,46 +101,43 @@ def close_connections_of(queue: str) -> int:
     return closed
 
 
+async def _pg(statement: str) -> None:
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
 @pytest.fixture
 async def pg_dsn() -> AsyncIterator[str]:
     """A PostgreSQL database of this test's own (dropped afterwards)."""
     require(PG_ADMIN_DSN, "PostgreSQL")
     name = f"wsgate_t_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    await _pg(f"CREATE DATABASE {name}")
+    yield urlunsplit(urlsplit(PG_ADMIN_DSN)._replace(path=f"/{name}"))
+    await _pg(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+async def _mysql(statement: str) -> None:
+    import aiomysql
+
+    conn = await aiomysql.connect(**MYSQL_ADMIN, autocommit=True)
     try:
-        await admin.execute(f"CREATE DATABASE {name}")
+        async with conn.cursor() as cur:
+            await cur.execute(statement)
     finally:
-        await admin.close()
-    parts = urlsplit(PG_ADMIN_DSN)
-    yield urlunsplit(parts._replace(path=f"/{name}"))
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+        conn.close()
 
 
 @pytest.fixture
 async def mysql_dsn() -> AsyncIterator[str]:
     """A MariaDB/MySQL database of this test's own (dropped afterwards)."""
-    import aiomysql
-
     require(f"mysql://{MYSQL_ADMIN['host']}:{MYSQL_ADMIN['port']}", "MariaDB")
     name = f"wsgate_t_{uuid.uuid4().hex[:10]}"
-    conn = await aiomysql.connect(**MYSQL_ADMIN, autocommit=True)
-    try:
-        async with conn.cursor() as cur:
-            await cur.execute(f"CREATE DATABASE {name}")
-    finally:
-        conn.close()
+    await _mysql(f"CREATE DATABASE {name}")
     yield f"mysql://root@{MYSQL_ADMIN['host']}:{MYSQL_ADMIN['port']}/{name}"
-    conn = await aiomysql.connect(**MYSQL_ADMIN, autocommit=True)
-    try:
-        async with conn.cursor() as cur:
-            await cur.execute(f"DROP DATABASE IF EXISTS {name}")
-    finally:
-        conn.close()
-
+    await _mysql(f"DROP DATABASE IF EXISTS {name}")
 
 async def node_ready(http: aiohttp.ClientSession, node: NodeProc) -> bool:
     """The node's /health is 200 (after a Redis outage: it has registered its sessions again)."""

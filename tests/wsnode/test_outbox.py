@@ -51,12 +51,26 @@ async def insert(dsn: str, payloads: list[str]) -> None:
         await conn.close()
 
 
-async def fetchval(dsn: str, query: str) -> Any:
+async def query(dsn: str, sql: str, *, method: str = "fetchval") -> Any:
+    """One statement on a connection of its own (`method`: an asyncpg Connection method)."""
     conn = await asyncpg.connect(dsn)
     try:
-        return await conn.fetchval(query)
+        return await getattr(conn, method)(sql)
     finally:
         await conn.close()
+
+
+async def fetchval(dsn: str, sql: str) -> Any:
+    return await query(dsn, sql)
+
+
+async def outbox_node(start: StartNode, http: aiohttp.ClientSession, dsn: str, *extra: str,
+                      name: str = "node-a") -> NodeProc:
+    """A node draining the outbox at `dsn` (created first), once its outbox consumer is up."""
+    init(dsn)
+    node = start(name, "--outbox-dsn", dsn, *extra)
+    await eventually(lambda: _up(http, node), timeout_s=20)
+    return node
 
 
 async def outbox_state(http: aiohttp.ClientSession, node: NodeProc) -> dict[str, Any]:
@@ -86,10 +100,8 @@ async def test_outbox_init_is_idempotent_and_a_new_table_s_ids_start_at_the_cloc
 
 async def test_committed_rows_are_pushed_at_once_rolled_back_never_and_poison_rows_dead_lettered(
         start_node: StartNode, connect: Connect, http: aiohttp.ClientSession, pg_dsn: str) -> None:
-    init(pg_dsn)
     # Polling every 60 s: only the NOTIFY of the commit can bring the rows within the test's deadline.
-    node = start_node("node-a", "--outbox-dsn", pg_dsn, "--outbox-poll", "60")
-    await eventually(lambda: _up(http, node), timeout_s=20)
+    node = await outbox_node(start_node, http, pg_dsn, "--outbox-poll", "60")
     tab, _ = await connect(node, "eli")
     conn = await asyncpg.connect(pg_dsn)
     try:
@@ -120,11 +132,7 @@ async def test_committed_rows_are_pushed_at_once_rolled_back_never_and_poison_ro
 
 
 async def _dead_rows(dsn: str) -> list[Any]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return list(await conn.fetch("SELECT id, payload::text AS payload, error FROM wsgate_outbox_dead"))
-    finally:
-        await conn.close()
+    return list(await query(dsn, "SELECT id, payload::text AS payload, error FROM wsgate_outbox_dead", method="fetch"))
 
 
 async def test_outbox_redis_down_nothing_is_deleted_and_everything_arrives_after_redis_returns(
@@ -157,10 +165,8 @@ async def _retries_at_least(http: aiohttp.ClientSession, node: NodeProc, count: 
 
 async def test_two_nodes_share_one_outbox_without_double_delivery(
         start_node: StartNode, connect: Connect, http: aiohttp.ClientSession, pg_dsn: str) -> None:
-    init(pg_dsn)
-    nodes = [start_node(name, "--outbox-dsn", pg_dsn, "--outbox-batch", "5") for name in ("node-a", "node-b")]
-    for node in nodes:
-        await eventually(lambda node=node: _up(http, node), timeout_s=20)  # type: ignore[misc]
+    nodes = [await outbox_node(start_node, http, pg_dsn, "--outbox-batch", "5", name=name)
+             for name in ("node-a", "node-b")]
     tab, _ = await connect(nodes[0], "gus")
     for start in range(0, 300, 20):  # many small transactions, as backends write them
         await insert(pg_dsn, [body("gus", n) for n in range(start, start + 20)])
@@ -174,10 +180,8 @@ async def test_two_nodes_share_one_outbox_without_double_delivery(
 async def test_sigkill_mid_batch_every_outbox_row_is_pushed_exactly_once(
         start_node: StartNode, connect: Connect, http: aiohttp.ClientSession, redis_server: RedisInfo,
         redis_prefix: str, pg_dsn: str) -> None:
-    init(pg_dsn)
     total = 600
-    a = start_node("node-a", "--outbox-dsn", pg_dsn, "--outbox-batch", "100")
-    await eventually(lambda: _up(http, a), timeout_s=20)
+    a = await outbox_node(start_node, http, pg_dsn, "--outbox-batch", "100")
     redis = aioredis.from_url(redis_server.url)
     try:
         await insert(pg_dsn, [body("hal", n) for n in range(total)])
@@ -210,11 +214,7 @@ async def test_sigkill_mid_batch_every_outbox_row_is_pushed_exactly_once(
 
 
 async def _rows(dsn: str) -> list[Any]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return list(await conn.fetch("SELECT id FROM wsgate_outbox ORDER BY id"))
-    finally:
-        await conn.close()
+    return list(await query(dsn, "SELECT id FROM wsgate_outbox ORDER BY id", method="fetch"))
 
 
 async def _empty(dsn: str) -> bool:
@@ -223,9 +223,7 @@ async def _empty(dsn: str) -> bool:
 
 async def test_outbox_consumer_resumes_after_the_database_drops_its_connections(
         start_node: StartNode, connect: Connect, http: aiohttp.ClientSession, pg_dsn: str) -> None:
-    init(pg_dsn)
-    node = start_node("node-a", "--outbox-dsn", pg_dsn, "--outbox-poll", "60")
-    await eventually(lambda: _up(http, node), timeout_s=20)
+    node = await outbox_node(start_node, http, pg_dsn, "--outbox-poll", "60")
     tab, _ = await connect(node, "ida")
     # What a database restart does to the node (the machine's PostgreSQL stays up for everyone else, so this is the
     # connection-kill route): the server ends every backend of the node's database.
@@ -245,9 +243,7 @@ async def _reconnected(http: aiohttp.ClientSession, node: NodeProc) -> bool:
 async def test_mariadb_outbox_pushes_rows_and_dead_letters_poison_ones(
         start_node: StartNode, connect: Connect, http: aiohttp.ClientSession, mysql_dsn: str) -> None:
     assert "created" in init(mysql_dsn)
-    assert "already there" in init(mysql_dsn)
-    node = start_node("node-a", "--outbox-dsn", mysql_dsn, "--outbox-poll", "0.1")
-    await eventually(lambda: _up(http, node), timeout_s=20)
+    node = await outbox_node(start_node, http, mysql_dsn, "--outbox-poll", "0.1")  # init again: idempotent
     tab, _ = await connect(node, "jo")
     conn = await aiomysql.connect(**connect_args(mysql_dsn))
     try:

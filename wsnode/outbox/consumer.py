@@ -20,14 +20,13 @@ from redis.exceptions import RedisError
 
 from wsnode.envelope import PushRequest, parse_push
 from wsnode.errors import BackendUnavailable, PushError
-from wsnode.ingest import IngestStatus, reason_text
+from wsnode.ingest import IngestStatus, keep_running, reason_text
 from wsnode.outbox.db import OutboxDb
 from wsnode.outbox.ddl import TABLE, dedupe_key
 
 log = logging.getLogger("wsnode.outbox")
 
 PushFn = Callable[[PushRequest, str | None], Awaitable[Any]]  # (request, dedupe key)
-BACKOFF_MAX_S = 5.0
 
 
 class OutboxConsumer:
@@ -43,25 +42,18 @@ class OutboxConsumer:
         self.status = IngestStatus("outbox", TABLE)
 
     async def run(self) -> None:
-        """Consume until cancelled."""
-        delay = 0.2
-        while True:
-            db = self._connect()
-            try:
-                await db.open()
-                self.status.up()
-                log.info("consuming the outbox table %s", TABLE)
-                delay = 0.2
-                await self._serve(db)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # drivers share no error root; any failure here means reconnect
-                self.status.down(f"{type(exc).__name__}: {exc}")
-                log.warning("outbox: %s; reconnecting in %.1fs", self.status.error, delay)
-            finally:
-                await db.close()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX_S)
+        """Consume until cancelled; reconnect with backoff whenever a connection is lost."""
+        await keep_running(self._session, self.status, log)
+
+    async def _session(self) -> None:
+        db = self._connect()
+        try:
+            await db.open()
+            self.status.up()
+            log.info("consuming the outbox table %s", TABLE)
+            await self._serve(db)
+        finally:
+            await db.close()
 
     async def _serve(self, db: OutboxDb) -> None:
         while True:
