@@ -65,6 +65,7 @@ async def test_amqp_pushes_arrive_once_per_message_id_and_malformed_ones_are_dea
     # The consumer went on after the dead letters; nothing more arrives (the duplicate was dropped).
     await publish(amqp_queue, [(body("ava", 3), "m-3")])
     assert (await tab.next_of("message", timeout_s=20))["data"] == 3
+    await eventually(lambda: _amqp_counts(http, node, handled=4, dead=2), timeout_s=20)  # acked after the push
     async with http.get(f"{node.url}/metrics") as resp:
         text = await resp.text()
     assert 'wsnode_ingest_dead_letters_total{source="amqp"} 2.0' in text
