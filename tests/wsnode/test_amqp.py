@@ -8,21 +8,25 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.functional.test_outage_redis import EPHEMERAL, OwnRedis, start_node_on
 from tests.harness import ProcessGroup, unique_prefix
 from tests.wsnode.brokers import (
     AMQP_URL,
+    PrivateRabbit,
     amqp_queue,
     close_connections_of,
     drain,
     node_ready,
+    private_rabbit,
     publish,
+    publish_to,
     ready_count,
 )
 from tests.wsnode.conftest import Connect, NodeProc, StartNode, eventually
 
-__all__ = ["amqp_queue"]  # the fixture, imported for pytest
+__all__ = ["amqp_queue", "private_rabbit"]  # the fixtures, imported for pytest
 
 
 def body(user: str, data: Any, **extra: Any) -> dict[str, Any]:
@@ -154,3 +158,36 @@ async def test_amqp_consumer_reconnects_after_the_broker_closes_its_connection(
 async def _reconnected(http: aiohttp.ClientSession, node: NodeProc) -> Any:
     state = (await health(http, node))["amqp"]
     return state if state["status"] == "UP" and state["connects"] >= 2 else None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_amqp_consumer_resumes_by_itself_after_its_broker_restarts(
+        private_rabbit: PrivateRabbit, start_node: StartNode, connect: Connect, http: aiohttp.ClientSession) -> None:
+    broker = private_rabbit
+    await broker.start()
+    node = start_node("node-a", "--amqp-url", broker.url, "--amqp-queue", "wsgate.push")
+    await eventually(lambda: _amqp_up(http, node), timeout_s=30)
+    tab, _ = await connect(node, "eve")
+    await publish_to(broker.url, "wsgate.push", [(body("eve", "before"), "e-1")])
+    assert (await tab.next_of("message", timeout_s=20))["data"] == "before"
+    await broker.stop()
+    state = await eventually(lambda: _amqp_state(http, node, "DOWN"), timeout_s=30)
+    assert state["error"]
+    # The node's WebSockets and HTTP pushes do not depend on the broker.
+    assert (await health_status(http, node)) == 200
+    await broker.start()  # same port, same data directory
+    state = await eventually(lambda: _amqp_state(http, node, "UP"), timeout_s=60)
+    assert state["connects"] == 2
+    await publish_to(broker.url, "wsgate.push", [(body("eve", "after"), "e-2")])
+    assert (await tab.next_of("message", timeout_s=20))["data"] == "after"
+
+
+async def _amqp_state(http: aiohttp.ClientSession, node: NodeProc, status: str) -> Any:
+    state = (await health(http, node))["amqp"]
+    return state if state["status"] == status else None
+
+
+async def health_status(http: aiohttp.ClientSession, node: NodeProc) -> int:
+    async with http.get(f"{node.url}/health") as resp:
+        return resp.status

@@ -16,16 +16,17 @@ from typing import Any
 import aiohttp
 import aiomysql
 import asyncpg
+import pytest
 import redis.asyncio as aioredis
 
 from tests.functional.test_outage_redis import EPHEMERAL, OwnRedis, start_node_on
 from tests.harness import ROOT, ProcessGroup, RedisInfo, unique_prefix
-from tests.wsnode.brokers import mysql_dsn, node_ready, pg_dsn
+from tests.wsnode.brokers import PrivatePostgres, mysql_dsn, node_ready, pg_dsn, private_postgres
 from tests.wsnode.conftest import Connect, NodeProc, StartNode, eventually
 from wsnode.outbox.ddl import dedupe_key, first_id
 from wsnode.outbox.mysql import connect_args
 
-__all__ = ["mysql_dsn", "pg_dsn"]  # the fixtures, imported for pytest
+__all__ = ["mysql_dsn", "pg_dsn", "private_postgres"]  # the fixtures, imported for pytest
 
 INSERT = "INSERT INTO wsgate_outbox (payload) VALUES ($1)"
 
@@ -275,3 +276,30 @@ async def test_mariadb_outbox_pushes_rows_and_dead_letters_poison_ones(
         assert len(dead) == 1 and left == (0,)
     finally:
         conn.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_outbox_consumer_resumes_by_itself_after_its_postgresql_restarts(
+        private_postgres: PrivatePostgres, start_node: StartNode, connect: Connect,
+        http: aiohttp.ClientSession) -> None:
+    dsn = private_postgres.dsn
+    node = await outbox_node(start_node, http, dsn, "--outbox-poll", "0.5")
+    tab, _ = await connect(node, "kim")
+    await insert(dsn, [body("kim", "before")])
+    assert (await tab.next_of("message", timeout_s=20))["data"] == "before"
+    await asyncio.to_thread(private_postgres.stop)
+    state = await eventually(lambda: _outbox_down(http, node), timeout_s=30)
+    assert state["error"]
+    await asyncio.to_thread(private_postgres.start)
+    # Rows committed while the node is still reconnecting (no one listened for their notification) come too.
+    await insert(dsn, [body("kim", n) for n in range(5)])
+    got = await tab.messages(5, timeout_s=30)
+    assert [m["data"] for m in got] == list(range(5))
+    state = await outbox_state(http, node)
+    assert state["status"] == "UP" and state["connects"] >= 2
+
+
+async def _outbox_down(http: aiohttp.ClientSession, node: NodeProc) -> Any:
+    state = await outbox_state(http, node)
+    return state if state.get("status") == "DOWN" else None
