@@ -148,6 +148,10 @@ class AmqpConsumer:
         except PushError as exc:
             await self._dead_letter(message, exc.reason)
             return
+        except Exception as exc:  # a bug, not an outage: dead-lettered, or it would hold a prefetch slot for ever
+            log.exception("RabbitMQ message %s failed", message.message_id)
+            await self._dead_letter(message, f"{type(exc).__name__}: {exc}")
+            return
         await message.ack()
         self.status.count_handled()
 

@@ -87,4 +87,9 @@ class OutboxConsumer:
             return reason_text(exc.reason)
         except (RedisError, OSError) as exc:
             raise BackendUnavailable(f"redis unavailable: {exc}") from None
+        except BackendUnavailable:
+            raise
+        except Exception as exc:  # a bug, not an outage: dead-lettered, or the row would block the outbox for ever
+            log.exception("outbox row %d failed", row_id)
+            return reason_text(f"{type(exc).__name__}: {exc}")
         return None
