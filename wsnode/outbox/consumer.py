@@ -1,5 +1,6 @@
 """The outbox loop: claim a batch, push each row (dedupe key `outbox:<id>`), repeat; sleep until woken or polled.
 
+- A batch's rows are pushed concurrently (pipelined to Redis, in id order).
 - Pushed rows are deleted in the transaction that claimed them, so a crash before the commit leaves them in place
   (unlocked when the database notices the dead connection) for any node to take again; their dedupe keys make the
   second push return the first result and send nothing.
@@ -80,7 +81,17 @@ class OutboxConsumer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(db.wake.wait(), self._poll_s)
 
-    async def _handle(self, row_id: int, payload: str) -> str | None:
+    async def _handle(self, rows: list[tuple[int, str]]) -> list[str | None]:
+        """Push a batch's rows concurrently: the node pipelines concurrent pushes to a shard into one round trip, in
+        the order they were made, so a batch still goes out in id order."""
+        results = await asyncio.gather(*(self._handle_row(row_id, payload) for row_id, payload in rows),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result  # Redis down (or cancelled): the batch rolls back; the pushes made are deduped later
+        return [result for result in results if not isinstance(result, BaseException)]
+
+    async def _handle_row(self, row_id: int, payload: str) -> str | None:
         try:
             await self._push(parse_push(payload), dedupe_key(row_id))
         except PushError as exc:

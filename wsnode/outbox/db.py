@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-# (row id, payload JSON text) -> None when pushed, or the reason to dead-letter the row; raises to roll back.
-RowHandler = Callable[[int, str], Awaitable[str | None]]
+# [(row id, payload JSON text)] -> per row None when pushed, or the reason to dead-letter it; raises to roll back.
+RowHandler = Callable[[list[tuple[int, str]]], Awaitable[list[str | None]]]
 
 
 class OutboxDb(Protocol):

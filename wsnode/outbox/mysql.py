@@ -78,11 +78,9 @@ class MysqlOutbox:
             async with conn.cursor() as cur:
                 await cur.execute(CLAIM, (self._batch,))
                 rows = await cur.fetchall()
-                dead: list[tuple[int, str, str, Any]] = []
-                for row_id, payload, created_at in rows:
-                    error = await handle(int(row_id), payload)
-                    if error is not None:
-                        dead.append((row_id, payload, error, created_at))
+                errors = await handle([(int(row[0]), row[1]) for row in rows]) if rows else []
+                dead = [(row_id, payload, error, created_at)
+                        for (row_id, payload, created_at), error in zip(rows, errors, strict=True) if error is not None]
                 if dead:
                     await cur.executemany(DEAD, dead)
                 if rows:
