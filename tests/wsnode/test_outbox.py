@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -186,37 +185,38 @@ async def _handled_in_all(http: aiohttp.ClientSession, nodes: list[NodeProc], to
 async def test_sigkill_mid_batch_every_outbox_row_is_pushed_exactly_once(
         start_node: StartNode, connect: Connect, http: aiohttp.ClientSession, redis_server: RedisInfo,
         redis_prefix: str, pg_dsn: str) -> None:
-    total = 600
-    a = await outbox_node(start_node, http, pg_dsn, "--outbox-batch", "100")
+    total, batch = 600, 100
+    init(pg_dsn)
+    await insert(pg_dsn, [body("hal", n) for n in range(total)])
+    ids = [r["id"] for r in await _rows(pg_dsn)]
+    # A SHARE lock lets the node claim rows (FOR UPDATE takes ROW SHARE) but holds its DELETE (ROW EXCLUSIVE): the
+    # node pushes its first batch and then waits, exactly between its pushes and its commit.
+    blocker = await asyncpg.connect(pg_dsn)
     redis = aioredis.from_url(redis_server.url)
     try:
-        await insert(pg_dsn, [body("hal", n) for n in range(total)])
-        # Freeze the node until it is caught mid-batch: a row still in the outbox (its batch not committed) whose
-        # push already happened (its dedupe marker is in Redis). Then kill it there.
-        caught = False
-        for _ in range(400):
-            a.proc.signal(signal.SIGSTOP)
-            remaining = [r["id"] for r in await _rows(pg_dsn)]
-            if not remaining:
-                break
-            pushed = await redis.exists(*(f"{redis_prefix}wsgate:dedupe:{dedupe_key(i)}" for i in remaining))
-            if pushed:
-                caught = True
-                break
-            a.proc.signal(signal.SIGCONT)
-            await asyncio.sleep(0.005)  # let it run a little before freezing it again
+        hold = blocker.transaction()
+        await hold.start()
+        await blocker.execute("LOCK TABLE wsgate_outbox IN SHARE MODE")
+        a = start_node("node-a", "--outbox-dsn", pg_dsn, "--outbox-batch", str(batch))
+        markers = [f"{redis_prefix}wsgate:dedupe:{dedupe_key(i)}" for i in ids]
+        await eventually(lambda: _exists_is(redis, markers, batch), timeout_s=30)  # the first batch is pushed
         a.proc.kill()
-        a.proc.signal(signal.SIGCONT)
-        assert caught, "the node was never caught between a push and its commit"
-        b = start_node("node-b", "--outbox-dsn", pg_dsn, "--outbox-batch", "100")
+        await hold.rollback()
+        assert len(await _rows(pg_dsn)) == total  # nothing was deleted: the crash rolled the claim back
+        b = start_node("node-b", "--outbox-dsn", pg_dsn, "--outbox-batch", str(batch))
         await eventually(lambda: _empty(pg_dsn), timeout_s=30)
         tab, _ = await connect(b, "hal", since="0")
         got = await tab.messages(total, timeout_s=30)
-        assert sorted(m["data"] for m in got) == list(range(total))  # each row once, none twice
+        assert sorted(m["data"] for m in got) == list(range(total))  # each row once, the re-pushed batch too
         assert len({m["id"] for m in got}) == total
-        await eventually(lambda: _handled_some(http, b), timeout_s=20)
+        await eventually(lambda: _counts(http, b, handled=total), timeout_s=20)
     finally:
         await redis.aclose()
+        await blocker.close()
+
+
+async def _exists_is(redis: aioredis.Redis, keys: list[str], count: int) -> bool:
+    return int(await redis.exists(*keys)) == count
 
 
 async def _handled_some(http: aiohttp.ClientSession, node: NodeProc) -> bool:
