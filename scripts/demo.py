@@ -56,6 +56,23 @@ def mint_token(user: str, *, ttl_s: int = 3600) -> str:
     return jwt.encode({"sub": user, "iat": now, "exp": now + ttl_s}, DEMO_SECRET, algorithm="HS256")
 
 
+def _amqp_consuming(health_url: str, *, timeout_s: float = 20.0) -> bool:
+    """True once a node's /health (through the gateway) shows its RabbitMQ consumer UP."""
+    import json
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(health_url, timeout=2) as response:
+                if json.loads(response.read()).get("amqp", {}).get("status") == "UP":
+                    return True
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)  # polling a status, with a deadline
+    return False
+
+
 def _amqp_line(enabled: bool) -> str:
     if not enabled:
         return f"(no RabbitMQ at {DEMO_AMQP_URL}: pushes through RabbitMQ are off; scripts/ensure-services starts one)"
@@ -131,6 +148,9 @@ Ctrl-C stops everything.""", flush=True)
                     if status != 200:
                         print(f"check failed: {url} answered {status}", file=sys.stderr)
                         return 1
+                if amqp and not _amqp_consuming(f"{base}/ws-svc/health"):
+                    print(f"check failed: the nodes do not consume {DEMO_AMQP_QUEUE}", file=sys.stderr)
+                    return 1
             else:
                 while not stop.is_set() and all(p.alive() for p in group.processes):
                     stop.wait(0.5)
