@@ -40,6 +40,7 @@ import redis.asyncio as aioredis
 from bench.fanout import API_KEY, SECRET, Stats, connect_clients, paced, percentile_ms
 from bench.fanout_push import NodePusher
 from tests.harness import ProcessGroup, delete_prefix, free_port, provide_redis, unique_prefix
+from tests.wsnode.brokers import delete_topology
 
 AMQP_URL = os.environ.get("WSGATE_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 PG_ADMIN_DSN = os.environ.get("WSGATE_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -150,12 +151,7 @@ async def run(args: argparse.Namespace, redis_url: str, prefix: str, procs: Proc
         await admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
         await admin.close()
         with contextlib.suppress(Exception):
-            connection = await aio_pika.connect(AMQP_URL)
-            async with connection:
-                channel = await connection.channel()
-                for name in (queue, f"{queue}.dead"):
-                    await channel.queue_delete(name)
-                await channel.exchange_delete(f"{queue}.dlx")
+            await delete_topology(AMQP_URL, queue)
 
 
 def markdown(results: dict[str, Any], args: argparse.Namespace, command: str) -> str:

@@ -51,12 +51,20 @@ async def amqp_queue() -> AsyncIterator[str]:
     require(AMQP_URL, "RabbitMQ")
     name = f"wsgate.test.{uuid.uuid4().hex[:10]}"
     yield name
-    connection = await aio_pika.connect(AMQP_URL)
+    await delete_topology(AMQP_URL, name)
+
+
+async def delete_topology(url: str, queue: str) -> None:
+    """Delete the queue a node declared, with its dead-letter queue and exchange (wsnode/amqp_consumer.py)."""
+    from wsnode.amqp_consumer import queue_names
+
+    dlx, dead = queue_names(queue)
+    connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel()
-        for queue in (name, f"{name}.dead"):
-            await channel.queue_delete(queue)
-        await channel.exchange_delete(f"{name}.dlx")
+        for name in (queue, dead):
+            await channel.queue_delete(name)
+        await channel.exchange_delete(dlx)
 
 
 async def publish(queue: str, bodies: Iterable[tuple[Any, str | None]]) -> None:
