@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml setup.py gateway/_relay.c gateway/_relay_thread.c gatew
 	touch $(STAMP)
 
 # The test suite starts its own Redis when none answers at $$REDIS_URL / 127.0.0.1:6379; it only needs the binary.
+# RabbitMQ, PostgreSQL and MariaDB (broker and outbox tests) are started when they do not answer.
 test: venv
 	scripts/ensure-redis-server
+	scripts/ensure-services
 	scripts/ensure-chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 

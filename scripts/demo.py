@@ -22,6 +22,21 @@ from harness import ProcessGroup, free_port, http_status, provide_redis
 DEMO_SECRET = "wsgate-demo-secret-not-for-production"  # >= 32 bytes, as HS256 wants
 DEMO_API_KEY = "wsgate-demo-key"
 DEMO_MANAGEMENT_KEY = "wsgate-demo-management-key"
+DEMO_AMQP_URL = os.environ.get("WSGATE_DEMO_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+DEMO_AMQP_QUEUE = "wsgate-demo.push"
+
+
+def _amqp_answers(url: str) -> bool:
+    """True when something listens where the RabbitMQ URL points (the nodes then consume the demo queue)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def _port(preferred: int) -> int:
@@ -40,6 +55,31 @@ def mint_token(user: str, *, ttl_s: int = 3600) -> str:
     """A short-lived HS256 token for a demo user."""
     now = int(time.time())
     return jwt.encode({"sub": user, "iat": now, "exp": now + ttl_s}, DEMO_SECRET, algorithm="HS256")
+
+
+def _amqp_consuming(health_url: str, *, timeout_s: float = 20.0) -> bool:
+    """True once a node's /health (through the gateway) shows its RabbitMQ consumer UP."""
+    import json
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(health_url, timeout=2) as response:
+                if json.loads(response.read()).get("amqp", {}).get("status") == "UP":
+                    return True
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)  # polling a status, with a deadline
+    return False
+
+
+def _amqp_line(enabled: bool) -> str:
+    if not enabled:
+        return f"(no RabbitMQ at {DEMO_AMQP_URL}: pushes through RabbitMQ are off; scripts/ensure-services starts one)"
+    return f"""Push to alice through RabbitMQ (queue {DEMO_AMQP_QUEUE}):
+  {sys.executable} -m scripts.amqp_push --url {DEMO_AMQP_URL} --queue {DEMO_AMQP_QUEUE} \\
+       '{{"to":{{"users":["alice"]}},"module":"notices","event":"created","data":{{"text":"hello via RabbitMQ"}}}}'"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
                 # The page is served by the demo server, so its WebSocket's Origin is that server's.
                 "WSNODE_ALLOWED_ORIGINS": f"http://127.0.0.1:{demo_port},http://localhost:{demo_port}",
             }
+            amqp = _amqp_answers(DEMO_AMQP_URL)
+            if amqp:  # the nodes also take pushes from RabbitMQ
+                node_env.update({"WSNODE_AMQP_URL": DEMO_AMQP_URL, "WSNODE_AMQP_QUEUE": DEMO_AMQP_QUEUE})
             for name in ("node-a", "node-b"):
                 port = free_port()
                 node = group.python(name, "wsnode", "--host", "127.0.0.1", "--port", str(port),
@@ -99,6 +142,7 @@ Push to alice:
   curl -s -X POST {base}/ws-svc/api/v1/push -H 'Authorization: Bearer {DEMO_API_KEY}' \\
        -H 'Content-Type: application/json' \\
        -d '{{"to":{{"users":["alice"]}},"module":"notices","event":"created","data":{{"text":"hello"}}}}'
+{_amqp_line(amqp)}
 Ctrl-C stops everything.""", flush=True)
             if args.check:
                 # The page's own pieces: its config, and the client script the nodes serve through the gateway.
@@ -107,6 +151,9 @@ Ctrl-C stops everything.""", flush=True)
                     if status != 200:
                         print(f"check failed: {url} answered {status}", file=sys.stderr)
                         return 1
+                if amqp and not _amqp_consuming(f"{base}/ws-svc/health"):
+                    print(f"check failed: the nodes do not consume {DEMO_AMQP_QUEUE}", file=sys.stderr)
+                    return 1
             else:
                 while not stop.is_set() and all(p.alive() for p in group.processes):
                     stop.wait(0.5)

@@ -76,6 +76,7 @@ def build_app(settings: NodeSettings) -> web.Application:
     management = Management(node, supervisor, BearerKeys(settings.api_keys + settings.management_keys,
                                                          open=open_without_key))
     app[MANAGEMENT_KEY] = management
+    ingest = management.ingest  # the RabbitMQ and outbox consumers (brokers_ctx)
 
     app.router.add_get("/websocket", endpoint.handle)
     app.router.add_get("/health", management.public_health)
@@ -103,6 +104,26 @@ def build_app(settings: NodeSettings) -> web.Application:
         yield
         await supervisor.stop()
 
+    async def brokers_ctx(app: web.Application) -> AsyncIterator[None]:
+        if settings.amqp_url:
+            from wsnode.amqp_consumer import AmqpConsumer
+
+            amqp = AmqpConsumer(settings.amqp_url, settings.amqp_queue, prefetch=settings.amqp_prefetch,
+                                push=lambda request, key: node.push(request, source="amqp", dedupe_key=key))
+            ingest.append(amqp.status)
+            supervisor.start("amqp", amqp.run)
+        if settings.outbox_dsn:
+            from wsnode import outbox
+
+            drain = outbox.consumer(settings.outbox_dsn, batch=settings.outbox_batch, poll_s=settings.outbox_poll_s,
+                                    push=lambda request, key: node.push(request, source="outbox", dedupe_key=key))
+            ingest.append(drain.status)
+            supervisor.start("outbox", drain.run)
+        yield
+        # Before Redis closes: a consumer stopped mid-batch acks and deletes nothing, so nothing is lost.
+        await supervisor.cancel("amqp")
+        await supervisor.cancel("outbox")
+
     async def consul_ctx(app: web.Application) -> AsyncIterator[None]:
         if not settings.consul_addr:
             yield
@@ -125,7 +146,7 @@ def build_app(settings: NodeSettings) -> web.Application:
     async def on_shutdown(app: web.Application) -> None:
         await node.close_all()
 
-    app.cleanup_ctx.extend([redis_ctx, loops_ctx, consul_ctx])
+    app.cleanup_ctx.extend([redis_ctx, loops_ctx, brokers_ctx, consul_ctx])
     app.on_shutdown.append(on_shutdown)
     return app
 

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from wsnode import metrics
 from wsnode.auth import BearerKeys
+from wsnode.ingest import IngestStatus
 from wsnode.node import Node
 from wsnode.supervisor import Supervisor
 
@@ -19,14 +20,17 @@ class Management:
         self.node = node
         self.supervisor = supervisor
         self.keys = keys
+        self.ingest: list[IngestStatus] = []  # the RabbitMQ and outbox consumers, when configured
 
     async def details(self) -> tuple[bool, dict[str, object]]:
-        """(UP?, the detailed health): Redis, pub/sub and every supervised task."""
+        """(UP?, the detailed health): Redis, pub/sub, every supervised task, and the broker/outbox consumers."""
         up, details = await self.node.healthy()
         if self.supervisor.down:
             up = False
             details["status"] = "DOWN"
         details["tasks"] = self.supervisor.status()
+        # Shown, but not part of UP: a broker outage must not take the node's WebSockets out of Consul.
+        details.update({status.source: status.as_json() for status in self.ingest})
         return up, details
 
     async def public_health(self, request: web.Request) -> web.Response:

@@ -14,6 +14,7 @@ from wsnode.errors import SettingsError
 from wsnode.redis_urls import RedisUrlError, split_redis_urls
 
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+OUTBOX_SCHEMES = ("postgresql://", "postgres://", "mysql://", "mariadb://")
 
 
 def consul_check_timeout_s(check_interval_s: float) -> float:
@@ -72,6 +73,13 @@ class NodeSettings:
     consul_deregister_after_s: float = 60.0
     drain_delay_s: float = 1.0
     stream_claim_idle_s: float = 30.0
+    # Pushes from RabbitMQ and from a transactional outbox (wsnode/amqp_consumer.py, wsnode/outbox/); off when unset.
+    amqp_url: str | None = None
+    amqp_queue: str = "wsgate.push"
+    amqp_prefetch: int = 64
+    outbox_dsn: str | None = None
+    outbox_batch: int = 100
+    outbox_poll_s: float = 1.0
     token_leeway_s: float = 5.0
     redis_max_connections: int = 64
     redis_min_replicas: int = 0  # a stored push is answered 202 only once this many replicas have it (WAIT)
@@ -93,7 +101,8 @@ class NodeSettings:
             raise SettingsError("--jwt-public-key must name a PEM public key file")
         for name in ("session_ttl_s", "session_refresh_s", "heartbeat_s", "client_rate_per_s", "publish_rate_per_s",
                      "revoke_ttl_s", "store_max_age_s", "consul_check_interval_s", "consul_deregister_after_s",
-                     "stream_claim_idle_s", "pubsub_heartbeat_s", "pubsub_timeout_s", "route_grace_s"):
+                     "stream_claim_idle_s", "pubsub_heartbeat_s", "pubsub_timeout_s", "route_grace_s",
+                     "outbox_poll_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive")
         if self.redis_max_connections < 4:
@@ -102,6 +111,7 @@ class NodeSettings:
             raise SettingsError(f"--redis-min-replicas must be >= 0, not {self.redis_min_replicas}")
         if self.redis_wait_timeout_s <= 0:
             raise SettingsError(f"--redis-wait-timeout must be > 0, not {self.redis_wait_timeout_s}")
+        self._check_brokers()
         for name in ("send_queue_max", "max_frame_bytes", "client_burst", "store_max_count", "max_sessions_per_user"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1")
@@ -124,6 +134,18 @@ class NodeSettings:
             raise SettingsError("session refresh interval must be shorter than the session expiry")
         if self.pubsub_timeout_s <= self.pubsub_heartbeat_s:
             raise SettingsError("--pubsub-timeout must be longer than --pubsub-heartbeat")
+
+    def _check_brokers(self) -> None:
+        if self.amqp_url is not None and not self.amqp_url.startswith(("amqp://", "amqps://")):
+            raise SettingsError("--amqp-url must be an amqp:// or amqps:// URL")
+        if not 0 < len(self.amqp_queue) <= 200:
+            raise SettingsError("--amqp-queue must be 1-200 characters")
+        if not 1 <= self.amqp_prefetch <= 10_000:
+            raise SettingsError("--amqp-prefetch must be 1-10000")
+        if self.outbox_dsn is not None and not self.outbox_dsn.startswith(OUTBOX_SCHEMES):
+            raise SettingsError(f"--outbox-dsn must start with one of {', '.join(OUTBOX_SCHEMES)}")
+        if not 1 <= self.outbox_batch <= 10_000:
+            raise SettingsError("--outbox-batch must be 1-10000")
 
     def _check_redis_urls(self) -> None:
         try:
@@ -192,6 +214,12 @@ _FLAGS: dict[str, tuple[str, str, str]] = {
     "--consul-deregister-after": ("WSNODE_CONSUL_DEREGISTER_AFTER_S", "consul_deregister_after_s", "float"),
     "--drain-delay": ("WSNODE_DRAIN_DELAY_S", "drain_delay_s", "float"),
     "--stream-claim-idle": ("WSNODE_STREAM_CLAIM_IDLE_S", "stream_claim_idle_s", "float"),
+    "--amqp-url": ("WSNODE_AMQP_URL", "amqp_url", "str"),
+    "--amqp-queue": ("WSNODE_AMQP_QUEUE", "amqp_queue", "str"),
+    "--amqp-prefetch": ("WSNODE_AMQP_PREFETCH", "amqp_prefetch", "int"),
+    "--outbox-dsn": ("WSNODE_OUTBOX_DSN", "outbox_dsn", "str"),
+    "--outbox-batch": ("WSNODE_OUTBOX_BATCH", "outbox_batch", "int"),
+    "--outbox-poll": ("WSNODE_OUTBOX_POLL_S", "outbox_poll_s", "float"),
     "--token-leeway": ("WSNODE_TOKEN_LEEWAY_S", "token_leeway_s", "float"),
     "--ws-compress": ("WSNODE_WS_COMPRESS", "ws_compress", "bool"),
     "--redis-max-connections": ("WSNODE_REDIS_MAX_CONNECTIONS", "redis_max_connections", "int"),
@@ -249,6 +277,12 @@ _HELP: dict[str, str] = {
     '--consul-deregister-after': 'seconds critical before Consul removes the node (default 60)',
     '--drain-delay': 'seconds between leaving Consul and closing sessions on SIGTERM (default 1)',
     '--stream-claim-idle': 'seconds before a pending push stream entry of another consumer is claimed (default 30)',
+    '--amqp-url': 'RabbitMQ URL (amqp://user:pass@host:5672/vhost); consume pushes from --amqp-queue when set',
+    '--amqp-queue': 'durable queue of pushes, dead letters to <queue>.dead (default wsgate.push)',
+    '--amqp-prefetch': 'unacknowledged RabbitMQ messages this node holds at once (default 64)',
+    '--outbox-dsn': 'transactional outbox database (postgresql://... or mysql://...); push its rows when set',
+    '--outbox-batch': 'outbox rows claimed per transaction (default 100)',
+    '--outbox-poll': 'seconds between outbox polls when no notification wakes the node (default 1)',
     '--token-leeway': 'clock skew tolerated on exp/nbf, seconds (default 5)',
     '--ws-compress': 'offer permessage-deflate (off: memory)',
     '--redis-max-connections': 'Redis connection pool size, per shard (default 64)',
@@ -325,8 +359,9 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> NodeSettin
         values["node_id"] = re.sub(r"[^A-Za-z0-9_.-]", "-", str(values["node_id"]))
     if "session_ttl_s" in values and "session_refresh_s" not in values:
         values["session_refresh_s"] = float(values["session_ttl_s"]) / 3  # type: ignore[arg-type]
-    if values.get("consul_addr") == "":
-        values["consul_addr"] = None
+    for optional in ("consul_addr", "amqp_url", "outbox_dsn"):
+        if values.get(optional) == "":
+            values[optional] = None
     known = {f.name for f in fields(NodeSettings)}
     assert set(values) <= known
     return NodeSettings(**values)  # type: ignore[arg-type]
