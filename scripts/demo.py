@@ -58,14 +58,15 @@ def mint_token(user: str, *, ttl_s: int = 3600) -> str:
 
 
 def _amqp_consuming(health_url: str, *, timeout_s: float = 20.0) -> bool:
-    """True once a node's /health (through the gateway) shows its RabbitMQ consumer UP."""
+    """True once a node's detailed /health (read with the management key) shows its RabbitMQ consumer UP."""
     import json
     import urllib.request
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(health_url, timeout=2) as response:
+            request = urllib.request.Request(health_url, headers={"Authorization": f"Bearer {DEMO_MANAGEMENT_KEY}"})
+            with urllib.request.urlopen(request, timeout=2) as response:
                 if json.loads(response.read()).get("amqp", {}).get("status") == "UP":
                     return True
         except (OSError, ValueError):
@@ -113,11 +114,13 @@ def main(argv: list[str] | None = None) -> int:
             amqp = _amqp_answers(DEMO_AMQP_URL)
             if amqp:  # the nodes also take pushes from RabbitMQ
                 node_env.update({"WSNODE_AMQP_URL": DEMO_AMQP_URL, "WSNODE_AMQP_QUEUE": DEMO_AMQP_QUEUE})
+            node_health = []
             for name in ("node-a", "node-b"):
                 port = free_port()
                 node = group.python(name, "wsnode", "--host", "127.0.0.1", "--port", str(port),
                                     "--node-id", name, env=node_env)
                 node.wait_http_ready(f"http://127.0.0.1:{port}/health")
+                node_health.append(f"http://127.0.0.1:{port}/health")
             gw_port = _port(args.gateway_port)
             gateway = group.python("gateway", "gateway", "--config", "routes.yaml", "--host", "127.0.0.1",
                                    "--port", str(gw_port),
@@ -151,7 +154,7 @@ Ctrl-C stops everything.""", flush=True)
                     if status != 200:
                         print(f"check failed: {url} answered {status}", file=sys.stderr)
                         return 1
-                if amqp and not _amqp_consuming(f"{base}/ws-svc/health"):
+                if amqp and not all(_amqp_consuming(url) for url in node_health):
                     print(f"check failed: the nodes do not consume {DEMO_AMQP_QUEUE}", file=sys.stderr)
                     return 1
             else:
