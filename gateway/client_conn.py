@@ -10,8 +10,7 @@ from gateway.config import ServerSettings
 from gateway.conn import BARE_CR_OR_LF, Conn
 from gateway.errors import GatewayError, HeadTooLarge, RequestTimeout
 from gateway.httpparse import HEAD_END
-
-LINGER_S = 5.0  # nginx's lingering_timeout: how long input is drained after an error answer before closing
+from gateway.linger import LINGER_S  # nginx's lingering_timeout, the same for error answers and tunnels
 
 
 class ConnOwner(Protocol):

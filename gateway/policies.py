@@ -335,7 +335,7 @@ async def serve_policies(server: GatewayServer, conn: ClientConn, head: RequestH
     def answer(own: LocalAnswer) -> tuple[bool, bool]:
         keep = head.keep_alive and request_framing(head)[0] is Framing.NONE  # an unread body: close after
         status, data = local_answer(own, plan, keep_alive=keep, head_request=head.method == "HEAD")
-        server.count_and_log(remote, head, status, route.id, started)
+        server.accounting.answered(remote, head, status, route.id, started)
         conn.write(data)
         return keep, False
 

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from gateway import policies
+from gateway.accounting import Accounting
 from gateway.balancer import Balancer
 from gateway.client_conn import ClientConn
 from gateway.config import RouteSpec, ServerSettings
@@ -46,7 +47,7 @@ from gateway.httpparse import (
     response_framing,
     serialize_head,
 )
-from gateway.metrics import Labels, Metrics, series_key
+from gateway.metrics import Metrics
 from gateway.model import ForwardPlan, Headers, RateLimit, RequestView
 from gateway.plugins import Response, run_plugin_filters
 from gateway.ratelimit import RateDecision
@@ -55,9 +56,7 @@ from gateway.targets import RouteTarget, RoutingState, ip_literal
 from gateway.tunnels import Tunnels
 
 log = logging.getLogger("gateway.server")
-access_log = logging.getLogger("gateway.access")
 
-_MAX_CACHED_KEYS = 4096  # bounds the per-worker cache of metric keys
 AdminHandler = Callable[[RequestHead], Awaitable[tuple[int, str, bytes]]]
 
 
@@ -90,7 +89,7 @@ class GatewayServer:
         self.draining = False
         self._targets: dict[str, RouteTarget] = {}
         self._targets_state: RoutingState | None = None
-        self._request_keys: dict[tuple[str, int], tuple[str, Labels]] = {}
+        self.accounting = Accounting(metrics, lambda: self.settings)
         self.breakers = policies.Breakers()  # CircuitBreaker state by id, kept across reloads
         metrics.gauge("wsgate_open_connections", lambda: float(len(self.connections)))
 
@@ -151,8 +150,7 @@ class GatewayServer:
 
     def refuse(self, conn: Conn, error: GatewayError) -> None:
         """Answer `error` and close (no request was read)."""
-        self._count("-", error.status)
-        access_log.info('%s "-" %d %s', self._client_addr(conn), error.status, error)
+        self.accounting.refused(self._client_addr(conn), error.status, error)
         conn.write(simple_response(error.status, error_body(error, ""), close=True))
         if isinstance(conn, ClientConn):
             conn.close_lingering()
@@ -202,8 +200,7 @@ class GatewayServer:
                     return
         except GatewayError as error:
             # Errors before a route was chosen: bad, slow or oversized heads.
-            self._count("-", error.status)
-            access_log.info('%s "-" %d %s', remote, error.status, error)
+            self.accounting.refused(remote, error.status, error)
             conn.write(simple_response(error.status, error_body(error, ""), close=True))
             errored = True
         except (ConnectionError, OSError) as exc:
@@ -217,15 +214,6 @@ class GatewayServer:
                 conn.close_lingering()  # the answer must not be lost to a reset caused by unread input
             elif not handed_over:
                 conn.close()
-
-    def _count(self, route: str, status: int) -> None:
-        key = self._request_keys.get((route, status))
-        if key is None:
-            if len(self._request_keys) >= _MAX_CACHED_KEYS:
-                self._request_keys.clear()
-            key = self._request_keys[(route, status)] = series_key("wsgate_requests_total", route=route,
-                                                                   status=str(status))
-        self.metrics.add_series(key)
 
     def _target(self, route: RouteSpec) -> RouteTarget:
         """`route`'s dialing parameters under the configuration in force."""
@@ -252,18 +240,18 @@ class GatewayServer:
                 raise BadRequest("actuator requests take no body")
             status, ctype, body = await self.admin(head)
             conn.write(simple_response(status, body, content_type=ctype, close=not head.keep_alive))
-            self._log(remote, head, status, "actuator", "-", started)
+            self.accounting.log(remote, head, status, "actuator", "-", started)
             return head.keep_alive, False
         view = RequestView(head.method, path, query, head.headers, remote, scheme)
         state = self.state
         match = state.table.match(view)
         if match is None:
-            self._count("-", 404)
+            self.accounting.count("-", 404)
             body = error_body(NoRoute("no route matches"), path)
             # A body we did not read would be taken for the next request: close instead.
             keep = head.keep_alive and request_framing(head)[0] is Framing.NONE
             conn.write(simple_response(404, body, close=not keep))
-            self._log(remote, head, 404, "-", "-", started)
+            self.accounting.log(remote, head, 404, "-", "-", started)
             return keep, False
         route = match.route
         try:
@@ -288,8 +276,8 @@ class GatewayServer:
             return await self.forward(conn, head, view, route, plan, remote=remote, scheme=scheme,
                                        started=started, extra_headers=limit_headers)
         except GatewayError as error:
-            self._count(route.id, error.status)
-            self._log(remote, head, error.status, route.id, "-", started)
+            self.accounting.count(route.id, error.status)
+            self.accounting.log(remote, head, error.status, route.id, "-", started)
             conn.write(simple_response(error.status, error_body(error, head.path), close=True))
             return False, False
 
@@ -302,23 +290,12 @@ class GatewayServer:
     def _answer_here(self, conn: ClientConn, head: RequestHead, route_id: str, answer: Response, remote: str,
                      started: float) -> bool:
         """Answer without dialing (a rate limiter's refusal, a plugin filter's own answer); keep the connection?"""
-        self._count(route_id, answer.status)
-        self._log(remote, head, answer.status, route_id, "-", started)
+        self.accounting.count(route_id, answer.status)
+        self.accounting.log(remote, head, answer.status, route_id, "-", started)
         body, ctype = answer.encoded()
         keep = head.keep_alive and request_framing(head)[0] is Framing.NONE
         conn.write(simple_response(answer.status, body, content_type=ctype, close=not keep, extra=answer.headers))
         return keep
-
-    def count_and_log(self, remote: str, head: RequestHead, status: int, route: str, started: float) -> None:
-        """Count and log an answer the gateway gave itself."""
-        self._count(route, status)
-        self._log(remote, head, status, route, "-", started)
-
-    def _log(self, remote: str, head: RequestHead, status: int, route: str, instance: str, started: float) -> None:
-        # The path only: a query string may hold a token or a key (?token=...), which no log line may hold.
-        if self.settings.access_log:
-            access_log.info('%s "%s %s %s" %d route=%s instance=%s %.1fms', remote, head.method, head.path,
-                            head.version, status, route, instance, (time.monotonic() - started) * 1000)
 
     async def _connect(self, route: RouteSpec, target: RouteTarget, view: RequestView,
                        loop: asyncio.AbstractEventLoop | None, *, pooled: bool) -> tuple[Endpoint, Conn, bool]:
@@ -380,7 +357,7 @@ class GatewayServer:
                 response = await read_response(conn, upstream, timeout_s, upgrade=upgrade)
         except BaseException as error:
             upstream.close()
-            self._count_upstream_error(route, endpoint, error)
+            self.accounting.upstream_error(route, endpoint, error)
             raise
         return await self._answer(conn, upstream, head, response, route, plan, endpoint, remote=remote,
                                   started=started, upgrade=upgrade, extra_headers=extra_headers,
@@ -392,11 +369,6 @@ class GatewayServer:
             plan_headers, upgrade=upgrade, client_addr=remote, proto=scheme, prefix=plan.prefix,
             preserve_host=plan.preserve_host, upstream_authority=authority(endpoint.host, endpoint.port, target.scheme))
         return serialize_head(f"{head.method} {plan.target} HTTP/1.1", headers)
-
-    def _count_upstream_error(self, route: RouteSpec, endpoint: Endpoint, error: BaseException) -> None:
-        if isinstance(error, (UpstreamTimeout, BadGateway)):
-            self.metrics.add("wsgate_upstream_errors_total", 1, route=route.id, instance=endpoint.address,
-                             reason="timeout" if isinstance(error, UpstreamTimeout) else "bad-response")
 
     def _endpoints(self, target: RouteTarget) -> tuple[Endpoint, ...]:
         """The instances `target` may dial now; NoInstance (503 naming the service) when there are none."""
@@ -440,8 +412,8 @@ class GatewayServer:
                 return None
             result = await waiting
             if result.tunnel is not None:
-                self._count(route.id, 101)
-                self._log(remote, head, 101, route.id, endpoint.address, started)
+                self.accounting.count(route.id, 101)
+                self.accounting.log(remote, head, 101, route.id, endpoint.address, started)
                 self.connection_closed(conn)  # the client connection now belongs to the tunnel
                 return False, True
             if result.failure in ("refused", "connect-timeout"):
@@ -460,7 +432,7 @@ class GatewayServer:
             except BaseException as error:
                 if upstream is not None:
                     upstream.close()
-                self._count_upstream_error(route, endpoint, error)
+                self.accounting.upstream_error(route, endpoint, error)
                 raise
             return await self._answer(conn, upstream, head, response, route, plan, endpoint, remote=remote,
                                       started=started, upgrade=True, extra_headers=(),
@@ -475,8 +447,8 @@ class GatewayServer:
         response_headers = (*response.headers, *extra_headers) if extra_headers else response.headers
         if plan.response_headers:
             response, response_headers = policies.edit_response(response, response_headers, plan)
-        self._count(route.id, response.status)
-        self._log(remote, head, response.status, route.id, endpoint.address, started)
+        self.accounting.count(route.id, response.status)
+        self.accounting.log(remote, head, response.status, route.id, endpoint.address, started)
         if plan.body_edits and not (response.status == 101 and upgrade):
             return await policies.relay_buffered(conn, upstream, head, response, response_headers, plan), False
         if response.status == 101 and upgrade:
@@ -501,7 +473,7 @@ class GatewayServer:
         except GatewayError as error:  # the client has the head already: close both, never pool a doubtful one
             upstream.close()
             conn.close()
-            self._count_upstream_error(route, endpoint, error)
+            self.accounting.upstream_error(route, endpoint, error)
             return False
         self.metrics.add("wsgate_http_bytes_total", nbytes, route=route.id, direction="downstream")
         upstream_keep = (response.version == "HTTP/1.1" and framing is not Framing.UNTIL_CLOSE and not upgrade

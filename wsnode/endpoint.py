@@ -68,13 +68,14 @@ class Endpoint:
         settings = self.node.settings
         if self.node.draining:
             return _refuse(503, "node is draining")
-        if not self.node.router.subscribed.is_set():
-            # Without the pub/sub subscription this session would miss live pushes.
-            return _refuse(503, "node is not subscribed to its channels yet")
         query = _query_params(request.raw_path)
         try:
             check_origin(request.headers.get("Origin"), settings.allowed_origins)
             identity = self.verifier.verify(extract_token(request.headers.get("Authorization"), query.get("token")))
+            if not self.node.router.live(self.node.shards.index_of(identity.user)):
+                # Without the subscription on the user's shard this session would miss live pushes. Users whose
+                # data lives on other shards are served (CONTRACT section 7: a lost shard costs only its users).
+                return _refuse(503, "node is not subscribed on the Redis shard that holds this user")
             held = 0 if identity.anonymous else await self.node.admit(identity.user, identity.issued_at)
         except AuthError as exc:
             return _refuse(exc.status, exc.reason)

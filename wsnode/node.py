@@ -403,25 +403,32 @@ class Node:
             self.check_routing(loop.time())
 
     async def healthy(self) -> tuple[bool, dict[str, Any]]:
-        """(UP?, details) for /health: every Redis shard answers and every pub/sub subscription is live.
+        """(UP?, details) for /health, per shard: a shard serves when it answers and its subscription is live.
 
+        With one Redis, UP means it serves (and the node registered its sessions again after a gap). With several
+        shards the node stays UP while any shard serves: losing one shard costs only the users whose data lives
+        there (their upgrades and pushes get 503), not a Consul check that takes every user's node away.
         Answers within half the Consul check's timeout (Redis is waited for that long), so during a silent partition
         Consul gets a 503, not a timeout."""
-        try:
-            await asyncio.wait_for(gather_all([client.ping() for client in self.shards.all]),
-                                   self.settings.health_redis_timeout_s)
-            if not self.redis_ok and self._recovery is None:
-                # First answer after a gap (Redis may have restarted empty): in the background, drop pooled
-                # connections to the old server and register the sessions again; DOWN until that is done.
-                self._recovery = asyncio.get_running_loop().create_task(self._recover())
-            redis_up = self.redis_ok
-        except (RedisError, OSError, TimeoutError):
-            redis_up = False
-        subscribed = self.router.subscribed.is_set()
-        up = redis_up and subscribed and not self.draining
-        return up, {"status": "UP" if up else "DOWN", "node": self.settings.node_id,
-                    "redis": "UP" if redis_up else "DOWN", "pubsub": "UP" if subscribed else "DOWN",
-                    "sessions": len(self.sessions), "draining": self.draining}
+        timeout_s = self.settings.health_redis_timeout_s
+        answers = await asyncio.gather(*(asyncio.wait_for(client.ping(), timeout_s) for client in self.shards.all),
+                                       return_exceptions=True)
+        pinged = [not isinstance(answer, BaseException) for answer in answers]
+        if all(pinged) and not self.redis_ok and self._recovery is None:
+            # First answer after a gap (Redis may have restarted empty): in the background, drop pooled
+            # connections to the old server and register the sessions again; a lone Redis is DOWN until then.
+            self._recovery = asyncio.get_running_loop().create_task(self._recover())
+        live = [self.router.live(index) for index in range(self.shards.count)]
+        serving = [ping and sub for ping, sub in zip(pinged, live, strict=True)]
+        up = not self.draining and any(serving) and (self.shards.count > 1 or self.redis_ok)
+        details: dict[str, Any] = {
+            "status": "UP" if up else "DOWN", "node": self.settings.node_id,
+            "redis": _overall(pinged if self.shards.count > 1 else [pinged[0] and self.redis_ok]),
+            "pubsub": _overall(live), "sessions": len(self.sessions), "draining": self.draining}
+        if self.shards.count > 1:
+            details["shards"] = [{"shard": index, "redis": "UP" if ping else "DOWN", "pubsub": "UP" if sub else "DOWN"}
+                                 for index, (ping, sub) in enumerate(zip(pinged, live, strict=True))]
+        return up, details
 
     async def _recover(self) -> None:
         try:
@@ -447,3 +454,8 @@ class Node:
             await self.registry.leave()
         except (RedisError, OSError) as exc:
             log.warning("could not remove sessions from redis on drain: %s", exc)
+
+
+def _overall(states: list[bool]) -> str:
+    """UP when every shard is, DOWN when none is, DEGRADED in between."""
+    return "UP" if all(states) else "DOWN" if not any(states) else "DEGRADED"

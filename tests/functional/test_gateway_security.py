@@ -1,6 +1,6 @@
 """A real gateway process: no query string (token, key) in its log, the shipped routes.yaml keeps management data
 private (issue 13, items 3 and 7, the gateway's part), and a silent instance is cut off by the route's response
-timeout (issue 14, item 3). docs/security-gateway.md."""
+timeout (issue 14, item 3). docs/security.md#gateway."""
 
 from __future__ import annotations
 

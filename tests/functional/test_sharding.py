@@ -19,7 +19,18 @@ import redis.asyncio as aioredis
 
 from harness import ProcessGroup, free_port, http_status, unique_prefix
 from tests.functional.test_outage_redis import EPHEMERAL, OwnRedis, start_node_on
-from tests.wsnode.conftest import API_KEY, FAST, SECRET, Client, NodeProc, api_get, eventually, make_token, push
+from tests.wsnode.conftest import (
+    API_KEY,
+    FAST,
+    SECRET,
+    WITH_KEY,
+    Client,
+    NodeProc,
+    api_get,
+    eventually,
+    make_token,
+    push,
+)
 from wsnode.keys import Keys
 from wsnode.sharding import shard_of
 
@@ -184,22 +195,55 @@ async def test_sharding_per_shard_load_divides(sharded: ShardedCluster) -> None:
         assert int(calls) >= on_shard[index] * pushes
 
 
-async def test_sharding_one_shard_down_turns_health_red_then_recovers(sharded: ShardedCluster) -> None:
+async def test_sharding_one_shard_down_costs_only_its_users(sharded: ShardedCluster) -> None:
+    """CONTRACT section 7: with one shard lost the nodes stay UP (Consul keeps them), users of the other shard
+    connect and receive, users of the lost shard get 503 with a reason; once it is back everyone is served."""
     a, b = sharded.nodes
-    user = users_on(1, 1, "down")[0]
-    client, _ = await sharded.open(a, user)
+    lost_user, kept_user = users_on(1, 1, "down")[0], users_on(0, 2, "up")
+    client, _ = await sharded.open(a, lost_user)
 
-    async def health(node: NodeProc) -> int:
-        async with sharded.http.get(f"{node.url}/health") as resp:
-            return resp.status
+    async def shard_1_down_everywhere() -> bool:
+        for node in (a, b):
+            async with sharded.http.get(f"{node.url}/health", headers=WITH_KEY) as resp:
+                health = await resp.json()
+            if resp.status != 200 or health["shards"][1]["redis"] != "DOWN" or health["redis"] != "DEGRADED":
+                return False
+        return True
 
     await sharded.redis[1].stop()
-    await eventually(lambda: _all(health, (a, b), 503), timeout_s=10)
-    await sharded.redis[1].start()  # empty: the nodes register their sessions on it again before turning UP
-    await eventually(lambda: _all(health, (a, b), 200), timeout_s=15)
-    status, answer = await push(sharded.http, b, {"to": {"users": [user]}, "module": "m", "data": "after"})
+    await eventually(shard_1_down_everywhere, timeout_s=10)
+    # Users of shard 0: a new connection on either node, and pushes to them.
+    kept_client, _ = await sharded.open(b, kept_user[0])
+    status, answer = await push(sharded.http, a, {"to": {"users": [kept_user[0]]}, "module": "m", "data": "kept"})
+    assert status == 202 and answer["online_sessions"] == 1, answer
+    assert (await kept_client.next_of("message", timeout_s=10))["data"] == "kept"
+    # Users of shard 1: refused with a reason, never a 202 that is then dropped.
+    status, answer = await push(sharded.http, b, {"to": {"users": [lost_user]}, "module": "m", "data": "lost"})
+    assert status == 503 and "redis" in answer["error"], answer
+    handshake = b.ws_url.replace("ws://", "http://")  # the node answers before it would upgrade
+    async with sharded.http.get(handshake, params={"token": make_token(users_on(1, 2, "down")[1])}) as resp:
+        assert resp.status == 503 and "shard" in (await resp.json())["error"]
+
+    await sharded.redis[1].start()  # empty: the nodes register their sessions on it again
+    async def all_up() -> bool:
+        return await _all(lambda node: _health_status(sharded, node), (a, b), 200) and not await shard_1_down_anywhere()
+
+    async def shard_1_down_anywhere() -> bool:
+        for node in (a, b):
+            async with sharded.http.get(f"{node.url}/health", headers=WITH_KEY) as resp:
+                if (await resp.json())["shards"][1]["pubsub"] != "UP":
+                    return True
+        return False
+
+    await eventually(all_up, timeout_s=15)
+    status, answer = await push(sharded.http, b, {"to": {"users": [lost_user]}, "module": "m", "data": "after"})
     assert status == 202 and answer["online_sessions"] == 1, answer
     assert (await client.next_of("message", timeout_s=10))["data"] == "after"
+
+
+async def _health_status(sharded: ShardedCluster, node: NodeProc) -> int:
+    async with sharded.http.get(f"{node.url}/health") as resp:
+        return resp.status
 
 
 async def test_sharding_hand_over_after_the_grace_closes_only_users_of_the_lost_shard(
