@@ -25,9 +25,10 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -37,6 +38,7 @@ from bench.fanout_push import NodePusher
 from harness import ManagedProcess, ProcessGroup, RedisInfo, delete_prefix, free_port, provide_redis
 
 SERVICE = "bench-ws"
+T = TypeVar("T")
 MARKER = "bench-marker"
 
 GATEWAY_ROUTES = """
@@ -391,6 +393,22 @@ def own_redis(group: ProcessGroup, workdir: Path) -> Any:
     yield RedisInfo("127.0.0.1", port)
 
 
+def run_with_own_redis(prefix: str, main: Callable[[ProcessGroup, RedisInfo], Coroutine[Any, Any, T]]) -> T:
+    """Run `main` under uvloop with a process group and a Redis of its own; the logs go to stderr if it fails."""
+    import uvloop
+
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    group = ProcessGroup(workdir / "logs")
+    try:
+        with own_redis(group, workdir) as redis_info:
+            return uvloop.run(main(group, redis_info))
+    except BaseException:
+        print(group.logs()[-8000:], file=sys.stderr)
+        raise
+    finally:
+        group.stop_all()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer pushes and clients (development)")
@@ -412,18 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.pushes, args.broadcasts, args.clients_per_node = min(args.pushes, 200), min(args.broadcasts, 5), 4
         args.probe_sessions = min(args.probe_sessions, 500)
-    workdir = Path(tempfile.mkdtemp(prefix="wsgate-scaleout-"))
-    group = ProcessGroup(workdir / "logs")
-    try:
-        import uvloop
-
-        with own_redis(group, workdir) as redis_info:
-            result = uvloop.run(run(args, group, redis_info))
-    except BaseException:
-        print(group.logs()[-8000:], file=sys.stderr)
-        raise
-    finally:
-        group.stop_all()
+    result = run_with_own_redis("wsgate-scaleout-", lambda group, redis_info: run(args, group, redis_info))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

@@ -19,7 +19,6 @@ import json
 import random
 import resource
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from typing import Any, cast
 import aiohttp
 import jwt
 
-from bench.scaleout import own_redis
+from bench.scaleout import run_with_own_redis
 from bench.wsproto_min import client_handshake, frame, parse_frames
 from harness import ProcessGroup, RedisInfo, delete_prefix, free_port
 
@@ -279,18 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     # Children inherit the raised soft limit: the client side and each process hold thousands of sockets.
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    workdir = Path(tempfile.mkdtemp(prefix="wsgate-storm-"))
-    group = ProcessGroup(workdir / "logs")
-    try:
-        import uvloop
-
-        with own_redis(group, workdir) as redis_info:
-            result = uvloop.run(run(args, group, redis_info))
-    except BaseException:
-        print(group.logs()[-8000:], file=sys.stderr)
-        raise
-    finally:
-        group.stop_all()
+    result = run_with_own_redis("wsgate-storm-", lambda group, redis_info: run(args, group, redis_info))
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
