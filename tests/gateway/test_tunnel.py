@@ -216,7 +216,9 @@ async def test_tunnel_delivers_close_code_of_a_node_that_closes_while_the_client
     node_port = free_port()
     node = procs.python("node", "wsnode", "--port", str(node_port), "--host", "127.0.0.1", "--node-id", "node",
                         "--redis", redis_server.url, "--redis-prefix", redis_prefix, "--jwt-secret", SECRET,
-                        "--api-key", API_KEY, "--max-frame-bytes", str(1 << 20))
+                        "--api-key", API_KEY, "--max-frame-bytes", str(1 << 20),
+                        # a publish budget per user must fit the largest frame the node takes
+                        "--publish-bytes-rate", str(1 << 20))
     await node.wait_http_ready_async(f"http://127.0.0.1:{node_port}/health")
     gw = await start_gateway(config(route("ws", f"ws://127.0.0.1:{node_port}", ["Path=/**"])))
     frame = os.urandom(16 << 20)
