@@ -9,9 +9,8 @@ from setuptools import Extension, setup
 
 ext_modules = []
 if sys.platform.startswith("linux"):  # epoll and eventfd
-    ext_modules.append(Extension("gateway._relay", ["gateway/_relay.c", "gateway/_relay_thread.c",
-                                                    "gateway/_relay_dial.c", "gateway/_relay_index.c"], depends=["gateway/_relay.h"],
-                                 optional=True,
+    sources = ["gateway/_relay.c", "gateway/_relay_thread.c", "gateway/_relay_dial.c", "gateway/_relay_index.c"]
+    ext_modules.append(Extension("gateway._relay", sources, depends=["gateway/_relay.h"], optional=True,
                                  extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]))
 
 setup(ext_modules=ext_modules)

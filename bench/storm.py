@@ -28,30 +28,13 @@ from typing import Any, cast
 import aiohttp
 import jwt
 
-from bench.scaleout import run_with_own_redis
+from bench.scaleout import GATEWAY_ROUTES, run_with_own_redis
 from bench.wsproto_min import client_handshake, frame, parse_frames
 from harness import ProcessGroup, RedisInfo, delete_prefix, free_port
 
 SECRET = "bench-secret-0123456789abcdef0123456789"
 API_KEY = "bench-key"
 SERVICE = "storm-ws"
-ROUTES = """
-server:
-  host: 127.0.0.1
-  port: {port}
-wsgate:
-  access-log: false
-discovery:
-  consul:
-    address: 127.0.0.1:{consul_port}
-routes:
-  - id: ws
-    uri: lb:ws://{service}
-    predicates:
-      - Path=/ws/**
-    filters:
-      - StripPrefix=1
-"""
 
 
 @dataclass
@@ -208,7 +191,7 @@ async def run(args: argparse.Namespace, group: ProcessGroup, redis_info: RedisIn
         nodes[node_id] = (proc, port)
     gateway_port = free_port()
     config = group.log_dir.parent / "storm-gateway.yaml"
-    config.write_text(ROUTES.format(port=gateway_port, consul_port=consul_port, service=SERVICE))
+    config.write_text(GATEWAY_ROUTES.format(port=gateway_port, consul_port=consul_port, service=SERVICE))
     group.python("gateway", "gateway", "--config", str(config), "--workers", str(args.workers),
                  "--log-level", "WARNING").wait_http_ready(f"http://127.0.0.1:{gateway_port}/actuator/health")
 
