@@ -7,8 +7,9 @@ import re
 import socket
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from wsnode.errors import SettingsError
 from wsnode.redis_urls import RedisUrlError, split_redis_urls
@@ -22,69 +23,150 @@ def consul_check_timeout_s(check_interval_s: float) -> float:
     return min(check_interval_s, 1.0)
 
 
+REQUIRED: Any = MISSING  # a setting without a default
+
+
+def setting(default: Any, flag: str, env: str, help_text: str, *, kind: str | None = None) -> Any:
+    """A NodeSettings field with its flag, environment variable and help: the one place a setting is declared.
+
+    `kind` (how the text of a flag or variable is read) follows the field's type: int, float, bool, a tuple is a
+    comma-separated list, anything else text; `path` reads a file's content."""
+    return field(default=default, metadata={"flag": flag, "env": env, "help": help_text, "kind": kind})
+
+
 @dataclass(frozen=True, slots=True)
 class NodeSettings:
     """Everything a node needs to run; invalid combinations cannot be built."""
 
-    port: int
-    host: str = "0.0.0.0"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_prefix: str = ""
-    consul_addr: str | None = None
-    consul_token: str | None = None
-    service_name: str = "ws-service"
-    node_id: str = ""
-    advertise_host: str = "127.0.0.1"
-    jwt_secret: str | None = None
-    jwt_public_key: str | None = None
-    jwt_allow_no_exp: bool = False
-    jwt_audience: str | None = None
-    jwt_issuer: str | None = None
-    api_keys: tuple[str, ...] = ()
+    port: int = setting(REQUIRED, "--port", "WSNODE_PORT",
+        'listen port')
+    host: str = setting("0.0.0.0", "--host", "WSNODE_HOST",
+        'listen address (default 0.0.0.0)')
+    redis_url: str = setting("redis://127.0.0.1:6379/0", "--redis", "REDIS_URL",
+        'Redis URL; several, comma-separated, shard users over them (order matters: keep it the same on '
+        'every node); redis+sentinel://host:26379[,host:26379]/<master>[/db] follows a Sentinel-watched '
+        'master')
+    redis_prefix: str = setting("", "--redis-prefix", "WSNODE_REDIS_PREFIX",
+        'prefix of every Redis key and channel')
+    consul_addr: str | None = setting(None, "--consul", "CONSUL_HTTP_ADDR",
+        'Consul agent (host:port or URL); registers when set')
+    consul_token: str | None = setting(None, "--consul-token", "CONSUL_HTTP_TOKEN",
+        'Consul ACL token')
+    service_name: str = setting("ws-service", "--service-name", "WSNODE_SERVICE_NAME",
+        'Consul service name (default ws-service)')
+    node_id: str = setting("", "--node-id", "WSNODE_NODE_ID",
+        'unique node id (default: host name + random)')
+    advertise_host: str = setting("127.0.0.1", "--advertise-host", "WSNODE_ADVERTISE_HOST",
+        'address registered in Consul (default 127.0.0.1)')
+    jwt_secret: str | None = setting(None, "--jwt-secret", "WSNODE_JWT_SECRET",
+        'HS256 secret for client tokens')
+    jwt_public_key: str | None = setting(None, "--jwt-public-key", "WSNODE_JWT_PUBLIC_KEY",
+        'path to a PEM public key for RS256 client tokens', kind='path')
+    jwt_allow_no_exp: bool = setting(False, "--jwt-allow-no-exp", "WSNODE_JWT_ALLOW_NO_EXP",
+        'accept client tokens without exp (they never expire; off by default)')
+    jwt_audience: str | None = setting(None, "--jwt-audience", "WSNODE_JWT_AUDIENCE",
+        'when set, client tokens must name it in aud')
+    jwt_issuer: str | None = setting(None, "--jwt-issuer", "WSNODE_JWT_ISSUER",
+        'when set, client tokens must carry it as iss')
+    api_keys: tuple[str, ...] = setting((), "--api-key", "WSNODE_API_KEY",
+        'push API bearer keys, comma-separated')
     # /metrics and the detailed /health: on this port without credentials when set, else with a key on `port`
-    management_port: int | None = None
-    management_host: str | None = None  # default: `host`
-    management_keys: tuple[str, ...] = ()  # keys that read management data only (the API keys read it too)
-    allowed_origins: tuple[str, ...] = ()
-    allow_anonymous: bool = False
-    publish_modules: tuple[str, ...] = ()  # modules clients may `publish` to; empty: any
-    tags: tuple[str, ...] = ()
+    management_port: int | None = setting(None, "--management-port", "WSNODE_MANAGEMENT_PORT",
+        'serve /metrics and the detailed /health on this port without credentials (keep it private); '
+        'without it they need an API or management key')
+    # default: `host`
+    management_host: str | None = setting(None, "--management-host", "WSNODE_MANAGEMENT_HOST",
+        'listen address of the management port (default: --host)')
+    # keys that read management data only (the API keys read it too)
+    management_keys: tuple[str, ...] = setting((), "--management-key", "WSNODE_MANAGEMENT_KEY",
+        'bearer keys that read /metrics and the detailed /health only, comma-separated')
+    allowed_origins: tuple[str, ...] = setting((), "--allowed-origins", "WSNODE_ALLOWED_ORIGINS",
+        'allowed browser Origins, comma-separated (empty: any)')
+    allow_anonymous: bool = setting(False, "--allow-anonymous", "WSNODE_ALLOW_ANONYMOUS",
+        'development: clients without token get a generated user id')
+    # modules clients may `publish` to; empty: any
+    publish_modules: tuple[str, ...] = setting((), "--publish-modules", "WSNODE_PUBLISH_MODULES",
+        'modules clients may publish to, comma-separated (empty: any)')
+    tags: tuple[str, ...] = setting((), "--tags", "WSNODE_TAGS",
+        'Consul tags, comma-separated')
     # Tunables (seconds, counts, bytes); tests shrink them to stay fast.
-    session_ttl_s: float = 30.0
-    session_refresh_s: float = 10.0
-    heartbeat_s: float = 20.0
-    send_queue_max: int = 1000
-    max_frame_bytes: int = 65536
-    client_rate_per_s: float = 50.0
-    client_burst: int = 100
-    max_sessions_per_user: int = 32
-    publish_rate_per_s: float = 20.0  # client publish frames per second per user, over all the user's sessions
-    publish_bytes_rate_per_s: int = 256 * 1024  # bytes of client publish frames per second per user
-    publish_stream_max_bytes: int = 256 * 1024 * 1024
-    revoke_ttl_s: float = 24 * 3600.0  # how long `disconnect?revoke=true` refuses a user's older tokens
-    store_max_count: int = 1000
-    store_max_age_s: float = 7 * 24 * 3600.0
-    consul_check_interval_s: float = 1.0
+    session_ttl_s: float = setting(30.0, "--session-ttl", "WSNODE_SESSION_TTL_S",
+        'seconds a session stays in Redis without refresh (default 30)')
+    session_refresh_s: float = setting(10.0, "--session-refresh", "WSNODE_SESSION_REFRESH_S",
+        'seconds between refreshes (default ttl/3)')
+    heartbeat_s: float = setting(20.0, "--heartbeat", "WSNODE_HEARTBEAT_S",
+        'seconds between server pings; no pong within half of it drops the peer (default 20)')
+    send_queue_max: int = setting(1000, "--send-queue-max", "WSNODE_SEND_QUEUE_MAX",
+        'frames queued per session before it is closed 4008 (default 1000)')
+    max_frame_bytes: int = setting(65536, "--max-frame-bytes", "WSNODE_MAX_FRAME_BYTES",
+        'largest client frame; bigger closes 1009 (default 65536)')
+    client_rate_per_s: float = setting(50.0, "--client-rate", "WSNODE_CLIENT_RATE_PER_S",
+        'client frames per second allowed (default 50)')
+    client_burst: int = setting(100, "--client-burst", "WSNODE_CLIENT_BURST",
+        'client frame burst (default 100)')
+    max_sessions_per_user: int = setting(32, "--max-sessions-per-user", "WSNODE_MAX_SESSIONS_PER_USER",
+        'sessions per user over all nodes; a new one closes the oldest with 1008 (default 32)')
+    # client publish frames per second per user, over all the user's sessions
+    publish_rate_per_s: float = setting(20.0, "--publish-rate", "WSNODE_PUBLISH_RATE",
+        'client publish frames per second per user, over all their sessions (default 20)')
+    # bytes of client publish frames per second per user
+    publish_bytes_rate_per_s: int = setting(256 * 1024, "--publish-bytes-rate", "WSNODE_PUBLISH_BYTES_RATE",
+        'bytes of client publish frames per second per user (default 262144)')
+    publish_stream_max_bytes: int = setting(
+        256 * 1024 * 1024, "--publish-stream-max-bytes", "WSNODE_PUBLISH_STREAM_MAX_BYTES",
+        'bytes the publish stream may hold; the oldest entries go (default 256 MiB)')
+    # how long `disconnect?revoke=true` refuses a user's older tokens
+    revoke_ttl_s: float = setting(24 * 3600.0, "--revoke-ttl", "WSNODE_REVOKE_TTL_S",
+        'seconds a revoke (disconnect?revoke=true) is kept; tokens should not live longer (default 86400)')
+    store_max_count: int = setting(1000, "--store-max-count", "WSNODE_STORE_MAX_COUNT",
+        'stored messages kept per user (default 1000)')
+    store_max_age_s: float = setting(7 * 24 * 3600.0, "--store-max-age", "WSNODE_STORE_MAX_AGE_S",
+        'seconds a stored message is kept (default 7 days)')
+    consul_check_interval_s: float = setting(1.0, "--consul-check-interval", "WSNODE_CONSUL_CHECK_INTERVAL_S",
+        'seconds between Consul health checks (default 1)')
     # Delivery resilience (docs/operations.md): pub/sub heartbeat period, the bound on its round trip before the
     # subscription counts as stalled, and how long the node may be unable to route before it closes its sessions.
-    pubsub_heartbeat_s: float = 1.0
-    pubsub_timeout_s: float = 3.0
-    route_grace_s: float = 5.0
-    consul_deregister_after_s: float = 60.0
-    drain_delay_s: float = 1.0
-    stream_claim_idle_s: float = 30.0
+    pubsub_heartbeat_s: float = setting(1.0, "--pubsub-heartbeat", "WSNODE_PUBSUB_HEARTBEAT_S",
+        'seconds between heartbeats a node sends itself through Redis pub/sub (default 1)')
+    pubsub_timeout_s: float = setting(3.0, "--pubsub-timeout", "WSNODE_PUBSUB_TIMEOUT_S",
+        'seconds without a heartbeat back before the subscription counts as stalled and is replaced '
+        '(default 3)')
+    route_grace_s: float = setting(5.0, "--route-grace", "WSNODE_ROUTE_GRACE_S",
+        'seconds a node may be unable to route before it closes its sessions with 1013 so clients resume '
+        'elsewhere (default 5)')
+    consul_deregister_after_s: float = setting(60.0, "--consul-deregister-after", "WSNODE_CONSUL_DEREGISTER_AFTER_S",
+        'seconds critical before Consul removes the node (default 60)')
+    drain_delay_s: float = setting(1.0, "--drain-delay", "WSNODE_DRAIN_DELAY_S",
+        'seconds between leaving Consul and closing sessions on SIGTERM (default 1)')
+    stream_claim_idle_s: float = setting(30.0, "--stream-claim-idle", "WSNODE_STREAM_CLAIM_IDLE_S",
+        'seconds before a pending push stream entry of another consumer is claimed (default 30)')
     # Pushes from RabbitMQ and from a transactional outbox (wsnode/amqp_consumer.py, wsnode/outbox/); off when unset.
-    amqp_url: str | None = None
-    amqp_queue: str = "wsgate.push"
-    amqp_prefetch: int = 64
-    outbox_dsn: str | None = None
-    outbox_batch: int = 100
-    outbox_poll_s: float = 1.0
-    token_leeway_s: float = 5.0
-    redis_max_connections: int = 64
-    redis_min_replicas: int = 0  # a stored push is answered 202 only once this many replicas have it (WAIT)
-    redis_wait_timeout_s: float = 1.0  # how long WAIT may take before the push is answered 503
-    ws_compress: bool = False
+    amqp_url: str | None = setting(None, "--amqp-url", "WSNODE_AMQP_URL",
+        'RabbitMQ URL (amqp://user:pass@host:5672/vhost); consume pushes from --amqp-queue when set')
+    amqp_queue: str = setting("wsgate.push", "--amqp-queue", "WSNODE_AMQP_QUEUE",
+        'durable queue of pushes, dead letters to <queue>.dead (default wsgate.push)')
+    amqp_prefetch: int = setting(64, "--amqp-prefetch", "WSNODE_AMQP_PREFETCH",
+        'unacknowledged RabbitMQ messages this node holds at once (default 64)')
+    outbox_dsn: str | None = setting(None, "--outbox-dsn", "WSNODE_OUTBOX_DSN",
+        'transactional outbox database (postgresql://... or mysql://...); push its rows when set')
+    outbox_batch: int = setting(100, "--outbox-batch", "WSNODE_OUTBOX_BATCH",
+        'outbox rows claimed per transaction (default 100)')
+    outbox_poll_s: float = setting(1.0, "--outbox-poll", "WSNODE_OUTBOX_POLL_S",
+        'seconds between outbox polls when no notification wakes the node (default 1)')
+    token_leeway_s: float = setting(5.0, "--token-leeway", "WSNODE_TOKEN_LEEWAY_S",
+        'clock skew tolerated on exp/nbf, seconds (default 5)')
+    redis_max_connections: int = setting(64, "--redis-max-connections", "WSNODE_REDIS_MAX_CONNECTIONS",
+        'Redis connection pool size, per shard (default 64)')
+    # a stored push is answered 202 only once this many replicas have it (WAIT)
+    redis_min_replicas: int = setting(0, "--redis-min-replicas", "WSNODE_REDIS_MIN_REPLICAS",
+        'a stored push is answered 202 only once this many replicas confirmed it (Redis WAIT); otherwise '
+        '503, and a retry with the same Idempotency-Key stores nothing twice (default 0)')
+    # how long WAIT may take before the push is answered 503
+    redis_wait_timeout_s: float = setting(1.0, "--redis-wait-timeout", "WSNODE_REDIS_WAIT_TIMEOUT_S",
+        'seconds WAIT may take for --redis-min-replicas before the push is answered 503 (default 1)')
+    ws_compress: bool = setting(False, "--ws-compress", "WSNODE_WS_COMPRESS",
+        'offer permessage-deflate (off: memory)')
+
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -169,143 +251,40 @@ class NodeSettings:
         return f"{self.service_name}-{self.node_id}"
 
 
-# flag -> (environment variable, field, kind); help texts in _HELP
-_FLAGS: dict[str, tuple[str, str, str]] = {
-    "--port": ("WSNODE_PORT", "port", "int"),
-    "--host": ("WSNODE_HOST", "host", "str"),
-    "--redis": ("REDIS_URL", "redis_url", "str"),
-    "--redis-prefix": ("WSNODE_REDIS_PREFIX", "redis_prefix", "str"),
-    "--consul": ("CONSUL_HTTP_ADDR", "consul_addr", "str"),
-    "--consul-token": ("CONSUL_HTTP_TOKEN", "consul_token", "str"),
-    "--service-name": ("WSNODE_SERVICE_NAME", "service_name", "str"),
-    "--node-id": ("WSNODE_NODE_ID", "node_id", "str"),
-    "--advertise-host": ("WSNODE_ADVERTISE_HOST", "advertise_host", "str"),
-    "--jwt-secret": ("WSNODE_JWT_SECRET", "jwt_secret", "str"),
-    "--jwt-public-key": ("WSNODE_JWT_PUBLIC_KEY", "jwt_public_key", "path"),
-    "--jwt-allow-no-exp": ("WSNODE_JWT_ALLOW_NO_EXP", "jwt_allow_no_exp", "bool"),
-    "--jwt-audience": ("WSNODE_JWT_AUDIENCE", "jwt_audience", "str"),
-    "--jwt-issuer": ("WSNODE_JWT_ISSUER", "jwt_issuer", "str"),
-    "--api-key": ("WSNODE_API_KEY", "api_keys", "list"),
-    "--management-port": ("WSNODE_MANAGEMENT_PORT", "management_port", "int"),
-    "--management-host": ("WSNODE_MANAGEMENT_HOST", "management_host", "str"),
-    "--management-key": ("WSNODE_MANAGEMENT_KEY", "management_keys", "list"),
-    "--allowed-origins": ("WSNODE_ALLOWED_ORIGINS", "allowed_origins", "list"),
-    "--allow-anonymous": ("WSNODE_ALLOW_ANONYMOUS", "allow_anonymous", "bool"),
-    "--publish-modules": ("WSNODE_PUBLISH_MODULES", "publish_modules", "list"),
-    "--tags": ("WSNODE_TAGS", "tags", "list"),
-    "--session-ttl": ("WSNODE_SESSION_TTL_S", "session_ttl_s", "float"),
-    "--session-refresh": ("WSNODE_SESSION_REFRESH_S", "session_refresh_s", "float"),
-    "--heartbeat": ("WSNODE_HEARTBEAT_S", "heartbeat_s", "float"),
-    "--send-queue-max": ("WSNODE_SEND_QUEUE_MAX", "send_queue_max", "int"),
-    "--max-frame-bytes": ("WSNODE_MAX_FRAME_BYTES", "max_frame_bytes", "int"),
-    "--client-rate": ("WSNODE_CLIENT_RATE_PER_S", "client_rate_per_s", "float"),
-    "--client-burst": ("WSNODE_CLIENT_BURST", "client_burst", "int"),
-    "--max-sessions-per-user": ("WSNODE_MAX_SESSIONS_PER_USER", "max_sessions_per_user", "int"),
-    "--publish-rate": ("WSNODE_PUBLISH_RATE", "publish_rate_per_s", "float"),
-    "--publish-bytes-rate": ("WSNODE_PUBLISH_BYTES_RATE", "publish_bytes_rate_per_s", "int"),
-    "--publish-stream-max-bytes": ("WSNODE_PUBLISH_STREAM_MAX_BYTES", "publish_stream_max_bytes", "int"),
-    "--revoke-ttl": ("WSNODE_REVOKE_TTL_S", "revoke_ttl_s", "float"),
-    "--store-max-count": ("WSNODE_STORE_MAX_COUNT", "store_max_count", "int"),
-    "--store-max-age": ("WSNODE_STORE_MAX_AGE_S", "store_max_age_s", "float"),
-    "--consul-check-interval": ("WSNODE_CONSUL_CHECK_INTERVAL_S", "consul_check_interval_s", "float"),
-    "--pubsub-heartbeat": ("WSNODE_PUBSUB_HEARTBEAT_S", "pubsub_heartbeat_s", "float"),
-    "--pubsub-timeout": ("WSNODE_PUBSUB_TIMEOUT_S", "pubsub_timeout_s", "float"),
-    "--route-grace": ("WSNODE_ROUTE_GRACE_S", "route_grace_s", "float"),
-    "--consul-deregister-after": ("WSNODE_CONSUL_DEREGISTER_AFTER_S", "consul_deregister_after_s", "float"),
-    "--drain-delay": ("WSNODE_DRAIN_DELAY_S", "drain_delay_s", "float"),
-    "--stream-claim-idle": ("WSNODE_STREAM_CLAIM_IDLE_S", "stream_claim_idle_s", "float"),
-    "--amqp-url": ("WSNODE_AMQP_URL", "amqp_url", "str"),
-    "--amqp-queue": ("WSNODE_AMQP_QUEUE", "amqp_queue", "str"),
-    "--amqp-prefetch": ("WSNODE_AMQP_PREFETCH", "amqp_prefetch", "int"),
-    "--outbox-dsn": ("WSNODE_OUTBOX_DSN", "outbox_dsn", "str"),
-    "--outbox-batch": ("WSNODE_OUTBOX_BATCH", "outbox_batch", "int"),
-    "--outbox-poll": ("WSNODE_OUTBOX_POLL_S", "outbox_poll_s", "float"),
-    "--token-leeway": ("WSNODE_TOKEN_LEEWAY_S", "token_leeway_s", "float"),
-    "--ws-compress": ("WSNODE_WS_COMPRESS", "ws_compress", "bool"),
-    "--redis-max-connections": ("WSNODE_REDIS_MAX_CONNECTIONS", "redis_max_connections", "int"),
-    "--redis-min-replicas": ("WSNODE_REDIS_MIN_REPLICAS", "redis_min_replicas", "int"),
-    "--redis-wait-timeout": ("WSNODE_REDIS_WAIT_TIMEOUT_S", "redis_wait_timeout_s", "float"),
-}
-
-_HELP: dict[str, str] = {
-    '--port': 'listen port',
-    '--host': 'listen address (default 0.0.0.0)',
-    '--redis': 'Redis URL; several, comma-separated, shard users over them (order matters: keep it the same '
-               'on every node); redis+sentinel://host:26379[,host:26379]/<master>[/db] follows a Sentinel-watched '
-               'master',
-    '--redis-prefix': 'prefix of every Redis key and channel',
-    '--consul': 'Consul agent (host:port or URL); registers when set',
-    '--consul-token': 'Consul ACL token',
-    '--service-name': 'Consul service name (default ws-service)',
-    '--node-id': 'unique node id (default: host name + random)',
-    '--advertise-host': 'address registered in Consul (default 127.0.0.1)',
-    '--jwt-secret': 'HS256 secret for client tokens',
-    '--jwt-public-key': 'path to a PEM public key for RS256 client tokens',
-    '--jwt-allow-no-exp': 'accept client tokens without exp (they never expire; off by default)',
-    '--jwt-audience': 'when set, client tokens must name it in aud',
-    '--jwt-issuer': 'when set, client tokens must carry it as iss',
-    '--api-key': 'push API bearer keys, comma-separated',
-    '--management-port': 'serve /metrics and the detailed /health on this port without credentials (keep it '
-                         'private); without it they need an API or management key',
-    '--management-host': 'listen address of the management port (default: --host)',
-    '--management-key': 'bearer keys that read /metrics and the detailed /health only, comma-separated',
-    '--allowed-origins': 'allowed browser Origins, comma-separated (empty: any)',
-    '--allow-anonymous': 'development: clients without token get a generated user id',
-    '--publish-modules': 'modules clients may publish to, comma-separated (empty: any)',
-    '--tags': 'Consul tags, comma-separated',
-    '--session-ttl': 'seconds a session stays in Redis without refresh (default 30)',
-    '--session-refresh': 'seconds between refreshes (default ttl/3)',
-    '--heartbeat': 'seconds between server pings; no pong within half of it drops the peer (default 20)',
-    '--send-queue-max': 'frames queued per session before it is closed 4008 (default 1000)',
-    '--max-frame-bytes': 'largest client frame; bigger closes 1009 (default 65536)',
-    '--client-rate': 'client frames per second allowed (default 50)',
-    '--client-burst': 'client frame burst (default 100)',
-    '--max-sessions-per-user': 'sessions per user over all nodes; a new one closes the oldest with 1008 (default 32)',
-    '--publish-rate': 'client publish frames per second per user, over all their sessions (default 20)',
-    '--publish-bytes-rate': 'bytes of client publish frames per second per user (default 262144)',
-    '--publish-stream-max-bytes': 'bytes the publish stream may hold; the oldest entries go (default 256 MiB)',
-    '--revoke-ttl': 'seconds a revoke (disconnect?revoke=true) is kept; tokens should not live longer '
-                    '(default 86400)',
-    '--store-max-count': 'stored messages kept per user (default 1000)',
-    '--store-max-age': 'seconds a stored message is kept (default 7 days)',
-    '--consul-check-interval': 'seconds between Consul health checks (default 1)',
-    '--pubsub-heartbeat': 'seconds between heartbeats a node sends itself through Redis pub/sub (default 1)',
-    '--pubsub-timeout': 'seconds without a heartbeat back before the subscription counts as stalled and is '
-                        'replaced (default 3)',
-    '--route-grace': 'seconds a node may be unable to route before it closes its sessions with 1013 so clients '
-                     'resume elsewhere (default 5)',
-    '--consul-deregister-after': 'seconds critical before Consul removes the node (default 60)',
-    '--drain-delay': 'seconds between leaving Consul and closing sessions on SIGTERM (default 1)',
-    '--stream-claim-idle': 'seconds before a pending push stream entry of another consumer is claimed (default 30)',
-    '--amqp-url': 'RabbitMQ URL (amqp://user:pass@host:5672/vhost); consume pushes from --amqp-queue when set',
-    '--amqp-queue': 'durable queue of pushes, dead letters to <queue>.dead (default wsgate.push)',
-    '--amqp-prefetch': 'unacknowledged RabbitMQ messages this node holds at once (default 64)',
-    '--outbox-dsn': 'transactional outbox database (postgresql://... or mysql://...); push its rows when set',
-    '--outbox-batch': 'outbox rows claimed per transaction (default 100)',
-    '--outbox-poll': 'seconds between outbox polls when no notification wakes the node (default 1)',
-    '--token-leeway': 'clock skew tolerated on exp/nbf, seconds (default 5)',
-    '--ws-compress': 'offer permessage-deflate (off: memory)',
-    '--redis-max-connections': 'Redis connection pool size, per shard (default 64)',
-    '--redis-min-replicas': 'a stored push is answered 202 only once this many replicas confirmed it (Redis WAIT); '
-                            'otherwise 503, and a retry with the same Idempotency-Key stores nothing twice '
-                            '(default 0)',
-    '--redis-wait-timeout': 'seconds WAIT may take for --redis-min-replicas before the push is answered 503 '
-                            '(default 1)',
-}
-
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """How one setting is given: its flag, environment variable, help, kind and field."""
+
+    flag: str
+    env: str
+    help: str
+    kind: str
+    name: str
+
+
+def _kind(annotation: str) -> str:
+    return next((kind for prefix, kind in (("int", "int"), ("float", "float"), ("bool", "bool"), ("tuple", "list"))
+                 if annotation.startswith(prefix)), "str")
+
+
+FLAGS: tuple[Flag, ...] = tuple(
+    Flag(f.metadata["flag"], f.metadata["env"], f.metadata["help"], f.metadata["kind"] or _kind(str(f.type)), f.name)
+    for f in fields(NodeSettings))
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI parser; every flag's help names its environment variable."""
     parser = argparse.ArgumentParser(prog="wsnode", description="wsgate push node: one WebSocket endpoint, push API")
-    for flag, (env, _field, kind) in _FLAGS.items():
-        if kind == "bool":
-            parser.add_argument(flag, action="store_const", const="1", default=None,
-                                help=f"{_HELP[flag]} (env {env})")
+    for item in FLAGS:
+        if item.kind == "bool":
+            parser.add_argument(item.flag, action="store_const", const="1", default=None,
+                                help=f"{item.help} (env {item.env})")
         else:
-            parser.add_argument(flag, default=None, help=f"{_HELP[flag]} (env {env})")
+            parser.add_argument(item.flag, default=None, help=f"{item.help} (env {item.env})")
     return parser
 
 
@@ -345,13 +324,13 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> NodeSettin
     """Settings from flags, then environment variables, then defaults; SettingsError on a bad value."""
     args = vars(build_parser().parse_args(list(argv)))
     values: dict[str, object] = {}
-    for flag, (env, name, kind) in _FLAGS.items():
-        raw = args[flag.lstrip("-").replace("-", "_")]
+    for item in FLAGS:
+        raw = args[item.flag.lstrip("-").replace("-", "_")]
         if raw is None:
-            raw = environ.get(env)
-        if raw is None or (raw == "" and kind not in ("str", "bool")):
+            raw = environ.get(item.env)
+        if raw is None or (raw == "" and item.kind not in ("str", "bool")):
             continue
-        values[name] = _convert(flag, kind, raw)
+        values[item.name] = _convert(item.flag, item.kind, raw)
     if "port" not in values:
         raise SettingsError("--port (or WSNODE_PORT) is required")
     if not values.get("node_id"):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from wsnode.errors import SettingsError
-from wsnode.settings import settings_from
+from wsnode.settings import FLAGS, NodeSettings, settings_from
 
 BASE = ["--port", "8080", "--jwt-secret", "s", "--node-id", "n1"]
 
@@ -99,3 +100,14 @@ def test_health_waits_for_redis_half_the_consul_check_timeout(interval_s: float,
                                                               health_redis_timeout_s: float) -> None:
     settings = settings_from([*BASE, "--consul-check-interval", str(interval_s)], {})
     assert settings.health_redis_timeout_s == health_redis_timeout_s
+
+
+def test_every_setting_is_declared_once_with_its_flag_variable_and_help() -> None:
+    """One source per setting: each NodeSettings field carries its flag, variable and help (settings.setting)."""
+    assert [item.name for item in FLAGS] == [f.name for f in fields(NodeSettings)]
+    assert len({item.flag for item in FLAGS}) == len(FLAGS) and len({item.env for item in FLAGS}) == len(FLAGS)
+    assert all(item.flag.startswith("--") and item.env.isupper() and item.help for item in FLAGS)
+    kinds = {item.name: item.kind for item in FLAGS}
+    assert (kinds["port"], kinds["management_port"], kinds["api_keys"], kinds["ws_compress"]) == \
+        ("int", "int", "list", "bool")
+    assert (kinds["jwt_public_key"], kinds["publish_rate_per_s"], kinds["host"]) == ("path", "float", "str")
