@@ -14,8 +14,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from gateway.config.loader import load_config
 from gateway.errors import ConfigError
-from gateway.loader import load_config
 
 EXIT_CONFIG = 2
 
@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # No SO_REUSEPORT for a lone process: a port still held by another gateway must fail loudly instead of the
         # kernel silently splitting connections between the two.
         return serve_forever(args.config, host=args.host, port=args.port, watch_file=True, reuse_port=False)
-    from gateway.supervisor import Supervisor
+    from gateway.ops.supervisor import Supervisor
 
     worker_args = ["--config", args.config, "--log-level", args.log_level]
 
@@ -87,7 +87,7 @@ def check(file: str, profiles: Sequence[str] | None, unknown_filters: str | None
     except ConfigError as error:
         print(f"wsgate: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    from gateway.check_report import route_table
+    from gateway.ops.check_report import route_table
 
     print(route_table(config))
     for warning in config.warnings:

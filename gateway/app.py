@@ -6,7 +6,7 @@ tunnels get up to `drain_timeout_s` to finish, then are closed. RequestRateLimit
 `wsgate.redis.url`, else $REDIS_URL (default 127.0.0.1:6379), keys prefixed with `wsgate.redis.prefix`, else
 $WSGATE_REDIS_PREFIX (read once at start: a reload does not move the buckets).
 
-Every long-running background duty of the worker runs under one `TaskSupervisor` (`gateway.tasks`): the metrics
+Every long-running background duty of the worker runs under one `TaskSupervisor` (`gateway.ops.tasks`): the metrics
 snapshot writer, the routes file watch, each service's discovery watch and the relay's completion reader. One that
 fails is logged, restarted with backoff and DOWN in `/actuator/health` until it works again.
 """
@@ -22,24 +22,24 @@ import ssl
 import sys
 from collections.abc import Callable, Mapping
 
-from gateway.actuator import Actuator
-from gateway.admin import AdminPage
-from gateway.balancer import Balancer
-from gateway.config import ConsulSettings, GatewayConfig, RouteSpec, ServerSettings
+from gateway.config.loader import load_config
+from gateway.config.locator import locator_routes, with_located
+from gateway.config.model import ConsulSettings, GatewayConfig, RouteSpec, ServerSettings
+from gateway.config.routes import build_any_filter, build_any_predicate
 from gateway.discovery.base import Provider
 from gateway.discovery.catalog_watch import CatalogWatch, Services
 from gateway.discovery.consul import ConsulProvider
 from gateway.discovery.static import StaticProvider
 from gateway.errors import ConfigError
-from gateway.loader import load_config
-from gateway.loader_routes import build_any_filter, build_any_predicate
-from gateway.locator import locator_routes, with_located
-from gateway.metrics import Metrics
-from gateway.ratelimit_redis import RedisRateLimiter, redis_connection
-from gateway.routing import RouteTable
-from gateway.server import GatewayServer
-from gateway.targets import RoutingState
-from gateway.tasks import TaskSupervisor
+from gateway.ops.actuator import Actuator
+from gateway.ops.admin import AdminPage
+from gateway.ops.metrics import Metrics
+from gateway.ops.tasks import TaskSupervisor
+from gateway.proxy.server import GatewayServer
+from gateway.ratelimit.redis import RedisRateLimiter, redis_connection
+from gateway.routing.balancer import Balancer
+from gateway.routing.table import RouteTable
+from gateway.routing.targets import RoutingState
 
 log = logging.getLogger("gateway.app")
 

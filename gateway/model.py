@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
-from gateway.resilience import BreakerSpec, RetryPolicy
+from gateway.routing.resilience import BreakerSpec, RetryPolicy
 
 if TYPE_CHECKING:
-    from gateway.cors import CorsConfig
+    from gateway.routing.cors import CorsConfig
 
 Headers = tuple[tuple[str, str], ...]
 

@@ -22,8 +22,8 @@ from importlib.metadata import entry_points
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
-from gateway.factory import ArgValue, Definition, SpecError, bind
 from gateway.model import ForwardPlan, Headers, RequestView, header_values
+from gateway.routing.factory import ArgValue, Definition, SpecError, bind
 
 GROUPS = {"filter": "wsgate.filters", "predicate": "wsgate.predicates", "key_resolver": "wsgate.key_resolvers"}
 

@@ -2,7 +2,7 @@
 
 `/v1/catalog/services?index=N&wait=30s` answers as soon as a service is registered or deregistered; each answer
 becomes a `{name: ServiceInfo}` snapshot (metadata of the service's first instance, for `include-expression`).
-Errors back off like the health watches, keeping the last snapshot. Route building is pure (gateway.locator).
+Errors back off like the health watches, keeping the last snapshot. Route building is pure (gateway.config.locator).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from gateway.config import ConsulSettings
+from gateway.config.locator import ServiceInfo
+from gateway.config.model import ConsulSettings
 from gateway.discovery.consul import WAIT, WAIT_S
-from gateway.locator import ServiceInfo
-from gateway.taskhealth import backoff_s
+from gateway.ops.taskhealth import backoff_s
 
 log = logging.getLogger("gateway.discovery.catalog")
 

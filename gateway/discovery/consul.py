@@ -21,8 +21,8 @@ from typing import Any
 
 from gateway.discovery.base import SnapshotTable
 from gateway.discovery.consul_build import build_endpoints
-from gateway.taskhealth import backoff_s
-from gateway.tasks import TaskSupervisor
+from gateway.ops.taskhealth import backoff_s
+from gateway.ops.tasks import TaskSupervisor
 
 log = logging.getLogger("gateway.discovery.consul")
 

@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.model import RateLimit, RequestView
-from gateway.ratelimit_redis import RedisRateLimiter, redis_connection
+from gateway.ratelimit.redis import RedisRateLimiter, redis_connection
 from harness import ManagedProcess, ProcessGroup, free_port, redis_answers, redis_server_binary, unique_prefix
 from tests.functional.test_outage_redis import EPHEMERAL, OwnRedis, start_node_on
 from tests.wsnode.conftest import API_KEY, FAST, SECRET, Client, NodeProc, eventually, make_token, push
@@ -231,7 +231,12 @@ async def test_min_replicas_answers_503_until_a_replica_has_the_push_and_a_retry
         async def connected_replicas() -> int:
             return int((await replicas.info("replication"))["connected_slaves"])
 
-        await eventually(connected_replicas, timeout_s=15)
+        async def replica_acknowledges() -> bool:
+            """A replica past its initial sync that acknowledges writes (what WAIT counts)."""
+            await replicas.set(f"{prefix}probe", "1")
+            return int(await replicas.execute_command("WAIT", 1, 200)) >= 1
+
+        await eventually(replica_acknowledges, timeout_s=15)
         async with aiohttp.ClientSession() as http:
             status, body = await _push_keyed(http, node, "carol", 1, "k1")
             assert status == 202, body
@@ -243,7 +248,7 @@ async def test_min_replicas_answers_503_until_a_replica_has_the_push_and_a_retry
             assert "replica" in body["error"], body
 
             await replica.start()
-            await eventually(connected_replicas, timeout_s=15)
+            await eventually(replica_acknowledges, timeout_s=15)
             status, retried = await _push_keyed(http, node, "carol", 2, "k2")
             assert status == 202, retried
             again_status, again = await _push_keyed(http, node, "carol", 2, "k2")

@@ -8,19 +8,19 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import web
 
-from gateway.actuator import Actuator
-from gateway.balancer import Balancer
-from gateway.config import GatewayConfig, RouteSpec, ServerSettings, parse_upstream
+from gateway.config.model import GatewayConfig, RouteSpec, ServerSettings, parse_upstream
 from gateway.discovery.base import Provider
 from gateway.discovery.static import StaticProvider
-from gateway.factory import Definition
-from gateway.filters import build_filter
-from gateway.metrics import Metrics
 from gateway.model import RouteMetadata
-from gateway.predicates import build_predicate
-from gateway.routing import RouteTable
-from gateway.server import GatewayServer
-from gateway.targets import RoutingState
+from gateway.ops.actuator import Actuator
+from gateway.ops.metrics import Metrics
+from gateway.proxy.server import GatewayServer
+from gateway.routing.balancer import Balancer
+from gateway.routing.factory import Definition
+from gateway.routing.filters import build_filter
+from gateway.routing.predicates import build_predicate
+from gateway.routing.table import RouteTable
+from gateway.routing.targets import RoutingState
 from tests.gateway.upstream import make_app
 
 

@@ -13,9 +13,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.actuator import Actuator
-from gateway.admin import AdminPage
-from gateway.admin_view import (
+from gateway.config.model import ConsulSettings, GatewayConfig
+from gateway.discovery.base import Endpoint
+from gateway.discovery.static import StaticProvider
+from gateway.ops.actuator import Actuator
+from gateway.ops.admin import AdminPage
+from gateway.ops.admin_view import (
     NodeSample,
     consul_instances,
     decide_access,
@@ -25,14 +28,11 @@ from gateway.admin_view import (
     parse_prometheus,
     rates_per_s,
 )
-from gateway.balancer import Balancer
-from gateway.config import ConsulSettings, GatewayConfig
-from gateway.discovery.base import Endpoint
-from gateway.discovery.static import StaticProvider
-from gateway.metrics import Metrics
-from gateway.routing import RouteTable
-from gateway.server import GatewayServer
-from gateway.targets import RoutingState
+from gateway.ops.metrics import Metrics
+from gateway.proxy.server import GatewayServer
+from gateway.routing.balancer import Balancer
+from gateway.routing.table import RouteTable
+from gateway.routing.targets import RoutingState
 from harness import free_port
 from tests.gateway.conftest import config, route
 from tests.gateway.procs import eventually, register

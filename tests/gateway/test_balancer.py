@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from gateway.balancer import Balancer, hash_key
 from gateway.discovery.base import Endpoint
 from gateway.model import BalancerChoice, Balancing, RequestView
+from gateway.routing.balancer import Balancer, hash_key
 
 A, B, C = Endpoint("10.0.0.1", 80), Endpoint("10.0.0.2", 80), Endpoint("10.0.0.3", 80)
 RR = BalancerChoice()

@@ -6,7 +6,7 @@ from types import MappingProxyType
 
 import pytest
 
-from gateway.config import (
+from gateway.config.model import (
     ConsulSettings,
     GatewayConfig,
     LoadBalancerSettings,
@@ -16,7 +16,7 @@ from gateway.config import (
     parse_balancer_choice,
     parse_upstream,
 )
-from gateway.confignodes import parse_duration_s
+from gateway.config.nodes import parse_duration_s
 from gateway.model import BalancerChoice, Balancing, Upstream
 
 

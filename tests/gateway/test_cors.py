@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.cors import CorsConfig, CorsEdit, process
+from gateway.config.loader import load_config_text
 from gateway.errors import ConfigError
-from gateway.loader import load_config_text
 from gateway.model import Headers, LocalAnswer, RequestView
-from gateway.routing import RouteTable, apply_response_edits
+from gateway.routing.cors import CorsConfig, CorsEdit, process
+from gateway.routing.table import RouteTable, apply_response_edits
 
 GLOBAL_YAML = """\
 spring:

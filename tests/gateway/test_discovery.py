@@ -10,7 +10,7 @@ import pytest
 from gateway.discovery.base import Endpoint
 from gateway.discovery.consul import ConsulProvider
 from gateway.discovery.static import StaticProvider
-from gateway.taskhealth import BACKOFF_MAX_S, backoff_s
+from gateway.ops.taskhealth import BACKOFF_MAX_S, backoff_s
 from harness import ProcessGroup
 from tests.gateway.procs import eventually, register, set_check
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.factory import Definition, SpecError
-from gateway.filters import PlanState, build_filter
 from gateway.model import HeaderOp, RateLimit, RequestView
+from gateway.routing.factory import Definition, SpecError
+from gateway.routing.filters import PlanState, build_filter
 
 
 def run(spec: str | Definition, path: str = "/", *, query: str = "", headers: tuple[tuple[str, str], ...] = (),

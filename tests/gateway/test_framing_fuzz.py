@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import GatewayError
-from gateway.httpparse import ChunkedScanner, Framing, parse_request_head, request_framing
+from gateway.proxy.httpparse import ChunkedScanner, Framing, parse_request_head, request_framing
 
 FUZZ = settings(max_examples=400, deadline=None)
 DANGEROUS = [b"\r", b"\n", b"\r\n", b" ", b"\t", b":", b",", b";", b"\x00", b"\x0b", b"0", b"5", b"f", b"-", b"+",

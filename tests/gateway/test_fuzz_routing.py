@@ -8,16 +8,16 @@ from urllib.parse import unquote
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.config import GatewayConfig, RouteSpec, parse_upstream
+from gateway.config.javaregex import JavaRegexError, compile_java_regex
+from gateway.config.loader import load_config_text
+from gateway.config.model import GatewayConfig, RouteSpec, parse_upstream
 from gateway.errors import BadRequest, ConfigError
-from gateway.factory import Definition, SpecError
-from gateway.filters import build_filter
-from gateway.javaregex import JavaRegexError, compile_java_regex
-from gateway.loader import load_config_text
 from gateway.model import RequestView
-from gateway.pathpattern import PathPattern, PathPatternError
-from gateway.predicates import build_predicate
-from gateway.routing import RouteTable
+from gateway.routing.factory import Definition, SpecError
+from gateway.routing.filters import build_filter
+from gateway.routing.pathpattern import PathPattern, PathPatternError
+from gateway.routing.predicates import build_predicate
+from gateway.routing.table import RouteTable
 
 FUZZ = settings(max_examples=200, deadline=None)
 

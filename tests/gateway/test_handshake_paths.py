@@ -9,16 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.config import GatewayConfig, RouteSpec, parse_upstream
+from gateway.config.model import GatewayConfig, RouteSpec, parse_upstream
 from gateway.errors import BadRequest
-from gateway.factory import Definition
-from gateway.filters import build_filter
-from gateway.headers import add_forwarded, strip_hop_by_hop, upstream_request_headers
-from gateway.httpparse import parse_request_head, parse_response_head
-from gateway.metrics import Metrics, series_key
 from gateway.model import Headers, RequestView
-from gateway.predicates import MatchContext, build_predicate
-from gateway.routing import RouteMatch, RouteTable
+from gateway.ops.metrics import Metrics, series_key
+from gateway.proxy.headers import add_forwarded, strip_hop_by_hop, upstream_request_headers
+from gateway.proxy.httpparse import parse_request_head, parse_response_head
+from gateway.routing.factory import Definition
+from gateway.routing.filters import build_filter
+from gateway.routing.predicates import MatchContext, build_predicate
+from gateway.routing.table import RouteMatch, RouteTable
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")

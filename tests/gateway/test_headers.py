@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.headers import (
+from gateway.model import Headers
+from gateway.proxy.headers import (
     add_forwarded,
     authority,
     connection_tokens,
@@ -12,7 +13,6 @@ from gateway.headers import (
     strip_hop_by_hop,
     upstream_request_headers,
 )
-from gateway.model import Headers
 
 
 def names(headers: Headers) -> list[str]:

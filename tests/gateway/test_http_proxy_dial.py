@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.discovery.base import Endpoint
-from gateway.http_proxy import dial
+from gateway.proxy.http import dial
 
 
 @pytest.fixture

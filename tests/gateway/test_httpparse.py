@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import BadGateway, BadRequest
-from gateway.httpparse import (
+from gateway.proxy.httpparse import (
     ChunkedScanner,
     Framing,
     RequestHead,

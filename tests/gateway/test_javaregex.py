@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.javaregex import JavaRegexError, compile_java_regex, group_names, translate_replacement
+from gateway.config.javaregex import JavaRegexError, compile_java_regex, group_names, translate_replacement
 
 
 @pytest.mark.parametrize(

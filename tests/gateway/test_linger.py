@@ -1,10 +1,11 @@
-"""The lingering close's rule (gateway.linger), as a table: what a relay does with one side of a closing tunnel."""
+"""The lingering close's rule (gateway.tunnel.linger), as a table: what a relay does with one side of a closing
+tunnel."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.linger import CloseTimeouts, Verdict, verdict
+from gateway.tunnel.linger import CloseTimeouts, Verdict, verdict
 
 T = CloseTimeouts(flush_timeout_s=30.0, linger_s=5.0)
 

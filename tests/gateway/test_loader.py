@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConsulSettings, GatewayConfig
+from gateway.config.loader import load_config
+from gateway.config.model import ConsulSettings, GatewayConfig
 from gateway.errors import ConfigError
-from gateway.loader import load_config
 from gateway.model import BalancerChoice, Balancing, HeaderOp, RequestView, Upstream
-from gateway.routing import RouteTable
+from gateway.routing.table import RouteTable
 
 SEED = r"""
 service:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ServerSettings
+from gateway.config.loader import load_config
+from gateway.config.model import ServerSettings
 from gateway.errors import ConfigError
-from gateway.loader import load_config
 
 
 def settings(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> ServerSettings:

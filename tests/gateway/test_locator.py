@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import GatewayConfig
-from gateway.factory import Definition
-from gateway.loader import load_config_text
-from gateway.loader_routes import build_any_filter, build_any_predicate
-from gateway.locator import (
+from gateway.config.loader import load_config_text
+from gateway.config.locator import (
     DEFAULT_PREFIX,
     LocatorSettings,
     ServiceInfo,
@@ -20,8 +17,11 @@ from gateway.locator import (
     evaluate,
     locator_routes,
 )
+from gateway.config.model import GatewayConfig
+from gateway.config.routes import build_any_filter, build_any_predicate
 from gateway.model import RequestView
-from gateway.routing import RouteTable
+from gateway.routing.factory import Definition
+from gateway.routing.table import RouteTable
 
 EDGE = (("edge", "true"),)
 SCG_SERVICES = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gateway.metrics import Metrics
+from gateway.ops.metrics import Metrics
 
 
 def test_metrics_render_prometheus_text_with_labels() -> None:

@@ -19,7 +19,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway import _relay, native_relay
+from gateway import _relay
+from gateway.tunnel import native as native_relay
 from tests.gateway.rawsock import recv_exactly, recv_until_eof
 
 Event = tuple[int, int, int, int, bytes | None]

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from gateway import native_relay
+from gateway.tunnel import native as native_relay
 from tests.gateway.rawsock import recv_exactly, recv_until_eof
 
 

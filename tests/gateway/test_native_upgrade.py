@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 
-from gateway import native_relay
 from gateway.discovery.base import Endpoint
 from gateway.discovery.static import StaticProvider
 from gateway.model import RouteMetadata
-from gateway.native_relay import NativeTunnel
+from gateway.tunnel import native as native_relay
+from gateway.tunnel.native import NativeTunnel
 from tests.gateway.conftest import RunningGateway, StartGateway, StartUpstream, config, route
 from tests.gateway.rawsock import switching_protocols
 

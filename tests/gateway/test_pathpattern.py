@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.pathpattern import PathPattern, PathPatternError, parse_path
+from gateway.routing.pathpattern import PathPattern, PathPatternError, parse_path
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,11 @@ import aiohttp
 import pytest
 import redis.asyncio
 
+from gateway.config.loader import load_config_text
 from gateway.errors import ConfigError
-from gateway.loader import load_config_text
 from gateway.model import RequestView
 from gateway.plugins import PluginFilter
-from gateway.ratelimit import resolve_key
+from gateway.ratelimit.bucket import resolve_key
 from harness import ROOT, ProcessGroup, RedisInfo
 from tests.gateway.procs import start_gateway_proc, start_upstream_proc
 
@@ -90,7 +90,7 @@ routes:
 """
     config = load_config_text(text)
     state_limit = config.routes[0].filters[0]
-    from gateway.filters.base import PlanState
+    from gateway.routing.filters.base import PlanState
 
     state = PlanState(RequestView("GET", "/"), "/", "", [], {})
     state_limit.apply(state)
@@ -195,7 +195,7 @@ def team_plugins(tmp_path: Path) -> Iterator[Path]:
 
 async def test_plugin_predicate_and_filter_with_shortcut_arguments(team_plugins: Path) -> None:
     from gateway.plugins import run_plugin_filters
-    from gateway.routing import RouteTable
+    from gateway.routing.table import RouteTable
 
     config = load_config_text("routes:\n  - id: acme\n    uri: http://h:1\n    predicates: [Path=/a/**, Tenant=acme]\n"
                               "    filters: [StripPrefix=1, 'Deny=401, go away']\n")

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gateway.factory import Definition, SpecError
 from gateway.model import RequestView
-from gateway.predicates import MatchContext, build_predicate, parse_zoned_datetime
+from gateway.routing.factory import Definition, SpecError
+from gateway.routing.predicates import MatchContext, build_predicate, parse_zoned_datetime
 
 NOW = datetime(2017, 1, 21, 12, 0, tzinfo=UTC)
 AFTER = "2017-01-20T17:42:47.789-07:00[America/Denver]"

@@ -6,11 +6,8 @@ import base64
 
 import pytest
 
-from gateway.factory import Definition
-from gateway.filters import build_filter
-from gateway.filters.rate_limiter import RequestRateLimiter
 from gateway.model import Headers, RateLimit, RequestView
-from gateway.ratelimit import (
+from gateway.ratelimit.bucket import (
     RateDecision,
     basic_auth_user,
     bucket_keys,
@@ -22,6 +19,9 @@ from gateway.ratelimit import (
     script_args,
     unavailable_decision,
 )
+from gateway.routing.factory import Definition
+from gateway.routing.filters import build_filter
+from gateway.routing.filters.rate_limiter import RequestRateLimiter
 
 
 def basic(user_colon_password: str) -> str:

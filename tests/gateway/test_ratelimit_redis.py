@@ -12,8 +12,8 @@ import pytest
 import redis.asyncio
 
 from gateway.model import RateLimit, RequestView
-from gateway.ratelimit import RateDecision
-from gateway.ratelimit_redis import RedisRateLimiter
+from gateway.ratelimit.bucket import RateDecision
+from gateway.ratelimit.redis import RedisRateLimiter
 from harness import ManagedProcess, ProcessGroup, RedisInfo, free_port, redis_answers, redis_server_binary
 
 ALICE = RequestView("GET", "/", headers=(("X-User", "alice"),), remote_addr="10.0.0.1")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.factory import Definition
-from gateway.filters import PlanState, build_filter
 from gateway.model import Headers, RequestView
-from gateway.response_cache import ResponseCache, request_cacheable, response_cacheable, with_max_age
+from gateway.routing.factory import Definition
+from gateway.routing.filters import PlanState, build_filter
+from gateway.routing.response_cache import ResponseCache, request_cacheable, response_cacheable, with_max_age
 
 
 class Clock:

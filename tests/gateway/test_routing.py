@@ -9,13 +9,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gateway.config import GatewayConfig, RouteSpec, parse_upstream
+from gateway.config.model import GatewayConfig, RouteSpec, parse_upstream
 from gateway.errors import BadRequest
-from gateway.factory import Definition
-from gateway.filters import build_filter
 from gateway.model import HeaderOp, RequestView
-from gateway.predicates import build_predicate
-from gateway.routing import RouteTable, apply_header_ops, describe_routes
+from gateway.routing.factory import Definition
+from gateway.routing.filters import build_filter
+from gateway.routing.predicates import build_predicate
+from gateway.routing.table import RouteTable, apply_header_ops, describe_routes
 
 
 def spec(route_id: str, predicates: Sequence[str] = (), filters: Sequence[str] = (), *, order: int = 0,

@@ -8,12 +8,12 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from gateway.buffered import dechunk
-from gateway.factory import Definition, SpecError
-from gateway.filters import PlanState, build_filter
-from gateway.filters.misc import JsonAttributesEdit
 from gateway.model import Headers, LocalAnswer, RequestView
-from gateway.routing import apply_response_edits
+from gateway.proxy.buffered import dechunk
+from gateway.routing.factory import Definition, SpecError
+from gateway.routing.filters import PlanState, build_filter
+from gateway.routing.filters.misc import JsonAttributesEdit
+from gateway.routing.table import apply_response_edits
 
 
 def run(spec: str | Definition, path: str = "/", *, query: str = "", headers: Headers = (),

@@ -14,11 +14,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.config import RouteSpec
-from gateway.factory import Definition
-from gateway.filters import build_filter
-from gateway.loader import load_config_text
-from gateway.resilience import BreakerSettings
+from gateway.config.loader import load_config_text
+from gateway.config.model import RouteSpec
+from gateway.routing.factory import Definition
+from gateway.routing.filters import build_filter
+from gateway.routing.resilience import BreakerSettings
 from harness import free_port
 from tests.gateway.conftest import StartGateway, config, route
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config.loader import load_config
 from gateway.errors import ConfigError
-from gateway.loader import load_config
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "scg-wild"
 # SCG's own tests set `test.uri` from the test; we give it the way a deployment would, through the environment.

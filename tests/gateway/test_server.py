@@ -11,7 +11,7 @@ import redis.asyncio
 from gateway.discovery.base import Endpoint
 from gateway.discovery.static import StaticProvider
 from gateway.model import BalancerChoice, Balancing, RouteMetadata
-from gateway.ratelimit_redis import RedisRateLimiter
+from gateway.ratelimit.redis import RedisRateLimiter
 from harness import RedisInfo, free_port
 from tests.gateway.conftest import StartGateway, StartUpstream, config, route
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config.loader import load_config_text
+from gateway.config.springdocs import key_parts, profile_matches
 from gateway.errors import ConfigError
-from gateway.loader import load_config_text
-from gateway.springdocs import key_parts, profile_matches
 
 
 @pytest.mark.parametrize(("key", "parts"), [
@@ -224,7 +224,7 @@ def test_check_prints_the_route_table_and_warnings_and_exits_0_or_2(tmp_path: Pa
 ])
 def test_cloud_foundry_route_service_predicate(headers: dict[str, str], matches: bool) -> None:
     from gateway.model import RequestView
-    from gateway.routing import RouteTable
+    from gateway.routing.table import RouteTable
 
     config = load_config_text("routes:\n  - id: cf\n    uri: http://h:1\n    predicates: [CloudFoundryRouteService=]\n")
     found = RouteTable(config).match(RequestView("GET", "/", headers=tuple(headers.items())))
@@ -258,7 +258,7 @@ def test_documents_on_a_cloud_platform_apply_only_there(env: dict[str, str], por
 ])
 def test_x_forwarded_remote_addr_predicate(predicate: str, xff: list[str], peer: str, matches: bool) -> None:
     from gateway.model import RequestView
-    from gateway.routing import RouteTable
+    from gateway.routing.table import RouteTable
 
     config = load_config_text(f"routes:\n  - id: x\n    uri: http://h:1\n    predicates: [\"{predicate}\"]\n"
                               if predicate.startswith("X") else

@@ -3,7 +3,7 @@
 
 Failures are injected through real inputs where the duty can fail on one (the metrics directory removed, a
 tunnel's completion callback that raises), and through the documented test-only fault file
-(`$WSGATE_TEST_FAULT_FILE`, see gateway/tasks.py) where it cannot (the discovery watch handles every error of
+(`$WSGATE_TEST_FAULT_FILE`, see gateway/ops/tasks.py) where it cannot (the discovery watch handles every error of
 the agent itself; the file watch turns every bad file into a refused reload).
 """
 
@@ -21,12 +21,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway import native_relay
 from gateway.app import FILE_WATCH, METRICS_SNAPSHOTS, GatewayApp
-from gateway.conn import Conn
-from gateway.native_relay import REAPER, NativeRelay, NativeTunnel
-from gateway.taskhealth import TaskBoard
-from gateway.tasks import TaskSupervisor
+from gateway.ops.taskhealth import TaskBoard
+from gateway.ops.tasks import TaskSupervisor
+from gateway.proxy.conn import Conn
+from gateway.tunnel import native as native_relay
+from gateway.tunnel.native import REAPER, NativeRelay, NativeTunnel
 from tests.gateway.conftest import StartUpstream
 from tests.gateway.procs import eventually, register
 

@@ -1,7 +1,7 @@
 """WebSocket through the gateway: the instance's handshake answer reaches the client, then bytes flow untouched.
 
-Every test runs against each relay of `gateway.tunnels.RELAY_KINDS`: the native thread (gateway._relay) and uvloop
-transports in Python; a relay added there gets every case, the lingering close's included.
+Every test runs against each relay of `gateway.tunnel.registry.RELAY_KINDS`: the native thread (gateway._relay) and
+uvloop transports in Python; a relay added there gets every case, the lingering close's included.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
-from gateway import native_relay
-from gateway.config import GatewayConfig, RouteSpec
-from gateway.native_relay import NativeTunnel
-from gateway.tunnel import Tunnel
-from gateway.tunnels import RELAY_KINDS
+from gateway.config.model import GatewayConfig, RouteSpec
+from gateway.tunnel import native as native_relay
+from gateway.tunnel.native import NativeTunnel
+from gateway.tunnel.python_relay import Tunnel
+from gateway.tunnel.registry import RELAY_KINDS
 from harness import ProcessGroup, RedisInfo, free_port
 from tests.gateway import conftest
 from tests.gateway.conftest import StartGateway, StartUpstream, route

@@ -1,4 +1,5 @@
-"""The Python relay's lingering close on its own (gateway.tunnel.Tunnel over real loopback TCP connections).
+"""The Python relay's lingering close on its own (gateway.tunnel.python_relay.Tunnel over real loopback TCP
+connections).
 
 The test holds the far ends; `Tunnel` relays between the near ends. The native relay's counterpart is
 tests/gateway/test_native_relay.py::test_relay_lingers_at_most_linger_ms_for_a_peer_that_never_closes.
@@ -11,9 +12,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.conn import Conn
-from gateway.linger import CloseTimeouts
-from gateway.tunnel import Tunnel
+from gateway.proxy.conn import Conn
+from gateway.tunnel.linger import CloseTimeouts
+from gateway.tunnel.python_relay import Tunnel
 from tests.gateway.procs import eventually
 
 

@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from gateway.config import ServerSettings
+from gateway.config.loader import load_config_text
+from gateway.config.model import ServerSettings
 from gateway.errors import ConfigError
-from gateway.loader import load_config_text
 from gateway.model import RouteMetadata
-from gateway.routing import describe_routes
-from gateway.targets import RouteTarget
+from gateway.routing.table import describe_routes
+from gateway.routing.targets import RouteTarget
 from tests.gateway.conftest import RunningGateway, StartGateway, config, route
 from tests.gateway.framing import OK, Script, ScriptedUpstream, read_answers
 

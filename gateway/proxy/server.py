@@ -1,0 +1,493 @@
+"""The gateway's listener: read a head, route it, dial an instance, then tunnel (101) or proxy HTTP.
+
+Each accepted connection is a `client_conn.ClientConn` (an asyncio Protocol with a buffer) served by one coroutine until
+its head is answered. After a 101 the coroutine ends and the two sockets go to the native relay thread
+(`native_relay`, plain TCP) or relay to each other through their transports (`tunnel.Tunnel`, TLS or without the
+native module); only the tunnel's small bookkeeping objects stay. A plain-TCP upgrade to an instance given by
+address is dialed for the relay thread (`_upgrade_native`): the thread forwards the instance's 101 itself, and
+only another answer comes back here. Discovery, balancing and metrics come in through the constructor: this module
+knows no Consul.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from gateway.config.model import RouteSpec, ServerSettings
+from gateway.discovery.base import Endpoint, Provider
+from gateway.errors import (
+    BadGateway,
+    BadRequest,
+    GatewayError,
+    NoInstance,
+    NoRoute,
+    Overloaded,
+    RequestTimeout,
+    UpstreamTimeout,
+)
+from gateway.model import ForwardPlan, Headers, RateLimit, RequestView
+from gateway.ops.metrics import Metrics
+from gateway.plugins import Response, run_plugin_filters
+from gateway.proxy import policies
+from gateway.proxy.accounting import Accounting
+from gateway.proxy.client_conn import ClientConn
+from gateway.proxy.conn import Conn
+from gateway.proxy.headers import authority, strip_hop_by_hop, upstream_request_headers
+from gateway.proxy.http import UpstreamPool, adopt_socket, check_request_body, dial, read_response, relay_body
+from gateway.proxy.httpparse import (
+    Framing,
+    RequestHead,
+    ResponseHead,
+    parse_request_head,
+    request_framing,
+    response_framing,
+    serialize_head,
+)
+from gateway.proxy.responses import error_body, simple_response
+from gateway.ratelimit.bucket import RateDecision
+from gateway.routing.balancer import Balancer
+from gateway.routing.targets import RouteTarget, RoutingState, ip_literal
+from gateway.tunnel.registry import Tunnels
+
+log = logging.getLogger("gateway.server")
+
+AdminHandler = Callable[[RequestHead], Awaitable[tuple[int, str, bytes]]]
+
+
+class RateLimiter(Protocol):
+    """Decides RequestRateLimiter filters (`ratelimit_redis.RedisRateLimiter` in production)."""
+
+    async def check(self, route_id: str, limit: RateLimit, request: RequestView) -> RateDecision:
+        """Take tokens for `request` from its bucket on `route_id`."""
+        ...
+
+
+class GatewayServer:
+    """Accepts clients on one worker; routes, balances and relays their requests."""
+
+    def __init__(self, state: RoutingState, *, provider: Provider, balancer: Balancer, metrics: Metrics,
+                 admin: AdminHandler | None = None, upstream_ssl: ssl.SSLContext | None = None,
+                 listen_ssl: ssl.SSLContext | None = None, rate_limiter: RateLimiter | None = None) -> None:
+        self.state = state
+        self.provider = provider
+        self.balancer = balancer
+        self.metrics = metrics
+        self.admin = admin
+        self.upstream_ssl = upstream_ssl
+        self.listen_ssl = listen_ssl
+        self.rate_limiter = rate_limiter
+        self.pool = UpstreamPool()
+        self.connections: set[ClientConn] = set()
+        self.tunnels = Tunnels(metrics=metrics, balancer=balancer)
+        self._servers: list[asyncio.Server] = []
+        self.draining = False
+        self._targets: dict[str, RouteTarget] = {}
+        self._targets_state: RoutingState | None = None
+        self.accounting = Accounting(metrics, lambda: self.settings)
+        self.breakers = policies.Breakers()  # CircuitBreaker state by id, kept across reloads
+        metrics.gauge("wsgate_open_connections", lambda: float(len(self.connections)))
+
+    @property
+    def settings(self) -> ServerSettings:
+        return self.state.config.server
+
+    # -- listening --------------------------------------------------------------------------------------
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> list[tuple[str, int]]:
+        """Listen on host:port; returns the bound addresses (port 0 picks one)."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: ClientConn(self, loop), host or None, port, ssl=self.listen_ssl,
+                                          reuse_port=reuse_port, backlog=1024, reuse_address=True)
+        self._servers.append(server)
+        if self.settings.native_relay:
+            # Started with the listener, so its three descriptors are part of the worker's baseline.
+            self.tunnels.prepare(loop)
+        return [sock.getsockname()[:2] for sock in server.sockets]
+
+    def stop_accepting(self) -> None:
+        """Close the listening sockets; open connections carry on."""
+        for server in self._servers:
+            server.close()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop accepting, let tunnels and requests finish for up to `timeout_s`, then close what is left."""
+        self.draining = True
+        self.stop_accepting()
+        for conn in list(self.connections):
+            if not self._busy(conn):
+                conn.close()
+        deadline = time.monotonic() + timeout_s
+        while (self.tunnels or self.connections) and time.monotonic() < deadline:
+            waiters = [t.done for t in self.tunnels] + [c.task for c in self.connections
+                                                          if c.task is not None and not c.task.done()]
+            if not waiters:
+                break
+            await asyncio.wait(waiters, timeout=max(0.0, deadline - time.monotonic()),
+                               return_when=asyncio.FIRST_COMPLETED)
+        for conn in list(self.connections):
+            conn.close()
+        self.pool.close()
+        await self.tunnels.close_all()
+
+    @staticmethod
+    def _busy(conn: ClientConn) -> bool:
+        # A connection whose serving task has ended (answered, perhaps lingering) has nothing left to finish.
+        return (bool(conn.buffer) or conn.busy) and not (conn.task is not None and conn.task.done())
+
+    # -- connections ------------------------------------------------------------------------------------
+    def connection_opened(self, conn: ClientConn) -> bool:
+        """Admit a connection; beyond max_connections (or while draining) answer 503, close it, return False."""
+        self.connections.add(conn)
+        if len(self.connections) + len(self.tunnels) > self.settings.max_connections or self.draining:
+            self.refuse(conn, Overloaded("too many connections"))
+            return False
+        return True
+
+    def refuse(self, conn: Conn, error: GatewayError) -> None:
+        """Answer `error` and close (no request was read)."""
+        self.accounting.refused(self._client_addr(conn), error.status, error)
+        conn.write(simple_response(error.status, error_body(error, ""), close=True))
+        if isinstance(conn, ClientConn):
+            conn.close_lingering()
+        else:
+            conn.close()
+
+    def connection_closed(self, conn: ClientConn) -> None:
+        """Forget a closed connection."""
+        self.connections.discard(conn)
+
+    def _client_addr(self, conn: Conn) -> str:
+        assert conn.transport is not None
+        peer = conn.transport.get_extra_info("peername")
+        return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+
+    async def serve(self, conn: ClientConn) -> None:
+        """Answer requests on `conn` until it closes or becomes a tunnel."""
+        settings = self.settings
+        first = True
+        remote = self._client_addr(conn)
+        scheme = "https" if self.listen_ssl is not None else "http"
+        handed_over = False
+        errored = False
+        try:
+            while not conn.lost:
+                conn.busy = False
+                raw = conn.take_head(max_bytes=settings.max_head_bytes)
+                if raw is not None:
+                    pass
+                elif conn.eof or len(conn.buffer) > settings.max_head_bytes:
+                    raw = await conn.read_head(max_bytes=settings.max_head_bytes)  # returns without waiting
+                else:
+                    try:
+                        async with asyncio.timeout(settings.head_timeout_s):
+                            raw = await conn.read_head(max_bytes=settings.max_head_bytes)
+                    except TimeoutError:
+                        if first or conn.buffer:
+                            raise RequestTimeout("request head not received in time") from None
+                        return
+                if raw is None:
+                    return
+                conn.busy = True
+                first = False
+                head = parse_request_head(raw)
+                keep, handed_over = await self.handle(conn, head, remote=remote, scheme=scheme)
+                if handed_over or not keep or self.draining:
+                    return
+        except GatewayError as error:
+            # Errors before a route was chosen: bad, slow or oversized heads.
+            self.accounting.refused(remote, error.status, error)
+            conn.write(simple_response(error.status, error_body(error, ""), close=True))
+            errored = True
+        except (ConnectionError, OSError) as exc:
+            log.debug("client connection failed: %s", exc)
+        except Exception:
+            log.exception("unexpected error serving %s", remote)
+            conn.write(simple_response(500, error_body(GatewayError("internal error"), ""), close=True))
+            errored = True
+        finally:
+            if not handed_over and (errored or conn.buffer):
+                conn.close_lingering()  # the answer must not be lost to a reset caused by unread input
+            elif not handed_over:
+                conn.close()
+
+    def _target(self, route: RouteSpec) -> RouteTarget:
+        """`route`'s dialing parameters under the configuration in force."""
+        state = self.state
+        if state is not self._targets_state:
+            self._targets = {}
+            self._targets_state = state
+        target = self._targets.get(route.id)
+        if target is None or target.route is not route:
+            target = self._targets[route.id] = RouteTarget(route, state.config,
+                                                           plain_listener=self.listen_ssl is None)
+        return target
+
+    # -- one request ------------------------------------------------------------------------------------
+    async def handle(self, conn: ClientConn, head: RequestHead, *, remote: str, scheme: str,
+                     failure: tuple[str, str] | None = None, hops: int = 0) -> tuple[bool, bool]:
+        """Answer one request; returns (keep, became a tunnel). `failure`, `hops`: from a forward (`policies`)."""
+        started = time.monotonic()
+        path, _, query = head.target.partition("?")
+        if path == "/actuator" or path.startswith("/actuator/"):
+            if self.admin is None:
+                raise NoRoute("no route")
+            if request_framing(head)[0] is not Framing.NONE:
+                raise BadRequest("actuator requests take no body")
+            status, ctype, body = await self.admin(head)
+            conn.write(simple_response(status, body, content_type=ctype, close=not head.keep_alive))
+            self.accounting.log(remote, head, status, "actuator", "-", started)
+            return head.keep_alive, False
+        view = RequestView(head.method, path, query, head.headers, remote, scheme)
+        state = self.state
+        match = state.table.match(view)
+        if match is None:
+            self.accounting.count("-", 404)
+            body = error_body(NoRoute("no route matches"), path)
+            # A body we did not read would be taken for the next request: close instead.
+            keep = head.keep_alive and request_framing(head)[0] is Framing.NONE
+            conn.write(simple_response(404, body, close=not keep))
+            self.accounting.log(remote, head, 404, "-", "-", started)
+            return keep, False
+        route = match.route
+        try:
+            plan = match.plan(view, failure=failure)
+            limit_headers: Headers = ()
+            for limit in plan.rate_limits:
+                decision = await self._rate_decision(route.id, limit, view)
+                limit_headers = (*limit_headers, *decision.headers)
+                if not decision.allowed:
+                    # 429, 403 for an empty key, 503 when Redis is down and fail-closed
+                    error = GatewayError("rate limit exceeded" if decision.status == 429
+                                         else "request refused by rate limiter", status=decision.status)
+                    refusal = Response(decision.status, error_body(error, head.path), limit_headers, "application/json")
+                    return self._answer_here(conn, head, route.id, refusal, remote, started), False
+            if match.has_plugins:
+                plan, answer = await run_plugin_filters(match.chain or route.filters, view, plan, route.id)
+                if answer is not None:
+                    return self._answer_here(conn, head, route.id, answer, remote, started), False
+            if policies.needed(route, plan):
+                return await policies.serve_policies(self, conn, head, view, route, plan, remote=remote, scheme=scheme,
+                                                     started=started, extra_headers=limit_headers, hops=hops)
+            return await self.forward(conn, head, view, route, plan, remote=remote, scheme=scheme,
+                                       started=started, extra_headers=limit_headers)
+        except GatewayError as error:
+            self.accounting.count(route.id, error.status)
+            self.accounting.log(remote, head, error.status, route.id, "-", started)
+            conn.write(simple_response(error.status, error_body(error, head.path), close=True))
+            return False, False
+
+    async def _rate_decision(self, route_id: str, limit: RateLimit, view: RequestView) -> RateDecision:
+        if self.rate_limiter is None:
+            # app.py always gives one when a route limits; an embedding without Redis lets requests through.
+            return RateDecision(True)
+        return await self.rate_limiter.check(route_id, limit, view)
+
+    def _answer_here(self, conn: ClientConn, head: RequestHead, route_id: str, answer: Response, remote: str,
+                     started: float) -> bool:
+        """Answer without dialing (a rate limiter's refusal, a plugin filter's own answer); keep the connection?"""
+        self.accounting.count(route_id, answer.status)
+        self.accounting.log(remote, head, answer.status, route_id, "-", started)
+        body, ctype = answer.encoded()
+        keep = head.keep_alive and request_framing(head)[0] is Framing.NONE
+        conn.write(simple_response(answer.status, body, content_type=ctype, close=not keep, extra=answer.headers))
+        return keep
+
+    async def _connect(self, route: RouteSpec, target: RouteTarget, view: RequestView,
+                       loop: asyncio.AbstractEventLoop | None, *, pooled: bool) -> tuple[Endpoint, Conn, bool]:
+        """Dial the route's instances in balancer order; returns (endpoint, connection, reused from pool)."""
+        name = target.name
+        endpoints = self._endpoints(target)
+        tls = target.tls
+        tls_context = self.upstream_ssl if tls else None
+        if tls and tls_context is None:
+            tls_context = ssl.create_default_context()
+        for endpoint in self.balancer.order(name, endpoints, target.choice, view):
+            if pooled:
+                idle = self.pool.take(endpoint, tls=tls)
+                if idle is not None:
+                    return endpoint, idle, True
+            try:
+                conn = await dial(endpoint, timeout_s=target.connect_timeout_s, ssl_context=tls_context, loop=loop)
+                return endpoint, conn, False
+            except (OSError, TimeoutError) as exc:
+                self._dial_failed(route, endpoint, "timeout" if isinstance(exc, TimeoutError) else "refused", exc)
+        raise NoInstance(name)
+
+    async def forward(self, conn: ClientConn, head: RequestHead, view: RequestView, route: RouteSpec,
+                       plan: ForwardPlan, *, remote: str, scheme: str, started: float,
+                       extra_headers: Headers = ()) -> tuple[bool, bool]:
+        upgrade = view.is_websocket and head.method == "GET"
+        framing, length = request_framing(head)
+        check_request_body(conn, framing, upgrade=upgrade)
+        target = self._target(route)
+        if (upgrade and target.native_dial and framing is Framing.NONE and not conn.buffer and not extra_headers
+                and not plan.response_headers):
+            answered = await self._upgrade_native(conn, head, view, route, plan, target, remote=remote,
+                                                  scheme=scheme, started=started)
+            if answered is not None:
+                return answered
+        loop = conn.loop
+        endpoint, upstream, reused = await self._connect(route, target, view, loop, pooled=not upgrade)
+        plan_headers = plan.headers
+        if framing is not Framing.NONE and (head.header("expect") or "").lower() == "100-continue":
+            # Answer the client's wait ourselves: the body is streamed as soon as it comes.
+            conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            plan_headers = tuple((k, v) for k, v in plan_headers if k.lower() != "expect")
+        request_bytes = self._request_bytes(head, plan, plan_headers, endpoint, target, remote=remote,
+                                            scheme=scheme, upgrade=upgrade)
+        timeout_s = policies.attempt_timeout(target.response_timeout_s)
+        try:
+            try:
+                upstream.write(request_bytes)
+                if framing is not Framing.NONE:
+                    await relay_body(conn, upstream, framing, length, error=BadRequest, drain_timeout_s=timeout_s)
+                response = await read_response(conn, upstream, timeout_s, upgrade=upgrade)
+            except BadGateway:
+                if not reused or framing is not Framing.NONE:
+                    raise
+                # A pooled connection the instance closed meanwhile: dial afresh once.
+                upstream.close()
+                endpoint, upstream, _ = await self._connect(route, target, view, loop, pooled=False)
+                upstream.write(request_bytes)
+                response = await read_response(conn, upstream, timeout_s, upgrade=upgrade)
+        except BaseException as error:
+            upstream.close()
+            self.accounting.upstream_error(route, endpoint, error)
+            raise
+        return await self._answer(conn, upstream, head, response, route, plan, endpoint, remote=remote,
+                                  started=started, upgrade=upgrade, extra_headers=extra_headers,
+                                  response_timeout_s=timeout_s)
+
+    def _request_bytes(self, head: RequestHead, plan: ForwardPlan, plan_headers: Headers, endpoint: Endpoint,
+                       target: RouteTarget, *, remote: str, scheme: str, upgrade: bool) -> bytes:
+        headers = upstream_request_headers(
+            plan_headers, upgrade=upgrade, client_addr=remote, proto=scheme, prefix=plan.prefix,
+            preserve_host=plan.preserve_host, upstream_authority=authority(endpoint.host, endpoint.port, target.scheme))
+        return serialize_head(f"{head.method} {plan.target} HTTP/1.1", headers)
+
+    def _endpoints(self, target: RouteTarget) -> tuple[Endpoint, ...]:
+        """The instances `target` may dial now; NoInstance (503 naming the service) when there are none."""
+        endpoints = self.provider.snapshot(target.service) if target.service is not None else target.endpoints
+        if not endpoints:
+            raise NoInstance(target.name)
+        return tuple(endpoints)
+
+    def _dial_failed(self, route: RouteSpec, endpoint: Endpoint, reason: str, detail: object) -> None:
+        policies.note_dial_failure(reason)
+        log.warning("dial %s for route %s failed (%s): %s", endpoint.address, route.id, reason, detail)
+        self.metrics.add("wsgate_upstream_errors_total", 1, route=route.id, instance=endpoint.address, reason=reason)
+
+    async def _upgrade_native(self, conn: ClientConn, head: RequestHead, view: RequestView, route: RouteSpec,
+                              plan: ForwardPlan, target: RouteTarget, *, remote: str, scheme: str,
+                              started: float) -> tuple[bool, bool] | None:
+        """A WebSocket upgrade whose dial, request and 101 the relay thread does (`native_relay.NativeRelay.dial`).
+
+        None, before anything was dialed, when it cannot be used here (no relay thread, an instance named by a
+        host name rather than an address): the caller goes the ordinary way.
+        """
+        relay = self.tunnels.native_relay(conn.loop)
+        if relay is None:
+            return None
+        endpoints = self._endpoints(target)
+        if not all(ip_literal(endpoint.host) for endpoint in endpoints):
+            return None
+        idle_timeout_s = route.metadata.idle_timeout_s or self.settings.idle_timeout_s
+        response_timeout_s = policies.attempt_timeout(target.response_timeout_s)
+        for endpoint in self.balancer.order(target.name, endpoints, target.choice, view):
+            request_bytes = self._request_bytes(head, plan, plan.headers, endpoint, target, remote=remote,
+                                                scheme=scheme, upgrade=True)
+            try:
+                waiting = self.tunnels.dial(relay, conn, endpoint, request_bytes, route_id=route.id,
+                                            idle_timeout_s=idle_timeout_s, connect_timeout_s=target.relay_connect_s,
+                                            response_timeout_s=response_timeout_s)
+            except OSError as exc:
+                self._dial_failed(route, endpoint, "refused", exc)
+                continue
+            if waiting is None:
+                return None
+            result = await waiting
+            if result.tunnel is not None:
+                self.accounting.count(route.id, 101)
+                self.accounting.log(remote, head, 101, route.id, endpoint.address, started)
+                self.connection_closed(conn)  # the client connection now belongs to the tunnel
+                return False, True
+            if result.failure in ("refused", "connect-timeout"):
+                reason = "timeout" if result.failure == "connect-timeout" else "refused"
+                self._dial_failed(route, endpoint, reason, os.strerror(result.errno) if result.errno else reason)
+                continue
+            upstream: Conn | None = None
+            try:
+                if result.upstream_fd is None:
+                    if result.failure == "response-timeout":
+                        raise UpstreamTimeout("instance did not answer in time")
+                    raise BadGateway("instance closed the connection without answering")
+                loop = conn.loop or asyncio.get_running_loop()
+                upstream = await adopt_socket(result.upstream_fd, result.head, loop=loop)
+                response = await read_response(conn, upstream, response_timeout_s)
+            except BaseException as error:
+                if upstream is not None:
+                    upstream.close()
+                self.accounting.upstream_error(route, endpoint, error)
+                raise
+            return await self._answer(conn, upstream, head, response, route, plan, endpoint, remote=remote,
+                                      started=started, upgrade=True, extra_headers=(),
+                                      response_timeout_s=response_timeout_s)
+        raise NoInstance(target.name)
+
+    async def _answer(self, conn: ClientConn, upstream: Conn, head: RequestHead, response: ResponseHead,
+                      route: RouteSpec, plan: ForwardPlan, endpoint: Endpoint, *, remote: str, started: float,
+                      upgrade: bool, extra_headers: Headers, response_timeout_s: float | None) -> tuple[bool, bool]:
+        """Pass the instance's final response head on: start the tunnel on a 101, relay the body otherwise."""
+        policies.check_response(upstream, response.status)  # Retry or CircuitBreaker may still give this attempt up
+        response_headers = (*response.headers, *extra_headers) if extra_headers else response.headers
+        if plan.response_headers:
+            response, response_headers = policies.edit_response(response, response_headers, plan)
+        self.accounting.count(route.id, response.status)
+        self.accounting.log(remote, head, response.status, route.id, endpoint.address, started)
+        if plan.body_edits and not (response.status == 101 and upgrade):
+            return await policies.relay_buffered(conn, upstream, head, response, response_headers, plan), False
+        if response.status == 101 and upgrade:
+            conn.write(serialize_head(f"HTTP/1.1 101 {response.reason}", response_headers))
+            self._start_tunnel(conn, upstream, route, endpoint)
+            return False, True
+        return await self._relay_response(conn, upstream, head, response, response_headers, route, endpoint,
+                                          upgrade=upgrade, response_timeout_s=response_timeout_s), False
+
+    async def _relay_response(self, conn: ClientConn, upstream: Conn, head: RequestHead, response: ResponseHead,
+                              headers: Headers, route: RouteSpec, endpoint: Endpoint, *, upgrade: bool,
+                              response_timeout_s: float | None) -> bool:
+        framing, length = response_framing(head.method, response)
+        keep_client = head.keep_alive and framing is not Framing.UNTIL_CLOSE
+        out = strip_hop_by_hop(headers)
+        if not keep_client:
+            out = (*out, ("Connection", "close"))
+        conn.write(serialize_head(f"HTTP/1.1 {response.status} {response.reason}", out))
+        try:
+            nbytes = await relay_body(upstream, conn, framing, length, error=BadGateway,
+                                      read_timeout_s=response_timeout_s)
+        except GatewayError as error:  # the client has the head already: close both, never pool a doubtful one
+            upstream.close()
+            conn.close()
+            self.accounting.upstream_error(route, endpoint, error)
+            return False
+        self.metrics.add("wsgate_http_bytes_total", nbytes, route=route.id, direction="downstream")
+        upstream_keep = (response.version == "HTTP/1.1" and framing is not Framing.UNTIL_CLOSE and not upgrade
+                         and "close" not in (response.header("connection") or "").lower())
+        if upstream_keep and not upstream.buffer:
+            self.pool.put(endpoint, upstream, tls=route.uri.tls)
+        else:
+            upstream.close()
+        await conn.drain()
+        return keep_client
+
+    def _start_tunnel(self, conn: ClientConn, upstream: Conn, route: RouteSpec, endpoint: Endpoint) -> None:
+        # The client connection now belongs to the tunnel: it no longer counts as a plain connection.
+        self.connection_closed(conn)
+        self.tunnels.start(conn, upstream, route_id=route.id, endpoint=endpoint,
+                           idle_timeout_s=route.metadata.idle_timeout_s or self.settings.idle_timeout_s,
+                           native=self.settings.native_relay, loop=conn.loop)

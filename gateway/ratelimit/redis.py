@@ -1,0 +1,182 @@
+"""RequestRateLimiter's token bucket in Redis: SCG's `request_rate_limiter.lua`, run atomically by one script call.
+
+Every gateway process runs the same script on the same two keys per (route, caller), so the bucket is shared and
+consistent across processes. The script is loaded once (SCRIPT LOAD) and called by EVALSHA; a Redis that lost it
+(restart, failover, SCRIPT FLUSH) answers NOSCRIPT and gets a plain EVAL, which caches it again. When Redis cannot
+answer, requests pass (fail-open, SCG's behaviour) or get 503 (fail-closed); the failure is logged once per outage,
+and for `retry_interval_s` after a failure requests are decided at once instead of each waiting `timeout_s` for a
+Redis that is down (one request per interval probes it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import redis.asyncio
+from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import NoScriptError, RedisError
+
+from gateway.model import RateLimit, RequestView
+from gateway.ratelimit.bucket import (
+    RateDecision,
+    bucket_keys,
+    decide,
+    empty_key_decision,
+    resolve_key,
+    script_args,
+    unavailable_decision,
+)
+
+log = logging.getLogger(__name__)
+
+# SCG's token bucket (the two-key form): refill by elapsed whole seconds * rate up to capacity, take `requested`
+# if there are that many, store both values with a TTL of twice the time to fill an empty bucket.
+TOKEN_BUCKET_LUA = """
+local tokens_key = KEYS[1]
+local timestamp_key = KEYS[2]
+
+local rate = tonumber(ARGV[1])
+local capacity = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local requested = tonumber(ARGV[4])
+
+local fill_time = capacity / rate
+local ttl = math.floor(fill_time * 2)
+
+local last_tokens = tonumber(redis.call("get", tokens_key))
+if last_tokens == nil then
+  last_tokens = capacity
+end
+local last_refreshed = tonumber(redis.call("get", timestamp_key))
+if last_refreshed == nil then
+  last_refreshed = 0
+end
+
+local delta = math.max(0, now - last_refreshed)
+local filled_tokens = math.min(capacity, last_tokens + (delta * rate))
+local allowed = filled_tokens >= requested
+local new_tokens = filled_tokens
+local allowed_num = 0
+if allowed then
+  new_tokens = filled_tokens - requested
+  allowed_num = 1
+end
+
+if ttl > 0 then
+  redis.call("setex", tokens_key, ttl, new_tokens)
+  redis.call("setex", timestamp_key, ttl, now)
+end
+
+return { allowed_num, new_tokens }
+"""
+TOKEN_BUCKET_SHA = hashlib.sha1(TOKEN_BUCKET_LUA.encode()).hexdigest()
+
+
+SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+
+
+@dataclass
+class RedisConnection:
+    """The limiter's Redis client and, for a Sentinel URL, the sentinels' own connections, closed together."""
+
+    client: redis.asyncio.Redis
+    sentinel: Sentinel | None = None
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        if self.sentinel is not None:
+            await self.sentinel.aclose()
+
+
+def redis_connection(url: str) -> RedisConnection:
+    """A client for `wsgate.redis.url` (connecting on first use): one server, or a master that sentinels watch,
+    `redis+sentinel://[user:password@]host:26379[,host:26379]/<master>[/<db>]` (CONTRACT section 7)."""
+    if not url.startswith(SENTINEL_SCHEMES):
+        return RedisConnection(redis.asyncio.from_url(url))
+    parts = urlsplit(url.replace("+sentinel", "", 1))
+    hosts = parts.netloc.rpartition("@")[2]
+    sentinels = []
+    for entry in hosts.split(","):
+        host, _, port = entry.rpartition(":") if entry.rpartition(":")[2].isdigit() else (entry, "", "")
+        sentinels.append((host.strip("[]"), int(port) if port else 26379))
+    master, _, db = parts.path.strip("/").partition("/")
+    sentinel = Sentinel(sentinels, socket_timeout=1.0)
+    client: redis.asyncio.Redis = sentinel.master_for(
+        unquote(master), db=int(db or 0), username=unquote(parts.username or "") or None,
+        password=unquote(parts.password or "") or None, ssl=url.startswith("rediss"))
+    return RedisConnection(client, sentinel)
+
+
+class _UnexpectedReply(RedisError):
+    """Redis answered something that is not the script's `[allowed, tokens_left]`."""
+
+
+class RedisRateLimiter:
+    """Checks requests against RateLimits with a token bucket per (route, caller) in Redis."""
+
+    def __init__(self, redis: redis.asyncio.Redis, *, key_prefix: str = "", fail_open: bool = True,
+                 timeout_s: float = 1.0, retry_interval_s: float = 1.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, not {timeout_s}")
+        if retry_interval_s < 0:
+            raise ValueError(f"retry_interval_s must be >= 0, not {retry_interval_s}")
+        self._redis = redis
+        self._key_prefix = key_prefix
+        self._fail_open = fail_open
+        self._timeout_s = timeout_s
+        self._retry_interval_s = retry_interval_s
+        self._skip_until = 0.0  # time.monotonic() before which Redis is not asked again after a failure
+        # The script's `now`, in epoch seconds; injectable so tests replenish without sleeping.
+        self._clock = clock
+        self._loaded = False
+        self._failing = False
+
+    async def check(self, route_id: str, limit: RateLimit, request: RequestView) -> RateDecision:
+        """Take `limit.requested_tokens` from the caller's bucket: pass, 429, 403 (empty key) or 503 (fail-closed)."""
+        key = resolve_key(limit, request)
+        if not key:
+            return empty_key_decision(limit)
+        keys = bucket_keys(route_id, key, key_prefix=self._key_prefix)
+        args = script_args(limit, int(self._clock()))
+        if self._failing and time.monotonic() < self._skip_until:
+            return unavailable_decision(limit, fail_open=self._fail_open)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                allowed, tokens_left = await self._run(keys, args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._note_failure(exc)
+            return unavailable_decision(limit, fail_open=self._fail_open)
+        if self._failing:
+            self._failing = False
+            log.warning("rate limiter: Redis answers again")
+        return decide(limit, allowed, tokens_left)
+
+    async def _run(self, keys: tuple[str, str], args: tuple[int, int, int, int]) -> tuple[bool, int]:
+        if not self._loaded:
+            await self._redis.script_load(TOKEN_BUCKET_LUA)
+            self._loaded = True
+        try:
+            reply = await self._redis.evalsha(TOKEN_BUCKET_SHA, len(keys), *keys, *args)
+        except NoScriptError:
+            reply = await self._redis.eval(TOKEN_BUCKET_LUA, len(keys), *keys, *args)
+        if not (isinstance(reply, list) and len(reply) == 2 and all(isinstance(v, int) for v in reply)):
+            raise _UnexpectedReply(f"unexpected token bucket reply {reply!r}")
+        return reply[0] == 1, int(reply[1])
+
+    def _note_failure(self, exc: BaseException) -> None:
+        # One error per outage, not one per request: a flood of identical lines would bury everything else.
+        self._skip_until = time.monotonic() + self._retry_interval_s
+        reason = f"no answer within {self._timeout_s} s" if isinstance(exc, TimeoutError) else repr(exc)
+        if not self._failing:
+            self._failing = True
+            policy = "letting requests through" if self._fail_open else "answering 503"
+            log.error("rate limiter: Redis unavailable (%s), %s", reason, policy)
+        else:
+            log.debug("rate limiter: Redis still unavailable (%s)", reason)

@@ -1,0 +1,130 @@
+"""The open tunnels of one worker: handed to the native relay thread when possible, relayed in Python otherwise.
+
+`Tunnels.start` is called with both connections right after the 101 has been written to the client;
+`Tunnels.dial` lets the relay thread dial the instance and forward its 101 itself. Either way this keeps the
+balancer's per-instance counts and the tunnel metrics (upgrades, active tunnels, bytes each way) and forgets a
+tunnel when it ends. The native relay thread (an epoll fd, two eventfds and a thread) starts when the worker
+process listens (`prepare`; never in the supervisor that forks the workers) and stops in `close_all`.
+
+Both relays end tunnels with the same lingering close (`gateway.tunnel.linger`, with this worker's `CloseTimeouts`);
+`RELAY_KINDS` names them, and the tunnel tests run every case against each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+
+from gateway.discovery.base import Endpoint
+from gateway.ops.metrics import Metrics
+from gateway.ops.tasks import TaskSupervisor
+from gateway.proxy.conn import Conn
+from gateway.routing.balancer import Balancer
+from gateway.tunnel import native as native_relay
+from gateway.tunnel.linger import DEFAULT_TIMEOUTS, CloseTimeouts
+from gateway.tunnel.native import DialResult, NativeRelay, NativeTunnel
+from gateway.tunnel.python_relay import Tunnel
+
+log = logging.getLogger("gateway.tunnels")
+
+AnyTunnel = Tunnel | NativeTunnel
+RELAY_KINDS = ("native", "python")  # the native relay thread, uvloop transports (`Tunnel`)
+
+
+class Tunnels:
+    """A set of open tunnels (iterable, sized) plus the worker's relay thread."""
+
+    def __init__(self, *, metrics: Metrics, balancer: Balancer, timeouts: CloseTimeouts = DEFAULT_TIMEOUTS) -> None:
+        self._open: set[AnyTunnel] = set()
+        self.timeouts = timeouts
+        self.tasks: TaskSupervisor | None = None  # the worker's; set before `prepare` to supervise the relay's reader
+        self._metrics = metrics
+        self._balancer = balancer
+        self._relay: NativeRelay | None = None
+        self._relay_failed = False
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def __iter__(self) -> Iterator[AnyTunnel]:
+        return iter(self._open)
+
+    def prepare(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the relay thread now rather than with the first tunnel (a no-op without the native module)."""
+        self._native(loop)
+
+    def _native(self, loop: asyncio.AbstractEventLoop) -> NativeRelay | None:
+        if self._relay is None and not self._relay_failed and native_relay.available():
+            try:
+                self._relay = NativeRelay(loop, timeouts=self.timeouts, tasks=self.tasks)
+            except (OSError, RuntimeError) as exc:
+                self._relay_failed = True
+                log.warning("native relay unavailable, tunnels are relayed in Python: %s", exc)
+        return self._relay
+
+    def native_relay(self, loop: asyncio.AbstractEventLoop | None) -> NativeRelay | None:
+        """The worker's relay thread, or None (not built, failed to start, or no loop given)."""
+        return self._native(loop) if loop is not None else None
+
+    def _finisher(self, route_id: str, endpoint: Endpoint) -> Callable[[AnyTunnel], None]:
+        metrics = self._metrics
+
+        def finished(tunnel: AnyTunnel) -> None:
+            self._open.discard(tunnel)
+            self._balancer.release(endpoint)
+            up, down = tunnel.nbytes
+            metrics.add("wsgate_active_tunnels", -1, route=route_id)
+            metrics.add("wsgate_tunnel_bytes_total", up, route=route_id, direction="upstream")
+            metrics.add("wsgate_tunnel_bytes_total", down, route=route_id, direction="downstream")
+
+        return finished
+
+    def _opened(self, route_id: str, endpoint: Endpoint) -> None:
+        self._balancer.acquire(endpoint)
+        self._metrics.add("wsgate_upgrades_total", 1, route=route_id, instance=endpoint.address)
+        self._metrics.add("wsgate_active_tunnels", 1, route=route_id)
+
+    def dial(self, relay: NativeRelay, client: Conn, endpoint: Endpoint, request: bytes, *, route_id: str,
+             idle_timeout_s: float | None, connect_timeout_s: float,
+             response_timeout_s: float | None) -> asyncio.Future[DialResult] | None:
+        """`NativeRelay.dial` for a route; a 101 makes the tunnel count as open (see there for the outcomes)."""
+
+        def upgraded(tunnel: NativeTunnel) -> None:
+            # Called from the relay's reaping, before its end can be: the tunnel is still open here.
+            self._opened(route_id, endpoint)
+            self._open.add(tunnel)
+
+        return relay.dial(client, endpoint.host, endpoint.port, request, connect_timeout_s=connect_timeout_s,
+                          response_timeout_s=response_timeout_s, idle_timeout_s=idle_timeout_s,
+                          on_upgraded=upgraded, on_done=self._finisher(route_id, endpoint))
+
+    def start(self, client: Conn, upstream: Conn, *, route_id: str, endpoint: Endpoint,
+              idle_timeout_s: float | None, native: bool, loop: asyncio.AbstractEventLoop | None) -> AnyTunnel:
+        """Relay between `client` and `upstream` from now on; the tunnel is forgotten when it ends."""
+        finished = self._finisher(route_id, endpoint)
+        self._opened(route_id, endpoint)
+        relay = self._native(loop) if native and loop is not None else None
+        tunnel: AnyTunnel | None = None
+        if relay is not None:
+            tunnel = relay.adopt(client, upstream, idle_timeout_s=idle_timeout_s, on_done=finished)
+        if tunnel is None:
+            tunnel = Tunnel(client, upstream, idle_timeout_s=idle_timeout_s, on_done=finished, loop=loop,
+                            timeouts=self.timeouts)
+        if not tunnel.done.done():
+            self._open.add(tunnel)
+        return tunnel
+
+    async def close_all(self, *, flush_timeout_s: float = 1.0) -> None:
+        """Close every tunnel (each flushes what it has pending and lingers), then stop the relay thread.
+
+        The lingering of each is cut short after `flush_timeout_s`: the worker is stopping."""
+        for tunnel in list(self._open):
+            tunnel.close()
+        if closing := [t.done for t in self._open]:
+            await asyncio.wait(closing, timeout=flush_timeout_s)
+        for tunnel in list(self._open):
+            if isinstance(tunnel, Tunnel):
+                tunnel.abort()
+        if self._relay is not None:
+            self._relay.close()
