@@ -1,5 +1,5 @@
 """`Retry` and `CircuitBreaker` with SCG's arguments and defaults; pure. Each puts its policy in the plan; the
-proxy (`server.py`) runs the attempts, the backoff and the breaker (`gateway.routing.resilience`).
+proxy (`gateway/proxy/policies.py`) runs the attempts, the backoff and the breaker (`gateway.routing.resilience`).
 """
 
 from __future__ import annotations
