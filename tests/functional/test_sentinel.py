@@ -36,13 +36,18 @@ class SentinelSetup:
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
         return f"redis+sentinel://{hosts}/{MASTER}/0"
 
-    async def master_port(self) -> int:
-        sentinel = aioredis.Redis(port=self.sentinel_ports[0], decode_responses=True)
+    async def master_port(self, index: int = 0) -> int:
+        """The master's port as sentinel `index` sees it."""
+        sentinel = aioredis.Redis(port=self.sentinel_ports[index], decode_responses=True)
         try:
             _host, port = await sentinel.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER)
             return int(port)
         finally:
             await sentinel.aclose()
+
+    async def all_agree_on(self, port: int) -> bool:
+        """Every sentinel names `port` as the master (the new configuration has reached them all)."""
+        return all([await self.master_port(index) == port for index in range(len(self.sentinel_ports))])
 
 
 def _start_sentinel(procs: ProcessGroup, directory: Path, primary_port: int, index: int) -> tuple[int, ManagedProcess]:
@@ -316,9 +321,11 @@ async def test_min_replicas_every_202_survives_a_primary_sigkill(procs: ProcessG
 
         async def bring_back_the_old_primary() -> None:
             # With one replica, the promoted one has none left and every WAIT 1 fails (503, as it should); the
-            # old primary restarted empty is turned into its replica by the sentinels, and 202s come back.
+            # old primary restarted empty is turned into its replica by the sentinels, and 202s come back. It comes
+            # back only once every sentinel knows the new master, as an operator would do it: a sentinel still on
+            # the old configuration would make the promoted replica resync from the empty old primary.
             nonlocal old_primary_back
-            if not old_primary_back and await sentinel_setup.master_port() == sentinel_setup.replica.port:
+            if not old_primary_back and await sentinel_setup.all_agree_on(sentinel_setup.replica.port):
                 await sentinel_setup.primary.start()
                 old_primary_back = True
 
