@@ -237,6 +237,12 @@ def request_framing(head: RequestHead) -> tuple[Framing, int]:
     return _request_framing(head.version, head.headers)
 
 
+def keeps_alive_unread(head: RequestHead) -> bool:
+    """Whether the connection may stay open after an answer given without reading the request's body: only when it
+    has none (an unread body would be taken for the next request)."""
+    return head.keep_alive and request_framing(head)[0] is Framing.NONE
+
+
 def _response_framing(headers: Headers) -> tuple[Framing, int]:
     lowered = [k.lower() for k, _ in headers]
     if "transfer-encoding" not in lowered and "content-length" not in lowered:

@@ -30,6 +30,7 @@ from gateway.proxy.httpparse import (
     Framing,
     RequestHead,
     ResponseHead,
+    keeps_alive_unread,
     request_framing,
     response_framing,
     serialize_head,
@@ -340,7 +341,7 @@ async def serve_policies(server: GatewayServer, conn: ClientConn, head: RequestH
                          extra_headers: Headers, hops: int) -> tuple[bool, bool]:
     """Answer a request whose filters need more than a plain forward (see the module docstring)."""
     def answer(own: LocalAnswer) -> tuple[bool, bool]:
-        keep = head.keep_alive and request_framing(head)[0] is Framing.NONE  # an unread body: close after
+        keep = keeps_alive_unread(head)
         status, data = local_answer(own, plan, keep_alive=keep, head_request=head.method == "HEAD")
         server.accounting.answered(remote, head, status, route.id, started)
         conn.write(data)

@@ -44,6 +44,7 @@ from gateway.proxy.httpparse import (
     Framing,
     RequestHead,
     ResponseHead,
+    keeps_alive_unread,
     parse_request_head,
     request_framing,
     response_framing,
@@ -249,7 +250,7 @@ class GatewayServer:
             self.accounting.count("-", 404)
             body = error_body(NoRoute("no route matches"), path)
             # A body we did not read would be taken for the next request: close instead.
-            keep = head.keep_alive and request_framing(head)[0] is Framing.NONE
+            keep = keeps_alive_unread(head)
             conn.write(simple_response(404, body, close=not keep))
             self.accounting.log(remote, head, 404, "-", "-", started)
             return keep, False
@@ -293,7 +294,7 @@ class GatewayServer:
         self.accounting.count(route_id, answer.status)
         self.accounting.log(remote, head, answer.status, route_id, "-", started)
         body, ctype = answer.encoded()
-        keep = head.keep_alive and request_framing(head)[0] is Framing.NONE
+        keep = keeps_alive_unread(head)
         conn.write(simple_response(answer.status, body, content_type=ctype, close=not keep, extra=answer.headers))
         return keep
 
