@@ -83,6 +83,10 @@ def test_head_parser_accepts_nothing_h11_reads_otherwise(head: bytes) -> None:
         framing = request_framing(parsed)
     except GatewayError:
         return  # refused: always allowed
+    if not parsed.target.isascii():
+        # A mutation put a non-ASCII byte into the target: the gateway passes raw UTF-8 targets on and h11 refuses
+        # them, a choice about URIs that `targets` above keeps out of this comparison (it is about framing).
+        return
     request, why = h11_request(head)
     assert request is not None, f"the gateway accepted what h11 refuses ({why}): {head!r}"
     assert parsed.method.encode("latin-1") == request.method
