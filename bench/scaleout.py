@@ -226,7 +226,7 @@ async def probe_sessions(cluster: Cluster, redis_client: aioredis.Redis, count: 
         used = int((await redis_client.info("memory"))["used_memory"]) - used_before
         rss = sum(procstat.rss_bytes(proc.pid) for proc, _ in cluster.nodes.values()) - rss_before
         keys = int(await redis_client.dbsize()) - keys_before
-        # Session records live in the user's set and in each node's `node:<id>:sessions` hash (wsnode/registry.py).
+        # Session records live in the user's set and in each node's `node:<id>:sessions` hash (wsnode/presence.py).
         key_bytes = await key_memory(redis_client, [f"{cluster.prefix}wsgate:node:*:sessions",
                                                     f"{cluster.prefix}wsgate:user:probe*"])
         key_bytes += int(await redis_client.memory_usage(f"{cluster.prefix}wsgate:sessions") or 0)

@@ -11,7 +11,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from wsnode.keys import Keys
-from wsnode.registry import RedisShards, as_shards
+from wsnode.presence import RedisShards, as_shards
 
 # KEYS[1] the user's budget hash; ARGV frames/s, bytes/s, this frame's bytes, idle expiry ms.
 # Returns 0 (allowed), 1 (frame rate spent) or 2 (byte rate spent); a refused frame costs nothing.

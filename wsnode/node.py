@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from wsnode import metrics
+from wsnode.delivery import Router
 from wsnode.envelope import (
     PushRequest,
     encode_message,
@@ -34,8 +35,7 @@ from wsnode.envelope import (
 from wsnode.errors import AuthError, BackendUnavailable
 from wsnode.keys import Keys
 from wsnode.limits import ALLOWED, FRAME_RATE_SPENT, UserLimits
-from wsnode.registry import RedisShards, SessionRegistry, as_shards, gather_all
-from wsnode.routing import Router
+from wsnode.presence import RedisShards, SessionRegistry, as_shards, gather_all
 from wsnode.sessions import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER, LocalSessions, Session
 from wsnode.settings import NodeSettings
 from wsnode.store import MessageStore, PushResult, Replay

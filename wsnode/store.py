@@ -3,7 +3,7 @@
 Per user U (under the prefix): `wsgate:user:U:seq` (counter, the message ids), `:msgs` (sorted set of ready-to-send
 message frames scored by id), `:unacked` (hash id -> module), `:unread` (hash module -> count). Unread counts are
 the number of unacked stored messages per module, so trimming by count or age lowers them too. Because one script
-increments the id, stores the frame and publishes it to the live nodes holding U's sessions (registry.py),
+increments the id, stores the frame and publishes it to the live nodes holding U's sessions (presence.py),
 publications for U leave Redis in id order.
 
 Sharded Redis (wsnode/sharding.py): U's keys, and the idempotency marker of a push as far as it concerns U, live on
@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 
 from wsnode.envelope import PushRequest, message_tail
 from wsnode.keys import Keys
-from wsnode.registry import RedisShards, as_shards
+from wsnode.presence import RedisShards, as_shards
 from wsnode.script_batch import ScriptBatcher
 
 _PUSH_LUA = """
@@ -39,7 +39,7 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local per_node, order = {}, {}
-local alive = {}  -- node -> whether its liveness key exists (sessions of dead nodes are skipped, see registry.py)
+local alive = {}  -- node -> whether its liveness key exists (sessions of dead nodes are skipped, see presence.py)
 local online, stored, ids = 0, 0, {}
 local function counts(base)
   local flat = redis.call('HGETALL', base .. ':unread')

@@ -13,7 +13,7 @@ Why: closing a socket with unread input makes the kernel send a reset instead of
 the last bytes on their way and destroy them. A client still sending a frame too big when the instance closes
 1009 would lose that close frame. nginx's lingering close exists for the same reason.
 
-A new relay passes `tests/gateway/test_tunnel.py` by being added to `tunnels.RELAY_KINDS`, which every case there
+A new relay passes `tests/gateway/tunnel/test_tunnel.py` by being added to `tunnels.RELAY_KINDS`, which every case there
 runs against (the close-code case included).
 """
 

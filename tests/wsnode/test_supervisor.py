@@ -15,9 +15,9 @@ from aiohttp.test_utils import TestServer
 from harness import RedisInfo, free_port
 from tests.wsnode.conftest import API_KEY, SECRET, WITH_KEY, Client, eventually, make_token
 from wsnode.app import build_app
+from wsnode.delivery import Router
 from wsnode.node import Node
 from wsnode.registration import ConsulRegistration
-from wsnode.routing import Router
 from wsnode.settings import NodeSettings
 from wsnode.stream_consumer import StreamConsumer
 from wsnode.supervisor import Supervisor

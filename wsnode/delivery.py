@@ -32,9 +32,9 @@ from redis.exceptions import RedisError
 
 from wsnode import metrics
 from wsnode.keys import Keys
-from wsnode.registry import RedisShards, as_shards
+from wsnode.presence import RedisShards, as_shards
 
-log = logging.getLogger("wsnode.routing")
+log = logging.getLogger("wsnode.delivery")
 
 PayloadHandler = Callable[[dict[str, Any]], None]
 

@@ -15,7 +15,7 @@ import pytest
 from gateway.config.loader import load_config
 from gateway.errors import ConfigError
 
-CORPUS = Path(__file__).resolve().parents[1] / "data" / "scg-wild"
+CORPUS = Path(__file__).resolve().parents[2] / "data" / "scg-wild"
 # SCG's own tests set `test.uri` from the test; we give it the way a deployment would, through the environment.
 ENV = {"TEST_URI": "http://127.0.0.1:9"}
 

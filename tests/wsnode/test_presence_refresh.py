@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from harness import ProcessGroup, free_port, redis_answers, redis_server_binary
 from wsnode.keys import Keys
-from wsnode.registry import SessionRegistry
+from wsnode.presence import SessionRegistry
 
 
 @pytest.fixture

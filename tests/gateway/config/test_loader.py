@@ -282,7 +282,7 @@ def test_loader_env_defaults_to_os_environ(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_loader_shipped_routes_yaml_loads() -> None:
-    config = load_config(Path(__file__).resolve().parents[2] / "routes.yaml", env={})
+    config = load_config(Path(__file__).resolve().parents[3] / "routes.yaml", env={})
     assert [r.id for r in config.routes] == ["ws-svc"]
     assert config.server.port == 8080
     assert config.discovery == ConsulSettings("127.0.0.1", 8500)

@@ -2,7 +2,7 @@
 connections).
 
 The test holds the far ends; `Tunnel` relays between the near ends. The native relay's counterpart is
-tests/gateway/test_native_relay.py::test_relay_lingers_at_most_linger_ms_for_a_peer_that_never_closes.
+tests/gateway/tunnel/test_native_relay.py::test_relay_lingers_at_most_linger_ms_for_a_peer_that_never_closes.
 """
 
 from __future__ import annotations
