@@ -14,7 +14,9 @@ import os
 import sys
 from collections.abc import Sequence
 
+from gateway.config import environment
 from gateway.config.loader import load_config
+from gateway.config.settings_table import setting
 from gateway.errors import ConfigError
 
 EXIT_CONFIG = 2
@@ -28,14 +30,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     source.add_argument("--check", metavar="FILE", help="validate FILE, print its routes and warnings, and exit")
     parser.add_argument("--profile", action="append", default=None,
                         help="active Spring profile (repeatable or comma-separated; default SPRING_PROFILES_ACTIVE)")
-    parser.add_argument("--unknown-filters", choices=("fail", "warn"), default=None,
+    parser.add_argument("--unknown-filters", choices=setting("unknown-filters").choices, default=None,
                         help="override the file's wsgate.unknown-filters")
     parser.add_argument("--host", default=None, help="listen address (overrides server.host)")
     parser.add_argument("--port", type=int, default=None, help="listen port (overrides server.port)")
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes sharing the port (default: server.workers, else the CPU count)")
-    parser.add_argument("--log-level", default=os.environ.get("WSGATE_LOG_LEVEL", "INFO"),
-                        help="logging level (default INFO)")
+    parser.add_argument("--log-level", default=environment.log_level(environment.current()),
+                        help=f"logging level (default ${environment.LOG_LEVEL}, else INFO)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -54,9 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     # Workers and reloads read the file again: they find the choices in the environment they inherit.
     if args.profile:
-        os.environ["SPRING_PROFILES_ACTIVE"] = ",".join(args.profile)
+        environment.export(environment.PROFILES, ",".join(args.profile))
     if args.unknown_filters is not None:
-        os.environ["WSGATE_UNKNOWN_FILTERS"] = args.unknown_filters
+        environment.export(environment.UNKNOWN_FILTERS, args.unknown_filters)
     if args.workers is not None and args.workers < 1:
         print("wsgate: --workers must be >= 1", file=sys.stderr)
         return EXIT_CONFIG

@@ -22,6 +22,7 @@ import ssl
 import sys
 from collections.abc import Callable, Mapping
 
+from gateway.config import environment
 from gateway.config.loader import load_config
 from gateway.config.locator import locator_routes, with_located
 from gateway.config.model import ConsulSettings, GatewayConfig, RouteSpec, ServerSettings
@@ -43,7 +44,6 @@ from gateway.routing.targets import RoutingState
 
 log = logging.getLogger("gateway.app")
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"  # Spring Data Redis's default, as SCG's rate limiter uses
 FILE_POLL_S = 1.0
 METRICS_PUBLISH_S = 1.0
 FILE_WATCH = "routes-file-watch"  # the supervised duties of this module
@@ -55,9 +55,9 @@ def consul_settings(config: GatewayConfig, env: Mapping[str, str]) -> ConsulSett
     """The file's `discovery.consul`, else $CONSUL_HTTP_ADDR when some route needs discovery."""
     if config.discovery is not None:
         return config.discovery
-    address = env.get("CONSUL_HTTP_ADDR")
+    address = environment.consul_address(env)
     if address and config.services:
-        return ConsulSettings.from_address(address, token=env.get("CONSUL_HTTP_TOKEN") or None)
+        return ConsulSettings.from_address(address, token=environment.consul_token(env))
     return None
 
 
@@ -96,16 +96,16 @@ class GatewayApp:
         self.config_path = config_path
         self.host = host
         self.port = port
-        self.env = dict(os.environ if env is None else env)
+        self.env = dict(environment.current() if env is None else env)
         self.reuse_port = reuse_port
         self.watch_file = watch_file
-        self.metrics = Metrics(shared_dir=self.env.get("WSGATE_METRICS_DIR") or None)
+        self.metrics = Metrics(shared_dir=environment.metrics_dir(self.env))
         self.balancer = Balancer()
         self.metrics.gauge_by("wsgate_instance_tunnels", "instance", self.balancer.active_by_address)
         self.server: GatewayServer | None = None
         self.provider: Provider | None = None
         self.addresses: list[tuple[str, int]] = []
-        self.tasks = TaskSupervisor.from_env(self.env)
+        self.tasks = TaskSupervisor(fault_file=environment.fault_file(self.env))
         self._stop = asyncio.Event()
         self._mtime = self._file_mtime()
         self._services: Services = {}  # the Consul catalog, for discovery.locator's routes
@@ -118,7 +118,7 @@ class GatewayApp:
             return None
 
     def _load(self) -> GatewayConfig:
-        config = load_config(self.config_path, env=self.env, unknown_filters=self.env.get("WSGATE_UNKNOWN_FILTERS"))
+        config = load_config(self.config_path, env=self.env, unknown_filters=environment.unknown_filters(self.env))
         for warning in config.warnings:
             log.warning("%s", warning)
         return config
@@ -195,10 +195,9 @@ class GatewayApp:
                           consul=consul_settings(config, self.env), upstream_ssl=upstream_ssl_context(settings),
                           listen_hosts=lambda: [host for host, _ in self.addresses])
         # The Redis client connects on first use: routes without RequestRateLimiter never touch it.
-        limiter_redis = redis_connection(settings.redis_url or self.env.get("REDIS_URL") or DEFAULT_REDIS_URL)
-        prefix = settings.redis_prefix
-        limiter = RedisRateLimiter(limiter_redis.client, key_prefix=self.env.get("WSGATE_REDIS_PREFIX", "")
-                                   if prefix is None else prefix)
+        limiter_redis = redis_connection(environment.wsgate_fallback("redis.url", settings.redis_url, self.env))
+        prefix = environment.wsgate_fallback("redis.prefix", settings.redis_prefix, self.env)
+        limiter = RedisRateLimiter(limiter_redis.client, key_prefix=prefix)
         self.server = GatewayServer(state, provider=self.provider, balancer=self.balancer, metrics=self.metrics,
                                     admin=admin, upstream_ssl=upstream_ssl_context(settings),
                                     listen_ssl=listen_ssl_context(settings), rate_limiter=limiter)

@@ -4,6 +4,7 @@
 - `gateway` and `wsnode` never import each other.
 - No package module passes 500 lines.
 - Every path that docs/architecture.md names exists.
+- Each of `gateway` and `wsnode` reads the process environment in one module only (its `environment.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("gateway", "wsnode", "devconsul", "demo")
 IO_MODULES = frozenset({"asyncio", "aiohttp", "redis", "consul", "socket", "ssl", "uvloop", "subprocess", "selectors"})
 MAX_LINES = 500
+# The one module per package that may touch os.environ / os.getenv (every fallback is read, and named, there).
+ENVIRONMENT_MODULES = {"gateway": "gateway/config/environment.py", "wsnode": "wsnode/environment.py"}
+ENVIRON_NAMES = frozenset({"environ", "environb", "getenv", "getenvb", "putenv", "unsetenv"})
 # "pure" as a word in the docstring's first paragraph: "(pure)", "; pure.", "(pure: no I/O", "pure, table-tested".
 PURE_RE = re.compile(r"\bpure\b", re.IGNORECASE)
 
@@ -86,3 +90,29 @@ def test_the_pure_check_sees_imports_inside_functions() -> None:
     tree = ast.parse('"""A thing (pure)."""\ndef f():\n    import socket\n    from asyncio import sleep\n')
     assert _is_documented_pure(tree)
     assert _imported_roots(tree) >= {"socket", "asyncio"}
+
+
+def _environment_uses(tree: ast.Module) -> list[int]:
+    """Lines that touch the process environment: `os.environ`, `os.getenv(...)`, `from os import environ`, ..."""
+    lines = []
+    for node in ast.walk(tree):
+        attribute = (isinstance(node, ast.Attribute) and node.attr in ENVIRON_NAMES
+                     and isinstance(node.value, ast.Name) and node.value.id == "os")
+        imported = (isinstance(node, ast.ImportFrom) and node.module == "os"
+                    and any(alias.name in ENVIRON_NAMES for alias in node.names))
+        if attribute or imported:
+            lines.append(node.lineno)
+    return sorted(lines)
+
+
+@pytest.mark.parametrize("package", sorted(ENVIRONMENT_MODULES))
+def test_only_the_environment_module_reads_the_environment(package: str) -> None:
+    readers = {_rel(p): lines for p in _modules(package) if (lines := _environment_uses(ast.parse(p.read_text())))}
+    assert set(readers) <= {ENVIRONMENT_MODULES[package]}, readers
+    assert ENVIRONMENT_MODULES[package] in readers, "the environment module should be the one that reads it"
+
+
+def test_the_environment_check_sees_every_spelling() -> None:
+    source = ("import os\nfrom os import getenv\na = os.environ['X']\nb = os.getenv('Y')\n"
+              "def f():\n    os.environ.setdefault('Z', '1')\nc = os.path.join('a')\n")
+    assert _environment_uses(ast.parse(source)) == [2, 3, 4, 6]

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
+from wsnode import environment
 from wsnode.errors import SettingsError
 from wsnode.settings import settings_from
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse settings (exit 2 when bad), then serve until SIGTERM (exit 0)."""
-    logging.basicConfig(level=os.environ.get("WSNODE_LOG_LEVEL", "INFO"),
+    logging.basicConfig(level=environment.log_level(environment.current()),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        settings = settings_from(sys.argv[1:] if argv is None else argv, os.environ)
+        settings = settings_from(sys.argv[1:] if argv is None else argv, environment.current())
     except SettingsError as exc:
         print(f"wsnode: {exc.reason}", file=sys.stderr)
         return 2

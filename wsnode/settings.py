@@ -24,14 +24,20 @@ def consul_check_timeout_s(check_interval_s: float) -> float:
 
 
 REQUIRED: Any = MISSING  # a setting without a default
+POSITIVE = "positive"  # checks a field's value alone: > 0
+AT_LEAST_1 = "at least 1"  # ... >= 1
 
 
-def setting(default: Any, flag: str, env: str, help_text: str, *, kind: str | None = None) -> Any:
-    """A NodeSettings field with its flag, environment variable and help: the one place a setting is declared.
+def setting(default: Any, flag: str, env: str, help_text: str, *, kind: str | None = None, check: str | None = None,
+            blank_is_unset: bool = False) -> Any:
+    """A NodeSettings field with its flag, environment variable, help and check: the one place a setting is declared.
 
     `kind` (how the text of a flag or variable is read) follows the field's type: int, float, bool, a tuple is a
-    comma-separated list, anything else text; `path` reads a file's content."""
-    return field(default=default, metadata={"flag": flag, "env": env, "help": help_text, "kind": kind})
+    comma-separated list, anything else text; `path` reads a file's content. `check` (POSITIVE, AT_LEAST_1) is
+    enforced when the settings are built; checks across fields are NodeSettings.__post_init__'s. `blank_is_unset`: an
+    empty value is None (a variable exported empty turns the feature off)."""
+    return field(default=default, metadata={"flag": flag, "env": env, "help": help_text, "kind": kind,
+                                            "check": check, "blank_is_unset": blank_is_unset})
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +55,7 @@ class NodeSettings:
     redis_prefix: str = setting("", "--redis-prefix", "WSNODE_REDIS_PREFIX",
         'prefix of every Redis key and channel')
     consul_addr: str | None = setting(None, "--consul", "CONSUL_HTTP_ADDR",
-        'Consul agent (host:port or URL); registers when set')
+        'Consul agent (host:port or URL); registers when set', blank_is_unset=True)
     consul_token: str | None = setting(None, "--consul-token", "CONSUL_HTTP_TOKEN",
         'Consul ACL token')
     service_name: str = setting("ws-service", "--service-name", "WSNODE_SERVICE_NAME",
@@ -91,24 +97,24 @@ class NodeSettings:
         'Consul tags, comma-separated')
     # Tunables (seconds, counts, bytes); tests shrink them to stay fast.
     session_ttl_s: float = setting(30.0, "--session-ttl", "WSNODE_SESSION_TTL_S",
-        'seconds a session stays in Redis without refresh (default 30)')
+        'seconds a session stays in Redis without refresh (default 30)', check=POSITIVE)
     session_refresh_s: float = setting(10.0, "--session-refresh", "WSNODE_SESSION_REFRESH_S",
-        'seconds between refreshes (default ttl/3)')
+        'seconds between refreshes (default ttl/3)', check=POSITIVE)
     heartbeat_s: float = setting(20.0, "--heartbeat", "WSNODE_HEARTBEAT_S",
-        'seconds between server pings; no pong within half of it drops the peer (default 20)')
+        'seconds between server pings; no pong within half of it drops the peer (default 20)', check=POSITIVE)
     send_queue_max: int = setting(1000, "--send-queue-max", "WSNODE_SEND_QUEUE_MAX",
-        'frames queued per session before it is closed 4008 (default 1000)')
+        'frames queued per session before it is closed 4008 (default 1000)', check=AT_LEAST_1)
     max_frame_bytes: int = setting(65536, "--max-frame-bytes", "WSNODE_MAX_FRAME_BYTES",
-        'largest client frame; bigger closes 1009 (default 65536)')
+        'largest client frame; bigger closes 1009 (default 65536)', check=AT_LEAST_1)
     client_rate_per_s: float = setting(50.0, "--client-rate", "WSNODE_CLIENT_RATE_PER_S",
-        'client frames per second allowed (default 50)')
+        'client frames per second allowed (default 50)', check=POSITIVE)
     client_burst: int = setting(100, "--client-burst", "WSNODE_CLIENT_BURST",
-        'client frame burst (default 100)')
+        'client frame burst (default 100)', check=AT_LEAST_1)
     max_sessions_per_user: int = setting(32, "--max-sessions-per-user", "WSNODE_MAX_SESSIONS_PER_USER",
-        'sessions per user over all nodes; a new one closes the oldest with 1008 (default 32)')
+        'sessions per user over all nodes; a new one closes the oldest with 1008 (default 32)', check=AT_LEAST_1)
     # client publish frames per second per user, over all the user's sessions
     publish_rate_per_s: float = setting(20.0, "--publish-rate", "WSNODE_PUBLISH_RATE",
-        'client publish frames per second per user, over all their sessions (default 20)')
+        'client publish frames per second per user, over all their sessions (default 20)', check=POSITIVE)
     # bytes of client publish frames per second per user
     publish_bytes_rate_per_s: int = setting(256 * 1024, "--publish-bytes-rate", "WSNODE_PUBLISH_BYTES_RATE",
         'bytes of client publish frames per second per user (default 262144)')
@@ -117,42 +123,44 @@ class NodeSettings:
         'bytes the publish stream may hold; the oldest entries go (default 256 MiB)')
     # how long `disconnect?revoke=true` refuses a user's older tokens
     revoke_ttl_s: float = setting(24 * 3600.0, "--revoke-ttl", "WSNODE_REVOKE_TTL_S",
-        'seconds a revoke (disconnect?revoke=true) is kept; tokens should not live longer (default 86400)')
+        'seconds a revoke (disconnect?revoke=true) is kept; tokens should not live longer (default 86400)',
+        check=POSITIVE)
     store_max_count: int = setting(1000, "--store-max-count", "WSNODE_STORE_MAX_COUNT",
-        'stored messages kept per user (default 1000)')
+        'stored messages kept per user (default 1000)', check=AT_LEAST_1)
     store_max_age_s: float = setting(7 * 24 * 3600.0, "--store-max-age", "WSNODE_STORE_MAX_AGE_S",
-        'seconds a stored message is kept (default 7 days)')
+        'seconds a stored message is kept (default 7 days)', check=POSITIVE)
     consul_check_interval_s: float = setting(1.0, "--consul-check-interval", "WSNODE_CONSUL_CHECK_INTERVAL_S",
-        'seconds between Consul health checks (default 1)')
+        'seconds between Consul health checks (default 1)', check=POSITIVE)
     # Delivery resilience (docs/operations.md): pub/sub heartbeat period, the bound on its round trip before the
     # subscription counts as stalled, and how long the node may be unable to route before it closes its sessions.
     pubsub_heartbeat_s: float = setting(1.0, "--pubsub-heartbeat", "WSNODE_PUBSUB_HEARTBEAT_S",
-        'seconds between heartbeats a node sends itself through Redis pub/sub (default 1)')
+        'seconds between heartbeats a node sends itself through Redis pub/sub (default 1)', check=POSITIVE)
     pubsub_timeout_s: float = setting(3.0, "--pubsub-timeout", "WSNODE_PUBSUB_TIMEOUT_S",
         'seconds without a heartbeat back before the subscription counts as stalled and is replaced '
-        '(default 3)')
+        '(default 3)', check=POSITIVE)
     route_grace_s: float = setting(5.0, "--route-grace", "WSNODE_ROUTE_GRACE_S",
         'seconds a node may be unable to route before it closes its sessions with 1013 so clients resume '
-        'elsewhere (default 5)')
+        'elsewhere (default 5)', check=POSITIVE)
     consul_deregister_after_s: float = setting(60.0, "--consul-deregister-after", "WSNODE_CONSUL_DEREGISTER_AFTER_S",
-        'seconds critical before Consul removes the node (default 60)')
+        'seconds critical before Consul removes the node (default 60)', check=POSITIVE)
     drain_delay_s: float = setting(1.0, "--drain-delay", "WSNODE_DRAIN_DELAY_S",
         'seconds between leaving Consul and closing sessions on SIGTERM (default 1)')
     stream_claim_idle_s: float = setting(30.0, "--stream-claim-idle", "WSNODE_STREAM_CLAIM_IDLE_S",
-        'seconds before a pending push stream entry of another consumer is claimed (default 30)')
+        'seconds before a pending push stream entry of another consumer is claimed (default 30)', check=POSITIVE)
     # Pushes from RabbitMQ and from a transactional outbox (wsnode/amqp_consumer.py, wsnode/outbox/); off when unset.
     amqp_url: str | None = setting(None, "--amqp-url", "WSNODE_AMQP_URL",
-        'RabbitMQ URL (amqp://user:pass@host:5672/vhost); consume pushes from --amqp-queue when set')
+        'RabbitMQ URL (amqp://user:pass@host:5672/vhost); consume pushes from --amqp-queue when set',
+        blank_is_unset=True)
     amqp_queue: str = setting("wsgate.push", "--amqp-queue", "WSNODE_AMQP_QUEUE",
         'durable queue of pushes, dead letters to <queue>.dead (default wsgate.push)')
     amqp_prefetch: int = setting(64, "--amqp-prefetch", "WSNODE_AMQP_PREFETCH",
         'unacknowledged RabbitMQ messages this node holds at once (default 64)')
     outbox_dsn: str | None = setting(None, "--outbox-dsn", "WSNODE_OUTBOX_DSN",
-        'transactional outbox database (postgresql://... or mysql://...); push its rows when set')
+        'transactional outbox database (postgresql://... or mysql://...); push its rows when set', blank_is_unset=True)
     outbox_batch: int = setting(100, "--outbox-batch", "WSNODE_OUTBOX_BATCH",
         'outbox rows claimed per transaction (default 100)')
     outbox_poll_s: float = setting(1.0, "--outbox-poll", "WSNODE_OUTBOX_POLL_S",
-        'seconds between outbox polls when no notification wakes the node (default 1)')
+        'seconds between outbox polls when no notification wakes the node (default 1)', check=POSITIVE)
     token_leeway_s: float = setting(5.0, "--token-leeway", "WSNODE_TOKEN_LEEWAY_S",
         'clock skew tolerated on exp/nbf, seconds (default 5)')
     redis_max_connections: int = setting(64, "--redis-max-connections", "WSNODE_REDIS_MAX_CONNECTIONS",
@@ -181,10 +189,7 @@ class NodeSettings:
                                 "set --jwt-secret, --jwt-public-key or --allow-anonymous")
         if self.jwt_public_key is not None and "PUBLIC KEY" not in self.jwt_public_key:
             raise SettingsError("--jwt-public-key must name a PEM public key file")
-        for name in ("session_ttl_s", "session_refresh_s", "heartbeat_s", "client_rate_per_s", "publish_rate_per_s",
-                     "revoke_ttl_s", "store_max_age_s", "consul_check_interval_s", "consul_deregister_after_s",
-                     "stream_claim_idle_s", "pubsub_heartbeat_s", "pubsub_timeout_s", "route_grace_s",
-                     "outbox_poll_s"):
+        for name in _CHECKED[POSITIVE]:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive")
         if self.redis_max_connections < 4:
@@ -194,7 +199,7 @@ class NodeSettings:
         if self.redis_wait_timeout_s <= 0:
             raise SettingsError(f"--redis-wait-timeout must be > 0, not {self.redis_wait_timeout_s}")
         self._check_brokers()
-        for name in ("send_queue_max", "max_frame_bytes", "client_burst", "store_max_count", "max_sessions_per_user"):
+        for name in _CHECKED[AT_LEAST_1]:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1")
         # A budget smaller than one frame would refuse the largest frames for ever.
@@ -257,13 +262,15 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 @dataclass(frozen=True, slots=True)
 class Flag:
-    """How one setting is given: its flag, environment variable, help, kind and field."""
+    """How one setting is given: its flag, environment variable, help, kind and field (see `setting`)."""
 
     flag: str
     env: str
     help: str
     kind: str
     name: str
+    required: bool = False
+    blank_is_unset: bool = False
 
 
 def _kind(annotation: str) -> str:
@@ -272,8 +279,21 @@ def _kind(annotation: str) -> str:
 
 
 FLAGS: tuple[Flag, ...] = tuple(
-    Flag(f.metadata["flag"], f.metadata["env"], f.metadata["help"], f.metadata["kind"] or _kind(str(f.type)), f.name)
+    Flag(f.metadata["flag"], f.metadata["env"], f.metadata["help"], f.metadata["kind"] or _kind(str(f.type)), f.name,
+         f.default is MISSING, f.metadata["blank_is_unset"])
     for f in fields(NodeSettings))
+_CHECKED: dict[str, tuple[str, ...]] = {  # the fields each one-field check applies to
+    check: tuple(f.name for f in fields(NodeSettings) if f.metadata["check"] == check)
+    for check in (POSITIVE, AT_LEAST_1)
+}
+
+
+def flag_of(name: str) -> Flag:
+    """The flag of the NodeSettings field `name` (KeyError for no such field)."""
+    for item in FLAGS:
+        if item.name == name:
+            return item
+    raise KeyError(name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -330,17 +350,15 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> NodeSettin
             raw = environ.get(item.env)
         if raw is None or (raw == "" and item.kind not in ("str", "bool")):
             continue
-        values[item.name] = _convert(item.flag, item.kind, raw)
-    if "port" not in values:
-        raise SettingsError("--port (or WSNODE_PORT) is required")
+        values[item.name] = None if raw == "" and item.blank_is_unset else _convert(item.flag, item.kind, raw)
+    for item in FLAGS:
+        if item.required and item.name not in values:
+            raise SettingsError(f"{item.flag} (or {item.env}) is required")
     if not values.get("node_id"):
         values["node_id"] = f"{socket.gethostname().split('.')[0][:40]}-{uuid.uuid4().hex[:8]}"
         values["node_id"] = re.sub(r"[^A-Za-z0-9_.-]", "-", str(values["node_id"]))
     if "session_ttl_s" in values and "session_refresh_s" not in values:
         values["session_refresh_s"] = float(values["session_ttl_s"]) / 3  # type: ignore[arg-type]
-    for optional in ("consul_addr", "amqp_url", "outbox_dsn"):
-        if values.get(optional) == "":
-            values[optional] = None
     known = {f.name for f in fields(NodeSettings)}
     assert set(values) <= known
     return NodeSettings(**values)  # type: ignore[arg-type]

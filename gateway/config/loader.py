@@ -36,14 +36,8 @@ Server and tunables (wsgate's own section wins over the Spring keys):
              ssl: {certificate: cert.pem, certificate-private-key: key.pem}}
     spring.cloud.gateway[.server.webflux].httpclient: {connect-timeout: 5000 (ms), response-timeout: 30s,
                                                        ssl: {use-insecure-trust-manager: false}}
-    wsgate:
-      workers: 2                  head-timeout: 10s         max-head-bytes: 16384
-      max-connections: 10000      connect-timeout: 5s       response-timeout: 30s
-      idle-timeout: 10m           drain-timeout: 30s        admin-token: secret
-      tls: {cert: cert.pem, key: key.pem}                   upstream-tls-verify: true
-      upstream-ca: ca.pem         access-log: true          native-relay: true   # false: relay in Python
-      redis: {url: "redis://127.0.0.1:6379/0", prefix: "gw1:"}   # RequestRateLimiter's buckets; unset: env
-                                  # REDIS_URL (default redis://127.0.0.1:6379/0) and WSGATE_REDIS_PREFIX
+    wsgate: {head-timeout: 10s, tls: {cert: cert.pem, key: key.pem}, redis: {url: ..., prefix: ...}, ...}
+      every key, its default and environment fallback: gateway.config.settings_table (listed in docs/gateway.md)
     Durations: "10s", "500ms", "1m", "1h", "PT5S" or a bare number (seconds in `wsgate:`, ms in Spring keys
     and route metadata).
 
@@ -72,6 +66,7 @@ from pathlib import Path
 
 import yaml
 
+from gateway.config import environment
 from gateway.config.cors_settings import read_breakers, read_globalcors
 from gateway.config.locator import LocatorSettings, ServiceInfo, SpelError, route_for
 from gateway.config.model import (
@@ -84,6 +79,7 @@ from gateway.config.model import (
 from gateway.config.nodes import Reader, YMap, YNode, YScalar, YSeq, find
 from gateway.config.routes import RouteReader, balancer_choice, build_any_filter, build_any_predicate
 from gateway.config.scgkeys import check_gateway_keys
+from gateway.config.settings_table import read_value, read_wsgate, setting
 from gateway.config.springdocs import merge_documents
 from gateway.errors import ConfigError
 from gateway.model import BalancerChoice
@@ -91,11 +87,6 @@ from gateway.routing.factory import SpecError, relaxed
 
 _MAX_NODES = 200_000
 
-_WSGATE_KEYS = (
-    "workers", "head-timeout", "max-head-bytes", "max-connections", "connect-timeout", "response-timeout",
-    "idle-timeout", "drain-timeout", "admin-token", "tls", "upstream-tls-verify", "upstream-ca", "access-log",
-    "redis", "native-relay", "unknown-filters", "node-management-key",
-)  # fmt: skip
 _CONSUL_KEYS = ("address", "host", "port", "scheme", "token", "passing-only", "datacenter")
 _SCG_ROOTS = (
     "spring.cloud.gateway.server.webflux", "spring.cloud.gateway.server.webmvc", "spring.cloud.gateway.mvc",
@@ -122,9 +113,8 @@ def load_config(
         raise ConfigError(f"cannot read the file: {exc.strerror or exc}", file=file) from None
     except UnicodeDecodeError:
         raise ConfigError("the file is not UTF-8 text", file=file) from None
-    return load_config_text(
-        text, file=file, env=os.environ if env is None else env, profiles=profiles, unknown_filters=unknown_filters
-    )
+    environ = environment.current() if env is None else env
+    return load_config_text(text, file=file, env=environ, profiles=profiles, unknown_filters=unknown_filters)
 
 
 def load_config_text(
@@ -136,13 +126,14 @@ def load_config_text(
     unknown_filters: str | None = None,
 ) -> GatewayConfig:
     """Like load_config for text already read (tests, reload checks)."""
-    environment = os.environ if env is None else env
-    root, active = merge_documents(_parse_yaml(text, file), file=file, env=environment, profiles=profiles)
-    reader = Reader(file, root, environment)
+    process_env = environment.current() if env is None else env
+    root, active = merge_documents(_parse_yaml(text, file), file=file, env=process_env, profiles=profiles)
+    reader = Reader(file, root, process_env)
+    row = setting("unknown-filters")
     mode_node = find(root, "wsgate.unknown-filters")
-    mode = unknown_filters or (reader.text(mode_node, "wsgate.unknown-filters").strip() if mode_node else "fail")
-    if mode not in ("fail", "warn"):
-        raise reader.error(f"must be fail or warn, not {mode!r}", mode_node, "wsgate.unknown-filters")
+    mode = unknown_filters or (read_value(reader, row, mode_node) if mode_node else row.default)
+    if mode not in row.choices:
+        raise reader.error(f"must be {' or '.join(row.choices)}, not {mode!r}", mode_node, "wsgate.unknown-filters")
     reader.warn_unknown = mode == "warn"
     return _build(reader, root, active)
 
@@ -306,58 +297,15 @@ def _server(reader: Reader, root: YMap) -> ServerSettings:
             values["upstream_tls_verify"] = not insecure
     wsgate = find(root, "wsgate")
     if wsgate is not None:
-        values.update(_wsgate(reader, reader.mapping(wsgate, "wsgate")))
+        values.update(read_wsgate(reader, reader.mapping(wsgate, "wsgate")))
     try:
         return ServerSettings(**values)  # type: ignore[arg-type]
     except ValueError as exc:
         raise reader.error(str(exc), server or wsgate, "server") from None
 
 
-def _wsgate(reader: Reader, section: YMap) -> dict[str, object]:
-    reader.check_keys(section, "wsgate", _WSGATE_KEYS)
-    values: dict[str, object] = {}
-    durations = {
-        "head-timeout": "head_timeout_s", "connect-timeout": "connect_timeout_s",
-        "response-timeout": "response_timeout_s", "idle-timeout": "idle_timeout_s",
-    }  # fmt: skip
-    for key, field_name in durations.items():
-        if (node := section.get(key)) is not None:
-            values[field_name] = reader.duration_s(node, f"wsgate.{key}", default_unit="s",
-                                                   off=key in ("connect-timeout", "response-timeout"))
-    if (node := section.get("drain-timeout")) is not None:
-        values["drain_timeout_s"] = reader.duration_s(node, "wsgate.drain-timeout", default_unit="s", positive=False)
-    for key, field_name in (("workers", "workers"), ("max-head-bytes", "max_head_bytes")):
-        if (node := section.get(key)) is not None:
-            values[field_name] = reader.integer(node, f"wsgate.{key}", minimum=1)
-    if (node := section.get("max-connections")) is not None:
-        values["max_connections"] = reader.integer(node, "wsgate.max-connections", minimum=1)
-    if (node := section.get("admin-token")) is not None:
-        values["admin_token"] = reader.optional_text(node, "wsgate.admin-token") or None
-    if (node := section.get("node-management-key")) is not None:
-        values["node_management_key"] = reader.optional_text(node, "wsgate.node-management-key") or None
-    if (node := section.get("upstream-ca")) is not None:
-        values["upstream_ca_path"] = reader.optional_text(node, "wsgate.upstream-ca") or None
-    for key, field_name in (("upstream-tls-verify", "upstream_tls_verify"), ("access-log", "access_log"),
-                            ("native-relay", "native_relay")):
-        if (node := section.get(key)) is not None:
-            values[field_name] = reader.boolean(node, f"wsgate.{key}")
-    if (node := section.get("tls")) is not None:
-        tls = reader.mapping(node, "wsgate.tls")
-        reader.check_keys(tls, "wsgate.tls", ("cert", "key"))
-        values["tls_cert_path"] = reader.optional_text(tls.get("cert"), "wsgate.tls.cert")
-        values["tls_key_path"] = reader.optional_text(tls.get("key"), "wsgate.tls.key")
-    if (node := section.get("redis")) is not None:
-        redis = reader.mapping(node, "wsgate.redis")
-        reader.check_keys(redis, "wsgate.redis", ("url", "prefix"))
-        if (url := redis.get("url")) is not None:
-            values["redis_url"] = reader.text(url, "wsgate.redis.url")
-        if (prefix := redis.get("prefix")) is not None:
-            values["redis_prefix"] = reader.optional_text(prefix, "wsgate.redis.prefix")
-    return values
-
-
 def _discovery(reader: Reader, root: YMap, uses_lb: bool) -> ConsulSettings | None:
-    env_token = reader.env.get("CONSUL_HTTP_TOKEN") or None
+    env_token = environment.consul_token(reader.env)
     consul = find(root, "discovery.consul")
     spring = find(root, "spring.cloud.consul")
     if consul is not None:
@@ -366,12 +314,12 @@ def _discovery(reader: Reader, root: YMap, uses_lb: bool) -> ConsulSettings | No
         return _consul_from(reader, section, "discovery.consul", env_token)
     if spring is not None:
         return _consul_from(reader, reader.mapping(spring, "spring.cloud.consul"), "spring.cloud.consul", env_token)
-    address = reader.env.get("CONSUL_HTTP_ADDR")
+    address = environment.consul_address(reader.env)
     if address:
         try:
             return ConsulSettings.from_address(address, token=env_token)
         except ValueError as exc:
-            raise ConfigError(f"environment CONSUL_HTTP_ADDR: {exc}", file=reader.file) from None
+            raise ConfigError(f"environment {environment.CONSUL_ADDR}: {exc}", file=reader.file) from None
     return ConsulSettings(token=env_token) if uses_lb else None
 
 

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from gateway.config.settings_table import default
 from gateway.model import BalancerChoice, Balancing, RouteMetadata, Upstream
 from gateway.routing.cors import CorsSettings
 from gateway.routing.filters import GatewayFilter
@@ -41,30 +42,32 @@ def _positive(name: str, value: float | None, *, allow_none: bool = True) -> Non
 
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
-    """Listening and proxying tunables of the gateway process (times in seconds)."""
+    """Listening and proxying tunables of the gateway process (times in seconds).
+
+    The defaults of the fields `wsgate:` keys fill are gateway.config.settings_table's, where each key is described.
+    """
 
     host: str = "0.0.0.0"
     port: int = 8080
-    workers: int | None = None
-    tls_cert_path: str | None = None
-    tls_key_path: str | None = None
-    head_timeout_s: float = 10.0
-    max_head_bytes: int = 16384
-    max_connections: int = 10000
-    connect_timeout_s: float = 5.0  # math.inf: no bound (SCG's -1)
-    # How long an instance may keep a request waiting for the response head, or pause within its body
-    # (Reactor Netty's responseTimeout, which SCG's response-timeout sets); None or math.inf: no bound.
-    response_timeout_s: float | None = 30.0
-    idle_timeout_s: float | None = None
-    drain_timeout_s: float = 30.0
-    admin_token: str | None = None
-    node_management_key: str | None = None  # sent to nodes' /health and /metrics by the admin page
-    upstream_tls_verify: bool = True
-    upstream_ca_path: str | None = None
-    access_log: bool = True
-    redis_url: str | None = None  # RequestRateLimiter's Redis; None: $REDIS_URL or the default
-    redis_prefix: str | None = None  # its key prefix; None: $WSGATE_REDIS_PREFIX or none
-    native_relay: bool = True  # tunnels relayed by gateway._relay's thread when it is built (plain TCP only)
+    workers: int | None = default("workers")
+    tls_cert_path: str | None = default("tls_cert_path")
+    tls_key_path: str | None = default("tls_key_path")
+    head_timeout_s: float = default("head_timeout_s")
+    max_head_bytes: int = default("max_head_bytes")
+    max_connections: int = default("max_connections")
+    connect_timeout_s: float = default("connect_timeout_s")
+    # Reactor Netty's responseTimeout, which SCG's response-timeout sets; None or math.inf: no bound.
+    response_timeout_s: float | None = default("response_timeout_s")
+    idle_timeout_s: float | None = default("idle_timeout_s")
+    drain_timeout_s: float = default("drain_timeout_s")
+    admin_token: str | None = default("admin_token")
+    node_management_key: str | None = default("node_management_key")
+    upstream_tls_verify: bool = default("upstream_tls_verify")
+    upstream_ca_path: str | None = default("upstream_ca_path")
+    access_log: bool = default("access_log")
+    redis_url: str | None = default("redis_url")
+    redis_prefix: str | None = default("redis_prefix")
+    native_relay: bool = default("native_relay")
 
     def __post_init__(self) -> None:
         if not self.host:

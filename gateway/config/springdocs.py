@@ -23,6 +23,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from gateway.config import environment
 from gateway.config.nodes import Reader, YMap, YNode, YScalar, YSeq, find
 from gateway.errors import ConfigError
 from gateway.routing.factory import relaxed
@@ -175,8 +176,8 @@ def merge_documents(
     reader = Reader(file, base, env)
     if profiles:
         active = [p.strip() for name in profiles for p in name.split(",") if p.strip()]
-    elif env.get("SPRING_PROFILES_ACTIVE", "").strip():
-        active = [p.strip() for p in env["SPRING_PROFILES_ACTIVE"].split(",") if p.strip()]
+    elif env.get(environment.PROFILES, "").strip():
+        active = environment.active_profiles(env)
     else:
         active = _names(reader, find(base, "spring.profiles.active"), "spring.profiles.active")
     active += _names(reader, find(base, "spring.profiles.include"), "spring.profiles.include")

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+from gateway.config import environment
 from gateway.config.loader import load_config
 from gateway.errors import ConfigError
 
@@ -50,7 +51,7 @@ class Supervisor:
             return None
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, WSGATE_METRICS_DIR=self.metrics_dir)
+        env = environment.for_child(**{environment.METRICS_DIR: self.metrics_dir})
         argv = [sys.executable, "-m", "gateway", *self.worker_args, "--worker"]
         return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
 

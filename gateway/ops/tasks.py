@@ -21,11 +21,12 @@ from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
+from gateway.config import environment
 from gateway.ops.taskhealth import TaskBoard
 
 log = logging.getLogger("gateway.tasks")
 
-FAULT_FILE_ENV = "WSGATE_TEST_FAULT_FILE"
+FAULT_FILE_ENV = environment.FAULT_FILE
 
 
 class InjectedFault(RuntimeError):
@@ -42,11 +43,6 @@ class TaskSupervisor:
         self._fault_file = Path(fault_file) if fault_file else None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> TaskSupervisor:
-        """A supervisor with the test fault file of `env`, if any."""
-        return cls(fault_file=env.get(FAULT_FILE_ENV) or None)
 
     def ok(self, name: str) -> None:
         """`name` did a unit of work (UP again if it had failed); raises an injected fault in tests."""

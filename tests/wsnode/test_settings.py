@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from wsnode.errors import SettingsError
-from wsnode.settings import FLAGS, NodeSettings, settings_from
+from wsnode.settings import AT_LEAST_1, FLAGS, POSITIVE, NodeSettings, flag_of, settings_from
 
 BASE = ["--port", "8080", "--jwt-secret", "s", "--node-id", "n1"]
 
@@ -111,3 +111,32 @@ def test_every_setting_is_declared_once_with_its_flag_variable_and_help() -> Non
     assert (kinds["port"], kinds["management_port"], kinds["api_keys"], kinds["ws_compress"]) == \
         ("int", "int", "list", "bool")
     assert (kinds["jwt_public_key"], kinds["publish_rate_per_s"], kinds["host"]) == ("path", "float", "str")
+
+
+def _checked(check: str) -> list[str]:
+    return [f.name for f in fields(NodeSettings) if f.metadata["check"] == check]
+
+
+@pytest.mark.parametrize(("check", "bad", "reason"), [(POSITIVE, "0", "must be positive"),
+                                                      (AT_LEAST_1, "0", "must be at least 1")])
+def test_each_field_check_is_enforced_from_its_declaration(check: str, bad: str, reason: str) -> None:
+    names = _checked(check)
+    assert len(names) >= 5, "the checks should still be declared on the fields"
+    for name in names:
+        with pytest.raises(SettingsError) as info:
+            settings_from([*BASE, flag_of(name).flag, bad], {})
+        assert info.value.reason == f"{name} {reason}"
+
+
+@pytest.mark.parametrize("name", [item.name for item in FLAGS if item.blank_is_unset])
+def test_a_blank_variable_turns_an_optional_feature_off(name: str) -> None:
+    assert getattr(settings_from(BASE, {flag_of(name).env: ""}), name) is None
+
+
+def test_the_required_setting_names_its_flag_and_variable() -> None:
+    assert [item.name for item in FLAGS if item.required] == ["port"]
+    with pytest.raises(SettingsError) as info:
+        settings_from(["--jwt-secret", "s"], {})
+    assert info.value.reason == "--port (or WSNODE_PORT) is required"
+    with pytest.raises(KeyError):
+        flag_of("no_such_setting")

@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Sequence
 
+from wsnode import environment
 from wsnode.outbox import init_schema
 from wsnode.outbox.ddl import MYSQL_DDL, POSTGRES, POSTGRES_DDL, TABLE, dialect_of
+from wsnode.settings import flag_of
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wsnode.outbox", description="wsgate transactional outbox")
     sub = parser.add_subparsers(dest="command", required=True)
     init = sub.add_parser("init", help="create the outbox tables (and the PostgreSQL notify trigger)")
-    init.add_argument("--dsn", default=os.environ.get("WSNODE_OUTBOX_DSN"),
-                      help="postgresql://... or mysql://... (env WSNODE_OUTBOX_DSN)")
+    dsn = flag_of("outbox_dsn")  # the node's --outbox-dsn: the same variable names the same database
+    init.add_argument("--dsn", default=environment.current().get(dsn.env),
+                      help=f"postgresql://... or mysql://... (env {dsn.env})")
     init.add_argument("--print", action="store_true", help="print the DDL instead of running it")
     args = parser.parse_args(argv)
     if not args.dsn:
-        parser.error("--dsn (or WSNODE_OUTBOX_DSN) is required")
+        parser.error(f"--dsn (or {dsn.env}) is required")
     try:
         dialect = dialect_of(args.dsn)
     except ValueError as exc:
