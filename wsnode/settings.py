@@ -1,10 +1,16 @@
-"""Node settings from flags and environment variables (every flag also as a variable), validated once."""
+"""Node settings from flags and environment variables (every flag also as a variable), validated once.
+
+Each setting is one NodeSettings field (`setting(...)`): its default, flag, variable, help and check. The parser, the
+environment fallbacks and the table in docs/operations.md (`python -m wsnode.settings --markdown` prints it,
+`python -m scripts.settings_docs` writes it there) are built from those fields.
+"""
 
 from __future__ import annotations
 
 import argparse
 import re
 import socket
+import sys
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
@@ -271,6 +277,7 @@ class Flag:
     name: str
     required: bool = False
     blank_is_unset: bool = False
+    default: Any = None
 
 
 def _kind(annotation: str) -> str:
@@ -280,7 +287,7 @@ def _kind(annotation: str) -> str:
 
 FLAGS: tuple[Flag, ...] = tuple(
     Flag(f.metadata["flag"], f.metadata["env"], f.metadata["help"], f.metadata["kind"] or _kind(str(f.type)), f.name,
-         f.default is MISSING, f.metadata["blank_is_unset"])
+         f.default is MISSING, f.metadata["blank_is_unset"], f.default)
     for f in fields(NodeSettings))
 _CHECKED: dict[str, tuple[str, ...]] = {  # the fields each one-field check applies to
     check: tuple(f.name for f in fields(NodeSettings) if f.metadata["check"] == check)
@@ -362,3 +369,31 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> NodeSettin
     known = {f.name for f in fields(NodeSettings)}
     assert set(values) <= known
     return NodeSettings(**values)  # type: ignore[arg-type]
+
+
+def _default_text(item: Flag) -> str:
+    value = item.default
+    if item.required:
+        return "required"
+    if value is None or value in ("", ()):
+        return "unset"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ", ".join(f"`{v}`" for v in value)
+    return f"`{value:g}`" if isinstance(value, float) else f"`{value}`"
+
+
+def markdown() -> str:
+    """Every setting as a Markdown table (flag, variable, default, help): the list in docs/operations.md."""
+    lines = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+    cell = str.maketrans({"<": "&lt;", ">": "&gt;", "|": "\\|"})
+    lines += [f"| `{item.flag}` | `{item.env}` | {_default_text(item)} | {item.help.translate(cell)} |"
+              for item in FLAGS]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m wsnode.settings --markdown (python -m scripts.settings_docs writes it)")
+    print(markdown())

@@ -1,20 +1,17 @@
-"""The `wsgate:` section of routes.yaml as one table (pure but for `main`, which writes the docs): each row is a
-key, how it is read and checked, its default, the ServerSettings field it fills, its environment fallback and help.
+"""The `wsgate:` section of routes.yaml as one table (pure): each row is a key, how it is read and checked, its
+default, the ServerSettings field it fills, its environment fallback and its help.
 
 Reading (`read_wsgate`), the defaults of ServerSettings (`default`), `--unknown-filters`'s choices and the key list
-in docs/gateway.md all come from `SETTINGS`; `python -m gateway.config.settings_table --markdown` prints that list
-and `--write docs/gateway.md` puts it between the markers there (tests/gateway/config/test_settings_table.py fails
-when the file is stale).
+in docs/gateway.md all come from `SETTINGS`. `python -m gateway.config.settings_table --markdown` prints that list;
+`python -m scripts.settings_docs` puts it between the markers of docs/gateway.md, and
+tests/gateway/config/test_settings_table.py fails when the file is stale.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from gateway.config.nodes import Reader, YMap, YNode
@@ -22,8 +19,6 @@ from gateway.config.nodes import Reader, YMap, YNode
 DURATION, INTEGER, BOOLEAN, TEXT, OPTIONAL_TEXT, NON_EMPTY, CHOICE = (
     "duration", "integer", "boolean", "text", "text (null: unset)", "text (empty: unset)", "choice",
 )  # fmt: skip
-DOC_BEGIN = "<!-- wsgate settings: begin; `python -m gateway.config.settings_table --write docs/gateway.md` -->"
-DOC_END = "<!-- wsgate settings: end -->"
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,28 +175,7 @@ def markdown() -> str:
     return "\n".join(lines)
 
 
-def with_table(doc: str) -> str:
-    """`doc` with the text between the markers replaced by `markdown()`; ValueError when a marker is missing."""
-    start, end = doc.find(DOC_BEGIN), doc.find(DOC_END)
-    if start < 0 or end < start:
-        raise ValueError(f"the document needs the markers {DOC_BEGIN!r} and {DOC_END!r}")
-    return f"{doc[:start + len(DOC_BEGIN)]}\n{markdown()}\n{doc[end:]}"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`--markdown` prints the table; `--write FILE` puts it between FILE's markers."""
-    parser = argparse.ArgumentParser(prog="python -m gateway.config.settings_table")
-    action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--markdown", action="store_true", help="print the table of wsgate: keys")
-    action.add_argument("--write", metavar="FILE", help="update the table between FILE's markers")
-    args = parser.parse_args(argv)
-    if args.markdown:
-        print(markdown())
-        return 0
-    path = Path(args.write)
-    path.write_text(with_table(path.read_text(encoding="utf-8")), encoding="utf-8")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m gateway.config.settings_table --markdown")
+    print(markdown())

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from scripts.settings_docs import with_table
 from wsnode.errors import SettingsError
-from wsnode.settings import AT_LEAST_1, FLAGS, POSITIVE, NodeSettings, flag_of, settings_from
+from wsnode.settings import AT_LEAST_1, FLAGS, POSITIVE, NodeSettings, flag_of, markdown, settings_from
 
 BASE = ["--port", "8080", "--jwt-secret", "s", "--node-id", "n1"]
 
@@ -140,3 +141,9 @@ def test_the_required_setting_names_its_flag_and_variable() -> None:
     assert info.value.reason == "--port (or WSNODE_PORT) is required"
     with pytest.raises(KeyError):
         flag_of("no_such_setting")
+
+
+def test_docs_list_every_setting_and_are_current() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text(encoding="utf-8")
+    assert with_table(doc, "node settings", markdown()) == doc, "stale: python -m scripts.settings_docs"
+    assert all(f"| `{item.flag}` | `{item.env}` |" in doc for item in FLAGS)
