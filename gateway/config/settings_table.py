@@ -57,7 +57,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("response-timeout", DURATION, "response_timeout_s", 30.0,
             "wait for an instance's response head, or a pause within its body (504); `-1`: no bound", off=True),
     Setting("idle-timeout", DURATION, "idle_timeout_s", None, "a tunnel with no bytes either way for this long is "
-            "closed", default_text="none (no bound)"),
+            "closed (route metadata overrides it)", default_text="none (no bound)"),
     Setting("drain-timeout", DURATION, "drain_timeout_s", 30.0,
             "on SIGTERM, time tunnels get to finish before they are closed", positive=False),
     Setting("admin-token", NON_EMPTY, "admin_token", None,
