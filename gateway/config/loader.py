@@ -104,7 +104,8 @@ def load_config(
     """Read, validate and compile routes.yaml; ConfigError (file, line, key) for anything unusable.
 
     `profiles` are the active Spring profiles (else SPRING_PROFILES_ACTIVE, else the file's); `unknown_filters`
-    (`fail` or `warn`) overrides the file's `wsgate.unknown-filters`.
+    (`fail` or `warn`; else WSGATE_UNKNOWN_FILTERS, which `--unknown-filters` sets for the workers and the master's
+    reload checks) overrides the file's `wsgate.unknown-filters`.
     """
     file = os.fspath(path)
     try:
@@ -114,7 +115,8 @@ def load_config(
     except UnicodeDecodeError:
         raise ConfigError("the file is not UTF-8 text", file=file) from None
     environ = environment.current() if env is None else env
-    return load_config_text(text, file=file, env=environ, profiles=profiles, unknown_filters=unknown_filters)
+    mode = unknown_filters or environment.unknown_filters(environ)
+    return load_config_text(text, file=file, env=environ, profiles=profiles, unknown_filters=mode)
 
 
 def load_config_text(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from harness import ROOT, ProcessGroup, http_status
+from harness import ROOT, ProcessGroup, free_port, http_status
 from tests.gateway.procs import eventually, self_signed_cert, start_gateway_proc, start_upstream_proc
 
 
@@ -131,6 +131,21 @@ async def test_gateway_workers_share_port_aggregate_metrics_and_reload(procs: Pr
                 break
             await asyncio.sleep(0.1)
         assert seen == {("rb",)}
+    gateway.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(gateway.wait_exit, timeout_s=15) == 0
+
+
+async def test_gateway_workers_follow_the_masters_unknown_filters_flag(procs: ProcessGroup, tmp_path: Path) -> None:
+    # The workers read the file again: they must take --unknown-filters from the master (WSGATE_UNKNOWN_FILTERS).
+    upstream = start_upstream_proc(procs, "up")
+    config = tmp_path / "routes.yaml"
+    config.write_text(routes_yaml(upstream, "/a").replace("      - StripPrefix=1\n", "      - StripPrefix=1\n"
+                                                                                 "      - NotAFilter=1\n"))
+    port = free_port()
+    gateway = procs.python("gateway", "gateway", "--config", str(config), "--port", str(port), "--host", "127.0.0.1",
+                           "--workers", "2", "--unknown-filters", "warn")
+    gateway.wait_http_ready(f"http://127.0.0.1:{port}/actuator/health")
+    assert await wait_route_ids(port, ["ra"]) == ["ra"]
     gateway.signal(signal.SIGTERM)
     assert await asyncio.to_thread(gateway.wait_exit, timeout_s=15) == 0
 

@@ -287,3 +287,23 @@ def test_loader_shipped_routes_yaml_loads() -> None:
     assert config.server.port == 8080
     assert config.discovery == ConsulSettings("127.0.0.1", 8500)
     assert forward(config, "/ws-svc/websocket") == "/websocket"
+
+
+UNKNOWN_FILTER = "routes:\n  - id: a\n    uri: http://h:1\n    filters: [SomethingUnknown=1]\n"
+
+
+@pytest.mark.parametrize(("env", "argument", "warns"), [
+    ({}, None, False),
+    ({"WSGATE_UNKNOWN_FILTERS": "warn"}, None, True),  # what a worker and the master's reload check inherit
+    ({"WSGATE_UNKNOWN_FILTERS": "warn"}, "fail", False),
+    ({"WSGATE_UNKNOWN_FILTERS": "fail"}, "warn", True),
+])
+def test_loader_unknown_filters_from_the_argument_else_the_environment(
+        tmp_path: Path, env: dict[str, str], argument: str | None, warns: bool) -> None:
+    path = tmp_path / "routes.yaml"
+    path.write_text(UNKNOWN_FILTER)
+    if warns:
+        assert "SomethingUnknown" in load_config(path, env=env, unknown_filters=argument).warnings[0]
+    else:
+        with pytest.raises(ConfigError, match="unknown filter 'SomethingUnknown'"):
+            load_config(path, env=env, unknown_filters=argument)
