@@ -20,8 +20,10 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
+from wsnode import nodemsg
 from wsnode.envelope import PushRequest, message_tail
 from wsnode.keys import Keys
+from wsnode.nodemsg import Unread
 from wsnode.presence import RedisShards, as_shards
 from wsnode.script_batch import ScriptBatcher
 
@@ -222,9 +224,9 @@ class MessageStore:
         result = await self._ack[self._shards.index_of(user)](keys=[], args=[self._keys.prefix, user, message_id])
         if result is None:
             return None
-        payload = json.loads(result)
-        counts = payload.get("n")
-        return {str(k): int(v) for k, v in counts.items()} if isinstance(counts, dict) else {}
+        # The script answers with the message it published to the user's nodes.
+        message = nodemsg.decode(result)
+        return message.counts if isinstance(message, Unread) else {}
 
     async def unread(self, user: str) -> dict[str, int]:
         """Unread counts per module."""
