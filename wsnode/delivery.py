@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -30,13 +29,14 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from wsnode import metrics
+from wsnode import metrics, nodemsg
 from wsnode.keys import Keys
+from wsnode.nodemsg import Broadcast, Heartbeat, NodeMessage, NodeMessageError
 from wsnode.presence import RedisShards, as_shards
 
 log = logging.getLogger("wsnode.delivery")
 
-PayloadHandler = Callable[[dict[str, Any]], None]
+PayloadHandler = Callable[[NodeMessage], None]
 
 
 class SubscriptionStalled(RedisError):
@@ -44,7 +44,7 @@ class SubscriptionStalled(RedisError):
 
 
 class Router:
-    """Publishes control payloads to nodes and runs this node's subscription."""
+    """Publishes node messages (wsnode/nodemsg.py) to nodes and runs this node's subscription."""
 
     def __init__(self, client: aioredis.Redis | RedisShards, keys: Keys, *, node_id: str,
                  heartbeat_s: float = 1.0, stall_s: float = 3.0) -> None:
@@ -62,12 +62,12 @@ class Router:
 
     async def broadcast(self, *, push_id: str, tail: str) -> None:
         """A message for every session on every node."""
-        payload = json.dumps({"k": "all", "p": push_id, "t": tail}, separators=(",", ":"))
-        await self._shards.primary.publish(self._keys.broadcast_channel, payload)
+        await self._shards.primary.publish(self._keys.broadcast_channel,
+                                           nodemsg.encode(Broadcast(push_id=push_id, tail=tail)))
 
-    async def to_nodes(self, nodes: set[str], payload: dict[str, Any], *, user: str | None = None) -> None:
-        """Send one control payload to each of `nodes`; on `user`'s shard (after that user's pushes) when given."""
-        text = json.dumps(payload, separators=(",", ":"))
+    async def to_nodes(self, nodes: set[str], message: NodeMessage, *, user: str | None = None) -> None:
+        """Send one message to each of `nodes`; on `user`'s shard (after that user's pushes) when given."""
+        text = nodemsg.encode(message)
         client = self._shards.primary if user is None else self._shards.for_user(user)
         async with client.pipeline(transaction=False) as pipe:
             for node in sorted(nodes):
@@ -76,7 +76,7 @@ class Router:
 
     async def run(self, handle: PayloadHandler, on_resubscribed: Callable[[int], Awaitable[None]], *,
                   backoff_max_s: float = 2.0) -> None:
-        """Subscribe on every shard and hand every payload to `handle` until cancelled; reconnect on errors."""
+        """Subscribe on every shard and hand every message to `handle` until cancelled; reconnect on errors."""
         loops = [self._run_shard(index, handle, on_resubscribed, backoff_max_s=backoff_max_s)
                  for index in range(self._shards.count)]
         if len(loops) == 1:
@@ -174,7 +174,7 @@ class Router:
     async def _beat(self, client: aioredis.Redis, channel: str) -> None:
         """Publish this process's heartbeat to its own channel every heartbeat period, without waiting for the
         previous one's reply: slow replies must not slow the beat down, or they would pass for a stall."""
-        payload = json.dumps({"k": "hb", "o": self._token}, separators=(",", ":"))
+        payload = nodemsg.encode(Heartbeat(self._token))
         pending: set[asyncio.Task[None]] = set()
         most = int(self._stall_s / self._heartbeat_s) + 1  # a stalled link does not pile publishes up
         try:
@@ -199,21 +199,19 @@ class Router:
             await asyncio.wait_for(client.connection_pool.disconnect(), self._stall_s)
 
     def _dispatch(self, message: dict[str, Any], handle: PayloadHandler) -> bool:
-        """Hand a payload to `handle`; True when it was this process's own heartbeat (not handed on)."""
+        """Hand a node message to `handle`; True when it was this process's own heartbeat (not handed on)."""
         data = message.get("data")
         if not isinstance(data, str | bytes):
             return False
         try:
-            payload = json.loads(data)
-        except (TypeError, ValueError, RecursionError):
-            log.warning("ignoring a malformed payload on %s", message.get("channel"))
+            decoded = nodemsg.decode(data)
+        except NodeMessageError as exc:  # one bad payload must not end the subscription
+            log.warning("ignoring a malformed payload on %s: %s", message.get("channel"), exc.reason)
             return False
-        if not isinstance(payload, dict):
-            return False
-        if payload.get("k") == "hb":
-            return payload.get("o") == self._token
+        if isinstance(decoded, Heartbeat):
+            return decoded.token == self._token
         try:
-            handle(payload)
+            handle(decoded)
         except Exception:  # one bad payload must not end the subscription
             log.exception("failed to handle a payload on %s", message.get("channel"))
         return False

@@ -35,6 +35,7 @@ from wsnode.envelope import (
 from wsnode.errors import AuthError, BackendUnavailable
 from wsnode.keys import Keys
 from wsnode.limits import ALLOWED, FRAME_RATE_SPENT, UserLimits
+from wsnode.nodemsg import Broadcast, Disconnect, Evict, NodeMessage, Push, Unread
 from wsnode.presence import RedisShards, SessionRegistry, as_shards, gather_all
 from wsnode.sessions import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER, LocalSessions, Session
 from wsnode.settings import NodeSettings
@@ -110,52 +111,45 @@ class Node:
         return {"id": result.push_id, "online_sessions": result.online_sessions, "stored": result.stored,
                 "ids": result.ids}
 
-    def handle_payload(self, payload: dict[str, Any]) -> None:
-        """A payload from the pub/sub channels: deliver to the sessions here."""
-        kind = payload.get("k")
-        if kind == "push":
-            push_id, tail = str(payload.get("p")), str(payload.get("t"))
-            for item in payload.get("d") or []:
-                targets = self.sessions.of_user(str(item.get("u")))
-                frame = item.get("f")
-                unread = item.get("n")
-                for session in targets:
-                    if isinstance(frame, str) and isinstance(unread, dict):
-                        if session.deliver_stored_and_unread(int(item["i"]), frame, unread):
-                            self._catch_up_soon(session)
-                        continue
-                    if isinstance(frame, str):
-                        if session.deliver_stored(int(item["i"]), frame):
-                            self._catch_up_soon(session)
-                    else:
+    def handle_payload(self, message: NodeMessage) -> None:
+        """A message from the pub/sub channels (wsnode/nodemsg.py): deliver to the sessions here."""
+        match message:
+            case Push(push_id, tail, deliveries):
+                for item in deliveries:
+                    for session in self.sessions.of_user(item.user):
+                        if item.frame is not None and item.unread is not None:
+                            if session.deliver_stored_and_unread(item.position, item.frame, item.unread):
+                                self._catch_up_soon(session)
+                            continue
+                        if item.frame is not None:
+                            if session.deliver_stored(item.position, item.frame):
+                                self._catch_up_soon(session)
+                        else:
+                            session.deliver_ephemeral(push_id, tail)
+                        if item.unread is not None:
+                            session.deliver_unread(item.unread)
+            case Broadcast(push_id, tail):
+                # Most sessions share their last stored id (often 0): build each distinct frame once (text and wire).
+                frames: dict[int, tuple[str, bytes]] = {}
+                for session in self.sessions:
+                    if session.replaying:
                         session.deliver_ephemeral(push_id, tail)
-                    if isinstance(unread, dict):
-                        session.deliver_unread(unread)
-        elif kind == "all":
-            push_id, tail = str(payload.get("p")), str(payload.get("t"))
-            # Most sessions share their last stored id (often 0): build each distinct frame once, text and wire bytes.
-            frames: dict[int, tuple[str, bytes]] = {}
-            for session in self.sessions:
-                if session.replaying:
-                    session.deliver_ephemeral(push_id, tail)
-                    continue
-                pair = frames.get(session.last_id)
-                if pair is None:
-                    text = encode_message(ephemeral_id(session.last_id, push_id), tail)
-                    pair = frames[session.last_id] = (text, text_frame(text))
-                session.send_wire(*pair)
-        elif kind == "unread":
-            counts = payload.get("n")
-            for session in self.sessions.of_user(str(payload.get("u"))):
-                session.deliver_unread(counts if isinstance(counts, dict) else {})
-        elif kind == "disconnect":
-            for session in self.sessions.of_user(str(payload.get("u"))):
-                session.close_soon(CLOSE_POLICY, "disconnected by the server")
-        elif kind == "evict":
-            evicted = payload.get("s")
-            for session in self.sessions.of_user(str(payload.get("u"))):
-                if isinstance(evicted, list) and session.id in evicted:
-                    session.close_soon(CLOSE_POLICY, "too many sessions of this user")
+                        continue
+                    pair = frames.get(session.last_id)
+                    if pair is None:
+                        text = encode_message(ephemeral_id(session.last_id, push_id), tail)
+                        pair = frames[session.last_id] = (text, text_frame(text))
+                    session.send_wire(*pair)
+            case Unread(user, counts):
+                for session in self.sessions.of_user(user):
+                    session.deliver_unread(counts)
+            case Disconnect(user):
+                for session in self.sessions.of_user(user):
+                    session.close_soon(CLOSE_POLICY, "disconnected by the server")
+            case Evict(user, evicted):
+                for session in self.sessions.of_user(user):
+                    if session.id in evicted:
+                        session.close_soon(CLOSE_POLICY, "too many sessions of this user")
 
     async def disconnect_user(self, user: str, *, revoke: bool = False) -> int:
         """Close every session of `user` on every node; the number of sessions found.
@@ -168,7 +162,7 @@ class Node:
                 await self.shards.for_user(user).set(self.keys.user_revoked(user), math.ceil(time.time()),
                                                      ex=max(1, int(self.settings.revoke_ttl_s)))
             found = await self.registry.presence(user)
-            await self.router.to_nodes({s.node for s in found}, {"k": "disconnect", "u": user}, user=user)
+            await self.router.to_nodes({s.node for s in found}, Disconnect(user), user=user)
         except (RedisError, OSError) as exc:
             metrics.REDIS_ERRORS.labels("disconnect").inc()
             raise BackendUnavailable(f"redis unavailable: {exc}") from None
@@ -202,9 +196,8 @@ class Node:
             others = sorted((s for s in found if s.session != session.id), key=lambda s: (s.since_ms, s.session))
             oldest = others[:excess]
             metrics.REFUSALS.labels("sessions_per_user").inc(len(oldest))
-            await self.router.to_nodes({s.node for s in oldest}, {"k": "evict", "u": session.user,
-                                                                  "s": [s.session for s in oldest]},
-                                       user=session.user)
+            await self.router.to_nodes({s.node for s in oldest},
+                                       Evict(session.user, tuple(s.session for s in oldest)), user=session.user)
         except (RedisError, OSError) as exc:  # the limit is enforced again at the user's next connect
             metrics.REDIS_ERRORS.labels("evict").inc()
             log.warning("could not enforce the session limit of user=%s: %s", session.user, exc)

@@ -265,3 +265,20 @@ async def test_a_push_is_published_only_to_nodes_holding_the_users_sessions(
     finally:
         await pubsub.aclose()
         await redis.aclose()
+
+
+async def test_a_malformed_node_message_is_skipped_and_the_subscription_goes_on(
+        start_node: StartNode, connect: Connect, http: aiohttp.ClientSession, redis_server: RedisInfo,
+        redis_prefix: str) -> None:
+    a = start_node("node-a")
+    client, _ = await connect(a, "ava")
+    redis = aioredis.from_url(redis_server.url, decode_responses=True)
+    try:
+        for bad in ("not json", "[1]", '{"k":"push","p":"p","t":"t","d":[{"u":"ava"}]}', '{"k":"reboot"}',
+                    '{"k":"evict","u":"ava","s":"all"}', "[" * 100_000):
+            assert await redis.publish(f"{redis_prefix}wsgate:node:node-a", bad) == 1
+    finally:
+        await redis.aclose()
+    status, body = await push(http, a, {"to": {"users": ["ava"]}, "module": "m", "data": "after"})
+    assert status == 202 and body["online_sessions"] == 1, body
+    assert (await client.next_of("message"))["data"] == "after"
