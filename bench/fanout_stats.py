@@ -94,3 +94,30 @@ def summary_lines(medians: Mapping[str, Mapping[str, Any]], systems: Sequence[st
             cells.append(f"{'-' if value is None else fmt.format(value):>{width}}")
         lines.append(f"{label:<{label_w}}  " + "  ".join(cells))
     return lines
+
+
+def top_frames(collapsed: str, n: int, *, focus: str = "",
+               skip: str = "__main__") -> tuple[int, list[tuple[str, float]], list[tuple[str, float]]]:
+    """From py-spy's raw (collapsed) stacks, "root;...;leaf COUNT" a line: the sample total, then the `n` frames
+    with the most samples as the leaf (self %) and the `n` on the most stacks at all (inclusive %), largest first.
+    The inclusive ranking takes only frames containing `focus` and not `skip` (the roots are on every stack)."""
+    total = 0
+    self_counts: dict[str, int] = {}
+    incl_counts: dict[str, int] = {}
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rstrip().rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        total += count
+        self_counts[frames[-1]] = self_counts.get(frames[-1], 0) + count
+        for frame in set(frames):  # a recursive frame counts once per stack
+            if focus in frame and not (skip and skip in frame):
+                incl_counts[frame] = incl_counts.get(frame, 0) + count
+
+    def top(counts: dict[str, int]) -> list[tuple[str, float]]:
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+        return [(frame, 100 * c / total) for frame, c in ranked]
+
+    return total, top(self_counts), top(incl_counts)

@@ -100,3 +100,34 @@ def test_summary_lines_one_row_per_figure_and_a_column_per_present_system() -> N
     assert rows["broadcast deliveries/s"] == ["76,543", "96,000"]
     assert rows["one-user push p99 ms"] == ["2.85", "3.10"]
     assert rows["RSS KiB per idle session"] == ["-", "-"]  # NaN in one, absent in the other
+
+
+COLLAPSED = """<module> (wsnode/__main__.py:10);run (app.py:5);push (push_api.py:40);evalsha (store.py:12) 30
+<module> (wsnode/__main__.py:10);run (app.py:5);push (push_api.py:40) 10
+<module> (wsnode/__main__.py:10);run (app.py:5);send (sessions.py:7) 40
+<module> (wsnode/__main__.py:10);run (app.py:5);f (r.py:1);f (r.py:1) 20
+not a sample line
+"""
+
+
+def test_top_frames_self_and_inclusive_shares() -> None:
+    total, self_top, incl_top = fanout_stats.top_frames(COLLAPSED, 3)
+    assert total == 100
+    assert self_top == [("send (sessions.py:7)", 40.0), ("evalsha (store.py:12)", 30.0), ("f (r.py:1)", 20.0)]
+    # the root frames are on every stack; the recursive f counts once per stack, not twice
+    assert incl_top == [("run (app.py:5)", 100.0), ("push (push_api.py:40)", 40.0), ("send (sessions.py:7)", 40.0)]
+
+
+@pytest.mark.parametrize(("focus", "skip", "expected"), [
+    ("", "", [("<module> (wsnode/__main__.py:10)", 100.0), ("run (app.py:5)", 100.0)]),
+    ("r.py", "__main__", [("f (r.py:1)", 20.0)]),
+    ("push", "__main__", [("push (push_api.py:40)", 40.0)]),
+    ("push", "push_api", []),
+])
+def test_top_frames_inclusive_focus(focus: str, skip: str, expected: list[tuple[str, float]]) -> None:
+    assert fanout_stats.top_frames(COLLAPSED, 2, focus=focus, skip=skip)[2] == expected
+
+
+@pytest.mark.parametrize("text", ["", "garbage\n", "a;b notanumber\n"])
+def test_top_frames_of_nothing(text: str) -> None:
+    assert fanout_stats.top_frames(text, 5) == (0, [], [])
