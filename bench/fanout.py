@@ -25,9 +25,9 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import jwt
 
@@ -39,6 +39,7 @@ from harness import ManagedProcess, ProcessGroup, RedisInfo, delete_prefix, free
 SECRET = "bench-secret-0123456789abcdef0123456789"
 API_KEY = "bench-key"
 SYSTEMS = ("ours", "socketio", "socketio_node")
+T = TypeVar("T")
 
 
 class FanoutClient(asyncio.Protocol):
@@ -390,6 +391,23 @@ def bench_redis(workdir: Path) -> Iterator[RedisInfo]:
         group.stop_all()
 
 
+def run_with_redis(make: Callable[[ProcessGroup, RedisInfo], Coroutine[Any, Any, T]]) -> T:
+    """Run `make(group, redis)` on uvloop with a private Redis; every process it starts is stopped at the end, and
+    their logs are printed when it fails."""
+    workdir = Path(tempfile.mkdtemp(prefix="wsgate-fanout-"))
+    group = ProcessGroup(workdir / "logs")
+    try:
+        import uvloop
+
+        with bench_redis(workdir) as redis_info:
+            return uvloop.run(make(group, redis_info))
+    except BaseException:
+        print(group.logs()[-8000:], file=sys.stderr)
+        raise
+    finally:
+        group.stop_all()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one run of 1,000 clients, short phases")
@@ -413,18 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.clients, args.broadcasts, args.latency_s, args.runs = min(args.clients, 1000), 5, 1.0, 1
         args.warmup_broadcasts, args.warmup_pushes = min(args.warmup_broadcasts, 2), min(args.warmup_pushes, 500)
-    workdir = Path(tempfile.mkdtemp(prefix="wsgate-fanout-"))
-    group = ProcessGroup(workdir / "logs")
-    try:
-        import uvloop
-
-        with bench_redis(workdir) as redis_info:
-            results = uvloop.run(run(args, group, redis_info))
-    except BaseException:
-        print(group.logs()[-8000:], file=sys.stderr)
-        raise
-    finally:
-        group.stop_all()
+    results = run_with_redis(lambda group, redis_info: run(args, group, redis_info))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import shutil
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -84,18 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--native", action="store_true", help="py-spy --native: C frames too (pauses per sample)")
     parser.add_argument("--out", type=Path, default=Path("bench/out/profile"))
     args = parser.parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="wsgate-fanout-profile-"))
-    group = ProcessGroup(workdir / "logs")
-    try:
-        import uvloop
-
-        with fanout.bench_redis(workdir) as redis_info:
-            outputs = uvloop.run(profile(args, group, redis_info))
-    except BaseException:
-        print(group.logs()[-8000:], file=sys.stderr)
-        raise
-    finally:
-        group.stop_all()
+    outputs = fanout.run_with_redis(lambda group, redis_info: profile(args, group, redis_info))
     for role, path in zip(("node 0 (takes the HTTP pushes)", "node 1 (holds the session)"), outputs, strict=True):
         total, self_top, incl_top = fanout_stats.top_frames(path.read_text(), args.top, focus=args.focus)
         print(f"{role}: {total} busy samples ({path})")
