@@ -19,6 +19,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from bench import fanout, fanout_stats
 from harness import ProcessGroup, RedisInfo, delete_prefix, free_port
@@ -29,6 +30,16 @@ def py_spy() -> str:
     if found is None:
         raise SystemExit("py-spy is not installed: pip install py-spy")
     return found
+
+
+def commandstats(redis_info: RedisInfo) -> dict[str, Any]:
+    import redis
+
+    client = redis.Redis(host=redis_info.host, port=redis_info.port)
+    try:
+        return dict(client.info("commandstats"))
+    finally:
+        client.close()
 
 
 async def profile(args: argparse.Namespace, group: ProcessGroup, redis_info: RedisInfo) -> list[Path]:
@@ -51,9 +62,13 @@ async def profile(args: argparse.Namespace, group: ProcessGroup, redis_info: Red
                 *native, "--duration", str(int(args.seconds) + 1), "--output", str(out),
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
                 for p, out in zip(procs, outputs, strict=True)]
-            start = time.perf_counter()
+            start, stats0 = time.perf_counter(), commandstats(redis_info)
             await fanout.one_user_pushes(push, sink, users[1], int(args.push_rate * args.seconds), args, args.store)
             print(f"{sink.deliveries} pushes delivered in {time.perf_counter() - start:.1f}s", flush=True)
+            print("Redis per push (INFO commandstats; a script's own commands count under evalsha):")
+            for name, calls, usec in fanout_stats.commandstats_per_event(stats0, commandstats(redis_info),
+                                                                         sink.deliveries)[:args.top]:
+                print(f"  {name:12} {calls:6.2f} calls  {usec:7.1f} us", flush=True)
             for spy in spies:
                 _, err = await spy.communicate()
                 if spy.returncode != 0:

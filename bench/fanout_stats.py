@@ -121,3 +121,19 @@ def top_frames(collapsed: str, n: int, *, focus: str = "",
         return [(frame, 100 * c / total) for frame, c in ranked]
 
     return total, top(self_counts), top(incl_counts)
+
+
+def commandstats_per_event(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]],
+                           events: int) -> list[tuple[str, float, float]]:
+    """From two Redis INFO commandstats snapshots: (command, calls per event, Redis usec per event) for each command
+    that ran in between, most Redis time first. Time inside a script counts under EVALSHA, not its commands."""
+    if events <= 0:
+        return []
+    rows = []
+    for name, stats in after.items():
+        prior = before.get(name, {})
+        calls = int(stats.get("calls", 0)) - int(prior.get("calls", 0))
+        usec = float(stats.get("usec", 0)) - float(prior.get("usec", 0))
+        if calls > 0:
+            rows.append((name.removeprefix("cmdstat_"), calls / events, usec / events))
+    return sorted(rows, key=lambda r: (-r[2], r[0]))

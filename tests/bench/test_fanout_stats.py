@@ -131,3 +131,18 @@ def test_top_frames_inclusive_focus(focus: str, skip: str, expected: list[tuple[
 @pytest.mark.parametrize("text", ["", "garbage\n", "a;b notanumber\n"])
 def test_top_frames_of_nothing(text: str) -> None:
     assert fanout_stats.top_frames(text, 5) == (0, [], [])
+
+
+BEFORE = {"cmdstat_evalsha": {"calls": 100, "usec": 5000}, "cmdstat_publish": {"calls": 10, "usec": 30},
+          "cmdstat_info": {"calls": 3, "usec": 90}}
+AFTER = {"cmdstat_evalsha": {"calls": 1100, "usec": 45000}, "cmdstat_publish": {"calls": 1010, "usec": 4030},
+         "cmdstat_info": {"calls": 3, "usec": 90}, "cmdstat_hset": {"calls": 500, "usec": 1500}}
+
+
+@pytest.mark.parametrize(("events", "expected"), [
+    # info did not run in between; hset is new since the first snapshot
+    (1000, [("evalsha", 1.0, 40.0), ("publish", 1.0, 4.0), ("hset", 0.5, 1.5)]),
+    (0, []),
+])
+def test_commandstats_per_event(events: int, expected: list[tuple[str, float, float]]) -> None:
+    assert fanout_stats.commandstats_per_event(BEFORE, AFTER, events) == expected
