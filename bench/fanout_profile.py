@@ -77,8 +77,7 @@ async def profile(args: argparse.Namespace, group: ProcessGroup, redis_info: Red
         for c in clients:
             if c.transport is not None:
                 c.transport.close()
-        for p in procs:
-            p.stop()
+        fanout.stop_quickly(procs)
         delete_prefix(redis_info, prefix)
     return outputs
 
