@@ -32,6 +32,12 @@ def py_spy() -> str:
     return found
 
 
+def syscalls(pid: int) -> tuple[int, int]:
+    """(read, write) system calls of the process so far, all threads (/proc/PID/io: syscr, syscw)."""
+    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(fields["syscr"]), int(fields["syscw"])
+
+
 def commandstats(redis_info: RedisInfo) -> dict[str, Any]:
     import redis
 
@@ -63,8 +69,13 @@ async def profile(args: argparse.Namespace, group: ProcessGroup, redis_info: Red
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
                 for p, out in zip(procs, outputs, strict=True)]
             start, stats0 = time.perf_counter(), commandstats(redis_info)
+            calls0 = [syscalls(p.pid) for p in procs]
             await fanout.one_user_pushes(push, sink, users[1], int(args.push_rate * args.seconds), args, args.store)
+            calls1 = [syscalls(p.pid) for p in procs]
             print(f"{sink.deliveries} pushes delivered in {time.perf_counter() - start:.1f}s", flush=True)
+            for i, ((r0, w0), (r1, w1)) in enumerate(zip(calls0, calls1, strict=True)):
+                print(f"node {i}: {(r1 - r0) / max(sink.deliveries, 1):.2f} read and "
+                      f"{(w1 - w0) / max(sink.deliveries, 1):.2f} write system calls per push", flush=True)
             print("Redis per push (INFO commandstats; a script's own commands count under evalsha):")
             for name, calls, usec in fanout_stats.commandstats_per_event(stats0, commandstats(redis_info),
                                                                          sink.deliveries)[:args.top]:
