@@ -56,11 +56,12 @@ class _Conn(asyncio.Protocol):
 
 
 class NodePusher:
-    """POST /api/v1/push over `in_flight` keep-alive connections."""
+    """POST `path` (the node's /api/v1/push, or the Node socket.io server's /push) over `in_flight` keep-alive
+    connections; both answer 202."""
 
-    def __init__(self, port: int, api_key: str, *, in_flight: int) -> None:
+    def __init__(self, port: int, api_key: str, *, in_flight: int, path: str = "/api/v1/push") -> None:
         self.port, self.in_flight = port, in_flight
-        self._head = (f"POST /api/v1/push HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {api_key}\r\n"
+        self._head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {api_key}\r\n"
                       "Content-Type: application/json\r\nContent-Length: ").encode()
         self._idle: asyncio.Queue[_Conn] = asyncio.Queue()
         self._conns: list[_Conn] = []

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+FANOUT_SYSTEMS = ("ours", "socketio", "socketio_node")
 START = "<!-- bench:generated:start -->"
 END = "<!-- bench:generated:end -->"
 KIB = 1024
@@ -83,7 +84,7 @@ def _ratio(a: Any, b: Any) -> float | None:
 
 
 def fanout_figures(fanout: Mapping[str, Any] | None) -> list[Figure]:
-    """Broadcast deliveries/s ratio, cross-node p99, RSS per idle session."""
+    """Broadcast deliveries/s ratio, cross-node p99, RSS per idle session; then issue 19's goals against Node."""
     src = "bench.fanout"
     ratio = _ratio(_get(fanout, "ours", "deliveries_per_s"), _get(fanout, "socketio", "deliveries_per_s"))
     idle = _num(_get(fanout, "ours", "idle_rss_bytes_per_session"))
@@ -93,7 +94,26 @@ def fanout_figures(fanout: Mapping[str, Any] | None) -> list[Figure]:
                 lambda v: v < 5, src),
         _figure("RSS per idle session (KiB)", None if idle is None else idle / KIB, "<= 16 KiB",
                 lambda v: v <= 16, src, "{:.1f}"),
+        *node_figures(fanout),
     ]
+
+
+# Issue 19's goals against Node.js socket.io + @socket.io/redis-adapter: (key, name, target, check).
+NODE_GOALS: tuple[tuple[str, str, str, Callable[[float], bool]], ...] = (
+    ("deliveries_per_s", "broadcast deliveries/s, wsnode/Node socket.io", ">= 2", lambda v: v >= 2),
+    ("cpu_ms_per_1k_pushes", "server CPU per one-user push (ours stored), wsnode/Node socket.io", "<= 0.8",
+     lambda v: v <= 0.8),
+    ("redis_cpu_us_per_push", "Redis CPU per one-user push, wsnode/Node socket.io", "<= 1", lambda v: v <= 1),
+    ("idle_rss_bytes_per_session", "RSS per idle session, wsnode/Node socket.io", "<= 0.5", lambda v: v <= 0.5),
+    ("connects_per_s", "connects/s, wsnode/Node socket.io", ">= 1", lambda v: v >= 1),
+)
+
+
+def node_figures(fanout: Mapping[str, Any] | None) -> list[Figure]:
+    """wsnode over Node socket.io for each goal of issue 19 that bench.fanout measures (not the reconnect storm)."""
+    return [_figure(name, _ratio(_get(fanout, "ours", key), _get(fanout, "socketio_node", key)), target, check,
+                    "bench.fanout")
+            for key, name, target, check in NODE_GOALS]
 
 
 _DROP_KEYS = ("drops", "dropped", "lost", "missing", "lost_messages")
@@ -318,7 +338,7 @@ def plot_series(results: Mapping[str, Any]) -> dict[str, Any]:
         cpu.setdefault(str(row["relay"]), []).append((int(float(row["size"])), float(row["cpu_us_per_msg"])))
     fanout_points: dict[str, list[tuple[int, float]]] = {}
     for run in results.get("fanout_runs") or ([results["fanout"]] if results.get("fanout") else []):
-        for system in ("ours", "socketio"):
+        for system in FANOUT_SYSTEMS:
             point = _get(run, system)
             if isinstance(point, Mapping):
                 fanout_points.setdefault(system, []).append((int(point["clients"]),
@@ -326,7 +346,7 @@ def plot_series(results: Mapping[str, Any]) -> dict[str, Any]:
     latency: dict[str, tuple[float, float]] = {}
     for row in relay_rows:
         latency[f"{row['relay']} {int(float(row['size']))} B rtt"] = (float(row["p50_ms"]), float(row["p99_ms"]))
-    for system in ("ours", "socketio"):
+    for system in FANOUT_SYSTEMS:
         point = _get(results.get("fanout"), system)
         if isinstance(point, Mapping) and _num(point.get("p99_ms")) is not None:
             latency[f"{system} cross-node push"] = (float(point["p50_ms"]), float(point["p99_ms"]))
@@ -359,7 +379,8 @@ def write_plots(results: Mapping[str, Any], out_dir: Path) -> list[Path]:
         written.append(_save(fig, out_dir / "relay_cpu_per_message.png"))
     if series["fanout"]:
         fig, ax = plt.subplots(figsize=(6, 4))
-        labels = {"ours": "wsnode (2 nodes)", "socketio": "python-socketio (2 servers)"}
+        labels = {"ours": "wsnode (2 nodes)", "socketio": "python-socketio (2 servers)",
+                  "socketio_node": "Node socket.io (2 servers)"}
         for name, points in series["fanout"].items():
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=labels.get(name, name))
         ax.set_xlabel("connected clients")

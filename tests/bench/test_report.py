@@ -59,6 +59,30 @@ def test_fanout_figures_against_targets(name: str, value: str, ok: bool) -> None
     assert (figure.value, figure.ok) == (value, ok)
 
 
+NODE_FANOUT: dict[str, Any] = {
+    "ours": {"deliveries_per_s": 100_000.0, "cpu_ms_per_1k_pushes": 400.0, "redis_cpu_us_per_push": 60.0,
+             "idle_rss_bytes_per_session": 15 * 1024, "connects_per_s": 1000.0},
+    "socketio_node": {"deliveries_per_s": 50_000.0, "cpu_ms_per_1k_pushes": 265.0, "redis_cpu_us_per_push": 30.0,
+                      "idle_rss_bytes_per_session": 14.3 * 1024, "connects_per_s": 1000.0},
+}
+
+
+@pytest.mark.parametrize(("name", "value", "ok"), [
+    ("broadcast deliveries/s, wsnode/Node socket.io", "2.00", True),
+    ("server CPU per one-user push (ours stored), wsnode/Node socket.io", "1.51", False),
+    ("Redis CPU per one-user push, wsnode/Node socket.io", "2.00", False),
+    ("RSS per idle session, wsnode/Node socket.io", "1.05", False),
+    ("connects/s, wsnode/Node socket.io", "1.00", True),
+])
+def test_node_figures_against_issue_19_goals(name: str, value: str, ok: bool) -> None:
+    figure = by_name(report.fanout_figures(NODE_FANOUT))[name]
+    assert (figure.value, figure.ok) == (value, ok)
+
+
+def test_node_figures_without_node_are_not_measured() -> None:
+    assert all(f.ok is None for f in report.node_figures(FANOUT)) and len(report.node_figures(FANOUT)) == 5
+
+
 @pytest.mark.parametrize("results", [{}, {"relay": None}, {"relay": {"cpu_ratio": {}}},
                                      {"fanout": {"ours": {"p99_ms": float("nan")}}}, {"soak": {"fds_end": 3}}])
 def test_all_figures_missing_data_is_not_measured_not_a_crash(results: dict[str, Any]) -> None:
@@ -131,8 +155,16 @@ def test_plot_series_groups_relay_rows_and_fanout_points() -> None:
     assert series["cpu"]["gateway"] == [(100, 9.0), (4096, 14.0)]
     assert series["fanout"]["ours"] == [(500, 1.0), (1000, 50000.0)]
     assert series["fanout"]["socketio"] == [(1000, 20000.0)]
+    assert "socketio_node" not in series["fanout"]
     assert series["latency"]["ours cross-node push"] == (1.0, 4.0)
     assert series["latency"]["gateway 4096 B rtt"] == (0.6, 1.6)
+
+
+def test_plot_series_takes_node_socketio_as_a_third_system() -> None:
+    node = {"clients": 1000, "deliveries_per_s": 40000.0, "p50_ms": 0.7, "p99_ms": 7.0}
+    series = report.plot_series({"fanout": {**FANOUT, "socketio_node": node}})
+    assert series["fanout"]["socketio_node"] == [(1000, 40000.0)]
+    assert series["latency"]["socketio_node cross-node push"] == (0.7, 7.0)
 
 
 def test_write_plots_writes_pngs(tmp_path: Any) -> None:
