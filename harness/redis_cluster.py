@@ -142,16 +142,14 @@ class OwnCluster:
 
     def wait_ready(self, *, timeout_s: float = 30.0) -> None:
         """Until every live node says cluster_state:ok with all slots assigned, all agree on who replicates whom,
-        and every replica is in sync with its master."""
-        deadline = time.monotonic() + timeout_s
-        for port, proc in self.nodes.items():
-            if proc.alive():
-                self._wait(lambda port=port: self.state_ok(port), proc, deadline, f"cluster_state:ok on {port}")
+        only live nodes serve slots (after a kill: the failover is over), and every replica is in sync."""
+        self._wait(self.ready, None, time.monotonic() + timeout_s, "ready cluster")
+
+    def ready(self) -> bool:
+        live = [port for port, proc in self.nodes.items() if proc.alive()]
         # `--cluster create` returns before every node has heard, by gossip, which nodes became replicas.
-        self._wait(self.views_agree, None, deadline, "agreement on the topology")
-        for port, proc in self.nodes.items():
-            if proc.alive() and self._own_role(port) == "slave":
-                self._wait(lambda port=port: self.replica_in_sync(port), proc, deadline, f"replica {port} in sync")
+        return all(self.state_ok(port) for port in live) and self.views_agree() \
+            and all(self.replica_in_sync(port) for port in live if self._own_role(port) == "slave")
 
     def _own_role(self, port: int) -> str:
         try:
@@ -172,6 +170,8 @@ class OwnCluster:
             views.append(sorted((node.port, node.role, node.master_id, node.slots) for node in nodes))
             if any(node.port == port and node.role != self._own_role(port) for node in nodes):
                 return False
+            if any(node.slots and not self.nodes[node.port].alive() for node in nodes if node.port in self.nodes):
+                return False  # a dead master not yet marked failed: its replica is not promoted yet
         return bool(views) and all(view == views[0] for view in views)
 
     def _command(self, port: int, *args: str) -> str:
