@@ -28,7 +28,7 @@ import redis.asyncio
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from gateway.model import RateLimit, RequestView
 from gateway.ratelimit.bucket import (
@@ -224,7 +224,8 @@ class RedisRateLimiter:
         try:
             async with asyncio.timeout(self._timeout_s):
                 allowed, tokens_left = await self._run(keys, args)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+            # RedisClusterException (no node of the cluster reachable, ...) is not a RedisError.
             self._note_failure(exc)
             return unavailable_decision(limit, fail_open=self._fail_open)
         if self._failing:

@@ -190,3 +190,25 @@ async def test_gateway_processes_on_the_cluster_share_buckets(
         check_exactly_burst(results, seconds)
     held = {port: keys_on(port, f"{prefix}*") for port in redis_cluster.master_ports()}
     assert all(held.values()), {port: len(keys) for port, keys in held.items()}
+
+
+@pytest.mark.slow
+async def test_a_cluster_gone_entirely_is_decided_by_the_policy(tmp_path: Path) -> None:
+    with provide_redis_cluster(tmp_path) as cluster:
+        connections = [redis_connection(cluster.info.url) for _ in range(3)]
+        closed, open_, fresh = (RedisRateLimiter(connection.client, key_prefix=unique_prefix("rl"), clock=Clock(T0),
+                                                 fail_open=policy, retry_interval_s=0)
+                                for connection, policy in zip(connections, (False, True, False), strict=True))
+        try:
+            assert (await closed.check("route", LIMIT, caller("fay"))).allowed
+            assert (await open_.check("route", LIMIT, caller("fay"))).allowed
+            # `fresh` learnt only that the URL is a cluster: its RedisCluster has not met any node yet.
+            assert isinstance(fresh._redis, DetectedRedis)
+            await fresh._redis.for_key("x")
+            cluster.stop()
+            for limiter, allowed, status in ((closed, False, 503), (open_, True, 200), (fresh, False, 503)):
+                decision = await limiter.check("route", LIMIT, caller("fay"))
+                assert (decision.allowed, decision.status) == (allowed, status)
+        finally:
+            for connection in connections:
+                await connection.aclose()
