@@ -87,6 +87,7 @@ TOKEN_BUCKET_SHA = hashlib.sha1(TOKEN_BUCKET_LUA.encode()).hexdigest()
 
 
 SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+PLAIN_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class DetectedRedis:
@@ -100,6 +101,11 @@ class DetectedRedis:
         self.urls = tuple(item.strip() for item in url.split(",") if item.strip())
         if not self.urls:
             raise ValueError(f"no Redis URL in {url!r}")
+        for item in self.urls:
+            # Refused at start: found at the first limited request, it would fail every request instead.
+            if not item.startswith(PLAIN_SCHEMES):
+                raise ValueError(f"each Redis URL of a list must start with {', '.join(PLAIN_SCHEMES)}; {item!r} does "
+                                 f"not (in {url!r})")
         self._servers: tuple[redis.asyncio.Redis, ...] | None = None
         self.cluster: RedisCluster | None = None
         self._lock = asyncio.Lock()

@@ -262,3 +262,9 @@ async def test_redis_rate_limiter_single_url_is_one_server(redis_server: RedisIn
         assert isinstance(connection.client, DetectedRedis) and connection.client.mode == "single"
     finally:
         await connection.aclose()
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0,127.0.0.1:2", "redis://a:1,redis+sentinel://s:26379/m", " , "])
+def test_redis_connection_refuses_a_list_item_that_is_no_url(url: str) -> None:
+    with pytest.raises(ValueError, match="Redis URL"):
+        redis_connection(url)
