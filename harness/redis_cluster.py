@@ -218,6 +218,23 @@ class OwnCluster:
     def master_ports(self) -> list[int]:
         return sorted(node.port for node in self.topology() if node.role == "master" and node.slots)
 
+    def reshard(self, source_port: int, target_port: int, slots: int, *, timeout_s: float = 60.0) -> None:
+        """Move `slots` slots, keys included, from one master to another with `redis-cli --cluster reshard`, as an
+        operator would (the clients see MOVED and ASK meanwhile); returns once the cluster is ready again."""
+        ids = {node.port: node.node_id for node in self.topology()}
+        run = subprocess.run(
+            [redis_cli_binary(), "--cluster", "reshard", f"{HOST}:{source_port}", "--cluster-from", ids[source_port],
+             "--cluster-to", ids[target_port], "--cluster-slots", str(slots), "--cluster-yes"],
+            capture_output=True, text=True, timeout=timeout_s, check=False)
+        if run.returncode != 0:
+            raise ProcessFailed(f"redis-cli --cluster reshard failed ({run.returncode}):\n{run.stdout[-4000:]}"
+                                f"\n{run.stderr}")
+        self.wait_ready(timeout_s=timeout_s)
+
+    def slot_count(self, port: int) -> int:
+        """How many slots the master at `port` serves."""
+        return sum(last - first + 1 for node in self.topology() if node.port == port for first, last in node.slots)
+
     def kill(self, port: int) -> None:
         """SIGKILL one node, as a crash would."""
         self.nodes[port].kill()

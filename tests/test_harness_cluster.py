@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 import redis
+import redis.asyncio
 from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
-from harness.redis_cluster import CLUSTER_SLOTS, OwnCluster, parse_cluster_nodes
+from harness.redis_cluster import CLUSTER_SLOTS, OwnCluster, parse_cluster_nodes, provide_redis_cluster
 
 NODES_TABLE = [
     # (CLUSTER NODES line, port, role, master id, slots)
@@ -70,3 +75,38 @@ def test_a_plain_client_on_the_wrong_master_is_moved(redis_cluster: OwnCluster) 
     with pytest.raises(redis.exceptions.MovedError, match=f"127.0.0.1:{owner}$"):
         plain.set("harness-moved", "x")
     plain.close()
+
+
+async def test_reshard_moves_slots_with_their_keys_under_traffic(tmp_path: Path) -> None:
+    # A cluster of this test's own: the session's keeps its slot layout for the other tests.
+    with provide_redis_cluster(tmp_path) as cluster:
+        source, target = cluster.master_ports()[:2]
+        before = cluster.slot_count(source), cluster.slot_count(target)
+        source_slots = {slot for node in cluster.topology() if node.port == source
+                        for first, last in node.slots for slot in range(first, last + 1)}
+        client = redis.asyncio.RedisCluster(host="127.0.0.1", port=source)
+        written: list[int] = []
+        stop = asyncio.Event()
+
+        async def writer() -> None:
+            index = 0
+            while not stop.is_set():
+                await client.set(f"harness-reshard-{index}", index)
+                written.append(index)
+                index += 1
+
+        task = asyncio.create_task(writer())
+        await asyncio.to_thread(cluster.reshard, source, target, 500)
+        stop.set()
+        await task
+        try:
+            assert (cluster.slot_count(source), cluster.slot_count(target)) == (before[0] - 500, before[1] + 500)
+            target_slots = {slot for node in cluster.topology() if node.port == target
+                            for first, last in node.slots for slot in range(first, last + 1)}
+            moved = [index for index in written if key_slot(f"harness-reshard-{index}".encode()) in
+                     source_slots & target_slots]
+            assert moved, f"none of {len(written)} writes landed in a moved slot"
+            values = await client.mget_nonatomic([f"harness-reshard-{index}" for index in written])
+            assert values == [str(index).encode() for index in written]
+        finally:
+            await client.aclose()
