@@ -6,8 +6,10 @@ migration are followed without losing the bucket, and a replica promoted after i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -43,6 +45,19 @@ async def cluster_limiter(redis_cluster: OwnCluster) -> AsyncIterator[Callable[.
     yield make
     for connection in connections:
         await connection.aclose()
+
+
+@contextlib.asynccontextmanager
+async def own_cluster_limiter(tmp_path: Path, **kwargs: Any) -> AsyncIterator[tuple[OwnCluster, RedisRateLimiter]]:
+    """A cluster of the test's own (for tests that kill or reshard: the session's cluster stays as it is) and a
+    fail-closed limiter on it."""
+    with provide_redis_cluster(tmp_path) as cluster:
+        connection = redis_connection(cluster.info.url)
+        try:
+            yield cluster, RedisRateLimiter(connection.client, key_prefix=unique_prefix("rl"), clock=Clock(T0),
+                                            fail_open=False, **kwargs)
+        finally:
+            await connection.aclose()
 
 
 def keys_on(port: int, pattern: str) -> set[str]:
@@ -138,32 +153,25 @@ async def test_moved_and_ask_during_a_slot_migration_keep_the_bucket(
 
 @pytest.mark.slow
 async def test_replica_takes_over_after_its_master_is_killed(tmp_path: Path) -> None:
-    # A cluster of this test's own: killing a master would change the session's cluster for every later test.
-    with provide_redis_cluster(tmp_path) as cluster:
-        connection = redis_connection(cluster.info.url)
-        limiter = RedisRateLimiter(connection.client, key_prefix=unique_prefix("rl"), clock=Clock(T0),
-                                   fail_open=False, retry_interval_s=0)
-        try:
-            tokens, _ = bucket_keys("route", "erin", key_prefix=limiter._key_prefix)
-            assert await decisions(limiter, caller("erin"), 4) == [True] * 4
-            _, master = _owner(cluster, key_slot(tokens.encode()))
-            # The replica must hold the 4 takes before the crash, or the bucket would rightly be full again.
-            assert redis.Redis(host="127.0.0.1", port=master).execute_command("WAIT", 1, 5000) == 1
-            cluster.kill(master)
-            cluster.wait_ready(timeout_s=30)
-            new_master = _owner(cluster, key_slot(tokens.encode()))[1]
-            assert new_master != master
-            results: list[bool] = []
-            async with asyncio.timeout(20):
-                while not results or not results[-1]:
-                    decision = await limiter.check("route", LIMIT, caller("erin"))
-                    results.append(decision.allowed)
-                    if not decision.allowed:
-                        assert decision.status == 503, decision  # fail-closed while the client finds the new master
-                        await asyncio.sleep(0.05)  # polling the failover, with the deadline above
-            assert await decisions(limiter, caller("erin"), 6) == [True] * 5 + [False]
-        finally:
-            await connection.aclose()
+    async with own_cluster_limiter(tmp_path, retry_interval_s=0) as (cluster, limiter):
+        tokens, _ = bucket_keys("route", "erin", key_prefix=limiter._key_prefix)
+        assert await decisions(limiter, caller("erin"), 4) == [True] * 4
+        _, master = _owner(cluster, key_slot(tokens.encode()))
+        # The replica must hold the 4 takes before the crash, or the bucket would rightly be full again.
+        assert redis.Redis(host="127.0.0.1", port=master).execute_command("WAIT", 1, 5000) == 1
+        cluster.kill(master)
+        cluster.wait_ready(timeout_s=30)
+        new_master = _owner(cluster, key_slot(tokens.encode()))[1]
+        assert new_master != master
+        results: list[bool] = []
+        async with asyncio.timeout(20):
+            while not results or not results[-1]:
+                decision = await limiter.check("route", LIMIT, caller("erin"))
+                results.append(decision.allowed)
+                if not decision.allowed:
+                    assert decision.status == 503, decision  # fail-closed while the client finds the new master
+                    await asyncio.sleep(0.05)  # polling the failover, with the deadline above
+        assert await decisions(limiter, caller("erin"), 6) == [True] * 5 + [False]
 
 
 async def test_gateway_processes_on_the_cluster_share_buckets(
@@ -212,3 +220,30 @@ async def test_a_cluster_gone_entirely_is_decided_by_the_policy(tmp_path: Path) 
         finally:
             for connection in connections:
                 await connection.aclose()
+
+
+@pytest.mark.slow
+async def test_buckets_hold_through_a_reshard_under_traffic(tmp_path: Path) -> None:
+    async with own_cluster_limiter(tmp_path, timeout_s=5.0) as (cluster, limiter):
+        names = [f"mover-{index}" for index in range(200)]
+        for name in names:
+            assert await decisions(limiter, caller(name), 5) == [True] * 5
+        source, target = cluster.master_ports()[:2]
+        slots_of = {name: key_slot(bucket_keys("route", name, key_prefix=limiter._key_prefix)[0].encode())
+                    for name in names}
+        on_source = {name for name in names if _owner(cluster, slots_of[name])[1] == source}
+        reshard = asyncio.create_task(asyncio.to_thread(cluster.reshard, source, target, 2000))
+        during: dict[str, list[int]] = {name: [] for name in names}
+        while not reshard.done():
+            for name in names[:50]:  # a fixed part of the users keeps asking while slots move
+                decision = await limiter.check("route", LIMIT, caller(name))
+                during[name].append(decision.status)
+        await reshard
+        moved = {name for name in on_source if _owner(cluster, slots_of[name])[1] == target}
+        assert moved and all(during[name] for name in names[:50]), (len(moved), during[names[0]])
+        for name in names:
+            statuses = during[name] + [(await limiter.check("route", LIMIT, caller(name))).status
+                                       for _ in range(12)]
+            # No request failed (503) and each bucket still held exactly its 10 tokens: 5 before, 5 after.
+            assert 503 not in statuses, (name, statuses)
+            assert statuses.count(200) == 5, (name, statuses)
