@@ -9,7 +9,8 @@ one-user pushes (`store: true`, users taken round-robin) through the push API of
 one is delivered. Per shard it reports the commands Redis ran for the connects and for the pushes (health-check
 PINGs and this benchmark's INFO/CONFIG left out), per push, and its CPU; and the max/mean ratio of the shards'
 push commands (1.0 = a perfectly even split). Everything runs on loopback and is stopped at the end (or at
-`--deadline-s`). Last line: `shards_max_mean_ratio=<one value per S>`.
+`--deadline-s`). Per S it also prints the commands per connect, by command name, summed over the shards. Last line:
+`shards_max_mean_ratio=<one value per S>`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import contextlib
 import json
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from bench.fanout import API_KEY, SECRET, Stats, connect_clients
 from bench.fanout_push import NodePusher
 from bench.scaleout import command_calls, redis_cpu_s
-from harness import ProcessGroup, free_port
+from harness import ProcessGroup, free_port, scratch_group
 from wsnode.sharding import shard_of
 
 IGNORED = ("ping", "info", "config|resetstat", "config")  # health checks and this benchmark's own reads
@@ -117,6 +117,10 @@ async def measure(shard_count: int, group: ProcessGroup, workdir: Path, args: ar
         for c in clients:
             await c.aclose()
     connect_cmds = [work(a - b) for a, b in zip(after_connect, before, strict=True)]
+    # Which commands a connect costs, summed over the shards (the refresh heartbeats of the window are in it too).
+    connect_by_command: Counter[str] = Counter()
+    for a, b in zip(after_connect, before, strict=True):
+        connect_by_command.update({name: n for name, n in (a - b).items() if name not in IGNORED})
     push_cmds = [work(a - b) for a, b in zip(after_push, after_connect, strict=True)]
     users_per_shard = [0] * shard_count
     pushes_per_shard = [0] * shard_count
@@ -130,6 +134,9 @@ async def measure(shard_count: int, group: ProcessGroup, workdir: Path, args: ar
         "pushes": args.pushes, "pushes_per_shard": pushes_per_shard, "delivered": sink.deliveries,
         "pushes_per_s": args.pushes / elapsed if elapsed > 0 else None,
         "connect_commands_per_shard": connect_cmds,
+        "connect_commands_per_session": sum(connect_cmds) / len(sessions) if sessions else None,
+        "connect_commands_per_session_by_command": {name: n / len(sessions) for name, n in
+                                                    connect_by_command.most_common()} if sessions else {},
         "push_commands_per_shard": push_cmds,
         "push_commands_per_push_per_shard": [n / args.pushes for n in push_cmds],
         "push_commands_per_push_total": sum(push_cmds) / args.pushes,
@@ -149,6 +156,10 @@ async def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> l
               f"(total {step['push_commands_per_push_total']:.2f}); max/mean shard load {step['max_mean_ratio']:.3f}; "
               f"users by shard {step['users_per_shard']}; "
               f"connect commands by shard {step['connect_commands_per_shard']}", flush=True)
+        by_command = ", ".join(f"{name} {n:.2f}" for name, n in step["connect_commands_per_session_by_command"].items())
+        print(f"S={count}: Redis commands per connect {step['connect_commands_per_session']:.2f} ({by_command}); "
+              f"Redis CPU µs per push by shard "
+              f"{[round(us) for us in step['redis_cpu_us_per_push_per_shard']]}", flush=True)
         group.stop_all()  # this S's nodes and shards; the next S starts fresh ones
         group.processes.clear()
     return steps
@@ -173,18 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--shards, --sessions, --pushes and --in-flight must be at least 1")
     if args.quick:
         args.sessions, args.pushes = min(args.sessions, 1000), min(args.pushes, 1000)
-    workdir = Path(tempfile.mkdtemp(prefix="wsgate-shards-"))
-    group = ProcessGroup(workdir / "logs")
-    try:
-        import uvloop
+    import uvloop
 
+    with scratch_group("wsgate-shards-") as (workdir, group):
         steps = uvloop.run(asyncio.wait_for(run(args, group, workdir), args.deadline_s))
-    except BaseException:
-        print(group.logs()[-8000:], file=sys.stderr)
-        raise
-    finally:
-        group.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
     result = {"steps": steps, "sessions": args.sessions, "pushes": args.pushes, "quick": args.quick}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

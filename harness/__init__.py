@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -185,6 +186,22 @@ class ProcessGroup:
     def logs(self) -> str:
         return "\n".join(f"----- {p.name} (pid {p.popen.pid if p.popen else '-'}) -----\n{p.log()[-6000:]}"
                          for p in self.processes)
+
+
+@contextlib.contextmanager
+def scratch_group(prefix: str) -> Iterator[tuple[Path, ProcessGroup]]:
+    """A temporary directory and a ProcessGroup logging into it, for a benchmark run: when the run fails the logs' tail
+    goes to stderr; the processes are stopped and the directory removed either way."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    group = ProcessGroup(workdir / "logs")
+    try:
+        yield workdir, group
+    except BaseException:
+        print(group.logs()[-8000:], file=sys.stderr)
+        raise
+    finally:
+        group.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from harness import (
     provide_redis,
     unique_prefix,
 )
+from harness.redis_cluster import OwnCluster, provide_redis_cluster
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
@@ -36,6 +37,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisInfo
     """A Redis server that answers: the machine's, or one started for this test session."""
     with provide_redis(tmp_path_factory.mktemp("redis")) as (info, _proc):
         yield info
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnCluster]:
+    """A Redis Cluster of this test session's own: 3 masters and 3 replicas, ready and in sync."""
+    with provide_redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
 
 
 @pytest.fixture

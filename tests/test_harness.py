@@ -42,3 +42,21 @@ def test_process_that_exits_fails_readiness_with_its_log(procs: ProcessGroup) ->
     proc = procs.start("dies", [sys.executable, "-c", "print('boom'); raise SystemExit(3)"])
     with pytest.raises(ProcessFailed, match="boom"):
         proc.wait_http_ready(f"http://127.0.0.1:{free_port()}/", timeout_s=5)
+
+
+def test_scratch_group_stops_cleans_up_and_prints_logs_on_failure(capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    from harness import POLL_INTERVAL_S, scratch_group
+
+    with pytest.raises(RuntimeError), scratch_group("wsgate-test-scratch-") as (workdir, group):
+        proc = group.start("talker", [sys.executable, "-c", "print('said before failing', flush=True); "
+                                      "import time; time.sleep(60)"])
+        deadline = time.monotonic() + 10
+        while "said before failing" not in proc.log():  # polled with a deadline, as the harness polls readiness
+            assert proc.alive() and time.monotonic() < deadline, proc.log()
+            time.sleep(POLL_INTERVAL_S)
+        raise RuntimeError("the run failed")
+    assert not proc.alive()
+    assert not workdir.exists()
+    assert "said before failing" in capsys.readouterr().err

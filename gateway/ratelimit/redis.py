@@ -6,6 +6,12 @@ consistent across processes. The script is loaded once (SCRIPT LOAD) and called 
 answer, requests pass (fail-open, SCG's behaviour) or get 503 (fail-closed); the failure is logged once per outage,
 and for `retry_interval_s` after a failure requests are decided at once instead of each waiting `timeout_s` for a
 Redis that is down (one request per interval probes it).
+
+`wsgate.redis.url` takes the forms of CONTRACT section 7. A plain URL, or a comma-separated list of them, is asked
+once (`INFO cluster`) what it is: a Redis Cluster (`cluster_enabled:1`) gets redis-py's RedisCluster, which sends each
+bucket's script to the master holding the bucket's slot (both keys share the hash tag `{route.caller}`, so the script
+never crosses slots) and follows MOVED, ASK and failovers; a single server is used as it is; a list of standalone
+servers is sharded on the client by the bucket's hash slot. Sentinel URLs go to the master the sentinels name.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import NoScriptError, RedisError
+from redis.crc import key_slot
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from gateway.model import RateLimit, RequestView
 from gateway.ratelimit.bucket import (
@@ -79,13 +87,84 @@ TOKEN_BUCKET_SHA = hashlib.sha1(TOKEN_BUCKET_LUA.encode()).hexdigest()
 
 
 SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+PLAIN_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+class DetectedRedis:
+    """One server, a Redis Cluster or a client-side list of servers, told apart by asking on first use.
+
+    The question waits for the first rate-limited request because the gateway starts without Redis when no route
+    limits; a failed question (Redis down) is asked again by the next request.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.urls = tuple(item.strip() for item in url.split(",") if item.strip())
+        if not self.urls:
+            raise ValueError(f"no Redis URL in {url!r}")
+        for item in self.urls:
+            # Refused at start: found at the first limited request, it would fail every request instead.
+            if not item.startswith(PLAIN_SCHEMES):
+                raise ValueError(f"each Redis URL of a list must start with {', '.join(PLAIN_SCHEMES)}; {item!r} does "
+                                 f"not (in {url!r})")
+        self._servers: tuple[redis.asyncio.Redis, ...] | None = None
+        self.cluster: RedisCluster | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def mode(self) -> str:
+        """What the URL named: cluster, single, shards, or unknown before the first answer."""
+        if self.cluster is not None:
+            return "cluster"
+        if self._servers is None:
+            return "unknown"
+        return "single" if len(self._servers) == 1 else "shards"
+
+    async def for_key(self, key: str) -> redis.asyncio.Redis | RedisCluster:
+        """The client that runs commands on `key`."""
+        if self.cluster is None and self._servers is None:
+            async with self._lock:
+                if self.cluster is None and self._servers is None:
+                    await self._detect()
+        if self.cluster is not None:
+            return self.cluster
+        assert self._servers is not None
+        # Every gateway has the same list, so each bucket lives on one server; the slot keeps both keys together.
+        return self._servers[key_slot(key.encode()) % len(self._servers)]
+
+    async def _detect(self) -> None:
+        servers = tuple(redis.asyncio.from_url(url) for url in self.urls)
+        error: BaseException | None = None
+        for url, server in zip(self.urls, servers, strict=True):
+            try:
+                enabled = (await server.info("cluster")).get("cluster_enabled")
+            except (RedisError, OSError) as exc:
+                error = exc
+                continue
+            if enabled in (1, "1"):
+                log.info("rate limiter: %s is a Redis Cluster", url)
+                for each in servers:
+                    await each.aclose()
+                self.cluster = RedisCluster.from_url(url)
+            else:
+                self._servers = servers
+            return
+        for each in servers:
+            await each.aclose()
+        assert error is not None
+        raise error
+
+    async def aclose(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.aclose()
+        for server in self._servers or ():
+            await server.aclose()
 
 
 @dataclass
 class RedisConnection:
     """The limiter's Redis client and, for a Sentinel URL, the sentinels' own connections, closed together."""
 
-    client: redis.asyncio.Redis
+    client: redis.asyncio.Redis | DetectedRedis
     sentinel: Sentinel | None = None
 
     async def aclose(self) -> None:
@@ -95,10 +174,11 @@ class RedisConnection:
 
 
 def redis_connection(url: str) -> RedisConnection:
-    """A client for `wsgate.redis.url` (connecting on first use): one server, or a master that sentinels watch,
-    `redis+sentinel://[user:password@]host:26379[,host:26379]/<master>[/<db>]` (CONTRACT section 7)."""
+    """A client for `wsgate.redis.url` (connecting on first use): one server, a Redis Cluster, a list of servers,
+    or a master that sentinels watch, `redis+sentinel://[user:password@]host:26379[,host:26379]/<master>[/<db>]`
+    (CONTRACT section 7)."""
     if not url.startswith(SENTINEL_SCHEMES):
-        return RedisConnection(redis.asyncio.from_url(url))
+        return RedisConnection(DetectedRedis(url))
     parts = urlsplit(url.replace("+sentinel", "", 1))
     hosts = parts.netloc.rpartition("@")[2]
     sentinels = []
@@ -120,8 +200,8 @@ class _UnexpectedReply(RedisError):
 class RedisRateLimiter:
     """Checks requests against RateLimits with a token bucket per (route, caller) in Redis."""
 
-    def __init__(self, redis: redis.asyncio.Redis, *, key_prefix: str = "", fail_open: bool = True,
-                 timeout_s: float = 1.0, retry_interval_s: float = 1.0,
+    def __init__(self, redis: redis.asyncio.Redis | RedisCluster | DetectedRedis, *, key_prefix: str = "",
+                 fail_open: bool = True, timeout_s: float = 1.0, retry_interval_s: float = 1.0,
                  clock: Callable[[], float] = time.time) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, not {timeout_s}")
@@ -135,7 +215,7 @@ class RedisRateLimiter:
         self._skip_until = 0.0  # time.monotonic() before which Redis is not asked again after a failure
         # The script's `now`, in epoch seconds; injectable so tests replenish without sleeping.
         self._clock = clock
-        self._loaded = False
+        self._loaded: set[int] = set()  # id() of each client that has had SCRIPT LOAD
         self._failing = False
 
     async def check(self, route_id: str, limit: RateLimit, request: RequestView) -> RateDecision:
@@ -150,7 +230,8 @@ class RedisRateLimiter:
         try:
             async with asyncio.timeout(self._timeout_s):
                 allowed, tokens_left = await self._run(keys, args)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+            # RedisClusterException (no node of the cluster reachable, ...) is not a RedisError.
             self._note_failure(exc)
             return unavailable_decision(limit, fail_open=self._fail_open)
         if self._failing:
@@ -159,13 +240,15 @@ class RedisRateLimiter:
         return decide(limit, allowed, tokens_left)
 
     async def _run(self, keys: tuple[str, str], args: tuple[int, int, int, int]) -> tuple[bool, int]:
-        if not self._loaded:
-            await self._redis.script_load(TOKEN_BUCKET_LUA)
-            self._loaded = True
+        client = await self._redis.for_key(keys[0]) if isinstance(self._redis, DetectedRedis) else self._redis
+        if id(client) not in self._loaded:
+            # On a cluster, SCRIPT LOAD reaches every master; a replica promoted later answers NOSCRIPT, hence EVAL.
+            await client.script_load(TOKEN_BUCKET_LUA)
+            self._loaded.add(id(client))
         try:
-            reply = await self._redis.evalsha(TOKEN_BUCKET_SHA, len(keys), *keys, *args)
+            reply = await client.evalsha(TOKEN_BUCKET_SHA, len(keys), *keys, *args)
         except NoScriptError:
-            reply = await self._redis.eval(TOKEN_BUCKET_LUA, len(keys), *keys, *args)
+            reply = await client.eval(TOKEN_BUCKET_LUA, len(keys), *keys, *args)
         if not (isinstance(reply, list) and len(reply) == 2 and all(isinstance(v, int) for v in reply)):
             raise _UnexpectedReply(f"unexpected token bucket reply {reply!r}")
         return reply[0] == 1, int(reply[1])

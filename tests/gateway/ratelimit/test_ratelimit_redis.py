@@ -13,7 +13,7 @@ import redis.asyncio
 
 from gateway.model import RateLimit, RequestView
 from gateway.ratelimit.bucket import RateDecision
-from gateway.ratelimit.redis import RedisRateLimiter
+from gateway.ratelimit.redis import DetectedRedis, RedisRateLimiter, redis_connection
 from harness import ManagedProcess, ProcessGroup, RedisInfo, free_port, redis_answers, redis_server_binary
 
 ALICE = RequestView("GET", "/", headers=(("X-User", "alice"),), remote_addr="10.0.0.1")
@@ -226,3 +226,45 @@ async def test_redis_rate_limiter_reloads_script_after_noscript_and_recovers_aft
             "rate limiter: Redis answers again"
     finally:
         await conn.aclose()
+
+
+async def test_redis_rate_limiter_on_a_list_of_servers_shards_buckets_by_slot(
+        procs: ProcessGroup, tmp_path: Path) -> None:
+    ports = [free_port(), free_port()]
+    for index, port in enumerate(ports):
+        (tmp_path / str(index)).mkdir()
+        start_private_redis(procs, tmp_path / str(index), port, f"redis-{index}")
+    connection = redis_connection(",".join(f"redis://127.0.0.1:{port}/0" for port in ports))
+    try:
+        limiter = RedisRateLimiter(connection.client, clock=Clock(), fail_open=False)
+        limit = RateLimit(1, 3, key="header:X-User")
+        users = [RequestView("GET", "/", headers=(("X-User", f"u{index}"),)) for index in range(40)]
+        for user in users:
+            assert [(await limiter.check("api", limit, user)).allowed for _ in range(4)] == [True] * 3 + [False]
+        assert isinstance(connection.client, DetectedRedis) and connection.client.mode == "shards"
+        counts = []
+        for port in ports:
+            plain = redis.asyncio.Redis(host="127.0.0.1", port=port)
+            keys = [key async for key in plain.scan_iter(match="request_rate_limiter.*")]
+            counts.append(len(keys))
+            await plain.aclose()
+        # Both keys of a bucket on one server, and every server holds some buckets.
+        assert sum(counts) == 2 * len(users) and all(count > 0 and count % 2 == 0 for count in counts), counts
+    finally:
+        await connection.aclose()
+
+
+async def test_redis_rate_limiter_single_url_is_one_server(redis_server: RedisInfo, redis_prefix: str) -> None:
+    connection = redis_connection(redis_server.url)
+    try:
+        limiter = RedisRateLimiter(connection.client, key_prefix=redis_prefix, clock=Clock(), fail_open=False)
+        assert (await limiter.check("api", RateLimit(1, 1, key="header:X-User"), ALICE)).allowed
+        assert isinstance(connection.client, DetectedRedis) and connection.client.mode == "single"
+    finally:
+        await connection.aclose()
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0,127.0.0.1:2", "redis://a:1,redis+sentinel://s:26379/m", " , "])
+def test_redis_connection_refuses_a_list_item_that_is_no_url(url: str) -> None:
+    with pytest.raises(ValueError, match="Redis URL"):
+        redis_connection(url)
