@@ -54,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"wsgate: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    limiter_url_error = redis_url_error(config.server.redis_url)
+    if limiter_url_error:
+        print(f"wsgate: {limiter_url_error}", file=sys.stderr)
+        return EXIT_CONFIG
     # Workers and reloads read the file again: they find the choices in the environment they inherit.
     if args.profile:
         environment.export(environment.PROFILES, ",".join(args.profile))
@@ -80,6 +84,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.port is not None:
         worker_args += ["--port", str(args.port)]
     return Supervisor(args.config, worker_args, workers, drain_timeout_s=config.server.drain_timeout_s).run()
+
+
+def redis_url_error(file_url: str | None) -> str:
+    """Why the rate limiter's Redis URL (the file's, else $REDIS_URL) cannot be used, or "" when it can.
+
+    Checked before any worker starts: a worker that fails on it would be restarted by the master in a loop.
+    """
+    from gateway.ratelimit.redis import check_redis_url
+
+    try:
+        check_redis_url(environment.wsgate_fallback("redis.url", file_url, environment.current()))
+    except ValueError as error:
+        return f"{'wsgate.redis.url' if file_url is not None else 'REDIS_URL'}: {error}"
+    return ""
 
 
 def check(file: str, profiles: Sequence[str] | None, unknown_filters: str | None) -> int:

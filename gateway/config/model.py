@@ -23,7 +23,8 @@ from gateway.routing.resilience import BreakerSettings
 if TYPE_CHECKING:
     from gateway.config.locator import LocatorSettings
 
-# What `wsgate.redis.url` may name: one server, or a master that sentinels watch (CONTRACT section 7).
+# What `wsgate.redis.url` may name: one server, a Redis Cluster (any node, or a seed list), a comma-separated list of
+# servers (buckets split by hash slot), or a master that sentinels watch (CONTRACT section 7).
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
 
 _SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

@@ -90,6 +90,25 @@ SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
 PLAIN_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
+def plain_redis_urls(url: str) -> tuple[str, ...]:
+    """The servers a `redis://` URL or a comma-separated list of them names; ValueError names what is wrong."""
+    urls = tuple(item.strip() for item in url.split(",") if item.strip())
+    if not urls:
+        raise ValueError(f"no Redis URL in {url!r}")
+    for item in urls:
+        # Refused at start: found at the first limited request, it would fail every request instead.
+        if not item.startswith(PLAIN_SCHEMES):
+            raise ValueError(f"each Redis URL of a list must start with {', '.join(PLAIN_SCHEMES)}; {item!r} does "
+                             f"not (in {url!r})")
+    return urls
+
+
+def check_redis_url(url: str) -> None:
+    """Raise ValueError, naming the problem, when `url` is not something `redis_connection` can use."""
+    if not url.startswith(SENTINEL_SCHEMES):
+        plain_redis_urls(url)
+
+
 class DetectedRedis:
     """One server, a Redis Cluster or a client-side list of servers, told apart by asking on first use.
 
@@ -98,14 +117,7 @@ class DetectedRedis:
     """
 
     def __init__(self, url: str) -> None:
-        self.urls = tuple(item.strip() for item in url.split(",") if item.strip())
-        if not self.urls:
-            raise ValueError(f"no Redis URL in {url!r}")
-        for item in self.urls:
-            # Refused at start: found at the first limited request, it would fail every request instead.
-            if not item.startswith(PLAIN_SCHEMES):
-                raise ValueError(f"each Redis URL of a list must start with {', '.join(PLAIN_SCHEMES)}; {item!r} does "
-                                 f"not (in {url!r})")
+        self.urls = plain_redis_urls(url)
         self._servers: tuple[redis.asyncio.Redis, ...] | None = None
         self.cluster: RedisCluster | None = None
         self._lock = asyncio.Lock()

@@ -40,6 +40,26 @@ def test_cli_refuses_zero_workers(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "--workers" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("file_url", "env_url", "named"), [
+    (None, "foo://bar", "REDIS_URL: "),
+    (None, "redis://127.0.0.1:6379,http://x:1", "REDIS_URL: "),
+    ("redis://127.0.0.1:6379,tcp://x:1", None, "wsgate.redis.url: "),
+])
+def test_cli_refuses_an_unusable_limiter_redis_url_before_any_worker(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, file_url: str | None,
+        env_url: str | None, named: str) -> None:
+    config = tmp_path / "routes.yaml"
+    redis_key = f"wsgate:\n  redis:\n    url: '{file_url}'\n" if file_url else ""
+    config.write_text(f"{redis_key}routes: []\n")
+    if env_url is None:
+        monkeypatch.delenv("REDIS_URL", raising=False)
+    else:
+        monkeypatch.setenv("REDIS_URL", env_url)
+    assert main(["--config", str(config), "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "must start with" in err and "Traceback" not in err
+
+
 def test_cli_single_worker_refuses_a_port_already_taken(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import socket
 
