@@ -7,9 +7,9 @@ from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from gateway.config.model import ServerSettings
-from gateway.errors import GatewayError, HeadTooLarge, RequestTimeout
+from gateway.errors import GatewayError, RequestTimeout
 from gateway.proxy.conn import BARE_CR_OR_LF, Conn
-from gateway.proxy.httpparse import HEAD_END
+from gateway.proxy.httpparse import HEAD_END, split_head
 from gateway.tunnel.linger import LINGER_S  # nginx's lingering_timeout, the same for error answers and tunnels
 
 
@@ -86,14 +86,12 @@ class ClientConn(Conn):
         """
         buffer = self.buffer
         if buffer.startswith(b"\r\n"):
-            self._skip_blank_lines()
-        end = buffer.find(HEAD_END)
-        if end < 0:
+            self._skip_blank_lines()  # also when the head is incomplete: the caller compares the rest to max_bytes
+        taken = split_head(buffer, max_bytes)
+        if taken is None:
             return None
-        if end + len(HEAD_END) > max_bytes:
-            raise HeadTooLarge("request head too large")
-        head = bytes(buffer[:end])
-        del buffer[: end + len(HEAD_END)]
+        head, used = taken
+        del buffer[:used]
         return head
 
     def close_lingering(self, *, linger_s: float = LINGER_S) -> None:
