@@ -40,6 +40,7 @@ class ClientConn(Conn):
         super().__init__(loop)
         self.server = server
         self.busy = False  # between reading a head and finishing its answer
+        self.remote = "unknown"  # the client's address, set when serving starts (peername, looked up once)
         self.task: asyncio.Task[None] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._scan_from = 0
