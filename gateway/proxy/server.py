@@ -5,15 +5,15 @@ its head is answered. After a 101 the coroutine ends and the two sockets go to t
 (`native_relay`, plain TCP) or relay to each other through their transports (`tunnel.Tunnel`, TLS or without the
 native module); only the tunnel's small bookkeeping objects stay. A plain-TCP upgrade to an instance given by
 address is dialed for the relay thread (`_upgrade_native`): the thread forwards the instance's 101 itself, and
-only another answer comes back here. Discovery, balancing and metrics come in through the constructor: this module
-knows no Consul.
+only another answer comes back here. A routed request travels as one `exchange.Exchange` and ends in an
+`exchange.Outcome`; instances are dialed in the balancer's order by `dialing.Dialer`. Discovery, balancing and
+metrics come in through the constructor: this module knows no Consul.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -25,7 +25,6 @@ from gateway.errors import (
     BadGateway,
     BadRequest,
     GatewayError,
-    NoInstance,
     NoRoute,
     Overloaded,
     RequestTimeout,
@@ -38,9 +37,10 @@ from gateway.proxy import policies
 from gateway.proxy.accounting import Accounting
 from gateway.proxy.client_conn import ClientConn
 from gateway.proxy.conn import Conn
+from gateway.proxy.dialing import Dialer
 from gateway.proxy.exchange import Exchange, Outcome
 from gateway.proxy.headers import authority, strip_hop_by_hop, upstream_request_headers
-from gateway.proxy.http import UpstreamPool, adopt_socket, check_request_body, dial, read_response, relay_body
+from gateway.proxy.http import UpstreamPool, adopt_socket, check_request_body, read_response, relay_body
 from gateway.proxy.httpparse import (
     Framing,
     RequestHead,
@@ -54,7 +54,7 @@ from gateway.proxy.httpparse import (
 from gateway.proxy.responses import error_body, simple_response
 from gateway.ratelimit.bucket import RateDecision
 from gateway.routing.balancer import Balancer
-from gateway.routing.targets import RouteTarget, RoutingState, ip_literal
+from gateway.routing.targets import RouteTarget, RoutingState
 from gateway.tunnel.registry import Tunnels
 
 log = logging.getLogger("gateway.server")
@@ -93,6 +93,8 @@ class GatewayServer:
         self._targets: dict[str, RouteTarget] = {}
         self._targets_state: RoutingState | None = None
         self.accounting = Accounting(metrics, lambda: self.settings)
+        self.dialer = Dialer(provider=provider, balancer=balancer, metrics=metrics, pool=self.pool,
+                             tunnels=self.tunnels, upstream_ssl=upstream_ssl, settings=lambda: self.settings)
         self.breakers = policies.Breakers()  # CircuitBreaker state by id, kept across reloads
         metrics.gauge("wsgate_open_connections", lambda: float(len(self.connections)))
 
@@ -298,30 +300,9 @@ class GatewayServer:
         ex.conn.write(simple_response(answer.status, body, content_type=ctype, close=not keep, extra=answer.headers))
         return Outcome.after(keep)
 
-    async def _connect(self, route: RouteSpec, target: RouteTarget, view: RequestView,
-                       loop: asyncio.AbstractEventLoop | None, *, pooled: bool) -> tuple[Endpoint, Conn, bool]:
-        """Dial the route's instances in balancer order; returns (endpoint, connection, reused from pool)."""
-        name = target.name
-        endpoints = self._endpoints(target)
-        tls = target.tls
-        tls_context = self.upstream_ssl if tls else None
-        if tls and tls_context is None:
-            tls_context = ssl.create_default_context()
-        for endpoint in self.balancer.order(name, endpoints, target.choice, view):
-            if pooled:
-                idle = self.pool.take(endpoint, tls=tls)
-                if idle is not None:
-                    return endpoint, idle, True
-            try:
-                conn = await dial(endpoint, timeout_s=target.connect_timeout_s, ssl_context=tls_context, loop=loop)
-                return endpoint, conn, False
-            except (OSError, TimeoutError) as exc:
-                self._dial_failed(route, endpoint, "timeout" if isinstance(exc, TimeoutError) else "refused", exc)
-        raise NoInstance(name)
-
     async def forward(self, ex: Exchange) -> Outcome:
         """Send the request to an instance of its route and pass the answer on (one attempt under `policies`)."""
-        conn, head, view, route, plan = ex.conn, ex.head, ex.view, ex.route, ex.plan
+        conn, head, route, plan = ex.conn, ex.head, ex.route, ex.plan
         upgrade = ex.upgrade
         framing, length = request_framing(head)
         check_request_body(conn, framing, upgrade=upgrade)
@@ -332,8 +313,7 @@ class GatewayServer:
             answered = await self._upgrade_native(ex, target)
             if answered is not None:
                 return answered
-        loop = conn.loop
-        endpoint, upstream, reused = await self._connect(route, target, view, loop, pooled=not upgrade)
+        endpoint, upstream, reused = await self.dialer.connect(ex, target, pooled=not upgrade)
         plan_headers = plan.headers
         if framing is not Framing.NONE and (head.header("expect") or "").lower() == "100-continue":
             # Answer the client's wait ourselves: the body is streamed as soon as it comes.
@@ -351,7 +331,7 @@ class GatewayServer:
                     raise
                 # A pooled connection the instance closed meanwhile: dial afresh once.
                 upstream.close()
-                endpoint, upstream, _ = await self._connect(route, target, view, loop, pooled=False)
+                endpoint, upstream, _ = await self.dialer.connect(ex, target, pooled=False)
                 upstream.write(request_bytes)
                 response = await read_response(conn, upstream, timeout_s, upgrade=upgrade)
         except BaseException as error:
@@ -368,20 +348,8 @@ class GatewayServer:
             preserve_host=plan.preserve_host, upstream_authority=authority(endpoint.host, endpoint.port, target.scheme))
         return serialize_head(f"{ex.head.method} {plan.target} HTTP/1.1", headers)
 
-    def _endpoints(self, target: RouteTarget) -> tuple[Endpoint, ...]:
-        """The instances `target` may dial now; NoInstance (503 naming the service) when there are none."""
-        endpoints = self.provider.snapshot(target.service) if target.service is not None else target.endpoints
-        if not endpoints:
-            raise NoInstance(target.name)
-        return tuple(endpoints)
-
-    def _dial_failed(self, route: RouteSpec, endpoint: Endpoint, reason: str, detail: object) -> None:
-        policies.note_dial_failure(reason)
-        log.warning("dial %s for route %s failed (%s): %s", endpoint.address, route.id, reason, detail)
-        self.metrics.add("wsgate_upstream_errors_total", 1, route=route.id, instance=endpoint.address, reason=reason)
-
     async def _upgrade_native(self, ex: Exchange, target: RouteTarget) -> Outcome | None:
-        """A WebSocket upgrade whose dial, request and 101 the relay thread does (`native_relay.NativeRelay.dial`).
+        """A WebSocket upgrade whose dial, request and 101 the relay thread does (`Dialer.upgrade`).
 
         None, before anything was dialed, when it cannot be used here (no relay thread, an instance named by a
         host name rather than an address): the caller goes the ordinary way.
@@ -390,48 +358,31 @@ class GatewayServer:
         relay = self.tunnels.native_relay(conn.loop)
         if relay is None:
             return None
-        endpoints = self._endpoints(target)
-        if not all(ip_literal(endpoint.host) for endpoint in endpoints):
+        dialed = await self.dialer.upgrade(ex, target, relay,
+                                           lambda endpoint: self._request_bytes(ex, ex.plan.headers, endpoint, target))
+        if dialed is None:
             return None
-        idle_timeout_s = route.metadata.idle_timeout_s or self.settings.idle_timeout_s
-        response_timeout_s = ex.response_timeout_s
-        for endpoint in self.balancer.order(target.name, endpoints, target.choice, ex.view):
-            request_bytes = self._request_bytes(ex, ex.plan.headers, endpoint, target)
-            try:
-                waiting = self.tunnels.dial(relay, conn, endpoint, request_bytes, route_id=route.id,
-                                            idle_timeout_s=idle_timeout_s, connect_timeout_s=target.relay_connect_s,
-                                            response_timeout_s=response_timeout_s)
-            except OSError as exc:
-                self._dial_failed(route, endpoint, "refused", exc)
-                continue
-            if waiting is None:
-                return None
-            result = await waiting
-            if result.tunnel is not None:
-                self.accounting.count(route.id, 101)
-                self.accounting.log(ex.remote, ex.head, 101, route.id, endpoint.address, ex.started)
-                self.connection_closed(conn)  # the client connection now belongs to the tunnel
-                return Outcome.TUNNEL
-            if result.failure in ("refused", "connect-timeout"):
-                reason = "timeout" if result.failure == "connect-timeout" else "refused"
-                self._dial_failed(route, endpoint, reason, os.strerror(result.errno) if result.errno else reason)
-                continue
-            upstream: Conn | None = None
-            try:
-                if result.upstream_fd is None:
-                    if result.failure == "response-timeout":
-                        raise UpstreamTimeout("instance did not answer in time")
-                    raise BadGateway("instance closed the connection without answering")
-                loop = conn.loop or asyncio.get_running_loop()
-                upstream = await adopt_socket(result.upstream_fd, result.head, loop=loop)
-                response = await read_response(conn, upstream, response_timeout_s)
-            except BaseException as error:
-                if upstream is not None:
-                    upstream.close()
-                self.accounting.upstream_error(route, endpoint, error)
-                raise
-            return await self._answer(ex, upstream, response, endpoint)
-        raise NoInstance(target.name)
+        endpoint, result = dialed
+        if result.tunnel is not None:
+            self.accounting.count(route.id, 101)
+            self.accounting.log(ex.remote, ex.head, 101, route.id, endpoint.address, ex.started)
+            self.connection_closed(conn)  # the client connection now belongs to the tunnel
+            return Outcome.TUNNEL
+        upstream: Conn | None = None
+        try:
+            if result.upstream_fd is None:
+                if result.failure == "response-timeout":
+                    raise UpstreamTimeout("instance did not answer in time")
+                raise BadGateway("instance closed the connection without answering")
+            loop = conn.loop or asyncio.get_running_loop()
+            upstream = await adopt_socket(result.upstream_fd, result.head, loop=loop)
+            response = await read_response(conn, upstream, ex.response_timeout_s)
+        except BaseException as error:
+            if upstream is not None:
+                upstream.close()
+            self.accounting.upstream_error(route, endpoint, error)
+            raise
+        return await self._answer(ex, upstream, response, endpoint)
 
     async def _answer(self, ex: Exchange, upstream: Conn, response: ResponseHead, endpoint: Endpoint) -> Outcome:
         """Pass the instance's final response head on: start the tunnel on a 101, relay the body otherwise."""
