@@ -13,6 +13,7 @@ import logging
 import os
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from gateway.config.model import ServerSettings
@@ -42,19 +43,17 @@ class DialFailed(Exception):
         self.detail = detail
 
 
+@dataclass(slots=True)
 class Dialer:
     """Dials instances for one worker: discovery, balancing, the keep-alive pool and the relay thread."""
 
-    def __init__(self, *, provider: Provider, balancer: Balancer, metrics: Metrics, pool: UpstreamPool,
-                 tunnels: Tunnels, upstream_ssl: ssl.SSLContext | None,
-                 settings: Callable[[], ServerSettings]) -> None:
-        self.settings = settings  # read per call: a reload may change the idle timeout
-        self.provider = provider
-        self.balancer = balancer
-        self.metrics = metrics
-        self.pool = pool
-        self.tunnels = tunnels
-        self.upstream_ssl = upstream_ssl
+    provider: Provider
+    balancer: Balancer
+    metrics: Metrics
+    pool: UpstreamPool
+    tunnels: Tunnels
+    upstream_ssl: ssl.SSLContext | None
+    settings: Callable[[], ServerSettings]  # read per call: a reload may change the idle timeout
 
     def endpoints(self, target: RouteTarget) -> tuple[Endpoint, ...]:
         """The instances `target` may dial now; NoInstance (503 naming the service) when there are none."""
