@@ -25,7 +25,7 @@ from gateway.errors import BadGateway, BadRequest, GatewayError, NoInstance, Ups
 from gateway.model import ForwardPlan, Headers, LocalAnswer
 from gateway.proxy.buffered import MAX_BUFFERED_BYTES, BodyReader, edited, read_body, too_large
 from gateway.proxy.conn import Conn
-from gateway.proxy.exchange import Exchange, Outcome
+from gateway.proxy.exchange import Exchange, Outcome, outcome_after
 from gateway.proxy.headers import strip_hop_by_hop
 from gateway.proxy.httpparse import (
     Framing,
@@ -345,7 +345,7 @@ async def serve_policies(server: GatewayServer, ex: Exchange) -> Outcome:
         status, data = local_answer(own, plan, keep_alive=keep, head_request=head.method == "HEAD")
         server.accounting.answered(ex.remote, head, status, route.id, ex.started)
         ex.conn.write(data)
-        return Outcome.after(keep)
+        return outcome_after(keep)
 
     if plan.answer is not None:
         return answer(plan.answer)

@@ -38,7 +38,7 @@ from gateway.proxy.accounting import Accounting
 from gateway.proxy.client_conn import ClientConn
 from gateway.proxy.conn import Conn
 from gateway.proxy.dialing import Dialer
-from gateway.proxy.exchange import Exchange, Outcome
+from gateway.proxy.exchange import CLOSE, TUNNEL, Exchange, Outcome, outcome_after, serves_next
 from gateway.proxy.headers import authority, strip_hop_by_hop, upstream_request_headers
 from gateway.proxy.http import UpstreamPool, adopt_socket, check_request_body, read_response, relay_body
 from gateway.proxy.httpparse import (
@@ -200,8 +200,8 @@ class GatewayServer:
                 first = False
                 head = parse_request_head(raw)
                 outcome = await self.handle(conn, head)
-                handed_over = outcome is Outcome.TUNNEL
-                if not outcome.serves_next(draining=self.draining):
+                handed_over = outcome is TUNNEL
+                if not serves_next(outcome, self.draining):
                     return
         except GatewayError as error:
             # Errors before a route was chosen: bad, slow or oversized heads.
@@ -247,7 +247,7 @@ class GatewayServer:
             status, ctype, body = await self.admin(head)
             conn.write(simple_response(status, body, content_type=ctype, close=not head.keep_alive))
             self.accounting.log(remote, head, status, "actuator", "-", started)
-            return Outcome.after(head.keep_alive)
+            return outcome_after(head.keep_alive)
         view = RequestView(head.method, path, query, head.headers, remote, self.scheme)
         state = self.state
         match = state.table.match(view)
@@ -258,10 +258,11 @@ class GatewayServer:
             keep = keeps_alive_unread(head)
             conn.write(simple_response(404, body, close=not keep))
             self.accounting.log(remote, head, 404, "-", "-", started)
-            return Outcome.after(keep)
+            return outcome_after(keep)
         route = match.route
         try:
-            ex = Exchange(conn, head, view, route, match.plan(view, failure=failure), started, hops)
+            ex = Exchange(conn, head, view, route, match.plan(view, failure=failure), started,
+                          view.is_websocket and head.method == "GET", hops)
             limit_headers: Headers = ()
             for limit in ex.plan.rate_limits:
                 decision = await self._rate_decision(route.id, limit, view)
@@ -284,7 +285,7 @@ class GatewayServer:
             self.accounting.count(route.id, error.status)
             self.accounting.log(remote, head, error.status, route.id, "-", started)
             conn.write(simple_response(error.status, error_body(error, head.path), close=True))
-            return Outcome.CLOSE
+            return CLOSE
 
     async def _rate_decision(self, route_id: str, limit: RateLimit, view: RequestView) -> RateDecision:
         if self.rate_limiter is None:
@@ -298,7 +299,7 @@ class GatewayServer:
         body, ctype = answer.encoded()
         keep = keeps_alive_unread(ex.head)
         ex.conn.write(simple_response(answer.status, body, content_type=ctype, close=not keep, extra=answer.headers))
-        return Outcome.after(keep)
+        return outcome_after(keep)
 
     async def forward(self, ex: Exchange) -> Outcome:
         """Send the request to an instance of its route and pass the answer on (one attempt under `policies`)."""
@@ -367,7 +368,7 @@ class GatewayServer:
             self.accounting.count(route.id, 101)
             self.accounting.log(ex.remote, ex.head, 101, route.id, endpoint.address, ex.started)
             self.connection_closed(conn)  # the client connection now belongs to the tunnel
-            return Outcome.TUNNEL
+            return TUNNEL
         upstream: Conn | None = None
         try:
             if result.upstream_fd is None:
@@ -395,11 +396,11 @@ class GatewayServer:
         self.accounting.count(route.id, response.status)
         self.accounting.log(ex.remote, head, response.status, route.id, endpoint.address, ex.started)
         if plan.body_edits and not (response.status == 101 and upgrade):
-            return Outcome.after(await policies.relay_buffered(ex, upstream, response, response_headers))
+            return outcome_after(await policies.relay_buffered(ex, upstream, response, response_headers))
         if response.status == 101 and upgrade:
             conn.write(serialize_head(f"HTTP/1.1 101 {response.reason}", response_headers))
             self._start_tunnel(ex, upstream, endpoint)
-            return Outcome.TUNNEL
+            return TUNNEL
         return await self._relay_response(ex, upstream, response, response_headers, endpoint)
 
     async def _relay_response(self, ex: Exchange, upstream: Conn, response: ResponseHead, headers: Headers,
@@ -418,7 +419,7 @@ class GatewayServer:
             upstream.close()
             conn.close()
             self.accounting.upstream_error(route, endpoint, error)
-            return Outcome.CLOSE
+            return CLOSE
         self.metrics.add("wsgate_http_bytes_total", nbytes, route=route.id, direction="downstream")
         upstream_keep = (response.version == "HTTP/1.1" and framing is not Framing.UNTIL_CLOSE and not ex.upgrade
                          and "close" not in (response.header("connection") or "").lower())
@@ -427,7 +428,7 @@ class GatewayServer:
         else:
             upstream.close()
         await conn.drain()
-        return Outcome.after(keep_client)
+        return outcome_after(keep_client)
 
     def _start_tunnel(self, ex: Exchange, upstream: Conn, endpoint: Endpoint) -> None:
         # The client connection now belongs to the tunnel: it no longer counts as a plain connection.
