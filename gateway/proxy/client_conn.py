@@ -86,6 +86,8 @@ class ClientConn(Conn):
         The first head is almost always complete when the serving coroutine starts: this spares a coroutine.
         """
         buffer = self.buffer
+        if not buffer:
+            return None  # between keep-alive requests: the usual case after the first
         if buffer.startswith(b"\r\n"):
             self._skip_blank_lines()  # also when the head is incomplete: the caller compares the rest to max_bytes
         taken = split_head(buffer, max_bytes)

@@ -120,7 +120,8 @@ class Conn(asyncio.Protocol):
         """The next head without its blank line; None on a clean EOF before any byte."""
         while True:
             self._skip_blank_lines()
-            taken = split_head(self.buffer, max_bytes)
+            # Most waits start on an empty buffer (a keep-alive connection between requests): nothing to split.
+            taken = split_head(self.buffer, max_bytes) if self.buffer else None
             if taken is not None:
                 head, used = taken
                 del self.buffer[:used]

@@ -60,8 +60,3 @@ class Exchange:
     hops: int = 0  # `forward:` and fallback dispatches behind this one (MAX_FORWARD_HOPS bounds them)
     extra_headers: Headers = ()  # added to the instance's response (a rate limiter's X-RateLimit-*)
     response_timeout_s: float | None = None  # this attempt's wait for the instance's response (None: no limit)
-
-    @property
-    def remote(self) -> str:
-        """The client's address, as the access log and X-Forwarded-For give it."""
-        return self.view.remote_addr

@@ -343,7 +343,7 @@ async def serve_policies(server: GatewayServer, ex: Exchange) -> Outcome:
     def answer(own: LocalAnswer) -> Outcome:
         keep = keeps_alive_unread(head)
         status, data = local_answer(own, plan, keep_alive=keep, head_request=head.method == "HEAD")
-        server.accounting.answered(ex.remote, head, status, route.id, ex.started)
+        server.accounting.answered(ex.view.remote_addr, head, status, route.id, ex.started)
         ex.conn.write(data)
         return outcome_after(keep)
 

@@ -295,7 +295,7 @@ class GatewayServer:
 
     def _answer_here(self, ex: Exchange, answer: Response) -> Outcome:
         """Answer without dialing (a rate limiter's refusal, a plugin filter's own answer)."""
-        self.accounting.answered(ex.remote, ex.head, answer.status, ex.route.id, ex.started)
+        self.accounting.answered(ex.view.remote_addr, ex.head, answer.status, ex.route.id, ex.started)
         body, ctype = answer.encoded()
         keep = keeps_alive_unread(ex.head)
         ex.conn.write(simple_response(answer.status, body, content_type=ctype, close=not keep, extra=answer.headers))
@@ -345,7 +345,7 @@ class GatewayServer:
     def _request_bytes(ex: Exchange, plan_headers: Headers, endpoint: Endpoint, target: RouteTarget) -> bytes:
         plan = ex.plan
         headers = upstream_request_headers(
-            plan_headers, upgrade=ex.upgrade, client_addr=ex.remote, proto=ex.view.scheme, prefix=plan.prefix,
+            plan_headers, upgrade=ex.upgrade, client_addr=ex.view.remote_addr, proto=ex.view.scheme, prefix=plan.prefix,
             preserve_host=plan.preserve_host, upstream_authority=authority(endpoint.host, endpoint.port, target.scheme))
         return serialize_head(f"{ex.head.method} {plan.target} HTTP/1.1", headers)
 
@@ -366,7 +366,7 @@ class GatewayServer:
         endpoint, result = dialed
         if result.tunnel is not None:
             self.accounting.count(route.id, 101)
-            self.accounting.log(ex.remote, ex.head, 101, route.id, endpoint.address, ex.started)
+            self.accounting.log(ex.view.remote_addr, ex.head, 101, route.id, endpoint.address, ex.started)
             self.connection_closed(conn)  # the client connection now belongs to the tunnel
             return TUNNEL
         upstream: Conn | None = None
@@ -394,7 +394,7 @@ class GatewayServer:
         if plan.response_headers:
             response, response_headers = policies.edit_response(response, response_headers, plan)
         self.accounting.count(route.id, response.status)
-        self.accounting.log(ex.remote, head, response.status, route.id, endpoint.address, ex.started)
+        self.accounting.log(ex.view.remote_addr, head, response.status, route.id, endpoint.address, ex.started)
         if plan.body_edits and not (response.status == 101 and upgrade):
             return outcome_after(await policies.relay_buffered(ex, upstream, response, response_headers))
         if response.status == 101 and upgrade:
