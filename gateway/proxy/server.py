@@ -40,7 +40,14 @@ from gateway.proxy.conn import Conn
 from gateway.proxy.dialing import Dialer
 from gateway.proxy.exchange import CLOSE, TUNNEL, Exchange, Outcome, outcome_after, serves_next
 from gateway.proxy.headers import authority, strip_hop_by_hop, upstream_request_headers
-from gateway.proxy.http import UpstreamPool, adopt_socket, check_request_body, read_response, relay_body
+from gateway.proxy.http import (
+    UpstreamPool,
+    adopt_socket,
+    buffered_body,
+    check_request_body,
+    read_response,
+    relay_body,
+)
 from gateway.proxy.httpparse import (
     Framing,
     RequestHead,
@@ -323,8 +330,9 @@ class GatewayServer:
         request_bytes = self._request_bytes(ex, plan_headers, endpoint, target)
         try:
             try:
-                upstream.write(request_bytes)
-                if framing is not Framing.NONE:
+                body = buffered_body(conn, framing, length)
+                upstream.write(request_bytes if body is None else request_bytes + body)
+                if body is None and framing is not Framing.NONE:
                     await relay_body(conn, upstream, framing, length, error=BadRequest, drain_timeout_s=timeout_s)
                 response = await read_response(conn, upstream, timeout_s, upgrade=upgrade)
             except BadGateway:
@@ -411,15 +419,21 @@ class GatewayServer:
         out = strip_hop_by_hop(headers)
         if not keep_client:
             out = (*out, ("Connection", "close"))
-        conn.write(serialize_head(f"HTTP/1.1 {response.status} {response.reason}", out))
-        try:
-            nbytes = await relay_body(upstream, conn, framing, length, error=BadGateway,
-                                      read_timeout_s=ex.response_timeout_s)
-        except GatewayError as error:  # the client has the head already: close both, never pool a doubtful one
-            upstream.close()
-            conn.close()
-            self.accounting.upstream_error(route, endpoint, error)
-            return CLOSE
+        head_bytes = serialize_head(f"HTTP/1.1 {response.status} {response.reason}", out)
+        body = buffered_body(upstream, framing, length)
+        if body is not None:
+            conn.write(head_bytes + body)
+            nbytes = length
+        else:
+            conn.write(head_bytes)
+            try:
+                nbytes = await relay_body(upstream, conn, framing, length, error=BadGateway,
+                                          read_timeout_s=ex.response_timeout_s)
+            except GatewayError as error:  # the client has the head already: close both, never pool a doubtful one
+                upstream.close()
+                conn.close()
+                self.accounting.upstream_error(route, endpoint, error)
+                return CLOSE
         self.metrics.add("wsgate_http_bytes_total", nbytes, route=route.id, direction="downstream")
         upstream_keep = (response.version == "HTTP/1.1" and framing is not Framing.UNTIL_CLOSE and not ex.upgrade
                          and "close" not in (response.header("connection") or "").lower())
