@@ -7,9 +7,9 @@ from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from gateway.config.model import ServerSettings
-from gateway.errors import GatewayError, HeadTooLarge, RequestTimeout
+from gateway.errors import GatewayError, RequestTimeout
 from gateway.proxy.conn import BARE_CR_OR_LF, Conn
-from gateway.proxy.httpparse import HEAD_END
+from gateway.proxy.httpparse import HEAD_END, split_head
 from gateway.tunnel.linger import LINGER_S  # nginx's lingering_timeout, the same for error answers and tunnels
 
 
@@ -40,6 +40,7 @@ class ClientConn(Conn):
         super().__init__(loop)
         self.server = server
         self.busy = False  # between reading a head and finishing its answer
+        self.remote = "unknown"  # the client's address, set when serving starts (peername, looked up once)
         self.task: asyncio.Task[None] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._scan_from = 0
@@ -85,15 +86,15 @@ class ClientConn(Conn):
         The first head is almost always complete when the serving coroutine starts: this spares a coroutine.
         """
         buffer = self.buffer
+        if not buffer:
+            return None  # between keep-alive requests: the usual case after the first
         if buffer.startswith(b"\r\n"):
-            self._skip_blank_lines()
-        end = buffer.find(HEAD_END)
-        if end < 0:
+            self._skip_blank_lines()  # also when the head is incomplete: the caller compares the rest to max_bytes
+        taken = split_head(buffer, max_bytes)
+        if taken is None:
             return None
-        if end + len(HEAD_END) > max_bytes:
-            raise HeadTooLarge("request head too large")
-        head = bytes(buffer[:end])
-        del buffer[: end + len(HEAD_END)]
+        head, used = taken
+        del buffer[:used]
         return head
 
     def close_lingering(self, *, linger_s: float = LINGER_S) -> None:

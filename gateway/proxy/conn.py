@@ -13,7 +13,7 @@ import re
 from typing import cast
 
 from gateway.errors import BadRequest, HeadTooLarge
-from gateway.proxy.httpparse import HEAD_END
+from gateway.proxy.httpparse import HEAD_END, split_head
 
 HIGH_WATER_BYTES = 256 * 1024
 # A CR not followed by LF, or an LF without its CR: a head that will never end in CRLFCRLF as we read it, while
@@ -120,12 +120,11 @@ class Conn(asyncio.Protocol):
         """The next head without its blank line; None on a clean EOF before any byte."""
         while True:
             self._skip_blank_lines()
-            end = self.buffer.find(HEAD_END)
-            if end >= 0:
-                if end + len(HEAD_END) > max_bytes:
-                    raise HeadTooLarge("request head too large")
-                head = bytes(self.buffer[:end])
-                del self.buffer[: end + len(HEAD_END)]
+            # Most waits start on an empty buffer (a keep-alive connection between requests): nothing to split.
+            taken = split_head(self.buffer, max_bytes) if self.buffer else None
+            if taken is not None:
+                head, used = taken
+                del self.buffer[:used]
                 return head
             if len(self.buffer) > max_bytes:
                 raise HeadTooLarge("request head too large")

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-from gateway.errors import BadGateway, BadRequest, GatewayError
+from gateway.errors import BadGateway, BadRequest, GatewayError, HeadTooLarge
 from gateway.model import Headers
 
 HEAD_END = b"\r\n\r\n"
@@ -183,6 +183,22 @@ def parse_response_head(data: bytes) -> ResponseHead:
     if not _VERSION.fullmatch(version) or len(code) != 3 or not code.isdigit():
         raise BadGateway("malformed status line from instance")
     return ResponseHead(version.decode("ascii"), int(code), reason.decode("latin-1"), _headers(block, BadGateway))
+
+
+def split_head(buffer: bytes | bytearray, max_bytes: int) -> tuple[bytes, int] | None:
+    """The head at the start of `buffer` without its blank line, and how many bytes of `buffer` it takes up (the
+    CRLFs before it included, RFC 9112 section 2.2); None while it is incomplete. HeadTooLarge (431) when the head
+    with its blank line is longer than `max_bytes`; an incomplete one is the caller's to judge."""
+    start = 0
+    while buffer.startswith(b"\r\n", start):
+        start += 2
+    end = buffer.find(HEAD_END, start)
+    if end < 0:
+        return None
+    used = end + len(HEAD_END)
+    if used - start > max_bytes:
+        raise HeadTooLarge("request head too large")
+    return bytes(buffer[start:end]), used
 
 
 def serialize_head(start_line: str, headers: Headers) -> bytes:

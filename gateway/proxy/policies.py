@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING
 
 from gateway.config.model import RouteSpec, parse_upstream
 from gateway.errors import BadGateway, BadRequest, GatewayError, NoInstance, UpstreamTimeout
-from gateway.model import ForwardPlan, Headers, LocalAnswer, RequestView
+from gateway.model import ForwardPlan, Headers, LocalAnswer
 from gateway.proxy.buffered import MAX_BUFFERED_BYTES, BodyReader, edited, read_body, too_large
 from gateway.proxy.conn import Conn
+from gateway.proxy.exchange import Exchange, Outcome, outcome_after
 from gateway.proxy.headers import strip_hop_by_hop
 from gateway.proxy.httpparse import (
     Framing,
@@ -39,7 +40,6 @@ from gateway.routing.resilience import BreakerSettings, CircuitBreaker, Failure,
 from gateway.routing.table import apply_response_edits
 
 if TYPE_CHECKING:
-    from gateway.proxy.client_conn import ClientConn
     from gateway.proxy.server import GatewayServer
 
 MAX_FORWARD_HOPS = 8
@@ -134,8 +134,8 @@ def check_response(upstream: Conn, status: int) -> None:
         raise RetryableStatus(status)
 
 
-Forwarder = Callable[[], Awaitable[tuple[bool, bool]]]
-Redispatcher = Callable[[RequestHead, tuple[str, str] | None], Awaitable[tuple[bool, bool]]]
+Forwarder = Callable[[], Awaitable[Outcome]]
+Redispatcher = Callable[[RequestHead, tuple[str, str] | None], Awaitable[Outcome]]
 
 
 class Breakers:
@@ -190,9 +190,9 @@ def edit_response(response: ResponseHead, headers: Headers, plan: ForwardPlan) -
     return response, headers
 
 
-async def relay_buffered(conn: ClientConn, upstream: Conn, head: RequestHead, response: ResponseHead,
-                         headers: Headers, plan: ForwardPlan) -> bool:
+async def relay_buffered(ex: Exchange, upstream: Conn, response: ResponseHead, headers: Headers) -> bool:
     """Answer with the instance's whole body after the filters' body edits (`buffered`); returns keep-alive."""
+    conn, head, plan = ex.conn, ex.head, ex.plan
     framing, length = response_framing(head.method, response)
     reader = BodyReader(upstream, framing, length)
     keep = head.keep_alive and framing is not Framing.UNTIL_CLOSE
@@ -236,15 +236,14 @@ def _failure_of(error: BaseException, attempt: Attempt) -> Failure | None:
     return None
 
 
-async def forward(head: RequestHead, route: RouteSpec, plan: ForwardPlan, breakers: Breakers,
-                  run: Forwarder, redispatch: Redispatcher, *, body: bytes | None = None,
-                  replay: Callable[[bytes], None] | None = None,
-                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> tuple[bool, bool]:
+async def forward(ex: Exchange, breakers: Breakers, run: Forwarder, redispatch: Redispatcher, *,
+                  body: bytes | None = None, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> Outcome:
     """Run `run` (one forward) under the plan's Retry and CircuitBreaker.
 
-    `body` is the request body kept for another attempt or the fallback (SCG caches it too); `replay` puts it back
-    in front of the client connection's input. Without a kept body, a request with one is not retried.
+    `body` is the request body kept for another attempt or the fallback (SCG caches it too); it is put back in
+    front of the client connection's input for each. Without a kept body, a request with one is not retried.
     """
+    head, route, plan, replay = ex.head, ex.route, ex.plan, ex.conn.unread
     has_body = request_framing(head)[0] is not Framing.NONE
     retry = plan.retry if body is not None or not has_body else None
     consumed = False  # whether the last attempt read the body off the client connection
@@ -312,9 +311,10 @@ def _replayed(consumed: bool, body: bytes | None, replay: Callable[[bytes], None
     return True
 
 
-async def keep_body(conn: ClientConn, head: RequestHead) -> tuple[bytes | None, RequestHead]:
+async def keep_body(ex: Exchange) -> tuple[bytes | None, RequestHead]:
     """Read a request body of at most MAX_BUFFERED_BYTES so that it can be sent again (left in the connection's
     input as well); (None, head) when it is larger. The head returned has no `Expect: 100-continue` left."""
+    conn, head = ex.conn, ex.head
     framing, length = request_framing(head)
     if framing is Framing.NONE or (framing is Framing.LENGTH and length > MAX_BUFFERED_BYTES):
         return None, head
@@ -328,7 +328,7 @@ async def keep_body(conn: ClientConn, head: RequestHead) -> tuple[bytes | None, 
 
 
 async def _fallback(head: RequestHead, path: str, failure: tuple[str, str],
-                    redispatch: Redispatcher) -> tuple[bool, bool]:
+                    redispatch: Redispatcher) -> Outcome:
     """SCG's fallback: the request, with the fallback path (the query kept), dispatched again in the gateway."""
     query = head.query
     if "?" not in path and query:
@@ -336,45 +336,45 @@ async def _fallback(head: RequestHead, path: str, failure: tuple[str, str],
     return await redispatch(dataclasses.replace(head, target=path), failure)
 
 
-async def serve_policies(server: GatewayServer, conn: ClientConn, head: RequestHead, view: RequestView,
-                         route: RouteSpec, plan: ForwardPlan, *, remote: str, scheme: str, started: float,
-                         extra_headers: Headers, hops: int) -> tuple[bool, bool]:
+async def serve_policies(server: GatewayServer, ex: Exchange) -> Outcome:
     """Answer a request whose filters need more than a plain forward (see the module docstring)."""
-    def answer(own: LocalAnswer) -> tuple[bool, bool]:
+    head, route, plan = ex.head, ex.route, ex.plan
+
+    def answer(own: LocalAnswer) -> Outcome:
         keep = keeps_alive_unread(head)
         status, data = local_answer(own, plan, keep_alive=keep, head_request=head.method == "HEAD")
-        server.accounting.answered(remote, head, status, route.id, started)
-        conn.write(data)
-        return keep, False
+        server.accounting.answered(ex.view.remote_addr, head, status, route.id, ex.started)
+        ex.conn.write(data)
+        return outcome_after(keep)
 
     if plan.answer is not None:
         return answer(plan.answer)
 
-    async def redispatch(new_head: RequestHead, failure: tuple[str, str] | None) -> tuple[bool, bool]:
-        if hops >= MAX_FORWARD_HOPS:
+    async def redispatch(new_head: RequestHead, failure: tuple[str, str] | None) -> Outcome:
+        if ex.hops >= MAX_FORWARD_HOPS:
             raise GatewayError(f"more than {MAX_FORWARD_HOPS} forward: hops")
         token = CURRENT_ATTEMPT.set(None)  # the fallback is a request of its own, not another attempt
         try:
-            return await server.handle(conn, new_head, remote=remote, scheme=scheme, failure=failure, hops=hops + 1)
+            return await server.handle(ex.conn, new_head, failure=failure, hops=ex.hops + 1)
         finally:
             CURRENT_ATTEMPT.reset(token)
 
     if route.uri.forward_path is not None:
         return await redispatch(dataclasses.replace(head, target=plan.target, headers=plan.headers), None)
     if plan.request_url is not None:
-        route = dataclasses.replace(route, uri=parse_upstream(plan.request_url))
-    target_route = route
-
-    async def run() -> tuple[bool, bool]:
-        return await server.forward(conn, head, view, target_route, plan, remote=remote, scheme=scheme,
-                                    started=started, extra_headers=extra_headers)
-
+        ex = dataclasses.replace(ex, route=dataclasses.replace(route, uri=parse_upstream(plan.request_url)))
     if plan.breaker is not None:
         server.breakers.configure(server.state.config.breakers)
     body = None
     if plan.retry is not None or (plan.breaker is not None and plan.breaker.fallback_path is not None):
-        body, head = await keep_body(conn, head)
+        body, kept_head = await keep_body(ex)
+        ex = dataclasses.replace(ex, head=kept_head)
+    attempt = ex
+
+    async def run() -> Outcome:
+        return await server.forward(attempt)
+
     try:
-        return await forward(head, route, plan, server.breakers, run, redispatch, body=body, replay=conn.unread)
+        return await forward(ex, server.breakers, run, redispatch, body=body)
     except ResumedWithoutError:
         return answer(LocalAnswer(200))

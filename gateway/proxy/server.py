@@ -5,15 +5,15 @@ its head is answered. After a 101 the coroutine ends and the two sockets go to t
 (`native_relay`, plain TCP) or relay to each other through their transports (`tunnel.Tunnel`, TLS or without the
 native module); only the tunnel's small bookkeeping objects stay. A plain-TCP upgrade to an instance given by
 address is dialed for the relay thread (`_upgrade_native`): the thread forwards the instance's 101 itself, and
-only another answer comes back here. Discovery, balancing and metrics come in through the constructor: this module
-knows no Consul.
+only another answer comes back here. A routed request travels as one `exchange.Exchange` and ends in an
+`exchange.Outcome`; instances are dialed in the balancer's order by `dialing.Dialer`. Discovery, balancing and
+metrics come in through the constructor: this module knows no Consul.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -25,21 +25,29 @@ from gateway.errors import (
     BadGateway,
     BadRequest,
     GatewayError,
-    NoInstance,
     NoRoute,
     Overloaded,
     RequestTimeout,
     UpstreamTimeout,
 )
-from gateway.model import ForwardPlan, Headers, RateLimit, RequestView
+from gateway.model import Headers, RateLimit, RequestView
 from gateway.ops.metrics import Metrics
 from gateway.plugins import Response, run_plugin_filters
 from gateway.proxy import policies
 from gateway.proxy.accounting import Accounting
 from gateway.proxy.client_conn import ClientConn
 from gateway.proxy.conn import Conn
+from gateway.proxy.dialing import Dialer
+from gateway.proxy.exchange import CLOSE, TUNNEL, Exchange, Outcome, outcome_after, serves_next
 from gateway.proxy.headers import authority, strip_hop_by_hop, upstream_request_headers
-from gateway.proxy.http import UpstreamPool, adopt_socket, check_request_body, dial, read_response, relay_body
+from gateway.proxy.http import (
+    UpstreamPool,
+    adopt_socket,
+    buffered_body,
+    check_request_body,
+    read_response,
+    relay_body,
+)
 from gateway.proxy.httpparse import (
     Framing,
     RequestHead,
@@ -53,7 +61,7 @@ from gateway.proxy.httpparse import (
 from gateway.proxy.responses import error_body, simple_response
 from gateway.ratelimit.bucket import RateDecision
 from gateway.routing.balancer import Balancer
-from gateway.routing.targets import RouteTarget, RoutingState, ip_literal
+from gateway.routing.targets import RouteTarget, RoutingState
 from gateway.tunnel.registry import Tunnels
 
 log = logging.getLogger("gateway.server")
@@ -82,6 +90,7 @@ class GatewayServer:
         self.admin = admin
         self.upstream_ssl = upstream_ssl
         self.listen_ssl = listen_ssl
+        self.scheme = "https" if listen_ssl is not None else "http"
         self.rate_limiter = rate_limiter
         self.pool = UpstreamPool()
         self.connections: set[ClientConn] = set()
@@ -91,6 +100,8 @@ class GatewayServer:
         self._targets: dict[str, RouteTarget] = {}
         self._targets_state: RoutingState | None = None
         self.accounting = Accounting(metrics, lambda: self.settings)
+        self.dialer = Dialer(provider=provider, balancer=balancer, metrics=metrics, pool=self.pool,
+                             tunnels=self.tunnels, upstream_ssl=upstream_ssl, settings=lambda: self.settings)
         self.breakers = policies.Breakers()  # CircuitBreaker state by id, kept across reloads
         metrics.gauge("wsgate_open_connections", lambda: float(len(self.connections)))
 
@@ -171,8 +182,7 @@ class GatewayServer:
         """Answer requests on `conn` until it closes or becomes a tunnel."""
         settings = self.settings
         first = True
-        remote = self._client_addr(conn)
-        scheme = "https" if self.listen_ssl is not None else "http"
+        conn.remote = remote = self._client_addr(conn)
         handed_over = False
         errored = False
         try:
@@ -196,8 +206,9 @@ class GatewayServer:
                 conn.busy = True
                 first = False
                 head = parse_request_head(raw)
-                keep, handed_over = await self.handle(conn, head, remote=remote, scheme=scheme)
-                if handed_over or not keep or self.draining:
+                outcome = await self.handle(conn, head)
+                handed_over = outcome is TUNNEL
+                if not serves_next(outcome, self.draining):
                     return
         except GatewayError as error:
             # Errors before a route was chosen: bad, slow or oversized heads.
@@ -229,10 +240,11 @@ class GatewayServer:
         return target
 
     # -- one request ------------------------------------------------------------------------------------
-    async def handle(self, conn: ClientConn, head: RequestHead, *, remote: str, scheme: str,
-                     failure: tuple[str, str] | None = None, hops: int = 0) -> tuple[bool, bool]:
-        """Answer one request; returns (keep, became a tunnel). `failure`, `hops`: from a forward (`policies`)."""
+    async def handle(self, conn: ClientConn, head: RequestHead, *, failure: tuple[str, str] | None = None,
+                     hops: int = 0) -> Outcome:
+        """Answer one request. `failure`, `hops`: from a forward or a fallback (`policies`)."""
         started = time.monotonic()
+        remote = conn.remote
         path, _, query = head.target.partition("?")
         if path == "/actuator" or path.startswith("/actuator/"):
             if self.admin is None:
@@ -242,8 +254,8 @@ class GatewayServer:
             status, ctype, body = await self.admin(head)
             conn.write(simple_response(status, body, content_type=ctype, close=not head.keep_alive))
             self.accounting.log(remote, head, status, "actuator", "-", started)
-            return head.keep_alive, False
-        view = RequestView(head.method, path, query, head.headers, remote, scheme)
+            return outcome_after(head.keep_alive)
+        view = RequestView(head.method, path, query, head.headers, remote, self.scheme)
         state = self.state
         match = state.table.match(view)
         if match is None:
@@ -253,12 +265,13 @@ class GatewayServer:
             keep = keeps_alive_unread(head)
             conn.write(simple_response(404, body, close=not keep))
             self.accounting.log(remote, head, 404, "-", "-", started)
-            return keep, False
+            return outcome_after(keep)
         route = match.route
         try:
-            plan = match.plan(view, failure=failure)
+            ex = Exchange(conn, head, view, route, match.plan(view, failure=failure), started,
+                          view.is_websocket and head.method == "GET", hops)
             limit_headers: Headers = ()
-            for limit in plan.rate_limits:
+            for limit in ex.plan.rate_limits:
                 decision = await self._rate_decision(route.id, limit, view)
                 limit_headers = (*limit_headers, *decision.headers)
                 if not decision.allowed:
@@ -266,21 +279,20 @@ class GatewayServer:
                     error = GatewayError("rate limit exceeded" if decision.status == 429
                                          else "request refused by rate limiter", status=decision.status)
                     refusal = Response(decision.status, error_body(error, head.path), limit_headers, "application/json")
-                    return self._answer_here(conn, head, route.id, refusal, remote, started), False
+                    return self._answer_here(ex, refusal)
             if match.has_plugins:
-                plan, answer = await run_plugin_filters(match.chain or route.filters, view, plan, route.id)
+                ex.plan, answer = await run_plugin_filters(match.chain or route.filters, view, ex.plan, route.id)
                 if answer is not None:
-                    return self._answer_here(conn, head, route.id, answer, remote, started), False
-            if policies.needed(route, plan):
-                return await policies.serve_policies(self, conn, head, view, route, plan, remote=remote, scheme=scheme,
-                                                     started=started, extra_headers=limit_headers, hops=hops)
-            return await self.forward(conn, head, view, route, plan, remote=remote, scheme=scheme,
-                                       started=started, extra_headers=limit_headers)
+                    return self._answer_here(ex, answer)
+            ex.extra_headers = limit_headers
+            if policies.needed(route, ex.plan):
+                return await policies.serve_policies(self, ex)
+            return await self.forward(ex)
         except GatewayError as error:
             self.accounting.count(route.id, error.status)
             self.accounting.log(remote, head, error.status, route.id, "-", started)
             conn.write(simple_response(error.status, error_body(error, head.path), close=True))
-            return False, False
+            return CLOSE
 
     async def _rate_decision(self, route_id: str, limit: RateLimit, view: RequestView) -> RateDecision:
         if self.rate_limiter is None:
@@ -288,64 +300,39 @@ class GatewayServer:
             return RateDecision(True)
         return await self.rate_limiter.check(route_id, limit, view)
 
-    def _answer_here(self, conn: ClientConn, head: RequestHead, route_id: str, answer: Response, remote: str,
-                     started: float) -> bool:
-        """Answer without dialing (a rate limiter's refusal, a plugin filter's own answer); keep the connection?"""
-        self.accounting.count(route_id, answer.status)
-        self.accounting.log(remote, head, answer.status, route_id, "-", started)
+    def _answer_here(self, ex: Exchange, answer: Response) -> Outcome:
+        """Answer without dialing (a rate limiter's refusal, a plugin filter's own answer)."""
+        self.accounting.answered(ex.view.remote_addr, ex.head, answer.status, ex.route.id, ex.started)
         body, ctype = answer.encoded()
-        keep = keeps_alive_unread(head)
-        conn.write(simple_response(answer.status, body, content_type=ctype, close=not keep, extra=answer.headers))
-        return keep
+        keep = keeps_alive_unread(ex.head)
+        ex.conn.write(simple_response(answer.status, body, content_type=ctype, close=not keep, extra=answer.headers))
+        return outcome_after(keep)
 
-    async def _connect(self, route: RouteSpec, target: RouteTarget, view: RequestView,
-                       loop: asyncio.AbstractEventLoop | None, *, pooled: bool) -> tuple[Endpoint, Conn, bool]:
-        """Dial the route's instances in balancer order; returns (endpoint, connection, reused from pool)."""
-        name = target.name
-        endpoints = self._endpoints(target)
-        tls = target.tls
-        tls_context = self.upstream_ssl if tls else None
-        if tls and tls_context is None:
-            tls_context = ssl.create_default_context()
-        for endpoint in self.balancer.order(name, endpoints, target.choice, view):
-            if pooled:
-                idle = self.pool.take(endpoint, tls=tls)
-                if idle is not None:
-                    return endpoint, idle, True
-            try:
-                conn = await dial(endpoint, timeout_s=target.connect_timeout_s, ssl_context=tls_context, loop=loop)
-                return endpoint, conn, False
-            except (OSError, TimeoutError) as exc:
-                self._dial_failed(route, endpoint, "timeout" if isinstance(exc, TimeoutError) else "refused", exc)
-        raise NoInstance(name)
-
-    async def forward(self, conn: ClientConn, head: RequestHead, view: RequestView, route: RouteSpec,
-                       plan: ForwardPlan, *, remote: str, scheme: str, started: float,
-                       extra_headers: Headers = ()) -> tuple[bool, bool]:
-        upgrade = view.is_websocket and head.method == "GET"
+    async def forward(self, ex: Exchange) -> Outcome:
+        """Send the request to an instance of its route and pass the answer on (one attempt under `policies`)."""
+        conn, head, route, plan = ex.conn, ex.head, ex.route, ex.plan
+        upgrade = ex.upgrade
         framing, length = request_framing(head)
         check_request_body(conn, framing, upgrade=upgrade)
         target = self._target(route)
-        if (upgrade and target.native_dial and framing is Framing.NONE and not conn.buffer and not extra_headers
+        ex.response_timeout_s = timeout_s = policies.attempt_timeout(target.response_timeout_s)
+        if (upgrade and target.native_dial and framing is Framing.NONE and not conn.buffer and not ex.extra_headers
                 and not plan.response_headers):
-            answered = await self._upgrade_native(conn, head, view, route, plan, target, remote=remote,
-                                                  scheme=scheme, started=started)
+            answered = await self._upgrade_native(ex, target)
             if answered is not None:
                 return answered
-        loop = conn.loop
-        endpoint, upstream, reused = await self._connect(route, target, view, loop, pooled=not upgrade)
+        endpoint, upstream, reused = await self.dialer.connect(ex, target, pooled=not upgrade)
         plan_headers = plan.headers
         if framing is not Framing.NONE and (head.header("expect") or "").lower() == "100-continue":
             # Answer the client's wait ourselves: the body is streamed as soon as it comes.
             conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             plan_headers = tuple((k, v) for k, v in plan_headers if k.lower() != "expect")
-        request_bytes = self._request_bytes(head, plan, plan_headers, endpoint, target, remote=remote,
-                                            scheme=scheme, upgrade=upgrade)
-        timeout_s = policies.attempt_timeout(target.response_timeout_s)
+        request_bytes = self._request_bytes(ex, plan_headers, endpoint, target)
         try:
             try:
-                upstream.write(request_bytes)
-                if framing is not Framing.NONE:
+                body = buffered_body(conn, framing, length)
+                upstream.write(request_bytes if body is None else request_bytes + body)
+                if body is None and framing is not Framing.NONE:
                     await relay_body(conn, upstream, framing, length, error=BadRequest, drain_timeout_s=timeout_s)
                 response = await read_response(conn, upstream, timeout_s, upgrade=upgrade)
             except BadGateway:
@@ -353,141 +340,113 @@ class GatewayServer:
                     raise
                 # A pooled connection the instance closed meanwhile: dial afresh once.
                 upstream.close()
-                endpoint, upstream, _ = await self._connect(route, target, view, loop, pooled=False)
+                endpoint, upstream, _ = await self.dialer.connect(ex, target, pooled=False)
                 upstream.write(request_bytes)
                 response = await read_response(conn, upstream, timeout_s, upgrade=upgrade)
         except BaseException as error:
             upstream.close()
             self.accounting.upstream_error(route, endpoint, error)
             raise
-        return await self._answer(conn, upstream, head, response, route, plan, endpoint, remote=remote,
-                                  started=started, upgrade=upgrade, extra_headers=extra_headers,
-                                  response_timeout_s=timeout_s)
+        return await self._answer(ex, upstream, response, endpoint)
 
-    def _request_bytes(self, head: RequestHead, plan: ForwardPlan, plan_headers: Headers, endpoint: Endpoint,
-                       target: RouteTarget, *, remote: str, scheme: str, upgrade: bool) -> bytes:
+    @staticmethod
+    def _request_bytes(ex: Exchange, plan_headers: Headers, endpoint: Endpoint, target: RouteTarget) -> bytes:
+        plan = ex.plan
         headers = upstream_request_headers(
-            plan_headers, upgrade=upgrade, client_addr=remote, proto=scheme, prefix=plan.prefix,
+            plan_headers, upgrade=ex.upgrade, client_addr=ex.view.remote_addr, proto=ex.view.scheme, prefix=plan.prefix,
             preserve_host=plan.preserve_host, upstream_authority=authority(endpoint.host, endpoint.port, target.scheme))
-        return serialize_head(f"{head.method} {plan.target} HTTP/1.1", headers)
+        return serialize_head(f"{ex.head.method} {plan.target} HTTP/1.1", headers)
 
-    def _endpoints(self, target: RouteTarget) -> tuple[Endpoint, ...]:
-        """The instances `target` may dial now; NoInstance (503 naming the service) when there are none."""
-        endpoints = self.provider.snapshot(target.service) if target.service is not None else target.endpoints
-        if not endpoints:
-            raise NoInstance(target.name)
-        return tuple(endpoints)
-
-    def _dial_failed(self, route: RouteSpec, endpoint: Endpoint, reason: str, detail: object) -> None:
-        policies.note_dial_failure(reason)
-        log.warning("dial %s for route %s failed (%s): %s", endpoint.address, route.id, reason, detail)
-        self.metrics.add("wsgate_upstream_errors_total", 1, route=route.id, instance=endpoint.address, reason=reason)
-
-    async def _upgrade_native(self, conn: ClientConn, head: RequestHead, view: RequestView, route: RouteSpec,
-                              plan: ForwardPlan, target: RouteTarget, *, remote: str, scheme: str,
-                              started: float) -> tuple[bool, bool] | None:
-        """A WebSocket upgrade whose dial, request and 101 the relay thread does (`native_relay.NativeRelay.dial`).
+    async def _upgrade_native(self, ex: Exchange, target: RouteTarget) -> Outcome | None:
+        """A WebSocket upgrade whose dial, request and 101 the relay thread does (`Dialer.upgrade`).
 
         None, before anything was dialed, when it cannot be used here (no relay thread, an instance named by a
         host name rather than an address): the caller goes the ordinary way.
         """
+        conn, route = ex.conn, ex.route
         relay = self.tunnels.native_relay(conn.loop)
         if relay is None:
             return None
-        endpoints = self._endpoints(target)
-        if not all(ip_literal(endpoint.host) for endpoint in endpoints):
+        dialed = await self.dialer.upgrade(ex, target, relay,
+                                           lambda endpoint: self._request_bytes(ex, ex.plan.headers, endpoint, target))
+        if dialed is None:
             return None
-        idle_timeout_s = route.metadata.idle_timeout_s or self.settings.idle_timeout_s
-        response_timeout_s = policies.attempt_timeout(target.response_timeout_s)
-        for endpoint in self.balancer.order(target.name, endpoints, target.choice, view):
-            request_bytes = self._request_bytes(head, plan, plan.headers, endpoint, target, remote=remote,
-                                                scheme=scheme, upgrade=True)
-            try:
-                waiting = self.tunnels.dial(relay, conn, endpoint, request_bytes, route_id=route.id,
-                                            idle_timeout_s=idle_timeout_s, connect_timeout_s=target.relay_connect_s,
-                                            response_timeout_s=response_timeout_s)
-            except OSError as exc:
-                self._dial_failed(route, endpoint, "refused", exc)
-                continue
-            if waiting is None:
-                return None
-            result = await waiting
-            if result.tunnel is not None:
-                self.accounting.count(route.id, 101)
-                self.accounting.log(remote, head, 101, route.id, endpoint.address, started)
-                self.connection_closed(conn)  # the client connection now belongs to the tunnel
-                return False, True
-            if result.failure in ("refused", "connect-timeout"):
-                reason = "timeout" if result.failure == "connect-timeout" else "refused"
-                self._dial_failed(route, endpoint, reason, os.strerror(result.errno) if result.errno else reason)
-                continue
-            upstream: Conn | None = None
-            try:
-                if result.upstream_fd is None:
-                    if result.failure == "response-timeout":
-                        raise UpstreamTimeout("instance did not answer in time")
-                    raise BadGateway("instance closed the connection without answering")
-                loop = conn.loop or asyncio.get_running_loop()
-                upstream = await adopt_socket(result.upstream_fd, result.head, loop=loop)
-                response = await read_response(conn, upstream, response_timeout_s)
-            except BaseException as error:
-                if upstream is not None:
-                    upstream.close()
-                self.accounting.upstream_error(route, endpoint, error)
-                raise
-            return await self._answer(conn, upstream, head, response, route, plan, endpoint, remote=remote,
-                                      started=started, upgrade=True, extra_headers=(),
-                                      response_timeout_s=response_timeout_s)
-        raise NoInstance(target.name)
+        endpoint, result = dialed
+        if result.tunnel is not None:
+            self.accounting.count(route.id, 101)
+            self.accounting.log(ex.view.remote_addr, ex.head, 101, route.id, endpoint.address, ex.started)
+            self.connection_closed(conn)  # the client connection now belongs to the tunnel
+            return TUNNEL
+        upstream: Conn | None = None
+        try:
+            if result.upstream_fd is None:
+                if result.failure == "response-timeout":
+                    raise UpstreamTimeout("instance did not answer in time")
+                raise BadGateway("instance closed the connection without answering")
+            loop = conn.loop or asyncio.get_running_loop()
+            upstream = await adopt_socket(result.upstream_fd, result.head, loop=loop)
+            response = await read_response(conn, upstream, ex.response_timeout_s)
+        except BaseException as error:
+            if upstream is not None:
+                upstream.close()
+            self.accounting.upstream_error(route, endpoint, error)
+            raise
+        return await self._answer(ex, upstream, response, endpoint)
 
-    async def _answer(self, conn: ClientConn, upstream: Conn, head: RequestHead, response: ResponseHead,
-                      route: RouteSpec, plan: ForwardPlan, endpoint: Endpoint, *, remote: str, started: float,
-                      upgrade: bool, extra_headers: Headers, response_timeout_s: float | None) -> tuple[bool, bool]:
+    async def _answer(self, ex: Exchange, upstream: Conn, response: ResponseHead, endpoint: Endpoint) -> Outcome:
         """Pass the instance's final response head on: start the tunnel on a 101, relay the body otherwise."""
+        conn, head, route, plan, extra_headers = ex.conn, ex.head, ex.route, ex.plan, ex.extra_headers
+        upgrade = ex.upgrade
         policies.check_response(upstream, response.status)  # Retry or CircuitBreaker may still give this attempt up
         response_headers = (*response.headers, *extra_headers) if extra_headers else response.headers
         if plan.response_headers:
             response, response_headers = policies.edit_response(response, response_headers, plan)
         self.accounting.count(route.id, response.status)
-        self.accounting.log(remote, head, response.status, route.id, endpoint.address, started)
+        self.accounting.log(ex.view.remote_addr, head, response.status, route.id, endpoint.address, ex.started)
         if plan.body_edits and not (response.status == 101 and upgrade):
-            return await policies.relay_buffered(conn, upstream, head, response, response_headers, plan), False
+            return outcome_after(await policies.relay_buffered(ex, upstream, response, response_headers))
         if response.status == 101 and upgrade:
             conn.write(serialize_head(f"HTTP/1.1 101 {response.reason}", response_headers))
-            self._start_tunnel(conn, upstream, route, endpoint)
-            return False, True
-        return await self._relay_response(conn, upstream, head, response, response_headers, route, endpoint,
-                                          upgrade=upgrade, response_timeout_s=response_timeout_s), False
+            self._start_tunnel(ex, upstream, endpoint)
+            return TUNNEL
+        return await self._relay_response(ex, upstream, response, response_headers, endpoint)
 
-    async def _relay_response(self, conn: ClientConn, upstream: Conn, head: RequestHead, response: ResponseHead,
-                              headers: Headers, route: RouteSpec, endpoint: Endpoint, *, upgrade: bool,
-                              response_timeout_s: float | None) -> bool:
+    async def _relay_response(self, ex: Exchange, upstream: Conn, response: ResponseHead, headers: Headers,
+                              endpoint: Endpoint) -> Outcome:
+        conn, head, route = ex.conn, ex.head, ex.route
         framing, length = response_framing(head.method, response)
         keep_client = head.keep_alive and framing is not Framing.UNTIL_CLOSE
         out = strip_hop_by_hop(headers)
         if not keep_client:
             out = (*out, ("Connection", "close"))
-        conn.write(serialize_head(f"HTTP/1.1 {response.status} {response.reason}", out))
-        try:
-            nbytes = await relay_body(upstream, conn, framing, length, error=BadGateway,
-                                      read_timeout_s=response_timeout_s)
-        except GatewayError as error:  # the client has the head already: close both, never pool a doubtful one
-            upstream.close()
-            conn.close()
-            self.accounting.upstream_error(route, endpoint, error)
-            return False
+        head_bytes = serialize_head(f"HTTP/1.1 {response.status} {response.reason}", out)
+        body = buffered_body(upstream, framing, length)
+        if body is not None:
+            conn.write(head_bytes + body)
+            nbytes = length
+        else:
+            conn.write(head_bytes)
+            try:
+                nbytes = await relay_body(upstream, conn, framing, length, error=BadGateway,
+                                          read_timeout_s=ex.response_timeout_s)
+            except GatewayError as error:  # the client has the head already: close both, never pool a doubtful one
+                upstream.close()
+                conn.close()
+                self.accounting.upstream_error(route, endpoint, error)
+                return CLOSE
         self.metrics.add("wsgate_http_bytes_total", nbytes, route=route.id, direction="downstream")
-        upstream_keep = (response.version == "HTTP/1.1" and framing is not Framing.UNTIL_CLOSE and not upgrade
+        upstream_keep = (response.version == "HTTP/1.1" and framing is not Framing.UNTIL_CLOSE and not ex.upgrade
                          and "close" not in (response.header("connection") or "").lower())
         if upstream_keep and not upstream.buffer:
             self.pool.put(endpoint, upstream, tls=route.uri.tls)
         else:
             upstream.close()
         await conn.drain()
-        return keep_client
+        return outcome_after(keep_client)
 
-    def _start_tunnel(self, conn: ClientConn, upstream: Conn, route: RouteSpec, endpoint: Endpoint) -> None:
+    def _start_tunnel(self, ex: Exchange, upstream: Conn, endpoint: Endpoint) -> None:
         # The client connection now belongs to the tunnel: it no longer counts as a plain connection.
+        conn, route = ex.conn, ex.route
         self.connection_closed(conn)
         self.tunnels.start(conn, upstream, route_id=route.id, endpoint=endpoint,
                            idle_timeout_s=route.metadata.idle_timeout_s or self.settings.idle_timeout_s,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.errors import BadGateway, BadRequest
+from gateway.errors import BadGateway, BadRequest, HeadTooLarge
 from gateway.proxy.httpparse import (
     ChunkedScanner,
     Framing,
@@ -15,6 +15,7 @@ from gateway.proxy.httpparse import (
     request_framing,
     response_framing,
     serialize_head,
+    split_head,
 )
 
 
@@ -196,3 +197,31 @@ def test_chunked_scanner_accepts_strict_bodies(raw: bytes) -> None:
 def test_chunked_scanner_refuses_endless_size_line() -> None:
     with pytest.raises(BadGateway):
         ChunkedScanner(BadGateway).feed(b"1" * 5000)
+
+
+@pytest.mark.parametrize(("buffer", "max_bytes", "expected"), [
+    (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 64, (b"GET / HTTP/1.1\r\nHost: a", 27)),
+    (b"GET / HTTP/1.1\r\n\r\nbody", 64, (b"GET / HTTP/1.1", 18)),  # what follows the head stays
+    (b"\r\n\r\nGET / HTTP/1.1\r\n\r\n", 64, (b"GET / HTTP/1.1", 22)),  # blank lines before a head are taken too
+    (b"GET / HTTP/1.1\r\n\r\n", 18, (b"GET / HTTP/1.1", 18)),  # exactly max_bytes with its blank line
+    (b"\r\nGET / HTTP/1.1\r\n\r\n", 18, (b"GET / HTTP/1.1", 20)),  # the blank lines do not count to max_bytes
+    (b"GET / HTTP/1.1\r\nHost: a\r\n", 64, None),
+    (b"GET / HTTP/1.1\r\nHost: a\r\n", 4, None),  # incomplete: the caller judges its size
+    (b"", 64, None),
+    (b"\r\n", 64, None),
+    (bytearray(b"HTTP/1.1 200 OK\r\n\r\n"), 64, (b"HTTP/1.1 200 OK", 19)),
+])
+def test_split_head(buffer: bytes, max_bytes: int, expected: tuple[bytes, int] | None) -> None:
+    before = bytes(buffer)
+    assert split_head(buffer, max_bytes) == expected
+    assert bytes(buffer) == before  # pure: the caller removes what was used
+
+
+@pytest.mark.parametrize(("buffer", "max_bytes"), [
+    (b"GET / HTTP/1.1\r\n\r\n", 17),
+    (b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", 20),
+])
+def test_split_head_refuses_a_complete_head_over_max_bytes(buffer: bytes, max_bytes: int) -> None:
+    with pytest.raises(HeadTooLarge) as raised:
+        split_head(buffer, max_bytes)
+    assert raised.value.status == 431
