@@ -119,9 +119,12 @@ async def test_count_trim_drops_the_oldest_with_their_unacked_ids_and_counts(
     assert await store.unread("u") == {"b": 2, "a": 1}
 
 
-async def test_age_trim_reads_the_frame_time_not_a_time_in_the_data(client: aioredis.Redis, redis_prefix: str) -> None:
+# Not full; full after the last push; one over the count after it (the count and the age both trim).
+@pytest.mark.parametrize("max_count", [100, 72, 71])
+async def test_age_trim_reads_the_frame_time_not_a_time_in_the_data(
+        client: aioredis.Redis, redis_prefix: str, max_count: int) -> None:
     keys = Keys(prefix=redis_prefix)
-    keep_long = MessageStore(client, keys, max_count=100, max_age_s=WEEK_S)
+    keep_long = MessageStore(client, keys, max_count=max_count, max_age_s=WEEK_S)
     now_ms = int(time.time() * 1000)
     old = []
     for n in range(70):  # more than the script reads at once, so it reads further
@@ -132,7 +135,7 @@ async def test_age_trim_reads_the_frame_time_not_a_time_in_the_data(client: aior
     young = await keep_long.push_to_users(PushRequest(module="m0", event="e", data_json='{"ts":0}', users=("u",)),
                                           push_id="y0", ts_ms=now_ms - 1_000)
     assert (await _state(client, keys, "u"))[2] == {"m0": 36, "m1": 35}
-    keep_short = MessageStore(client, keys, max_count=100, max_age_s=30.0)
+    keep_short = MessageStore(client, keys, max_count=max_count, max_age_s=30.0)
     fresh = await keep_short.push_to_users(PushRequest(module="m1", event="e", data_json="1", users=("u",)),
                                            push_id="f", ts_ms=now_ms)
     held, unacked, unread = await _state(client, keys, "u")

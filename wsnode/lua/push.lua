@@ -61,17 +61,23 @@ local function drop(keys, members)
     end
   end
 end
--- Over max count, the oldest frames go; then, while the oldest is over max age, it goes too. One ZRANGE reads the
--- frames to drop for the count and the oldest to keep (if it is not too old); more are read only when it is.
+-- Over max count, the oldest frames go; then, while the oldest is over max age, it goes too. With a full store one
+-- ZRANGE (ranks 0 to -max count) reads just the frames over the count and the oldest to keep, so no ZCARD; more
+-- are read only when that one is too old.
 local function trim(keys)
-  local excess = math.max(redis.call('ZCARD', keys.msgs) - max_count, 0)
-  local gone, rows, want, i = {}, redis.call('ZRANGE', keys.msgs, '0', int(excess)), excess + 1, 1
+  local rows, excess = {}, 0
+  if max_count >= 1 then
+    rows = redis.call('ZRANGE', keys.msgs, '0', int(-max_count))
+    excess = math.max(#rows - 1, 0)
+  else
+    excess = redis.call('ZCARD', keys.msgs)
+  end
+  if #rows == 0 then rows = redis.call('ZRANGE', keys.msgs, '0', '0') end  -- not full: the oldest, for its age
+  local gone, i = {}, 1
   while true do
     if i > #rows then
-      if #rows < want then break end  -- no frame left
-      want = 64
-      rows, i = redis.call('ZRANGE', keys.msgs, int(#gone), int(#gone + want - 1)), 1
-      if #rows == 0 then break end
+      rows, i = redis.call('ZRANGE', keys.msgs, int(#gone), int(#gone + 63)), 1
+      if #rows == 0 then break end  -- no frame left
     end
     local member = rows[i]
     if #gone >= excess and frame_ts(member) >= now - max_age_ms then break end
