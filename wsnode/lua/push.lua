@@ -36,7 +36,7 @@ local function frame_id(member)
   return string.match(member, '^{"type":"message","id":"(%d+)"') or cjson.decode(member).id
 end
 local function frame_ts(member)
-  local ts = string.match(member, ',"ts":(%d+)}$')
+  local ts = string.match(member, ',"ts":(%d+)}$', -32)  -- looked for near the end only: the data may be long
   if ts then return tonumber(ts) end
   return cjson.decode(member).ts
 end
@@ -107,7 +107,9 @@ for i = 9, #ARGV do
     redis.call('HSET', keys.unacked, id, module)
     redis.call('HINCRBY', keys.unread, module, '1')
     trim(keys)
-    for _, key in ipairs({keys.msgs, keys.unacked, keys.unread}) do redis.call('PEXPIRE', key, max_age_arg) end
+    redis.call('PEXPIRE', keys.msgs, max_age_arg)
+    redis.call('PEXPIRE', keys.unacked, max_age_arg)
+    redis.call('PEXPIRE', keys.unread, max_age_arg)
     d.i, d.f, d.n = seq, frame, counts(keys.unread)
     stored = stored + 1
     ids[user] = id
