@@ -9,7 +9,7 @@
 local prefix, tail, store = ARGV[1], ARGV[2], ARGV[3] == '1'
 local module, max_count, max_age_ms, push_id = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local dedupe, max_age_arg = ARGV[8], ARGV[6]
--- Numbers given to redis.call are turned into text by Lua's printf("%.14g"), which was a tenth of this script's
+-- Numbers given to redis.call are turned into text by Lua's printf("%.14g"), which was about a tenth of this script's
 -- instructions (bench/push_script.py --callgrind): arguments go as text, and whole numbers are written with '%d'.
 local function int(n) return string.format('%d', n) end
 if dedupe ~= '' then
