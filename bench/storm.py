@@ -2,15 +2,15 @@
 
     python -m bench.storm [--quick] [--clients 10000] [--json bench/out/storm.json]
 
-Two nodes registered in the dev Consul agent, one gateway with two workers in front (`lb:ws://`), N clients through
-it, spread over a few client processes (each process holds at most --per-process sockets, well under the 20,000
-open files a process may have). One node is SIGKILLed; its clients reconnect the way wsgate.js does: the n-th attempt
-after a loss waits a uniform random time in [0, min(15 s, 0.5 s * 2^n)] (full jitter), gives up on an attempt after
-10 s without a welcome, and resumes with `since=` their last id. During the storm a backend pushes one stored message
-to each dropped user through the surviving node. Reported: the time from the kill until every dropped client is back,
-the handshake rate, failed attempts by kind (each must be retried), every push answered 202 must reach its user
-exactly once after dedupe by id, and the CPU each process used during the storm. Last line:
-`storm_reconnect_s=<seconds>`. Loopback only; every loop is bounded in count and time.
+Two nodes registered in the dev Consul agent, one gateway with two workers in front (`lb:ws://`), N clients through it,
+spread over a few client processes (bench/storm_client.py; each holds at most --per-process sockets, well under the
+20,000 open files a process may have). One node is SIGKILLed; its clients reconnect the way wsgate.js does: the n-th
+attempt after a loss waits a uniform random time in [0, min(15 s, 0.5 s * 2^n)] (full jitter), an attempt fails after 10
+s without a welcome, and each resumes with `since=` its last id. During the storm a backend pushes one stored message to
+each dropped user through the surviving node. Reported: the time from the kill until every dropped client is back, the
+handshake rate, failed attempts by kind (each must be retried), whether every push answered 202 reached its user exactly
+once after dedupe by id, the CPU each process used during the storm, the deepest accept queues and the kernel's listen-
+overflow count. Last line: `storm_reconnect_s=<seconds>`. Loopback only; every loop is bounded in count and time.
 """
 
 from __future__ import annotations
@@ -18,27 +18,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import os
-import random
 import resource
 import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
-import jwt
 
 from bench import procstat
 from bench.scaleout import GATEWAY_ROUTES, run_with_own_redis
-from bench.wsproto_min import client_handshake, frame, parse_frames
-from harness import ProcessGroup, RedisInfo, delete_prefix, free_port
+from harness import ManagedProcess, ProcessGroup, RedisInfo, delete_prefix, free_port
 
 SECRET = "bench-secret-0123456789abcdef0123456789"
 API_KEY = "bench-key"
@@ -112,181 +110,6 @@ def split_range(count: int, parts: int) -> list[tuple[int, int]]:
     return [s for s in out if s[1] > 0]
 
 
-# ---- client process: its share of the users, driven by JSON lines on stdin, answering on stdout ----
-
-@dataclass
-class User:
-    """A user's current connection and every id it has received across its connections (duplicates kept)."""
-
-    name: str
-    node: str = ""
-    seen: list[str] = field(default_factory=list)
-    client: StormClient | None = None
-    news: asyncio.Event | None = None  # set on every message, for whoever waits for ids to arrive
-
-    @property
-    def last_id(self) -> str | None:
-        return self.seen[-1] if self.seen else None
-
-
-class StormClient(asyncio.Protocol):
-    """One browser-like connection: handshake, welcome, messages (ids recorded on the user), pings answered."""
-
-    def __init__(self, head: bytes, user: User) -> None:
-        self.head, self.user = head, user
-        self.buf = bytearray()
-        self.upgraded = False
-        loop = asyncio.get_running_loop()
-        self.ready: asyncio.Future[str] = loop.create_future()
-        self.lost: asyncio.Future[None] = loop.create_future()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.transport.write(self.head)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError("closed before the welcome"))
-        if not self.lost.done():
-            self.lost.set_result(None)
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if not self.upgraded:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            if not self.buf.startswith(b"HTTP/1.1 101"):
-                if not self.ready.done():
-                    self.ready.set_exception(ConnectionError(f"http {bytes(self.buf[9:12]).decode('latin-1')}"))
-                assert self.transport is not None
-                self.transport.close()
-                return
-            del self.buf[:end + 4]
-            self.upgraded = True
-        for opcode, payload, _ in parse_frames(self.buf):
-            if opcode == 0x9 and self.transport is not None:
-                self.transport.write(frame(payload, opcode=0xA, mask=True))
-            elif opcode == 0x1:
-                message = json.loads(payload)
-                if message.get("type") == "welcome" and not self.ready.done():
-                    self.ready.set_result(str(message.get("node")))
-                elif message.get("type") == "message":
-                    self.user.seen.append(str(message["id"]))
-                    if self.user.news is not None:
-                        self.user.news.set()
-
-
-async def open_client(port: int, user: User) -> None:
-    """Connect `user` through the gateway (since= its last id) and wait for the welcome; raises on failure."""
-    token = jwt.encode({"sub": user.name, "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256")
-    path = f"/ws/websocket?token={token}" + (f"&since={user.last_id}" if user.last_id else "")
-    head, _ = client_handshake(path, f"127.0.0.1:{port}")
-    loop = asyncio.get_running_loop()
-    transport, proto = await asyncio.wait_for(
-        loop.create_connection(lambda: StormClient(head, user), "127.0.0.1", port), CONNECT_TIMEOUT_S)
-    try:
-        user.node = await asyncio.wait_for(proto.ready, CONNECT_TIMEOUT_S)
-    except BaseException:
-        transport.close()
-        raise
-    user.client = proto
-
-
-async def attempt_kind(port: int, user: User) -> str:
-    """One connect attempt: OK, or what went wrong."""
-    try:
-        await open_client(port, user)
-        return OK
-    except ConnectionRefusedError:
-        return "refused"
-    except TimeoutError:
-        return f"no welcome within {CONNECT_TIMEOUT_S:.0f} s"
-    except ConnectionError as exc:
-        return str(exc) or type(exc).__name__
-    except OSError as exc:
-        return type(exc).__name__
-
-
-async def reconnect(port: int, user: User, trace: Trace, deadline: float, rng: random.Random) -> None:
-    """wsgate.js's _scheduleReconnect: full-jitter capped exponential backoff before every attempt until a welcome."""
-    attempt = 0
-    while True:
-        delay = backoff_delay_s(attempt, rng.random())
-        if time.monotonic() + delay > deadline:
-            return  # out of time: the trace ends on a failure (or with no attempt) and is reported as unretried
-        await asyncio.sleep(delay)
-        kind = await attempt_kind(port, user)
-        trace.attempts.append((time.monotonic(), kind))
-        if kind == OK:
-            return
-        attempt += 1
-
-
-def emit(event: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(event) + "\n")
-    sys.stdout.flush()
-
-
-async def client_process(port: int, first: int, count: int, deadline: float) -> None:
-    """Connect users [first, first+count), report where they landed, then follow the orchestrator's commands."""
-    rng = random.Random(first)
-    users = [User(f"storm{i}") for i in range(first, first + count)]
-    for start in range(0, count, 100):  # in batches, so no listen backlog overflows while the cluster fills
-        batch = users[start:start + 100]
-        kinds = await asyncio.gather(*(attempt_kind(port, u) for u in batch))
-        for user, kind in zip(batch, kinds, strict=True):
-            if kind != OK:  # before the storm, a failed connect backs off the same way
-                await reconnect(port, user, Trace(user.name, time.monotonic()), deadline, rng)
-    emit({"event": "ready", "placed": {u.name: u.node for u in users if u.client is not None}})
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=LINE_LIMIT)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    command = json.loads(await reader.readline())
-    victim = command["victim"]
-    traces: list[Trace] = []
-    waiting = {u.name for u in users if u.node == victim}
-    if not waiting:
-        emit({"event": "all_back", "t": time.monotonic()})
-
-    async def follow(user: User) -> None:
-        while user.client is not None and time.monotonic() < deadline:
-            await user.client.lost
-            user.client = None
-            trace = Trace(user.name, time.monotonic())
-            traces.append(trace)
-            await reconnect(port, user, trace, deadline, rng)
-            if user.client is not None and user.name in waiting:
-                waiting.discard(user.name)
-                if not waiting:
-                    emit({"event": "all_back", "t": time.monotonic()})
-
-    tasks = [asyncio.create_task(follow(u)) for u in users]
-    command = json.loads(await reader.readline())
-    expected: dict[str, str] = command["expect"]
-    settle_by = min(deadline, time.monotonic() + command["settle_s"])
-    by_name = {u.name: u for u in users}
-    news = asyncio.Event()
-    for user in users:
-        user.news = news
-    while True:
-        news.clear()
-        left_s = settle_by - time.monotonic()
-        if left_s <= 0 or all(i in by_name[u].seen for u, i in expected.items()):
-            break
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(news.wait(), left_s)
-    for task in tasks:
-        task.cancel()
-    for user in users:
-        if user.client is not None and user.client.transport is not None:
-            user.client.transport.close()
-    affected = {t.user for t in traces} | set(expected)
-    emit({"event": "report", "traces": [asdict(t) for t in traces],
-          "seen": {u.name: u.seen for u in users if u.name in affected or u.seen}})
-
-
 # ---- orchestrator ----
 
 async def push_all(node_port: int, users: list[str], batch: int) -> dict[str, str]:
@@ -308,9 +131,62 @@ async def push_all(node_port: int, users: list[str], batch: int) -> dict[str, st
 
 
 def cpu_sample(pids: Mapping[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each process tree, of this process, and of the whole machine (busy, all cores)."""
     out = {name: procstat.cpu_seconds(pid) for name, pid in pids.items()}
     out["orchestrator (pushes)"] = time.process_time()
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    out["machine"] = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
     return out
+
+
+async def cpu_timeline(pids: Mapping[str, int], step_s: float, stop: asyncio.Event) -> dict[str, list[float]]:
+    """Cores each process used in each `step_s` interval until `stop` (where the storm's time went)."""
+    samples = [(time.monotonic(), cpu_sample(pids))]
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), step_s)
+        samples.append((time.monotonic(), cpu_sample(pids)))
+    return {name: [round((b[name] - a[name]) / (tb - ta), 2) for (ta, a), (tb, b) in itertools.pairwise(samples)]
+            for name in samples[0][1]}
+
+
+async def node_counters(port: int) -> dict[str, float]:
+    """The node's session counters (Prometheus text): sessions opened, upgrades refused, sessions closed."""
+    async with aiohttp.ClientSession() as http, http.get(
+            f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}) as response:
+        text = await response.text()
+    wanted = ("wsnode_connects_total", "wsnode_handshakes_refused_total", "wsnode_closes_total")
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith(wanted)}
+
+
+def tcp_counters() -> dict[str, int]:
+    """The kernel's listen-queue counters (TcpExt, whole machine): SYNs dropped because an accept queue was full."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], map(int, values.split()[1:]), strict=False))
+            return {k: table.get(k, 0) for k in ("ListenOverflows", "ListenDrops", "SyncookiesSent", "TCPReqQFullDrop")}
+    return {}
+
+
+async def accept_queues(ports: Mapping[str, int], step_s: float, stop: asyncio.Event) -> dict[str, dict[str, int]]:
+    """The deepest accept queue seen on each listener (ss's Recv-Q) and its limit (Send-Q), sampled until `stop`."""
+    deepest = {name: {"max_queued": 0, "limit": 0} for name in ports}
+    while not stop.is_set():
+        proc = await asyncio.create_subprocess_exec("ss", "-Hltn", stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.DEVNULL)
+        out, _ = await proc.communicate()
+        for line in out.decode().splitlines():
+            fields = line.split()  # State Recv-Q Send-Q Local:Port Peer
+            for name, port in ports.items():
+                if len(fields) >= 4 and fields[3].endswith(f":{port}"):
+                    queue = deepest[name]
+                    queue["max_queued"] = max(queue["max_queued"], int(fields[1]))
+                    queue["limit"] = int(fields[2])
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), step_s)
+    return deepest
 
 
 async def read_event(proc: asyncio.subprocess.Process, name: str, timeout_s: float) -> dict[str, Any]:
@@ -354,12 +230,12 @@ async def run(args: argparse.Namespace, group: ProcessGroup, redis_info: RedisIn
     deadline = time.monotonic() + args.timeout_s
     slices = split_range(args.clients, max(1, math.ceil(args.clients / args.per_process)))
     procs = [await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.storm", "--client-process", "--gateway-port", str(gateway_port),
+        sys.executable, "-m", "bench.storm_client", "--gateway-port", str(gateway_port),
         "--first", str(first), "--clients", str(count), "--deadline", repr(deadline),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=LINE_LIMIT) for first, count in slices]
     try:
-        return await storm(args, procs, slices, group, nodes, {"gateway": gateway.pid, "devconsul": consul.pid},
-                           deadline)
+        cluster = Cluster(group, nodes, gateway_port, {"gateway": gateway.pid, "devconsul": consul.pid})
+        return await storm(args, cluster, procs, slices, deadline)
     finally:
         for proc in procs:
             if proc.returncode is None:
@@ -368,9 +244,19 @@ async def run(args: argparse.Namespace, group: ProcessGroup, redis_info: RedisIn
         delete_prefix(redis_info, prefix)
 
 
-async def storm(args: argparse.Namespace, procs: list[asyncio.subprocess.Process], slices: list[tuple[int, int]],
-                group: ProcessGroup, nodes: Mapping[str, tuple[Any, int]], pids: dict[str, int],
-                deadline: float) -> dict[str, Any]:
+@dataclass
+class Cluster:
+    """What the storm runs against: the processes, the nodes with their ports, the gateway's port."""
+
+    group: ProcessGroup
+    nodes: dict[str, tuple[ManagedProcess, int]]
+    gateway_port: int
+    pids: dict[str, int]  # the processes whose CPU is measured, by name
+
+
+async def storm(args: argparse.Namespace, cluster: Cluster, procs: list[asyncio.subprocess.Process],
+                slices: list[tuple[int, int]], deadline: float) -> dict[str, Any]:
+    nodes, pids = cluster.nodes, cluster.pids
     placed_by: dict[str, str] = {}
     for proc in procs:
         placed_by.update((await read_event(proc, "ready", deadline - time.monotonic()))["placed"])
@@ -381,12 +267,18 @@ async def storm(args: argparse.Namespace, procs: list[asyncio.subprocess.Process
     victim, survivor = "storm-a", "storm-b"
     dropped = sorted(u for u, n in placed_by.items() if n == victim)
     pids |= {f"node {survivor} (survivor)": nodes[survivor][0].pid}
-    pids |= {p.name: p.pid for p in group.processes if p.name == "redis"}
+    pids |= {p.name: p.pid for p in cluster.group.processes if p.name == "redis"}
     pids |= {f"client process {i}": p.pid for i, p in enumerate(procs)}
     for proc in procs:
         send(proc, {"victim": victim})
     await asyncio.gather(*(p.stdin.drain() for p in procs if p.stdin is not None))
+    stop_timeline = asyncio.Event()
+    listeners = {"gateway": cluster.gateway_port, f"node {survivor}": nodes[survivor][1]}
+    queues = asyncio.create_task(accept_queues(listeners, 0.1, stop_timeline))
+    counters_before = tcp_counters()
+    node_before = await node_counters(nodes[survivor][1])
     cpu_before = cpu_sample(pids)
+    timeline = asyncio.create_task(cpu_timeline(pids, 0.5, stop_timeline))
     killed_at = time.monotonic()
     nodes[victim][0].kill()
     pushes = asyncio.create_task(push_all(nodes[survivor][1], dropped, args.push_batch))
@@ -396,6 +288,9 @@ async def storm(args: argparse.Namespace, procs: list[asyncio.subprocess.Process
                                  return_exceptions=True)
     cpu_after = cpu_sample(pids)
     window_s = time.monotonic() - killed_at
+    counters = {k: v - counters_before.get(k, 0) for k, v in tcp_counters().items()}
+    stop_timeline.set()
+    node_after = await node_counters(nodes[survivor][1])
     accepted = await pushes
     for proc, (first, count) in zip(procs, slices, strict=True):
         mine = {u: i for u, i in accepted.items() if first <= int(u.removeprefix("storm")) < first + count}
@@ -415,7 +310,11 @@ async def storm(args: argparse.Namespace, procs: list[asyncio.subprocess.Process
             "pushes_accepted": len(accepted), "pushes_refused": len(dropped) - len(accepted),
             "pushes_done_s": round(pushed_at[0] - killed_at, 3), **delivery,
             "cpu_window_s": round(window_s, 2), "cpu_s": cpu,
-            "cpu_cores": {name: round(s / window_s, 2) for name, s in cpu.items()}}
+            "cpu_cores": {name: round(s / window_s, 2) for name, s in cpu.items()},
+            "cpu_cores_per_half_s": await timeline,
+            "accept_queues": await queues, "tcp_counters_during_storm": counters,
+            "survivor_counters_during_storm": {k: v - node_before.get(k, 0.0) for k, v in node_after.items()
+                                               if v != node_before.get(k, 0.0)}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -428,19 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle-s", type=float, default=10.0, help="how long pushes may take to arrive after")
     parser.add_argument("--timeout-s", type=float, default=120.0)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--client-process", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--gateway-port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     # Children inherit the raised soft limit: the client side and each process hold thousands of sockets.
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if args.client_process:
-        import uvloop
-
-        uvloop.run(client_process(args.gateway_port, args.first, args.clients, args.deadline))
-        return 0
     if args.quick:
         args.clients = min(args.clients, 1000)
     if args.clients < 2 or args.workers < 1 or args.per_process < 1 or args.push_batch < 1:
@@ -457,5 +347,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())
