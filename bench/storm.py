@@ -2,12 +2,15 @@
 
     python -m bench.storm [--quick] [--clients 10000] [--json bench/out/storm.json]
 
-Two nodes registered in the dev Consul agent, one gateway with two workers in front (`lb:ws://`), N clients through
-it. One node is killed; its clients reconnect the way wsgate.js does (uniform jitter, then exponential backoff on a
-failed attempt) with `since=` their last id. Meanwhile a backend pushes stored messages to those users through the
-surviving node. Reported: the time until every dropped client is back, the handshake rate, failed attempts by kind,
-and the pushes answered 202 that never reached their user (must be 0). Last line: `storm_reconnect_s=<seconds>`.
-Traffic goes to loopback only; every loop is bounded in count and time.
+Two nodes registered in the dev Consul agent, one gateway with two workers in front (`lb:ws://`), N clients through it,
+spread over a few client processes (bench/storm_client.py; each holds at most --per-process sockets, well under the
+20,000 open files a process may have). One node is SIGKILLed; its clients reconnect the way wsgate.js does: the n-th
+attempt after a loss waits a uniform random time in [0, min(15 s, 0.5 s * 2^n)] (full jitter), an attempt fails after 10
+s without a welcome, and each resumes with `since=` its last id. During the storm a backend pushes one stored message to
+each dropped user through the surviving node. Reported: the time from the kill until every dropped client is back, the
+handshake rate, failed attempts by kind (each must be retried), whether every push answered 202 reached its user exactly
+once after dedupe by id, the CPU each process used during the storm, the deepest accept queues and the kernel's listen-
+overflow count. Last line: `storm_reconnect_s=<seconds>`. Loopback only; every loop is bounded in count and time.
 """
 
 from __future__ import annotations
@@ -15,233 +18,303 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
-import random
+import math
+import os
 import resource
 import sys
 import time
 import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
-import jwt
 
+from bench import procstat
 from bench.scaleout import GATEWAY_ROUTES, run_with_own_redis
-from bench.wsproto_min import client_handshake, frame, parse_frames
-from harness import ProcessGroup, RedisInfo, delete_prefix, free_port
+from harness import ManagedProcess, ProcessGroup, RedisInfo, delete_prefix, free_port
 
 SECRET = "bench-secret-0123456789abcdef0123456789"
 API_KEY = "bench-key"
 SERVICE = "storm-ws"
+# wsgate.js DEFAULTS: backoffBaseMs, backoffMaxMs, connectTimeoutMs.
+BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 15.0
+CONNECT_TIMEOUT_S = 10.0
+OK = ""  # the kind of a successful attempt
+LINE_LIMIT = 1 << 24  # the JSON lines between the orchestrator and its client processes list thousands of users
+
+
+def backoff_delay_s(attempt: int, u: float, *, base_s: float = BACKOFF_BASE_S, max_s: float = BACKOFF_MAX_S) -> float:
+    """wsgate.js backoffDelayMs: attempt `attempt` (0-based) waits u * min(max, base * 2^attempt), u in [0, 1)."""
+    return u * min(max_s, base_s * 2.0 ** min(attempt, 30))
 
 
 @dataclass
-class Outcome:
-    """What the storm cost."""
+class Trace:
+    """One loss of one client and the attempts that followed: (time the attempt ended, OK or the failure's kind)."""
 
-    attempts: int = 0
-    failures: dict[str, int] = field(default_factory=dict)
-    back_at: list[float] = field(default_factory=list)
+    user: str
+    lost_at: float
+    attempts: list[tuple[float, str]] = field(default_factory=list)
 
-    def failed(self, kind: str) -> None:
-        self.failures[kind] = self.failures.get(kind, 0) + 1
-
-
-class StormClient(asyncio.Protocol):
-    """One browser-like client: handshake, then messages (ids remembered), pings answered."""
-
-    def __init__(self, head: bytes) -> None:
-        self.head = head
-        self.buf = bytearray()
-        self.upgraded = False
-        self.node = ""
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.ids: set[str] = set()
-        self.last_id: str | None = None
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.transport.write(self.head)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError("closed before the welcome"))
-        if not self.lost.done():
-            self.lost.set_result(None)
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if not self.upgraded:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            if not self.buf.startswith(b"HTTP/1.1 101"):
-                status = bytes(self.buf[9:12]).decode("latin-1")
-                self.ready.set_exception(ConnectionError(f"http {status}"))
-                assert self.transport is not None
-                self.transport.close()
-                return
-            del self.buf[:end + 4]
-            self.upgraded = True
-        for opcode, payload, _ in parse_frames(self.buf):
-            if opcode == 0x9 and self.transport is not None:
-                self.transport.write(frame(payload, opcode=0xA, mask=True))
-            elif opcode == 0x1:
-                self.on_text(payload)
-
-    def on_text(self, payload: bytes) -> None:
-        message = json.loads(payload)
-        if message.get("type") == "welcome":
-            self.node = str(message.get("node"))
-            if not self.ready.done():
-                self.ready.set_result(None)
-        elif message.get("type") == "message":
-            self.ids.add(str(message["id"]))
-            self.last_id = str(message["id"])
+    @property
+    def back_at(self) -> float | None:
+        return self.attempts[-1][0] if self.attempts and self.attempts[-1][1] == OK else None
 
 
-@dataclass
-class User:
-    """A user's current connection and every id it has seen across its connections."""
-
-    name: str
-    client: StormClient | None = None
-    seen: set[str] = field(default_factory=set)
-    last_id: str | None = None
-
-
-async def open_client(port: int, user: User) -> StormClient:
-    token = jwt.encode({"sub": user.name, "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256")
-    path = f"/ws/websocket?token={token}" + (f"&since={user.last_id}" if user.last_id else "")
-    head, _ = client_handshake(path, f"127.0.0.1:{port}")
-    loop = asyncio.get_running_loop()
-    _transport, proto = await loop.create_connection(lambda: StormClient(head), "127.0.0.1", port)
-    try:
-        await asyncio.wait_for(proto.ready, 10)
-    except BaseException:
-        _transport.close()
-        raise
-    return proto
-
-
-def _settle(user: User) -> None:
-    if user.client is not None:
-        user.seen |= user.client.ids
-        user.last_id = user.client.last_id or user.last_id
+def summarize(traces: Sequence[Trace], killed_at: float) -> dict[str, Any]:
+    """The storm's figures from every client's trace; times are seconds after the kill."""
+    back = sorted(b for t in traces if (b := t.back_at) is not None)
+    failures = Counter(kind for t in traces for _, kind in t.attempts if kind != OK)
+    # A failed attempt is retried when the same loss has a later attempt; the last one failing means given up.
+    unretried = sum(1 for t in traces if t.attempts and t.attempts[-1][1] != OK)
+    never_tried = sum(1 for t in traces if not t.attempts)
+    span_s = back[-1] - killed_at if back else 0.0
+    per_second = Counter(int(b - killed_at) for b in back)
+    return {
+        "dropped": len(traces), "back": len(back), "all_back": len(back) == len(traces),
+        "reconnect_s": round(span_s, 3),
+        "first_back_s": round(back[0] - killed_at, 3) if back else None,
+        "median_back_s": round(back[len(back) // 2] - killed_at, 3) if back else None,
+        "handshakes_per_s": round(len(back) / span_s, 1) if span_s > 0 else 0.0,
+        "peak_handshakes_per_s": max(per_second.values(), default=0),
+        "handshakes_per_second": [per_second.get(s, 0) for s in range(int(span_s) + 1)] if back else [],
+        "attempts": sum(len(t.attempts) for t in traces),
+        "failures": dict(sorted(failures.items())),
+        "failed_retried": sum(failures.values()) - unretried,
+        "failed_unretried": unretried, "never_tried": never_tried,
+    }
 
 
-async def reconnect(port: int, user: User, outcome: Outcome, *, jitter_s: float, deadline: float) -> None:
-    """wsgate.js's rule: wait a random part of the jitter window, then retry with doubling backoff (max 2 s)."""
-    _settle(user)
-    await asyncio.sleep(random.uniform(0, jitter_s))
-    backoff = 0.1
-    while time.monotonic() < deadline:
-        outcome.attempts += 1
-        try:
-            user.client = await open_client(port, user)
-            outcome.back_at.append(time.monotonic())
-            return
-        except ConnectionRefusedError:
-            outcome.failed("refused")
-        except ConnectionError as exc:
-            outcome.failed(str(exc) or "reset")
-        except (OSError, TimeoutError) as exc:
-            outcome.failed(type(exc).__name__)
-        await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-        backoff = min(backoff * 2, 2.0)
-    raise TimeoutError(f"{user.name} did not come back")
+def check_delivery(expected: Mapping[str, str], seen: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """Each expected id must be among its user's received ids; after dedupe by id, nothing else may be there."""
+    missing = sum(1 for user, id_ in expected.items() if id_ not in seen.get(user, ()))
+    unexpected = sum(1 for user, ids in seen.items() for id_ in set(ids) if expected.get(user) != id_)
+    duplicates = sum(len(ids) - len(set(ids)) for ids in seen.values())
+    return {"pushes_lost": missing, "unexpected_ids": unexpected, "duplicates_dropped": duplicates}
 
 
-async def pusher(node_port: int, users: list[User], accepted: dict[str, set[str]], stop: asyncio.Event,
-                 rate_per_s: float) -> None:
-    """Stored pushes to the storm's users through the surviving node, paced; records what was answered 202."""
-    async with aiohttp.ClientSession() as http:
+def split_range(count: int, parts: int) -> list[tuple[int, int]]:
+    """[first, count) slices of `count` users over `parts` processes, sizes differing by at most one."""
+    size, extra = divmod(count, parts)
+    out, first = [], 0
+    for i in range(parts):
+        n = size + (1 if i < extra else 0)
+        out.append((first, n))
+        first += n
+    return [s for s in out if s[1] > 0]
+
+
+# ---- orchestrator ----
+
+async def push_all(node_port: int, users: list[str], batch: int) -> dict[str, str]:
+    """One stored push per user through the surviving node, `batch` users per request; the ids answered 202."""
+    accepted: dict[str, str] = {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
         headers = {"Authorization": f"Bearer {API_KEY}"}
-        n = 0
-        while not stop.is_set():
-            user = users[n % len(users)]
-            n += 1
-            body = {"to": {"users": [user.name]}, "module": "storm", "data": {"n": n}}
-            with contextlib.suppress(aiohttp.ClientError):
+        for start in range(0, len(users), batch):
+            names = users[start:start + batch]
+            body = {"to": {"users": names}, "module": "storm", "data": {"batch": start}}
+            for _ in range(3):  # a backend retries on 503 (the node sheds while it is busy)
                 async with http.post(f"http://127.0.0.1:{node_port}/api/v1/push", json=body,
                                      headers=headers) as response:
                     if response.status == 202:
-                        accepted.setdefault(user.name, set()).add((await response.json())["ids"][user.name])
-            await asyncio.sleep(1 / rate_per_s)
+                        ids = (await response.json())["ids"]
+                        accepted.update({n: str(ids[n]) for n in names})
+                        break
+    return accepted
+
+
+def cpu_sample(pids: Mapping[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each process tree, of this process, and of the whole machine (busy, all cores)."""
+    out = {name: procstat.cpu_seconds(pid) for name, pid in pids.items()}
+    out["orchestrator (pushes)"] = time.process_time()
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    out["machine"] = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
+    return out
+
+
+async def cpu_timeline(pids: Mapping[str, int], step_s: float, stop: asyncio.Event) -> dict[str, list[float]]:
+    """Cores each process used in each `step_s` interval until `stop` (where the storm's time went)."""
+    samples = [(time.monotonic(), cpu_sample(pids))]
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), step_s)
+        samples.append((time.monotonic(), cpu_sample(pids)))
+    return {name: [round((b[name] - a[name]) / (tb - ta), 2) for (ta, a), (tb, b) in itertools.pairwise(samples)]
+            for name in samples[0][1]}
+
+
+async def node_counters(port: int) -> dict[str, float]:
+    """The node's session counters (Prometheus text): sessions opened, upgrades refused, sessions closed."""
+    async with aiohttp.ClientSession() as http, http.get(
+            f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}) as response:
+        text = await response.text()
+    wanted = ("wsnode_connects_total", "wsnode_handshakes_refused_total", "wsnode_closes_total")
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith(wanted)}
+
+
+def tcp_counters() -> dict[str, int]:
+    """The kernel's listen-queue counters (TcpExt, whole machine): SYNs dropped because an accept queue was full."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], map(int, values.split()[1:]), strict=False))
+            return {k: table.get(k, 0) for k in ("ListenOverflows", "ListenDrops", "SyncookiesSent", "TCPReqQFullDrop")}
+    return {}
+
+
+async def accept_queues(ports: Mapping[str, int], step_s: float, stop: asyncio.Event) -> dict[str, dict[str, int]]:
+    """The deepest accept queue seen on each listener (ss's Recv-Q) and its limit (Send-Q), sampled until `stop`."""
+    deepest = {name: {"max_queued": 0, "limit": 0} for name in ports}
+    while not stop.is_set():
+        proc = await asyncio.create_subprocess_exec("ss", "-Hltn", stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.DEVNULL)
+        out, _ = await proc.communicate()
+        for line in out.decode().splitlines():
+            fields = line.split()  # State Recv-Q Send-Q Local:Port Peer
+            for name, port in ports.items():
+                if len(fields) >= 4 and fields[3].endswith(f":{port}"):
+                    queue = deepest[name]
+                    queue["max_queued"] = max(queue["max_queued"], int(fields[1]))
+                    queue["limit"] = int(fields[2])
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), step_s)
+    return deepest
+
+
+async def read_event(proc: asyncio.subprocess.Process, name: str, timeout_s: float) -> dict[str, Any]:
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), timeout_s)
+    if not line:
+        raise RuntimeError(f"client process {proc.pid} exited (rc {await proc.wait()}) before '{name}'")
+    event = json.loads(line)
+    if event.get("event") != name:
+        raise RuntimeError(f"client process {proc.pid}: expected '{name}', got {event.get('event')}")
+    return cast(dict[str, Any], event)
+
+
+def send(proc: asyncio.subprocess.Process, command: dict[str, Any]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write((json.dumps(command) + "\n").encode())
 
 
 async def run(args: argparse.Namespace, group: ProcessGroup, redis_info: RedisInfo) -> dict[str, Any]:
     prefix = f"wsgate-storm-{uuid.uuid4().hex[:8]}:"
     consul_port = free_port()
-    group.python("devconsul", "devconsul", "--port", str(consul_port)).wait_http_ready(
-        f"http://127.0.0.1:{consul_port}/v1/status/leader")
+    consul = group.python("devconsul", "devconsul", "--port", str(consul_port))
+    consul.wait_http_ready(f"http://127.0.0.1:{consul_port}/v1/status/leader")
     nodes = {}
     for node_id in ("storm-a", "storm-b"):
         port = free_port()
-        proc = group.python(node_id, "wsnode", "--host", "127.0.0.1", "--port", str(port), "--node-id", node_id,
+        node = group.python(node_id, "wsnode", "--host", "127.0.0.1", "--port", str(port), "--node-id", node_id,
                             "--redis", redis_info.url, "--redis-prefix", prefix, "--jwt-secret", SECRET,
                             "--api-key", API_KEY, "--consul", f"127.0.0.1:{consul_port}", "--service-name", SERVICE,
                             "--consul-check-interval", "1", "--send-queue-max", "10000",
                             env={"WSNODE_LOG_LEVEL": "WARNING"})
-        proc.wait_http_ready(f"http://127.0.0.1:{port}/health")
-        nodes[node_id] = (proc, port)
+        node.wait_http_ready(f"http://127.0.0.1:{port}/health")
+        nodes[node_id] = (node, port)
     gateway_port = free_port()
     config = group.log_dir.parent / "storm-gateway.yaml"
     config.write_text(GATEWAY_ROUTES.format(port=gateway_port, consul_port=consul_port, service=SERVICE))
-    group.python("gateway", "gateway", "--config", str(config), "--workers", str(args.workers),
-                 "--log-level", "WARNING").wait_http_ready(f"http://127.0.0.1:{gateway_port}/actuator/health")
+    gateway = group.python("gateway", "gateway", "--config", str(config), "--workers", str(args.workers),
+                           "--log-level", "WARNING")
+    gateway.wait_http_ready(f"http://127.0.0.1:{gateway_port}/actuator/health")
 
-    users = [User(f"storm{i}") for i in range(args.clients)]
     deadline = time.monotonic() + args.timeout_s
-    for start in range(0, len(users), 200):  # in batches, so the listen backlog never overflows
-        batch = users[start:start + 200]
-        clients = await asyncio.gather(*(open_client(gateway_port, u) for u in batch))
-        for user, client in zip(batch, clients, strict=True):
-            user.client = client
-    placed = {node_id: sum(1 for u in users if u.client and u.client.node == node_id) for node_id in nodes}
-    print(f"{args.clients} clients through the gateway: {placed}", flush=True)
+    slices = split_range(args.clients, max(1, math.ceil(args.clients / args.per_process)))
+    procs = [await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.storm_client", "--gateway-port", str(gateway_port),
+        "--first", str(first), "--clients", str(count), "--deadline", repr(deadline),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=LINE_LIMIT) for first, count in slices]
+    try:
+        cluster = Cluster(group, nodes, gateway_port, {"gateway": gateway.pid, "devconsul": consul.pid})
+        return await storm(args, cluster, procs, slices, deadline)
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        delete_prefix(redis_info, prefix)
 
+
+@dataclass
+class Cluster:
+    """What the storm runs against: the processes, the nodes with their ports, the gateway's port."""
+
+    group: ProcessGroup
+    nodes: dict[str, tuple[ManagedProcess, int]]
+    gateway_port: int
+    pids: dict[str, int]  # the processes whose CPU is measured, by name
+
+
+async def storm(args: argparse.Namespace, cluster: Cluster, procs: list[asyncio.subprocess.Process],
+                slices: list[tuple[int, int]], deadline: float) -> dict[str, Any]:
+    nodes, pids = cluster.nodes, cluster.pids
+    placed_by: dict[str, str] = {}
+    for proc in procs:
+        placed_by.update((await read_event(proc, "ready", deadline - time.monotonic()))["placed"])
+    placed = dict(sorted(Counter(placed_by.values()).items()))
+    print(f"{args.clients} clients through the gateway ({len(procs)} client processes): {placed}", flush=True)
+    if len(placed_by) != args.clients:
+        raise RuntimeError(f"only {len(placed_by)} of {args.clients} clients connected before the storm")
     victim, survivor = "storm-a", "storm-b"
-    dropped = [u for u in users if u.client is not None and u.client.node == victim]
-    accepted: dict[str, set[str]] = {}
-    stop = asyncio.Event()
-    push_task = asyncio.create_task(pusher(nodes[survivor][1], dropped, accepted, stop, args.push_rate))
-    outcome = Outcome()
+    dropped = sorted(u for u, n in placed_by.items() if n == victim)
+    pids |= {f"node {survivor} (survivor)": nodes[survivor][0].pid}
+    pids |= {p.name: p.pid for p in cluster.group.processes if p.name == "redis"}
+    pids |= {f"client process {i}": p.pid for i, p in enumerate(procs)}
+    for proc in procs:
+        send(proc, {"victim": victim})
+    await asyncio.gather(*(p.stdin.drain() for p in procs if p.stdin is not None))
+    stop_timeline = asyncio.Event()
+    listeners = {"gateway": cluster.gateway_port, f"node {survivor}": nodes[survivor][1]}
+    queues = asyncio.create_task(accept_queues(listeners, 0.1, stop_timeline))
+    counters_before = tcp_counters()
+    node_before = await node_counters(nodes[survivor][1])
+    cpu_before = cpu_sample(pids)
+    timeline = asyncio.create_task(cpu_timeline(pids, 0.5, stop_timeline))
     killed_at = time.monotonic()
     nodes[victim][0].kill()
-
-    async def come_back(user: User) -> None:
-        assert user.client is not None
-        await user.client.lost
-        await reconnect(gateway_port, user, outcome, jitter_s=args.jitter_s, deadline=deadline)
-
-    await asyncio.gather(*(come_back(u) for u in dropped))
-    storm_s = max(outcome.back_at) - killed_at if outcome.back_at else 0.0
-    await asyncio.sleep(0.5)  # pushes already on their way when the last client came back
-    stop.set()
-    await push_task
-
-    async def everything_arrived() -> int:
-        missing = 0
-        for user in dropped:
-            _settle(user)
-            missing += len(accepted.get(user.name, set()) - user.seen)
-        return missing
-
-    settle_deadline = time.monotonic() + 10
-    missing = await everything_arrived()
-    while missing and time.monotonic() < settle_deadline:
-        await asyncio.sleep(0.2)
-        missing = await everything_arrived()
-    delete_prefix(redis_info, prefix)
-    return {"clients": args.clients, "gateway_workers": args.workers, "dropped": len(dropped), "placed": placed,
-            "reconnect_s": round(storm_s, 3), "handshakes_per_s": round(len(dropped) / storm_s, 1) if storm_s else 0,
-            "attempts": outcome.attempts, "failures": outcome.failures, "jitter_s": args.jitter_s,
-            "pushes_accepted": sum(len(v) for v in accepted.values()), "pushes_lost": missing}
+    pushes = asyncio.create_task(push_all(nodes[survivor][1], dropped, args.push_batch))
+    pushed_at: list[float] = []
+    pushes.add_done_callback(lambda _: pushed_at.append(time.monotonic()))
+    backs = await asyncio.gather(*(read_event(p, "all_back", deadline - time.monotonic()) for p in procs),
+                                 return_exceptions=True)
+    cpu_after = cpu_sample(pids)
+    window_s = time.monotonic() - killed_at
+    counters = {k: v - counters_before.get(k, 0) for k, v in tcp_counters().items()}
+    stop_timeline.set()
+    node_after = await node_counters(nodes[survivor][1])
+    accepted = await pushes
+    for proc, (first, count) in zip(procs, slices, strict=True):
+        mine = {u: i for u, i in accepted.items() if first <= int(u.removeprefix("storm")) < first + count}
+        send(proc, {"expect": mine, "settle_s": args.settle_s})
+    reports = [await read_event(p, "report", max(1.0, deadline - time.monotonic()) + args.settle_s) for p in procs]
+    traces = [Trace(t["user"], t["lost_at"], [(a, k) for a, k in t["attempts"]]) for r in reports for t in r["traces"]]
+    seen = {u: ids for r in reports for u, ids in r["seen"].items()}
+    summary = summarize(traces, killed_at)
+    delivery = check_delivery(accepted, {u: seen.get(u, []) for u in set(seen) | set(accepted)})
+    cpu = {name: round(cpu_after[name] - cpu_before[name], 2) for name in cpu_before}
+    return {"clients": args.clients, "gateway_workers": args.workers, "client_processes": len(procs),
+            "placed": placed, **summary, "expected_drops": len(dropped),
+            "others_dropped": sum(1 for t in traces if placed_by.get(t.user) != victim),
+            "all_back_events": sum(1 for b in backs if isinstance(b, dict)),
+            "within_10s": summary["all_back"] and summary["reconnect_s"] <= 10.0,
+            "jitter_s": BACKOFF_BASE_S, "backoff": f"full jitter, base {BACKOFF_BASE_S} s, max {BACKOFF_MAX_S} s",
+            "pushes_accepted": len(accepted), "pushes_refused": len(dropped) - len(accepted),
+            "pushes_done_s": round(pushed_at[0] - killed_at, 3), **delivery,
+            "cpu_window_s": round(window_s, 2), "cpu_s": cpu,
+            "cpu_cores": {name: round(s / window_s, 2) for name, s in cpu.items()},
+            "cpu_cores_per_half_s": await timeline,
+            "accept_queues": await queues, "tcp_counters_during_storm": counters,
+            "survivor_counters_during_storm": {k: v - node_before.get(k, 0.0) for k, v in node_after.items()
+                                               if v != node_before.get(k, 0.0)}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,25 +322,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1,000 clients (development)")
     parser.add_argument("--clients", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=2, help="gateway worker processes")
-    parser.add_argument("--jitter-s", type=float, default=1.0, help="clients spread their first retry over this")
-    parser.add_argument("--push-rate", type=float, default=200.0, help="stored pushes per second during the storm")
+    parser.add_argument("--per-process", type=int, default=4000, help="client sockets per client process at most")
+    parser.add_argument("--push-batch", type=int, default=50, help="users per push request during the storm")
+    parser.add_argument("--settle-s", type=float, default=10.0, help="how long pushes may take to arrive after")
     parser.add_argument("--timeout-s", type=float, default=120.0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    if args.quick:
-        args.clients = min(args.clients, 1000)
-    if args.clients < 2 or args.workers < 1:
-        parser.error("--clients must be at least 2 and --workers at least 1")
     # Children inherit the raised soft limit: the client side and each process hold thousands of sockets.
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.quick:
+        args.clients = min(args.clients, 1000)
+    if args.clients < 2 or args.workers < 1 or args.per_process < 1 or args.push_batch < 1:
+        parser.error("--clients must be at least 2; --workers, --per-process and --push-batch at least 1")
     result = run_with_own_redis("wsgate-storm-", lambda group, redis_info: run(args, group, redis_info))
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
     print(f"storm_reconnect_s={result['reconnect_s']}")
-    return 0 if result["pushes_lost"] == 0 else 1
+    ok = (result["all_back"] and result["failed_unretried"] == 0 and result["never_tried"] == 0
+          and result["pushes_lost"] == 0 and result["unexpected_ids"] == 0)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
