@@ -35,6 +35,7 @@ SUPERVISOR_KEY = web.AppKey("supervisor", Supervisor)
 MANAGEMENT_KEY = web.AppKey("management", Management)
 # The shard-list check (wsnode/shard_agreement.py) is done before listening when every shard answers at once.
 SHARD_CHECK_HEAD_START_S = 2.0
+LISTEN_BACKLOG = 4096
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
@@ -164,7 +165,10 @@ async def serve(settings: NodeSettings, *, started: asyncio.Event | None = None)
         shard_check.result()
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, access_log_class=AccessLogger)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    # When a node dies its clients all reconnect to the others at once: aiohttp's default backlog of 128 overflowed
+    # (25k listen overflows in a 10,000-client storm, `python -m bench.storm`), and each overflow costs the client a
+    # SYN retransmission of 1 s or more. The kernel caps it at net.core.somaxconn.
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=LISTEN_BACKLOG)
     await site.start()
     management_runner: web.AppRunner | None = None
     if settings.management_port is not None:

@@ -154,3 +154,18 @@ async def test_a_peer_that_stops_answering_pings_is_dropped(
         return presence["sessions"] == []
 
     await eventually(forgotten)
+
+
+def test_node_listens_with_a_backlog_for_a_reconnect_storm(start_node: StartNode) -> None:
+    # A listening socket's Send-Q in `ss -ltn` is its accept backlog. aiohttp's default (128) overflowed when a dead
+    # node's clients all came back at once (`python -m bench.storm`).
+    import subprocess
+    from pathlib import Path
+
+    from wsnode.app import LISTEN_BACKLOG
+
+    node = start_node("node-backlog")
+    listing = subprocess.run(["ss", "-ltnH", f"sport = :{node.port}"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    assert int(listing[2]) == min(LISTEN_BACKLOG, somaxconn) > 128
