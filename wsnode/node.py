@@ -22,6 +22,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from wsnode import metrics
+from wsnode.cluster_presence import ClusterSessionRegistry
+from wsnode.cluster_store import ClusterMessageStore
 from wsnode.delivery import Router
 from wsnode.envelope import (
     PushRequest,
@@ -37,6 +39,7 @@ from wsnode.keys import Keys
 from wsnode.limits import ALLOWED, FRAME_RATE_SPENT, UserLimits
 from wsnode.nodemsg import Broadcast, Disconnect, Evict, NodeMessage, Push, Unread
 from wsnode.presence import RedisShards, SessionRegistry, as_shards, gather_all
+from wsnode.redis_connect import ClusterClients
 from wsnode.sessions import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER, LocalSessions, Session
 from wsnode.settings import NodeSettings
 from wsnode.store import MessageStore, PushResult, Replay
@@ -55,19 +58,35 @@ def new_id() -> str:
 class Node:
     """Ties the local sessions to Redis: registry, store and router."""
 
-    def __init__(self, settings: NodeSettings, client: aioredis.Redis | RedisShards) -> None:
+    def __init__(self, settings: NodeSettings, client: aioredis.Redis | RedisShards | None = None, *,
+                 cluster: ClusterClients | None = None) -> None:
         self.settings = settings
-        self.shards = as_shards(client)
+        self.cluster = cluster
+        if cluster is not None:
+            # A Redis Cluster is one "shard" to the rest of the node: RedisCluster routes each key to its slot.
+            data: Any = cluster.data
+            self.shards = as_shards(data)
+        elif client is not None:
+            self.shards = as_shards(client)
+        else:
+            raise ValueError("Node needs a Redis client or a cluster")
         # Shard 0: broadcasts (and their idempotency markers) and the push/publish streams.
         self.redis = self.shards.primary
-        self.keys = Keys(settings.redis_prefix)
+        self.keys = Keys(settings.redis_prefix, cluster=cluster is not None)
         self.sessions = LocalSessions()
-        self.registry = SessionRegistry(self.shards, self.keys, node_id=settings.node_id,
-                                        ttl_s=settings.session_ttl_s)
-        self.store = MessageStore(self.shards, self.keys, max_count=settings.store_max_count,
-                                  max_age_s=settings.store_max_age_s, min_replicas=settings.redis_min_replicas,
-                                  wait_timeout_s=settings.redis_wait_timeout_s)
-        self.router = Router(self.shards, self.keys, node_id=settings.node_id,
+        if cluster is not None:
+            self.registry: SessionRegistry = ClusterSessionRegistry(cluster.data, self.keys, node_id=settings.node_id,
+                                                                    ttl_s=settings.session_ttl_s)
+            self.store: MessageStore = ClusterMessageStore(cluster.data, self.keys, max_count=settings.store_max_count,
+                                                           max_age_s=settings.store_max_age_s)
+        else:
+            self.registry = SessionRegistry(self.shards, self.keys, node_id=settings.node_id,
+                                            ttl_s=settings.session_ttl_s)
+            self.store = MessageStore(self.shards, self.keys, max_count=settings.store_max_count,
+                                      max_age_s=settings.store_max_age_s, min_replicas=settings.redis_min_replicas,
+                                      wait_timeout_s=settings.redis_wait_timeout_s)
+        pubsub = self.shards if cluster is None else as_shards(cluster.pubsub)
+        self.router = Router(pubsub, self.keys, node_id=settings.node_id,
                              heartbeat_s=settings.pubsub_heartbeat_s, stall_s=settings.pubsub_timeout_s)
         self.limits = UserLimits(self.shards, self.keys, publish_rate_per_s=settings.publish_rate_per_s,
                                  publish_bytes_rate_per_s=settings.publish_bytes_rate_per_s,
@@ -421,7 +440,22 @@ class Node:
         if self.shards.count > 1:
             details["shards"] = [{"shard": index, "redis": "UP" if ping else "DOWN", "pubsub": "UP" if sub else "DOWN"}
                                  for index, (ping, sub) in enumerate(zip(pinged, live, strict=True))]
+        if self.cluster is not None:
+            details["cluster"] = await self._cluster_state(timeout_s)
         return up, details
+
+    async def _cluster_state(self, timeout_s: float) -> dict[str, Any]:
+        """What a cluster node says of the cluster (CLUSTER INFO): state, slots served, masters, known nodes."""
+        assert self.cluster is not None
+        try:
+            info = await asyncio.wait_for(self.cluster.data.cluster_info(), timeout_s)
+        except (RedisError, OSError, TimeoutError) as exc:
+            return {"state": "unknown", "error": str(exc)[:200]}
+        fields = {"cluster_state": "state", "cluster_slots_ok": "slots_ok", "cluster_slots_fail": "slots_fail",
+                  "cluster_size": "masters", "cluster_known_nodes": "known_nodes"}
+        out: dict[str, Any] = {name: _number(info.get(field)) for field, name in fields.items()}
+        out["seeds"] = len(self.cluster.seeds)
+        return out
 
     async def _recover(self) -> None:
         try:
@@ -447,6 +481,11 @@ class Node:
             await self.registry.leave()
         except (RedisError, OSError) as exc:
             log.warning("could not remove sessions from redis on drain: %s", exc)
+
+
+def _number(value: Any) -> Any:
+    """CLUSTER INFO's digits as a number (redis-py leaves them text)."""
+    return int(value) if isinstance(value, str) and value.isdigit() else value
 
 
 def _overall(states: list[bool]) -> str:

@@ -7,13 +7,19 @@ that finds its server demoted to a replica (`READONLY`) is closed by redis-py an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from wsnode.redis_urls import SENTINEL_SCHEMES, parse_sentinel_url
+
+# Asking a seed whether it is a cluster node must not hold the start up for long: a node that cannot tell (no seed
+# answers yet) starts as a plain client, as it did before cluster support, and reports Redis DOWN until it answers.
+_DETECT_TIMEOUT_S = 2.0
 
 
 class BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
@@ -53,3 +59,99 @@ def connect_shard(url: str, *, max_connections: int, pool_timeout_s: float, **co
         target.master, sentinel, max_connections=max_connections, timeout=pool_timeout_s, db=target.db,
         username=target.username, password=target.password, ssl=target.tls, **connection)
     return ShardClient(url, aioredis.Redis(connection_pool=sentinel_pool), sentinel_pool, sentinel)
+
+
+async def cluster_enabled(urls: list[str], **connection: Any) -> bool:
+    """Whether the first `--redis` URL that answers is a Redis Cluster node (`INFO cluster`: `cluster_enabled:1`)."""
+    for url in urls:
+        if url.startswith(SENTINEL_SCHEMES):
+            return False
+        client = aioredis.Redis.from_url(url, socket_connect_timeout=_DETECT_TIMEOUT_S,
+                                         socket_timeout=_DETECT_TIMEOUT_S, **connection)
+        try:
+            info = await client.info("cluster")
+        except (OSError, aioredis.RedisError):
+            continue
+        finally:
+            await client.aclose()
+        return str(info.get("cluster_enabled", 0)) == "1"
+    return False
+
+
+class ClusterNodes:
+    """The cluster nodes the pub/sub connection may use: the one that worked last first, then the rest the data client
+    knows of (it refreshes them from CLUSTER SLOTS), then the seeds."""
+
+    def __init__(self, seeds: list[tuple[str, int]], known: Callable[[], list[tuple[str, int]]]) -> None:
+        self._seeds = seeds
+        self._known = known
+        self._last: tuple[str, int] | None = None
+
+    def order(self) -> list[tuple[str, int]]:
+        ordered = [*([self._last] if self._last else []), *self._known(), *self._seeds]
+        return list(dict.fromkeys(ordered))
+
+    def worked(self, node: tuple[str, int]) -> None:
+        self._last = node
+
+
+class FailoverConnection(aioredis.Connection):
+    """A plain connection to any node of a cluster: when the node it used last does not answer, the next one."""
+
+    def __init__(self, *, cluster_nodes: ClusterNodes, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._cluster_nodes = cluster_nodes
+
+    async def _connect(self) -> None:
+        failure: Exception = OSError("no Redis Cluster node is known")
+        for host, port in self._cluster_nodes.order():
+            self.host, self.port = host, port
+            try:
+                await super()._connect()  # type: ignore[no-untyped-call]  # untyped in redis-py
+            except (OSError, TimeoutError) as exc:
+                failure = exc
+                continue
+            self._cluster_nodes.worked((host, port))
+            return
+        raise failure
+
+
+@dataclass
+class ClusterClients:
+    """A Redis Cluster's clients: data (RedisCluster, routed by slot) and pub/sub (a plain client to one node).
+
+    A PUBLISH on any cluster node reaches subscribers on every node (the cluster bus forwards it), so one plain
+    connection to any node carries this node's subscription; redis-py's asyncio RedisCluster has no pub/sub. When
+    that node dies, the next connection goes to another one (FailoverConnection).
+    """
+
+    seeds: list[str]
+    data: RedisCluster
+    pubsub: aioredis.Redis
+
+    async def aclose(self) -> None:
+        await self.data.aclose()
+        await self.pubsub.aclose()
+        await self.pubsub.connection_pool.disconnect()
+
+
+def connect_cluster(urls: list[str], *, max_connections: int, **connection: Any) -> ClusterClients:
+    """Clients for a Redis Cluster whose seed nodes are `urls` (any of its nodes; the rest are discovered)."""
+    first = dict(aioredis.Redis.from_url(urls[0]).connection_pool.connection_kwargs)
+    seeds = [_host_port(url) for url in urls]
+    data = RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in seeds],
+                        username=first.get("username"), password=first.get("password"),
+                        max_connections=max_connections, **connection)
+
+    def known() -> list[tuple[str, int]]:
+        return [(node.host, int(node.port)) for node in data.get_nodes()]
+
+    pool = aioredis.ConnectionPool(connection_class=FailoverConnection, cluster_nodes=ClusterNodes(seeds, known),
+                                   host=seeds[0][0], port=seeds[0][1], username=first.get("username"),
+                                   password=first.get("password"), **connection)
+    return ClusterClients(list(urls), data, aioredis.Redis(connection_pool=pool))
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    kwargs = aioredis.Redis.from_url(url).connection_pool.connection_kwargs
+    return str(kwargs.get("host", "127.0.0.1")), int(kwargs.get("port", 6379))

@@ -1,0 +1,250 @@
+"""The node on a real Redis Cluster (CONTRACT section 7): 3 masters and 3 replicas (the session's `redis_cluster`),
+two real node processes given one seed node each, users chosen so that every master holds some of them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from redis.asyncio.cluster import RedisCluster
+
+from harness import ProcessGroup, free_port, unique_prefix
+from harness.redis_cluster import OwnCluster, provide_redis_cluster
+from tests.functional.test_outage_redis import start_node_on
+from tests.wsnode.conftest import API_KEY, Client, NodeProc, api_get, eventually, make_token, push
+from wsnode.keys import Keys
+from wsnode.stream_consumer import GROUP
+
+
+@dataclass
+class OnCluster:
+    cluster: OwnCluster
+    redis: RedisCluster
+    nodes: list[NodeProc]
+    keys: Keys
+    http: aiohttp.ClientSession
+
+    async def open(self, node: NodeProc, user: str, **params: str) -> tuple[Client, dict[str, Any]]:
+        client = Client(await self.http.ws_connect(node.ws_url, params={"token": make_token(user), **params}))
+        welcome = await client.next()
+        assert welcome["type"] == "welcome", welcome
+        return client, welcome
+
+    def users_per_master(self, per_master: int, tag: str) -> dict[int, list[str]]:
+        """`per_master` users whose slot each master serves (by master port)."""
+        owners = {}
+        for node in self.cluster.topology():
+            for first, last in node.slots:
+                for slot in range(first, last + 1):
+                    owners[slot] = node.port
+        found: dict[int, list[str]] = {port: [] for port in set(owners.values())}
+        i = 0
+        while any(len(users) < per_master for users in found.values()):
+            user = f"{tag}{i}"
+            users = found[owners[self.keys.user_slot(user)]]
+            if len(users) < per_master:
+                users.append(user)
+            i += 1
+        return found
+
+
+@pytest.fixture
+async def on_cluster(redis_cluster: OwnCluster, procs: ProcessGroup) -> AsyncIterator[OnCluster]:
+    prefix = unique_prefix("cl")
+    ports = redis_cluster.info.ports
+    # Each node is given a different seed: either finds the whole cluster from it.
+    nodes = [start_node_on(procs, name, f"redis://127.0.0.1:{port}/0", prefix)
+             for name, port in (("node-a", ports[0]), ("node-b", ports[1]))]
+    data = RedisCluster(host="127.0.0.1", port=ports[2], decode_responses=True)
+    async with aiohttp.ClientSession() as http:
+        try:
+            yield OnCluster(redis_cluster, data, nodes, Keys(prefix, cluster=True), http)
+        finally:
+            await data.aclose()
+
+
+async def test_cluster_node_push_receive_unread_ack_broadcast_across_masters(on_cluster: OnCluster) -> None:
+    c = on_cluster
+    a, b = c.nodes
+    spread = c.users_per_master(2, "u")
+    assert len(spread) == 3, spread
+    users = [user for group in spread.values() for user in group]
+    # Every user has a session on the node other than the one the push goes through.
+    sessions = {user: (await c.open((a, b)[i % 2], user))[0] for i, user in enumerate(users)}
+    answers = []
+    for i, user in enumerate(users):
+        status, answer = await push(c.http, (b, a)[i % 2], {"to": {"users": [user]}, "module": "m", "data": user})
+        assert status == 202, answer
+        assert answer["online_sessions"] == 1 and answer["stored"] == 1, answer
+        answers.append(answer)
+    for user, answer in zip(users, answers, strict=True):
+        message = await sessions[user].next_of("message")
+        assert message["data"] == user and message["id"] == answer["ids"][user]
+        assert (await sessions[user].next_of("unread"))["unread"] == {"m": 1}
+    # One push to users on all three masters: one script per slot, answers summed.
+    status, answer = await push(c.http, a, {"to": {"users": users}, "module": "m", "data": "all-users"})
+    assert status == 202 and answer["stored"] == len(users) and set(answer["ids"]) == set(users), answer
+    for user in users:
+        assert (await sessions[user].next_of("message"))["data"] == "all-users"
+        assert (await sessions[user].next_of("unread"))["unread"] == {"m": 2}
+    # Each user's keys live on the master serving the user's slot, all in that one slot.
+    for user in users:
+        assert await c.redis.zcard(c.keys.user_base(user) + ":msgs") == 2
+        assert await c.redis.hgetall(c.keys.user_base(user) + ":unread") == {"m": "2"}
+    # Unread counts, ack (the count drops on every session of the user), presence.
+    user = users[0]
+    _, unread = await api_get(c.http, b, f"/api/v1/users/{user}/unread")
+    assert unread["unread"] == {"m": 2}
+    await sessions[user].send({"type": "ack", "id": answers[0]["ids"][user]})
+    assert (await sessions[user].next_of("unread"))["unread"] == {"m": 1}
+    _, presence = await api_get(c.http, a, f"/api/v1/users/{users[1]}/presence")
+    assert [s["node"] for s in presence["sessions"]] == ["node-b"]
+    _, stats = await api_get(c.http, b, "/api/v1/stats")
+    assert stats["cluster_sessions"] == len(users) and stats["nodes"] == 2, stats
+    # Broadcast reaches every session on both nodes.
+    status, answer = await push(c.http, b, {"to": {"all": True}, "module": "m", "data": "everyone"})
+    assert status == 202 and answer["online_sessions"] == len(users), answer
+    for user in users:
+        assert (await sessions[user].next_of("message"))["data"] == "everyone"
+    # A reconnect replays what is unacked.
+    again, welcome = await c.open(b, users[2])
+    assert welcome["unread"] == {"m": 2}
+    assert [(await again.next_of("message"))["data"] for _ in range(2)] == [users[2], "all-users"]
+    # Health names the cluster.
+    async with c.http.get(f"{a.url}/health", headers={"Authorization": f"Bearer {API_KEY}"}) as resp:
+        health = await resp.json()
+    assert resp.status == 200 and health["cluster"]["state"] == "ok" and health["cluster"]["masters"] == 3, health
+
+
+async def test_cluster_node_stream_pushes_are_consumed(on_cluster: OnCluster) -> None:
+    c = on_cluster
+    a, _ = c.nodes
+    user = c.users_per_master(1, "s")[c.cluster.master_ports()[-1]][0]
+    client, _ = await c.open(a, user)
+    await eventually(lambda: c.redis.xinfo_groups(c.keys.push_stream), timeout_s=5)
+    groups = await c.redis.xinfo_groups(c.keys.push_stream)
+    assert [g["name"] for g in groups] == [GROUP]
+    await c.redis.xadd(c.keys.push_stream, {"payload": f'{{"to":{{"users":["{user}"]}},"module":"s","data":1}}'})
+    assert (await client.next_of("message"))["data"] == 1
+
+
+async def test_cluster_node_drain_removes_its_sessions(on_cluster: OnCluster) -> None:
+    c = on_cluster
+    a, b = c.nodes
+    spread = c.users_per_master(1, "d")
+    users = [group[0] for group in spread.values()]
+    held = [(await c.open(b, user))[0] for user in users]
+    assert [await c.redis.zcard(c.keys.user_sessions(user)) for user in users] == [1] * len(held)
+    b.proc.signal(signal.SIGTERM)
+    assert b.proc.wait_exit(timeout_s=15) == 0
+
+    async def gone() -> bool:
+        counts = await asyncio.gather(*(c.redis.zcard(c.keys.user_sessions(user)) for user in users))
+        return all(n == 0 for n in counts) and not await c.redis.exists(c.keys.node_sessions(b.node_id))
+
+    await eventually(gone, timeout_s=5)
+    _, stats = await api_get(c.http, a, "/api/v1/stats")
+    assert stats["cluster_sessions"] == 0 and stats["nodes"] == 1, stats
+
+
+async def test_cluster_node_refuses_min_replicas_and_a_tagged_prefix(redis_cluster: OwnCluster,
+                                                                     procs: ProcessGroup) -> None:
+    url = redis_cluster.info.url
+    for name, extra, reason in (("replicas", ("--redis-min-replicas", "1"), "--redis-min-replicas"),
+                                ("tagged", ("--redis-prefix", "{b}"), "no '{' or '}'")):
+        proc = procs.python(name, "wsnode", "--port", str(free_port()), "--host", "127.0.0.1", "--node-id", name,
+                            "--redis", url, "--jwt-secret", "s" * 32, "--allow-anonymous", *extra)
+        assert await asyncio.to_thread(proc.wait_exit, timeout_s=15) == 2
+        assert reason in proc.log(), proc.log()
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[OwnCluster]:
+    """A cluster of this test's own (it kills a master)."""
+    with provide_redis_cluster(tmp_path / "cluster") as cluster:
+        yield cluster
+
+
+async def _collect(client: Client) -> None:
+    with contextlib.suppress(asyncio.CancelledError, AssertionError, TimeoutError):
+        while True:
+            await client.next(timeout_s=3600)
+
+
+async def test_cluster_node_master_killed_during_pushes_loses_nothing_answered(own_cluster: OwnCluster,
+                                                                             procs: ProcessGroup) -> None:
+    """A master is SIGKILLed while both nodes push to users on every master: its replica takes over, pushes to its
+    users get 503 meanwhile, and every push answered 202 reaches its user's session (deduplicated by id)."""
+    prefix = unique_prefix("clkill")
+    masters = own_cluster.master_ports()
+    victim = masters[0]
+    # node-a's seed (and so its pub/sub connection) is the master that dies: it must subscribe through another.
+    nodes = [start_node_on(procs, "node-a", f"redis://127.0.0.1:{victim}/0", prefix),
+             start_node_on(procs, "node-b", f"redis://127.0.0.1:{masters[1]}/0", prefix)]
+    data = RedisCluster(host="127.0.0.1", port=masters[1], decode_responses=True)
+    async with aiohttp.ClientSession() as http:
+        c = OnCluster(own_cluster, data, nodes, Keys(prefix, cluster=True), http)
+        users = [user for group in c.users_per_master(2, "k").values() for user in group]
+        sessions = {user: (await c.open(nodes[i % 2], user))[0] for i, user in enumerate(users)}
+        readers = [asyncio.create_task(_collect(client)) for client in sessions.values()]
+        answered: dict[str, list[str]] = {user: [] for user in users}
+        refused = 0
+        killed_at: float | None = None
+        promoted = False
+        after_recovery = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        i = 0
+        while after_recovery < 3 * len(users) and loop.time() < deadline:
+            user = users[i % len(users)]
+            status, answer = await push(http, nodes[i // len(users) % 2], {"to": {"users": [user]}, "module": "k",
+                                                                           "data": i})
+            if status == 202:
+                answered[user].append(answer["ids"][user])
+                if promoted:
+                    after_recovery += 1
+            else:
+                assert status == 503, (status, answer)
+                refused += 1
+            i += 1
+            if i == 2 * len(users):
+                own_cluster.kill(victim)
+                killed_at = loop.time()
+            if killed_at is not None and not promoted:
+                # Its replica took over once the victim serves no slot any more.
+                promoted = victim not in await asyncio.to_thread(own_cluster.master_ports)
+        assert after_recovery >= 3 * len(users), f"the cluster did not recover within 60 s ({i} pushes)"
+
+        def missing() -> dict[str, list[str]]:
+            out = {}
+            for user, client in sessions.items():
+                got = {str(f["id"]) for f in client.frames if f.get("type") == "message"}
+                lost = [pushed for pushed in answered[user] if pushed not in got]
+                if lost:
+                    out[user] = lost
+            return out
+
+        async def none_missing() -> bool:
+            return not missing()
+
+        try:
+            await eventually(none_missing, timeout_s=15)
+        finally:
+            for reader in readers:
+                reader.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+            await data.aclose()
+        assert not missing(), missing()
+        print(f"{i} pushes, {sum(map(len, answered.values()))} answered 202, {refused} refused (503) during the "
+              f"failover, all 202s delivered")
+        assert refused > 0, "no push met the failover: the test did not test it"
+        for user, client in sessions.items():
+            ids = [int(f["id"]) for f in client.frames if f.get("type") == "message"]
+            assert list(dict.fromkeys(ids)) == sorted(set(ids)), (user, ids)

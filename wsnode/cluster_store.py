@@ -1,0 +1,68 @@
+"""The message store on a Redis Cluster: the same scripts (cluster_lua.py), one call per slot of a push's users.
+
+Each call declares one of its users' keys (KEYS[1], which the script does not read) so that redis-py's RedisCluster
+sends it to the master holding that slot, following `MOVED`/`ASK` and refreshing its slot map as it goes; every key
+the script touches is in that slot. A push to users in several slots is one call per slot, run concurrently, each
+with its own idempotency marker in its slot, so a retry after a partial failure re-runs only the parts that did not
+happen (as with client-side shards, store.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
+
+from wsnode import nodemsg
+from wsnode.cluster_lua import ACK_LUA, PUSH_LUA
+from wsnode.envelope import PushRequest, message_tail
+from wsnode.keys import Keys
+from wsnode.nodemsg import Unread
+from wsnode.store import MessageStore, PushResult, _result
+
+
+def by_slot(keys: Keys, users: Sequence[str]) -> dict[int, list[str]]:
+    """Users per slot, each list in the order given."""
+    groups: dict[int, list[str]] = {}
+    for user in users:
+        groups.setdefault(keys.user_slot(user), []).append(user)
+    return groups
+
+
+class ClusterMessageStore(MessageStore):
+    """MessageStore whose pushes and acks run on the shard of the users' slot."""
+
+    def __init__(self, cluster: RedisCluster, keys: Keys, *, max_count: int, max_age_s: float) -> None:
+        # The plain store's reads (replay, unread) are single-slot: RedisCluster routes them by key.
+        client: Any = cluster
+        super().__init__(client, keys, max_count=max_count, max_age_s=max_age_s)
+        self._cluster_push = cluster.register_script(PUSH_LUA)
+        self._cluster_ack = cluster.register_script(ACK_LUA)
+
+    async def push_to_users(self, request: PushRequest, *, push_id: str, ts_ms: int,
+                            dedupe_key: str | None = None) -> PushResult:
+        tail = message_tail(module=request.module, event=request.event, data_json=request.data_json, ts_ms=ts_ms)
+
+        async def part(users: list[str]) -> Any:
+            marker = self._keys.user_dedupe(dedupe_key, users[0]) if dedupe_key else ""
+            args: list[str | int] = [self._keys.prefix, tail, "1" if request.store else "0", request.module,
+                                     self._max_count, self._max_age_ms, push_id, marker, *users]
+            return await self._cluster_push(keys=[self._keys.user_base(users[0])], args=args)
+
+        results = [_result(reply) for reply in
+                   await asyncio.gather(*(part(users) for users in by_slot(self._keys, request.users).values()))]
+        ids: dict[str, str] = {}
+        for result in results:
+            ids.update(result.ids)
+        return PushResult(online_sessions=sum(r.online_sessions for r in results),
+                          stored=sum(r.stored for r in results), ids=ids, push_id=results[0].push_id)
+
+    async def ack(self, user: str, message_id: str) -> dict[str, int] | None:
+        result = await self._cluster_ack(keys=[self._keys.user_base(user)],
+                                         args=[self._keys.prefix, user, message_id])
+        if result is None:
+            return None
+        message = nodemsg.decode(result)
+        return message.counts if isinstance(message, Unread) else {}
