@@ -1,10 +1,13 @@
 """The message store on a Redis Cluster: the same scripts (cluster_lua.py), one call per slot of a push's users.
 
-Each call declares one of its users' keys (KEYS[1], which the script does not read) so that redis-py's RedisCluster
-sends it to the master holding that slot, following `MOVED`/`ASK` and refreshing its slot map as it goes; every key
-the script touches is in that slot. A push to users in several slots is one call per slot, run concurrently, each
-with its own idempotency marker in its slot, so a retry after a partial failure re-runs only the parts that did not
-happen (as with client-side shards, store.py).
+Each call declares in KEYS every key it may touch (the script builds the same names itself and does not read KEYS),
+so that redis-py's RedisCluster sends it to the master holding that slot, following `MOVED`/`ASK` and refreshing its
+slot map as it goes. Declaring them all matters while the slot migrates: Redis then answers `ASK` or `TRYAGAIN`
+(which redis-py retries) before the script starts, instead of failing it half way ("non local key") when some of the
+user's keys have already moved, which would leave a counter incremented without its message.
+
+A push to users in several slots is one call per slot, run concurrently, each with its own idempotency marker in its
+slot, so a retry after a partial failure re-runs only the parts that did not happen (as with client-side shards).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from wsnode.envelope import PushRequest, message_tail
 from wsnode.keys import Keys
 from wsnode.nodemsg import Unread
 from wsnode.store import MessageStore, PushResult, _result
+
+_PUSH_KEYS = (":seq", ":msgs", ":unacked", ":unread", ":sessions")
+_ACK_KEYS = (":unacked", ":unread", ":sessions")
 
 
 def by_slot(keys: Keys, users: Sequence[str]) -> dict[int, list[str]]:
@@ -49,7 +55,8 @@ class ClusterMessageStore(MessageStore):
             marker = self._keys.user_dedupe(dedupe_key, users[0]) if dedupe_key else ""
             args: list[str | int] = [self._keys.prefix, tail, "1" if request.store else "0", request.module,
                                      self._max_count, self._max_age_ms, push_id, marker, *users]
-            return await self._cluster_push(keys=[self._keys.user_base(users[0])], args=args)
+            declared = [self._keys.user_base(user) + suffix for user in users for suffix in _PUSH_KEYS]
+            return await self._cluster_push(keys=[*declared, *([marker] if marker else [])], args=args)
 
         results = [_result(reply) for reply in
                    await asyncio.gather(*(part(users) for users in by_slot(self._keys, request.users).values()))]
@@ -60,7 +67,7 @@ class ClusterMessageStore(MessageStore):
                           stored=sum(r.stored for r in results), ids=ids, push_id=results[0].push_id)
 
     async def ack(self, user: str, message_id: str) -> dict[str, int] | None:
-        result = await self._cluster_ack(keys=[self._keys.user_base(user)],
+        result = await self._cluster_ack(keys=[self._keys.user_base(user) + suffix for suffix in _ACK_KEYS],
                                          args=[self._keys.prefix, user, message_id])
         if result is None:
             return None

@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from wsnode import metrics
+from wsnode.cluster_health import cluster_state, master_pings
 from wsnode.cluster_presence import ClusterSessionRegistry
 from wsnode.cluster_store import ClusterMessageStore
 from wsnode.delivery import Router
@@ -423,16 +424,25 @@ class Node:
         Answers within half the Consul check's timeout (Redis is waited for that long), so during a silent partition
         Consul gets a 503, not a timeout."""
         timeout_s = self.settings.health_redis_timeout_s
-        answers = await asyncio.gather(*(asyncio.wait_for(client.ping(), timeout_s) for client in self.shards.all),
-                                       return_exceptions=True)
-        pinged = [not isinstance(answer, BaseException) for answer in answers]
+        masters: list[tuple[Any, bool]] = []
+        if self.cluster is not None:
+            # One master down costs only the users of its slots: the node serves while any master answers.
+            masters = await master_pings(self.cluster, timeout_s)
+            pinged = [any(ok for _, ok in masters)]
+        else:
+            answers = await asyncio.gather(*(asyncio.wait_for(client.ping(), timeout_s)
+                                             for client in self.shards.all), return_exceptions=True)
+            pinged = [not isinstance(answer, BaseException) for answer in answers]
         if all(pinged) and not self.redis_ok and self._recovery is None:
             # First answer after a gap (Redis may have restarted empty): in the background, drop pooled
             # connections to the old server and register the sessions again; a lone Redis is DOWN until then.
             self._recovery = asyncio.get_running_loop().create_task(self._recover())
         live = [self.router.live(index) for index in range(self.shards.count)]
         serving = [ping and sub for ping, sub in zip(pinged, live, strict=True)]
-        up = not self.draining and any(serving) and (self.shards.count > 1 or self.redis_ok)
+        # On a cluster, a refresh fails while the master holding the node's liveness keys fails over; the node still
+        # serves (its presence holds until the session TTL) the users of every other master.
+        up = not self.draining and any(serving) and (self.shards.count > 1 or self.redis_ok
+                                                     or (self.cluster is not None and self.registry.alive))
         details: dict[str, Any] = {
             "status": "UP" if up else "DOWN", "node": self.settings.node_id,
             "redis": _overall(pinged if self.shards.count > 1 else [pinged[0] and self.redis_ok]),
@@ -441,26 +451,16 @@ class Node:
             details["shards"] = [{"shard": index, "redis": "UP" if ping else "DOWN", "pubsub": "UP" if sub else "DOWN"}
                                  for index, (ping, sub) in enumerate(zip(pinged, live, strict=True))]
         if self.cluster is not None:
-            details["cluster"] = await self._cluster_state(timeout_s)
+            details["cluster"] = await cluster_state(self.cluster, timeout_s, [node for node, ok in masters if ok])
+            details["cluster"]["nodes"] = [{"node": f"{node.host}:{node.port}", "redis": "UP" if ok else "DOWN"}
+                                           for node, ok in masters]
         return up, details
-
-    async def _cluster_state(self, timeout_s: float) -> dict[str, Any]:
-        """What a cluster node says of the cluster (CLUSTER INFO): state, slots served, masters, known nodes."""
-        assert self.cluster is not None
-        try:
-            info = await asyncio.wait_for(self.cluster.data.cluster_info(), timeout_s)
-        except (RedisError, OSError, TimeoutError) as exc:
-            return {"state": "unknown", "error": str(exc)[:200]}
-        fields = {"cluster_state": "state", "cluster_slots_ok": "slots_ok", "cluster_slots_fail": "slots_fail",
-                  "cluster_size": "masters", "cluster_known_nodes": "known_nodes"}
-        out: dict[str, Any] = {name: _number(info.get(field)) for field, name in fields.items()}
-        out["seeds"] = len(self.cluster.seeds)
-        return out
 
     async def _recover(self) -> None:
         try:
-            await gather_all([client.connection_pool.disconnect(inuse_connections=False)
-                              for client in self.shards.all])
+            if self.cluster is None:  # RedisCluster reconnects on its own, following the slot map
+                await gather_all([client.connection_pool.disconnect(inuse_connections=False)
+                                  for client in self.shards.all])
             await self.refresh_registry(full=True)
             self.redis_ok = True
         except (RedisError, OSError) as exc:
@@ -481,11 +481,6 @@ class Node:
             await self.registry.leave()
         except (RedisError, OSError) as exc:
             log.warning("could not remove sessions from redis on drain: %s", exc)
-
-
-def _number(value: Any) -> Any:
-    """CLUSTER INFO's digits as a number (redis-py leaves them text)."""
-    return int(value) if isinstance(value, str) and value.isdigit() else value
 
 
 def _overall(states: list[bool]) -> str:

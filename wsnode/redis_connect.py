@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import RedisClusterException, RedisError
 
 from wsnode.redis_urls import SENTINEL_SCHEMES, parse_sentinel_url
 
@@ -78,6 +79,34 @@ async def cluster_enabled(urls: list[str], **connection: Any) -> bool:
     return False
 
 
+class ClusterUnavailable(RedisError):
+    """No node of the cluster answers, or no master covers a slot: redis-py's RedisClusterException, which is not a
+    RedisError, as one (so that every `except RedisError` of the node answers 503 for it, not 500)."""
+
+
+class _NodePipeline(ClusterPipeline):
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except RedisClusterException as exc:
+            raise ClusterUnavailable(str(exc)) from exc
+
+
+class NodeCluster(RedisCluster):
+    """RedisCluster whose errors are all RedisErrors (ClusterUnavailable)."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise ClusterUnavailable(str(exc)) from exc
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)
+        return _NodePipeline(self, transaction)  # type: ignore[abstract]  # as RedisCluster.pipeline builds it
+
+
 class ClusterNodes:
     """The cluster nodes the pub/sub connection may use: the one that worked last first, then the rest the data client
     knows of (it refreshes them from CLUSTER SLOTS), then the seeds."""
@@ -121,12 +150,12 @@ class ClusterClients:
     """A Redis Cluster's clients: data (RedisCluster, routed by slot) and pub/sub (a plain client to one node).
 
     A PUBLISH on any cluster node reaches subscribers on every node (the cluster bus forwards it), so one plain
-    connection to any node carries this node's subscription; redis-py's asyncio RedisCluster has no pub/sub. When
-    that node dies, the next connection goes to another one (FailoverConnection).
+    connection to any node carries this node's subscription (sharded pub/sub is the next step, docs/scaling.md).
+    When that node dies, the next connection goes to another one (FailoverConnection).
     """
 
     seeds: list[str]
-    data: RedisCluster
+    data: NodeCluster
     pubsub: aioredis.Redis
 
     async def aclose(self) -> None:
@@ -139,7 +168,7 @@ def connect_cluster(urls: list[str], *, max_connections: int, **connection: Any)
     """Clients for a Redis Cluster whose seed nodes are `urls` (any of its nodes; the rest are discovered)."""
     first = dict(aioredis.Redis.from_url(urls[0]).connection_pool.connection_kwargs)
     seeds = [_host_port(url) for url in urls]
-    data = RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in seeds],
+    data = NodeCluster(startup_nodes=[ClusterNode(host, port) for host, port in seeds],
                         username=first.get("username"), password=first.get("password"),
                         max_connections=max_connections, **connection)
 
