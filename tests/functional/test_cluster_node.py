@@ -185,6 +185,28 @@ async def _collect(client: Client) -> None:
             await client.next(timeout_s=3600)
 
 
+def _missing(sessions: dict[str, Client], answered: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Per user, the ids answered 202 that their session has not received."""
+    out = {}
+    for user, client in sessions.items():
+        got = {str(f["id"]) for f in client.frames if f.get("type") == "message"}
+        lost = [pushed for pushed in answered[user] if pushed not in got]
+        if lost:
+            out[user] = lost
+    return out
+
+
+async def _none_missing(sessions: dict[str, Client], answered: dict[str, list[str]]) -> bool:
+    return not _missing(sessions, answered)
+
+
+def _assert_in_id_order(sessions: dict[str, Client]) -> None:
+    """Each session got its messages in id order once deduplicated by id."""
+    for user, client in sessions.items():
+        ids = [int(f["id"]) for f in client.frames if f.get("type") == "message"]
+        assert list(dict.fromkeys(ids)) == sorted(set(ids)), (user, ids)
+
+
 async def test_cluster_node_master_killed_during_pushes_loses_nothing_answered(own_cluster: OwnCluster,
                                                                              procs: ProcessGroup) -> None:
     """A master is SIGKILLed while both nodes push to users on every master (one push loop per user, all at once):
@@ -262,33 +284,19 @@ async def test_cluster_node_master_killed_during_pushes_loses_nothing_answered(o
 
         await asyncio.wait_for(asyncio.gather(fail_over(), *(pushes(i, u) for i, u in enumerate(users))), 60)
 
-        def missing() -> dict[str, list[str]]:
-            out = {}
-            for user, client in sessions.items():
-                got = {str(f["id"]) for f in client.frames if f.get("type") == "message"}
-                lost = [pushed for pushed in answered[user] if pushed not in got]
-                if lost:
-                    out[user] = lost
-            return out
-
-        async def none_missing() -> bool:
-            return not missing()
-
         try:
-            await eventually(none_missing, timeout_s=15)
+            await eventually(lambda: _none_missing(sessions, answered), timeout_s=15)
         finally:
             for reader in readers:
                 reader.cancel()
             await asyncio.gather(*readers, return_exceptions=True)
             await data.aclose()
-        assert not missing(), missing()
+        assert not _missing(sessions, answered), _missing(sessions, answered)
         print(f"{len(statuses)} pushes, {statuses.count(202)} answered 202, {statuses.count(503)} refused (503), "
               f"{in_window} to the dead master's users in flight before the promotion, slowest answer {slowest:.2f} s, "
               f"all 202s delivered")
         assert in_window > 0, "no push met the failover: the test did not test it"
-        for user, client in sessions.items():
-            ids = [int(f["id"]) for f in client.frames if f.get("type") == "message"]
-            assert list(dict.fromkeys(ids)) == sorted(set(ids)), (user, ids)
+        _assert_in_id_order(sessions)
 
 
 async def test_cluster_node_reshard_during_pushes_loses_nothing_answered(own_cluster: OwnCluster,
@@ -344,20 +352,8 @@ async def test_cluster_node_reshard_during_pushes_loses_nothing_answered(own_clu
                         for first, last in node.slots for slot in range(first, last + 1)}
         assert all(keys.user_slot(user) in target_slots for user in moving), "the moving users did not move"
 
-        def missing() -> dict[str, list[str]]:
-            out = {}
-            for user, client in sessions.items():
-                got = {str(f["id"]) for f in client.frames if f.get("type") == "message"}
-                lost = [pushed for pushed in answered[user] if pushed not in got]
-                if lost:
-                    out[user] = lost
-            return out
-
-        async def none_missing() -> bool:
-            return not missing()
-
         try:
-            await eventually(none_missing, timeout_s=15)
+            await eventually(lambda: _none_missing(sessions, answered), timeout_s=15)
             for user in moving:
                 # The store moved whole: every answered message is there, counted unread.
                 assert await data.zcard(keys.user_base(user) + ":msgs") == len(answered[user])
@@ -367,9 +363,7 @@ async def test_cluster_node_reshard_during_pushes_loses_nothing_answered(own_clu
                 reader.cancel()
             await asyncio.gather(*readers, return_exceptions=True)
             await data.aclose()
-        assert not missing(), missing()
+        assert not _missing(sessions, answered), _missing(sessions, answered)
         print(f"reshard of {moving_slots} slots: {len(statuses)} pushes, {statuses.count(202)} answered 202, "
               f"{statuses.count(503)} refused (503), all 202s delivered")
-        for user, client in sessions.items():
-            ids = [int(f["id"]) for f in client.frames if f.get("type") == "message"]
-            assert list(dict.fromkeys(ids)) == sorted(set(ids)), (user, ids)
+        _assert_in_id_order(sessions)
