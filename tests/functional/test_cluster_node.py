@@ -15,8 +15,9 @@ import aiohttp
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from harness import ProcessGroup, free_port, unique_prefix
+from harness import ProcessGroup, RedisInfo, free_port, unique_prefix
 from harness.redis_cluster import OwnCluster, provide_redis_cluster
+from tests.functional import test_fault_delivery as fault_delivery
 from tests.functional.test_outage_redis import start_node_on
 from tests.wsnode.conftest import API_KEY, Client, NodeProc, api_get, eventually, make_token, push
 from wsnode.keys import Keys
@@ -367,3 +368,13 @@ async def test_cluster_node_reshard_during_pushes_loses_nothing_answered(own_clu
         print(f"reshard of {moving_slots} slots: {len(statuses)} pushes, {statuses.count(202)} answered 202, "
               f"{statuses.count(503)} refused (503), all 202s delivered")
         _assert_in_id_order(sessions)
+
+
+async def test_cluster_node_sigkill_of_a_node_mid_stream_through_the_gateway(redis_cluster: OwnCluster,
+                                                                            procs: ProcessGroup,
+                                                                            tmp_path: Path) -> None:
+    """The 200-client SIGKILL fault-delivery test of test_fault_delivery.py, unchanged, with both nodes on the Cluster
+    (users spread over every master): every number arrives once deduplicated, in order, through the gateway."""
+    seed = RedisInfo("127.0.0.1", redis_cluster.info.ports[0])
+    await fault_delivery.test_sigkill_of_a_node_mid_stream_loses_nothing_through_the_gateway(
+        procs, seed, unique_prefix("clfault"), tmp_path)
