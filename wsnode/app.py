@@ -169,10 +169,6 @@ async def serve(settings: NodeSettings, *, started: asyncio.Event | None = None)
         # A tag in the prefix would put every key of every user in one slot (one master holds all the data).
         raise SettingsError(f"--redis-prefix {settings.redis_prefix!r}: no '{{' or '}}' on a Redis Cluster (the node "
                          f"tags each user's keys itself, see docs/scaling.md)")
-    if is_cluster and settings.redis_min_replicas:
-        # The WAIT must follow the script on the same master connection, which RedisCluster does not promise yet:
-        # refuse rather than answer 202 without the guarantee asked for.
-        raise SettingsError("--redis-min-replicas is not supported on a Redis Cluster yet (docs/scaling.md)")
     app = build_app(settings, is_cluster=is_cluster)
     node = app[NODE_KEY]
     # A cluster is one data set to the node (there is no client-side shard list to agree on).

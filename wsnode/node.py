@@ -78,8 +78,9 @@ class Node:
         if cluster is not None:
             self.registry: SessionRegistry = ClusterSessionRegistry(cluster.data, self.keys, node_id=settings.node_id,
                                                                     ttl_s=settings.session_ttl_s)
-            self.store: MessageStore = ClusterMessageStore(cluster.data, self.keys, max_count=settings.store_max_count,
-                                                           max_age_s=settings.store_max_age_s)
+            self.store: MessageStore = ClusterMessageStore(
+                cluster.data, self.keys, max_count=settings.store_max_count, max_age_s=settings.store_max_age_s,
+                min_replicas=settings.redis_min_replicas, wait_timeout_s=settings.redis_wait_timeout_s)
         else:
             self.registry = SessionRegistry(self.shards, self.keys, node_id=settings.node_id,
                                             ttl_s=settings.session_ttl_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -162,15 +163,44 @@ async def test_cluster_node_drain_removes_its_sessions(on_cluster: OnCluster) ->
     assert stats["cluster_sessions"] == 0 and stats["nodes"] == 1, stats
 
 
-async def test_cluster_node_refuses_min_replicas_and_a_tagged_prefix(redis_cluster: OwnCluster,
-                                                                     procs: ProcessGroup) -> None:
-    url = redis_cluster.info.url
-    for name, extra, reason in (("replicas", ("--redis-min-replicas", "1"), "--redis-min-replicas"),
-                                ("tagged", ("--redis-prefix", "{b}"), "no '{' or '}'")):
-        proc = procs.python(name, "wsnode", "--port", str(free_port()), "--host", "127.0.0.1", "--node-id", name,
-                            "--redis", url, "--jwt-secret", "s" * 32, "--allow-anonymous", *extra)
-        assert await asyncio.to_thread(proc.wait_exit, timeout_s=15) == 2
-        assert reason in proc.log(), proc.log()
+async def test_cluster_node_refuses_a_tagged_prefix(redis_cluster: OwnCluster, procs: ProcessGroup) -> None:
+    proc = procs.python("tagged", "wsnode", "--port", str(free_port()), "--host", "127.0.0.1", "--node-id", "tagged",
+                        "--redis", redis_cluster.info.url, "--jwt-secret", "s" * 32, "--allow-anonymous",
+                        "--redis-prefix", "{b}")
+    assert await asyncio.to_thread(proc.wait_exit, timeout_s=15) == 2
+    assert "no '{' or '}'" in proc.log(), proc.log()
+
+
+async def test_cluster_node_min_replicas_answers_503_for_the_users_of_a_master_without_replica(
+        own_cluster: OwnCluster, procs: ProcessGroup) -> None:
+    """`--redis-min-replicas 1`: a push is answered 202 once the master of its users' slot has it on a replica
+    (WAIT on the script's own connection); with that master's replica SIGKILLed its users' pushes get 503, and the
+    users of the other masters are still served; a retry under the same Idempotency-Key stores nothing twice."""
+    prefix = unique_prefix("clwait")
+    masters = own_cluster.master_ports()
+    node = start_node_on(procs, "node-a", f"redis://127.0.0.1:{masters[1]}/0", prefix, "--redis-min-replicas", "1",
+                         "--redis-wait-timeout", "0.5")
+    data = RedisCluster(host="127.0.0.1", port=masters[1], decode_responses=True)
+    async with aiohttp.ClientSession() as http:
+        c = OnCluster(own_cluster, data, [node], Keys(prefix, cluster=True), http)
+        spread = c.users_per_master(1, "w")
+        for port in masters:
+            status, answer = await push(http, node, {"to": {"users": spread[port]}, "module": "w", "data": 1})
+            assert status == 202 and answer["stored"] == 1, answer
+        ids = {n.port: n.node_id for n in own_cluster.topology()}
+        replica = next(n.port for n in own_cluster.topology() if n.master_id == ids[masters[0]])
+        own_cluster.kill(replica)
+        lonely, served = spread[masters[0]][0], spread[masters[1]][0]
+        headers = {"Authorization": f"Bearer {API_KEY}", "Idempotency-Key": "wait-1"}
+        body = json.dumps({"to": {"users": [lonely]}, "module": "w", "data": 2})
+        for _ in range(2):
+            async with http.post(f"{node.url}/api/v1/push", data=body, headers=headers) as resp:
+                assert resp.status == 503, await resp.text()
+        # Stored once on the master despite the retry (the marker made the retry a no-op), never acknowledged.
+        assert await data.zcard(c.keys.user_base(lonely) + ":msgs") == 2
+        status, answer = await push(http, node, {"to": {"users": [served]}, "module": "w", "data": 2})
+        assert status == 202 and answer["stored"] == 1, answer
+        await data.aclose()
 
 
 @pytest.fixture
@@ -208,8 +238,9 @@ def _assert_in_id_order(sessions: dict[str, Client]) -> None:
         assert list(dict.fromkeys(ids)) == sorted(set(ids)), (user, ids)
 
 
-async def test_cluster_node_master_killed_during_pushes_loses_nothing_answered(own_cluster: OwnCluster,
-                                                                             procs: ProcessGroup) -> None:
+@pytest.mark.parametrize("durability", [(), ("--redis-min-replicas", "1")], ids=["async", "min-replicas-1"])
+async def test_cluster_node_master_killed_during_pushes_loses_nothing_answered(
+        own_cluster: OwnCluster, procs: ProcessGroup, durability: tuple[str, ...]) -> None:
     """A master is SIGKILLed while both nodes push to users on every master (one push loop per user, all at once):
     its replica takes over, node-b stays UP, and every push answered 202 reaches its user's session once deduplicated
     by id, in id order."""
@@ -219,7 +250,7 @@ async def test_cluster_node_master_killed_during_pushes_loses_nothing_answered(o
     # node-a's seed (and so its pub/sub connection) is the master that dies: it must subscribe through another.
     # A session TTL longer than the failover (about 4 s here), as in production (the default is far longer): a node
     # whose heartbeat keys sat on the dead master is still known alive when its replica takes over.
-    ttl = ("--session-ttl", "10")
+    ttl = ("--session-ttl", "10", *durability)
     nodes = [start_node_on(procs, "node-a", f"redis://127.0.0.1:{victim}/0", prefix, *ttl),
              start_node_on(procs, "node-b", f"redis://127.0.0.1:{masters[1]}/0", prefix, *ttl)]
     data = RedisCluster(host="127.0.0.1", port=masters[1], decode_responses=True)
