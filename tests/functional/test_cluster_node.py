@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 
 from harness import ProcessGroup, RedisInfo, free_port, unique_prefix
@@ -409,3 +410,40 @@ async def test_cluster_node_sigkill_of_a_node_mid_stream_through_the_gateway(red
     seed = RedisInfo("127.0.0.1", redis_cluster.info.ports[0])
     await fault_delivery.test_sigkill_of_a_node_mid_stream_loses_nothing_through_the_gateway(
         procs, seed, unique_prefix("clfault"), tmp_path)
+
+
+async def test_cluster_node_push_scripts_run_on_the_users_masters_only(on_cluster: OnCluster) -> None:
+    """Each push is one EVALSHA on the master of its user's slot, none elsewhere: the store's load divides with the
+    masters (pub/sub does not yet: PUBLISH crosses the cluster bus, docs/scaling.md)."""
+    c = on_cluster
+    a, b = c.nodes
+    spread = c.users_per_master(10, "load")
+    sessions = [(await c.open((a, b)[i % 2], user))[0] for i, user in
+                enumerate(user for group in spread.values() for user in group)]
+    pushes = 5
+    masters = {port: redis.Redis(host="127.0.0.1", port=port, decode_responses=True) for port in spread}
+    try:
+        for client in masters.values():
+            await client.config_resetstat()
+        for round_ in range(pushes):
+            answers = await asyncio.gather(*(push(c.http, (a, b)[i % 2], {"to": {"users": [user]}, "module": "m",
+                                                                           "data": round_})
+                                             for group in spread.values() for i, user in enumerate(group)))
+            assert all(status == 202 for status, _ in answers), answers
+        for session in sessions:
+            assert [(await session.next_of("message"))["data"] for _ in range(pushes)] == list(range(pushes))
+        stats = {port: await client.info("commandstats") for port, client in masters.items()}
+    finally:
+        for client in masters.values():
+            await client.aclose()
+    # Calls that ran a script: without the first NOSCRIPT answer of each node on each master (redis-py then loads
+    # the script and calls again).
+    evalsha = {port: int(s.get("cmdstat_evalsha", {}).get("calls", 0)) - int(s.get("cmdstat_evalsha", {})
+                                                                               .get("failed_calls", 0))
+               for port, s in stats.items()}
+    total = {port: sum(int(v["calls"]) for k, v in s.items()
+                       if not k.startswith(("cmdstat_info", "cmdstat_config", "cmdstat_ping", "cmdstat_cluster")))
+             for port, s in stats.items()}
+    print(f"\n{pushes} pushes to each of 10 users per master: scripts run per master {evalsha}, all commands per "
+          f"master {total} (nodes' heartbeats and presence included)")
+    assert evalsha == {port: len(users) * pushes for port, users in spread.items()}
