@@ -164,7 +164,11 @@ def build_app(settings: NodeSettings, *, is_cluster: bool = False) -> web.Applic
 async def serve(settings: NodeSettings, *, started: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT, then drain: leave Consul, stop accepting, close sessions 1001, clean Redis."""
     logsafe.install([*settings.api_keys, *settings.management_keys, settings.jwt_secret or ""])
-    is_cluster = await cluster_enabled(list(settings.redis_urls))
+    answer = await cluster_enabled(list(settings.redis_urls))
+    if answer is None:
+        log.warning("no --redis server answered INFO cluster: starting as on standalone servers (a Redis Cluster "
+                    "is detected only at start: restart the node once its seeds answer)")
+    is_cluster = bool(answer)
     if is_cluster and ("{" in settings.redis_prefix or "}" in settings.redis_prefix):
         # A tag in the prefix would put every key of every user in one slot (one master holds all the data).
         raise SettingsError(f"--redis-prefix {settings.redis_prefix!r}: no '{{' or '}}' on a Redis Cluster (the node "

@@ -62,8 +62,9 @@ def connect_shard(url: str, *, max_connections: int, pool_timeout_s: float, **co
     return ShardClient(url, aioredis.Redis(connection_pool=sentinel_pool), sentinel_pool, sentinel)
 
 
-async def cluster_enabled(urls: list[str], **connection: Any) -> bool:
-    """Whether the first `--redis` URL that answers is a Redis Cluster node (`INFO cluster`: `cluster_enabled:1`)."""
+async def cluster_enabled(urls: list[str], **connection: Any) -> bool | None:
+    """Whether the first `--redis` URL that answers is a Redis Cluster node (`INFO cluster`: `cluster_enabled:1`);
+    None when none answers."""
     for url in urls:
         if url.startswith(SENTINEL_SCHEMES):
             return False
@@ -76,7 +77,7 @@ async def cluster_enabled(urls: list[str], **connection: Any) -> bool:
         finally:
             await client.aclose()
         return str(info.get("cluster_enabled", 0)) == "1"
-    return False
+    return None
 
 
 class ClusterUnavailable(RedisError):
