@@ -16,10 +16,11 @@ from aiohttp.abc import AbstractAccessLogger
 from wsnode import logsafe
 from wsnode.auth import BearerKeys, TokenVerifier
 from wsnode.endpoint import Endpoint
+from wsnode.errors import SettingsError
 from wsnode.management import Management
 from wsnode.node import Node
 from wsnode.push_api import PushApi
-from wsnode.redis_connect import connect_shard
+from wsnode.redis_connect import ClusterClients, ShardClient, cluster_enabled, connect_cluster, connect_shard
 from wsnode.registration import ConsulRegistration, ServiceSpec, parse_consul_addr
 from wsnode.settings import NodeSettings
 from wsnode.shard_agreement import agree_on_shards
@@ -49,19 +50,26 @@ class AccessLogger(AbstractAccessLogger):
         self.logger.info("%s %s %s %d %.1fms", request.remote, request.method, path, response.status, time * 1000)
 
 
-def build_app(settings: NodeSettings) -> web.Application:
-    """The node application (not yet started)."""
+def build_app(settings: NodeSettings, *, is_cluster: bool = False) -> web.Application:
+    """The node application (not yet started); `is_cluster` when `--redis` names Redis Cluster nodes."""
     # The connection name lets operators (and tests) tell a node's connections apart in CLIENT LIST.
     name = re.sub(r"[^A-Za-z0-9_.:-]", "_", f"wsnode-{settings.redis_prefix}{settings.node_id}")
     # A bounded pool per shard that makes callers wait for a connection (redis-py's default pool fails with "Too
     # many connections" under a burst of handshakes instead).
-    shard_clients = [connect_shard(url, max_connections=settings.redis_max_connections, pool_timeout_s=5.0,
-                                   socket_connect_timeout=1.0, socket_timeout=5.0, health_check_interval=10,
-                                   client_name=name)
-                     for url in settings.redis_urls]
-    shards = Shards([shard.client for shard in shard_clients])
-    client = shards.primary  # shard 0 holds the push stream
-    node = Node(settings, shards)
+    cluster: ClusterClients | None = None
+    shard_clients: list[ShardClient] = []
+    if is_cluster:
+        cluster = connect_cluster(list(settings.redis_urls), max_connections=settings.redis_max_connections,
+                                  socket_connect_timeout=1.0, socket_timeout=5.0, health_check_interval=10,
+                                  client_name=name)
+        node = Node(settings, cluster=cluster)
+    else:
+        shard_clients = [connect_shard(url, max_connections=settings.redis_max_connections, pool_timeout_s=5.0,
+                                       socket_connect_timeout=1.0, socket_timeout=5.0, health_check_interval=10,
+                                       client_name=name)
+                         for url in settings.redis_urls]
+        node = Node(settings, Shards([shard.client for shard in shard_clients]))
+    client = node.redis  # shard 0 (or the cluster) holds the push stream
     verifier = TokenVerifier(hs256_secret=settings.jwt_secret, rs256_public_key=settings.jwt_public_key,
                              leeway_s=settings.token_leeway_s, allow_anonymous=settings.allow_anonymous,
                              allow_no_exp=settings.jwt_allow_no_exp, audience=settings.jwt_audience,
@@ -90,6 +98,8 @@ def build_app(settings: NodeSettings) -> web.Application:
         yield
         for shard in shard_clients:
             await shard.aclose()
+        if cluster is not None:
+            await cluster.aclose()
 
     async def loops_ctx(app: web.Application) -> AsyncIterator[None]:
         consumer = StreamConsumer(client, node.keys.push_stream, consumer=settings.node_id,
@@ -155,9 +165,22 @@ def build_app(settings: NodeSettings) -> web.Application:
 async def serve(settings: NodeSettings, *, started: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT, then drain: leave Consul, stop accepting, close sessions 1001, clean Redis."""
     logsafe.install([*settings.api_keys, *settings.management_keys, settings.jwt_secret or ""])
-    app = build_app(settings)
+    answer = await cluster_enabled(list(settings.redis_urls))
+    if answer is None:
+        log.warning("no --redis server answered INFO cluster: starting as on standalone servers (a Redis Cluster "
+                    "is detected only at start: restart the node once its seeds answer)")
+    is_cluster = bool(answer)
+    if is_cluster and ("{" in settings.redis_prefix or "}" in settings.redis_prefix):
+        # A tag in the prefix would put every key of every user in one slot (one master holds all the data).
+        raise SettingsError(f"--redis-prefix {settings.redis_prefix!r}: no '{{' or '}}' on a Redis Cluster (the node "
+                         f"tags each user's keys itself, see docs/scaling.md)")
+    app = build_app(settings, is_cluster=is_cluster)
     node = app[NODE_KEY]
-    shard_check = asyncio.create_task(agree_on_shards(node.shards.all, settings.redis_urls, node.keys))
+    # A cluster is one data set to the node (there is no client-side shard list to agree on).
+    shard_check = asyncio.create_task(agree_on_shards(node.shards.all, settings.redis_urls, node.keys)
+                                      if not is_cluster else asyncio.sleep(0))
+    if is_cluster:
+        log.info("redis: a Redis Cluster (seeds %s)", ", ".join(settings.redis_urls))
     # A node whose --redis list differs from the other nodes' refuses to start (exit 2, the difference named). A
     # shard that does not answer yet is checked in the background: the node serves the users of the others.
     await asyncio.wait({shard_check}, timeout=SHARD_CHECK_HEAD_START_S)

@@ -1,11 +1,20 @@
 """Redis key and channel names (pure); every name starts with the configured prefix.
 
 The Lua scripts in store.py build the same per-user names from the prefix; keep the two in step.
+
+On a Redis Cluster (`cluster=True`) a user's keys carry the hash tag `{u:<user>}` (`wsgate:user:{u:alice}:msgs`),
+so all of them, and the idempotency markers of pushes to that user, share one slot and a script touches one slot
+only; the scripts get the same names from cluster_lua.py. The `u:` keeps the tag non-empty for any user name (an
+empty `{}` would make Redis hash the whole key). Single-server and client-side-sharded deployments keep the untagged
+names, so their data stays where it is. Global keys keep their names and so each lands in a slot of its own, except
+the publish stream's byte count, which the append script updates with the stream and so shares its slot.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from wsnode.slots import key_slot
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,22 +22,30 @@ class Keys:
     """Names under one prefix."""
 
     prefix: str = ""
+    cluster: bool = False
+
+    def _user(self, user: str) -> str:
+        return f"{self.prefix}wsgate:user:{{u:{user}}}" if self.cluster else f"{self.prefix}wsgate:user:{user}"
+
+    def user_slot(self, user: str) -> int:
+        """The Redis Cluster slot holding every key of `user` (cluster mode)."""
+        return key_slot(self._user(user))
 
     def user_sessions(self, user: str) -> str:
         """Sorted set `<node>|<session>` scored by the session's start (epoch ms); read only for live nodes."""
-        return f"{self.prefix}wsgate:user:{user}:sessions"
+        return f"{self._user(user)}:sessions"
 
     def user_base(self, user: str) -> str:
         """Stem of the per-user store keys (:seq, :msgs, :unacked, :unread)."""
-        return f"{self.prefix}wsgate:user:{user}"
+        return self._user(user)
 
     def user_revoked(self, user: str) -> str:
         """Epoch second before which the user's tokens are refused (`disconnect?revoke=true`); expires."""
-        return f"{self.prefix}wsgate:user:{user}:revoked"
+        return f"{self._user(user)}:revoked"
 
     def user_publish_budget(self, user: str) -> str:
         """The user's publish token buckets (frames and bytes), shared by all their sessions on every node."""
-        return f"{self.prefix}wsgate:user:{user}:publish_budget"
+        return f"{self._user(user)}:publish_budget"
 
     @property
     def all_sessions(self) -> str:
@@ -61,6 +78,10 @@ class Keys:
         """Marker of a push already handled under an idempotency key (its result as JSON)."""
         return f"{self.prefix}wsgate:dedupe:{key}"
 
+    def user_dedupe(self, key: str, user: str) -> str:
+        """On a cluster: the marker of the part of a push stored for the users of `user`'s slot, in that slot."""
+        return f"{self.prefix}wsgate:dedupe:{{u:{user}}}:{key}"
+
     @property
     def shard_id(self) -> str:
         """A shard's own random id, set once by the first node that reaches it."""
@@ -83,5 +104,8 @@ class Keys:
 
     @property
     def publish_stream_bytes(self) -> str:
-        """Bytes the publish stream holds (kept by the append script in limits.py, which trims by it)."""
+        """Bytes the publish stream holds (kept by the append script in limits.py, which trims by it); on a cluster
+        tagged with the stream's own name, so that both are in the stream's slot."""
+        if self.cluster:
+            return f"{{{self.prefix}wsgate:publish}}:bytes"
         return f"{self.prefix}wsgate:publish:bytes"

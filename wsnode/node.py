@@ -22,6 +22,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from wsnode import metrics
+from wsnode.cluster_health import cluster_state, master_pings
+from wsnode.cluster_presence import ClusterSessionRegistry
+from wsnode.cluster_store import ClusterMessageStore
 from wsnode.delivery import Router
 from wsnode.envelope import (
     PushRequest,
@@ -37,6 +40,7 @@ from wsnode.keys import Keys
 from wsnode.limits import ALLOWED, FRAME_RATE_SPENT, UserLimits
 from wsnode.nodemsg import Broadcast, Disconnect, Evict, NodeMessage, Push, Unread
 from wsnode.presence import RedisShards, SessionRegistry, as_shards, gather_all
+from wsnode.redis_connect import ClusterClients
 from wsnode.sessions import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER, LocalSessions, Session
 from wsnode.settings import NodeSettings
 from wsnode.store import MessageStore, PushResult, Replay
@@ -55,19 +59,36 @@ def new_id() -> str:
 class Node:
     """Ties the local sessions to Redis: registry, store and router."""
 
-    def __init__(self, settings: NodeSettings, client: aioredis.Redis | RedisShards) -> None:
+    def __init__(self, settings: NodeSettings, client: aioredis.Redis | RedisShards | None = None, *,
+                 cluster: ClusterClients | None = None) -> None:
         self.settings = settings
-        self.shards = as_shards(client)
+        self.cluster = cluster
+        if cluster is not None:
+            # A Redis Cluster is one "shard" to the rest of the node: RedisCluster routes each key to its slot.
+            data: Any = cluster.data
+            self.shards = as_shards(data)
+        elif client is not None:
+            self.shards = as_shards(client)
+        else:
+            raise ValueError("Node needs a Redis client or a cluster")
         # Shard 0: broadcasts (and their idempotency markers) and the push/publish streams.
         self.redis = self.shards.primary
-        self.keys = Keys(settings.redis_prefix)
+        self.keys = Keys(settings.redis_prefix, cluster=cluster is not None)
         self.sessions = LocalSessions()
-        self.registry = SessionRegistry(self.shards, self.keys, node_id=settings.node_id,
-                                        ttl_s=settings.session_ttl_s)
-        self.store = MessageStore(self.shards, self.keys, max_count=settings.store_max_count,
-                                  max_age_s=settings.store_max_age_s, min_replicas=settings.redis_min_replicas,
-                                  wait_timeout_s=settings.redis_wait_timeout_s)
-        self.router = Router(self.shards, self.keys, node_id=settings.node_id,
+        if cluster is not None:
+            self.registry: SessionRegistry = ClusterSessionRegistry(cluster.data, self.keys, node_id=settings.node_id,
+                                                                    ttl_s=settings.session_ttl_s)
+            self.store: MessageStore = ClusterMessageStore(
+                cluster.data, self.keys, max_count=settings.store_max_count, max_age_s=settings.store_max_age_s,
+                min_replicas=settings.redis_min_replicas, wait_timeout_s=settings.redis_wait_timeout_s)
+        else:
+            self.registry = SessionRegistry(self.shards, self.keys, node_id=settings.node_id,
+                                            ttl_s=settings.session_ttl_s)
+            self.store = MessageStore(self.shards, self.keys, max_count=settings.store_max_count,
+                                      max_age_s=settings.store_max_age_s, min_replicas=settings.redis_min_replicas,
+                                      wait_timeout_s=settings.redis_wait_timeout_s)
+        pubsub = self.shards if cluster is None else as_shards(cluster.pubsub)
+        self.router = Router(pubsub, self.keys, node_id=settings.node_id,
                              heartbeat_s=settings.pubsub_heartbeat_s, stall_s=settings.pubsub_timeout_s)
         self.limits = UserLimits(self.shards, self.keys, publish_rate_per_s=settings.publish_rate_per_s,
                                  publish_bytes_rate_per_s=settings.publish_bytes_rate_per_s,
@@ -404,16 +425,25 @@ class Node:
         Answers within half the Consul check's timeout (Redis is waited for that long), so during a silent partition
         Consul gets a 503, not a timeout."""
         timeout_s = self.settings.health_redis_timeout_s
-        answers = await asyncio.gather(*(asyncio.wait_for(client.ping(), timeout_s) for client in self.shards.all),
-                                       return_exceptions=True)
-        pinged = [not isinstance(answer, BaseException) for answer in answers]
+        masters: list[tuple[Any, bool]] = []
+        if self.cluster is not None:
+            # One master down costs only the users of its slots: the node serves while any master answers.
+            masters = await master_pings(self.cluster, timeout_s)
+            pinged = [any(ok for _, ok in masters)]
+        else:
+            answers = await asyncio.gather(*(asyncio.wait_for(client.ping(), timeout_s)
+                                             for client in self.shards.all), return_exceptions=True)
+            pinged = [not isinstance(answer, BaseException) for answer in answers]
         if all(pinged) and not self.redis_ok and self._recovery is None:
             # First answer after a gap (Redis may have restarted empty): in the background, drop pooled
             # connections to the old server and register the sessions again; a lone Redis is DOWN until then.
             self._recovery = asyncio.get_running_loop().create_task(self._recover())
         live = [self.router.live(index) for index in range(self.shards.count)]
         serving = [ping and sub for ping, sub in zip(pinged, live, strict=True)]
-        up = not self.draining and any(serving) and (self.shards.count > 1 or self.redis_ok)
+        # On a cluster, a refresh fails while the master holding the node's liveness keys fails over; the node still
+        # serves (its presence holds until the session TTL) the users of every other master.
+        up = not self.draining and any(serving) and (self.shards.count > 1 or self.redis_ok
+                                                     or (self.cluster is not None and self.registry.alive))
         details: dict[str, Any] = {
             "status": "UP" if up else "DOWN", "node": self.settings.node_id,
             "redis": _overall(pinged if self.shards.count > 1 else [pinged[0] and self.redis_ok]),
@@ -421,12 +451,17 @@ class Node:
         if self.shards.count > 1:
             details["shards"] = [{"shard": index, "redis": "UP" if ping else "DOWN", "pubsub": "UP" if sub else "DOWN"}
                                  for index, (ping, sub) in enumerate(zip(pinged, live, strict=True))]
+        if self.cluster is not None:
+            details["cluster"] = await cluster_state(self.cluster, timeout_s, [node for node, ok in masters if ok])
+            details["cluster"]["nodes"] = [{"node": f"{node.host}:{node.port}", "redis": "UP" if ok else "DOWN"}
+                                           for node, ok in masters]
         return up, details
 
     async def _recover(self) -> None:
         try:
-            await gather_all([client.connection_pool.disconnect(inuse_connections=False)
-                              for client in self.shards.all])
+            if self.cluster is None:  # RedisCluster reconnects on its own, following the slot map
+                await gather_all([client.connection_pool.disconnect(inuse_connections=False)
+                                  for client in self.shards.all])
             await self.refresh_registry(full=True)
             self.redis_ok = True
         except (RedisError, OSError) as exc:

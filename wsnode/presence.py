@@ -176,7 +176,9 @@ class SessionRegistry:
         try:
             written = await gather_all([self._refresh_on(index, of_shard, full=full) for index in indexes])
         finally:
-            self._watchers.remove(removed)
+            # By identity: list.remove compares by value, and two refreshes' lists are often equal (both empty), so it
+            # could drop the other refresh's list and then not find this one.
+            self._watchers = [watcher for watcher in self._watchers if watcher is not removed]
             # Closed while the rewrite ran: removed once more below, after it (or by the next refresh).
             self._unremoved.extend(pair for pair in removed if pair[0] in rewritten)
         if self._unremoved:

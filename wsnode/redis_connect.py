@@ -7,13 +7,20 @@ that finds its server demoted to a replica (`READONLY`) is closed by redis-py an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import RedisClusterException, RedisError
 
 from wsnode.redis_urls import SENTINEL_SCHEMES, parse_sentinel_url
+
+# Asking a seed whether it is a cluster node must not hold the start up for long: a node that cannot tell (no seed
+# answers yet) starts as a plain client, as it did before cluster support, and reports Redis DOWN until it answers.
+_DETECT_TIMEOUT_S = 2.0
 
 
 class BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
@@ -53,3 +60,128 @@ def connect_shard(url: str, *, max_connections: int, pool_timeout_s: float, **co
         target.master, sentinel, max_connections=max_connections, timeout=pool_timeout_s, db=target.db,
         username=target.username, password=target.password, ssl=target.tls, **connection)
     return ShardClient(url, aioredis.Redis(connection_pool=sentinel_pool), sentinel_pool, sentinel)
+
+
+async def cluster_enabled(urls: list[str], **connection: Any) -> bool | None:
+    """Whether the first `--redis` URL that answers is a Redis Cluster node (`INFO cluster`: `cluster_enabled:1`);
+    None when none answers."""
+    for url in urls:
+        if url.startswith(SENTINEL_SCHEMES):
+            return False
+        client = aioredis.Redis.from_url(url, socket_connect_timeout=_DETECT_TIMEOUT_S,
+                                         socket_timeout=_DETECT_TIMEOUT_S, **connection)
+        try:
+            info = await client.info("cluster")
+        except (OSError, aioredis.RedisError):
+            continue
+        finally:
+            await client.aclose()
+        return str(info.get("cluster_enabled", 0)) == "1"
+    return None
+
+
+class ClusterUnavailable(RedisError):
+    """No node of the cluster answers, or no master covers a slot: redis-py's RedisClusterException, which is not a
+    RedisError, as one (so that every `except RedisError` of the node answers 503 for it, not 500)."""
+
+
+class _NodePipeline(ClusterPipeline):
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except RedisClusterException as exc:
+            raise ClusterUnavailable(str(exc)) from exc
+
+
+class NodeCluster(RedisCluster):
+    """RedisCluster whose errors are all RedisErrors (ClusterUnavailable)."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise ClusterUnavailable(str(exc)) from exc
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)
+        return _NodePipeline(self, transaction)  # type: ignore[abstract]  # as RedisCluster.pipeline builds it
+
+
+class ClusterNodes:
+    """The cluster nodes the pub/sub connection may use: the one that worked last first, then the rest the data client
+    knows of (it refreshes them from CLUSTER SLOTS), then the seeds."""
+
+    def __init__(self, seeds: list[tuple[str, int]], known: Callable[[], list[tuple[str, int]]]) -> None:
+        self._seeds = seeds
+        self._known = known
+        self._last: tuple[str, int] | None = None
+
+    def order(self) -> list[tuple[str, int]]:
+        ordered = [*([self._last] if self._last else []), *self._known(), *self._seeds]
+        return list(dict.fromkeys(ordered))
+
+    def worked(self, node: tuple[str, int]) -> None:
+        self._last = node
+
+
+class FailoverConnection(aioredis.Connection):
+    """A plain connection to any node of a cluster: when the node it used last does not answer, the next one."""
+
+    def __init__(self, *, cluster_nodes: ClusterNodes, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._cluster_nodes = cluster_nodes
+
+    async def _connect(self) -> None:
+        failure: Exception = OSError("no Redis Cluster node is known")
+        for host, port in self._cluster_nodes.order():
+            self.host, self.port = host, port
+            try:
+                await super()._connect()  # type: ignore[no-untyped-call]  # untyped in redis-py
+            except (OSError, TimeoutError) as exc:
+                failure = exc
+                continue
+            self._cluster_nodes.worked((host, port))
+            return
+        raise failure
+
+
+@dataclass
+class ClusterClients:
+    """A Redis Cluster's clients: data (RedisCluster, routed by slot) and pub/sub (a plain client to one node).
+
+    A PUBLISH on any cluster node reaches subscribers on every node (the cluster bus forwards it), so one plain
+    connection to any node carries this node's subscription (sharded pub/sub is the next step, docs/scaling.md).
+    When that node dies, the next connection goes to another one (FailoverConnection).
+    """
+
+    seeds: list[str]
+    data: NodeCluster
+    pubsub: aioredis.Redis
+
+    async def aclose(self) -> None:
+        await self.data.aclose()
+        await self.pubsub.aclose()
+        await self.pubsub.connection_pool.disconnect()
+
+
+def connect_cluster(urls: list[str], *, max_connections: int, **connection: Any) -> ClusterClients:
+    """Clients for a Redis Cluster whose seed nodes are `urls` (any of its nodes; the rest are discovered)."""
+    first = dict(aioredis.Redis.from_url(urls[0]).connection_pool.connection_kwargs)
+    seeds = [_host_port(url) for url in urls]
+    data = NodeCluster(startup_nodes=[ClusterNode(host, port) for host, port in seeds],
+                        username=first.get("username"), password=first.get("password"),
+                        max_connections=max_connections, **connection)
+
+    def known() -> list[tuple[str, int]]:
+        return [(node.host, int(node.port)) for node in data.get_nodes()]
+
+    pool = aioredis.ConnectionPool(connection_class=FailoverConnection, cluster_nodes=ClusterNodes(seeds, known),
+                                   host=seeds[0][0], port=seeds[0][1], username=first.get("username"),
+                                   password=first.get("password"), **connection)
+    return ClusterClients(list(urls), data, aioredis.Redis(connection_pool=pool))
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    kwargs = aioredis.Redis.from_url(url).connection_pool.connection_kwargs
+    return str(kwargs.get("host", "127.0.0.1")), int(kwargs.get("port", 6379))
