@@ -382,7 +382,8 @@ static void sweep_idle(Relay *r, uint64_t now) {
     while (t) {
         tunnel_t *next = t->next;
         if (t->state != ST_RELAY) {
-            if (t->deadline_ms && now >= t->deadline_ms)
+            /* `>`: now_ms() truncates to the millisecond, so `>=` could end a dial up to 1 ms before its time. */
+            if (t->deadline_ms && now > t->deadline_ms)
                 fail_dial(r, t, t->state == ST_DIAL ? FAIL_CONNECT_TIMEOUT : FAIL_RESPONSE_TIMEOUT, 0);
         } else if (t->closing) {
             int flushing = 0;
