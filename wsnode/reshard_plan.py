@@ -47,7 +47,7 @@ class Report:
         verb = "would move" if dry_run else "moved"
         return (f"users scanned: {self.users_scanned}; users {verb}: {self.users_moved}; keys {verb}: "
                 f"{self.keys_moved}; idempotency markers copied: {self.markers_copied}, deleted: "
-                f"{self.markers_deleted}; messages renumbered (an id taken on both shards): "
+                f"{self.markers_deleted}; messages renumbered (the target had given out their id): "
                 f"{self.messages_renumbered}")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,7 +143,7 @@ async def test_reshard_during_a_rolling_restart_loses_no_answered_push(shards: S
     code, log = await shards.reshard()  # first pass: the list, and the history written so far
     assert code == 0, log
     new = start_node_on(shards.procs, "node-new", shards.urls(4), shards.prefix)
-    answered: dict[str, list[str]] = {user: [] for user in USERS}
+    answered: dict[str, list[str]] = {user: [] for user in USERS}  # the data of each push answered 202
     refused: list[tuple[int, dict[str, Any]]] = []
     pushing = True
 
@@ -150,9 +151,10 @@ async def test_reshard_during_a_rolling_restart_loses_no_answered_push(shards: S
         count = 0
         while pushing or count < 20:
             user = USERS[(offset + count) % len(USERS)]
-            status, body = await push(shards.http, node, {"to": {"users": [user]}, "module": "live", "data": count})
+            data = f"{node.node_id}-{count}"
+            status, body = await push(shards.http, node, {"to": {"users": [user]}, "module": "live", "data": data})
             if status == 202:
-                answered[user].append(body["ids"][user])
+                answered[user].append(data)
             else:
                 refused.append((status, body))
             count += 1
@@ -174,9 +176,10 @@ async def test_reshard_during_a_rolling_restart_loses_no_answered_push(shards: S
     for user in USERS:
         home = shard_of(user, 4)
         msgs, _, unread = await shards.history(home, user)
-        ids = {str(int(score)) for _, score in msgs}
-        assert set(answered[user]) <= ids, (user, set(answered[user]) - ids)
+        stored = sorted(json.loads(frame)["data"] for frame, _ in msgs if json.loads(frame)["module"] == "live")
+        assert stored == sorted(answered[user]), user  # each push answered 202 is there, once
         assert len(msgs) == 1 + len(answered[user]), user
+        assert len({score for _, score in msgs}) == len(msgs), user  # no id holds two messages
         assert unread == ({"m": "1", "live": str(len(answered[user]))} if answered[user] else {"m": "1"}), user
         if home != shard_of(user, 3):
             assert await shards.user_keys(shard_of(user, 3), user) == [], user
@@ -198,19 +201,26 @@ async def _write_user(client: aioredis.Redis, base: str, seq: int, modules: dict
 
 async def test_reshard_renumbers_an_id_both_shards_gave_and_finishes_an_interrupted_run(shards: Shards) -> None:
     movers = [u for u in USERS if shard_of(u, 3) == 0 and shard_of(u, 4) == 3]
-    clash, interrupted = movers[0], movers[1]
+    clash, interrupted, behind = movers[0], movers[1], movers[2]
     keys = Keys(shards.prefix)
     old, new = shards.clients[0], shards.clients[3]
     # A node on the old list and one on the new list each stored message 100 for `clash`.
     await _write_user(old, keys.user_base(clash), 100, {100: "m"})
     await _write_user(new, keys.user_base(clash), 100, {100: "n"})
-    # A run stopped after setting `interrupted`'s keys aside; a push on the old list then started fresh ones.
+    # Nodes on the new list gave `behind` id 500, one on the old list then stored 200: a session resuming after 500
+    # would never be sent 200.
+    await _write_user(old, keys.user_base(behind), 200, {200: "m"})
+    await _write_user(new, keys.user_base(behind), 500, {500: "n"})
+    # A run stopped after setting `interrupted`'s keys aside; a push on the old list then started fresh keys, whose
+    # first id comes from the clock (push.lua).
+    fresh = int(time.time() * 1000) + 60_000
     await _write_user(old, f"{shards.prefix}wsgate:reshard:{interrupted}", 7, {6: "m", 7: "m"})
-    await _write_user(old, keys.user_base(interrupted), 9, {9: "m"})
+    await _write_user(old, keys.user_base(interrupted), fresh, {fresh: "m"})
 
     code, log = await shards.reshard()
     assert code == 0, log
-    assert "users moved: 2; keys moved: 12;" in log and "messages renumbered (an id taken on both shards): 1" in log
+    assert "users moved: 3; keys moved: 16;" in log, log
+    assert "messages renumbered (the target had given out their id): 2" in log, log
 
     msgs, seq, unread = await shards.history(3, clash)
     assert unread == {"m": "1", "n": "1"}
@@ -219,8 +229,11 @@ async def test_reshard_renumbers_an_id_both_shards_gave_and_finishes_an_interrup
     assert renumbered == _frame(int(score), "m") and score > 100 and int(seq or 0) >= score
     assert await new.hgetall(f"{keys.user_base(clash)}:unacked") == {"100": "n", str(int(score)): "m"}
     msgs, _, unread = await shards.history(3, interrupted)
-    assert [int(s) for _, s in msgs] == [6, 7, 9] and unread == {"m": "3"}
-    for user in (clash, interrupted):
+    assert [int(s) for _, s in msgs] == [6, 7, fresh] and unread == {"m": "3"}
+    msgs, _, unread = await shards.history(3, behind)
+    assert msgs[0] == (_frame(500, "n"), 500.0) and int(msgs[1][1]) > 500 and msgs[1][0] == _frame(int(msgs[1][1]), "m")
+    assert unread == {"m": "1", "n": "1"}
+    for user in (clash, interrupted, behind):
         assert await shards.user_keys(0, user) == [], user
         assert 0 < await new.pttl(f"{keys.user_base(user)}:unread") <= 600_000
 

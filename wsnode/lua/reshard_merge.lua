@@ -3,7 +3,8 @@
 -- and unacked ids are a union, unread counts are recounted from the unacked ids (store.py: the count of unacked
 -- stored messages per module), each key keeps the longer TTL, a revocation the later time. Merging the same data
 -- again adds nothing, except for a message that had to be renumbered (below): a run killed between this merge and
--- the deletion of the source's copy stores that one twice.
+-- the deletion of the source's copy stores that one twice. Moved messages come in id order, so renumbered ones keep
+-- their order.
 -- ARGV: prefix, user, JSON {seq, msgs = {{id, frame}...}, msgs_ttl, unacked = {id = module}, unacked_ttl, revoked,
 -- revoked_ttl} (ids as text, TTLs as PTTL answers). Returns {messages added, of which renumbered}.
 local prefix, user, data = ARGV[1], ARGV[2], cjson.decode(ARGV[3])
@@ -22,10 +23,11 @@ end
 local ttl = {msgs = redis.call('PTTL', msgs), unacked = redis.call('PTTL', unacked),
              revoked = redis.call('PTTL', base .. ':revoked')}
 -- The counter never goes back, and starts from the clock like the push script's first id: during a rolling restart
--- nodes on the old list number this user's new messages on the old shard from the clock too, so both sides stay
--- apart while fewer than one message a millisecond arrives for the user.
+-- nodes on the old list number this user's new messages on the old shard from the clock too, so both sides rarely
+-- meet.
 local t = redis.call('TIME')
-local seq = math.max(tonumber(redis.call('GET', base .. ':seq') or '0'), data.seq ~= cjson.null and tonumber(data.seq) or 0,
+local before = tonumber(redis.call('GET', base .. ':seq') or '0')
+local seq = math.max(before, data.seq ~= cjson.null and tonumber(data.seq) or 0,
                      tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 redis.call('SET', base .. ':seq', string.format('%d', seq))
 local added, renumbered = 0, 0
@@ -36,8 +38,10 @@ for _, row in ipairs(data.msgs) do
   for _, member in ipairs(here) do present = present or member == frame end
   if not present then
     local module = data.unacked[id]
-    if #here > 0 then
-      -- Both shards gave this id to different messages: the moved one takes the next id here (its frame names it).
+    if #here > 0 or tonumber(id) <= before then
+      -- This shard already gave out this id (to another message, or to one a client may have seen since): the
+      -- moved message takes the next id here (its frame names it), so a session resuming after the last id it saw
+      -- still gets it, and a message is never hidden behind another with its id.
       local new_id = string.format('%d', redis.call('INCR', base .. ':seq'))
       local head = '{"type":"message","id":"'
       frame = head .. new_id .. '"' .. string.sub(frame, #head + #id + 2)
