@@ -45,6 +45,7 @@ from wsnode.reshard_plan import (
 
 _STAGE_LUA = lua.source("reshard_stage")
 _MERGE_LUA = lua.source("reshard_merge")
+_PARALLEL = 16
 
 
 class ReshardError(Exception):
@@ -86,14 +87,18 @@ class Resharder:
         self.prefix = prefix
         self.dry_run = dry_run
         self.report = Report()
+        self._dry_copies: set[tuple[str, str]] = set()  # a dry run counts a marker once per target, as SET NX would
         self._stage = {sid: c.register_script(_STAGE_LUA) for sid, c in clients.items()}
         self._merge = {sid: c.register_script(_MERGE_LUA) for sid, c in clients.items()}
 
     async def run(self) -> Report:
         found = {sid: await _scan_users(self.clients[sid], self.prefix) for sid in self.old_ids}
         self.report.users_scanned = len(set().union(*found.values()))
-        for move in plan_moves(found, self.new_ids):
-            await self._move_user(move)
+        # Users are independent: a few at a time hide the round trips (each shard's pool is bounded anyway).
+        pending = plan_moves(found, self.new_ids)
+        while pending:
+            batch, pending = pending[:_PARALLEL], pending[_PARALLEL:]
+            await asyncio.gather(*(self._move_user(move) for move in batch))
         for sid in self.old_ids:
             await self._move_markers(sid)
         return self.report
@@ -168,7 +173,9 @@ class Resharder:
             targets, keep = marker_targets(sid, users, self.new_ids)
             for target in targets:
                 if self.dry_run:
-                    self.report.markers_copied += int(not await self.clients[target].exists(key))
+                    if (target, key) not in self._dry_copies and not await self.clients[target].exists(key):
+                        self._dry_copies.add((target, key))
+                        self.report.markers_copied += 1
                 elif await self.clients[target].set(key, value, px=ttl if ttl > 0 else None, nx=True):
                     self.report.markers_copied += 1
             if not keep:
@@ -178,7 +185,7 @@ class Resharder:
 async def reshard(from_urls: Sequence[str], to_urls: Sequence[str], prefix: str, *, dry_run: bool) -> Report:
     """Agree on the new list (unless dry) and move what it moves; ReshardError naming the problem otherwise."""
     urls = list(dict.fromkeys([*from_urls, *to_urls]))
-    shards = {url: connect_shard(url, max_connections=8, pool_timeout_s=10.0, socket_timeout=30.0,
+    shards = {url: connect_shard(url, max_connections=_PARALLEL, pool_timeout_s=10.0, socket_timeout=30.0,
                                  socket_connect_timeout=5.0) for url in urls}
     keys = Keys(prefix)
     try:

@@ -105,9 +105,13 @@ async def test_reshard_3_to_4_keeps_history_unread_and_idempotency(shards: Shard
     assert f"users scanned: {len(USERS)}; users would move: {len(moved)};" in log
     assert await shards.clients[3].dbsize() == 0  # a dry run writes nothing, not even the new shard's id
 
+    dry = log.split("would move: ")[-1]
     code, log = await shards.reshard()
     assert code == 0, log
     assert f"users scanned: {len(USERS)}; users moved: {len(moved)}; keys moved: {4 * len(moved)};" in log
+    # The dry run counted what the run did: a marker per mover, and the multi-user push's copied once to shard 3.
+    assert f"idempotency markers copied: {len(moved) + 1}, deleted: {len(moved)};" in log
+    assert log.split("moved: ")[-1] == dry, (log, dry)
     for user in moved:
         assert await shards.user_keys(shard_of(user, 3), user) == [], user  # nothing left behind
         msgs, seq, unread = await shards.history(3, user)
