@@ -50,9 +50,9 @@ IGNORED = ("ping", "info", "config|resetstat", "config")  # health checks and th
 IGNORED_PREFIXES = ("cluster|", "command")
 BUS_PUBLISH = "cluster_stats_messages_publish_received"
 # redis-py's asyncio RedisCluster fails a command at once (MaxConnectionsError) when its pool for a master is
-# exhausted, where the standalone client's BlockingConnectionPool waits: with the node's default 64, the 125
-# concurrent connects per node of a 250-session batch get 503 "redis unavailable". The cluster steps give the
-# pool room for them unless --redis-max-connections says otherwise.
+# exhausted, where the standalone client's BlockingConnectionPool waits: with the node's default 64, 100 concurrent
+# connects per node already got 503 "redis unavailable" (a batch here is 250 sessions over 2 nodes). The cluster
+# steps give the pool room for them unless --redis-max-connections says otherwise.
 CLUSTER_POOL = 256
 
 
