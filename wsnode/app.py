@@ -60,8 +60,8 @@ def build_app(settings: NodeSettings, *, is_cluster: bool = False) -> web.Applic
     shard_clients: list[ShardClient] = []
     if is_cluster:
         cluster = connect_cluster(list(settings.redis_urls), max_connections=settings.redis_max_connections,
-                                  socket_connect_timeout=1.0, socket_timeout=5.0, health_check_interval=10,
-                                  client_name=name)
+                                  pool_timeout_s=5.0, socket_connect_timeout=1.0, socket_timeout=5.0,
+                                  health_check_interval=10, client_name=name)
         node = Node(settings, cluster=cluster)
     else:
         shard_clients = [connect_shard(url, max_connections=settings.redis_max_connections, pool_timeout_s=5.0,

@@ -7,7 +7,10 @@ that finds its server demoted to a replica (`READONLY`) is closed by redis-py an
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,20 +90,61 @@ class ClusterUnavailable(RedisError):
 
 class _NodePipeline(ClusterPipeline):
     async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
-        try:
-            return await super().execute(raise_on_error, allow_redirections)
-        except RedisClusterException as exc:
-            raise ClusterUnavailable(str(exc)) from exc
+        cluster: NodeCluster = self.cluster_client  # type: ignore[assignment]  # as NodeCluster.pipeline builds it
+        async with cluster.connection_slot():
+            try:
+                return await super().execute(raise_on_error, allow_redirections)
+            except RedisClusterException as exc:
+                raise ClusterUnavailable(str(exc)) from exc
+
+
+# Connections each master's pool may open beyond the callers' bound, for redis-py's own topology queries.
+_SPARE_CONNECTIONS = 4
+# Set while a task holds a place: redis-py's pipeline resends a moved command through the client's execute_command,
+# and a multi-slot command runs as a pipeline; those nested calls use the place already held (waiting for a second
+# one could deadlock once every place is held by such a caller).
+_HOLDS_PLACE: ContextVar[bool] = ContextVar("wsnode_holds_redis_place", default=False)
 
 
 class NodeCluster(RedisCluster):
-    """RedisCluster whose errors are all RedisErrors (ClusterUnavailable)."""
+    """RedisCluster whose errors are all RedisErrors (ClusterUnavailable), and whose callers wait for a connection.
+
+    redis-py's asyncio cluster fails a command at once, with an empty MaxConnectionsError, when a master's pool is
+    full: 200 concurrent connects on the default 64 were answered 503 "redis unavailable: " (`python -m bench.shards
+    --cluster 3`), where a standalone Redis makes them wait (BlockingConnectionPool). Here at most `max_connections`
+    commands or pipelines are in flight; each holds at most one connection per master, so no pool runs out, and a
+    caller that waits longer than `pool_timeout_s` gets ClusterUnavailable naming the wait.
+    """
+
+    def __init__(self, *, max_connections: int, pool_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(max_connections=max_connections + _SPARE_CONNECTIONS, **kwargs)
+        self._in_flight = asyncio.Semaphore(max_connections)
+        self._pool_timeout_s = pool_timeout_s
+
+    @contextlib.asynccontextmanager
+    async def connection_slot(self) -> AsyncIterator[None]:
+        """Hold one of the `max_connections` places for a command, a pipeline or a script round trip."""
+        if _HOLDS_PLACE.get():
+            yield
+            return
+        try:
+            async with asyncio.timeout(self._pool_timeout_s):
+                await self._in_flight.acquire()
+        except TimeoutError:
+            raise ClusterUnavailable(f"no free Redis connection within {self._pool_timeout_s:g} s") from None
+        held = _HOLDS_PLACE.set(True)
+        try:
+            yield
+        finally:
+            _HOLDS_PLACE.reset(held)
+            self._in_flight.release()
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await super().execute_command(*args, **kwargs)
-        except RedisClusterException as exc:
-            raise ClusterUnavailable(str(exc)) from exc
+        async with self.connection_slot():
+            try:
+                return await super().execute_command(*args, **kwargs)
+            except RedisClusterException as exc:
+                raise ClusterUnavailable(str(exc)) from exc
 
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
         if shard_hint:
@@ -165,13 +209,14 @@ class ClusterClients:
         await self.pubsub.connection_pool.disconnect()
 
 
-def connect_cluster(urls: list[str], *, max_connections: int, **connection: Any) -> ClusterClients:
+def connect_cluster(urls: list[str], *, max_connections: int, pool_timeout_s: float,
+                    **connection: Any) -> ClusterClients:
     """Clients for a Redis Cluster whose seed nodes are `urls` (any of its nodes; the rest are discovered)."""
     first = dict(aioredis.Redis.from_url(urls[0]).connection_pool.connection_kwargs)
     seeds = [_host_port(url) for url in urls]
     data = NodeCluster(startup_nodes=[ClusterNode(host, port) for host, port in seeds],
                         username=first.get("username"), password=first.get("password"),
-                        max_connections=max_connections, **connection)
+                        max_connections=max_connections, pool_timeout_s=pool_timeout_s, **connection)
 
     def known() -> list[tuple[str, int]]:
         return [(node.host, int(node.port)) for node in data.get_nodes()]
