@@ -35,8 +35,8 @@ from wsnode.envelope import PushRequest, message_tail
 from wsnode.keys import Keys
 from wsnode.nodemsg import Unread
 from wsnode.redis_connect import ClusterUnavailable
-from wsnode.script_batch import NotReplicated
-from wsnode.store import MessageStore, PushResult, _result
+from wsnode.script_batch import check_replicated
+from wsnode.store import MessageStore, PushResult, merged
 
 _PUSH_KEYS = (":seq", ":msgs", ":unacked", ":unread", ":sessions")
 _ACK_KEYS = (":unacked", ":unread", ":sessions")
@@ -103,11 +103,7 @@ class ClusterMessageStore(MessageStore):
                 continue
             if isinstance(result, Exception):
                 raise result
-            if isinstance(confirmed, Exception):
-                raise confirmed
-            if int(confirmed) < self._min_replicas:
-                raise NotReplicated(f"{int(confirmed)} of {self._min_replicas} replica(s) confirmed the write within "
-                                    f"{self._wait_timeout_ms} ms")
+            check_replicated(confirmed, self._min_replicas, self._wait_timeout_ms)
             return result
         raise ClusterUnavailable(f"the slot of {keys[0]!r} kept moving ({_REPLICATED_ATTEMPTS} redirections)")
 
@@ -122,13 +118,7 @@ class ClusterMessageStore(MessageStore):
             declared = [self._keys.user_base(user) + suffix for user in users for suffix in _PUSH_KEYS]
             return await self._run(self._cluster_push, [*declared, *([marker] if marker else [])], args)
 
-        results = [_result(reply) for reply in
-                   await asyncio.gather(*(part(users) for users in by_slot(self._keys, request.users).values()))]
-        ids: dict[str, str] = {}
-        for result in results:
-            ids.update(result.ids)
-        return PushResult(online_sessions=sum(r.online_sessions for r in results),
-                          stored=sum(r.stored for r in results), ids=ids, push_id=results[0].push_id)
+        return merged(await asyncio.gather(*(part(users) for users in by_slot(self._keys, request.users).values())))
 
     async def ack(self, user: str, message_id: str) -> dict[str, int] | None:
         result = await self._run(self._cluster_ack, [self._keys.user_base(user) + suffix for suffix in _ACK_KEYS],

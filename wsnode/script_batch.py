@@ -25,6 +25,15 @@ class NotReplicated(RedisError):
     """Fewer replicas than asked confirmed a round trip's writes within the timeout (the push is answered 503)."""
 
 
+def check_replicated(confirmed: Any, min_replicas: int, wait_timeout_ms: int) -> None:
+    """Raise unless `WAIT`'s reply `confirmed` counts at least `min_replicas` replicas (NotReplicated, or its error)."""
+    if isinstance(confirmed, Exception):
+        raise confirmed
+    if int(confirmed) < min_replicas:
+        raise NotReplicated(f"{int(confirmed)} of {min_replicas} replica(s) confirmed the write within "
+                            f"{wait_timeout_ms} ms")
+
+
 class ScriptBatcher:
     """Callable like a registered script (`await batcher(keys=[], args=[...])`), batching concurrent calls."""
 
@@ -99,10 +108,5 @@ class ScriptBatcher:
                 pipe.execute_command("WAIT", self._min_replicas, self._wait_timeout_ms)
             results = list(await pipe.execute(raise_on_error=False))
         if self._min_replicas:
-            confirmed = results.pop()
-            if isinstance(confirmed, Exception):
-                raise confirmed
-            if int(confirmed) < self._min_replicas:
-                raise NotReplicated(f"{int(confirmed)} of {self._min_replicas} replica(s) confirmed the write within "
-                                    f"{self._wait_timeout_ms} ms")
+            check_replicated(results.pop(), self._min_replicas, self._wait_timeout_ms)
         return results

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -54,6 +55,17 @@ class Replay:
 
 def _counts(raw: dict[Any, Any]) -> dict[str, int]:
     return {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in raw.items() if int(v) > 0}
+
+
+def merged(replies: Sequence[Any]) -> PushResult:
+    """One push's result from its parts' script replies (one per shard or slot), in the order of their first users."""
+    results = [_result(reply) for reply in replies]
+    ids: dict[str, str] = {}
+    for result in results:
+        ids.update(result.ids)
+    # The first user's part names the push (a retry that re-ran another part got a new push id there).
+    return PushResult(online_sessions=sum(r.online_sessions for r in results),
+                      stored=sum(r.stored for r in results), ids=ids, push_id=results[0].push_id)
 
 
 def _result(reply: Any) -> PushResult:
@@ -99,13 +111,7 @@ class MessageStore:
         # partial failure (one shard answered, another did not) re-runs only the part that did not happen.
         parts = await asyncio.gather(*(self._push[index](keys=[], args=[*head, *users])
                                        for index, users in groups.items()))
-        results = [_result(part) for part in parts]
-        ids: dict[str, str] = {}
-        for result in results:
-            ids.update(result.ids)
-        # The first user's shard names the push (a retry that re-ran another shard's part got a new push id there).
-        return PushResult(online_sessions=sum(r.online_sessions for r in results),
-                          stored=sum(r.stored for r in results), ids=ids, push_id=results[0].push_id)
+        return merged(parts)
 
     async def ack(self, user: str, message_id: str) -> dict[str, int] | None:
         """Mark one stored message read; the new counts (also sent to the user's sessions), None if not unacked."""
