@@ -362,7 +362,7 @@ async def run(args: argparse.Namespace, group: ProcessGroup, redis_info: RedisIn
         if args.runs > 1:
             print(f"--- run {n + 1}/{args.runs}", flush=True)
         results: dict[str, dict[str, Any]] = {}
-        for system in args.systems:
+        for system in fanout_stats.run_order(args.systems, n):
             prefix = f"wsgate-bench-{uuid.uuid4().hex[:8]}:"
             channel = f"wsgate-bench-{system}-{uuid.uuid4().hex[:8]}"
             ports = [free_port(), free_port()]

@@ -137,3 +137,13 @@ def commandstats_per_event(before: Mapping[str, Mapping[str, Any]], after: Mappi
         if calls > 0:
             rows.append((name.removeprefix("cmdstat_"), calls / events, usec / events))
     return sorted(rows, key=lambda r: (-r[2], r[0]))
+
+
+def run_order(systems: list[str], run: int) -> list[str]:
+    """The systems of run number `run` (from 0), rotated by one per run.
+
+    The first system of a run meets a machine that has been idle for a while; in fixed order that advantage always
+    went to wsnode (its first run was its fastest in both full runs of 2026-12-05), so each system goes first in turn.
+    """
+    k = run % len(systems) if systems else 0
+    return systems[k:] + systems[:k]

@@ -146,3 +146,15 @@ AFTER = {"cmdstat_evalsha": {"calls": 1100, "usec": 45000}, "cmdstat_publish": {
 ])
 def test_commandstats_per_event(events: int, expected: list[tuple[str, float, float]]) -> None:
     assert fanout_stats.commandstats_per_event(BEFORE, AFTER, events) == expected
+
+
+@pytest.mark.parametrize(("systems", "run", "order"), [
+    (["ours", "socketio", "socketio_node"], 0, ["ours", "socketio", "socketio_node"]),
+    (["ours", "socketio", "socketio_node"], 1, ["socketio", "socketio_node", "ours"]),
+    (["ours", "socketio", "socketio_node"], 2, ["socketio_node", "ours", "socketio"]),
+    (["ours", "socketio", "socketio_node"], 3, ["ours", "socketio", "socketio_node"]),
+    (["ours"], 5, ["ours"]),
+    ([], 1, []),
+])
+def test_each_system_goes_first_in_turn(systems: list[str], run: int, order: list[str]) -> None:
+    assert fanout_stats.run_order(systems, run) == order
