@@ -115,23 +115,24 @@ routes:
     return path
 
 
-def start_cluster(procs: ProcessGroup, redis: RedisInfo, prefix: str, tmp_path: Path, *,
+def start_cluster(procs: ProcessGroup, redis_url: str, prefix: str, tmp_path: Path, *,
                   node_args: tuple[str, ...] = ()) -> Cluster:
     """Start devconsul, two nodes registered in it, the gateway and the demo server; wait on each one's health.
 
-    `node_args` are extra `wsnode` flags for both nodes (tests shrink expiries with them).
+    `redis_url` is the nodes' `--redis` (one server, a shard list or a Cluster seed); `node_args` are extra `wsnode`
+    flags for both nodes (tests shrink expiries with them).
     """
     consul = start_devconsul(procs)
     consul_addr = str(consul.extra["address"])
     demo_port = free_port()
     demo_origin = f"http://127.0.0.1:{demo_port}"
     node_env = {"WSNODE_LOG_LEVEL": "INFO"}
-    cluster = Cluster(procs=procs, redis_url=redis.url, redis_prefix=prefix, consul_addr=consul_addr,
+    cluster = Cluster(procs=procs, redis_url=redis_url, redis_prefix=prefix, consul_addr=consul_addr,
                       gateway_url="", demo_url=f"{demo_origin}/")
     for name in ("node-a", "node-b"):
         port = free_port()
         node = procs.python(name, "wsnode", "--host", "127.0.0.1", "--port", str(port), "--node-id", name,
-                            "--redis", redis.url, "--redis-prefix", prefix, "--consul", consul_addr,
+                            "--redis", redis_url, "--redis-prefix", prefix, "--consul", consul_addr,
                             "--jwt-secret", CLUSTER_SECRET, "--api-key", CLUSTER_API_KEY,
                             "--management-key", CLUSTER_MANAGEMENT_KEY,
                             "--allowed-origins", demo_origin, *node_args, env=node_env)
@@ -156,4 +157,4 @@ def start_cluster(procs: ProcessGroup, redis: RedisInfo, prefix: str, tmp_path: 
 @pytest.fixture
 def cluster(procs: ProcessGroup, redis_server: RedisInfo, redis_prefix: str, tmp_path: Path) -> Iterator[Cluster]:
     """A whole demo cluster for one test (Redis keys under the test's own prefix)."""
-    yield start_cluster(procs, redis_server, redis_prefix, tmp_path)
+    yield start_cluster(procs, redis_server.url, redis_prefix, tmp_path)

@@ -212,7 +212,7 @@ async def flush(clients: list[Resuming]) -> None:
 async def test_sigkill_of_a_node_mid_stream_loses_nothing_through_the_gateway(
         procs: ProcessGroup, redis_server: RedisInfo, redis_prefix: str, tmp_path: Path) -> None:
     started = time.monotonic()
-    cluster = start_cluster(procs, redis_server, redis_prefix, tmp_path, node_args=FAST_NODE)
+    cluster = start_cluster(procs, redis_server.url, redis_prefix, tmp_path, node_args=FAST_NODE)
     victim_name, survivor_name = "node-a", "node-b"
     ws_url = f"{cluster.gateway_url.replace('http', 'ws', 1)}/ws-svc/websocket"
     users = [f"fault{i:03d}" for i in range(CLIENTS)]

@@ -52,6 +52,17 @@ class OwnRedis:
         await asyncio.to_thread(self.proc.stop)
 
 
+async def start_shards(procs: ProcessGroup, tmp_path: Path, count: int) -> list[OwnRedis]:
+    """`count` empty redis-servers without persistence, each in its own directory under `tmp_path`, answering."""
+    servers = []
+    for i in range(count):
+        (tmp_path / f"r{i}").mkdir()
+        server = OwnRedis(procs, tmp_path / f"r{i}", EPHEMERAL)
+        await server.start()
+        servers.append(server)
+    return servers
+
+
 def start_node_on(procs: ProcessGroup, name: str, redis_url: str, prefix: str, *extra: str) -> NodeProc:
     """A node on the given Redis (the wsnode suite's settings), once its /health is UP.
 

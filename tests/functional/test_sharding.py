@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from harness import ProcessGroup, free_port, http_status, unique_prefix
-from tests.functional.test_outage_redis import EPHEMERAL, OwnRedis, start_node_on
+from tests.functional.test_outage_redis import EPHEMERAL, OwnRedis, start_node_on, start_shards
 from tests.wsnode.conftest import (
     API_KEY,
     FAST,
@@ -78,12 +78,7 @@ def users_on(shard: int, count: int, tag: str) -> list[str]:
 
 @pytest.fixture
 async def sharded(procs: ProcessGroup, tmp_path: Path) -> AsyncIterator[ShardedCluster]:
-    redis = []
-    for i in range(SHARDS):
-        (tmp_path / f"r{i}").mkdir()
-        server = OwnRedis(procs, tmp_path / f"r{i}", EPHEMERAL)
-        await server.start()
-        redis.append(server)
+    redis = await start_shards(procs, tmp_path, SHARDS)
     prefix = unique_prefix("shards")
     urls = ",".join(r.url for r in redis)
     nodes = [start_node_on(procs, name, urls, prefix) for name in ("node-a", "node-b")]
