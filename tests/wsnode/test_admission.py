@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from harness import RedisInfo
+from tests.wsnode.conftest import WITH_KEY, StartNode, make_token
 from wsnode.admission import Admission, Admitter, admission_of
 from wsnode.envelope import PushRequest
 from wsnode.keys import Keys
@@ -134,3 +137,21 @@ async def test_concurrent_connects_each_get_their_own_answer(
     assert [a is not None for a in answers] == [True, True, True, True, False, True]
     assert [len(a.replay.frames) for a in answers if a is not None] == [0, 0, 0, 1, 0]
     assert await own_redis.hlen(keys.node_sessions("node-a")) == 5
+
+
+async def test_a_node_refuses_a_revoked_token_on_a_real_upgrade_request_and_registers_nothing(
+        start_node: StartNode, http: aiohttp.ClientSession, redis_server: RedisInfo, redis_prefix: str) -> None:
+    node = start_node("node-a")
+    async with http.post(f"{node.url}/api/v1/users/rita/disconnect?revoke=true", headers=WITH_KEY) as resp:
+        assert resp.status == 200
+    # An upgrade request that passes every other check: the refusal comes from the connect script.
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    async with http.get(node.ws_url, params={"token": make_token("rita", iat=1)}, headers=upgrade) as resp:
+        assert resp.status == 401 and (await resp.json())["error"] == "token revoked"
+    client = aioredis.from_url(redis_server.url)
+    try:
+        assert await client.zcard(Keys(redis_prefix).user_sessions("rita")) == 0
+        assert await client.hlen(Keys(redis_prefix).node_sessions("node-a")) == 0
+    finally:
+        await client.aclose()
