@@ -2,7 +2,7 @@
 servers (@socket.io/redis-adapter), each system on its own fresh processes, one private Redis.
 
     python -m bench.fanout [--quick] [--clients 5000] [--runs 3] [--systems ours,socketio,socketio_node]
-                           [--json bench/out/fanout.json]
+                           [--only connects] [--json bench/out/fanout.json]
 
 The same raw WebSocket load generator connects the same number of clients to each system, half on each server, then
 warms the system up (broadcasts and one-user pushes, not measured), then measures: broadcast deliveries per second and
@@ -281,6 +281,8 @@ async def run_system(system: str, procs: list[ManagedProcess], ports: list[int],
     idle_rss = sum(procstat.rss_bytes(p.pid) for p in procs) - base_rss
     print(f"{system:9} {len(clients)} clients connected; RSS per idle session {idle_rss / len(clients) / 1024:.1f} KiB",
           flush=True)
+    if args.only == "connects":
+        return connects_only(system, clients, connect_s, idle_rss)
     target_user = users[1]  # its session is on the second server; pushes go through the first
     store = args.latency_store and system == "ours"
     try:
@@ -323,6 +325,18 @@ async def run_system(system: str, procs: list[ManagedProcess], ports: list[int],
         for c in clients:
             if c.transport is not None:
                 c.transport.close()
+
+
+def connects_only(system: str, clients: list[FanoutClient], connect_s: float, idle_rss: float) -> dict[str, Any]:
+    """`--only connects`: the connect phase's figures (the other phases' are NaN); closes the clients."""
+    figures = fanout_stats.phase_figures(clients=len(clients), connect_s=connect_s, idle_rss_bytes=idle_rss,
+                                         deliveries=0, broadcast_s=0.0, broadcast_cpu_s=0.0, pushes=0,
+                                         push_cpu_s=0.0, push_redis_cpu_s=0.0)
+    print(f"{system:9} connects {figures['connects_per_s']:.0f}/s", flush=True)
+    for c in clients:
+        if c.transport is not None:
+            c.transport.close()
+    return {"system": system, "clients": len(clients), **figures}
 
 
 def start_system(system: str, group: ProcessGroup, ports: list[int], redis_url: str, prefix: str, channel: str,
@@ -432,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-flight", type=int, default=16, help="pushes in flight at once (every system)")
     parser.add_argument("--latency-store", action=argparse.BooleanOptionalAction, default=True,
                         help="one-user pushes to our nodes with store:true (the API default) or store:false")
+    parser.add_argument("--only", choices=["connects"],
+                        help="measure only the connect phase (connects/s and RSS per idle session), e.g. to compare "
+                             "two versions of the connect path")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]

@@ -9,7 +9,7 @@ from aiohttp import WSMsgType, web
 from redis.exceptions import RedisError
 
 from wsnode import metrics
-from wsnode.auth import TokenVerifier, check_origin, extract_token
+from wsnode.auth import Identity, TokenVerifier, check_origin, extract_token
 from wsnode.envelope import (
     Ack,
     Ping,
@@ -76,23 +76,20 @@ class Endpoint:
                 # Without the subscription on the user's shard this session would miss live pushes. Users whose
                 # data lives on other shards are served (CONTRACT section 7: a lost shard costs only its users).
                 return _refuse(503, "node is not subscribed on the Redis shard that holds this user")
-            held = 0 if identity.anonymous else await self.node.admit(identity.user, identity.issued_at)
         except AuthError as exc:
             return _refuse(exc.status, exc.reason)
-        except BackendUnavailable as exc:
-            return _refuse(503, exc.reason)
         since_raw = query.get("since")
         del query  # the token must not live as long as the session
         try:
             since = parse_since(since_raw) if since_raw else None
         except FrameError as exc:
-            return _refuse(400, exc.reason)
+            return await self._refuse_after_revocation(identity, 400, exc.reason)
         # Dead peers: a ping every heartbeat_s; no pong within heartbeat_s / 2 closes the session.
         # permessage-deflate costs tens of KiB of zlib state per session: off unless asked for.
         ws = web.WebSocketResponse(heartbeat=settings.heartbeat_s, compress=settings.ws_compress,
                                    max_msg_size=settings.max_frame_bytes, autoping=True)
         if not ws.can_prepare(request).ok:
-            return _refuse(400, "expected a WebSocket upgrade")
+            return await self._refuse_after_revocation(identity, 400, "expected a WebSocket upgrade")
         transport = request.transport
         session = Session(new_id(), identity.user, ws, max_queue=settings.send_queue_max,
                           rate_per_s=settings.client_rate_per_s, burst=settings.client_burst,
@@ -101,10 +98,16 @@ class Endpoint:
                           # Prebuilt frames are uncompressed: direct writes only when deflate cannot be negotiated.
                           transport=None if settings.ws_compress else transport)
         try:
-            replay = await self.node.open_session(session, since=since)
+            # Revocation, the session count, the registration and the replay's reads: one round trip.
+            admission = await self.node.open_session(session, since=since, check=not identity.anonymous,
+                                                     issued_at=identity.issued_at)
+        except AuthError as exc:
+            return _refuse(exc.status, exc.reason)
         except BackendUnavailable as exc:
             log.warning("refusing session of user=%s: %s", identity.user, exc.reason)
             return _refuse(503, exc.reason)
+        held, replay = admission.held, admission.replay
+        del admission
         try:
             await ws.prepare(request)
             # Memory per idle session: the response headers are sent, and nothing below needs what these hold.
@@ -138,6 +141,18 @@ class Endpoint:
             session.closed = True
             await self.node.close_session(session)
         return ws
+
+    async def _refuse_after_revocation(self, identity: Identity, status: int, reason: str) -> web.Response:
+        """Refuse a bad request, but a revoked token first with 401, as when the revocation was checked on its own
+        before anything else (open_session checks it in the same round trip as the registration)."""
+        try:
+            if not identity.anonymous:
+                await self.node.admit(identity.user, identity.issued_at)
+        except AuthError as exc:
+            return _refuse(exc.status, exc.reason)
+        except BackendUnavailable as exc:
+            return _refuse(503, exc.reason)
+        return _refuse(status, reason)
 
     async def _on_text(self, session: Session, text: str) -> None:
         try:

@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from wsnode import metrics
+from wsnode.admission import Admission, Admitter, ClusterAdmitter
 from wsnode.cluster_health import cluster_state, master_pings
 from wsnode.cluster_presence import ClusterSessionRegistry
 from wsnode.cluster_store import ClusterMessageStore
@@ -81,12 +82,14 @@ class Node:
             self.store: MessageStore = ClusterMessageStore(
                 cluster.data, self.keys, max_count=settings.store_max_count, max_age_s=settings.store_max_age_s,
                 min_replicas=settings.redis_min_replicas, wait_timeout_s=settings.redis_wait_timeout_s)
+            self.admitter: Admitter = ClusterAdmitter(cluster.data, self.keys, node_id=settings.node_id)
         else:
             self.registry = SessionRegistry(self.shards, self.keys, node_id=settings.node_id,
                                             ttl_s=settings.session_ttl_s)
             self.store = MessageStore(self.shards, self.keys, max_count=settings.store_max_count,
                                       max_age_s=settings.store_max_age_s, min_replicas=settings.redis_min_replicas,
                                       wait_timeout_s=settings.redis_wait_timeout_s)
+            self.admitter = Admitter(self.shards, self.keys, node_id=settings.node_id)
         pubsub = self.shards if cluster is None else as_shards(cluster.pubsub)
         self.router = Router(pubsub, self.keys, node_id=settings.node_id,
                              heartbeat_s=settings.pubsub_heartbeat_s, stall_s=settings.pubsub_timeout_s)
@@ -192,8 +195,8 @@ class Node:
     # ---- sessions -----------------------------------------------------------------------------------------------
 
     async def admit(self, user: str, issued_at: float | None) -> int:
-        """Before an upgrade: AuthError(401) when the user's tokens from before `issued_at` were revoked; else the
-        number of sessions the user holds (on any node, including ones of nodes that died recently)."""
+        """AuthError(401) when the user's tokens from before `issued_at` were revoked; else the number of sessions the
+        user holds on any node. open_session checks both itself; this is for handshakes refused before it."""
         try:
             async with self.shards.for_user(user).pipeline(transaction=False) as pipe:
                 pipe.get(self.keys.user_revoked(user))
@@ -223,16 +226,23 @@ class Node:
             metrics.REDIS_ERRORS.labels("evict").inc()
             log.warning("could not enforce the session limit of user=%s: %s", session.user, exc)
 
-    async def open_session(self, session: Session, *, since: int | None) -> Replay:
-        """Index and register the session (live deliveries buffer from now on) and read the store."""
-        self.sessions.add(session)
+    async def open_session(self, session: Session, *, since: int | None, check: bool = False,
+                           issued_at: float | None = None) -> Admission:
+        """Index and register the session (live deliveries buffer from now on) and read the store in one round trip;
+        with `check`, AuthError(401) first if revoked for `issued_at`, and count the user's sessions (admission.py)."""
         try:
             if not self.registry.alive:
                 # Before the first heartbeat (or after a long stall) this node's sessions are invisible to presence
-                # and routing: mark the node alive first (it writes every session here, this one included).
+                # and routing: mark the node alive first (it writes every session here again), this one not yet indexed
+                # so that, if revoked, it is never written.
                 await self.refresh_registry()
-            await self.registry.add(session.id, session.user)
-            return await self.store.replay(session.user, since)
+            self.sessions.add(session)
+            admission = await self.admitter.open(session.id, session.user, since=since, check=check,
+                                                 issued_at=issued_at)
+            if admission is None:
+                metrics.REFUSALS.labels("revoked").inc()
+                raise AuthError("token revoked")  # and out of the index below: nothing was written
+            return admission
         except (RedisError, OSError) as exc:
             self.sessions.remove(session)
             with contextlib.suppress(RedisError, OSError):

@@ -53,7 +53,8 @@ class Replay:
     position: int
 
 
-def _counts(raw: dict[Any, Any]) -> dict[str, int]:
+def counts_of(raw: dict[Any, Any]) -> dict[str, int]:
+    """Unread counts from HGETALL's reply (positive counts only)."""
     return {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in raw.items() if int(v) > 0}
 
 
@@ -124,7 +125,7 @@ class MessageStore:
 
     async def unread(self, user: str) -> dict[str, int]:
         """Unread counts per module."""
-        return _counts(await self._shards.for_user(user).hgetall(self._keys.user_base(user) + ":unread"))
+        return counts_of(await self._shards.for_user(user).hgetall(self._keys.user_base(user) + ":unread"))
 
     async def replay(self, user: str, since: int | None) -> Replay:
         """Stored frames after `since` (every unacked one when None), and whether `since` could be honoured."""
@@ -136,15 +137,20 @@ class MessageStore:
             pipe.zrangebyscore(base + ":msgs", lowest, "+inf", withscores=True)
             pipe.hgetall(base + ":unread")
             seq, unacked_ids, rows, unread = await pipe.execute()
-        position = int(seq or 0)
         frames = [(int(score), member.decode() if isinstance(member, bytes) else member) for member, score in rows]
-        recovered: bool | None = None
         if since is None:
             unacked = {int(k) for k in unacked_ids}
             frames = [(n, frame) for n, frame in frames if n in unacked]
-        elif since > position:
-            frames, recovered = [], False  # an id this store never gave out (store lost): start afresh
-        else:
-            # Recovered when every id in (since, position] is still held, i.e. the oldest returned is since + 1.
-            recovered = since == position or (bool(frames) and frames[0][0] == since + 1)
-        return Replay(frames=frames, unread=_counts(unread), recovered=recovered, position=position)
+        return replay_of(since, int(seq or 0), frames, counts_of(unread))
+
+
+def replay_of(since: int | None, position: int, frames: list[tuple[int, str]], unread: dict[str, int]) -> Replay:
+    """The replay of a session connecting with `since`, from the store's reads: the user's last id (`position`), the
+    stored frames after `since` in id order (the unacked ones when `since` is None) and the unread counts."""
+    recovered: bool | None = None
+    if since is not None and since > position:
+        frames, recovered = [], False  # an id this store never gave out (store lost): start afresh
+    elif since is not None:
+        # Recovered when every id in (since, position] is still held, i.e. the oldest returned is since + 1.
+        recovered = since == position or (bool(frames) and frames[0][0] == since + 1)
+    return Replay(frames=frames, unread=unread, recovered=recovered, position=position)

@@ -447,3 +447,41 @@ async def test_cluster_node_push_scripts_run_on_the_users_masters_only(on_cluste
     print(f"\n{pushes} pushes to each of 10 users per master: scripts run per master {evalsha}, all commands per "
           f"master {total} (nodes' heartbeats and presence included)")
     assert evalsha == {port: len(users) * pushes for port, users in spread.items()}
+
+
+async def test_cluster_node_connect_registers_replays_resumes_and_refuses_revoked_tokens(
+        on_cluster: OnCluster) -> None:
+    """A connect on a Cluster (wsnode/admission.py): the script on the user's slot, then the global records."""
+    c = on_cluster
+    a, b = c.nodes
+    user = "joiner"
+    status, answer = await push(c.http, b, {"to": {"users": [user]}, "module": "m", "data": 1})
+    assert status == 202, answer
+    stored = answer["ids"][user]
+    old_token = make_token(user, iat=1)  # issued long ago
+    client = Client(await c.http.ws_connect(a.ws_url, params={"token": old_token}))
+    welcome = await client.next()
+    assert (welcome["type"], welcome["last"], welcome["unread"]) == ("welcome", stored, {"m": 1}), welcome
+    assert (await client.next_of("message"))["id"] == stored  # the unacked message, replayed
+    session = welcome["session"]
+    assert await c.redis.zrange(c.keys.user_sessions(user), 0, -1) == [f"node-a|{session}"]
+    assert await c.redis.zscore(c.keys.all_sessions, session) is not None
+    assert await c.redis.hget(c.keys.node_sessions("node-a"), session) == user
+    # Resuming from the stored id on the other node: nothing missed, nothing replayed.
+    _, resumed = await c.open(b, user, since=stored)
+    assert resumed["recovered"] is True and resumed["last"] == stored
+    async with c.http.post(f"{a.url}/api/v1/users/{user}/disconnect?revoke=true",
+                           headers={"Authorization": f"Bearer {API_KEY}"}) as resp:
+        assert resp.status == 200, await resp.text()
+    # A real upgrade request, so that the refusal comes from the connect script (not from the check made for
+    # requests refused before it).
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    async with c.http.get(b.ws_url, params={"token": old_token}, headers=upgrade) as resp:
+        assert resp.status == 401 and (await resp.json())["error"] == "token revoked"
+    # Refused before anything was written: only the two sessions closed by the disconnect were ever there.
+    await eventually(lambda: _no_sessions(c, user))
+
+
+async def _no_sessions(c: OnCluster, user: str) -> bool:
+    return await c.redis.zcard(c.keys.user_sessions(user)) == 0

@@ -12,8 +12,9 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+import redis.asyncio as aioredis
 
-from harness import ManagedProcess, ProcessGroup, RedisInfo, free_port
+from harness import ManagedProcess, ProcessGroup, RedisInfo, free_port, redis_answers, redis_server_binary
 
 SECRET = "test-secret-0123456789-abcdefghijkl"
 API_KEY = "key-one"
@@ -67,6 +68,25 @@ def start_node(procs: ProcessGroup, redis_server: RedisInfo, redis_prefix: str) 
         return NodeProc(proc=proc, node_id=name, port=port)
 
     return start
+
+
+@pytest.fixture
+async def own_redis(procs: ProcessGroup) -> AsyncIterator[aioredis.Redis]:
+    """A client of a fresh redis-server on a free port (no persistence)."""
+    binary = redis_server_binary()
+    port = free_port()
+    proc = procs.start("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                                 "--appendonly", "no"])
+    deadline = time.monotonic() + 10
+    while not await asyncio.to_thread(redis_answers, "127.0.0.1", port):
+        assert proc.alive(), proc.log()
+        assert time.monotonic() < deadline, f"redis-server did not answer on {port}"
+        await asyncio.sleep(0.02)
+    client = aioredis.Redis(host="127.0.0.1", port=port, decode_responses=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture

@@ -99,7 +99,7 @@ def disagreements(scripts: dict[str, str]) -> list[str]:
 
 
 def test_every_script_is_read_through_the_package() -> None:
-    assert set(SCRIPTS) == {"push", "ack", "heartbeat", "budget", "append", "reshard_stage", "reshard_merge"}
+    assert set(SCRIPTS) == {"push", "ack", "heartbeat", "budget", "append", "reshard_stage", "reshard_merge", "connect"}
     for name, text in SCRIPTS.items():
         assert lua.source(name) == text
 

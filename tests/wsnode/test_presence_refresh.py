@@ -7,33 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
-import pytest
 import redis.asyncio as aioredis
 
-from harness import ProcessGroup, free_port, redis_answers, redis_server_binary
 from wsnode.keys import Keys
 from wsnode.presence import SessionRegistry
-
-
-@pytest.fixture
-async def own_redis(procs: ProcessGroup) -> AsyncIterator[aioredis.Redis]:
-    """A client of a fresh redis-server on a free port (no persistence)."""
-    binary = redis_server_binary()
-    port = free_port()
-    proc = procs.start("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                                 "--appendonly", "no"])
-    deadline = time.monotonic() + 10
-    while not await asyncio.to_thread(redis_answers, "127.0.0.1", port):
-        assert proc.alive(), proc.log()
-        assert time.monotonic() < deadline, f"redis-server did not answer on {port}"
-        await asyncio.sleep(0.02)
-    client = aioredis.Redis(host="127.0.0.1", port=port, decode_responses=True)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def _commands(client: aioredis.Redis) -> int:
