@@ -388,17 +388,18 @@ int sockmap_sweep(Relay *r, tunnel_t *t, uint64_t now) {
         }
         if (refresh) t->sm_limit_at_ms = now;
         if (t->sm_state != SM_HALF) return 0;
-        /* The thread relays end sm_half's input once the kernel has handed its peer all it redirected. */
-        if (backlog(r, t, t->sm_half)) {
-            if (now - t->sm_drain_at_ms >= r->flush_timeout_ms) abort_tunnel(r, t);
-            return 1;
-        }
+        /* The thread relays end sm_half's input once the kernel has handed its peer all it redirected (the
+         * program set `passing` itself, after every earlier redirect of that socket had been queued). A peer
+         * that never reads keeps it here, as it would keep the thread's own relaying waiting. */
+        if (backlog(r, t, t->sm_half)) return 1;
         t->sm_state = SM_MIXED;
         set_interest(r, &t->ends[t->sm_half], EPOLLIN);
         return 1;
     }
     if (t->sm_state != SM_DRAIN) return 0;
-    if (backlog(r, t, 0) || backlog(r, t, 1)) {
+    /* A program run that read `passing` before the thread set it may still be between counting its skb and
+     * queueing it: they run in softirq and take microseconds, so a drain is judged from the next millisecond on. */
+    if (now - t->sm_drain_at_ms < 2 || backlog(r, t, 0) || backlog(r, t, 1)) {
         if (now - t->sm_drain_at_ms >= r->flush_timeout_ms) abort_tunnel(r, t);
         return 1;
     }

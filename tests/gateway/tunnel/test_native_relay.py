@@ -9,9 +9,13 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -388,3 +392,37 @@ def test_relay_finds_a_tunnel_by_id_in_constant_time(relay: Any) -> None:
     finally:
         for sock in far:
             sock.close()
+
+
+FALLBACK_SCRIPT = """
+import socket, sys
+from gateway import _relay
+relay = _relay.Relay(sockmap=True)
+print(relay.sockmap())
+listener = socket.create_server(("127.0.0.1", 0))
+def pair():
+    far = socket.create_connection(listener.getsockname())
+    near, _ = listener.accept()
+    near.setblocking(False)
+    return far, near
+client, client_near = pair()
+upstream, upstream_near = pair()
+relay.add(client_near.detach(), upstream_near.detach())
+client.sendall(b"ping")
+print(upstream.recv(4), relay.stats()["sockmap_entered"])
+relay.stop()
+"""
+
+
+def test_relay_without_the_bpf_privilege_relays_on_the_thread() -> None:
+    """Asked for the sockmap without the privilege (here: as nobody), the relay says why and relays itself."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to drop the privilege")
+    if not native_relay.available():
+        pytest.fail("gateway._relay is not built (pip install -e . needs a C compiler)")
+    root = str(Path(__file__).resolve().parents[3])
+    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                          sys.executable, "-c", FALLBACK_SCRIPT], capture_output=True, text=True, timeout=30,
+                         cwd="/", env={**os.environ, "PYTHONPATH": root}, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["(False, 'bpf map (hash): Operation not permitted')", "b'ping' 0"]
