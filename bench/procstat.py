@@ -49,6 +49,27 @@ def thread_cpu_seconds(pid: int, name: str) -> float:
     return total / _TICKS
 
 
+def kernel_threads_cpu_seconds() -> float:
+    """CPU seconds of the kernel's worker threads (kworker, ksoftirqd): where the sockmap relay's sends run (the
+    psock's work item), which no process's own CPU time includes."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, tail = stat.read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        if head.split("(", 1)[1].startswith(("kworker", "ksoftirqd")):
+            fields = tail.split()
+            total += int(fields[11]) + int(fields[12])
+    return total / _TICKS
+
+
+def machine_busy_seconds() -> float:
+    """Busy CPU seconds of the whole machine (/proc/stat: everything but idle and iowait), softirqs included."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / _TICKS
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of the tree rooted at `pid`."""
     total = 0

@@ -34,8 +34,11 @@
  * threads share a core, which is most of what a handshake costs here. For the same reason the thread runs as
  * SCHED_BATCH: woken while the Python thread has work, it waits for it instead of preempting it.
  *
+ * `Relay(sockmap=True)` lets the kernel move the bytes of the tunnels it can (_relay_sockmap.c); the thread keeps
+ * the rules above and takes a tunnel back when they need it.
+ *
  * Files: this one is the Python type; _relay_thread.c the thread's loop and relaying; _relay_dial.c the dialed
- * upgrades; _relay_index.c the tunnels by id; _relay.h what they share.
+ * upgrades; _relay_index.c the tunnels by id; _relay_sockmap.c the sockmap relay; _relay.h what they share.
  */
 #include "_relay.h"
 
@@ -71,12 +74,15 @@ static void stop_thread(Relay *r) {
 }
 
 static PyObject *Relay_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"flush_timeout_ms", "linger_ms", NULL};
+    static char *keywords[] = {"flush_timeout_ms", "linger_ms", "sockmap", NULL};
     unsigned long long flush_timeout_ms = 30000, linger_ms = 5000;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$KK:Relay", keywords, &flush_timeout_ms, &linger_ms))
+    int sockmap = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$KKp:Relay", keywords, &flush_timeout_ms, &linger_ms, &sockmap))
         return NULL;
     Relay *r = (Relay *)type->tp_alloc(type, 0);
     if (r == NULL) return NULL;
+    r->sm.prog = r->sm.cookies = r->sm.vals = r->sm.targets = r->sm.sources = -1;
+    snprintf(r->sm.why, sizeof(r->sm.why), "not asked for");
     r->flush_timeout_ms = flush_timeout_ms;
     r->linger_ms = linger_ms;
     r->epfd = r->wakefd = r->donefd = -1;
@@ -96,6 +102,8 @@ static PyObject *Relay_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         Py_DECREF(r);
         return NULL;
     }
+    /* Before the thread starts: it reads r->sm without a lock. A failure leaves the thread relaying alone. */
+    if (sockmap) sockmap_init(&r->sm);
     /* Signals belong to the interpreter's main thread: the relay thread starts with all of them blocked. */
     sigset_t all, previous;
     sigfillset(&all);
@@ -127,6 +135,7 @@ static void Relay_dealloc(Relay *r) {
     free(r->done);
     free(r->freelater);
     free(r->index);
+    sockmap_free(&r->sm);
     pthread_mutex_destroy(&r->lock);
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
@@ -135,6 +144,7 @@ tunnel_t *tunnel_new(int client_fd, int upstream_fd, uint64_t idle_ms) {
     tunnel_t *t = calloc(1, sizeof(tunnel_t));
     if (t == NULL) return NULL;
     t->idle_ms = idle_ms;
+    t->sm_slot = -1;
     t->received[0] = t->received[1] = -1;
     t->ends[0].fd = client_fd;
     t->ends[1].fd = upstream_fd;
@@ -246,9 +256,17 @@ static PyObject *Relay_fileno(Relay *r, PyObject *Py_UNUSED(ignored)) { return P
 
 static PyObject *Relay_stats(Relay *r, PyObject *Py_UNUSED(ignored)) {
     /* Written by the relay thread without a lock: each value is read whole, not the set at one instant. */
-    return Py_BuildValue("{sKsKsK}", "live", (unsigned long long)__atomic_load_n(&r->index_count, __ATOMIC_RELAXED),
+    return Py_BuildValue("{sKsKsKsKsKsK}", "live",
+                         (unsigned long long)__atomic_load_n(&r->index_count, __ATOMIC_RELAXED),
                          "lookups", (unsigned long long)__atomic_load_n(&r->lookups, __ATOMIC_RELAXED),
-                         "probes", (unsigned long long)__atomic_load_n(&r->probes, __ATOMIC_RELAXED));
+                         "probes", (unsigned long long)__atomic_load_n(&r->probes, __ATOMIC_RELAXED),
+                         "sockmap_entered", (unsigned long long)__atomic_load_n(&r->sm.entered, __ATOMIC_RELAXED),
+                         "sockmap_left", (unsigned long long)__atomic_load_n(&r->sm.left, __ATOMIC_RELAXED),
+                         "sockmap_pauses", (unsigned long long)__atomic_load_n(&r->sm.pauses, __ATOMIC_RELAXED));
+}
+
+static PyObject *Relay_sockmap(Relay *r, PyObject *Py_UNUSED(ignored)) {
+    return Py_BuildValue("(Os)", r->sm.on ? Py_True : Py_False, r->sm.why);
 }
 
 static PyObject *Relay_stop(Relay *r, PyObject *Py_UNUSED(ignored)) {
@@ -268,7 +286,10 @@ static PyMethodDef Relay_methods[] = {
      "descriptor (the caller's to close) and data what was read from it."},
     {"fileno", (PyCFunction)Relay_fileno, METH_NOARGS, "The eventfd that becomes readable when tunnels finish."},
     {"stats", (PyCFunction)Relay_stats, METH_NOARGS,
-     "stats() -> {'live', 'lookups', 'probes'}: live tunnels, id lookups and the index slots they examined."},
+     "stats() -> {'live', 'lookups', 'probes', 'sockmap_entered', 'sockmap_left'}: live tunnels, id lookups and\n"
+     "the index slots they examined, tunnels handed to the kernel and those it gave back to the thread."},
+    {"sockmap", (PyCFunction)Relay_sockmap, METH_NOARGS,
+     "sockmap() -> (on, why): whether the kernel relays plain tunnels (_relay_sockmap.c), and why not."},
     {"stop", (PyCFunction)Relay_stop, METH_NOARGS, "Abort every tunnel and stop the thread (idempotent)."},
     {NULL, NULL, 0, NULL},
 };

@@ -1,8 +1,8 @@
-/* gateway._relay's shared definitions: the tunnel and relay structures, and what its three files share.
+/* gateway._relay's shared definitions: the tunnel and relay structures, and what its files share.
  *
  * _relay.c is the Python type (see its comment for the design), _relay_thread.c the relay thread's loop and
  * byte relaying, _relay_dial.c the dialed upgrades (Relay.dial, and the thread's side of them), _relay_index.c the
- * live tunnels by id.
+ * live tunnels by id, _relay_sockmap.c the kernel's redirect of a tunnel's bytes (Relay(sockmap=True)).
  */
 #ifndef WSGATE_RELAY_H
 #define WSGATE_RELAY_H
@@ -23,6 +23,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -66,6 +67,17 @@ typedef struct tunnel {
     uint64_t active_at_ms;
     int finished;
     struct tunnel *prev, *next;  /* the live list (sweeps and shutdown) */
+    /* the sockmap relay (_relay_sockmap.c): the kernel moves the bytes while sm_state is SM_ON */
+    int sm_state;                /* SM_OFF, SM_ON, SM_HALF, SM_MIXED, SM_DRAIN (see _relay_sockmap.c) */
+    int sm_half;                 /* SM_HALF, SM_MIXED: the end whose input the thread relays */
+    int sm_tried;                /* handed to the kernel once at most: a tunnel that leaves stays on the thread */
+    int sm_then_close;           /* the drain was started by a close: begin_close follows it */
+    int sm_slot;                 /* its two sockets' keys are 2*slot and 2*slot+1; -1: none */
+    uint64_t sm_cookie[2];       /* SO_COOKIE of each end, the keys of the cookie map */
+    uint64_t sm_base[2];         /* bytes each end's send queue had taken (TCP_INFO acked + SIOCOUTQ) at the start */
+    uint64_t sm_seen[2];         /* redirected bytes each way at the last sweep */
+    uint64_t sm_drain_at_ms;
+    uint64_t sm_limit_at_ms;     /* when the sweep last moved the limits */
     /* dialed tunnels (Relay.dial) before the relay starts */
     int state;
     int linked;                  /* in the live list (a dialed tunnel is registered by Python before that) */
@@ -79,6 +91,21 @@ typedef struct tunnel {
 } tunnel_t;
 
 enum { CMD_ADD, CMD_CLOSE, CMD_ABORT, CMD_STOP };
+
+enum { SM_OFF, SM_ON, SM_HALF, SM_MIXED, SM_DRAIN };
+
+/* The kernel side of the sockmap relay: a verdict program, its maps and what tunnels use of them. */
+typedef struct {
+    int on;                      /* loaded and attached: tunnels are handed to the kernel */
+    int prog, cookies, vals, targets, sources; /* descriptors, -1 when not created */
+    struct sm_value *values;     /* the per-socket array, mmap'ed: counters read and limits set without syscalls */
+    size_t values_len;
+    int *free_slots;
+    size_t nfree;
+    uint64_t entered, left;      /* tunnels handed to the kernel, and those that went back to the thread */
+    uint64_t pauses;             /* directions handed to the thread because a peer fell SM_CREDIT behind */
+    char why[160];               /* why it is off */
+} sockmap_t;
 
 typedef struct {
     int kind;
@@ -120,6 +147,7 @@ typedef struct {
     pid_t owner; /* the process that started the thread (a forked child has no thread to stop) */
     uint64_t flush_timeout_ms;  /* how long a closing tunnel may wait for a peer to take its last bytes */
     uint64_t linger_ms;         /* how long a closing fd is drained after its write side is shut down */
+    sockmap_t sm;
     char buffer[CHUNK_BYTES];
 } Relay;
 
@@ -137,10 +165,22 @@ void maybe_finish(Relay *r, tunnel_t *t);
 void abort_tunnel(Relay *r, tunnel_t *t);
 void set_interest(Relay *r, end_t *e, uint32_t want);
 int flush(end_t *e);
+int append_pending(end_t *dst, const char *data, size_t len);
 void want_sweep(Relay *r, uint64_t ms);
 int link_live(Relay *r, tunnel_t *t);
 void arm_relay(Relay *r, tunnel_t *t, const int registered[2]);
 void *relay_main(void *arg);
+
+/* _relay_sockmap.c */
+int64_t tcp_bytes_received(int fd);
+int sockmap_init(sockmap_t *sm);       /* 0, or -1 with sm->why set (everything released) */
+void sockmap_free(sockmap_t *sm);
+void sockmap_enter(Relay *r, tunnel_t *t);
+int sockmap_leave(Relay *r, tunnel_t *t, int then_close);
+int sockmap_event(Relay *r, tunnel_t *t, int i, uint32_t got);
+int sockmap_sweep(Relay *r, tunnel_t *t, uint64_t now);
+void sockmap_release(Relay *r, tunnel_t *t);
+void begin_close(Relay *r, tunnel_t *t);
 
 /* _relay_index.c */
 int index_put(Relay *r, tunnel_t *t);

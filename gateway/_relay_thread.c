@@ -44,15 +44,6 @@ void *take_queue(pthread_mutex_t *lock, int fd, void **items, size_t *count, siz
 
 /* ---- the relay thread ---------------------------------------------------------------------------- */
 
-static int64_t tcp_bytes_received(int fd) {
-    unsigned char info[TCP_INFO_BYTES_RECEIVED_AT + 8];
-    socklen_t len = sizeof(info);
-    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, &len) != 0 || len < sizeof(info)) return -1;
-    uint64_t value;
-    memcpy(&value, info + TCP_INFO_BYTES_RECEIVED_AT, sizeof(value));
-    return (int64_t)value;
-}
-
 static void collect(tunnel_t *t) {
     if (t->collected) return;
     t->collected = 1;
@@ -98,6 +89,7 @@ static void free_tunnel(tunnel_t *t) {
 void maybe_finish(Relay *r, tunnel_t *t) {
     if (t->finished || t->ends[0].fd >= 0 || t->ends[1].fd >= 0) return;
     t->finished = 1;
+    sockmap_release(r, t);
     if (t->linked) {
         if (t->prev) t->prev->next = t->next; else r->live = t->next;
         if (t->next) t->next->prev = t->prev;
@@ -177,7 +169,8 @@ static void end_flushed(Relay *r, end_t *e) {
 }
 
 /* Stop relaying: each end still open gets what is pending for it, then its lingering close. */
-static void begin_close(Relay *r, tunnel_t *t) {
+void begin_close(Relay *r, tunnel_t *t) {
+    if (sockmap_leave(r, t, 1)) return; /* the kernel's queues drain first; it calls again after */
     if (!t->closing) {
         t->closing = 1;
         t->closing_at_ms = now_ms();
@@ -212,7 +205,7 @@ static void on_lingering(Relay *r, tunnel_t *t, int i, uint32_t got) {
 }
 
 /* Append to what waits for `dst` (rare: an end that hung up while the other was backpressured). */
-static int append_pending(end_t *dst, const char *data, size_t len) {
+int append_pending(end_t *dst, const char *data, size_t len) {
     char *joined = malloc(dst->pending_len + len);
     if (joined == NULL) return -1;
     if (dst->pending_len) memcpy(joined, dst->pending + dst->pending_off, dst->pending_len);
@@ -362,6 +355,7 @@ void arm_relay(Relay *r, tunnel_t *t, const int registered[2]) {
         }
         e->events = want;
     }
+    sockmap_enter(r, t); /* from now on the kernel relays, when it can */
 }
 
 static void start_tunnel(Relay *r, tunnel_t *t) {
@@ -385,6 +379,8 @@ static void sweep_idle(Relay *r, uint64_t now) {
             /* `>`: now_ms() truncates to the millisecond, so `>=` could end a dial up to 1 ms before its time. */
             if (t->deadline_ms && now > t->deadline_ms)
                 fail_dial(r, t, t->state == ST_DIAL ? FAIL_CONNECT_TIMEOUT : FAIL_RESPONSE_TIMEOUT, 0);
+        } else if (t->sm_state && sockmap_sweep(r, t, now)) {
+            /* leaving the kernel: sockmap_sweep did what there was to do */
         } else if (t->closing) {
             int flushing = 0;
             for (int i = 0; i < 2; i++) {
@@ -467,6 +463,7 @@ void *relay_main(void *arg) {
                 on_dial_event(r, t, got);
                 continue;
             }
+            if (t->sm_state && sockmap_event(r, t, i, got)) continue;
             if (got & EPOLLOUT) {
                 on_writable(r, t, i);
                 if (e->fd < 0 || t->finished) continue;

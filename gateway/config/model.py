@@ -69,6 +69,7 @@ class ServerSettings:
     redis_url: str | None = default("redis_url")
     redis_prefix: str | None = default("redis_prefix")
     native_relay: bool = default("native_relay")
+    sockmap_relay: bool = default("sockmap_relay")
 
     def __post_init__(self) -> None:
         if not self.host:

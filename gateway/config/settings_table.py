@@ -76,6 +76,9 @@ SETTINGS: tuple[Setting, ...] = (
             env="WSGATE_REDIS_PREFIX", env_default=""),
     Setting("native-relay", BOOLEAN, "native_relay", True,
             "relay plain-TCP tunnels in gateway._relay's thread when it is built (false: in Python)"),
+    Setting("sockmap-relay", BOOLEAN, "sockmap_relay", True,
+            "let the kernel move plain-TCP tunnels' bytes (BPF sockmap) when it allows it, the native relay "
+            "thread keeping the tunnel rules (false: the thread relays them; needs `native-relay`)"),
     Setting("unknown-filters", CHOICE, None, "fail", "what SCG features wsgate does not implement do: `fail` the "
             "file, or `warn` and leave them out (`--unknown-filters` wins)", choices=("fail", "warn")),
     Setting("node-management-key", NON_EMPTY, "node_management_key", None,

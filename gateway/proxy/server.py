@@ -118,7 +118,10 @@ class GatewayServer:
         self._servers.append(server)
         if self.settings.native_relay:
             # Started with the listener, so its three descriptors are part of the worker's baseline.
+            self.tunnels.sockmap = self.settings.sockmap_relay
             self.tunnels.prepare(loop)
+        else:
+            self.tunnels.announce("tunnel relay: Python (wsgate.native-relay is false)")
         return [sock.getsockname()[:2] for sock in server.sockets]
 
     def stop_accepting(self) -> None:

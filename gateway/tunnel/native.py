@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections import deque
@@ -66,6 +67,19 @@ def _ms(seconds: float | None) -> int:
 def available() -> bool:
     """Whether the native relay was built for this interpreter."""
     return _relay is not None
+
+
+@functools.cache
+def sockmap_supported() -> tuple[bool, str]:
+    """Whether this process may hand tunnels to the kernel (gateway/_relay_sockmap.c), and why not: a relay thread
+    is started with the sockmap and stopped again."""
+    if _relay is None:
+        return False, "gateway._relay is not built"
+    relay: _RelayType = _relay.Relay(sockmap=True)
+    try:
+        return relay.sockmap()
+    finally:
+        relay.stop()
 
 
 class NativeTunnel:
@@ -126,11 +140,13 @@ class NativeRelay:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, timeouts: CloseTimeouts = DEFAULT_TIMEOUTS,
-                 tasks: TaskSupervisor | None = None) -> None:
+                 tasks: TaskSupervisor | None = None, sockmap: bool = False) -> None:
         if _relay is None:
             raise RuntimeError("gateway._relay is not built")
         self._loop = loop
-        self._relay: _RelayType = _relay.Relay(**timeouts.native_ms())
+        self._relay: _RelayType = _relay.Relay(**timeouts.native_ms(), sockmap=sockmap)
+        # Whether the kernel moves the bytes (gateway/_relay_sockmap.c), and why not when asked for and refused.
+        self.sockmap, self.sockmap_why = self._relay.sockmap()
         self._tunnels: dict[int, NativeTunnel] = {}
         self._dials: dict[int, _Dial] = {}
         self._closed = False
@@ -264,6 +280,10 @@ class NativeRelay:
         for conn in (client, upstream):
             if conn.transport is not None and not conn.transport.is_closing():
                 conn.transport.resume_reading()
+
+    def stats(self) -> dict[str, int]:
+        """The thread's counters (`gateway._relay.Relay.stats`): live tunnels, those handed to the kernel ..."""
+        return self._relay.stats()
 
     def command_close(self, tunnel_id: int) -> None:
         if not self._closed:

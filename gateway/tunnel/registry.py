@@ -29,7 +29,16 @@ from gateway.tunnel.python_relay import Tunnel
 log = logging.getLogger("gateway.tunnels")
 
 AnyTunnel = Tunnel | NativeTunnel
-RELAY_KINDS = ("native", "python")  # the native relay thread, uvloop transports (`Tunnel`)
+# The kernel's sockmap redirect (with the native thread), the native relay thread alone, uvloop transports (`Tunnel`)
+RELAY_KINDS = ("sockmap", "native", "python")
+
+
+def relay_line(relay: NativeRelay, *, asked: bool) -> str:
+    """The worker's one log line saying which relay carries its plain-TCP tunnels (TLS ones: uvloop, always)."""
+    if relay.sockmap:
+        return "tunnel relay: sockmap (the kernel moves plain-TCP tunnels' bytes; the native thread keeps the rules)"
+    why = relay.sockmap_why if asked else "wsgate.sockmap-relay is false"
+    return f"tunnel relay: native thread (sockmap off: {why})"
 
 
 class Tunnels:
@@ -43,6 +52,8 @@ class Tunnels:
         self._balancer = balancer
         self._relay: NativeRelay | None = None
         self._relay_failed = False
+        self.sockmap = True  # the worker's `wsgate.sockmap-relay`, read when the relay thread starts
+        self._announced = False
 
     def __len__(self) -> int:
         return len(self._open)
@@ -52,15 +63,24 @@ class Tunnels:
 
     def prepare(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the relay thread now rather than with the first tunnel (a no-op without the native module)."""
-        self._native(loop)
+        if self._native(loop) is None and not native_relay.available():
+            self.announce("tunnel relay: Python (gateway._relay is not built)")
+
+    def announce(self, line: str) -> None:
+        """Log which relay carries this worker's tunnels, once."""
+        if not self._announced:
+            self._announced = True
+            log.info("%s", line)
 
     def _native(self, loop: asyncio.AbstractEventLoop) -> NativeRelay | None:
         if self._relay is None and not self._relay_failed and native_relay.available():
             try:
-                self._relay = NativeRelay(loop, timeouts=self.timeouts, tasks=self.tasks)
+                self._relay = NativeRelay(loop, timeouts=self.timeouts, tasks=self.tasks, sockmap=self.sockmap)
             except (OSError, RuntimeError) as exc:
                 self._relay_failed = True
                 log.warning("native relay unavailable, tunnels are relayed in Python: %s", exc)
+            else:
+                self.announce(relay_line(self._relay, asked=self.sockmap))
         return self._relay
 
     def native_relay(self, loop: asyncio.AbstractEventLoop | None) -> NativeRelay | None:

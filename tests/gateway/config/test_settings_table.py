@@ -39,6 +39,7 @@ READS: list[tuple[str, str, str, object]] = [
     ("redis.url", "redis://h:1/0", "redis_url", "redis://h:1/0"),
     ("redis.prefix", "''", "redis_prefix", ""),
     ("native-relay", "false", "native_relay", False),
+    ("sockmap-relay", "false", "sockmap_relay", False),
     ("node-management-key", "m1", "node_management_key", "m1"),
 ]
 

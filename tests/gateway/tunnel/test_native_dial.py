@@ -30,11 +30,15 @@ UPGRADE = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection
 FORBIDDEN = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 6\r\n\r\ndenied"
 
 
-@pytest.fixture
-def relay() -> Iterator[_relay.Relay]:
+@pytest.fixture(params=["thread", "sockmap"])
+def relay(request: pytest.FixtureRequest) -> Iterator[_relay.Relay]:
+    """The relay thread alone, and with the kernel's sockmap relay once a dial has upgraded (it must load here)."""
     if not native_relay.available():
         pytest.fail("gateway._relay is not built (pip install -e . needs a C compiler)")
-    r = _relay.Relay()
+    r = _relay.Relay(sockmap=request.param == "sockmap")
+    if request.param == "sockmap" and not r.sockmap()[0]:
+        r.stop()
+        pytest.fail(f"the sockmap relay did not load: {r.sockmap()[1]}")
     yield r
     r.stop()
 

@@ -9,9 +9,13 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,13 +24,19 @@ from gateway.tunnel import native as native_relay
 from tests.gateway.rawsock import recv_exactly, recv_until_eof
 
 
-@pytest.fixture
-def relay() -> Iterator[Any]:
+@pytest.fixture(params=["thread", "sockmap"])
+def relay(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The relay thread alone, and with the kernel's sockmap relay (which must load here: this kernel has it)."""
     if not native_relay.available():
         pytest.fail("gateway._relay is not built (pip install -e . needs a C compiler)")
     from gateway import _relay  # type: ignore[attr-defined,unused-ignore]
 
-    r = _relay.Relay()
+    r = _relay.Relay(sockmap=request.param == "sockmap")
+    if request.param == "sockmap":
+        on, why = r.sockmap()
+        if not on:
+            r.stop()
+            pytest.fail(f"the sockmap relay did not load: {why}")
     yield r
     r.stop()
 
@@ -90,6 +100,9 @@ def test_relay_carries_bytes_both_ways(relay: Any, listener: socket.socket) -> N
         assert recv_exactly(t.upstream, 15) == b"to the instance"
         t.upstream.sendall(b"to the client")
         assert recv_exactly(t.client, 13) == b"to the client"
+        # With the sockmap the kernel carried both (the thread hands a tunnel over before it reads from it).
+        assert relay.stats()["sockmap_entered"] == (1 if relay.sockmap()[0] else 0)
+        assert relay.stats()["sockmap_left"] == 0
     finally:
         t.close()
 
@@ -105,12 +118,13 @@ def test_relay_sends_bytes_that_came_with_the_heads_first(relay: Any, listener: 
 
 
 def test_relay_keeps_every_byte_while_the_reader_is_slow(relay: Any, listener: socket.socket) -> None:
-    """8 MiB into a reader that does not read at first: backpressure, then all of it in order."""
-    # Fixed small buffers (no autotuning) so that 8 MiB is far more than all the socket buffers together.
+    """16 MiB into a reader that does not read at first: backpressure, then all of it in order."""
+    # Fixed small buffers (no autotuning) so that 16 MiB is far more than all the socket buffers together, and
+    # than what the sockmap relay lets the kernel queue (4 MiB).
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
     t = Tunnel(relay, listener)
-    payload = os.urandom(8 * 1024 * 1024)
+    payload = os.urandom(16 * 1024 * 1024)
     try:
         t.client.setblocking(False)
         sent = 0
@@ -131,8 +145,28 @@ def test_relay_keeps_every_byte_while_the_reader_is_slow(relay: Any, listener: s
                 with contextlib.suppress(BlockingIOError):
                     sent += t.client.send(payload[sent:sent + 262144])
         assert bytes(received) == payload
+        if relay.sockmap()[0]:  # the kernel stopped redirecting once the reader was SM_CREDIT (4 MiB) behind
+            assert relay.stats()["sockmap_pauses"] == 1
     finally:
         t.close()
+
+
+def test_relay_carries_bytes_that_arrived_before_it_took_the_sockets(relay: Any, listener: socket.socket) -> None:
+    """Bytes already in the near ends' receive queues when the tunnel starts are relayed, before later ones."""
+    client, client_near = tcp_pair(listener)
+    upstream, upstream_near = tcp_pair(listener)
+    try:
+        client.sendall(b"queued-up")
+        upstream.sendall(b"queued-down")
+        time.sleep(0.05)  # both are in the kernel's receive queues before the relay sees the sockets
+        relay.add(client_near.detach(), upstream_near.detach())
+        assert recv_exactly(upstream, 9) == b"queued-up"
+        assert recv_exactly(client, 11) == b"queued-down"
+        client.sendall(b"+then")
+        assert recv_exactly(upstream, 5) == b"+then"
+    finally:
+        client.close()
+        upstream.close()
 
 
 def test_relay_eof_from_one_side_closes_the_other_after_flushing(relay: Any, listener: socket.socket) -> None:
@@ -358,3 +392,37 @@ def test_relay_finds_a_tunnel_by_id_in_constant_time(relay: Any) -> None:
     finally:
         for sock in far:
             sock.close()
+
+
+FALLBACK_SCRIPT = """
+import socket, sys
+from gateway import _relay
+relay = _relay.Relay(sockmap=True)
+print(relay.sockmap())
+listener = socket.create_server(("127.0.0.1", 0))
+def pair():
+    far = socket.create_connection(listener.getsockname())
+    near, _ = listener.accept()
+    near.setblocking(False)
+    return far, near
+client, client_near = pair()
+upstream, upstream_near = pair()
+relay.add(client_near.detach(), upstream_near.detach())
+client.sendall(b"ping")
+print(upstream.recv(4), relay.stats()["sockmap_entered"])
+relay.stop()
+"""
+
+
+def test_relay_without_the_bpf_privilege_relays_on_the_thread() -> None:
+    """Asked for the sockmap without the privilege (here: as nobody), the relay says why and relays itself."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to drop the privilege")
+    if not native_relay.available():
+        pytest.fail("gateway._relay is not built (pip install -e . needs a C compiler)")
+    root = str(Path(__file__).resolve().parents[3])
+    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                          sys.executable, "-c", FALLBACK_SCRIPT], capture_output=True, text=True, timeout=30,
+                         cwd="/", env={**os.environ, "PYTHONPATH": root}, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["(False, 'bpf map (hash): Operation not permitted')", "b'ping' 0"]

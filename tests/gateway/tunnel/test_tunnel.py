@@ -1,7 +1,8 @@
 """WebSocket through the gateway: the instance's handshake answer reaches the client, then bytes flow untouched.
 
-Every test runs against each relay of `gateway.tunnel.registry.RELAY_KINDS`: the native thread (gateway._relay) and
-uvloop transports in Python; a relay added there gets every case, the lingering close's included.
+Every test runs against each relay of `gateway.tunnel.registry.RELAY_KINDS`: the kernel's sockmap redirect (with the
+native thread keeping the rules), the native thread alone (gateway._relay) and uvloop transports in Python; a relay
+added there gets every case, the lingering close's included.
 """
 
 from __future__ import annotations
@@ -25,27 +26,44 @@ from tests.gateway.conftest import StartGateway, StartUpstream, route
 from tests.gateway.rawsock import switching_protocols
 from tests.wsnode.conftest import API_KEY, SECRET, make_token
 
-_native = {"on": True}
+_kind = {"relay": "native"}
 
 
 @pytest.fixture(autouse=True, params=RELAY_KINDS)
 def relay_kind(request: pytest.FixtureRequest) -> str:
-    """Which relay carries this test's tunnels (a missing native build fails rather than hiding)."""
-    if request.param == "native" and not native_relay.available():
+    """Which relay carries this test's tunnels (a missing native build or a kernel that refuses the sockmap fails
+    rather than hiding)."""
+    if request.param != "python" and not native_relay.available():
         pytest.fail("gateway._relay is not built (pip install -e . needs a C compiler)")
-    _native["on"] = request.param == "native"
+    if request.param == "sockmap":
+        on, why = native_relay.sockmap_supported()
+        if not on:
+            pytest.fail(f"the sockmap relay does not load here: {why}")
+    _kind["relay"] = str(request.param)
     return str(request.param)
 
 
 def config(*routes: RouteSpec, **server: object) -> GatewayConfig:
-    return conftest.config(*routes, native_relay=_native["on"], **server)
+    return conftest.config(*routes, native_relay=_kind["relay"] != "python",
+                           sockmap_relay=_kind["relay"] == "sockmap", **server)
 
 
 def expected_type(kind: str) -> type[object]:
-    return NativeTunnel if kind == "native" else Tunnel
+    return Tunnel if kind == "python" else NativeTunnel
 
 
-async def test_tunnel_echoes_text_and_binary(start_upstream: StartUpstream, start_gateway: StartGateway) -> None:
+def assert_relayed_by(gw: conftest.RunningGateway, kind: str) -> None:
+    """The tunnels so far went where `kind` says: into the kernel for "sockmap", never for "native"."""
+    relay = gw.server.tunnels.native_relay(asyncio.get_running_loop())
+    if kind == "python":
+        return
+    assert relay is not None
+    entered = relay.stats()["sockmap_entered"]
+    assert entered > 0 if kind == "sockmap" else entered == 0, relay.stats()
+
+
+async def test_tunnel_echoes_text_and_binary(start_upstream: StartUpstream, start_gateway: StartGateway,
+                                            relay_kind: str) -> None:
     port = await start_upstream("one")
     gw = await start_gateway(config(route("ws", f"ws://127.0.0.1:{port}", ["Path=/ws-svc/**"],
                                           ["RewritePath=/ws-svc/(?<path>.*), /$\\{path}"])))
@@ -55,6 +73,7 @@ async def test_tunnel_echoes_text_and_binary(start_upstream: StartUpstream, star
         assert (await ws.receive()).data == "hello"
         await ws.send_bytes(b"\x00\x01\x02")
         assert (await ws.receive()).data == b"\x00\x01\x02"
+        assert_relayed_by(gw, relay_kind)
 
 
 async def test_tunnel_relays_subprotocol_and_deflate(start_upstream: StartUpstream,
@@ -71,7 +90,7 @@ async def test_tunnel_relays_subprotocol_and_deflate(start_upstream: StartUpstre
 
 
 async def test_tunnel_passes_one_mebibyte_both_ways(start_upstream: StartUpstream,
-                                                    start_gateway: StartGateway) -> None:
+                                                    start_gateway: StartGateway, relay_kind: str) -> None:
     port = await start_upstream()
     gw = await start_gateway(config(route("ws", f"ws://127.0.0.1:{port}", ["Path=/**"])))
     payload = os.urandom(1024 * 1024)
@@ -81,6 +100,7 @@ async def test_tunnel_passes_one_mebibyte_both_ways(start_upstream: StartUpstrea
         message = await ws.receive()
         assert message.type == WSMsgType.BINARY
         assert message.data == payload
+        assert_relayed_by(gw, relay_kind)
 
 
 async def test_tunnel_passes_close_code_from_upstream(start_upstream: StartUpstream,
