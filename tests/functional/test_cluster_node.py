@@ -414,7 +414,7 @@ async def test_cluster_node_sigkill_of_a_node_mid_stream_through_the_gateway(red
 
 async def test_cluster_node_push_scripts_run_on_the_users_masters_only(on_cluster: OnCluster) -> None:
     """Each push is one EVALSHA on the master of its user's slot, none elsewhere: the store's load divides with the
-    masters (pub/sub does not yet: PUBLISH crosses the cluster bus, docs/scaling.md)."""
+    masters (and so does pub/sub, test_cluster_node_push_notifications_stay_on_the_users_shard)."""
     c = on_cluster
     a, b = c.nodes
     spread = c.users_per_master(10, "load")
@@ -447,3 +447,75 @@ async def test_cluster_node_push_scripts_run_on_the_users_masters_only(on_cluste
     print(f"\n{pushes} pushes to each of 10 users per master: scripts run per master {evalsha}, all commands per "
           f"master {total} (nodes' heartbeats and presence included)")
     assert evalsha == {port: len(users) * pushes for port, users in spread.items()}
+
+
+_SHARD_RECEIVED = "cluster_stats_messages_publishshard_received"
+
+
+def _bus_counters(text: str) -> dict[str, int]:
+    return {name: int(value) for name, _, value in (line.partition(":") for line in text.split())
+            if name.startswith("cluster_stats_messages_publish")}
+
+
+async def test_cluster_node_push_notifications_stay_on_the_users_shard(on_cluster: OnCluster) -> None:
+    """Pushes to users of one master: that master runs one SPUBLISH per push (to the receiving node's channel of the
+    user's slot) and its replica alone gets them over the cluster bus; the other masters run no SPUBLISH and receive
+    no sharded publication, and plain PUBLISH (now only the nodes' own heartbeats) does not grow with the pushes."""
+    c = on_cluster
+    a, b = c.nodes
+    spread = c.users_per_master(5, "shard")
+    masters = sorted(spread)
+    loaded = masters[0]
+    users = spread[loaded]
+    # Sessions of every master's users on both nodes, so every node is subscribed and routable everywhere.
+    sessions = {user: (await c.open((a, b)[i % 2], user))[0]
+                for i, user in enumerate(u for group in spread.values() for u in group)}
+    ids = {n.port: n.node_id for n in c.cluster.topology()}
+    replica_of = {n.master_id: n.port for n in c.cluster.topology() if n.role == "slave"}
+    ports = [*masters, *(replica_of[ids[port]] for port in masters)]
+    servers = {port: redis.Redis(host="127.0.0.1", port=port, decode_responses=True) for port in ports}
+    rounds = 10
+    loop = asyncio.get_running_loop()
+    try:
+        async def counters() -> dict[int, dict[str, int]]:
+            out = {}
+            for port, server in servers.items():
+                stats = await server.info("commandstats")
+                out[port] = {**_bus_counters(await server.execute_command("CLUSTER", "INFO")),
+                             **{name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+                                for name in ("publish", "spublish")}}
+            return out
+
+        before = await counters()
+        started = loop.time()
+        for round_ in range(rounds):
+            answers = await asyncio.gather(*(push(c.http, (a, b)[i % 2], {"to": {"users": [user]}, "module": "m",
+                                                                           "data": round_})
+                                             for i, user in enumerate(users)))
+            assert all(status == 202 for status, _ in answers), answers
+        for user in users:
+            assert [(await sessions[user].next_of("message"))["data"] for _ in range(rounds)] == list(range(rounds))
+        elapsed = loop.time() - started
+        replica = replica_of[ids[loaded]]
+
+        async def replica_has_all() -> bool:  # the bus delivers to the replica after the master's reply
+            info = _bus_counters(await servers[replica].execute_command("CLUSTER", "INFO"))
+            return info.get(_SHARD_RECEIVED, 0) - before[replica].get(_SHARD_RECEIVED, 0) >= rounds * len(users)
+
+        await eventually(replica_has_all, timeout_s=5)
+        after = await counters()
+    finally:
+        for server in servers.values():
+            await server.aclose()
+    # CLUSTER INFO lists a bus counter only once it is not 0.
+    delta = {port: {name: after[port][name] - before[port].get(name, 0) for name in after[port]} for port in ports}
+    pushes = rounds * len(users)
+    print(f"\n{pushes} pushes to the users of master {loaded} in {elapsed:.2f} s: per server {delta}")
+    assert delta[loaded]["spublish"] == pushes
+    assert all(delta[port]["spublish"] == 0 for port in masters[1:])
+    # Redis sends a sharded publication over the bus to the master's replicas only.
+    assert delta[replica][_SHARD_RECEIVED] == pushes
+    assert all(delta[port].get(_SHARD_RECEIVED, 0) == 0 for port in ports if port != replica)
+    # Plain PUBLISH: each node's heartbeat, once a second (--pubsub-heartbeat), whatever the pushes.
+    beats = 2 * (int(elapsed) + 2)
+    assert sum(delta[port]["publish"] for port in masters) <= beats < pushes, (delta, beats)
