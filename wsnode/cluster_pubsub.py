@@ -26,6 +26,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -47,6 +48,7 @@ PayloadSink = Callable[[dict[str, Any]], object]
 _PING = -1  # the FIFO entry of a PING (slots are 0..16383)
 _BACKOFF_MAX_S = 1.0
 _COALESCE_S = 0.01
+_DEFER_MAX = 50  # a resend waits at most this many coalescing periods for answers (slots that keep moving)
 
 
 def _text(value: Any) -> str:
@@ -72,7 +74,7 @@ class _Link:
     async def run(self) -> None:
         sub = self.owner
         conn = aioredis.Connection(host=self.addr[0], port=self.addr[1], protocol=2, **sub.connection)
-        fifo: list[int] = []  # what each reply answers, in the order the commands were written
+        fifo: deque[int] = deque()  # what each reply answers, in the order the commands were written
         reader: asyncio.Task[None] | None = None
         try:
             try:
@@ -102,7 +104,7 @@ class _Link:
         finally:
             await end_subscription(reader, conn.disconnect(), sub.stall_s)
 
-    async def _read(self, conn: aioredis.Connection, fifo: list[int]) -> None:
+    async def _read(self, conn: aioredis.Connection, fifo: deque[int]) -> None:
         sub = self.owner
         while True:
             try:
@@ -112,23 +114,23 @@ class _Link:
                 metrics.PUBSUB_STALLS.inc()
                 raise ConnectionError(f"no answer from {self.addr} within {sub.stall_s:g}s") from None
             except MovedError as exc:  # the slot is served elsewhere
-                slot = fifo.pop(0)
+                slot = fifo.popleft()
                 self.pending.discard(slot)
                 sub.redirected(slot, (exc.host, int(exc.port)))
                 continue
             except ResponseError as exc:  # another refusal (CLUSTERDOWN in a failover, ASK): ask again later
-                slot = fifo.pop(0)
+                slot = fifo.popleft()
                 if slot != _PING:
                     self.pending.discard(slot)
                     sub.refused(slot, str(exc))
                 continue
             self._answer(reply, fifo)
 
-    def _answer(self, reply: Any, fifo: list[int]) -> None:
+    def _answer(self, reply: Any, fifo: deque[int]) -> None:
         sub = self.owner
         if not isinstance(reply, list) or not reply:
             if fifo and fifo[0] == _PING:  # +PONG: no subscription on this connection yet
-                fifo.pop(0)
+                fifo.popleft()
             return
         kind = _text(reply[0])
         if kind == "smessage":
@@ -136,11 +138,11 @@ class _Link:
             return
         if kind == "pong":
             if fifo and fifo[0] == _PING:
-                fifo.pop(0)
+                fifo.popleft()
             return
         slot = slot_of_channel(sub.channel_of_name, reply[1])
         if kind == "ssubscribe":
-            fifo.pop(0)
+            fifo.popleft()
             if slot is not None:
                 self.pending.discard(slot)
                 self.confirmed.add(slot)
@@ -172,6 +174,7 @@ class ShardedSubscriber:
         self._on_gap: GapHandler | None = None
         self._resends: set[asyncio.Task[None]] = set()
         self._resend_due = False
+        self._deferred = 0
         self.sink: PayloadSink = lambda message: None
         self.all_subscribed = asyncio.Event()
         self.started = False  # every slot was subscribed once (the node is UP only from then on)
@@ -235,9 +238,11 @@ class ShardedSubscriber:
 
     def _start_resend(self) -> None:
         self._resend_due = False
-        if any(link.pending for link in self._links.values()):
+        if any(link.pending for link in self._links.values()) and self._deferred < _DEFER_MAX:
+            self._deferred += 1
             self._resend_soon()
             return
+        self._deferred = 0
         ready, self._ready = self._ready, set()
         if not ready or self._on_gap is None:
             return

@@ -14,6 +14,10 @@ own channel every `heartbeat_s` (through the pool, as pushes are published) and 
 with no heartbeat (nor subscribe confirmation) for `stall_s`, the subscription counts as lost. It is then handled like
 a reset one (not live, new connection, subscribe, `on_resubscribed`), and the shard's pooled connections are dropped
 too, since they crossed the same link.
+
+Redis Cluster: messages for a user's nodes go by `SPUBLISH` on their channels of the user's slot, received by
+cluster_pubsub.py; the plain subscription here carries broadcasts, the heartbeat, and the plain node channel that
+nodes of earlier versions publish to.
 """
 
 from __future__ import annotations

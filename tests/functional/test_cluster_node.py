@@ -402,6 +402,63 @@ async def test_cluster_node_reshard_during_pushes_loses_nothing_answered(own_clu
         _assert_in_id_order(sessions)
 
 
+async def test_cluster_node_slot_moved_by_hand_resends_what_was_published_in_the_gap(own_cluster: OwnCluster,
+                                                                                    procs: ProcessGroup) -> None:
+    """A user's slot is moved by hand (IMPORTING, MIGRATING, MIGRATE, then SETSLOT NODE on the target before the
+    source): a push in between runs on the target, which the node's subscription is not on yet, so its SPUBLISH
+    reaches nobody; once the source gives the slot up it ends the subscription (`sunsubscribe`), the node subscribes
+    on the target and resends from the store, so the session gets that push without any later one; the next push
+    comes live through the new subscription."""
+    prefix = unique_prefix("clslot")
+    node = start_node_on(procs, "node-a", own_cluster.info.url, prefix)
+    keys = Keys(prefix, cluster=True)
+    data = RedisCluster(host="127.0.0.1", port=own_cluster.info.ports[0], decode_responses=True)
+    async with aiohttp.ClientSession() as http:
+        c = OnCluster(own_cluster, data, [node], keys, http)
+        source = own_cluster.master_ports()[0]
+        user = c.users_per_master(1, "mv")[source][0]
+        slot = keys.user_slot(user)
+        ids = {n.port: n.node_id for n in own_cluster.topology()}
+        target = own_cluster.master_ports()[1]
+        client, _ = await c.open(node, user)
+        status, first = await push(http, node, {"to": {"users": [user]}, "module": "mv", "data": 1})
+        assert status == 202 and (await client.next_of("message"))["data"] == 1
+        servers = {port: redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
+                   for port in own_cluster.master_ports()}
+        src, dst = servers[source], servers[target]
+        channel = keys.node_slot_channel("node-a", slot)
+        try:
+            assert (await src.execute_command("PUBSUB", "SHARDNUMSUB", channel))[1] == 1
+            await dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+            await src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+            moving = await src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
+            await src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *moving)
+            await dst.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+            # The target serves the slot; the source still holds the node's subscription.
+            status, gap = await push(http, node, {"to": {"users": [user]}, "module": "mv", "data": 2})
+            assert status == 202, gap
+            for port, server in servers.items():
+                if port != target:
+                    await server.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+            got = await client.next_of("message")
+            assert (got["id"], got["data"]) == (gap["ids"][user], 2)
+
+            async def moved() -> bool:
+                return bool((await dst.execute_command("PUBSUB", "SHARDNUMSUB", channel))[1] == 1
+                            and (await src.execute_command("PUBSUB", "SHARDNUMSUB", channel))[1] == 0)
+
+            await eventually(moved, timeout_s=5)
+            status, live = await push(http, node, {"to": {"users": [user]}, "module": "mv", "data": 3})
+            assert status == 202
+            got = await client.next_of("message")
+            assert (got["id"], got["data"]) == (live["ids"][user], 3)
+            assert int(first["ids"][user]) + 2 == int(live["ids"][user])
+        finally:
+            for server in servers.values():
+                await server.aclose()
+            await data.aclose()
+
+
 async def test_cluster_node_sigkill_of_a_node_mid_stream_through_the_gateway(redis_cluster: OwnCluster,
                                                                             procs: ProcessGroup,
                                                                             tmp_path: Path) -> None:
