@@ -120,10 +120,16 @@ async def test_cluster_node_push_receive_unread_ack_broadcast_across_masters(on_
     again, welcome = await c.open(b, users[2])
     assert welcome["unread"] == {"m": 2}
     assert [(await again.next_of("message"))["data"] for _ in range(2)] == [users[2], "all-users"]
-    # Health names the cluster.
+    # Health names the cluster, with every slot subscribed.
     async with c.http.get(f"{a.url}/health", headers={"Authorization": f"Bearer {API_KEY}"}) as resp:
         health = await resp.json()
     assert resp.status == 200 and health["cluster"]["state"] == "ok" and health["cluster"]["masters"] == 3, health
+    assert health["cluster"]["unsubscribed_slots"] == 0, health
+    # A disconnect through the other node reaches the user's session (SPUBLISH from the node, not a script).
+    async with c.http.post(f"{a.url}/api/v1/users/{users[1]}/disconnect",
+                           headers={"Authorization": f"Bearer {API_KEY}"}) as resp:
+        assert resp.status == 200, await resp.text()
+    assert await sessions[users[1]].closed_with() == 1008
 
 
 async def test_cluster_node_push_and_publish_streams(on_cluster: OnCluster) -> None:
