@@ -15,8 +15,9 @@ push commands (1.0 = a perfectly even split). Everything runs on loopback and is
 `--cluster 1,3` runs the same workload on a Redis Cluster of 1 and 3 masters (`--replicas R` each; the 3-master one
 from `harness/redis_cluster.py`, the 1-master one a single cluster-enabled server serving all 16,384 slots): the
 nodes get every cluster node as a seed, users are counted by the master of their slot (hash tag `u:<user>`), and per
-master it also reports the µs Redis spent in `EVALSHA` and in `PUBLISH` (commandstats `usec`, the latter inside the
-former) and the publications it received over the cluster bus (`CLUSTER INFO`); the replicas' CPU is summed apart.
+master it also reports the µs Redis spent in `EVALSHA` and in `PUBLISH`/`SPUBLISH` (commandstats `usec`, the latter
+inside the former), the `PUBLISH` and `SPUBLISH` calls per push, and the publications it received over the cluster
+bus (`CLUSTER INFO`, plain and sharded); the replicas' CPU is summed apart.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ IGNORED = ("ping", "info", "config|resetstat", "config")  # health checks and th
 # The cluster client's slot-map reads (and this benchmark's CLUSTER INFO): topology, not the pushes' work.
 IGNORED_PREFIXES = ("cluster|", "command")
 BUS_PUBLISH = "cluster_stats_messages_publish_received"
+BUS_PUBLISH_SHARD = "cluster_stats_messages_publishshard_received"
 # redis-py's asyncio RedisCluster fails a command at once (MaxConnectionsError) when its pool for a master is
 # exhausted, where the standalone client's BlockingConnectionPool waits: with the node's default 64, 100 concurrent
 # connects per node already got 503 "redis unavailable" (a batch here is 250 sessions over 2 nodes). The cluster
@@ -198,12 +200,12 @@ async def usec_snapshot(clients: list[aioredis.Redis]) -> list[Counter[str]]:
     return [usec_by_command(await c.info("commandstats")) for c in clients]
 
 
-async def bus_publications(clients: list[aioredis.Redis]) -> list[int]:
-    """Publications each node received over the cluster bus so far."""
+async def bus_publications(clients: list[aioredis.Redis], counter: str = BUS_PUBLISH) -> list[int]:
+    """Publications each node received over the cluster bus so far (`counter`: plain or sharded)."""
     out = []
     for c in clients:
         text = await c.execute_command("CLUSTER", "INFO")
-        out.append(cluster_info_counters(text.decode() if isinstance(text, bytes) else str(text)).get(BUS_PUBLISH, 0))
+        out.append(cluster_info_counters(text.decode() if isinstance(text, bytes) else str(text)).get(counter, 0))
     return out
 
 
@@ -227,6 +229,8 @@ async def measure(backend: Backend, label: str, group: ProcessGroup, args: argpa
         replica_cpu_before = [await redis_cpu_s(c) for c in replica_clients]
         usec_before = await usec_snapshot(clients)
         bus_before = await bus_publications(clients) if backend.cluster else []
+        shard_bus_before = await bus_publications(clients + replica_clients, BUS_PUBLISH_SHARD) \
+            if backend.cluster else []
         done = sink.expect(args.pushes)
         started = time.perf_counter()
         slots = asyncio.Semaphore(args.in_flight * len(pushers))
@@ -246,6 +250,8 @@ async def measure(backend: Backend, label: str, group: ProcessGroup, args: argpa
         usec = [a - b for a, b in zip(await usec_snapshot(clients), usec_before, strict=True)]
         bus = [a - b for a, b in zip(await bus_publications(clients), bus_before, strict=True)] \
             if backend.cluster else []
+        shard_bus = [a - b for a, b in zip(await bus_publications(clients + replica_clients, BUS_PUBLISH_SHARD),
+                                           shard_bus_before, strict=True)] if backend.cluster else []
     finally:
         for pusher in pushers:
             pusher.close()
@@ -260,6 +266,9 @@ async def measure(backend: Backend, label: str, group: ProcessGroup, args: argpa
     for a, b in zip(after_connect, before, strict=True):
         connect_by_command.update({name: n for name, n in (a - b).items() if not ignored(name)})
     push_cmds = [work(a - b) for a, b in zip(after_push, after_connect, strict=True)]
+    push_by_command: Counter[str] = Counter()
+    for a, b in zip(after_push, after_connect, strict=True):
+        push_by_command.update({name: n for name, n in (a - b).items() if not ignored(name)})
     users_per_shard = [0] * shard_count
     pushes_per_shard = [0] * shard_count
     index = {user: backend.index_of(user) for user in users}
@@ -274,6 +283,12 @@ async def measure(backend: Backend, label: str, group: ProcessGroup, args: argpa
             "redis_cpu_us_per_push_total": sum(cpu) * 1e6 / args.pushes,
             "evalsha_us_per_push_per_master": [u["evalsha"] / args.pushes for u in usec],
             "publish_us_per_push_per_master": [u["publish"] / args.pushes for u in usec],
+            "spublish_us_per_push_per_master": [u["spublish"] / args.pushes for u in usec],
+            "publish_calls_per_push_per_master": [(a - b)["publish"] / args.pushes
+                                                  for a, b in zip(after_push, after_connect, strict=True)],
+            "spublish_calls_per_push_per_master": [(a - b)["spublish"] / args.pushes
+                                                   for a, b in zip(after_push, after_connect, strict=True)],
+            "shard_bus_publications_received_per_push_masters_then_replicas": [n / args.pushes for n in shard_bus],
             "commands_us_per_push_per_master": [sum(n for name, n in u.items() if not ignored(name)) / args.pushes
                                                 for u in usec],
             "bus_publications_received_per_push_per_master": [n / args.pushes for n in bus],
@@ -292,6 +307,7 @@ async def measure(backend: Backend, label: str, group: ProcessGroup, args: argpa
         "push_commands_per_shard": push_cmds,
         "push_commands_per_push_per_shard": [n / args.pushes for n in push_cmds],
         "push_commands_per_push_total": sum(push_cmds) / args.pushes,
+        "push_commands_per_push_by_command": {name: n / args.pushes for name, n in push_by_command.most_common()},
         "redis_cpu_us_per_push_per_shard": [s * 1e6 / args.pushes for s in cpu],
         "max_mean_ratio": max(push_cmds) / mean if mean else None,
         "connect_max_mean_ratio": max(connect_cmds) / (sum(connect_cmds) / shard_count) if any(connect_cmds) else None,
@@ -326,8 +342,13 @@ async def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> l
                   f"(sum {step['redis_cpu_us_per_push_total']:.0f}), in commands "
                   f"{[round(us) for us in step['commands_us_per_push_per_master']]}, EVALSHA "
                   f"{[round(us) for us in step['evalsha_us_per_push_per_master']]}, PUBLISH "
-                  f"{[round(us, 1) for us in step['publish_us_per_push_per_master']]}; bus publications received per "
-                  f"push {[round(n, 2) for n in step['bus_publications_received_per_push_per_master']]}; "
+                  f"{[round(us, 1) for us in step['publish_us_per_push_per_master']]}, SPUBLISH "
+                  f"{[round(us, 1) for us in step['spublish_us_per_push_per_master']]}; calls per push: PUBLISH "
+                  f"{[round(n, 2) for n in step['publish_calls_per_push_per_master']]}, SPUBLISH "
+                  f"{[round(n, 2) for n in step['spublish_calls_per_push_per_master']]}; bus publications received "
+                  f"per push {[round(n, 2) for n in step['bus_publications_received_per_push_per_master']]}, sharded "
+                  f"(masters, then replicas) "
+                  f"{[round(n, 2) for n in step['shard_bus_publications_received_per_push_masters_then_replicas']]}; "
                   f"{step['replicas']} replicas, CPU {step['replica_cpu_us_per_push_total']:.0f} µs per push in all",
                   flush=True)
         group.stop_all()  # this S's nodes and shards; the next S starts fresh ones

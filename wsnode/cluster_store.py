@@ -1,6 +1,7 @@
 """The message store on a Redis Cluster: the same scripts (cluster_lua.py), one call per slot of a push's users.
 
-Each call declares in KEYS every key it may touch (the script builds the same names itself and does not read KEYS),
+Each call declares in KEYS every key it may touch (the script builds the same names itself and reads only the last
+key, the hash tag `{<tag>}` of the slot's node channels it SPUBLISHes on, cluster_lua.py),
 so that redis-py's RedisCluster sends it to the master holding that slot, following `MOVED`/`ASK` and refreshing its
 slot map as it goes. Declaring them all matters while the slot migrates: Redis then answers `ASK` or `TRYAGAIN`
 (which redis-py retries) before the script starts, instead of failing it half way ("non local key") when some of the
@@ -111,18 +112,21 @@ class ClusterMessageStore(MessageStore):
                             dedupe_key: str | None = None) -> PushResult:
         tail = message_tail(module=request.module, event=request.event, data_json=request.data_json, ts_ms=ts_ms)
 
-        async def part(users: list[str]) -> Any:
+        async def part(slot: int, users: list[str]) -> Any:
             marker = self._keys.user_dedupe(dedupe_key, users[0]) if dedupe_key else ""
             args: list[str | int] = [self._keys.prefix, tail, "1" if request.store else "0", request.module,
                                      self._max_count, self._max_age_ms, push_id, marker, *users]
             declared = [self._keys.user_base(user) + suffix for user in users for suffix in _PUSH_KEYS]
-            return await self._run(self._cluster_push, [*declared, *([marker] if marker else [])], args)
+            return await self._run(self._cluster_push, [*declared, *([marker] if marker else []),
+                                                        self._keys.slot_channel_tag(slot)], args)
 
-        return merged(await asyncio.gather(*(part(users) for users in by_slot(self._keys, request.users).values())))
+        return merged(await asyncio.gather(*(part(slot, users)
+                                             for slot, users in by_slot(self._keys, request.users).items())))
 
     async def ack(self, user: str, message_id: str) -> dict[str, int] | None:
-        result = await self._run(self._cluster_ack, [self._keys.user_base(user) + suffix for suffix in _ACK_KEYS],
-                                 [self._keys.prefix, user, message_id])
+        declared = [*(self._keys.user_base(user) + suffix for suffix in _ACK_KEYS),
+                    self._keys.slot_channel_tag(self._keys.user_slot(user))]
+        result = await self._run(self._cluster_ack, declared, [self._keys.prefix, user, message_id])
         if result is None:
             return None
         message = nodemsg.decode(result)

@@ -14,6 +14,10 @@ own channel every `heartbeat_s` (through the pool, as pushes are published) and 
 with no heartbeat (nor subscribe confirmation) for `stall_s`, the subscription counts as lost. It is then handled like
 a reset one (not live, new connection, subscribe, `on_resubscribed`), and the shard's pooled connections are dropped
 too, since they crossed the same link.
+
+Redis Cluster: messages for a user's nodes go by `SPUBLISH` on their channels of the user's slot, received by
+cluster_pubsub.py; the plain subscription here carries broadcasts, the heartbeat, and the plain node channel that
+nodes of earlier versions publish to.
 """
 
 from __future__ import annotations
@@ -39,6 +43,16 @@ log = logging.getLogger("wsnode.delivery")
 PayloadHandler = Callable[[NodeMessage], None]
 
 
+async def end_subscription(helper: asyncio.Task[Any] | None, close: Awaitable[Any], timeout_s: float) -> None:
+    """Stop a subscription's helper task (heartbeat, reader), then `close` its connection, within `timeout_s`: over
+    a stalled link a close could wait for the socket timeout."""
+    if helper is not None:
+        helper.cancel()
+        await asyncio.gather(helper, return_exceptions=True)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(close, timeout_s)
+
+
 class SubscriptionStalled(RedisError):
     """No heartbeat came back on the subscription within the bound."""
 
@@ -47,8 +61,11 @@ class Router:
     """Publishes node messages (wsnode/nodemsg.py) to nodes and runs this node's subscription."""
 
     def __init__(self, client: aioredis.Redis | RedisShards, keys: Keys, *, node_id: str,
-                 heartbeat_s: float = 1.0, stall_s: float = 3.0) -> None:
+                 heartbeat_s: float = 1.0, stall_s: float = 3.0, sharded: Any | None = None) -> None:
+        """`sharded`: on a Redis Cluster, its client; messages for a user's nodes then go by SPUBLISH on their
+        channels of the user's slot (cluster_pubsub.py), and `client` carries broadcasts and heartbeats only."""
         self._shards = as_shards(client)
+        self._sharded = sharded
         self._keys = keys
         self._node = node_id
         self._heartbeat_s = heartbeat_s
@@ -68,6 +85,13 @@ class Router:
     async def to_nodes(self, nodes: set[str], message: NodeMessage, *, user: str | None = None) -> None:
         """Send one message to each of `nodes`; on `user`'s shard (after that user's pushes) when given."""
         text = nodemsg.encode(message)
+        if self._sharded is not None and user is not None:
+            slot = self._keys.user_slot(user)
+            async with self._sharded.pipeline(transaction=False) as pipe:
+                for node in sorted(nodes):
+                    pipe.spublish(self._keys.node_slot_channel(node, slot), text)
+                await pipe.execute()
+            return
         client = self._shards.primary if user is None else self._shards.for_user(user)
         async with client.pipeline(transaction=False) as pipe:
             for node in sorted(nodes):
@@ -147,7 +171,7 @@ class Router:
                             if beat is None:
                                 beat = asyncio.ensure_future(self._beat(client, node_channel))
                         continue
-                    if message.get("type") == "message" and self._dispatch(message, handle):
+                    if message.get("type") == "message" and self.dispatch(message, handle):
                         proof = time.monotonic()
             except asyncio.CancelledError:
                 raise
@@ -165,11 +189,7 @@ class Router:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, backoff_max_s)
             finally:
-                if beat is not None:
-                    beat.cancel()
-                    await asyncio.gather(beat, return_exceptions=True)
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), self._stall_s)
+                await end_subscription(beat, pubsub.aclose(), self._stall_s)
 
     async def _beat(self, client: aioredis.Redis, channel: str) -> None:
         """Publish this process's heartbeat to its own channel every heartbeat period, without waiting for the
@@ -198,7 +218,7 @@ class Router:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.connection_pool.disconnect(), self._stall_s)
 
-    def _dispatch(self, message: dict[str, Any], handle: PayloadHandler) -> bool:
+    def dispatch(self, message: dict[str, Any], handle: PayloadHandler) -> bool:
         """Hand a node message to `handle`; True when it was this process's own heartbeat (not handed on)."""
         data = message.get("data")
         if not isinstance(data, str | bytes):

@@ -72,9 +72,12 @@ class Endpoint:
         try:
             check_origin(request.headers.get("Origin"), settings.allowed_origins)
             identity = self.verifier.verify(extract_token(request.headers.get("Authorization"), query.get("token")))
-            if not self.node.router.live(self.node.shards.index_of(identity.user)):
-                # Without the subscription on the user's shard this session would miss live pushes. Users whose
-                # data lives on other shards are served (CONTRACT section 7: a lost shard costs only its users).
+            sharded = self.node.sharded
+            if not self.node.router.live(self.node.shards.index_of(identity.user)) or (
+                    sharded is not None and not sharded.subscribed(self.node.keys.user_slot(identity.user))):
+                # Without the subscription on the user's shard (on a cluster: the channel of the user's slot) this
+                # session would miss live pushes. Users whose data lives on other shards are served (CONTRACT
+                # section 7: a lost shard costs only its users).
                 return _refuse(503, "node is not subscribed on the Redis shard that holds this user")
         except AuthError as exc:
             return _refuse(exc.status, exc.reason)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wsnode.slots import key_slot
+from wsnode.slots import key_slot, slot_tag
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +68,15 @@ class Keys:
     def node_channel(self, node_id: str) -> str:
         """Pub/sub channel of one node."""
         return f"{self.prefix}wsgate:node:{node_id}"
+
+    def slot_channel_tag(self, slot: int) -> str:
+        """On a cluster: `{<tag>}`, the hash tag of `slot` that ends this node's sharded channel of that slot."""
+        return f"{{{slot_tag(slot)}}}"
+
+    def node_slot_channel(self, node_id: str, slot: int) -> str:
+        """On a cluster: a node's sharded channel (SSUBSCRIBE/SPUBLISH) for the users of `slot`, in that slot, so a
+        script run for those users publishes on the master it runs on, and the message stays on that shard."""
+        return f"{self.node_channel(node_id)}:{self.slot_channel_tag(slot)}"
 
     @property
     def broadcast_channel(self) -> str:

@@ -23,8 +23,10 @@ from redis.exceptions import RedisError
 
 from wsnode import metrics
 from wsnode.admission import Admission, Admitter, ClusterAdmitter
+from wsnode.catch_up import CatchUp
 from wsnode.cluster_health import cluster_state, master_pings
 from wsnode.cluster_presence import ClusterSessionRegistry
+from wsnode.cluster_pubsub import ShardedSubscriber
 from wsnode.cluster_store import ClusterMessageStore
 from wsnode.delivery import Router
 from wsnode.envelope import (
@@ -37,6 +39,7 @@ from wsnode.envelope import (
     text_frame,
 )
 from wsnode.errors import AuthError, BackendUnavailable
+from wsnode.health_report import health_details
 from wsnode.keys import Keys
 from wsnode.limits import ALLOWED, FRAME_RATE_SPENT, UserLimits
 from wsnode.nodemsg import Broadcast, Disconnect, Evict, NodeMessage, Push, Unread
@@ -48,7 +51,6 @@ from wsnode.store import MessageStore, PushResult, Replay
 
 log = logging.getLogger("wsnode.node")
 
-_RESEND_BATCH = 100  # sessions whose store reads run concurrently when the node resends after registering again
 _ROUTE_WATCH_S = 0.25  # how often the node checks that it can route
 
 
@@ -91,8 +93,13 @@ class Node:
                                       wait_timeout_s=settings.redis_wait_timeout_s)
             self.admitter = Admitter(self.shards, self.keys, node_id=settings.node_id)
         pubsub = self.shards if cluster is None else as_shards(cluster.pubsub)
-        self.router = Router(pubsub, self.keys, node_id=settings.node_id,
-                             heartbeat_s=settings.pubsub_heartbeat_s, stall_s=settings.pubsub_timeout_s)
+        self.router = Router(pubsub, self.keys, node_id=settings.node_id, heartbeat_s=settings.pubsub_heartbeat_s,
+                             stall_s=settings.pubsub_timeout_s, sharded=None if cluster is None else cluster.data)
+        # On a cluster, node messages of users come by sharded pub/sub, one connection per master (cluster_pubsub.py).
+        self.sharded = None if cluster is None else ShardedSubscriber(
+            cluster.data, self.keys, settings.node_id, connection=cluster.connection,
+            heartbeat_s=settings.pubsub_heartbeat_s, stall_s=settings.pubsub_timeout_s)
+        self.catch_up = CatchUp(self.store, persist=cluster is not None)
         self.limits = UserLimits(self.shards, self.keys, publish_rate_per_s=settings.publish_rate_per_s,
                                  publish_bytes_rate_per_s=settings.publish_bytes_rate_per_s,
                                  stream_max_bytes=settings.publish_stream_max_bytes)
@@ -101,7 +108,6 @@ class Node:
         self._pubsub_runs = 0
         # Per shard: the loop time since which the node cannot route pushes of that shard's users (None: it can).
         self.unroutable_since: list[float | None] = [None] * self.shards.count
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._recovery: asyncio.Task[None] | None = None
 
     # ---- pushes -------------------------------------------------------------------------------------------------
@@ -143,11 +149,11 @@ class Node:
                     for session in self.sessions.of_user(item.user):
                         if item.frame is not None and item.unread is not None:
                             if session.deliver_stored_and_unread(item.position, item.frame, item.unread):
-                                self._catch_up_soon(session)
+                                self.catch_up.soon(session)
                             continue
                         if item.frame is not None:
                             if session.deliver_stored(item.position, item.frame):
-                                self._catch_up_soon(session)
+                                self.catch_up.soon(session)
                         else:
                             session.deliver_ephemeral(push_id, tail)
                         if item.unread is not None:
@@ -258,7 +264,9 @@ class Node:
         welcome = encode_welcome(session=session.id, user=session.user, node=self.settings.node_id,
                                  unread=replay.unread, recovered=replay.recovered, last=replay.position)
         if session.finish_replay(welcome, replay.frames, position=replay.position):
-            self._catch_up_soon(session)
+            self.catch_up.soon(session)
+        else:
+            self.catch_up.after_replay(session)  # a resend came while the store was read for the replay
         metrics.CONNECTS.inc()
         log.info("session open session=%s user=%s since=%s replayed=%d", session.id, session.user, since,
                  len(replay.frames))
@@ -266,6 +274,7 @@ class Node:
     async def close_session(self, session: Session) -> None:
         """Forget a closed session here and in Redis."""
         self.sessions.remove(session)
+        self.catch_up.forget(session)
         try:
             await self.registry.remove([(session.id, session.user)])
         except (RedisError, OSError) as exc:
@@ -313,32 +322,17 @@ class Node:
 
     async def resend(self, shards: set[int]) -> None:
         """Send every session of users on `shards` what the store holds beyond the last id it was sent."""
-        sessions = [s for s in self.sessions
-                    if not s.closed and (self.shards.count == 1 or self.shards.index_of(s.user) in shards)]
-        for start in range(0, len(sessions), _RESEND_BATCH):
-            # Buffering starts per batch, so nothing is left buffering if this is cancelled or gives up.
-            batch = [session for session in sessions[start:start + _RESEND_BATCH] if session.begin_catch_up()]
-            if not all(await asyncio.gather(*(self._catch_up(session) for session in batch))):
-                break  # the store does not answer: the rest stay live; their clients see the gap and resume
+        await self.catch_up.resend([s for s in self.sessions if not s.closed and (
+            self.shards.count == 1 or self.shards.index_of(s.user) in shards)])
 
-    def _catch_up_soon(self, session: Session) -> None:
-        task = asyncio.get_running_loop().create_task(self._catch_up(session))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _catch_up(self, session: Session) -> bool:
-        """Fill a catching-up session from the store; False when the store could not be read."""
-        frames: list[tuple[int, str]] = []
-        metrics.CATCH_UPS.inc()
-        try:
-            frames = (await self.store.replay(session.user, session.last_id)).frames
-            return True
-        except (RedisError, OSError) as exc:
-            metrics.REDIS_ERRORS.labels("catch_up").inc()
-            log.warning("could not resend to session=%s: %s", session.id, exc)
-            return False
-        finally:
-            session.finish_catch_up(frames)
+    async def sharded_gap(self, slots: set[int], link_lost: bool) -> None:
+        """On a cluster, the subscriptions of `slots` are live again after a gap: when a master's connection broke,
+        register the sessions again and resend to all; else (slots moved) resend to the sessions of their users."""
+        if link_lost:
+            await self.resync()
+            return
+        await self.catch_up.resend([s for s in self.sessions
+                                    if not s.closed and self.keys.user_slot(s.user) in slots])
 
     # ---- background loops ---------------------------------------------------------------------------------------
 
@@ -346,6 +340,18 @@ class Node:
         """The pub/sub reader (supervised). When it runs again after a failure, upgrades wait for the new
         subscription, and what the sessions here missed meanwhile is resent from the store once it is live."""
         self._pubsub_runs += 1
+        if self.sharded is not None:
+            sharded = asyncio.ensure_future(self.sharded.run(
+                lambda message: self.router.dispatch(message, self.handle_payload), self.sharded_gap))
+            try:
+                await self._plain_pubsub()
+            finally:
+                sharded.cancel()
+                await asyncio.gather(sharded, return_exceptions=True)
+            return
+        await self._plain_pubsub()
+
+    async def _plain_pubsub(self) -> None:
         if self._pubsub_runs == 1:
             await self.router.run(self.handle_payload, self.resync)
             return
@@ -454,17 +460,15 @@ class Node:
         # serves (its presence holds until the session TTL) the users of every other master.
         up = not self.draining and any(serving) and (self.shards.count > 1 or self.redis_ok
                                                      or (self.cluster is not None and self.registry.alive))
-        details: dict[str, Any] = {
-            "status": "UP" if up else "DOWN", "node": self.settings.node_id,
-            "redis": _overall(pinged if self.shards.count > 1 else [pinged[0] and self.redis_ok]),
-            "pubsub": _overall(live), "sessions": len(self.sessions), "draining": self.draining}
-        if self.shards.count > 1:
-            details["shards"] = [{"shard": index, "redis": "UP" if ping else "DOWN", "pubsub": "UP" if sub else "DOWN"}
-                                 for index, (ping, sub) in enumerate(zip(pinged, live, strict=True))]
+        up = up and (self.sharded is None or self.sharded.started)  # until then no user of some slots is served
+        details = health_details(up=up, node_id=self.settings.node_id, pinged=pinged, live=live,
+                                 redis_ok=self.redis_ok, sessions=len(self.sessions), draining=self.draining)
         if self.cluster is not None:
             details["cluster"] = await cluster_state(self.cluster, timeout_s, [node for node, ok in masters if ok])
             details["cluster"]["nodes"] = [{"node": f"{node.host}:{node.port}", "redis": "UP" if ok else "DOWN"}
                                            for node, ok in masters]
+            if self.sharded is not None:
+                details["cluster"]["unsubscribed_slots"] = self.sharded.unsubscribed()
         return up, details
 
     async def _recover(self) -> None:
@@ -493,7 +497,3 @@ class Node:
         except (RedisError, OSError) as exc:
             log.warning("could not remove sessions from redis on drain: %s", exc)
 
-
-def _overall(states: list[bool]) -> str:
-    """UP when every shard is, DOWN when none is, DEGRADED in between."""
-    return "UP" if all(states) else "DOWN" if not any(states) else "DEGRADED"

@@ -194,14 +194,17 @@ class FailoverConnection(aioredis.Connection):
 class ClusterClients:
     """A Redis Cluster's clients: data (RedisCluster, routed by slot) and pub/sub (a plain client to one node).
 
-    A PUBLISH on any cluster node reaches subscribers on every node (the cluster bus forwards it), so one plain
-    connection to any node carries this node's subscription (sharded pub/sub is the next step, docs/scaling.md).
-    When that node dies, the next connection goes to another one (FailoverConnection).
+    Node messages of pushes, acks and evictions go by sharded pub/sub (cluster_pubsub.py: one connection per master,
+    opened with `connection`). The plain client carries what is cluster-wide: broadcasts (a PUBLISH on any node
+    reaches subscribers on every node, over the cluster bus), the node's own heartbeat, and the plain node channel
+    that nodes of earlier versions PUBLISH to. When its node dies, the next connection goes to another one
+    (FailoverConnection).
     """
 
     seeds: list[str]
     data: NodeCluster
     pubsub: aioredis.Redis
+    connection: dict[str, Any] = field(default_factory=dict)
 
     async def aclose(self) -> None:
         await self.data.aclose()
@@ -224,7 +227,9 @@ def connect_cluster(urls: list[str], *, max_connections: int, pool_timeout_s: fl
     pool = aioredis.ConnectionPool(connection_class=FailoverConnection, cluster_nodes=ClusterNodes(seeds, known),
                                    host=seeds[0][0], port=seeds[0][1], username=first.get("username"),
                                    password=first.get("password"), **connection)
-    return ClusterClients(list(urls), data, aioredis.Redis(connection_pool=pool))
+    links = {"username": first.get("username"), "password": first.get("password"), **connection}
+    links.pop("health_check_interval", None)  # a link PINGs on its own (cluster_pubsub.py)
+    return ClusterClients(list(urls), data, aioredis.Redis(connection_pool=pool), links)
 
 
 def _host_port(url: str) -> tuple[str, int]:

@@ -3,9 +3,12 @@
 A key's tag is the text between its first `{` and the first `}` after it, when that text is not empty; otherwise the
 whole key. The node groups a push's users by slot so that each script call touches one slot only (CONTRACT
 section 7), and names each user's keys with a tag of their own (keys.py) so that all of them share that slot.
+`slot_tag` names one tag per slot, for the node channels of sharded pub/sub (one per node and slot, keys.py).
 """
 
 from __future__ import annotations
+
+import functools
 
 SLOTS = 16384
 
@@ -45,3 +48,23 @@ def key_slot(key: str | bytes) -> int:
     """The slot of `key` (utf-8 when text)."""
     raw = key.encode() if isinstance(key, str) else key
     return crc16(hash_tag(raw)) % SLOTS
+
+
+@functools.cache
+def _slot_tags() -> tuple[int, ...]:
+    # About 110,000 numbers cover every slot (0.3 s, once per process, on first use).
+    tags = [-1] * SLOTS
+    missing, number = SLOTS, 0
+    while missing:
+        slot = crc16(str(number).encode()) % SLOTS
+        if tags[slot] < 0:
+            tags[slot] = number
+            missing -= 1
+        number += 1
+    return tuple(tags)
+
+
+def slot_tag(slot: int) -> str:
+    """A hash tag of `slot`: the smallest non-negative integer whose decimal text hashes to it (`{<tag>}` names a
+    channel or key in that slot; any process, in any language, finds the same one)."""
+    return str(_slot_tags()[slot])

@@ -120,10 +120,16 @@ async def test_cluster_node_push_receive_unread_ack_broadcast_across_masters(on_
     again, welcome = await c.open(b, users[2])
     assert welcome["unread"] == {"m": 2}
     assert [(await again.next_of("message"))["data"] for _ in range(2)] == [users[2], "all-users"]
-    # Health names the cluster.
+    # Health names the cluster, with every slot subscribed.
     async with c.http.get(f"{a.url}/health", headers={"Authorization": f"Bearer {API_KEY}"}) as resp:
         health = await resp.json()
     assert resp.status == 200 and health["cluster"]["state"] == "ok" and health["cluster"]["masters"] == 3, health
+    assert health["cluster"]["unsubscribed_slots"] == 0, health
+    # A disconnect through the other node reaches the user's session (SPUBLISH from the node, not a script).
+    async with c.http.post(f"{a.url}/api/v1/users/{users[1]}/disconnect",
+                           headers={"Authorization": f"Bearer {API_KEY}"}) as resp:
+        assert resp.status == 200, await resp.text()
+    assert await sessions[users[1]].closed_with() == 1008
 
 
 async def test_cluster_node_push_and_publish_streams(on_cluster: OnCluster) -> None:
@@ -402,6 +408,63 @@ async def test_cluster_node_reshard_during_pushes_loses_nothing_answered(own_clu
         _assert_in_id_order(sessions)
 
 
+async def test_cluster_node_slot_moved_by_hand_resends_what_was_published_in_the_gap(own_cluster: OwnCluster,
+                                                                                    procs: ProcessGroup) -> None:
+    """A user's slot is moved by hand (IMPORTING, MIGRATING, MIGRATE, then SETSLOT NODE on the target before the
+    source): a push in between runs on the target, which the node's subscription is not on yet, so its SPUBLISH
+    reaches nobody; once the source gives the slot up it ends the subscription (`sunsubscribe`), the node subscribes
+    on the target and resends from the store, so the session gets that push without any later one; the next push
+    comes live through the new subscription."""
+    prefix = unique_prefix("clslot")
+    node = start_node_on(procs, "node-a", own_cluster.info.url, prefix)
+    keys = Keys(prefix, cluster=True)
+    data = RedisCluster(host="127.0.0.1", port=own_cluster.info.ports[0], decode_responses=True)
+    async with aiohttp.ClientSession() as http:
+        c = OnCluster(own_cluster, data, [node], keys, http)
+        source = own_cluster.master_ports()[0]
+        user = c.users_per_master(1, "mv")[source][0]
+        slot = keys.user_slot(user)
+        ids = {n.port: n.node_id for n in own_cluster.topology()}
+        target = own_cluster.master_ports()[1]
+        client, _ = await c.open(node, user)
+        status, first = await push(http, node, {"to": {"users": [user]}, "module": "mv", "data": 1})
+        assert status == 202 and (await client.next_of("message"))["data"] == 1
+        servers = {port: redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
+                   for port in own_cluster.master_ports()}
+        src, dst = servers[source], servers[target]
+        channel = keys.node_slot_channel("node-a", slot)
+        try:
+            assert (await src.execute_command("PUBSUB", "SHARDNUMSUB", channel))[1] == 1
+            await dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+            await src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+            moving = await src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
+            await src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *moving)
+            await dst.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+            # The target serves the slot; the source still holds the node's subscription.
+            status, gap = await push(http, node, {"to": {"users": [user]}, "module": "mv", "data": 2})
+            assert status == 202, gap
+            for port, server in servers.items():
+                if port != target:
+                    await server.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+            got = await client.next_of("message")
+            assert (got["id"], got["data"]) == (gap["ids"][user], 2)
+
+            async def moved() -> bool:
+                return bool((await dst.execute_command("PUBSUB", "SHARDNUMSUB", channel))[1] == 1
+                            and (await src.execute_command("PUBSUB", "SHARDNUMSUB", channel))[1] == 0)
+
+            await eventually(moved, timeout_s=5)
+            status, live = await push(http, node, {"to": {"users": [user]}, "module": "mv", "data": 3})
+            assert status == 202
+            got = await client.next_of("message")
+            assert (got["id"], got["data"]) == (live["ids"][user], 3)
+            assert int(first["ids"][user]) + 2 == int(live["ids"][user])
+        finally:
+            for server in servers.values():
+                await server.aclose()
+            await data.aclose()
+
+
 async def test_cluster_node_sigkill_of_a_node_mid_stream_through_the_gateway(redis_cluster: OwnCluster,
                                                                             procs: ProcessGroup,
                                                                             tmp_path: Path) -> None:
@@ -414,7 +477,7 @@ async def test_cluster_node_sigkill_of_a_node_mid_stream_through_the_gateway(red
 
 async def test_cluster_node_push_scripts_run_on_the_users_masters_only(on_cluster: OnCluster) -> None:
     """Each push is one EVALSHA on the master of its user's slot, none elsewhere: the store's load divides with the
-    masters (pub/sub does not yet: PUBLISH crosses the cluster bus, docs/scaling.md)."""
+    masters (and so does pub/sub, test_cluster_node_push_notifications_stay_on_the_users_shard)."""
     c = on_cluster
     a, b = c.nodes
     spread = c.users_per_master(10, "load")
@@ -485,3 +548,75 @@ async def test_cluster_node_connect_registers_replays_resumes_and_refuses_revoke
 
 async def _no_sessions(c: OnCluster, user: str) -> bool:
     return await c.redis.zcard(c.keys.user_sessions(user)) == 0
+
+
+_SHARD_RECEIVED = "cluster_stats_messages_publishshard_received"
+
+
+def _bus_counters(text: str) -> dict[str, int]:
+    return {name: int(value) for name, _, value in (line.partition(":") for line in text.split())
+            if name.startswith("cluster_stats_messages_publish")}
+
+
+async def test_cluster_node_push_notifications_stay_on_the_users_shard(on_cluster: OnCluster) -> None:
+    """Pushes to users of one master: that master runs one SPUBLISH per push (to the receiving node's channel of the
+    user's slot) and its replica alone gets them over the cluster bus; the other masters run no SPUBLISH and receive
+    no sharded publication, and plain PUBLISH (now only the nodes' own heartbeats) does not grow with the pushes."""
+    c = on_cluster
+    a, b = c.nodes
+    spread = c.users_per_master(5, "shard")
+    masters = sorted(spread)
+    loaded = masters[0]
+    users = spread[loaded]
+    # Sessions of every master's users on both nodes, so every node is subscribed and routable everywhere.
+    sessions = {user: (await c.open((a, b)[i % 2], user))[0]
+                for i, user in enumerate(u for group in spread.values() for u in group)}
+    ids = {n.port: n.node_id for n in c.cluster.topology()}
+    replica_of = {n.master_id: n.port for n in c.cluster.topology() if n.role == "slave"}
+    ports = [*masters, *(replica_of[ids[port]] for port in masters)]
+    servers = {port: redis.Redis(host="127.0.0.1", port=port, decode_responses=True) for port in ports}
+    rounds = 10
+    loop = asyncio.get_running_loop()
+    try:
+        async def counters() -> dict[int, dict[str, int]]:
+            out = {}
+            for port, server in servers.items():
+                stats = await server.info("commandstats")
+                out[port] = {**_bus_counters(await server.execute_command("CLUSTER", "INFO")),
+                             **{name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+                                for name in ("publish", "spublish")}}
+            return out
+
+        before = await counters()
+        started = loop.time()
+        for round_ in range(rounds):
+            answers = await asyncio.gather(*(push(c.http, (a, b)[i % 2], {"to": {"users": [user]}, "module": "m",
+                                                                           "data": round_})
+                                             for i, user in enumerate(users)))
+            assert all(status == 202 for status, _ in answers), answers
+        for user in users:
+            assert [(await sessions[user].next_of("message"))["data"] for _ in range(rounds)] == list(range(rounds))
+        elapsed = loop.time() - started
+        replica = replica_of[ids[loaded]]
+
+        async def replica_has_all() -> bool:  # the bus delivers to the replica after the master's reply
+            info = _bus_counters(await servers[replica].execute_command("CLUSTER", "INFO"))
+            return info.get(_SHARD_RECEIVED, 0) - before[replica].get(_SHARD_RECEIVED, 0) >= rounds * len(users)
+
+        await eventually(replica_has_all, timeout_s=5)
+        after = await counters()
+    finally:
+        for server in servers.values():
+            await server.aclose()
+    # CLUSTER INFO lists a bus counter only once it is not 0.
+    delta = {port: {name: after[port][name] - before[port].get(name, 0) for name in after[port]} for port in ports}
+    pushes = rounds * len(users)
+    print(f"\n{pushes} pushes to the users of master {loaded} in {elapsed:.2f} s: per server {delta}")
+    assert delta[loaded]["spublish"] == pushes
+    assert all(delta[port]["spublish"] == 0 for port in masters[1:])
+    # Redis sends a sharded publication over the bus to the master's replicas only.
+    assert delta[replica][_SHARD_RECEIVED] == pushes
+    assert all(delta[port].get(_SHARD_RECEIVED, 0) == 0 for port in ports if port != replica)
+    # Plain PUBLISH: each node's heartbeat, once a second (--pubsub-heartbeat), whatever the pushes.
+    beats = 2 * (int(elapsed) + 2)
+    assert sum(delta[port]["publish"] for port in masters) <= beats < pushes, (delta, beats)
