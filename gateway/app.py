@@ -213,6 +213,12 @@ class GatewayApp:
         self.tasks.spawn(METRICS_SNAPSHOTS, self._publish_metrics)
         self._base = config
         self._follow_catalog(config)
+        mtime = self._file_mtime()
+        if mtime is not None and mtime != self._mtime:
+            # Changed while this process started, before a SIGHUP could reach the handler (a worker starts with
+            # SIGHUP ignored, gateway/ops/supervisor.py): take the file as it is now.
+            self._mtime = mtime
+            self.reload()
         if self.watch_file:
             self.tasks.spawn(FILE_WATCH, self._watch_file)
         if ready is not None:

@@ -53,7 +53,10 @@ class Supervisor:
     def _spawn(self) -> subprocess.Popen[bytes]:
         env = environment.for_child(**{environment.METRICS_DIR: self.metrics_dir})
         argv = [sys.executable, "-m", "gateway", *self.worker_args, "--worker"]
-        return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
+        # A reload forwarded to a worker that is still starting would kill it (SIGHUP's default action), and a stop
+        # arriving during the restart left the new worker running: the worker starts with SIGHUP ignored until its
+        # event loop installs the reload handler, and then reloads if the file changed since it started.
+        return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, preexec_fn=_ignore_sighup)
 
     def _signal_all(self, signum: int) -> None:
         for child in self.children:
@@ -96,7 +99,8 @@ class Supervisor:
                 for index, child in enumerate(self.children):
                     if child.poll() is not None and not self.stopping.is_set():
                         log.error("worker %d exited with %s; restarting it", child.pid, child.returncode)
-                        self.stopping.wait(RESTART_DELAY_S)
+                        if self.stopping.wait(RESTART_DELAY_S):
+                            break  # a stop during the delay: a worker spawned now would never hear of it
                         self.children[index] = self._spawn()
             status = 0
             for child in self.children:
@@ -113,3 +117,7 @@ class Supervisor:
                     child.kill()
                     child.wait()
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+
+def _ignore_sighup() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)

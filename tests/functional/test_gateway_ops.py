@@ -135,6 +135,30 @@ async def test_gateway_workers_share_port_aggregate_metrics_and_reload(procs: Pr
     assert await asyncio.to_thread(gateway.wait_exit, timeout_s=15) == 0
 
 
+async def test_gateway_workers_survive_a_reload_while_starting_and_a_stop_reaches_them(procs: ProcessGroup,
+                                                                                   tmp_path: Path) -> None:
+    """A SIGHUP forwarded to workers that are still importing used to kill them (SIGHUP's default action), and a
+    stop during the restart that followed left the new worker running: the master then waited 40 s for it. Now a
+    worker ignores SIGHUP until its handler is in place, and takes a file changed meanwhile when it gets there."""
+    upstream = start_upstream_proc(procs, "up")
+    config = tmp_path / "routes.yaml"
+    config.write_text(routes_yaml(upstream, "/a"))
+    port = free_port()
+    gateway = procs.python("gateway", "gateway", "--config", str(config), "--port", str(port), "--host", "127.0.0.1",
+                           "--workers", "2")
+    # The master's handlers are in place once it says so; its workers are only being spawned then.
+    assert await eventually(lambda: "started 2 worker(s)" in gateway.log(), timeout_s=15)
+    config.write_text(routes_yaml(upstream, "/b"))
+    gateway.signal(signal.SIGHUP)
+    await asyncio.to_thread(gateway.wait_http_ready, f"http://127.0.0.1:{port}/actuator/health")
+    assert await wait_route_ids(port, ["rb"]) == ["rb"]
+    for _ in range(10):  # new connections spread over both workers: each serves the new file
+        assert await route_ids(port) == ["rb"]
+    assert "exited with" not in gateway.log(), gateway.log()
+    gateway.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(gateway.wait_exit, timeout_s=15) == 0
+
+
 async def test_gateway_workers_follow_the_masters_unknown_filters_flag(procs: ProcessGroup, tmp_path: Path) -> None:
     # The workers read the file again: they must take --unknown-filters from the master (WSGATE_UNKNOWN_FILTERS).
     upstream = start_upstream_proc(procs, "up")
