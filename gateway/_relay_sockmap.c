@@ -24,7 +24,10 @@
  *   bytes still queued in the kernel. A tunnel that went back stays with the thread: switching to redirects
  *   again cannot be ordered against an skb the program passes meanwhile.
  * - Bytes that reach a socket between the thread's last read and its entry into `sources` stay in its receive
- *   queue until the next skb: setting SO_RCVLOWAT makes TCP call the (replaced) data_ready at once.
+ *   queue until the next skb: setting SO_RCVLOWAT makes TCP call the (replaced) data_ready at once. That first
+ *   verdict run (tcp_read_skb) takes each queued skb whole, ignoring what recv already read of it, so before the
+ *   entry the thread reads each socket until a short read (the queue is empty then; what comes later are whole
+ *   skbs): otherwise the bytes read with the 101 went to the client twice.
  * - Byte counts still come from TCP_INFO (tcpi_bytes_received counts what the kernel redirected); the idle sweep
  *   reads the array's counters, without a syscall.
  * - What a socket was passed and the thread has not read yet is lost if that socket is reset: a reset takes it
@@ -260,12 +263,50 @@ static void stop_redirect(Relay *r, tunnel_t *t) {
     want_sweep(r, 5);
 }
 
+/* Relay all end i holds to its peer, until a short read: the kernel's first verdict run (tcp_read_skb) takes every
+ * skb of the receive queue whole, so one the thread (or Python, or the head's read) has read part of would be
+ * redirected again from its start (the 101 and the bytes after it, twice). A short read leaves the queue empty:
+ * what comes after it are whole skbs. Returns 0 when all of it was sent; -1 (the tunnel stays on the thread, with
+ * what the peer did not take pending) on EOF, an error, a full peer or a sender faster than 16 reads; -1 with the
+ * tunnel aborted when out of memory. */
+static int empty_receive_queue(Relay *r, tunnel_t *t, int i) {
+    end_t *src = &t->ends[i], *dst = &t->ends[1 - i];
+    for (int k = 0; k < 16; k++) {
+        ssize_t n = recv(src->fd, r->buffer, CHUNK_BYTES, MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+        if (n == 0) return -1; /* the thread's epoll finds the EOF again */
+        src->read_bytes += (uint64_t)n;
+        t->moved += (uint64_t)n;
+        size_t sent = 0;
+        while (sent < (size_t)n) {
+            ssize_t w = send(dst->fd, r->buffer + sent, (size_t)n - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (w < 0 && errno == EINTR) continue;
+            if (w < 0) break;
+            sent += (size_t)w;
+        }
+        if (sent < (size_t)n) {
+            /* The thread's own backpressure from here: end i is not read until its peer took these. */
+            if (append_pending(dst, r->buffer + sent, (size_t)n - sent) != 0) {
+                abort_tunnel(r, t); /* out of memory: as on_readable does */
+                return -1;
+            }
+            set_interest(r, src, 0);
+            set_interest(r, dst, EPOLLIN | EPOLLOUT);
+            return -1;
+        }
+        if ((size_t)n < CHUNK_BYTES) return 0;
+    }
+    return -1;
+}
+
 /* Hand a tunnel whose pending bytes are all sent to the kernel (once; on failure it stays on the thread). */
 void sockmap_enter(Relay *r, tunnel_t *t) {
     if (!r->sm.on || t->sm_tried || t->finished || t->closing || t->state != ST_RELAY || r->sm.nfree == 0) return;
     t->sm_tried = 1;
     int fds[2] = {t->ends[0].fd, t->ends[1].fd};
     if (fds[0] < 0 || fds[1] < 0 || t->ends[0].pending_len || t->ends[1].pending_len) return;
+    if (empty_receive_queue(r, t, 0) != 0 || empty_receive_queue(r, t, 1) != 0) return;
     for (int i = 0; i < 2; i++) {
         socklen_t len = sizeof(t->sm_cookie[i]);
         int64_t base = taken(fds[i]);
