@@ -10,7 +10,7 @@ through each (with the relay's CPU microseconds per handshake, which the load ge
 idle tunnel with idle connections open. `--repeat N` runs every measurement N times, alternating the relays, and
 reports medians. `--pin` gives the relays (gateway, nginx) the last CPU and the load generator, echo node and
 Consul agent the others, the same for both relays. The last line is `relay_cpu_ratio_max=<worst gateway/nginx CPU
-ratio over the sizes>`. `--relay` picks the gateway's tunnel relay: `sockmap` (its default: the kernel moves the
+ratio over the sizes>`. `--relay` picks the gateway's tunnel relay: `sockmap` (the default here: the kernel moves the
 bytes where it allows it), `native` (`wsgate.sockmap-relay: false`, the relay thread) or `python`
 (`wsgate.native-relay: false`).
 """
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pin", action="store_true",
                         help="pin the relays to the last CPU and everything else to the others")
     parser.add_argument("--relay", choices=("sockmap", "native", "python"), default="sockmap",
-                        help="the gateway's tunnel relay (default: sockmap, the gateway's own default)")
+                        help="the gateway's tunnel relay (default: sockmap, which the gateway runs only when asked)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     if args.repeat < 1:

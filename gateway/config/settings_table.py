@@ -76,8 +76,8 @@ SETTINGS: tuple[Setting, ...] = (
             env="WSGATE_REDIS_PREFIX", env_default=""),
     Setting("native-relay", BOOLEAN, "native_relay", True,
             "relay plain-TCP tunnels in gateway._relay's thread when it is built (false: in Python)"),
-    Setting("sockmap-relay", BOOLEAN, "sockmap_relay", True,
-            "let the kernel move plain-TCP tunnels' bytes (BPF sockmap) when it allows it, the native relay "
+    Setting("sockmap-relay", BOOLEAN, "sockmap_relay", False,
+            "opt in: let the kernel move plain-TCP tunnels' bytes (BPF sockmap) when it allows it, the native relay "
             "thread keeping the tunnel rules (false: the thread relays them; needs `native-relay`)"),
     Setting("unknown-filters", CHOICE, None, "fail", "what SCG features wsgate does not implement do: `fail` the "
             "file, or `warn` and leave them out (`--unknown-filters` wins)", choices=("fail", "warn")),
