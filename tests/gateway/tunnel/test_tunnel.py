@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
+import socket
+import termios
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -374,3 +377,70 @@ async def test_tunnel_keeps_the_order_of_a_burst_right_after_the_upgrade_request
         assert_counted(await asyncio.wait_for(results.get(), 10))
 
     await burst_rounds(start_gateway, relay_kind, upstream, client)
+
+
+# A WebSocket close frame with code 1009, as a node sends it (server frames are not masked).
+CLOSE_1009 = b"\x88\x02\x03\xf1"
+FLOOD_BYTES = 48 << 20
+FLOOD_ROUNDS = 3
+
+
+def queued_input(sock: socket.socket) -> int:
+    return int.from_bytes(fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"), "little")
+
+
+async def until(condition: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
+    """Poll `condition`: it reads the kernel's state of sockets, which nothing here can await."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def test_tunnel_delivers_what_a_node_sent_before_its_reset_while_the_client_floods_it(
+        start_gateway: StartGateway, relay_kind: str) -> None:
+    # The node stops reading while the client goes on sending (through the kernel, the sockmap relay hands that
+    # direction back to the thread), then sends a close frame and resets. The frame was sent before the reset, so it
+    # must reach the client, ahead of any reset the client gets.
+    for _ in range(FLOOD_ROUNDS):
+        message = await close_after_flood(start_gateway, relay_kind)
+        assert (message.type, message.data) == (WSMsgType.CLOSE, 1009), message
+
+
+async def close_after_flood(start_gateway: StartGateway, relay_kind: str) -> aiohttp.WSMessage:
+    upstream_sock: asyncio.Future[socket.socket] = asyncio.get_running_loop().create_future()
+    release = asyncio.Event()
+
+    async def raw_upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(switching_protocols(await reader.readuntil(b"\r\n\r\n")))
+        upstream_sock.set_result(writer.get_extra_info("socket"))
+        await release.wait()
+        writer.write(CLOSE_1009)
+        await writer.drain()
+        writer.transport.abort()  # the client's bytes unread: a reset
+
+    server = await asyncio.start_server(raw_upstream, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    gw = await start_gateway(config(route("ws", f"ws://127.0.0.1:{port}", ["Path=/**"])))
+    relay = gw.server.tunnels.native_relay(asyncio.get_running_loop())
+    pauses = relay.stats()["sockmap_pauses"] if relay is not None else 0
+    try:
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+                f"{gw.ws_url}/ws", autoping=False, heartbeat=None, compress=0) as ws:
+            sock = await asyncio.wait_for(upstream_sock, 5)
+            sending = asyncio.ensure_future(ws.send_bytes(bytes(FLOOD_BYTES)))
+            await until(lambda: queued_input(sock) > 64 << 10, "the node's receive queue to fill")
+            if relay_kind == "sockmap":
+                assert relay is not None
+                await until(lambda: relay.stats()["sockmap_pauses"] > pauses, "the kernel to pause that direction")
+            assert not sending.done()
+            release.set()
+            message = await ws.receive(timeout=10)
+            sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError, aiohttp.ClientError):
+                await sending
+            return message
+    finally:
+        server.close()
+        await server.wait_closed()
