@@ -389,6 +389,10 @@ def queued_input(sock: socket.socket) -> int:
     return int.from_bytes(fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"), "little")
 
 
+def queued_output(sock: socket.socket) -> int:
+    return int.from_bytes(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"), "little")
+
+
 async def until(condition: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
     """Poll `condition`: it reads the kernel's state of sockets, which nothing here can await."""
     loop = asyncio.get_running_loop()
@@ -400,8 +404,8 @@ async def until(condition: Callable[[], bool], what: str, timeout_s: float = 20.
 
 async def test_tunnel_delivers_what_a_node_sent_before_its_reset_while_the_client_floods_it(
         start_gateway: StartGateway, relay_kind: str) -> None:
-    # The node stops reading while the client goes on sending (through the kernel, the sockmap relay hands that
-    # direction back to the thread), then sends a close frame and resets. The frame was sent before the reset, so it
+    # The node stops reading while the client goes on sending until the gateway takes no more (through the kernel,
+    # the sockmap relay hands that direction back to the thread), then sends a close frame and resets. The frame was sent before the reset, so it
     # must reach the client, ahead of any reset the client gets.
     for _ in range(FLOOD_ROUNDS):
         message = await close_after_flood(start_gateway, relay_kind)
@@ -434,6 +438,9 @@ async def close_after_flood(start_gateway: StartGateway, relay_kind: str) -> aio
             if relay_kind == "sockmap":
                 assert relay is not None
                 await until(lambda: relay.stats()["sockmap_pauses"] > pauses, "the kernel to pause that direction")
+            assert ws._response.connection is not None and ws._response.connection.transport is not None
+            client_sock = ws._response.connection.transport.get_extra_info("socket")
+            await until(lambda: queued_output(client_sock) > 512 << 10, "the client's send queue to fill")
             assert not sending.done()
             release.set()
             message = await ws.receive(timeout=10)
