@@ -405,8 +405,8 @@ async def until(condition: Callable[[], bool], what: str, timeout_s: float = 20.
 async def test_tunnel_delivers_what_a_node_sent_before_its_reset_while_the_client_floods_it(
         start_gateway: StartGateway, relay_kind: str) -> None:
     # The node stops reading while the client goes on sending until the gateway takes no more (through the kernel,
-    # the sockmap relay hands that direction back to the thread), then sends a close frame and resets. The frame was sent before the reset, so it
-    # must reach the client, ahead of any reset the client gets.
+    # the sockmap relay hands that direction back to the thread), then sends a close frame and resets. The frame
+    # was sent before the reset, so it must reach the client, ahead of any reset the client gets.
     for _ in range(FLOOD_ROUNDS):
         message = await close_after_flood(start_gateway, relay_kind)
         assert (message.type, message.data) == (WSMsgType.CLOSE, 1009), message
