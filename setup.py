@@ -1,6 +1,8 @@
-"""The optional native relay (gateway/_relay*.c, _relay.h); everything else is in pyproject.toml.
+"""The optional native relay (gateway/_relay*.c, _relay.h) and HTTP lane (gateway/_http*.c, _http.h); everything
+else is in pyproject.toml.
 
-`optional=True`: without a C compiler the install still succeeds and the gateway relays tunnels in Python.
+`optional=True`: without a C compiler the install still succeeds and the gateway relays tunnels and proxies HTTP in
+Python.
 """
 
 import sys
@@ -12,6 +14,9 @@ if sys.platform.startswith("linux"):  # epoll and eventfd
     sources = ["gateway/_relay.c", "gateway/_relay_thread.c", "gateway/_relay_dial.c", "gateway/_relay_index.c",
                "gateway/_relay_sockmap.c"]
     ext_modules.append(Extension("gateway._relay", sources, depends=["gateway/_relay.h"], optional=True,
+                                 extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]))
+    http_sources = ["gateway/_http.c", "gateway/_http_io.c", "gateway/_http_util.c"]
+    ext_modules.append(Extension("gateway._http", http_sources, depends=["gateway/_http.h"], optional=True,
                                  extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]))
 
 setup(ext_modules=ext_modules)

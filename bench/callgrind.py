@@ -1,6 +1,6 @@
 """Instructions per WebSocket handshake and per proxied HTTP request, counted by `valgrind --tool=callgrind`.
 
-    python -m bench.callgrind [--handshakes 200] [--requests 1000] [--json OUT]
+    python -m bench.callgrind [--handshakes 200] [--requests 1000] [--native-http] [--json OUT]
 
 CPU seconds on a shared machine move with the neighbours' load; instruction counts do not (the same binary, inputs
 and environment give the same count), so this is the figure to compare before and after a change.
@@ -42,6 +42,7 @@ server:
 wsgate:
   access-log: false
   workers: 1
+  native-http: {native_http}
 discovery:
   consul:
     address: 127.0.0.1:{consul_port}
@@ -153,8 +154,9 @@ async def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> d
                                         "-g", "daemon off;"])
     upstream.wait_port_ready("127.0.0.1", upstream_port)
 
-    (workdir / "routes.yaml").write_text(GATEWAY_ROUTES.format(port=gw_port, consul_port=consul_port,
-                                                               upstream_port=upstream_port))
+    (workdir / "routes.yaml").write_text(GATEWAY_ROUTES.format(
+        port=gw_port, native_http=str(args.native_http).lower(), consul_port=consul_port,
+        upstream_port=upstream_port))
     gw_out = workdir / "callgrind.gateway.out"
     gateway = start_under_callgrind(group, "gateway", [sys.executable, "-m", "gateway", "--config",
                                                        str(workdir / "routes.yaml"), "--workers", "1"], gw_out)
@@ -183,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--handshakes", type=int, default=200)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--native-http", action="store_true", help="the gateway with wsgate.native-http on")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-callgrind-") as tmp:
         group = ProcessGroup(Path(tmp))

@@ -1,6 +1,6 @@
 """Plain HTTP proxying: the gateway against nginx, in one run, with wrk as the load.
 
-    python -m bench.http [--quick] [--repeat 3] [--pin] [--connections 32] [--json OUT]
+    python -m bench.http [--quick] [--repeat 3] [--pin] [--connections 32] [--native-http] [--json OUT]
 
 Both proxies forward `/api/**` to the same fast upstream (a second nginx answering `200 ok` from memory, so the
 upstream is never the bottleneck) and strip the first path segment, as SCG's `Path=/api/**` with `StripPrefix=1`
@@ -87,6 +87,7 @@ server:
 wsgate:
   access-log: false
   workers: 1
+  native-http: {native_http}
   redis: {{url: "redis://127.0.0.1:{redis_port}/0", prefix: "bench-http:"}}
 routes:
   - id: api
@@ -174,8 +175,9 @@ def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> dict[st
                                                           upstream_port=upstream_port))
     proxy = group.start("nginx", [nginx, "-p", str(workdir), "-c", str(workdir / "proxy.conf"), "-g", "daemon off;"])
     proxy.wait_port_ready("127.0.0.1", proxy_port)
-    (workdir / "routes.yaml").write_text(GATEWAY_ROUTES.format(port=gw_port, redis_port=redis_port,
-                                                               upstream_port=upstream_port))
+    (workdir / "routes.yaml").write_text(GATEWAY_ROUTES.format(
+        port=gw_port, native_http=str(args.native_http).lower(), redis_port=redis_port,
+        upstream_port=upstream_port))
     gateway = group.python("gateway", "gateway", "--config", str(workdir / "routes.yaml"), "--workers", "1")
     gateway.wait_http_ready(f"http://127.0.0.1:{gw_port}/actuator/health")
     cpus = sorted(os.sched_getaffinity(0))
@@ -230,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--pin", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--native-http", action="store_true", help="the gateway with wsgate.native-http on")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
         group = ProcessGroup(Path(tmp))

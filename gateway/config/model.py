@@ -70,6 +70,7 @@ class ServerSettings:
     redis_prefix: str | None = default("redis_prefix")
     native_relay: bool = default("native_relay")
     sockmap_relay: bool = default("sockmap_relay")
+    native_http: bool = default("native_http")
 
     def __post_init__(self) -> None:
         if not self.host:

@@ -21,6 +21,8 @@ class ConnOwner(Protocol):
 
     def connection_opened(self, conn: ClientConn) -> bool: ...
 
+    def connection_adopted(self, conn: ClientConn) -> None: ...
+
     def connection_closed(self, conn: ClientConn) -> None: ...
 
     def refuse(self, conn: Conn, error: GatewayError) -> None: ...
@@ -36,9 +38,12 @@ class ClientConn(Conn):
     timeout is a plain timer rather than a timeout scope.
     """
 
-    def __init__(self, server: ConnOwner, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, server: ConnOwner, loop: asyncio.AbstractEventLoop, *, adopted: bool = False) -> None:
         super().__init__(loop)
         self.server = server
+        # Handed back by the native HTTP lane in the middle of a request: its coroutine is started by whoever
+        # adopted it, without the first head's timer or admission (it was admitted already).
+        self.adopted = adopted
         self.busy = False  # between reading a head and finishing its answer
         self.remote = "unknown"  # the client's address, set when serving starts (peername, looked up once)
         self.task: asyncio.Task[None] | None = None
@@ -48,7 +53,9 @@ class ClientConn(Conn):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if self.server.connection_opened(self):
+        if self.adopted:
+            self.server.connection_adopted(self)
+        elif self.server.connection_opened(self):
             timeout_s = self.server.settings.head_timeout_s
             assert self._loop is not None
             self._head_timer = self._loop.call_later(timeout_s, self._first_head_late)
@@ -57,6 +64,10 @@ class ClientConn(Conn):
         if self._linger_timer is not None:
             return  # lingering after an error answer: what still comes is dropped
         super().data_received(data)
+        self.check_first_head()
+
+    def check_first_head(self) -> None:
+        """Start serving once the first head is complete (or refused); also for bytes the native lane read."""
         if self._head_timer is not None:
             if (self.buffer.find(HEAD_END, self._scan_from) >= 0
                     or len(self.buffer) > self.server.settings.max_head_bytes

@@ -33,7 +33,7 @@ from gateway.errors import (
 from gateway.model import Headers, RateLimit, RequestView
 from gateway.ops.metrics import Metrics
 from gateway.plugins import Response, run_plugin_filters
-from gateway.proxy import policies
+from gateway.proxy import native_http, policies
 from gateway.proxy.accounting import Accounting
 from gateway.proxy.client_conn import ClientConn
 from gateway.proxy.conn import Conn
@@ -58,6 +58,7 @@ from gateway.proxy.httpparse import (
     response_framing,
     serialize_head,
 )
+from gateway.proxy.native_http import NativeHttp
 from gateway.proxy.responses import error_body, simple_response
 from gateway.ratelimit.bucket import RateDecision
 from gateway.routing.balancer import Balancer
@@ -103,7 +104,8 @@ class GatewayServer:
         self.dialer = Dialer(provider=provider, balancer=balancer, metrics=metrics, pool=self.pool,
                              tunnels=self.tunnels, upstream_ssl=upstream_ssl, settings=lambda: self.settings)
         self.breakers = policies.Breakers()  # CircuitBreaker state by id, kept across reloads
-        metrics.gauge("wsgate_open_connections", lambda: float(len(self.connections)))
+        self.native_http: NativeHttp | None = None  # the native HTTP lane, when it owns the listening socket
+        metrics.gauge("wsgate_open_connections", lambda: float(len(self.connections) + self._lane_connections()))
 
     @property
     def settings(self) -> ServerSettings:
@@ -113,21 +115,29 @@ class GatewayServer:
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> list[tuple[str, int]]:
         """Listen on host:port; returns the bound addresses (port 0 picks one)."""
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: ClientConn(self, loop), host or None, port, ssl=self.listen_ssl,
-                                          reuse_port=reuse_port, backlog=1024, reuse_address=True)
-        self._servers.append(server)
+        bound = native_http.start_lane(self, loop, host, port, reuse_port=reuse_port)
+        if bound is None:
+            server = await loop.create_server(lambda: ClientConn(self, loop), host or None, port,
+                                              ssl=self.listen_ssl, reuse_port=reuse_port, backlog=1024,
+                                              reuse_address=True)
+            self._servers.append(server)
         if self.settings.native_relay:
             # Started with the listener, so its three descriptors are part of the worker's baseline.
             self.tunnels.sockmap = self.settings.sockmap_relay
             self.tunnels.prepare(loop)
         else:
             self.tunnels.announce("tunnel relay: Python (wsgate.native-relay is false)")
-        return [sock.getsockname()[:2] for sock in server.sockets]
+        return bound if bound is not None else [sock.getsockname()[:2] for sock in server.sockets]
+
+    def _lane_connections(self) -> int:
+        return self.native_http.count() if self.native_http is not None else 0
 
     def stop_accepting(self) -> None:
         """Close the listening sockets; open connections carry on."""
         for server in self._servers:
             server.close()
+        if self.native_http is not None:
+            self.native_http.drain()
 
     async def drain(self, timeout_s: float) -> None:
         """Stop accepting, let tunnels and requests finish for up to `timeout_s`, then close what is left."""
@@ -137,15 +147,20 @@ class GatewayServer:
             if not self._busy(conn):
                 conn.close()
         deadline = time.monotonic() + timeout_s
-        while (self.tunnels or self.connections) and time.monotonic() < deadline:
+        while (self.tunnels or self.connections or self._lane_connections()) and time.monotonic() < deadline:
             waiters = [t.done for t in self.tunnels] + [c.task for c in self.connections
                                                           if c.task is not None and not c.task.done()]
+            lane = self.native_http
+            if lane is not None and lane.empty is not None and not lane.empty.done():
+                waiters.append(lane.empty)
             if not waiters:
                 break
             await asyncio.wait(waiters, timeout=max(0.0, deadline - time.monotonic()),
                                return_when=asyncio.FIRST_COMPLETED)
         for conn in list(self.connections):
             conn.close()
+        if self.native_http is not None:
+            self.native_http.close()
         self.pool.close()
         await self.tunnels.close_all()
 
@@ -158,7 +173,8 @@ class GatewayServer:
     def connection_opened(self, conn: ClientConn) -> bool:
         """Admit a connection; beyond max_connections (or while draining) answer 503, close it, return False."""
         self.connections.add(conn)
-        if len(self.connections) + len(self.tunnels) > self.settings.max_connections or self.draining:
+        opened = len(self.connections) + len(self.tunnels) + self._lane_connections()
+        if opened > self.settings.max_connections or self.draining:
             self.refuse(conn, Overloaded("too many connections"))
             return False
         return True
@@ -172,6 +188,10 @@ class GatewayServer:
         else:
             conn.close()
 
+    def connection_adopted(self, conn: ClientConn) -> None:
+        """Take over a connection the native lane admitted and hands back in the middle of a request."""
+        self.connections.add(conn)
+
     def connection_closed(self, conn: ClientConn) -> None:
         """Forget a closed connection."""
         self.connections.discard(conn)
@@ -181,14 +201,21 @@ class GatewayServer:
         peer = conn.transport.get_extra_info("peername")
         return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
 
-    async def serve(self, conn: ClientConn) -> None:
-        """Answer requests on `conn` until it closes or becomes a tunnel."""
+    async def serve(self, conn: ClientConn, *, resume: Callable[[], Awaitable[Outcome]] | None = None) -> None:
+        """Answer requests on `conn` until it closes or becomes a tunnel; `resume` first finishes a request the
+        native lane handed back."""
         settings = self.settings
-        first = True
+        first = resume is None
         conn.remote = remote = self._client_addr(conn)
         handed_over = False
         errored = False
         try:
+            if resume is not None:
+                conn.busy = True
+                outcome = await resume()
+                handed_over = outcome is TUNNEL
+                if not serves_next(outcome, self.draining):
+                    return
             while not conn.lost:
                 conn.busy = False
                 raw = conn.take_head(max_bytes=settings.max_head_bytes)
@@ -380,19 +407,26 @@ class GatewayServer:
             self.accounting.log(ex.view.remote_addr, ex.head, 101, route.id, endpoint.address, ex.started)
             self.connection_closed(conn)  # the client connection now belongs to the tunnel
             return TUNNEL
+        return await self.answer_handed_back(ex, endpoint, result.upstream_fd, result.head, result.failure)
+
+    async def answer_handed_back(self, ex: Exchange, endpoint: Endpoint, fd: int | None, data: bytes,
+                                 failure: str | None) -> Outcome:
+        """Go on with an attempt a native dial handed back (the relay thread's, the HTTP lane's): the instance's
+        connection `fd` with `data` read from it, or no connection and why (`failure`)."""
+        conn = ex.conn
         upstream: Conn | None = None
         try:
-            if result.upstream_fd is None:
-                if result.failure == "response-timeout":
+            if fd is None:
+                if failure == "response-timeout":
                     raise UpstreamTimeout("instance did not answer in time")
                 raise BadGateway("instance closed the connection without answering")
             loop = conn.loop or asyncio.get_running_loop()
-            upstream = await adopt_socket(result.upstream_fd, result.head, loop=loop)
-            response = await read_response(conn, upstream, ex.response_timeout_s)
+            upstream = await adopt_socket(fd, data, loop=loop)
+            response = await read_response(conn, upstream, ex.response_timeout_s, upgrade=ex.upgrade)
         except BaseException as error:
             if upstream is not None:
                 upstream.close()
-            self.accounting.upstream_error(route, endpoint, error)
+            self.accounting.upstream_error(ex.route, endpoint, error)
             raise
         return await self._answer(ex, upstream, response, endpoint)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from aiohttp import web
@@ -81,11 +81,18 @@ async def start_upstream() -> AsyncIterator[StartUpstream]:
 
 
 @pytest.fixture
-async def start_gateway() -> AsyncIterator[StartGateway]:
-    """Start in-process gateways on 127.0.0.1 with a given config (and provider); drained at the end."""
+async def start_gateway(request: pytest.FixtureRequest) -> AsyncIterator[StartGateway]:
+    """Start in-process gateways on 127.0.0.1 with a given config (and provider); drained at the end.
+
+    Where the `http_lane` fixture is in use (tests/gateway/proxy), its lane ("python" or "native") is the one
+    `wsgate.native-http` selects for every gateway started.
+    """
     started: list[RunningGateway] = []
+    lane = request.getfixturevalue("http_lane") if "http_lane" in request.fixturenames else None
 
     async def start(cfg: GatewayConfig, *, provider: Provider | None = None, **kwargs: object) -> RunningGateway:
+        if lane is not None:
+            cfg = replace(cfg, server=replace(cfg.server, native_http=lane == "native"))
         provider = provider or StaticProvider()
         metrics = Metrics()
         balancer = Balancer()

@@ -40,6 +40,7 @@ READS: list[tuple[str, str, str, object]] = [
     ("redis.prefix", "''", "redis_prefix", ""),
     ("native-relay", "false", "native_relay", False),
     ("sockmap-relay", "false", "sockmap_relay", False),
+    ("native-http", "true", "native_http", True),
     ("node-management-key", "m1", "node_management_key", "m1"),
 ]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -205,16 +206,23 @@ async def test_request_body_cut_short_closes_the_upstream_connection(start_gatew
     assert upstream.accepted == 2 and heads[1].startswith(b"GET /next ")
 
 
-async def test_pooled_connections_have_tcp_keepalive(start_gateway: StartGateway, scripted: MakeUpstream) -> None:
+async def test_pooled_connections_have_tcp_keepalive(start_gateway: StartGateway, scripted: MakeUpstream,
+                                                    request: pytest.FixtureRequest) -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
         await read_request(reader)
         writer.write(OK)
 
     gw = await gateway_to(start_gateway, scripted(script))
     assert await get(gw) == 200
-    idle = [conn for stack in gw.server.pool._idle.values() for _, conn in stack]
-    assert len(idle) == 1 and idle[0].transport is not None
-    sock = idle[0].transport.get_extra_info("socket")
+    if gw.server.native_http is not None:  # the native lane's own pool
+        fds = gw.server.native_http.lane.pooled()
+        assert len(fds) == 1
+        sock = socket.socket(fileno=os.dup(fds[0]))
+        request.addfinalizer(sock.close)
+    else:
+        idle = [conn for stack in gw.server.pool._idle.values() for _, conn in stack]
+        assert len(idle) == 1 and idle[0].transport is not None
+        sock = idle[0].transport.get_extra_info("socket")
     assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
     if hasattr(socket, "TCP_KEEPIDLE"):
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 15

@@ -1,0 +1,113 @@
+/* gateway._http's shared definitions: the lane, its connections and what its two files share.
+ *
+ * _http.c is the Python type (see its comment for the design), _http_io.c the per-connection state machine,
+ * _http_util.c buffers, descriptors, the upstream pool and response heads.
+ */
+#ifndef WSGATE_HTTP_H
+#define WSGATE_HTTP_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LANE_READ_BYTES 65536
+#define LANE_MAX_EVENTS 256
+#define RESPONSE_HEAD_LIMIT (64 * 1024)   /* http.MAX_RESPONSE_HEAD_BYTES: a longer head goes back to Python */
+#define POOL_PER_INSTANCE 32              /* http.UpstreamPool's max_idle_per_instance */
+#define POOL_IDLE_MS 30000                /* and its idle_expiry_s */
+
+/* What a connection is doing. */
+enum { H_IDLE, H_UPSTREAM, H_BODY, H_CLOSE };
+
+/* Why a connection goes back to Python (the kinds of `Lane.run()`'s hand-backs, see _http.c). */
+enum { K_NEW, K_FORWARD, K_RESPONSE, K_TIMEOUT, K_CLOSED, K_HEAD_TIMEOUT, K_LINGER };
+
+/* What a descriptor is, by fd (epoll reports the fd; its owner is looked up here). */
+enum { SLOT_FREE, SLOT_LISTEN, SLOT_TIMER, SLOT_CLIENT, SLOT_UPSTREAM, SLOT_POOL };
+
+typedef struct {
+    char *data;
+    size_t len, cap;
+} buf_t;
+
+typedef struct hconn {
+    int cfd, ufd;
+    int state;
+    int first;                  /* no request answered yet: a head timeout answers 408 (Python's rule) */
+    int crd, cwr, urd, uwr;     /* edge-triggered readiness: set by epoll, cleared by EAGAIN */
+    int ceof;
+    int connecting, reused, retried, got_response_bytes;
+    buf_t cin, cout, uin, req;  /* client input, client output pending, upstream input, request to send */
+    size_t req_off;             /* how much of req the instance has taken */
+    size_t head_used;           /* bytes of cin the request head (and leading CRLFs) takes */
+    PyObject *remote;           /* the client's address (str) */
+    PyObject *decision;         /* the current request's, from decide() (a tuple), or NULL */
+    uint32_t ip;                /* the instance, network order */
+    uint16_t port;
+    size_t body_len;
+    int keep_client, no_body;
+    uint64_t connect_ms, response_ms;
+    int status, upstream_keep;
+    uint64_t remaining, nbytes;
+    uint64_t deadline_ms;       /* 0: none */
+    double started;             /* CLOCK_MONOTONIC seconds (Python's time.monotonic()) when the head was complete */
+    struct hconn *prev, *next;
+} hconn_t;
+
+typedef struct {
+    uint32_t ip;
+    uint16_t port;
+    int fd;
+    uint64_t since_ms;
+} pooled_t;
+
+typedef struct {
+    PyObject_HEAD
+    int epfd, listenfd, timerfd;
+    PyObject *decide;           /* decide(head: bytes, remote: str) -> tuple | None */
+    uint64_t head_timeout_ms;
+    size_t max_head_bytes;
+    int draining;
+    Py_ssize_t max_connections; /* 0: no limit; beyond it (with `outside`) a new connection goes to Python */
+    Py_ssize_t outside;         /* the worker's connections and tunnels that are not the lane's (set by Python) */
+    unsigned char *slots;       /* SLOT_* by fd */
+    hconn_t **owners;           /* the connection of a SLOT_CLIENT/SLOT_UPSTREAM fd, by fd */
+    size_t nslots;
+    hconn_t *live;
+    size_t nlive;
+    pooled_t *pool;
+    size_t npool, pool_cap;
+    PyObject *done;             /* list of finished requests, taken by run() */
+    PyObject *handbacks;        /* list of connections going back to Python, taken by run() */
+    uint64_t requests, handed_back;
+    char scratch[LANE_READ_BYTES];
+} Lane;
+
+#pragma GCC visibility push(hidden)
+
+/* _http_util.c */
+uint64_t lane_now_ms(void);
+double lane_now_s(void);
+int buf_add(buf_t *b, const char *data, size_t len);
+void buf_drop(buf_t *b, size_t n);
+int lane_watch(Lane *l, int fd, int kind, hconn_t *c);
+void lane_forget(Lane *l, int fd);
+void close_fd(Lane *l, int fd);
+int pool_take(Lane *l, uint32_t ip, uint16_t port);
+void pool_put(Lane *l, hconn_t *c);
+void pool_event(Lane *l, int fd);
+void lane_pool_clear(Lane *l);
+int take_response(hconn_t *c, size_t len);
+
+/* _http_io.c */
+void lane_accept(Lane *l);
+void lane_event(Lane *l, int fd, uint32_t events);
+void lane_sweep(Lane *l);
+void lane_close_conn(Lane *l, hconn_t *c);
+
+#pragma GCC visibility pop
+
+#endif

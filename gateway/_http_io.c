@@ -1,0 +1,478 @@
+/* The native HTTP lane's connections: read a head, ask Python once, send upstream, relay a Content-Length answer.
+ *
+ * Every descriptor is registered once, edge-triggered, for input and output; readiness is remembered per side
+ * (crd/cwr, urd/uwr) and cleared by EAGAIN, so nothing is re-registered per request (nginx does the same).
+ * Anything this file does not handle the way the Python path would goes back to Python whole (hand_back): the
+ * Python path then answers it with its own rules, statuses and bodies, and serves the connection from then on.
+ */
+#include "_http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+/* ---- connections ---------------------------------------------------------------------------------------- */
+
+static void unlink_conn(Lane *l, hconn_t *c) {
+    if (c->prev) c->prev->next = c->next; else l->live = c->next;
+    if (c->next) c->next->prev = c->prev;
+    l->nlive--;
+    free(c->cin.data);
+    free(c->cout.data);
+    free(c->uin.data);
+    free(c->req.data);
+    Py_XDECREF(c->remote);
+    Py_XDECREF(c->decision);
+    free(c);
+}
+
+void lane_close_conn(Lane *l, hconn_t *c) {
+    close_fd(l, c->cfd);
+    close_fd(l, c->ufd);
+    unlink_conn(l, c);
+}
+
+static PyObject *bytes_of(buf_t *b, size_t from) {
+    return PyBytes_FromStringAndSize(b->data ? b->data + from : "", from < b->len ? (Py_ssize_t)(b->len - from) : 0);
+}
+
+/* Give the connection (and the instance's, if any) back to Python: (kind, decision, cfd, bytes, ufd, bytes). */
+static void hand_back(Lane *l, hconn_t *c, int kind, size_t cin_from) {
+    if (kind != K_RESPONSE) {  /* only a response head to judge needs the instance's connection */
+        close_fd(l, c->ufd);
+        c->ufd = -1;
+        c->uin.len = 0;
+    }
+    lane_forget(l, c->cfd);
+    lane_forget(l, c->ufd);
+    PyObject *item = Py_BuildValue("(iOiNiNd)", kind, c->decision ? c->decision : Py_None, c->cfd,
+                                   bytes_of(&c->cin, cin_from), c->ufd, bytes_of(&c->uin, 0), c->started);
+    if (item == NULL || PyList_Append(l->handbacks, item) != 0) {
+        PyErr_Clear();  /* out of memory: the connection is lost, not leaked */
+        close(c->cfd);
+        if (c->ufd >= 0) close(c->ufd);
+    }
+    Py_XDECREF(item);
+    l->handed_back++;
+    unlink_conn(l, c);
+}
+
+static void finish_request(Lane *l, hconn_t *c, int failed) {
+    PyObject *item = Py_BuildValue("(OiKid)", c->decision, c->status, (unsigned long long)c->nbytes, failed,
+                                   c->started);
+    if (item == NULL || PyList_Append(l->done, item) != 0) PyErr_Clear();
+    Py_XDECREF(item);
+    Py_CLEAR(c->decision);
+    l->requests++;
+}
+
+void lane_accept(Lane *l) {
+    for (;;) {
+        struct sockaddr_storage addr;
+        socklen_t len = sizeof(addr);
+        int fd = accept4(l->listenfd, (struct sockaddr *)&addr, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) return;  /* EAGAIN, or an error the next round sees again */
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        char text[INET6_ADDRSTRLEN] = "unknown";
+        if (addr.ss_family == AF_INET)
+            inet_ntop(AF_INET, &((struct sockaddr_in *)&addr)->sin_addr, text, sizeof(text));
+        else if (addr.ss_family == AF_INET6)
+            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&addr)->sin6_addr, text, sizeof(text));
+        hconn_t *c = calloc(1, sizeof(hconn_t));
+        PyObject *remote = PyUnicode_FromString(text);
+        if (c == NULL || remote == NULL || lane_watch(l, fd, SLOT_CLIENT, c) != 0) {
+            PyErr_Clear();
+            Py_XDECREF(remote);
+            free(c);
+            close(fd);
+            continue;
+        }
+        c->cfd = fd;
+        c->ufd = -1;
+        c->first = 1;
+        c->remote = remote;
+        c->state = H_IDLE;
+        c->deadline_ms = lane_now_ms() + l->head_timeout_ms;
+        c->next = l->live;
+        if (l->live) l->live->prev = c;
+        l->live = c;
+        l->nlive++;
+        if (l->max_connections > 0 && (Py_ssize_t)l->nlive + l->outside > l->max_connections)
+            hand_back(l, c, K_NEW, 0);  /* the Python path refuses it (503) */
+    }
+}
+
+/* Read what the client sent while it is readable; -1 on an error (EOF sets ceof). */
+static int read_client(Lane *l, hconn_t *c, size_t limit) {
+    while (c->crd && !c->ceof && c->cin.len < limit) {
+        ssize_t n = recv(c->cfd, l->scratch, sizeof(l->scratch), 0);
+        if (n > 0) {
+            if (buf_add(&c->cin, l->scratch, (size_t)n) != 0) return -1;
+        } else if (n == 0) {
+            c->ceof = 1;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            c->crd = 0;
+        } else if (errno != EINTR) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Send what is pending for fd from b (its first *off bytes already sent); -1 on an error. */
+static int flush_to(int fd, int *ready, buf_t *b, size_t *off) {
+    while (*ready && *off < b->len) {
+        ssize_t n = send(fd, b->data + *off, b->len - *off, MSG_NOSIGNAL);
+        if (n >= 0) {
+            *off += (size_t)n;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            *ready = 0;
+        } else if (errno != EINTR) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int flush_client(hconn_t *c) {
+    size_t off = 0;
+    int rc = flush_to(c->cfd, &c->cwr, &c->cout, &off);
+    buf_drop(&c->cout, off);
+    return rc;
+}
+
+/* A CR not followed by LF or an LF without its CR before the head's end: Python refuses it at once (400). */
+static int bare_cr_or_lf(const char *p, size_t len) {
+    for (size_t k = 0; k < len; k++) {
+        if (p[k] == '\n' && (k == 0 || p[k - 1] != '\r')) return 1;
+        if (p[k] == '\r' && k + 1 < len && p[k + 1] != '\n') return 1;
+    }
+    return 0;
+}
+
+static int dial(Lane *l, hconn_t *c) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));  /* http.keep_alive's settings */
+    int idle = 15, interval = 5, count = 3;
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count));
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(c->port)};
+    addr.sin_addr.s_addr = c->ip;
+    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0 && errno != EINPROGRESS) {
+        close(fd);
+        return -1;
+    }
+    if (lane_watch(l, fd, SLOT_UPSTREAM, c) != 0) {
+        close(fd);
+        return -1;
+    }
+    c->ufd = fd;
+    c->urd = c->uwr = 0;
+    c->connecting = 1;
+    c->reused = 0;
+    c->deadline_ms = c->connect_ms ? lane_now_ms() + c->connect_ms : 0;
+    return 0;
+}
+
+static void sent_request(Lane *l, hconn_t *c) {
+    (void)l;
+    c->deadline_ms = c->response_ms ? lane_now_ms() + c->response_ms : 0;
+}
+
+/* Take a complete head off cin and start its request; 0 when it needs more input, -1 when it went back. */
+static int start_request(Lane *l, hconn_t *c) {
+    size_t start = 0;
+    while (c->cin.len >= start + 2 && c->cin.data[start] == '\r' && c->cin.data[start + 1] == '\n') start += 2;
+    char *head = c->cin.len > start ? memmem(c->cin.data + start, c->cin.len - start, "\r\n\r\n", 4) : NULL;
+    if (head == NULL) {
+        size_t pending = c->cin.len - start;
+        if (pending > l->max_head_bytes || bare_cr_or_lf(c->cin.data + start, pending) || (c->ceof && pending)) {
+            hand_back(l, c, K_NEW, 0);
+            return -1;
+        }
+        return 0;
+    }
+    size_t head_len = (size_t)(head - (c->cin.data + start));
+    c->head_used = start + head_len + 4;
+    if (c->decision == NULL) {
+        c->started = lane_now_s();
+        PyObject *raw = PyBytes_FromStringAndSize(c->cin.data + start, (Py_ssize_t)head_len);
+        PyObject *decision = raw ? PyObject_CallFunctionObjArgs(l->decide, raw, c->remote, NULL) : NULL;
+        Py_XDECREF(raw);
+        if (decision == NULL) PyErr_WriteUnraisable(l->decide);
+        unsigned int ip = 0, port = 0;
+        unsigned long long body_len = 0, connect_ms = 0, response_ms = 0;
+        int keep = 0, no_body = 0;
+        PyObject *token, *request;
+        if (decision == NULL || decision == Py_None
+            || !PyArg_ParseTuple(decision, "OSIIKppKK", &token, &request, &ip, &port, &body_len, &keep, &no_body,
+                                 &connect_ms, &response_ms)) {
+            PyErr_Clear();
+            Py_XDECREF(decision);
+            hand_back(l, c, K_NEW, 0);
+            return -1;
+        }
+        Py_INCREF(token);
+        c->decision = token;  /* what finished requests and hand-backs report */
+        c->ip = ip;
+        c->port = (uint16_t)port;
+        c->body_len = body_len;
+        c->keep_client = keep;
+        c->no_body = no_body;
+        c->connect_ms = connect_ms;
+        c->response_ms = response_ms;
+        c->req.len = 0;
+        c->req_off = 0;
+        int failed = buf_add(&c->req, PyBytes_AS_STRING(request), (size_t)PyBytes_GET_SIZE(request));
+        Py_DECREF(decision);
+        if (failed) {
+            hand_back(l, c, K_FORWARD, c->head_used);
+            return -1;
+        }
+    }
+    if (c->cin.len < c->head_used + c->body_len) {
+        /* A body still on its way goes the Python way, which streams it (decide took only <= 64 KiB ones). */
+        if (c->crd && !c->ceof) return 0;
+        hand_back(l, c, K_FORWARD, c->head_used);
+        return -1;
+    }
+    c->state = H_UPSTREAM;
+    c->status = 0;
+    c->nbytes = 0;
+    c->retried = c->got_response_bytes = 0;
+    c->uin.len = 0;
+    c->ufd = pool_take(l, c->ip, c->port);
+    if (c->ufd >= 0) {
+        l->slots[c->ufd] = SLOT_UPSTREAM;
+        l->owners[c->ufd] = c;
+        c->connecting = 0;
+        c->reused = 1;
+        c->urd = 0;  /* an idle pooled connection had nothing to read */
+        c->uwr = 1;
+    } else if (dial(l, c) != 0) {
+        hand_back(l, c, K_FORWARD, c->head_used);
+        return -1;
+    }
+    if (!c->connecting) {
+        if (buf_add(&c->req, c->cin.data + c->head_used, c->body_len) != 0) {
+            hand_back(l, c, K_FORWARD, c->head_used);
+            return -1;
+        }
+        buf_drop(&c->cin, c->head_used + c->body_len);
+        sent_request(l, c);
+    }
+    return 1;
+}
+
+/* The instance failed before answering: a pooled connection is dialed afresh once (Python's rule), else back. */
+static int upstream_failed(Lane *l, hconn_t *c) {
+    if (c->reused && !c->retried && !c->got_response_bytes && c->body_len == 0) {
+        close_fd(l, c->ufd);
+        c->ufd = -1;
+        c->retried = 1;
+        c->req_off = 0;
+        if (dial(l, c) == 0) return 0;
+        hand_back(l, c, K_FORWARD, 0);
+        return -1;
+    }
+    hand_back(l, c, K_CLOSED, 0);
+    return -1;
+}
+
+/* The request's way to the instance and its response head; -1 when the connection is gone or went back. */
+static int step_upstream(Lane *l, hconn_t *c) {
+    if (c->connecting) {
+        if (!c->uwr) return 0;
+        int err = 0;
+        socklen_t len = sizeof(err);
+        if (getsockopt(c->ufd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
+            if (c->retried) {  /* the fresh dial after a pooled failure: nothing was answered, Python dials */
+                hand_back(l, c, K_FORWARD, 0);
+                return -1;
+            }
+            hand_back(l, c, K_FORWARD, c->head_used);
+            return -1;
+        }
+        c->connecting = 0;
+        if (!c->retried) {
+            if (buf_add(&c->req, c->cin.data + c->head_used, c->body_len) != 0) {
+                hand_back(l, c, K_FORWARD, c->head_used);
+                return -1;
+            }
+            buf_drop(&c->cin, c->head_used + c->body_len);
+        }
+        sent_request(l, c);
+    }
+    if (flush_to(c->ufd, &c->uwr, &c->req, &c->req_off) != 0) return upstream_failed(l, c);
+    for (;;) {
+        if (c->uin.len) {
+            char *end = memmem(c->uin.data, c->uin.len, "\r\n\r\n", 4);
+            if (end != NULL) {
+                size_t len = (size_t)(end - c->uin.data);
+                if (take_response(c, len) != 0) {
+                    hand_back(l, c, K_RESPONSE, 0);
+                    return -1;
+                }
+                buf_drop(&c->uin, len + 4);
+                c->state = H_BODY;
+                return 0;
+            }
+            if (c->uin.len > RESPONSE_HEAD_LIMIT) {
+                hand_back(l, c, K_RESPONSE, 0);
+                return -1;
+            }
+        }
+        if (!c->urd) return 0;
+        ssize_t n = recv(c->ufd, l->scratch, sizeof(l->scratch), 0);
+        if (n > 0) {
+            c->got_response_bytes = 1;
+            if (buf_add(&c->uin, l->scratch, (size_t)n) != 0) return upstream_failed(l, c);
+        } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+            return upstream_failed(l, c);
+        } else if (errno != EINTR) {
+            c->urd = 0;
+        }
+    }
+}
+
+/* Relay the response body (cout holds the head first); -1 when the connection is gone. */
+static int step_body(Lane *l, hconn_t *c) {
+    for (;;) {
+        if (flush_client(c) != 0) {
+            finish_request(l, c, 3);  /* the client went away: not the instance's fault */
+            lane_close_conn(l, c);
+            return -1;
+        }
+        if (c->cout.len) return 0;  /* the client takes its time: the instance waits (paired backpressure) */
+        if (c->remaining == 0) break;
+        if (c->uin.len) {
+            size_t n = c->uin.len < c->remaining ? c->uin.len : (size_t)c->remaining;
+            if (buf_add(&c->cout, c->uin.data, n) != 0) return -1;
+            buf_drop(&c->uin, n);
+            c->remaining -= n;
+            continue;
+        }
+        if (!c->urd) return 0;
+        ssize_t n = recv(c->ufd, l->scratch, sizeof(l->scratch), 0);
+        if (n > 0) {
+            if (buf_add(&c->uin, l->scratch, (size_t)n) != 0) return -1;
+            c->deadline_ms = c->response_ms ? lane_now_ms() + c->response_ms : 0;
+        } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+            /* the client has the head already: close both (Python's rule) */
+            finish_request(l, c, 2);
+            lane_close_conn(l, c);
+            return -1;
+        } else if (errno != EINTR) {
+            c->urd = 0;
+        }
+    }
+    finish_request(l, c, 0);
+    if (c->upstream_keep && c->uin.len == 0) pool_put(l, c);
+    else close_fd(l, c->ufd);
+    c->ufd = -1;
+    c->uin.len = 0;
+    c->first = 0;
+    c->state = c->keep_client && !l->draining ? H_IDLE : H_CLOSE;
+    c->deadline_ms = c->state == H_IDLE ? lane_now_ms() + l->head_timeout_ms : 0;
+    return 0;
+}
+
+static void progress(Lane *l, hconn_t *c) {
+    for (;;) {
+        switch (c->state) {
+        case H_IDLE:
+            if (flush_client(c) != 0) {
+                lane_close_conn(l, c);
+                return;
+            }
+            if (c->cout.len) return;
+            if (l->draining && c->cin.len == 0) {
+                lane_close_conn(l, c);
+                return;
+            }
+            if (read_client(l, c, l->max_head_bytes + LANE_READ_BYTES + 2 * 65536) != 0) {
+                lane_close_conn(l, c);
+                return;
+            }
+            if (c->cin.len == 0 && c->ceof) {
+                lane_close_conn(l, c);
+                return;
+            }
+            int started = start_request(l, c);
+            if (started <= 0) {
+                if (started == 0 && c->ceof) hand_back(l, c, K_NEW, 0);
+                return;
+            }
+            break;
+        case H_UPSTREAM:
+            if (step_upstream(l, c) != 0 || c->state == H_UPSTREAM) return;
+            break;
+        case H_BODY:
+            if (step_body(l, c) != 0 || c->state == H_BODY) return;
+            break;
+        case H_CLOSE:
+            if (flush_client(c) != 0) {
+                lane_close_conn(l, c);
+                return;
+            }
+            if (c->cout.len) return;
+            if (read_client(l, c, LANE_READ_BYTES) != 0 || c->cin.len == 0) lane_close_conn(l, c);
+            else hand_back(l, c, K_LINGER, 0);  /* unread input: Python's lingering close */
+            return;
+        }
+    }
+}
+
+void lane_event(Lane *l, int fd, uint32_t events) {
+    if ((size_t)fd >= l->nslots) return;
+    int kind = l->slots[fd];
+    if (kind == SLOT_POOL) {
+        if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) pool_event(l, fd);  /* not a late EPOLLOUT */
+        return;
+    }
+    hconn_t *c = l->owners[fd];
+    if (c == NULL) return;
+    int in = (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0;
+    int out = (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) != 0;
+    if (kind == SLOT_CLIENT) {
+        c->crd |= in;
+        c->cwr |= out;
+    } else if (kind == SLOT_UPSTREAM) {
+        c->urd |= in;
+        c->uwr |= out;
+    }
+    progress(l, c);
+}
+
+/* Deadlines (head, connect, response), looked at by the lane's timer. */
+void lane_sweep(Lane *l) {
+    uint64_t now = lane_now_ms();
+    hconn_t *c = l->live;
+    while (c != NULL) {
+        hconn_t *next = c->next;
+        if (c->deadline_ms && now >= c->deadline_ms) {
+            if (c->state == H_IDLE) {
+                if (c->first || c->cin.len) hand_back(l, c, K_HEAD_TIMEOUT, 0);
+                else lane_close_conn(l, c);  /* an idle keep-alive connection: closed quietly */
+            } else if (c->state == H_UPSTREAM && c->connecting) {
+                hand_back(l, c, K_FORWARD, c->retried ? 0 : c->head_used);
+            } else if (c->state == H_UPSTREAM) {
+                hand_back(l, c, K_TIMEOUT, 0);
+            } else {
+                finish_request(l, c, 1);
+                lane_close_conn(l, c);
+            }
+        }
+        c = next;
+    }
+}

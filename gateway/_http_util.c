@@ -1,0 +1,226 @@
+/* The native HTTP lane's helpers: buffers, descriptors, the upstream pool and response heads (see _http.c). */
+#include "_http.h"
+
+#include <errno.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <time.h>
+#include <unistd.h>
+
+uint64_t lane_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+double lane_now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int buf_reserve(buf_t *b, size_t more) {
+    if (b->len + more <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 1024;
+    while (cap < b->len + more) cap *= 2;
+    char *data = realloc(b->data, cap);
+    if (data == NULL) return -1;
+    b->data = data;
+    b->cap = cap;
+    return 0;
+}
+
+int buf_add(buf_t *b, const char *data, size_t len) {
+    if (len == 0) return 0;
+    if (buf_reserve(b, len) != 0) return -1;
+    memcpy(b->data + b->len, data, len);
+    b->len += len;
+    return 0;
+}
+
+void buf_drop(buf_t *b, size_t n) {
+    if (n >= b->len) {
+        b->len = 0;
+        return;
+    }
+    memmove(b->data, b->data + n, b->len - n);
+    b->len -= n;
+}
+
+int lane_watch(Lane *l, int fd, int kind, hconn_t *c) {
+    if ((size_t)fd >= l->nslots) {
+        size_t n = l->nslots ? l->nslots : 1024;
+        while (n <= (size_t)fd) n *= 2;
+        unsigned char *slots = realloc(l->slots, n);
+        if (slots == NULL) return -1;
+        l->slots = slots;
+        hconn_t **owners = realloc(l->owners, n * sizeof(hconn_t *));
+        if (owners == NULL) return -1;
+        l->owners = owners;
+        memset(l->slots + l->nslots, 0, n - l->nslots);
+        memset(l->owners + l->nslots, 0, (n - l->nslots) * sizeof(hconn_t *));
+        l->nslots = n;
+    }
+    int et = kind == SLOT_CLIENT || kind == SLOT_UPSTREAM;
+    struct epoll_event ev = {.events = et ? EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET : EPOLLIN, .data.fd = fd};
+    if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) return -1;
+    l->slots[fd] = (unsigned char)kind;
+    l->owners[fd] = c;
+    return 0;
+}
+
+void lane_forget(Lane *l, int fd) {
+    if (fd < 0) return;
+    epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL);
+    if ((size_t)fd < l->nslots) {
+        l->slots[fd] = SLOT_FREE;
+        l->owners[fd] = NULL;
+    }
+}
+
+void close_fd(Lane *l, int fd) {
+    if (fd < 0) return;
+    lane_forget(l, fd);
+    close(fd);
+}
+
+/* ---- the upstream pool: idle keep-alive connections, newest first, still watched (an EOF closes them) ---- */
+
+static void pool_remove(Lane *l, size_t k) {
+    l->pool[k] = l->pool[--l->npool];
+}
+
+int pool_take(Lane *l, uint32_t ip, uint16_t port) {
+    uint64_t now = lane_now_ms();
+    for (size_t k = l->npool; k-- > 0;) {
+        pooled_t p = l->pool[k];
+        if (p.ip != ip || p.port != port) continue;
+        pool_remove(l, k);
+        if (now - p.since_ms > POOL_IDLE_MS) {
+            close_fd(l, p.fd);
+            continue;
+        }
+        return p.fd;
+    }
+    return -1;
+}
+
+void pool_put(Lane *l, hconn_t *c) {
+    size_t same = 0, oldest = (size_t)-1;
+    for (size_t k = 0; k < l->npool; k++) {
+        if (l->pool[k].ip != c->ip || l->pool[k].port != c->port) continue;
+        same++;
+        if (oldest == (size_t)-1 || l->pool[k].since_ms < l->pool[oldest].since_ms) oldest = k;
+    }
+    if (same >= POOL_PER_INSTANCE) {
+        close_fd(l, l->pool[oldest].fd);
+        pool_remove(l, oldest);
+    }
+    if (l->npool == l->pool_cap) {
+        size_t cap = l->pool_cap ? l->pool_cap * 2 : 64;
+        pooled_t *pool = realloc(l->pool, cap * sizeof(pooled_t));
+        if (pool == NULL) {
+            close_fd(l, c->ufd);
+            c->ufd = -1;
+            return;
+        }
+        l->pool = pool;
+        l->pool_cap = cap;
+    }
+    l->pool[l->npool++] = (pooled_t){.ip = c->ip, .port = c->port, .fd = c->ufd, .since_ms = lane_now_ms()};
+    l->slots[c->ufd] = SLOT_POOL;
+    l->owners[c->ufd] = NULL;
+    c->ufd = -1;
+}
+
+void pool_event(Lane *l, int fd) {
+    /* An idle connection never has anything to say: input or an EOF means it is done with. */
+    for (size_t k = 0; k < l->npool; k++) {
+        if (l->pool[k].fd == fd) {
+            pool_remove(l, k);
+            break;
+        }
+    }
+    close_fd(l, fd);
+}
+
+void lane_pool_clear(Lane *l) {
+    for (size_t k = 0; k < l->npool; k++) close_fd(l, l->pool[k].fd);
+    l->npool = 0;
+}
+
+/* ---- response heads ---- */
+
+static int is_token_char(unsigned char ch) {
+    return ch > 32 && ch < 127 && !strchr("\"(),/:;<=>?@[\\]{}", ch);
+}
+
+static int name_is(const char *p, size_t len, const char *name) {
+    return strlen(name) == len && strncasecmp(p, name, len) == 0;
+}
+
+/* The instance's head (uin[0, len)) as the client gets it, into cout; -1 when Python must judge it. */
+int take_response(hconn_t *c, size_t len) {
+    const char *p = c->uin.data;
+    if (len < 12 || memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '1' && p[7] != '0') || p[8] != ' ') return -1;
+    for (int k = 9; k < 12; k++) if (p[k] < '0' || p[k] > '9') return -1;
+    int status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
+    if (status < 200) return -1;  /* 1xx heads are passed on by Python, a 101 refused there */
+    const char *line_end = memmem(p, len + 2, "\r\n", 2);
+    if (line_end == NULL || (line_end > p + 12 && p[12] != ' ')) return -1;
+    int keep_upstream = p[7] == '1';
+    long long length = -1;
+    c->cout.len = 0;
+    if (buf_add(&c->cout, "HTTP/1.1", 8) != 0 || buf_add(&c->cout, p + 8, (size_t)(line_end - (p + 8))) != 0
+        || (line_end - p == 12 && buf_add(&c->cout, " ", 1) != 0) || buf_add(&c->cout, "\r\n", 2) != 0)
+        return -1;  /* (a status line without a reason gets Python's "HTTP/1.1 200 ") */
+    const char *q = line_end + 2, *end = p + len;
+    while (q < end) {
+        const char *eol = memmem(q, (size_t)(end - q) + 2, "\r\n", 2);
+        const char *colon = memchr(q, ':', (size_t)(eol - q));
+        if (colon == NULL || colon == q) return -1;
+        for (const char *n = q; n < colon; n++) if (!is_token_char((unsigned char)*n)) return -1;
+        const char *v = colon + 1, *ve = eol;
+        for (const char *x = v; x < ve; x++) {
+            unsigned char ch = (unsigned char)*x;
+            if ((ch < 32 && ch != '\t') || ch == 127) return -1;
+        }
+        while (v < ve && (*v == ' ' || *v == '\t')) v++;
+        while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) ve--;
+        size_t nlen = (size_t)(colon - q), vlen = (size_t)(ve - v);
+        if (name_is(q, nlen, "transfer-encoding")) return -1;  /* chunked and the rest: the Python relay */
+        if (name_is(q, nlen, "content-length")) {
+            if (vlen == 0 || vlen > 18) return -1;
+            long long n = 0;
+            for (size_t k = 0; k < vlen; k++) {
+                if (v[k] < '0' || v[k] > '9') return -1;
+                n = n * 10 + (v[k] - '0');
+            }
+            if (length >= 0 && length != n) return -1;
+            length = n;
+        }
+        if (name_is(q, nlen, "connection")) {
+            /* close or keep-alive only: another option names a header to drop, which Python does */
+            if (vlen == 5 && strncasecmp(v, "close", 5) == 0) keep_upstream = 0;
+            else if (!(vlen == 10 && strncasecmp(v, "keep-alive", 10) == 0)) return -1;
+        }
+        if (!(name_is(q, nlen, "connection") || name_is(q, nlen, "keep-alive") || name_is(q, nlen, "te")
+              || name_is(q, nlen, "proxy-authenticate") || name_is(q, nlen, "proxy-authorization")
+              || name_is(q, nlen, "proxy-connection") || name_is(q, nlen, "trailer")
+              || name_is(q, nlen, "upgrade"))) {
+            if (buf_add(&c->cout, q, nlen) != 0 || buf_add(&c->cout, ": ", 2) != 0 || buf_add(&c->cout, v, vlen) != 0
+                || buf_add(&c->cout, "\r\n", 2) != 0)
+                return -1;
+        }
+        q = eol + 2;
+    }
+    int no_body = c->no_body || status == 204 || status == 304;
+    if (!no_body && length < 0) return -1;  /* until close: Python */
+    if (!c->keep_client && buf_add(&c->cout, "Connection: close\r\n", 19) != 0) return -1;
+    if (buf_add(&c->cout, "\r\n", 2) != 0) return -1;
+    c->status = status;
+    c->remaining = no_body ? 0 : (uint64_t)length;
+    c->nbytes = c->remaining;
+    c->upstream_keep = keep_upstream;
+    return 0;
+}

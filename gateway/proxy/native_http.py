@@ -1,0 +1,307 @@
+"""The native HTTP lane on one worker (gateway/_http.c): its decide call, its accounting and its hand-backs.
+
+With `wsgate.native-http` on and a plain-TCP listener on an address, the lane owns the listening socket: it
+reads each request head in C and calls `decide` once per head. `decide` routes the request and applies its
+filters exactly as `GatewayServer.handle` would; when the request is a plain forward (no rate limit, plugin,
+policy, response or body edit, no upgrade, no chunked or large body, an instance given by an IPv4 address) it
+returns the request head for the instance and the lane does the I/O: pooled connection, request, response head,
+Content-Length body. Any other request, and anything unusual on the way (a failed connect, a response the lane
+does not relay, a timeout), comes back to Python with the connection (`_handed_back`), and the Python path
+answers it with its own rules, statuses and bodies and serves that connection from then on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass
+from functools import lru_cache
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from gateway.config.model import RouteSpec
+from gateway.discovery.base import Endpoint
+from gateway.errors import BadGateway, GatewayError, RequestTimeout, UpstreamTimeout
+from gateway.model import ForwardPlan, RequestView
+from gateway.ops.metrics import Labels, series_key
+from gateway.proxy import policies
+from gateway.proxy.client_conn import ClientConn
+from gateway.proxy.exchange import CLOSE, Exchange, Outcome
+from gateway.proxy.headers import authority, upstream_request_headers
+from gateway.proxy.http import JOIN_MAX_BYTES
+from gateway.proxy.httpparse import Framing, RequestHead, parse_request_head, request_framing, serialize_head
+from gateway.proxy.responses import error_body, simple_response
+from gateway.routing.predicates import TimePredicate, WeightPredicate
+from gateway.routing.table import RouteTable
+from gateway.routing.targets import RouteTarget, RoutingState
+
+if TYPE_CHECKING:
+    from gateway.proxy.server import GatewayServer
+
+_http: ModuleType | None
+try:
+    from gateway import _http
+except ImportError:  # built without a C compiler
+    _http = None
+
+log = logging.getLogger("gateway.server")
+
+Decision = tuple["Decided", bytes, int, int, int, bool, bool, int, int]
+_MAX_CACHED = 4096  # decisions kept per worker (the cache starts afresh when full)
+
+
+def available() -> bool:
+    """Whether the native lane was built."""
+    return _http is not None
+
+
+@lru_cache(maxsize=4096)
+def ipv4_int(host: str) -> int | None:
+    """`host` as the lane takes it (an IPv4 address, network byte order read natively), or None."""
+    try:
+        packed = socket.inet_pton(socket.AF_INET, host)
+    except (OSError, ValueError):
+        return None
+    return int.from_bytes(packed, "little")
+
+
+def start_lane(server: GatewayServer, loop: asyncio.AbstractEventLoop, host: str, port: int, *,
+               reuse_port: bool) -> list[tuple[str, int]] | None:
+    """Listen through the lane when `wsgate.native-http` is on and it can (plain TCP on one IP address); the bound
+    address, or None for the Python listener."""
+    if not server.settings.native_http:
+        return None
+    family = next((f for f in (socket.AF_INET, socket.AF_INET6) if _is_address(f, host)), None)
+    if not available() or server.listen_ssl is not None or family is None:
+        log.info("HTTP lane: Python (the native lane needs gateway._http, plain TCP and an IP address to listen on)")
+        return None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        bound: list[tuple[str, int]] = [sock.getsockname()[:2]]
+        server.native_http = NativeHttp(server, loop)
+        server.native_http.listen(sock)
+    except BaseException:
+        sock.close()
+        raise
+    log.info("HTTP lane: native (gateway._http)")
+    return bound
+
+
+def _is_address(family: int, host: str) -> bool:
+    try:
+        socket.inet_pton(family, host)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _ms(seconds: float | None) -> int:
+    return 0 if seconds is None else max(1, round(seconds * 1000))
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """What the access log, the counters and a hand-back need of a request the lane carries (immutable: one serves
+    every request with the same head from the same address while the configuration stays, see `decide`)."""
+
+    head: RequestHead
+    view: RequestView
+    route: RouteSpec
+    plan: ForwardPlan
+    endpoint: Endpoint
+    target: RouteTarget
+    bytes_key: tuple[str, Labels]  # the series of wsgate_http_bytes_total for this route
+
+
+def deterministic(table: RouteTable) -> bool:
+    """Whether every route's predicates decide by the request head and the client's address alone (no time or
+    weight predicate): then the same head from the same address is routed and filtered the same way again."""
+    return not any(isinstance(p, (TimePredicate, WeightPredicate)) for route in table.routes for p in route.predicates)
+
+
+class NativeHttp:
+    """The lane of one worker: owns its listening socket, reports to the server's accounting."""
+
+    def __init__(self, server: GatewayServer, loop: asyncio.AbstractEventLoop) -> None:
+        assert _http is not None
+        self.server = server
+        self.loop = loop
+        settings = server.settings
+        self._settings = settings
+        self.lane = _http.Lane(self.decide, head_timeout_ms=_ms(settings.head_timeout_s),
+                               max_head_bytes=settings.max_head_bytes)
+        self.lane.max_connections = settings.max_connections
+        self.empty: asyncio.Future[None] | None = None  # set when the lane has no connection left while draining
+        self._cache: dict[tuple[bytes, str], Decision] = {}
+        self._cache_state: RoutingState | None = None
+        self._cacheable = False
+        loop.add_reader(self.lane.fileno(), self._run)
+
+    def listen(self, sock: socket.socket) -> None:
+        """Accept on `sock` (bound and listening) from now on; the lane owns it."""
+        sock.setblocking(False)
+        self.lane.listen(sock.detach())
+
+    def count(self) -> int:
+        return int(self.lane.count())
+
+    def drain(self) -> None:
+        """Stop accepting; idle connections close now, the others after their answer."""
+        self.lane.drain()
+        if self.lane.count():
+            self.empty = self.loop.create_future()
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.lane.fileno())
+        self.lane.close()
+
+    # -- the one Python call per request ------------------------------------------------------------------
+    def decide(self, raw: bytes, remote: str) -> Decision | None:
+        """The lane's request as the instance gets it, or None for the Python path (see the module's comment).
+
+        Decisions are cached by (head, client address) while the routing state stays and its routes are
+        `deterministic`, for routes to a fixed address (a service's instances come from discovery and the
+        balancer, per request): what the filters and the request head for the instance depend on is all in the
+        key then. Any other decision is made afresh each time.
+        """
+        state = self.server.state
+        if state is not self._cache_state:
+            self._cache_state = state
+            self._cache.clear()
+            self._cacheable = deterministic(state.table)
+        key = (raw, remote)
+        decision = self._cache.get(key)
+        if decision is not None:
+            return decision
+        decision = self._decide(raw, remote)
+        if decision is not None and self._cacheable and decision[0].target.service is None:
+            if len(self._cache) >= _MAX_CACHED:
+                self._cache.clear()
+            self._cache[key] = decision
+        return decision
+
+    def _decide(self, raw: bytes, remote: str) -> Decision | None:
+        server = self.server
+        try:
+            head = parse_request_head(raw)
+            framing, length = request_framing(head)
+        except GatewayError:
+            return None  # answered by the Python path (400)
+        if framing is Framing.CHUNKED or length > JOIN_MAX_BYTES or head.header("expect") is not None:
+            return None
+        if head.header("upgrade") is not None:
+            return None
+        path, _, query = head.target.partition("?")
+        if path == "/actuator" or path.startswith("/actuator/"):
+            return None
+        view = RequestView(head.method, path, query, head.headers, remote, server.scheme)
+        match = server.state.table.match(view)
+        if match is None or match.has_plugins:
+            return None
+        route = match.route
+        try:
+            plan = match.plan(view)
+        except GatewayError:
+            return None
+        if plan.rate_limits or plan.response_headers or plan.body_edits or policies.needed(route, plan):
+            return None
+        target = server._target(route)
+        if target.tls:
+            return None
+        try:
+            endpoints = server.dialer.endpoints(target)
+        except GatewayError:
+            return None
+        endpoint = next(iter(server.balancer.order(target.name, endpoints, target.choice, view)))
+        ip = ipv4_int(endpoint.host)
+        if ip is None:
+            return None
+        headers = upstream_request_headers(
+            plan.headers, upgrade=False, client_addr=remote, proto=server.scheme, prefix=plan.prefix,
+            preserve_host=plan.preserve_host,
+            upstream_authority=authority(endpoint.host, endpoint.port, target.scheme))
+        request = serialize_head(f"{head.method} {plan.target} HTTP/1.1", headers)
+        decided = Decided(head, view, route, plan, endpoint, target,
+                          series_key("wsgate_http_bytes_total", route=route.id, direction="downstream"))
+        return (decided, request, ip, endpoint.port, length, head.keep_alive, head.method == "HEAD",
+                _ms(target.connect_timeout_s), _ms(target.response_timeout_s))
+
+    # -- what the lane reports ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        server = self.server
+        settings = server.settings
+        if settings is not self._settings:  # a reload
+            self._settings = settings
+            self.lane.configure(head_timeout_ms=_ms(settings.head_timeout_s), max_head_bytes=settings.max_head_bytes)
+            self.lane.max_connections = settings.max_connections
+        lane = self.lane
+        lane.outside = len(server.connections) + len(server.tunnels)
+        done, handbacks = lane.run()
+        if done:
+            accounting, add_series = server.accounting, server.metrics.add_series
+            logging_on = settings.access_log
+            for decided, status, nbytes, failed, started in done:
+                route = decided.route
+                accounting.count(route.id, status)
+                if logging_on:
+                    accounting.log(decided.view.remote_addr, decided.head, status, route.id, decided.endpoint.address,
+                                   started)
+                if failed == 1:
+                    accounting.upstream_error(route, decided.endpoint, UpstreamTimeout("instance stopped sending"))
+                elif failed == 2:
+                    accounting.upstream_error(route, decided.endpoint, BadGateway("connection closed inside a body"))
+                else:
+                    add_series(decided.bytes_key, nbytes)
+        for kind, decided, cfd, cdata, ufd, udata, started in handbacks:
+            self.loop.create_task(self._handed_back(kind, decided, cfd, cdata, ufd, udata, started))
+        if self.empty is not None and not self.empty.done() and not self.lane.count():
+            self.empty.set_result(None)
+
+    async def _handed_back(self, kind: int, decided: Decided | None, cfd: int, cdata: bytes, ufd: int,
+                           udata: bytes, started: float) -> None:
+        assert _http is not None
+        server = self.server
+        sock = socket.socket(fileno=cfd)
+        conn = ClientConn(server, self.loop, adopted=kind != _http.K_NEW)
+        conn.buffer += cdata
+        try:
+            await self.loop.connect_accepted_socket(lambda: conn, sock)
+        except BaseException:
+            sock.close()
+            if ufd >= 0:
+                socket.socket(fileno=ufd).close()
+            raise
+        if kind == _http.K_NEW:
+            conn.check_first_head()
+        elif kind == _http.K_HEAD_TIMEOUT:
+            server.refuse(conn, RequestTimeout("request head not received in time"))
+        elif kind == _http.K_LINGER:
+            conn.close_lingering()
+        else:
+            assert decided is not None
+            conn.task = asyncio.current_task()
+            await server.serve(conn, resume=lambda: self._resume(conn, kind, decided, ufd, udata, started))
+
+    async def _resume(self, conn: ClientConn, kind: int, decided: Decided, ufd: int, udata: bytes,
+                      started: float) -> Outcome:
+        """Go on with a request the lane gave back, where it left it (the error handling of `handle`)."""
+        assert _http is not None
+        server, route = self.server, decided.route
+        ex = Exchange(conn, decided.head, decided.view, route, decided.plan, started, False)
+        ex.response_timeout_s = decided.target.response_timeout_s
+        try:
+            if kind == _http.K_FORWARD:
+                return await server.forward(ex)
+            failure = "response-timeout" if kind == _http.K_TIMEOUT else "closed"
+            return await server.answer_handed_back(ex, decided.endpoint, ufd if ufd >= 0 else None, udata, failure)
+        except GatewayError as error:
+            server.accounting.count(route.id, error.status)
+            server.accounting.log(decided.view.remote_addr, decided.head, error.status, route.id, "-", started)
+            conn.write(simple_response(error.status, error_body(error, decided.head.path), close=True))
+            return CLOSE
