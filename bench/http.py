@@ -4,8 +4,10 @@
 
 Both proxies forward `/api/**` to the same fast upstream (a second nginx answering `200 ok` from memory, so the
 upstream is never the bottleneck) and strip the first path segment, as SCG's `Path=/api/**` with `StripPrefix=1`
-does. Two chains are measured:
-- `plain`: StripPrefix only;
+does. Three chains are measured:
+- `plain`: StripPrefix only, the same request each time;
+- `unique`: the same route, every request with a path of its own (`/api/item/<n>`, a wrk script): what a
+  decision cache keyed on the request head (the native lane's, `wsgate.native-http`) cannot serve;
 - `filters`: StripPrefix, AddRequestHeader and RequestRateLimiter (Redis token bucket, keyed on the client address,
   with a rate no request reaches); nginx gets the same header and a `limit_req` zone no request reaches.
 
@@ -113,6 +115,9 @@ routes:
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
+CHAINS = ("plain", "unique", "filters")
+
+
 def find_wrk() -> str:
     """wrk's path, installing Debian's package when it is missing."""
     path = shutil.which("wrk")
@@ -147,9 +152,21 @@ def parse_wrk(text: str) -> dict[str, float]:
             "socket_errors": float(sum(int(g) for g in errors.groups())) if errors else 0.0}
 
 
-def measure(wrk: str, proc: ManagedProcess, url: str, *, connections: int, duration_s: float) -> dict[str, float]:
+# Each request of a connection gets a path of its own (wrk runs one Lua state per thread; one thread here).
+UNIQUE_PATHS_LUA = """
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, "/api/item/" .. n)
+end
+"""
+
+
+def measure(wrk: str, proc: ManagedProcess, url: str, *, connections: int, duration_s: float,
+            script: Path | None = None) -> dict[str, float]:
     before = procstat.cpu_seconds(proc.pid)
-    out = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--latency", url],
+    extra = ["-s", str(script)] if script is not None else []
+    out = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--latency", *extra, url],
                          check=True, capture_output=True, text=True).stdout
     cpu = procstat.cpu_seconds(proc.pid) - before
     row = parse_wrk(out)
@@ -188,22 +205,28 @@ def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> dict[st
             pin(proc.pid, set(cpus[:-1]))
         os.sched_setaffinity(0, set(cpus[:-1]))  # wrk inherits it
         print(f"pinned: proxies on CPU {cpus[-1]}, wrk/upstream/redis on {cpus[:-1]}", flush=True)
+    unique = workdir / "unique.lua"
+    unique.write_text(UNIQUE_PATHS_LUA)
     targets = {
         ("gateway", "plain"): (gateway, f"http://127.0.0.1:{gw_port}/api/item"),
         ("nginx", "plain"): (proxy, f"http://127.0.0.1:{proxy_port}/api/item"),
+        ("gateway", "unique"): (gateway, f"http://127.0.0.1:{gw_port}/api/item"),
+        ("nginx", "unique"): (proxy, f"http://127.0.0.1:{proxy_port}/api/item"),
         ("gateway", "filters"): (gateway, f"http://127.0.0.1:{gw_port}/fapi/item"),
         ("nginx", "filters"): (proxy, f"http://127.0.0.1:{proxy_filters_port}/api/item"),
     }
-    for proc, url in targets.values():  # warm up: pools filled, code paths hot
-        measure(wrk, proc, url, connections=args.connections, duration_s=1)
+    scripts = {"unique": unique}
+    for (_, chain), (proc, url) in targets.items():  # warm up: pools filled, code paths hot
+        measure(wrk, proc, url, connections=args.connections, duration_s=1, script=scripts.get(chain))
     rows: list[dict[str, object]] = []
-    for chain in ("plain", "filters"):
+    for chain in CHAINS:
         runs: dict[str, list[dict[str, float]]] = {"gateway": [], "nginx": []}
         for i in range(args.repeat):
             order = ["gateway", "nginx"] if i % 2 == 0 else ["nginx", "gateway"]
             for name in order:
                 proc, url = targets[(name, chain)]
-                runs[name].append(measure(wrk, proc, url, connections=args.connections, duration_s=duration_s))
+                runs[name].append(measure(wrk, proc, url, connections=args.connections, duration_s=duration_s,
+                                          script=scripts.get(chain)))
         for name, measured in runs.items():
             row: dict[str, object] = {"proxy": name, "chain": chain, "runs": len(measured)}
             for key in ("cpu_us_per_req", "rps", "p50_ms", "p99_ms"):
@@ -217,7 +240,7 @@ def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> dict[st
         theirs = next(r for r in rows if r["proxy"] == "nginx" and r["chain"] == chain)
         return float(ours[key]) / float(theirs[key])  # type: ignore[arg-type]
 
-    ratios = {f"{chain}_{key}": ratio(chain, key) for chain in ("plain", "filters")
+    ratios = {f"{chain}_{key}": ratio(chain, key) for chain in CHAINS
               for key in ("cpu_us_per_req", "p99_ms")}
     for key, value in ratios.items():
         print(f"gateway/nginx {key}: {value:.2f}")
