@@ -203,10 +203,9 @@ class Session:
         already read (or trimmed), so only newer stored ids may follow. True when a buffered id showed a gap (see
         `deliver_stored`).
         """
-        self._enqueue(welcome)
-        for number, frame in frames:
-            self.last_id = number
-            self._enqueue(frame)
+        self._enqueue_all([welcome, *(frame for _, frame in frames)])
+        if frames:
+            self.last_id = frames[-1][0]
         self.last_id = max(self.last_id, position)
         buffered, self._buffer = self._buffer or [], None
         return self._release(buffered, check_gaps=True)
@@ -223,6 +222,31 @@ class Session:
         transport.write(wire)
         metrics.MESSAGES_OUT.inc()
         return True
+
+    def _enqueue_all(self, frames: list[str]) -> None:
+        """`_enqueue` each of `frames` in order, those that go straight to the transport joined into few writes: a
+        replay of N stored frames was N system calls (bench/RESULTS.md, issue 19).
+
+        A frame joins the pending write only while the transport's buffer, as last read, plus the bytes pending stays
+        within DIRECT_WRITE_MAX_BUFFERED_BYTES: the buffer before it cannot be larger, so `_enqueue` would have sent
+        it straight too. Past that, the pending bytes are written and the buffer is read again; the frames left when
+        the transport no longer takes them go through `_enqueue` (its queue, its slow-consumer limit)."""
+        transport, done = self._transport, 0
+        while (done < len(frames) and transport is not None and not self.closed and self._writer is None
+               and not self.socket.closed and not transport.is_closing()):
+            buffered = transport.get_write_buffer_size()
+            if buffered > DIRECT_WRITE_MAX_BUFFERED_BYTES:
+                break
+            chunk: list[bytes] = []
+            while done < len(frames) and buffered <= DIRECT_WRITE_MAX_BUFFERED_BYTES:
+                wire = text_frame(frames[done])
+                chunk.append(wire)
+                buffered += len(wire)
+                done += 1
+            transport.write(b"".join(chunk))
+            metrics.MESSAGES_OUT.inc(len(chunk))
+        for frame in frames[done:]:
+            self._enqueue(frame)
 
     def _enqueue(self, frame: str) -> None:
         if self.closed:

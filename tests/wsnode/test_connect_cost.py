@@ -23,9 +23,11 @@ END = "connect-cost-end"
 
 
 async def _commands_of_connects(own_redis: aioredis.Redis, http: aiohttp.ClientSession, url: str, prefix: str,
-                                users: list[str]) -> list[tuple[str, str]]:
-    """(client type, command name) of every command on session records or on `users`' keys while they connect."""
-    clients = []  # held open: a closed session's removal is not part of the connect
+                                users: list[str], clients: list[Client]) -> list[tuple[str, str]]:
+    """(client type, command name) of every command on session records or on `users`' keys while they connect.
+
+    The connected clients go to `clients`, which the caller holds to the end: a client left unreferenced may be
+    collected and closed during a later measurement, whose commands would then show the session's removal."""
     async with own_redis.monitor() as monitor:
         for user in users:
             clients.append(Client(await http.ws_connect(url, params={"token": make_token(user)})))
@@ -50,7 +52,8 @@ async def test_one_connect_is_one_round_trip_of_one_script_call(
     warm = Client(await http.ws_connect(node.ws_url, params={"token": make_token("warm")}))
     assert (await warm.next())["type"] == "welcome"
     fresh = [f"cost{i}" for i in range(5)]
-    seen = await _commands_of_connects(own_redis, http, node.ws_url, redis_prefix, fresh)
+    held: list[Client] = []
+    seen = await _commands_of_connects(own_redis, http, node.ws_url, redis_prefix, fresh, held)
     sent = Counter(name for kind, name in seen if kind != "lua")
     scripted = Counter(name for kind, name in seen if kind == "lua")
     per_connect = {name: n / len(fresh) for name, n in scripted.items()}
@@ -61,7 +64,7 @@ async def test_one_connect_is_one_round_trip_of_one_script_call(
     # A user with an unread stored message: the script also reads which ids are unacked (HKEYS), still one call.
     status, _ = await push(http, node, {"to": {"users": ["reader"]}, "module": "m", "data": 1})
     assert status == 202
-    seen = await _commands_of_connects(own_redis, http, node.ws_url, redis_prefix, ["reader"])
+    seen = await _commands_of_connects(own_redis, http, node.ws_url, redis_prefix, ["reader"], held)
     assert Counter(name for kind, name in seen if kind != "lua") == {"EVALSHA": 1}, seen
     assert Counter(name for kind, name in seen if kind == "lua") == {
         "MGET": 1, "ZCARD": 1, "ZADD": 2, "HSET": 1, "ZRANGEBYSCORE": 1, "HKEYS": 1, "HGETALL": 1}, seen
