@@ -27,6 +27,7 @@ from gateway.tunnel.registry import RELAY_KINDS
 from harness import ProcessGroup, RedisInfo, free_port
 from tests.gateway import conftest
 from tests.gateway.conftest import StartGateway, StartUpstream, route
+from tests.gateway.procs import eventually
 from tests.gateway.rawsock import switching_protocols
 from tests.wsnode.conftest import API_KEY, SECRET, make_token
 
@@ -393,15 +394,6 @@ def queued_output(sock: socket.socket) -> int:
     return int.from_bytes(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"), "little")
 
 
-async def until(condition: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
-    """Poll `condition`: it reads the kernel's state of sockets, which nothing here can await."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
 async def test_tunnel_delivers_what_a_node_sent_before_its_reset_while_the_client_floods_it(
         start_gateway: StartGateway, relay_kind: str) -> None:
     # The node stops reading while the client goes on sending until the gateway takes no more (through the kernel,
@@ -434,13 +426,16 @@ async def close_after_flood(start_gateway: StartGateway, relay_kind: str) -> aio
                 f"{gw.ws_url}/ws", autoping=False, heartbeat=None, compress=0) as ws:
             sock = await asyncio.wait_for(upstream_sock, 5)
             sending = asyncio.ensure_future(ws.send_bytes(bytes(FLOOD_BYTES)))
-            await until(lambda: queued_input(sock) > 64 << 10, "the node's receive queue to fill")
+            assert await eventually(lambda: queued_input(sock) > 64 << 10, timeout_s=20), \
+                "the node's input did not queue up"
             if relay_kind == "sockmap":
                 assert relay is not None
-                await until(lambda: relay.stats()["sockmap_pauses"] > pauses, "the kernel to pause that direction")
+                assert await eventually(lambda: relay.stats()["sockmap_pauses"] > pauses, timeout_s=20), \
+                    "the kernel did not pause that direction"
             assert ws._response.connection is not None and ws._response.connection.transport is not None
             client_sock = ws._response.connection.transport.get_extra_info("socket")
-            await until(lambda: queued_output(client_sock) > 512 << 10, "the client's send queue to fill")
+            assert await eventually(lambda: queued_output(client_sock) > 512 << 10, timeout_s=20), \
+                "the client's send queue did not fill"
             assert not sending.done()
             release.set()
             message = await ws.receive(timeout=10)
