@@ -189,6 +189,18 @@ static void sent_request(Lane *l, hconn_t *c) {
     c->deadline_ms = c->response_ms ? lane_now_ms() + c->response_ms : 0;
 }
 
+/* The connection to the instance is up: the body (read whole with the head) joins the request, and the response
+ * timeout starts. -1 when the request went back to Python (out of memory). */
+static int queue_body(Lane *l, hconn_t *c) {
+    if (buf_add(&c->req, c->cin.data + c->head_used, c->body_len) != 0) {
+        hand_back(l, c, K_FORWARD, c->head_used);
+        return -1;
+    }
+    buf_drop(&c->cin, c->head_used + c->body_len);
+    sent_request(l, c);
+    return 0;
+}
+
 /* Take a complete head off cin and start its request; 0 when it needs more input, -1 when it went back. */
 static int start_request(Lane *l, hconn_t *c) {
     size_t start = 0;
@@ -263,14 +275,7 @@ static int start_request(Lane *l, hconn_t *c) {
         hand_back(l, c, K_FORWARD, c->head_used);
         return -1;
     }
-    if (!c->connecting) {
-        if (buf_add(&c->req, c->cin.data + c->head_used, c->body_len) != 0) {
-            hand_back(l, c, K_FORWARD, c->head_used);
-            return -1;
-        }
-        buf_drop(&c->cin, c->head_used + c->body_len);
-        sent_request(l, c);
-    }
+    if (!c->connecting && queue_body(l, c) != 0) return -1;
     return 1;
 }
 
@@ -304,14 +309,8 @@ static int step_upstream(Lane *l, hconn_t *c) {
             return -1;
         }
         c->connecting = 0;
-        if (!c->retried) {
-            if (buf_add(&c->req, c->cin.data + c->head_used, c->body_len) != 0) {
-                hand_back(l, c, K_FORWARD, c->head_used);
-                return -1;
-            }
-            buf_drop(&c->cin, c->head_used + c->body_len);
-        }
-        sent_request(l, c);
+        if (c->retried) sent_request(l, c);  /* the body is in `req` since the first try */
+        else if (queue_body(l, c) != 0) return -1;
     }
     if (flush_to(c->ufd, &c->uwr, &c->req, &c->req_off) != 0) return upstream_failed(l, c);
     for (;;) {
