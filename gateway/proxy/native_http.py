@@ -215,7 +215,7 @@ class NativeHttp:
             return None
         if plan.rate_limits or plan.response_headers or plan.body_edits or policies.needed(route, plan):
             return None
-        target = server._target(route)
+        target = server.route_target(route)
         if target.tls:
             return None
         try:

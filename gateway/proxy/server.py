@@ -257,7 +257,7 @@ class GatewayServer:
             elif not handed_over:
                 conn.close()
 
-    def _target(self, route: RouteSpec) -> RouteTarget:
+    def route_target(self, route: RouteSpec) -> RouteTarget:
         """`route`'s dialing parameters under the configuration in force."""
         state = self.state
         if state is not self._targets_state:
@@ -344,7 +344,7 @@ class GatewayServer:
         upgrade = ex.upgrade
         framing, length = request_framing(head)
         check_request_body(conn, framing, upgrade=upgrade)
-        target = self._target(route)
+        target = self.route_target(route)
         ex.response_timeout_s = timeout_s = policies.attempt_timeout(target.response_timeout_s)
         if (upgrade and target.native_dial and framing is Framing.NONE and not conn.buffer and not ex.extra_headers
                 and not plan.response_headers):
