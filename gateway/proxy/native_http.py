@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from dataclasses import dataclass
 from functools import lru_cache
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -31,9 +30,10 @@ from gateway.proxy.exchange import CLOSE, Exchange, Outcome
 from gateway.proxy.headers import authority, upstream_request_headers
 from gateway.proxy.http import JOIN_MAX_BYTES
 from gateway.proxy.httpparse import Framing, RequestHead, parse_request_head, request_framing, serialize_head
+from gateway.proxy.lane_shapes import Shape, make_shape, shape_prefixes, split_path
 from gateway.proxy.responses import error_body, simple_response
 from gateway.routing.predicates import TimePredicate, WeightPredicate
-from gateway.routing.table import RouteTable
+from gateway.routing.table import RouteMatch, RouteTable, ordered_filters
 from gateway.routing.targets import RouteTarget, RoutingState
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ Decision = tuple["Decided", bytes, int, int, int, bool, bool, int, int]
 # own (`python -m bench.http`, chain `unique`), p99 was 16.8 ms at 4096 entries, 7.1 ms at 512, 2.3 ms at 64; the
 # repeated request costs the same at each size.
 _MAX_CACHED = 64
+_MAX_SHAPES_PER_HEAD = 4  # one per route prefix the same head was seen under
 
 
 def available() -> bool:
@@ -109,18 +110,48 @@ def _ms(seconds: float | None) -> int:
     return 0 if seconds is None else max(1, round(seconds * 1000))
 
 
-@dataclass(frozen=True, slots=True)
 class Decided:
-    """What the access log, the counters and a hand-back need of a request the lane carries (immutable: one serves
-    every request with the same head from the same address while the configuration stays, see `decide`)."""
+    """What the access log, the counters and a hand-back need of a request the lane carries. One serves every
+    request with the same head from the same address while the configuration stays (see `decide`); one derived
+    from a `Shape` serves its own request, and parses its head only if a log line or a hand-back asks for it."""
 
-    head: RequestHead
-    view: RequestView
-    route: RouteSpec
-    plan: ForwardPlan
-    endpoint: Endpoint
-    target: RouteTarget
-    bytes_key: tuple[str, Labels]  # the series of wsgate_http_bytes_total for this route
+    __slots__ = ("_head", "_plan", "_view", "bytes_key", "endpoint", "match", "raw", "remote", "route", "scheme",
+                 "target")
+
+    def __init__(self, raw: bytes, remote: str, scheme: str, match: RouteMatch, endpoint: Endpoint,
+                 target: RouteTarget, bytes_key: tuple[str, Labels], *, head: RequestHead | None = None,
+                 view: RequestView | None = None, plan: ForwardPlan | None = None) -> None:
+        self.raw = raw
+        self.remote = remote
+        self.scheme = scheme
+        self.match = match
+        self.route: RouteSpec = match.route
+        self.endpoint = endpoint
+        self.target = target
+        self.bytes_key = bytes_key  # the series of wsgate_http_bytes_total for this route
+        self._head = head
+        self._view = view
+        self._plan = plan
+
+    @property
+    def head(self) -> RequestHead:
+        if self._head is None:
+            self._head = parse_request_head(self.raw)
+        return self._head
+
+    @property
+    def view(self) -> RequestView:
+        if self._view is None:
+            head = self.head
+            path, _, query = head.target.partition("?")
+            self._view = RequestView(head.method, path, query, head.headers, self.remote, self.scheme)
+        return self._view
+
+    @property
+    def plan(self) -> ForwardPlan:
+        if self._plan is None:
+            self._plan = self.match.plan(self.view)
+        return self._plan
 
 
 def deterministic(table: RouteTable) -> bool:
@@ -145,6 +176,10 @@ class NativeHttp:
         self._cache: dict[tuple[bytes, str], Decision] = {}
         self._cache_state: RoutingState | None = None
         self._cacheable = False
+        # Per (head without its path, client address): shapes of decisions made for one path, for the others.
+        self._shapes: dict[tuple[bytes, str], list[tuple[Shape, Decision]]] = {}
+        self._prefixes: dict[str, tuple[str, ...]] = {}
+        self.shaped = 0  # decisions derived from a shape (tests and benchmarks read it)
         loop.add_reader(self.lane.fileno(), self._run)
 
     def listen(self, sock: socket.socket) -> None:
@@ -172,23 +207,66 @@ class NativeHttp:
         Decisions are cached by (head, client address) while the routing state stays and its routes are
         `deterministic`, for routes to a fixed address (a service's instances come from discovery and the
         balancer, per request): what the filters and the request head for the instance depend on is all in the
-        key then. Any other decision is made afresh each time.
+        key then. Any other decision is made afresh each time, unless a `Shape` of an earlier one for the same
+        head but another path gives it (`gateway/proxy/lane_shapes.py`).
         """
         state = self.server.state
         if state is not self._cache_state:
             self._cache_state = state
             self._cache.clear()
+            self._shapes.clear()
             self._cacheable = deterministic(state.table)
+            self._prefixes = shape_prefixes(state.table.routes) if self._cacheable else {}
         key = (raw, remote)
         decision = self._cache.get(key)
         if decision is not None:
             return decision
+        if self._shapes:
+            decision = self._shaped(raw, remote)
+            if decision is not None:
+                return decision
         decision = self._decide(raw, remote)
         if decision is not None and self._cacheable and decision[0].target.service is None:
             if len(self._cache) >= _MAX_CACHED:
                 self._cache.clear()
             self._cache[key] = decision
+            self._keep_shape(decision)
         return decision
+
+    def _shaped(self, raw: bytes, remote: str) -> Decision | None:
+        split = split_path(raw)
+        if split is None:
+            return None
+        shapes = self._shapes.get((split[0], remote))
+        if shapes is None:
+            return None
+        for shape, decision in shapes:
+            request = shape.request(split[1])
+            if request is not None:
+                self.shaped += 1
+                decided = decision[0]
+                return (Decided(raw, remote, decided.scheme, decided.match, decided.endpoint, decided.target,
+                                decided.bytes_key), request, *decision[2:])
+        return None
+
+    def _keep_shape(self, decision: Decision) -> None:
+        decided, request = decision[0], decision[1]
+        prefixes = self._prefixes.get(decided.route.id)
+        if prefixes is None or decided.match.variables:
+            return
+        match = decided.match
+        chain = match.chain
+        if chain is None:
+            chain = tuple(f for _, f in ordered_filters(match.default_filters, match.route.filters))
+        shape = make_shape(prefixes, chain, decided.head.method, decided.view.raw_path, request)
+        split = split_path(decided.raw)
+        if shape is None or split is None:
+            return
+        if len(self._shapes) >= _MAX_CACHED:
+            self._shapes.clear()
+        shapes = self._shapes.setdefault((split[0], decided.remote), [])
+        if len(shapes) < _MAX_SHAPES_PER_HEAD and all(s.prefix != shape.prefix for s, _ in shapes):
+            shapes.append((shape, decision))
 
     def _decide(self, raw: bytes, remote: str) -> Decision | None:
         server = self.server
@@ -231,8 +309,9 @@ class NativeHttp:
             preserve_host=plan.preserve_host,
             upstream_authority=authority(endpoint.host, endpoint.port, target.scheme))
         request = serialize_head(f"{head.method} {plan.target} HTTP/1.1", headers)
-        decided = Decided(head, view, route, plan, endpoint, target,
-                          series_key("wsgate_http_bytes_total", route=route.id, direction="downstream"))
+        decided = Decided(raw, remote, server.scheme, match, endpoint, target,
+                          series_key("wsgate_http_bytes_total", route=route.id, direction="downstream"),
+                          head=head, view=view, plan=plan)
         return (decided, request, ip, endpoint.port, length, head.keep_alive, head.method == "HEAD",
                 _ms(target.connect_timeout_s), _ms(target.response_timeout_s))
 
@@ -254,7 +333,7 @@ class NativeHttp:
                 route = decided.route
                 accounting.count(route.id, status)
                 if logging_on:
-                    accounting.log(decided.view.remote_addr, decided.head, status, route.id, decided.endpoint.address,
+                    accounting.log(decided.remote, decided.head, status, route.id, decided.endpoint.address,
                                    started)
                 if failed == 1:
                     accounting.upstream_error(route, decided.endpoint, UpstreamTimeout("instance stopped sending"))
