@@ -1,6 +1,6 @@
 """Instructions per WebSocket handshake and per proxied HTTP request, counted by `valgrind --tool=callgrind`.
 
-    python -m bench.callgrind [--handshakes 200] [--requests 1000] [--native-http] [--json OUT]
+    python -m bench.callgrind [--handshakes 200] [--requests 1000] [--native-http] [--unique] [--json OUT]
 
 CPU seconds on a shared machine move with the neighbours' load; instruction counts do not (the same binary, inputs
 and environment give the same count), so this is the figure to compare before and after a change.
@@ -11,7 +11,7 @@ around each phase:
 - `handshake`: open, upgrade (route `lb:ws://bench-echo` through the dev Consul agent, as `bench.relay` does),
   close; 16 in flight;
 - `http`: keep-alive GETs on `Path=/api/**` with `StripPrefix=1` to a fast upstream (an nginx answering from
-  memory), 8 connections;
+  memory), 8 connections; with `--unique`, every request's path its own (`/api/item/<n>`);
 and the phase's instructions (every thread of the process: the relay thread too) divided by its count is printed.
 nginx (one process, `master_process off`) is counted the same way behind the same upstreams, for scale. The last
 line is `instructions_per_handshake=<gateway> instructions_per_request=<gateway>`.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import re
 import shutil
@@ -69,14 +70,18 @@ NGINX_API = """
 """
 
 
-async def http_requests(port: int, count: int, connections: int = 8) -> None:
-    """`count` keep-alive GETs of /api/item over `connections` connections; every answer must be a 200."""
-    request = b"GET /api/item HTTP/1.1\r\nHost: bench\r\n\r\n"
+async def http_requests(port: int, count: int, connections: int = 8, *, unique: bool = False) -> None:
+    """`count` keep-alive GETs of /api/item over `connections` connections; every answer must be a 200. With
+    `unique`, every request has a path of its own (`/api/item/<n>`), as `bench.http`'s chain `unique`."""
+    serial = itertools.count()
 
     async def one(n: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        request = b"GET /api/item HTTP/1.1\r\nHost: bench\r\n\r\n"
         try:
             for _ in range(n):
+                if unique:
+                    request = b"GET /api/item/%d HTTP/1.1\r\nHost: bench\r\n\r\n" % next(serial)
                 writer.write(request)
                 head = await reader.readuntil(b"\r\n\r\n")
                 if not head.startswith(b"HTTP/1.1 200"):
@@ -135,9 +140,9 @@ async def measure(proc: ManagedProcess, port: int, out: Path, args: argparse.Nam
             raise RuntimeError(f"only {done} of {n} handshakes")
 
     await handshakes(args.handshakes // 4)  # warm-up, uncounted
-    await http_requests(port, args.requests // 4)
+    await http_requests(port, args.requests // 4, unique=args.unique)
     hs = await phase(proc, out, seen, lambda: handshakes(args.handshakes))
-    req = await phase(proc, out, seen, lambda: http_requests(port, args.requests))
+    req = await phase(proc, out, seen, lambda: http_requests(port, args.requests, unique=args.unique))
     return {"instructions_per_handshake": hs / args.handshakes, "instructions_per_request": req / args.requests}
 
 
@@ -186,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--native-http", action="store_true", help="the gateway with wsgate.native-http on")
+    parser.add_argument("--unique", action="store_true",
+                        help="every HTTP request with a path of its own (what the lane's decision cache cannot serve)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-callgrind-") as tmp:
         group = ProcessGroup(Path(tmp))

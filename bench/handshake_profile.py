@@ -1,6 +1,7 @@
 """Gateway CPU per WebSocket handshake, alone: the handshake part of `bench.relay` without nginx or message runs.
 
-    python -m bench.handshake_profile [--rounds 5] [--duration-s 2] [--baseline DIR] [--pin] [--py-spy OUT.txt]
+    python -m bench.handshake_profile [--relay native] [--rounds 5] [--duration-s 2] [--baseline DIR] [--pin]
+                                      [--py-spy OUT.txt]
 
 Starts an echo upstream, the dev Consul agent and a gateway (one worker, access log off, `lb:ws://bench-echo`
 through Consul), exactly as `bench.relay` does, then runs `--rounds` rounds of handshakes (open, upgrade, close;
@@ -45,10 +46,11 @@ async def one_round(proc: ManagedProcess, port: int, *, duration_s: float,
 
 
 def start_gateway(group: ProcessGroup, name: str, workdir: Path, consul_port: int,
-                  source: Path | None) -> tuple[ManagedProcess, int]:
+                  source: Path | None, relay: str) -> tuple[ManagedProcess, int]:
     port = free_port()
     config = workdir / f"{name}.yaml"
-    config.write_text(GATEWAY_ROUTES.format(port=port, consul_port=consul_port))
+    config.write_text(GATEWAY_ROUTES.format(port=port, consul_port=consul_port, native=str(relay != "python").lower(),
+                                            sockmap=str(relay == "sockmap").lower()))
     env: dict[str, str] = {}
     if source is not None:
         # Safe path mode: the working directory is not put first on sys.path, PYTHONPATH is.
@@ -77,9 +79,9 @@ async def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> i
     consul = group.python("devconsul", "devconsul", "--port", str(consul_port))
     consul.wait_http_ready(f"http://127.0.0.1:{consul_port}/v1/status/leader")
     register_echo(consul_port, echo_port)
-    gateways = {"current": start_gateway(group, "current", workdir, consul_port, None)}
+    gateways = {"current": start_gateway(group, "current", workdir, consul_port, None, args.relay)}
     if args.baseline is not None:
-        gateways["baseline"] = start_gateway(group, "baseline", workdir, consul_port, args.baseline)
+        gateways["baseline"] = start_gateway(group, "baseline", workdir, consul_port, args.baseline, args.relay)
     cpus = sorted(os.sched_getaffinity(0))
     if args.pin and len(cpus) >= 2:  # as `bench.relay --pin` does: gateways on one CPU, everything else on the rest
         for proc, _ in gateways.values():
@@ -116,6 +118,8 @@ async def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> i
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--relay", choices=("sockmap", "native", "python"), default="native",
+                        help="which relay carries the tunnels (as `bench.relay --relay`; the relay thread by default)")
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds per gateway (median reported)")
     parser.add_argument("--duration-s", type=float, default=2.0, help="seconds per round")
     parser.add_argument("--concurrency", type=int, default=16, help="handshakes in flight")
