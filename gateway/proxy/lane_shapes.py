@@ -47,7 +47,8 @@ _PATHLESS_PREDICATES = (HostPredicate, MethodPredicate, ValuePredicate, RemoteAd
 # A pattern segment that matches only itself: no wildcard (`*`, `?`), no variable (`{`), nothing percent-encoded.
 _LITERAL_SEGMENT = re.compile(r"[A-Za-z0-9!$&'()+,=:@\-._~]+")
 # A plain rest of a path: segments of unreserved and sub-delimiter characters (no '%', no ';'), none empty, '.'
-# or '..', and no '..' anywhere (safe_path's slow path would look at it); an optional trailing slash.
+# or '..', and no '..' anywhere (safe_path's slow path would look at it); an optional trailing slash. One pattern:
+# under callgrind it costs about 4.7k instructions a call, separate byte searches about 12k.
 _PLAIN_REST = re.compile(rb"(?!.*\.\.)(?!\.?(?:/|$))(?:[A-Za-z0-9!$&'()*+,=:@\-._~]+/(?!\.?(?:/|$)))*"
                          rb"[A-Za-z0-9!$&'()*+,=:@\-._~]+/?")
 
@@ -124,10 +125,12 @@ def _filters_keep_shape(chain: Iterable[GatewayFilter], prefix: str) -> bool:
 
 
 def split_path(raw: bytes) -> tuple[bytes, bytes] | None:
-    """(the head without its request path, the path): what a Shape is looked up by and what it is applied to."""
+    """(the head without its request path, the path): what a Shape is looked up by and what it is applied to.
+
+    A head whose first line is malformed gives a "path" that no shape takes (it holds a space or a CR)."""
     start = raw.find(b" ") + 1
     end = raw.find(b" ", start)
-    if start <= 0 or end < 0 or raw.find(b"\r\n", 0, end) >= 0:
+    if start <= 0 or end < 0:
         return None
     query = raw.find(b"?", start, end)
     path_end = end if query < 0 else query
