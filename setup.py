@@ -15,7 +15,7 @@ if sys.platform.startswith("linux"):  # epoll and eventfd
                "gateway/_relay_sockmap.c"]
     ext_modules.append(Extension("gateway._relay", sources, depends=["gateway/_relay.h"], optional=True,
                                  extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]))
-    http_sources = ["gateway/_http.c", "gateway/_http_io.c", "gateway/_http_util.c"]
+    http_sources = ["gateway/_http.c", "gateway/_http_io.c", "gateway/_http_util.c", "gateway/_http_redis.c"]
     ext_modules.append(Extension("gateway._http", http_sources, depends=["gateway/_http.h"], optional=True,
                                  extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]))
 

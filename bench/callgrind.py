@@ -12,9 +12,12 @@ around each phase:
   close; 16 in flight;
 - `http`: keep-alive GETs on `Path=/api/**` with `StripPrefix=1` to a fast upstream (an nginx answering from
   memory), 8 connections; with `--unique`, every request's path its own (`/api/item/<n>`);
+- `filters`: the same GETs on `Path=/fapi/**` with `bench.http`'s chain `filters` (StripPrefix, AddRequestHeader,
+  RequestRateLimiter on a Redis of the run's own, keyed on the client address; nginx: `limit_req` and
+  `proxy_set_header`);
 and the phase's instructions (every thread of the process: the relay thread too) divided by its count is printed.
 nginx (one process, `master_process off`) is counted the same way behind the same upstreams, for scale. The last
-line is `instructions_per_handshake=<gateway> instructions_per_request=<gateway>`.
+line is `instructions_per_handshake=<gateway> instructions_per_request=<gateway> instructions_per_filtered=<gateway>`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pathlib import Path
 from bench import loadgen
 from bench.http import UPSTREAM_CONF
 from bench.relay import NGINX_CONF, find_nginx, register_echo
-from harness import ManagedProcess, ProcessGroup, free_port
+from harness import ManagedProcess, ProcessGroup, free_port, redis_server_binary
 
 GATEWAY_ROUTES = """
 server:
@@ -44,6 +47,7 @@ wsgate:
   access-log: false
   workers: 1
   native-http: {native_http}
+  redis: {{url: "redis://127.0.0.1:{redis_port}/0", prefix: "bench-callgrind:"}}
 discovery:
   consul:
     address: 127.0.0.1:{consul_port}
@@ -58,6 +62,18 @@ routes:
       - Path=/api/**
     filters:
       - StripPrefix=1
+  - id: api-filters
+    uri: http://127.0.0.1:{upstream_port}
+    predicates:
+      - Path=/fapi/**
+    filters:
+      - StripPrefix=1
+      - AddRequestHeader=X-Bench, yes
+      - name: RequestRateLimiter
+        args:
+          redis-rate-limiter.replenishRate: 1000000
+          redis-rate-limiter.burstCapacity: 2000000
+          key-resolver: "#{{@remoteAddrKeyResolver}}"
 """
 
 # nginx's relay configuration from bench.relay, plus the same /api/ location as bench.http's proxy.
@@ -67,21 +83,30 @@ NGINX_API = """
       proxy_http_version 1.1;
       proxy_set_header Connection "";
     }
+    location /fapi/ {
+      limit_req zone=bench burst=1000000 nodelay;
+      proxy_pass http://api/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Bench yes;
+    }
 """
 
 
-async def http_requests(port: int, count: int, connections: int = 8, *, unique: bool = False) -> None:
+async def http_requests(port: int, count: int, connections: int = 8, *, unique: bool = False,
+                        prefix: bytes = b"/api") -> None:
     """`count` keep-alive GETs of /api/item over `connections` connections; every answer must be a 200. With
-    `unique`, every request has a path of its own (`/api/item/<n>`), as `bench.http`'s chain `unique`."""
+    `unique`, every request has a path of its own (`/api/item/<n>`), as `bench.http`'s chain `unique`; `prefix`
+    replaces `/api` (`/fapi`: the route with filters)."""
     serial = itertools.count()
 
     async def one(n: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        request = b"GET /api/item HTTP/1.1\r\nHost: bench\r\n\r\n"
+        request = b"GET %s/item HTTP/1.1\r\nHost: bench\r\n\r\n" % prefix
         try:
             for _ in range(n):
                 if unique:
-                    request = b"GET /api/item/%d HTTP/1.1\r\nHost: bench\r\n\r\n" % next(serial)
+                    request = b"GET %s/item/%d HTTP/1.1\r\nHost: bench\r\n\r\n" % (prefix, next(serial))
                 writer.write(request)
                 head = await reader.readuntil(b"\r\n\r\n")
                 if not head.startswith(b"HTTP/1.1 200"):
@@ -143,12 +168,18 @@ async def measure(proc: ManagedProcess, port: int, out: Path, args: argparse.Nam
     await http_requests(port, args.requests // 4, unique=args.unique)
     hs = await phase(proc, out, seen, lambda: handshakes(args.handshakes))
     req = await phase(proc, out, seen, lambda: http_requests(port, args.requests, unique=args.unique))
-    return {"instructions_per_handshake": hs / args.handshakes, "instructions_per_request": req / args.requests}
+    await http_requests(port, args.requests // 4, prefix=b"/fapi")  # warm-up: the limiter's Redis, its script
+    filtered = await phase(proc, out, seen, lambda: http_requests(port, args.requests, prefix=b"/fapi"))
+    return {"instructions_per_handshake": hs / args.handshakes, "instructions_per_request": req / args.requests,
+            "instructions_per_filtered": filtered / args.requests}
 
 
 async def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> dict[str, dict[str, float]]:
     nginx = find_nginx()
-    echo_port, consul_port, upstream_port, gw_port, nginx_port = (free_port() for _ in range(5))
+    echo_port, consul_port, upstream_port, gw_port, nginx_port, redis_port = (free_port() for _ in range(6))
+    redis = group.start("redis", [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(redis_port),
+                                  "--save", "", "--appendonly", "no", "--dir", str(workdir)])
+    redis.wait_port_ready("127.0.0.1", redis_port)
     echo = group.python("echo", "bench.echo", "--port", str(echo_port))
     echo.wait_port_ready("127.0.0.1", echo_port)
     consul = group.python("devconsul", "devconsul", "--port", str(consul_port))
@@ -161,7 +192,7 @@ async def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> d
 
     (workdir / "routes.yaml").write_text(GATEWAY_ROUTES.format(
         port=gw_port, native_http=str(args.native_http).lower(), consul_port=consul_port,
-        upstream_port=upstream_port))
+        upstream_port=upstream_port, redis_port=redis_port))
     gw_out = workdir / "callgrind.gateway.out"
     gateway = start_under_callgrind(group, "gateway", [sys.executable, "-m", "gateway", "--config",
                                                        str(workdir / "routes.yaml"), "--workers", "1"], gw_out)
@@ -169,6 +200,7 @@ async def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> d
 
     conf = NGINX_CONF.format(prefix=workdir, port=nginx_port, upstream_port=echo_port)
     conf = conf.replace("  server {", f"  upstream api {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}\n"
+                                      "  limit_req_zone $binary_remote_addr zone=bench:1m rate=1000000r/s;\n"
                                       "  server {", 1)
     conf = conf.replace("    location / {", NGINX_API + "    location / {", 1)
     (workdir / "nginx.conf").write_text(conf)
@@ -181,7 +213,8 @@ async def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> d
                "nginx": await measure(proxy, nginx_port, ng_out, args)}
     for name, row in results.items():
         print(f"{name:8} {row['instructions_per_handshake']:12,.0f} instructions/handshake  "
-              f"{row['instructions_per_request']:12,.0f} instructions/request", flush=True)
+              f"{row['instructions_per_request']:12,.0f} instructions/request  "
+              f"{row['instructions_per_filtered']:12,.0f} instructions/filtered request", flush=True)
     return results
 
 
@@ -205,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(result, indent=2))
     gw = result["gateway"]
     print(f"instructions_per_handshake={gw['instructions_per_handshake']:.0f} "
-          f"instructions_per_request={gw['instructions_per_request']:.0f}")
+          f"instructions_per_request={gw['instructions_per_request']:.0f} "
+          f"instructions_per_filtered={gw['instructions_per_filtered']:.0f}")
     return 0
 
 

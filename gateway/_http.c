@@ -49,7 +49,7 @@ static PyObject *Lane_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
         return NULL;
     Lane *l = (Lane *)type->tp_alloc(type, 0);
     if (l == NULL) return NULL;
-    l->epfd = l->listenfd = l->timerfd = -1;
+    l->epfd = l->listenfd = l->timerfd = l->redis_fd = -1;
     Py_INCREF(decide);
     l->decide = decide;
     l->head_timeout_ms = head_timeout_ms;
@@ -74,6 +74,7 @@ static PyObject *Lane_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
 
 static void close_all(Lane *l) {
     while (l->live != NULL) lane_close_conn(l, l->live);
+    redis_close(l);
     lane_pool_clear(l);
     if (l->listenfd >= 0) {
         lane_forget(l, l->listenfd);
@@ -116,6 +117,8 @@ static PyObject *Lane_run(Lane *l, PyObject *Py_UNUSED(ignored)) {
             int kind = (size_t)fd < l->nslots ? l->slots[fd] : SLOT_FREE;
             if (kind == SLOT_LISTEN) {
                 if (!l->draining) lane_accept(l);
+            } else if (kind == SLOT_REDIS) {
+                redis_event(l, events[k].events);
             } else if (kind == SLOT_TIMER) {
                 uint64_t ticks;
                 if (read(l->timerfd, &ticks, sizeof(ticks)) < 0 && errno != EAGAIN) continue;
@@ -153,6 +156,16 @@ static PyObject *Lane_configure(Lane *l, PyObject *args, PyObject *kwargs) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Lane_redis(Lane *l, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"ip", "port", NULL};
+    unsigned int ip, port;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$II:redis", keywords, &ip, &port)) return NULL;
+    if (ip != l->redis_ip || port != l->redis_port) redis_close(l);  /* requests waiting go back to Python */
+    l->redis_ip = ip;
+    l->redis_port = (uint16_t)port;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Lane_drain(Lane *l, PyObject *Py_UNUSED(ignored)) {
     l->draining = 1;
     if (l->listenfd >= 0) {
@@ -183,8 +196,8 @@ static PyObject *Lane_count(Lane *l, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyObject *Lane_stats(Lane *l, PyObject *Py_UNUSED(ignored)) {
-    return Py_BuildValue("{sKsKsnsn}", "requests", (unsigned long long)l->requests, "handed_back",
-                         (unsigned long long)l->handed_back, "connections", (Py_ssize_t)l->nlive, "pooled",
+    return Py_BuildValue("{sKsKsKsnsn}", "requests", (unsigned long long)l->requests, "handed_back",
+                         (unsigned long long)l->handed_back, "limited", (unsigned long long)l->limited, "connections", (Py_ssize_t)l->nlive, "pooled",
                          (Py_ssize_t)l->npool);
 }
 
@@ -207,6 +220,8 @@ static PyMethodDef Lane_methods[] = {
     {"run", (PyCFunction)Lane_run, METH_NOARGS, "run() -> (finished requests, hand-backs): do the ready I/O"},
     {"configure", (PyCFunction)(void (*)(void))Lane_configure, METH_VARARGS | METH_KEYWORDS,
      "configure(*, head_timeout_ms, max_head_bytes): settings after a reload"},
+    {"redis", (PyCFunction)(void (*)(void))Lane_redis, METH_VARARGS | METH_KEYWORDS,
+     "redis(*, ip, port): the rate limiter's Redis (IPv4 int in network order; port 0: none)"},
     {"drain", (PyCFunction)Lane_drain, METH_NOARGS, "drain(): stop accepting, close idle connections"},
     {"close", (PyCFunction)Lane_close, METH_NOARGS, "close(): close every connection and the listening socket"},
     {"fileno", (PyCFunction)Lane_fileno, METH_NOARGS, "fileno() -> the epoll descriptor to watch"},
@@ -247,6 +262,7 @@ PyMODINIT_FUNC PyInit__http(void) {
     static const struct { const char *name; int value; } constants[] = {
         {"K_NEW", K_NEW}, {"K_FORWARD", K_FORWARD}, {"K_RESPONSE", K_RESPONSE}, {"K_TIMEOUT", K_TIMEOUT},
         {"K_CLOSED", K_CLOSED}, {"K_HEAD_TIMEOUT", K_HEAD_TIMEOUT}, {"K_LINGER", K_LINGER},
+        {"K_LIMIT_TIMEOUT", K_LIMIT_TIMEOUT},
     };
     for (size_t k = 0; k < sizeof(constants) / sizeof(constants[0]); k++) {
         if (PyModule_AddIntConstant(module, constants[k].name, constants[k].value) < 0) {

@@ -1,7 +1,7 @@
 /* gateway._http's shared definitions: the lane, its connections and what its two files share.
  *
  * _http.c is the Python type (see its comment for the design), _http_io.c the per-connection state machine,
- * _http_util.c buffers, descriptors, the upstream pool and response heads.
+ * _http_util.c buffers, descriptors, the upstream pool and response heads, _http_redis.c the rate limiter's Redis.
  */
 #ifndef WSGATE_HTTP_H
 #define WSGATE_HTTP_H
@@ -20,13 +20,13 @@
 #define POOL_IDLE_MS 30000                /* and its idle_expiry_s */
 
 /* What a connection is doing. */
-enum { H_IDLE, H_UPSTREAM, H_BODY, H_CLOSE };
+enum { H_IDLE, H_LIMIT, H_UPSTREAM, H_BODY, H_CLOSE };  /* H_LIMIT: waiting for Redis's answer */
 
 /* Why a connection goes back to Python (the kinds of `Lane.run()`'s hand-backs, see _http.c). */
-enum { K_NEW, K_FORWARD, K_RESPONSE, K_TIMEOUT, K_CLOSED, K_HEAD_TIMEOUT, K_LINGER };
+enum { K_NEW, K_FORWARD, K_RESPONSE, K_TIMEOUT, K_CLOSED, K_HEAD_TIMEOUT, K_LINGER, K_LIMIT_TIMEOUT };
 
 /* What a descriptor is, by fd (epoll reports the fd; its owner is looked up here). */
-enum { SLOT_FREE, SLOT_LISTEN, SLOT_TIMER, SLOT_CLIENT, SLOT_UPSTREAM, SLOT_POOL };
+enum { SLOT_FREE, SLOT_LISTEN, SLOT_TIMER, SLOT_CLIENT, SLOT_UPSTREAM, SLOT_POOL, SLOT_REDIS };
 
 typedef struct {
     char *data;
@@ -53,6 +53,8 @@ typedef struct hconn {
     int status, upstream_keep;
     uint64_t remaining, nbytes;
     uint64_t deadline_ms;       /* 0: none */
+    PyObject *limit;            /* the decision's rate limit (see _http_redis.c), or NULL */
+    buf_t extra;                /* response header lines the lane adds (X-RateLimit-*) */
     double started;             /* CLOCK_MONOTONIC seconds (Python's time.monotonic()) when the head was complete */
     struct hconn *prev, *next;
 } hconn_t;
@@ -82,7 +84,14 @@ typedef struct {
     size_t npool, pool_cap;
     PyObject *done;             /* list of finished requests, taken by run() */
     PyObject *handbacks;        /* list of connections going back to Python, taken by run() */
-    uint64_t requests, handed_back;
+    uint64_t requests, handed_back, limited;
+    uint32_t redis_ip;          /* the rate limiter's Redis (network order); port 0: none */
+    uint16_t redis_port;
+    int redis_fd, redis_rd, redis_wr;
+    buf_t rout, rin;            /* commands not sent yet, replies not parsed yet */
+    size_t rout_off;
+    hconn_t **rq;               /* ring of the connections waiting for a reply, in command order */
+    size_t rq_head, rq_len, rq_cap;
     char scratch[LANE_READ_BYTES];
 } Lane;
 
@@ -101,12 +110,25 @@ void pool_put(Lane *l, hconn_t *c);
 void pool_event(Lane *l, int fd);
 void lane_pool_clear(Lane *l);
 int take_response(hconn_t *c, size_t len);
+int bare_cr_or_lf(const char *p, size_t len);
+int flush_to(int fd, int *ready, buf_t *b, size_t *off);
 
 /* _http_io.c */
 void lane_accept(Lane *l);
 void lane_event(Lane *l, int fd, uint32_t events);
 void lane_sweep(Lane *l);
 void lane_close_conn(Lane *l, hconn_t *c);
+void lane_progress(Lane *l, hconn_t *c);
+int lane_dispatch(Lane *l, hconn_t *c);
+void hand_back(Lane *l, hconn_t *c, int kind, size_t cin_from);
+void finish_request(Lane *l, hconn_t *c, int failed);
+
+/* _http_redis.c */
+int redis_submit(Lane *l, hconn_t *c, const char *before, size_t before_len, const char *after, size_t after_len);
+void redis_event(Lane *l, uint32_t events);
+void redis_forget_conn(Lane *l, hconn_t *c);
+void redis_close(Lane *l);
+void lane_limited(Lane *l, hconn_t *c, int allowed, long long tokens);
 
 #pragma GCC visibility pop
 

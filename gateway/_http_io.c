@@ -19,6 +19,7 @@
 /* ---- connections ---------------------------------------------------------------------------------------- */
 
 static void unlink_conn(Lane *l, hconn_t *c) {
+    if (c->state == H_LIMIT) redis_forget_conn(l, c);
     if (c->prev) c->prev->next = c->next; else l->live = c->next;
     if (c->next) c->next->prev = c->prev;
     l->nlive--;
@@ -26,6 +27,8 @@ static void unlink_conn(Lane *l, hconn_t *c) {
     free(c->cout.data);
     free(c->uin.data);
     free(c->req.data);
+    free(c->extra.data);
+    Py_XDECREF(c->limit);
     Py_XDECREF(c->remote);
     Py_XDECREF(c->decision);
     free(c);
@@ -41,8 +44,9 @@ static PyObject *bytes_of(buf_t *b, size_t from) {
     return PyBytes_FromStringAndSize(b->data ? b->data + from : "", from < b->len ? (Py_ssize_t)(b->len - from) : 0);
 }
 
-/* Give the connection (and the instance's, if any) back to Python: (kind, decision, cfd, bytes, ufd, bytes). */
-static void hand_back(Lane *l, hconn_t *c, int kind, size_t cin_from) {
+/* Give the connection (and the instance's, if any) back to Python: (kind, decision, cfd, bytes, ufd, bytes, started,
+ * the X-RateLimit-* lines of a request Redis allowed). */
+void hand_back(Lane *l, hconn_t *c, int kind, size_t cin_from) {
     if (kind != K_RESPONSE) {  /* only a response head to judge needs the instance's connection */
         close_fd(l, c->ufd);
         c->ufd = -1;
@@ -50,8 +54,9 @@ static void hand_back(Lane *l, hconn_t *c, int kind, size_t cin_from) {
     }
     lane_forget(l, c->cfd);
     lane_forget(l, c->ufd);
-    PyObject *item = Py_BuildValue("(iOiNiNd)", kind, c->decision ? c->decision : Py_None, c->cfd,
-                                   bytes_of(&c->cin, cin_from), c->ufd, bytes_of(&c->uin, 0), c->started);
+    PyObject *item = Py_BuildValue("(iOiNiNdN)", kind, c->decision ? c->decision : Py_None, c->cfd,
+                                   bytes_of(&c->cin, cin_from), c->ufd, bytes_of(&c->uin, 0), c->started,
+                                   bytes_of(&c->extra, 0));
     if (item == NULL || PyList_Append(l->handbacks, item) != 0) {
         PyErr_Clear();  /* out of memory: the connection is lost, not leaked */
         close(c->cfd);
@@ -62,12 +67,13 @@ static void hand_back(Lane *l, hconn_t *c, int kind, size_t cin_from) {
     unlink_conn(l, c);
 }
 
-static void finish_request(Lane *l, hconn_t *c, int failed) {
+void finish_request(Lane *l, hconn_t *c, int failed) {
     PyObject *item = Py_BuildValue("(OiKid)", c->decision, c->status, (unsigned long long)c->nbytes, failed,
                                    c->started);
     if (item == NULL || PyList_Append(l->done, item) != 0) PyErr_Clear();
     Py_XDECREF(item);
     Py_CLEAR(c->decision);
+    c->extra.len = 0;
     l->requests++;
 }
 
@@ -125,35 +131,11 @@ static int read_client(Lane *l, hconn_t *c, size_t limit) {
     return 0;
 }
 
-/* Send what is pending for fd from b (its first *off bytes already sent); -1 on an error. */
-static int flush_to(int fd, int *ready, buf_t *b, size_t *off) {
-    while (*ready && *off < b->len) {
-        ssize_t n = send(fd, b->data + *off, b->len - *off, MSG_NOSIGNAL);
-        if (n >= 0) {
-            *off += (size_t)n;
-        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            *ready = 0;
-        } else if (errno != EINTR) {
-            return -1;
-        }
-    }
-    return 0;
-}
-
 static int flush_client(hconn_t *c) {
     size_t off = 0;
     int rc = flush_to(c->cfd, &c->cwr, &c->cout, &off);
     buf_drop(&c->cout, off);
     return rc;
-}
-
-/* A CR not followed by LF or an LF without its CR before the head's end: Python refuses it at once (400). */
-static int bare_cr_or_lf(const char *p, size_t len) {
-    for (size_t k = 0; k < len; k++) {
-        if (p[k] == '\n' && (k == 0 || p[k - 1] != '\r')) return 1;
-        if (p[k] == '\r' && k + 1 < len && p[k + 1] != '\n') return 1;
-    }
-    return 0;
 }
 
 static int dial(Lane *l, hconn_t *c) {
@@ -225,10 +207,10 @@ static int start_request(Lane *l, hconn_t *c) {
         unsigned int ip = 0, port = 0;
         unsigned long long body_len = 0, connect_ms = 0, response_ms = 0;
         int keep = 0, no_body = 0;
-        PyObject *token, *request;
+        PyObject *token, *request, *limit = Py_None;
         if (decision == NULL || decision == Py_None
-            || !PyArg_ParseTuple(decision, "OSIIKppKK", &token, &request, &ip, &port, &body_len, &keep, &no_body,
-                                 &connect_ms, &response_ms)) {
+            || !PyArg_ParseTuple(decision, "OSIIKppKK|O", &token, &request, &ip, &port, &body_len, &keep, &no_body,
+                                 &connect_ms, &response_ms, &limit)) {
             PyErr_Clear();
             Py_XDECREF(decision);
             hand_back(l, c, K_NEW, 0);
@@ -236,6 +218,11 @@ static int start_request(Lane *l, hconn_t *c) {
         }
         Py_INCREF(token);
         c->decision = token;  /* what finished requests and hand-backs report */
+        Py_CLEAR(c->limit);
+        if (limit != Py_None) {
+            Py_INCREF(limit);
+            c->limit = limit;
+        }
         c->ip = ip;
         c->port = (uint16_t)port;
         c->body_len = body_len;
@@ -245,6 +232,7 @@ static int start_request(Lane *l, hconn_t *c) {
         c->response_ms = response_ms;
         c->req.len = 0;
         c->req_off = 0;
+        c->extra.len = 0;
         int failed = buf_add(&c->req, PyBytes_AS_STRING(request), (size_t)PyBytes_GET_SIZE(request));
         Py_DECREF(decision);
         if (failed) {
@@ -252,6 +240,27 @@ static int start_request(Lane *l, hconn_t *c) {
             return -1;
         }
     }
+    if (c->limit != NULL) {
+        /* (command before ARGV[3], after it, allowed's headers, refusal's head and tail, its status, timeout ms) */
+        const char *before, *after;
+        Py_ssize_t before_len, after_len;
+        unsigned long long timeout_ms = 0;
+        if (!PyArg_ParseTuple(c->limit, "y#y#SSSiK", &before, &before_len, &after, &after_len, &(PyObject *){0},
+                              &(PyObject *){0}, &(PyObject *){0}, &(int){0}, &timeout_ms)
+            || redis_submit(l, c, before, (size_t)before_len, after, (size_t)after_len) != 0) {
+            PyErr_Clear();
+            hand_back(l, c, K_NEW, 0);
+            return -1;
+        }
+        c->state = H_LIMIT;
+        c->deadline_ms = timeout_ms ? lane_now_ms() + timeout_ms : 0;
+        return 1;
+    }
+    return lane_dispatch(l, c);
+}
+
+/* Send the request whose head (and body) cin holds to the instance; -1 when it went back. */
+int lane_dispatch(Lane *l, hconn_t *c) {
     if (c->cin.len < c->head_used + c->body_len) {
         /* A body still on its way goes the Python way, which streams it (decide took only <= 64 KiB ones). */
         if (c->crd && !c->ceof) return 0;
@@ -386,7 +395,7 @@ static int step_body(Lane *l, hconn_t *c) {
     return 0;
 }
 
-static void progress(Lane *l, hconn_t *c) {
+void lane_progress(Lane *l, hconn_t *c) {
     for (;;) {
         switch (c->state) {
         case H_IDLE:
@@ -413,6 +422,8 @@ static void progress(Lane *l, hconn_t *c) {
                 return;
             }
             break;
+        case H_LIMIT:
+            return;  /* lane_limited goes on */
         case H_UPSTREAM:
             if (step_upstream(l, c) != 0 || c->state == H_UPSTREAM) return;
             break;
@@ -450,7 +461,7 @@ void lane_event(Lane *l, int fd, uint32_t events) {
         c->urd |= in;
         c->uwr |= out;
     }
-    progress(l, c);
+    lane_progress(l, c);
 }
 
 /* Deadlines (head, connect, response), looked at by the lane's timer. */
@@ -463,6 +474,8 @@ void lane_sweep(Lane *l) {
             if (c->state == H_IDLE) {
                 if (c->first || c->cin.len) hand_back(l, c, K_HEAD_TIMEOUT, 0);
                 else lane_close_conn(l, c);  /* an idle keep-alive connection: closed quietly */
+            } else if (c->state == H_LIMIT) {
+                hand_back(l, c, K_LIMIT_TIMEOUT, 0);
             } else if (c->state == H_UPSTREAM && c->connecting) {
                 hand_back(l, c, K_FORWARD, c->retried ? 0 : c->head_used);
             } else if (c->state == H_UPSTREAM) {

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <strings.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -61,7 +62,7 @@ int lane_watch(Lane *l, int fd, int kind, hconn_t *c) {
         memset(l->owners + l->nslots, 0, (n - l->nslots) * sizeof(hconn_t *));
         l->nslots = n;
     }
-    int et = kind == SLOT_CLIENT || kind == SLOT_UPSTREAM;
+    int et = kind == SLOT_CLIENT || kind == SLOT_UPSTREAM || kind == SLOT_REDIS;
     struct epoll_event ev = {.events = et ? EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET : EPOLLIN, .data.fd = fd};
     if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) return -1;
     l->slots[fd] = (unsigned char)kind;
@@ -82,6 +83,30 @@ void close_fd(Lane *l, int fd) {
     if (fd < 0) return;
     lane_forget(l, fd);
     close(fd);
+}
+
+/* A CR not followed by LF or an LF without its CR before the head's end: Python refuses it at once (400). */
+int bare_cr_or_lf(const char *p, size_t len) {
+    for (size_t k = 0; k < len; k++) {
+        if (p[k] == '\n' && (k == 0 || p[k - 1] != '\r')) return 1;
+        if (p[k] == '\r' && k + 1 < len && p[k + 1] != '\n') return 1;
+    }
+    return 0;
+}
+
+/* Send what is pending for fd from b (its first *off bytes already sent); -1 on an error. */
+int flush_to(int fd, int *ready, buf_t *b, size_t *off) {
+    while (*ready && *off < b->len) {
+        ssize_t n = send(fd, b->data + *off, b->len - *off, MSG_NOSIGNAL);
+        if (n >= 0) {
+            *off += (size_t)n;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            *ready = 0;
+        } else if (errno != EINTR) {
+            return -1;
+        }
+    }
+    return 0;
 }
 
 /* ---- the upstream pool: idle keep-alive connections, newest first, still watched (an EOF closes them) ---- */
@@ -216,6 +241,8 @@ int take_response(hconn_t *c, size_t len) {
     }
     int no_body = c->no_body || status == 204 || status == 304;
     if (!no_body && length < 0) return -1;  /* until close: Python */
+    /* a rate limiter's X-RateLimit-* after the instance's headers, as Python's `_answer` adds them */
+    if (c->extra.len && buf_add(&c->cout, c->extra.data, c->extra.len) != 0) return -1;
     if (!c->keep_client && buf_add(&c->cout, "Connection: close\r\n", 19) != 0) return -1;
     if (buf_add(&c->cout, "\r\n", 2) != 0) return -1;
     c->status = status;

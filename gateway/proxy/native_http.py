@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from gateway.config.model import RouteSpec
 from gateway.discovery.base import Endpoint
 from gateway.errors import BadGateway, GatewayError, RequestTimeout, UpstreamTimeout
-from gateway.model import ForwardPlan, RequestView
+from gateway.model import ForwardPlan, RateLimit, RequestView
 from gateway.ops.metrics import Labels, series_key
 from gateway.proxy import policies
 from gateway.proxy.client_conn import ClientConn
@@ -31,7 +31,9 @@ from gateway.proxy.headers import authority, upstream_request_headers
 from gateway.proxy.http import JOIN_MAX_BYTES
 from gateway.proxy.httpparse import Framing, RequestHead, parse_request_head, request_framing, serialize_head
 from gateway.proxy.lane_shapes import Shape, make_shape, shape_prefixes, split_path
-from gateway.proxy.responses import error_body, simple_response
+from gateway.proxy.responses import error_body, rate_limit_refusal, simple_response
+from gateway.ratelimit.bucket import bucket_keys, lane_script_call, rate_limit_headers, resolve_key
+from gateway.ratelimit.redis import TOKEN_BUCKET_SHA, RedisRateLimiter
 from gateway.routing.predicates import TimePredicate, WeightPredicate
 from gateway.routing.table import RouteMatch, RouteTable, ordered_filters
 from gateway.routing.targets import RouteTarget, RoutingState
@@ -47,7 +49,11 @@ except ImportError:  # built without a C compiler
 
 log = logging.getLogger("gateway.server")
 
-Decision = tuple["Decided", bytes, int, int, int, bool, bool, int, int]
+# A rate limit the lane runs itself (gateway/_http_redis.c): the EVALSHA command before and after ARGV[3] (now),
+# the X-RateLimit-* lines after Remaining for an allowed request, the refusal's bytes before and after its
+# Remaining line, the refusal's status, and the limiter's timeout in ms.
+LaneLimit = tuple[bytes, bytes, bytes, bytes, bytes, int, int]
+Decision = tuple["Decided", bytes, int, int, int, bool, bool, int, int, LaneLimit | None]
 # Decisions kept per worker (the cache starts afresh when full). Small on purpose: entries that outlive a garbage
 # collection reach the old generation and make full collections come more often. With every request's path its
 # own (`python -m bench.http`, chain `unique`), p99 was 16.8 ms at 4096 entries, 7.1 ms at 512, 2.3 ms at 64; the
@@ -180,6 +186,7 @@ class NativeHttp:
         self._shapes: dict[tuple[bytes, str], list[tuple[Shape, Decision]]] = {}
         self._prefixes: dict[str, tuple[str, ...]] = {}
         self.shaped = 0  # decisions derived from a shape (tests and benchmarks read it)
+        self._redis_address: tuple[str, int] | None = None  # what the lane was told (`Lane.redis`)
         loop.add_reader(self.lane.fileno(), self._run)
 
     def listen(self, sock: socket.socket) -> None:
@@ -220,6 +227,9 @@ class NativeHttp:
         key = (raw, remote)
         decision = self._cache.get(key)
         if decision is not None:
+            # While Redis is failing the Python limiter decides at once (fail open or 503): its path.
+            if decision[9] is not None and self._limiter_skipping():
+                return None
             return decision
         if self._shapes:
             decision = self._shaped(raw, remote)
@@ -227,10 +237,12 @@ class NativeHttp:
                 return decision
         decision = self._decide(raw, remote)
         if decision is not None and self._cacheable and decision[0].target.service is None:
+            # A limited decision's key (client address, a header, the Basic user) is in the cache key too.
             if len(self._cache) >= _MAX_CACHED:
                 self._cache.clear()
             self._cache[key] = decision
-            self._keep_shape(decision)
+            if decision[9] is None:  # the refusal's body names the path: not a shape's to derive
+                self._keep_shape(decision)
         return decision
 
     def _shaped(self, raw: bytes, remote: str) -> Decision | None:
@@ -291,8 +303,13 @@ class NativeHttp:
             plan = match.plan(view)
         except GatewayError:
             return None
-        if plan.rate_limits or plan.response_headers or plan.body_edits or policies.needed(route, plan):
+        if plan.response_headers or plan.body_edits or policies.needed(route, plan):
             return None
+        limit = None
+        if plan.rate_limits:
+            limit = self._lane_limit(route.id, plan.rate_limits, view, head, framing)
+            if limit is None:
+                return None
         target = server.route_target(route)
         if target.tls:
             return None
@@ -313,7 +330,42 @@ class NativeHttp:
                           series_key("wsgate_http_bytes_total", route=route.id, direction="downstream"),
                           head=head, view=view, plan=plan)
         return (decided, request, ip, endpoint.port, length, head.keep_alive, head.method == "HEAD",
-                _ms(target.connect_timeout_s), _ms(target.response_timeout_s))
+                _ms(target.connect_timeout_s), _ms(target.response_timeout_s), limit)
+
+    def _limiter_skipping(self) -> bool:
+        limiter = self.server.rate_limiter
+        return isinstance(limiter, RedisRateLimiter) and limiter.skipping()
+
+    def _lane_limit(self, route_id: str, limits: tuple[RateLimit, ...], view: RequestView, head: RequestHead,
+                    framing: Framing) -> LaneLimit | None:
+        """The request's RequestRateLimiter as the lane runs it, or None for the Python path: more than one
+        limiter, a body (Python decides whether the refused connection stays), a plugin's key resolver or an empty
+        key, a Redis the lane does not speak to (`RedisRateLimiter.lane_redis`), or one failing now."""
+        limiter = self.server.rate_limiter
+        if len(limits) != 1 or framing is not Framing.NONE or not isinstance(limiter, RedisRateLimiter):
+            return None
+        limit = limits[0]
+        lane_redis = limiter.lane_redis()
+        if lane_redis is None or limit.key.startswith("plugin:") or limiter.skipping():
+            return None
+        key = resolve_key(limit, view)
+        if not key:
+            return None
+        address = (lane_redis.host, lane_redis.port)
+        if address != self._redis_address:
+            ip = ipv4_int(lane_redis.host)
+            assert ip is not None  # lane_address gives IPv4 addresses only
+            self.lane.redis(ip=ip, port=lane_redis.port)
+            self._redis_address = address
+        before, after = lane_script_call(TOKEN_BUCKET_SHA, bucket_keys(route_id, key, key_prefix=lane_redis.key_prefix),
+                                         limit)
+        marker = "\x00remaining\x00"
+        headers = rate_limit_headers(limit, 0)
+        tail = b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers[1:])
+        refusal = rate_limit_refusal(limit.status_code, head.path, ((headers[0][0], marker), *headers[1:]),
+                                     close=not head.keep_alive)
+        refused_head, _, refused_tail = refusal.partition(f"{headers[0][0]}: {marker}\r\n".encode("latin-1"))
+        return (before, after, tail, refused_head, refused_tail, limit.status_code, lane_redis.timeout_ms)
 
     # -- what the lane reports ----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -332,25 +384,32 @@ class NativeHttp:
             for decided, status, nbytes, failed, started in done:
                 route = decided.route
                 accounting.count(route.id, status)
-                if logging_on:
-                    accounting.log(decided.remote, decided.head, status, route.id, decided.endpoint.address,
-                                   started)
+                if logging_on:  # failed 4: the lane's rate-limit refusal, no instance (Accounting.answered)
+                    accounting.log(decided.remote, decided.head, status, route.id,
+                                   "-" if failed == 4 else decided.endpoint.address, started)
+                if failed == 4:
+                    continue
                 if failed == 1:
                     accounting.upstream_error(route, decided.endpoint, UpstreamTimeout("instance stopped sending"))
                 elif failed == 2:
                     accounting.upstream_error(route, decided.endpoint, BadGateway("connection closed inside a body"))
                 else:
                     add_series(decided.bytes_key, nbytes)
-        for kind, decided, cfd, cdata, ufd, udata, started in handbacks:
-            self.loop.create_task(self._handed_back(kind, decided, cfd, cdata, ufd, udata, started))
+        for kind, decided, cfd, cdata, ufd, udata, started, limited in handbacks:
+            self.loop.create_task(self._handed_back(kind, decided, cfd, cdata, ufd, udata, started, limited))
         if self.empty is not None and not self.empty.done() and not self.lane.count():
             self.empty.set_result(None)
 
     async def _handed_back(self, kind: int, decided: Decided | None, cfd: int, cdata: bytes, ufd: int,
-                           udata: bytes, started: float) -> None:
+                           udata: bytes, started: float, limited: bytes) -> None:
         assert _http is not None
         server = self.server
         sock = socket.socket(fileno=cfd)
+        if kind == _http.K_LIMIT_TIMEOUT:
+            limiter = server.rate_limiter
+            if isinstance(limiter, RedisRateLimiter):
+                limiter.note_lane_timeout()
+            kind = _http.K_NEW  # the Python path decides it afresh, Redis now skipped as after its own timeout
         conn = ClientConn(server, self.loop, adopted=kind != _http.K_NEW)
         conn.buffer += cdata
         try:
@@ -369,15 +428,19 @@ class NativeHttp:
         else:
             assert decided is not None
             conn.task = asyncio.current_task()
-            await server.serve(conn, resume=lambda: self._resume(conn, kind, decided, ufd, udata, started))
+            await server.serve(conn, resume=lambda: self._resume(conn, kind, decided, ufd, udata, started, limited))
 
     async def _resume(self, conn: ClientConn, kind: int, decided: Decided, ufd: int, udata: bytes,
-                      started: float) -> Outcome:
+                      started: float, limited: bytes) -> Outcome:
         """Go on with a request the lane gave back, where it left it (the error handling of `handle`)."""
         assert _http is not None
         server, route = self.server, decided.route
         ex = Exchange(conn, decided.head, decided.view, route, decided.plan, started, False)
         ex.response_timeout_s = decided.target.response_timeout_s
+        if limited:  # Redis allowed it in the lane: its X-RateLimit-* go on the answer, as on the Python path
+            lines = limited.decode("latin-1").split("\r\n")
+            pairs = (line.partition(": ") for line in lines if line)
+            ex.extra_headers = tuple((name, value) for name, _, value in pairs)
         try:
             if kind == _http.K_FORWARD:
                 return await server.forward(ex)

@@ -27,3 +27,10 @@ def simple_response(status: int, body: bytes, *, content_type: str = "applicatio
     if close:
         headers.append(("Connection", "close"))
     return serialize_head(f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", tuple(headers)) + body
+
+
+def rate_limit_refusal(status: int, path: str, headers: Headers, *, close: bool) -> bytes:
+    """A rate limiter's refusal as the client gets it (429, 403 for an empty key, 503 when Redis is down and the
+    limiter fails closed), on either lane: the Python path and the native lane's (gateway/_http_redis.c)."""
+    error = GatewayError("rate limit exceeded" if status == 429 else "request refused by rate limiter", status=status)
+    return simple_response(status, error_body(error, path), close=close, extra=headers)

@@ -59,7 +59,7 @@ from gateway.proxy.httpparse import (
     serialize_head,
 )
 from gateway.proxy.native_http import NativeHttp
-from gateway.proxy.responses import error_body, simple_response
+from gateway.proxy.responses import error_body, rate_limit_refusal, simple_response
 from gateway.ratelimit.bucket import RateDecision
 from gateway.routing.balancer import Balancer
 from gateway.routing.targets import RouteTarget, RoutingState
@@ -306,10 +306,10 @@ class GatewayServer:
                 limit_headers = (*limit_headers, *decision.headers)
                 if not decision.allowed:
                     # 429, 403 for an empty key, 503 when Redis is down and fail-closed
-                    error = GatewayError("rate limit exceeded" if decision.status == 429
-                                         else "request refused by rate limiter", status=decision.status)
-                    refusal = Response(decision.status, error_body(error, head.path), limit_headers, "application/json")
-                    return self._answer_here(ex, refusal)
+                    keep = keeps_alive_unread(head)
+                    self.accounting.answered(remote, head, decision.status, route.id, started)
+                    conn.write(rate_limit_refusal(decision.status, head.path, limit_headers, close=not keep))
+                    return outcome_after(keep)
             if match.has_plugins:
                 ex.plan, answer = await run_plugin_filters(match.chain or route.filters, view, ex.plan, route.id)
                 if answer is not None:

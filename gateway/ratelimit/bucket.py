@@ -143,3 +143,20 @@ def unavailable_decision(limit: RateLimit, *, fail_open: bool) -> RateDecision:
     """Redis could not answer: pass (SCG's choice) or 503, with -1 tokens left."""
     status = ALLOWED_STATUS if fail_open else UNAVAILABLE_STATUS
     return RateDecision(fail_open, status, rate_limit_headers(limit, UNKNOWN_TOKENS))
+
+
+def resp_command(*args: str | int) -> bytes:
+    """A Redis command in RESP, as the native lane sends it (gateway/_http_redis.c)."""
+    parts = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        data = str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def lane_script_call(sha: str, keys: tuple[str, str], limit: RateLimit) -> tuple[bytes, bytes]:
+    """EVALSHA of the token bucket script in RESP, split where ARGV[3] (now, whole seconds) goes: the lane inserts
+    its clock's second there."""
+    rate, capacity, _now, requested = script_args(limit, 0)
+    before = resp_command("EVALSHA", sha, 2, *keys, rate, capacity)
+    return b"*9" + before[before.index(b"\r\n"):], resp_command(requested)[len(b"*1\r\n"):]

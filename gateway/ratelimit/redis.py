@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -205,6 +206,32 @@ def redis_connection(url: str) -> RedisConnection:
     return RedisConnection(client, sentinel)
 
 
+@dataclass(frozen=True, slots=True)
+class LaneRedis:
+    """The Redis the native HTTP lane sends the token bucket script to itself (gateway/_http_redis.c)."""
+
+    host: str  # an IPv4 address
+    port: int
+    key_prefix: str
+    timeout_ms: int  # the limiter's timeout: after it the lane hands the request back as timed out
+
+
+def lane_address(url: str) -> tuple[str, int] | None:
+    """(IPv4 address, port) of a `redis://` URL the lane can speak to as it is: no user or password (AUTH), database
+    0 (no SELECT), no TLS, no unix socket, no query, an IPv4 address rather than a host name; else None."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or 6379
+        socket.inet_pton(socket.AF_INET, parts.hostname or "")
+    except (OSError, ValueError):
+        return None
+    if (parts.scheme != "redis" or parts.username or parts.password or parts.query
+            or parts.path.strip("/") not in ("", "0")):
+        return None
+    assert parts.hostname is not None
+    return parts.hostname, port
+
+
 class _UnexpectedReply(RedisError):
     """Redis answered something that is not the script's `[allowed, tokens_left]`."""
 
@@ -229,6 +256,29 @@ class RedisRateLimiter:
         self._clock = clock
         self._loaded: set[int] = set()  # id() of each client that has had SCRIPT LOAD
         self._failing = False
+        self._lane: LaneRedis | None = None
+
+    def lane_redis(self) -> LaneRedis | None:
+        """Where the native HTTP lane may run this limiter's script itself, or None (the Python path limits).
+
+        Only a single server the lane speaks to (`lane_address`), known to be one: a URL is asked what it is (a
+        Cluster node?) by the first limited request, on the Python path. Not with a test's clock either: the lane's
+        `now` is the wall clock's second.
+        """
+        if self._lane is None and isinstance(self._redis, DetectedRedis) and self._redis.mode == "single" \
+                and self._clock is time.time:
+            address = lane_address(self._redis.urls[0])
+            if address is not None:
+                self._lane = LaneRedis(*address, self._key_prefix, max(1, round(self._timeout_s * 1000)))
+        return self._lane
+
+    def skipping(self) -> bool:
+        """Whether requests are decided without Redis now (it failed less than `retry_interval_s` ago)."""
+        return self._failing and time.monotonic() < self._skip_until
+
+    def note_lane_timeout(self) -> None:
+        """The native lane's call had no answer within `timeout_s`: the same outage as one of ours."""
+        self._note_failure(TimeoutError())
 
     async def check(self, route_id: str, limit: RateLimit, request: RequestView) -> RateDecision:
         """Take `limit.requested_tokens` from the caller's bucket: pass, 429, 403 (empty key) or 503 (fail-closed)."""

@@ -1,7 +1,9 @@
 """RequestRateLimiter end to end: two gateway processes share one Redis token bucket per route and caller.
 
 One gateway takes its Redis URL and key prefix from the environment (REDIS_URL, WSGATE_REDIS_PREFIX), the other
-from `wsgate.redis` in its routes.yaml; both must land on the same buckets.
+from `wsgate.redis` in its routes.yaml; both must land on the same buckets. On both HTTP lanes: with
+`wsgate.native-http` the lane sends the bucket's script itself (gateway/_http_redis.c), once the first limited
+request has told the limiter what its URL names.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from tests.gateway.procs import start_gateway_proc, start_upstream_proc
 BURST = 5
 
 
-def routes(upstream: int, redis_section: str = "") -> str:
+def routes(upstream: int, wsgate_section: str) -> str:
     return f"""\
-{redis_section}routes:
+{wsgate_section}routes:
   - id: by-client
     uri: http://127.0.0.1:{upstream}
     predicates:
@@ -42,19 +44,26 @@ def routes(upstream: int, redis_section: str = "") -> str:
 """
 
 
-@pytest.fixture
-def two_gateways(procs: ProcessGroup, tmp_path: Path, redis_server: RedisInfo, redis_prefix: str) -> list[int]:
-    """Ports of two gateway processes on the same Redis and prefix (one set by env, one by the file)."""
+@pytest.fixture(params=["native", "python"])
+async def two_gateways(request: pytest.FixtureRequest, procs: ProcessGroup, tmp_path: Path, redis_server: RedisInfo,
+                       redis_prefix: str) -> list[int]:
+    """Ports of two gateway processes on the same Redis and prefix (one set by env, one by the file), on one lane."""
+    lane = f"wsgate:\n  native-http: {'true' if request.param == 'native' else 'false'}\n"
     upstream = start_upstream_proc(procs, "upstream")
     by_env = tmp_path / "env.yaml"
-    by_env.write_text(routes(upstream))
+    by_env.write_text(routes(upstream, lane))
     by_file = tmp_path / "file.yaml"
-    by_file.write_text(routes(upstream, f'wsgate:\n  redis: {{url: "{redis_server.url}", prefix: "{redis_prefix}"}}\n'))
+    by_file.write_text(routes(upstream, f'{lane}  redis: {{url: "{redis_server.url}", prefix: "{redis_prefix}"}}\n'))
     _, one = start_gateway_proc(procs, by_env, workers=1, name="gateway-env",
                                 env={"REDIS_URL": redis_server.url, "WSGATE_REDIS_PREFIX": redis_prefix})
     # The file's section wins over an environment that points elsewhere.
     _, two = start_gateway_proc(procs, by_file, workers=1, name="gateway-file",
                                 env={"REDIS_URL": "redis://127.0.0.1:1/0", "WSGATE_REDIS_PREFIX": "elsewhere:"})
+    # One limited request each first: it asks Redis what it is (on the Python path), after which the native lane
+    # carries the limited requests of the tests.
+    for port in (one, two):
+        results, _ = await burst([port], "/header/warm", 1, headers={"X-Key": f"warm-{port}"})
+        assert results[0][0] == 200
     return [one, two]
 
 
