@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bench import loadgen
-from bench.http import UPSTREAM_CONF
+from bench.http import FILTERS_ROUTE, UPSTREAM_CONF
 from bench.relay import NGINX_CONF, find_nginx, register_echo
 from harness import ManagedProcess, ProcessGroup, free_port, redis_server_binary
 
@@ -62,19 +62,7 @@ routes:
       - Path=/api/**
     filters:
       - StripPrefix=1
-  - id: api-filters
-    uri: http://127.0.0.1:{upstream_port}
-    predicates:
-      - Path=/fapi/**
-    filters:
-      - StripPrefix=1
-      - AddRequestHeader=X-Bench, yes
-      - name: RequestRateLimiter
-        args:
-          redis-rate-limiter.replenishRate: 1000000
-          redis-rate-limiter.burstCapacity: 2000000
-          key-resolver: "#{{@remoteAddrKeyResolver}}"
-"""
+""" + FILTERS_ROUTE
 
 # nginx's relay configuration from bench.relay, plus the same /api/ location as bench.http's proxy.
 NGINX_API = """

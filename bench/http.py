@@ -82,6 +82,22 @@ http {{
 }}
 """
 
+# The chain `filters` (also bench.callgrind's phase of that name); a str.format template.
+FILTERS_ROUTE = """\
+  - id: api-filters
+    uri: http://127.0.0.1:{upstream_port}
+    predicates:
+      - Path=/fapi/**
+    filters:
+      - StripPrefix=1
+      - AddRequestHeader=X-Bench, yes
+      - name: RequestRateLimiter
+        args:
+          redis-rate-limiter.replenishRate: 1000000
+          redis-rate-limiter.burstCapacity: 2000000
+          key-resolver: "#{{@remoteAddrKeyResolver}}"
+"""
+
 GATEWAY_ROUTES = """
 server:
   host: 127.0.0.1
@@ -98,19 +114,7 @@ routes:
       - Path=/api/**
     filters:
       - StripPrefix=1
-  - id: api-filters
-    uri: http://127.0.0.1:{upstream_port}
-    predicates:
-      - Path=/fapi/**
-    filters:
-      - StripPrefix=1
-      - AddRequestHeader=X-Bench, yes
-      - name: RequestRateLimiter
-        args:
-          redis-rate-limiter.replenishRate: 1000000
-          redis-rate-limiter.burstCapacity: 2000000
-          key-resolver: "#{{@remoteAddrKeyResolver}}"
-"""
+""" + FILTERS_ROUTE
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
