@@ -21,7 +21,7 @@ from tests.gateway.procs import start_gateway_proc, start_upstream_proc
 BURST = 5
 
 
-def routes(upstream: int, wsgate_section: str) -> str:
+def routes(upstream: int, wsgate_section: str = "") -> str:
     return f"""\
 {wsgate_section}routes:
   - id: by-client

@@ -161,3 +161,22 @@ async def test_redis_that_does_not_answer_times_out_as_on_the_python_path(
     if http_lane == "native":
         stats = lane_stats(gw)
         assert stats is not None and stats["handed_back"] >= 2, stats
+
+
+async def test_pipelined_limited_requests_are_answered_in_order(
+        start_upstream: StartUpstream, start_gateway: StartGateway, own_redis: tuple[str, ManagedProcess],
+        connections: list[RedisConnection], http_lane: str) -> None:
+    gw = await limited_gateway(start_upstream, start_gateway, own_redis[0], connections)
+    await same_second()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    try:
+        writer.write(b"".join(b"GET /p HTTP/1.1\r\nHost: gw\r\nX-Key: " + key + b"\r\n\r\n"
+                              for key in (b"a", b"b", b"a", b"c", b"b")))
+        answers = [await asyncio.wait_for(read_answer(reader), 15) for _ in range(5)]
+    finally:
+        writer.close()
+    assert [answer[9:12] for answer in answers] == [b"200", b"200", b"429", b"200", b"429"]
+    assert all(b"\r\nX-RateLimit-Remaining: 0\r\n" + HEADERS in answer for answer in answers), answers
+    stats = lane_stats(gw)
+    if http_lane == "native":
+        assert stats is not None and stats["limited"] == 5 and stats["handed_back"] == 1, stats
