@@ -14,6 +14,8 @@ client address). This holds when:
   Query, Cookie, RemoteAddr) see the same inputs as for `L/rest0`, so they decide the same way;
 - the filters are StripPrefix (no more parts than L has segments), PrefixPath, and request-header filters without
   URI template variables. They turn `L/rest` into `M/rest` for every such `rest`, with the same X-Forwarded-Prefix.
+  RequestRateLimiter too, unless a plugin resolves its key: the client address, a header or the Basic user are the
+  same for `L/rest` as for `L/rest0`, so the bucket is; the lane re-renders the refusal, whose body names the path.
 - `rest` is plain: unreserved and sub-delimiter characters, no `%` or `;`, no empty, `.` or `..` segment. Anything
   else takes the whole decision, as before.
 
@@ -31,6 +33,7 @@ from gateway.config.model import RouteSpec
 from gateway.routing.filters import GatewayFilter
 from gateway.routing.filters.headers import MapRequestHeader, PreserveHostHeader, RequestHeaderFilter
 from gateway.routing.filters.path import PrefixPath, StripPrefix
+from gateway.routing.filters.rate_limiter import RequestRateLimiter
 from gateway.routing.predicates import (
     CloudFoundryPredicate,
     HostPredicate,
@@ -118,6 +121,9 @@ def _filters_keep_shape(chain: Iterable[GatewayFilter], prefix: str) -> bool:
                 return False
         elif isinstance(gateway_filter, RequestHeaderFilter):
             if "{" in gateway_filter.value:
+                return False
+        elif isinstance(gateway_filter, RequestRateLimiter):
+            if gateway_filter.limit.key.startswith("plugin:"):  # a team's key resolver may read the path
                 return False
         elif not isinstance(gateway_filter, (PreserveHostHeader, MapRequestHeader)):
             return False

@@ -241,8 +241,7 @@ class NativeHttp:
             if len(self._cache) >= _MAX_CACHED:
                 self._cache.clear()
             self._cache[key] = decision
-            if decision[9] is None:  # the refusal's body names the path: not a shape's to derive
-                self._keep_shape(decision)
+            self._keep_shape(decision)
         return decision
 
     def _shaped(self, raw: bytes, remote: str) -> Decision | None:
@@ -256,9 +255,13 @@ class NativeHttp:
             request = shape.request(split[1])
             if request is not None:
                 self.shaped += 1
-                decided = decision[0]
+                decided, limit = decision[0], decision[9]
+                if limit is not None:  # the same bucket (lane_shapes: no key of a plugin's); the refusal names the path
+                    refusal = self._refusal(decided.plan.rate_limits[0], split[1].decode("latin-1"),
+                                            decided.head.keep_alive)
+                    limit = (*limit[:3], *refusal, *limit[5:])
                 return (Decided(raw, remote, decided.scheme, decided.match, decided.endpoint, decided.target,
-                                decided.bytes_key), request, *decision[2:])
+                                decided.bytes_key), request, *decision[2:9], limit)
         return None
 
     def _keep_shape(self, decision: Decision) -> None:
@@ -359,13 +362,19 @@ class NativeHttp:
             self._redis_address = address
         before, after = lane_script_call(TOKEN_BUCKET_SHA, bucket_keys(route_id, key, key_prefix=lane_redis.key_prefix),
                                          limit)
+        tail = b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in rate_limit_headers(limit, 0)[1:])
+        return (before, after, tail, *self._refusal(limit, head.path, head.keep_alive), limit.status_code,
+                lane_redis.timeout_ms)
+
+    @staticmethod
+    def _refusal(limit: RateLimit, path: str, keep_alive: bool) -> tuple[bytes, bytes]:
+        """The Python path's refusal, cut where its X-RateLimit-Remaining line goes (the lane writes it)."""
         marker = "\x00remaining\x00"
         headers = rate_limit_headers(limit, 0)
-        tail = b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers[1:])
-        refusal = rate_limit_refusal(limit.status_code, head.path, ((headers[0][0], marker), *headers[1:]),
-                                     close=not head.keep_alive)
+        refusal = rate_limit_refusal(limit.status_code, path, ((headers[0][0], marker), *headers[1:]),
+                                     close=not keep_alive)
         refused_head, _, refused_tail = refusal.partition(f"{headers[0][0]}: {marker}\r\n".encode("latin-1"))
-        return (before, after, tail, refused_head, refused_tail, limit.status_code, lane_redis.timeout_ms)
+        return refused_head, refused_tail
 
     # -- what the lane reports ----------------------------------------------------------------------------
     def _run(self) -> None:

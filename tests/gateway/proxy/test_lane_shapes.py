@@ -82,6 +82,7 @@ REQUEST = b"GET /item/1 HTTP/1.1\r\nHost: up\r\nX-Forwarded-Prefix: /api\r\n\r\n
 @pytest.mark.parametrize(("chain", "path", "sent", "made"), [
     (filters("StripPrefix=1"), "/api/item/1", REQUEST, True),
     (filters("StripPrefix=1", "AddRequestHeader=X-A, b", "PreserveHostHeader"), "/api/item/1", REQUEST, True),
+    (filters("StripPrefix=1", "RequestRateLimiter=1, 2, 1, header:X-Key"), "/api/item/1", REQUEST, True),
     (filters("StripPrefix=2"), "/api/item/1", REQUEST, False),          # strips more than the prefix
     (filters("StripPrefix=1", "AddRequestHeader=X-A, {id}"), "/api/item/1", REQUEST, False),
     (filters("SetPath=/item/1"), "/api/item/1", REQUEST, False),

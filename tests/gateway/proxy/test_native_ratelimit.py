@@ -88,6 +88,13 @@ def lane_stats(gw: RunningGateway) -> dict[str, int] | None:
     return None if lane is None else lane.lane.stats()
 
 
+def refusal(path: bytes) -> bytes:
+    """The Python path's 429 for `path` with an empty bucket, written out here rather than taken from the code."""
+    body = b'{"status": 429, "error": "Too Many Requests", "message": "rate limit exceeded", "path": "%s"}' % path
+    return (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"X-RateLimit-Remaining: 0\r\n%s\r\n%s" % (len(body), HEADERS, body))
+
+
 async def same_second() -> None:
     """Start when the wall clock's second has most of itself left: the bucket refills by whole seconds."""
     fraction = time.time() % 1
@@ -104,9 +111,7 @@ async def test_rate_limited_requests_pass_and_are_refused_with_the_same_bytes(
     allowed, refused, again = await ask(gw, b"/a/b?q=1", b"k", 3)
     assert allowed.startswith(b"HTTP/1.1 200 ")
     assert b"\r\nX-RateLimit-Remaining: 0\r\n" + HEADERS + b"\r\n" in allowed, allowed
-    body = b'{"status": 429, "error": "Too Many Requests", "message": "rate limit exceeded", "path": "/a/b"}'
-    assert refused == (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nContent-Length: "
-                       + str(len(body)).encode() + b"\r\nX-RateLimit-Remaining: 0\r\n" + HEADERS + b"\r\n" + body)
+    assert refused == refusal(b"/a/b")
     assert again == refused  # the connection stays after a refusal, as on the Python path
     assert (await ask(gw, b"/a/b", b"other"))[0].startswith(b"HTTP/1.1 200 ")  # a bucket per key
     assert gw.metrics.value("wsgate_requests_total", route="r", status="429") == 2
@@ -180,3 +185,25 @@ async def test_pipelined_limited_requests_are_answered_in_order(
     stats = lane_stats(gw)
     if http_lane == "native":
         assert stats is not None and stats["limited"] == 5 and stats["handed_back"] == 1, stats
+
+
+async def test_paths_of_their_own_share_the_bucket_and_each_refusal_names_its_path(
+        start_upstream: StartUpstream, start_gateway: StartGateway, own_redis: tuple[str, ManagedProcess],
+        connections: list[RedisConnection], http_lane: str) -> None:
+    # Paths the lane has not seen take a decision derived from another path's (a shape, lane_shapes.py): the key
+    # (here a header) is the same, so the bucket is; the refusal's body must still name the request's own path.
+    port = await start_upstream()
+    connection = redis_connection(own_redis[0])
+    connections.append(connection)
+    limiter = RedisRateLimiter(connection.client, key_prefix="t:")
+    gw = await start_gateway(config(route("r", f"http://127.0.0.1:{port}", ["Path=/api/**"],
+                                          ["StripPrefix=1", LIMIT])), rate_limiter=limiter)
+    assert (await ask(gw, b"/api/warm", b"warm"))[0].startswith(b"HTTP/1.1 200 ")
+    await same_second()
+    answers = [await ask(gw, b"/api/" + item, b"k") for item in (b"a", b"b", b"c/d")]
+    assert answers[0][0].startswith(b"HTTP/1.1 200 ")
+    for (answer,), path in zip(answers[1:], (b"/api/b", b"/api/c/d"), strict=True):
+        assert answer == refusal(path)
+    if http_lane == "native":
+        lane = gw.server.native_http
+        assert lane is not None and lane.shaped == 2 and lane.lane.stats()["limited"] == 3, lane.lane.stats()
