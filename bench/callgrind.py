@@ -14,7 +14,7 @@ around each phase:
   memory), 8 connections; with `--unique`, every request's path its own (`/api/item/<n>`);
 - `filters`: the same GETs on `Path=/fapi/**` with `bench.http`'s chain `filters` (StripPrefix, AddRequestHeader,
   RequestRateLimiter on a Redis of the run's own, keyed on the client address; nginx: `limit_req` and
-  `proxy_set_header`);
+  `proxy_set_header`); `--unique` here too;
 and the phase's instructions (every thread of the process: the relay thread too) divided by its count is printed.
 nginx (one process, `master_process off`) is counted the same way behind the same upstreams, for scale. The last
 line is `instructions_per_handshake=<gateway> instructions_per_request=<gateway> instructions_per_filtered=<gateway>`.
@@ -156,8 +156,9 @@ async def measure(proc: ManagedProcess, port: int, out: Path, args: argparse.Nam
     await http_requests(port, args.requests // 4, unique=args.unique)
     hs = await phase(proc, out, seen, lambda: handshakes(args.handshakes))
     req = await phase(proc, out, seen, lambda: http_requests(port, args.requests, unique=args.unique))
-    await http_requests(port, args.requests // 4, prefix=b"/fapi")  # warm-up: the limiter's Redis, its script
-    filtered = await phase(proc, out, seen, lambda: http_requests(port, args.requests, prefix=b"/fapi"))
+    await http_requests(port, args.requests // 4, unique=args.unique, prefix=b"/fapi")  # warm-up: Redis, the script
+    filtered = await phase(proc, out, seen, lambda: http_requests(port, args.requests, unique=args.unique,
+                                                                  prefix=b"/fapi"))
     return {"instructions_per_handshake": hs / args.handshakes, "instructions_per_request": req / args.requests,
             "instructions_per_filtered": filtered / args.requests}
 
