@@ -160,6 +160,24 @@ class Decided:
         return self._plan
 
 
+class _Refusal:
+    """A limited shape's refusal for any plain path: the body names the path, and Content-Length counts it. A plain
+    path needs no JSON escaping, and `_keep_shape` checks the rebuilt refusal against a whole rendering."""
+
+    MARK = "/_lane_refusal_path_"  # JSON leaves it as it is, and nothing else in the body contains it
+    __slots__ = ("after", "before", "head_end", "head_start", "headers")
+
+    def __init__(self, head: bytes, tail: bytes) -> None:
+        headers_end = tail.index(b"\r\n\r\n") + 4
+        self.headers, body = tail[:headers_end], tail[headers_end:]
+        self.before, _, self.after = body.partition(self.MARK.encode("latin-1"))
+        self.head_start, _, self.head_end = head.partition(b"Content-Length: %d\r\n" % len(body))
+
+    def render(self, path: bytes) -> tuple[bytes, bytes]:
+        body = self.before + path + self.after
+        return self.head_start + b"Content-Length: %d\r\n" % len(body) + self.head_end, self.headers + body
+
+
 def deterministic(table: RouteTable) -> bool:
     """Whether every route's predicates decide by the request head and the client's address alone (no time or
     weight predicate): then the same head from the same address is routed and filtered the same way again."""
@@ -183,7 +201,7 @@ class NativeHttp:
         self._cache_state: RoutingState | None = None
         self._cacheable = False
         # Per (head without its path, client address): shapes of decisions made for one path, for the others.
-        self._shapes: dict[tuple[bytes, str], list[tuple[Shape, Decision]]] = {}
+        self._shapes: dict[tuple[bytes, str], list[tuple[Shape, Decision, _Refusal | None]]] = {}
         self._prefixes: dict[str, tuple[str, ...]] = {}
         self.shaped = 0  # decisions derived from a shape (tests and benchmarks read it)
         self._redis_address: tuple[str, int] | None = None  # what the lane was told (`Lane.redis`)
@@ -251,15 +269,15 @@ class NativeHttp:
         shapes = self._shapes.get((split[0], remote))
         if shapes is None:
             return None
-        for shape, decision in shapes:
+        for shape, decision, refusal in shapes:
             request = shape.request(split[1])
             if request is not None:
                 self.shaped += 1
                 decided, limit = decision[0], decision[9]
                 if limit is not None:  # the same bucket (lane_shapes: no key of a plugin's); the refusal names the path
-                    refusal = self._refusal(decided.plan.rate_limits[0], split[1].decode("latin-1"),
-                                            decided.head.keep_alive)
-                    limit = (*limit[:3], *refusal, *limit[5:])
+                    parts = refusal.render(split[1]) if refusal is not None else self._refusal(
+                        decided.plan.rate_limits[0], split[1].decode("latin-1"), decided.head.keep_alive)
+                    limit = (*limit[:3], *parts, *limit[5:])
                 return (Decided(raw, remote, decided.scheme, decided.match, decided.endpoint, decided.target,
                                 decided.bytes_key), request, *decision[2:9], limit)
         return None
@@ -280,8 +298,14 @@ class NativeHttp:
         if len(self._shapes) >= _MAX_CACHED:
             self._shapes.clear()
         shapes = self._shapes.setdefault((split[0], decided.remote), [])
-        if len(shapes) < _MAX_SHAPES_PER_HEAD and all(s.prefix != shape.prefix for s, _ in shapes):
-            shapes.append((shape, decision))
+        if len(shapes) < _MAX_SHAPES_PER_HEAD and all(s.prefix != shape.prefix for s, _, _ in shapes):
+            refusal = None
+            if decision[9] is not None:
+                limit, keep_alive, path = decided.plan.rate_limits[0], decided.head.keep_alive, decided.head.path
+                refusal = _Refusal(*self._refusal(limit, _Refusal.MARK, keep_alive))
+                if refusal.render(path.encode("latin-1")) != self._refusal(limit, path, keep_alive):
+                    refusal = None  # rendered whole for each path then
+            shapes.append((shape, decision, refusal))
 
     def _decide(self, raw: bytes, remote: str) -> Decision | None:
         server = self.server

@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from gateway.proxy.native_http import NativeHttp
+from gateway.model import RateLimit
+from gateway.proxy.native_http import NativeHttp, _Refusal
+from gateway.proxy.responses import rate_limit_refusal
+from gateway.ratelimit.bucket import rate_limit_headers
 from gateway.ratelimit.redis import RedisConnection, RedisRateLimiter, redis_connection
 from harness import ManagedProcess, ProcessGroup, free_port, redis_answers, redis_server_binary
 from tests.gateway.conftest import RunningGateway, StartGateway, StartUpstream, config, route
@@ -207,3 +210,14 @@ async def test_paths_of_their_own_share_the_bucket_and_each_refusal_names_its_pa
     if http_lane == "native":
         lane = gw.server.native_http
         assert lane is not None and lane.shaped == 2 and lane.lane.stats()["limited"] == 3, lane.lane.stats()
+
+
+@pytest.mark.parametrize("keep_alive", [True, False])
+def test_a_shapes_refusal_template_renders_what_the_python_path_answers(keep_alive: bool) -> None:
+    limit = RateLimit(replenish_rate=1, burst_capacity=3, requested_tokens=3, key="header:X-Key")
+    template = _Refusal(*NativeHttp._refusal(limit, _Refusal.MARK, keep_alive))
+    for path in ("/api/x", "/api/item/1234567890/y"):
+        head, tail = template.render(path.encode())
+        headers = rate_limit_headers(limit, 0)
+        assert head + b"X-RateLimit-Remaining: 0\r\n" + tail == rate_limit_refusal(429, path, headers,
+                                                                                   close=not keep_alive)
