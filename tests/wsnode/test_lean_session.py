@@ -1,0 +1,137 @@
+"""The lean session path (wsnode/front.py, wsnode/wsconn.py) over a real node process and raw sockets: the frames
+aiohttp's client will not send (unmasked, oversized control, fragments, bad UTF-8), pings, the close handshake,
+the heartbeat timeout and refused upgrades."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import struct
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.wsnode.conftest import StartNode, make_token
+from tests.wsnode.test_abuse import RawWebSocket
+from wsnode.wsframes import (
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    accept_key,
+    encode_frame,
+)
+
+
+class Raw(RawWebSocket):
+    """A raw-socket client: every frame as the test writes it (fragments, unmasked), every server frame as it comes."""
+
+    @classmethod
+    async def connect(cls, port: int, token: str, *, version: str = "13") -> tuple[Raw, bytes]:
+        reader, writer, head, key = await cls.upgrade(port, token, version=version)
+        if head.startswith(b"HTTP/1.1 101"):
+            assert f"Sec-WebSocket-Accept: {accept_key(key)}\r\n".encode() in head
+        return cls(reader, writer), head
+
+    @classmethod
+    async def open(cls, port: int, user: str) -> Raw:
+        raw, head = await cls.connect(port, make_token(user))
+        assert head.startswith(b"HTTP/1.1 101"), head
+        opcode, welcome = await raw.frame()
+        assert opcode == OP_TEXT and json.loads(welcome)["type"] == "welcome"
+        return raw
+
+    def send(self, opcode: int, payload: bytes = b"", *, fin: bool = True, masked: bool = True) -> None:
+        self.writer.write(encode_frame(opcode, payload, fin=fin, mask=os.urandom(4) if masked else None))
+
+    async def eof(self, timeout_s: float = 5.0) -> bool:
+        return await asyncio.wait_for(self.reader.read(), timeout_s) == b""
+
+
+
+@contextlib.asynccontextmanager
+async def opened(start_node: StartNode, user: str, *node_args: str) -> AsyncIterator[Raw]:
+    """A node started with `node_args` and an open raw session of `user` on it."""
+    node = start_node(*node_args)
+    raw = await Raw.open(node.port, user)
+    try:
+        yield raw
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize(("name", "frames", "code"), [
+    ("unmasked frame", [(OP_TEXT, b'{"type":"ping"}', True, False)], 1002),
+    ("control frame over 125 bytes", [(OP_PING, b"x" * 126, True, True)], 1002),
+    ("fragmented control frame", [(OP_PING, b"x", False, True)], 1002),
+    ("continuation without a start", [(OP_CONTINUATION, b"x", True, True)], 1002),
+    ("bad UTF-8 across fragments", [(OP_TEXT, b'{"type":"', False, True), (OP_CONTINUATION, b"\xff\xfe", True, True)],
+     1007),
+    ("a frame over --max-frame-bytes", [(OP_TEXT, b"x" * 70_000, True, True)], 1009),
+    ("close code 1005 on the wire", [(OP_CLOSE, struct.pack("!H", 1005), True, True)], 1002),
+])
+async def test_protocol_violations_close_with_their_code(start_node: StartNode, name: str,
+                                                         frames: list[tuple[int, bytes, bool, bool]],
+                                                         code: int) -> None:
+    async with opened(start_node, "vio", "node-a", "--max-frame-bytes", "65536") as raw:
+        for opcode, payload, fin, masked in frames:
+            raw.send(opcode, payload, fin=fin, masked=masked)
+        assert await raw.close_code() == code, name
+        assert await raw.eof()
+
+
+async def test_fragmented_message_ping_between_fragments_and_pong(start_node: StartNode) -> None:
+    async with opened(start_node, "frag", "node-a") as raw:
+        raw.send(OP_TEXT, b'{"type":', fin=False)
+        raw.send(OP_PING, b"hello")
+        raw.send(OP_CONTINUATION, b'"pi', fin=False)
+        raw.send(OP_CONTINUATION, b'ng"}')
+        assert await raw.frame() == (OP_PONG, b"hello")
+        opcode, text = await raw.frame()
+        assert opcode == OP_TEXT and json.loads(text) == {"type": "pong"}
+
+
+async def test_close_is_echoed_then_the_connection_ends(start_node: StartNode) -> None:
+    async with opened(start_node, "bye", "node-a") as raw:
+        raw.send(OP_CLOSE, struct.pack("!H", 1000) + b"done")
+        assert await raw.close_code() == 1000
+        assert await raw.eof()
+
+
+async def test_a_peer_that_never_answers_pings_is_dropped(start_node: StartNode) -> None:
+    async with opened(start_node, "mute", "node-a", "--heartbeat", "1") as raw:
+        opcode, _ = await raw.frame(timeout_s=3)
+        assert opcode == OP_PING
+        assert await raw.eof(timeout_s=3)  # no pong within half the heartbeat (plus the timer's tick)
+
+
+async def test_a_peer_that_answers_pings_stays(start_node: StartNode) -> None:
+    async with opened(start_node, "chatty", "node-a", "--heartbeat", "1") as raw:
+        for _ in range(3):
+            opcode, payload = await raw.frame(timeout_s=3)
+            assert opcode == OP_PING
+            raw.send(OP_PONG, payload)
+        raw.send(OP_TEXT, b'{"type":"ping"}')
+        assert json.loads((await raw.frame())[1]) == {"type": "pong"}
+
+
+@pytest.mark.parametrize(("token", "version", "status"), [
+    ("garbage", "13", 401),
+    (None, "13", 401),
+    ("valid", "8", 426),
+])
+async def test_a_refused_upgrade_answers_its_status_and_closes(start_node: StartNode, token: str | None,
+                                                               version: str, status: int) -> None:
+    node = start_node("node-a")
+    given = make_token("refused") if token == "valid" else (token or "")
+    raw, head = await Raw.connect(node.port, given, version=version)
+    try:
+        assert head.startswith(b"HTTP/1.1 %d " % status), head
+        assert b"Connection: close" in head
+        body = await raw.reader.read()
+        assert json.loads(body)["status"] == status
+    finally:
+        raw.close()
