@@ -127,10 +127,11 @@ class LeanConnection(asyncio.Protocol):
             held, replay = await endpoint.admit(session, identity, since)
         except WebSocketError as exc:
             metrics.HANDSHAKE_REFUSED.labels(str(exc.status)).inc()
-            self._log_access(head, exc.status, started)
-            if not self._transport.is_closing():
-                self._transport.write(refusal(exc.status, exc.reason))
-                self._transport.close()  # a refused upgrade ends its connection (docs/protocol.md)
+            self._refuse(head, exc.status, exc.reason, started)
+            return
+        except Exception:
+            log.exception("upgrade failed")  # a bug, not the client's fault: answered 500 as aiohttp does
+            self._refuse(head, 500, "internal server error", started)
             return
         if self._state == 3:  # the client left while it was admitted
             session.closed = True
@@ -148,6 +149,12 @@ class LeanConnection(asyncio.Protocol):
         if early:
             self.data_received(early)  # handled after go_live below: the worker task starts on the next turn
         await endpoint.start(session, identity, held, replay, since)
+
+    def _refuse(self, head: RequestHead, status: int, reason: str, started: float) -> None:
+        self._log_access(head, status, started)
+        if not self._transport.is_closing():
+            self._transport.write(refusal(status, reason))
+            self._transport.close()  # a refused upgrade ends its connection (docs/protocol.md)
 
     def _log_access(self, head: RequestHead, status: int, started: float) -> None:
         peer = self._transport.get_extra_info("peername")

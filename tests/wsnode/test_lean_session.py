@@ -10,11 +10,13 @@ import json
 import os
 import struct
 from collections.abc import AsyncIterator
+from typing import cast
 
 import pytest
 
 from tests.wsnode.conftest import StartNode, make_token
 from tests.wsnode.test_abuse import RawWebSocket
+from wsnode.wsconn import LeanConnection, LeanHub
 from wsnode.wsframes import (
     OP_CLOSE,
     OP_CONTINUATION,
@@ -135,3 +137,29 @@ async def test_a_refused_upgrade_answers_its_status_and_closes(start_node: Start
         assert json.loads(body)["status"] == status
     finally:
         raw.close()
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+@pytest.mark.parametrize(("seen", "ping_at", "now", "writes", "aborted"), [
+    (0.0, 0.0, 9.9, 0, False),   # heard from within the heartbeat: nothing
+    (0.0, 0.0, 10.0, 1, False),  # silent for a heartbeat: one ping
+    (0.0, 10.0, 14.9, 0, False),  # the ping's answer is not yet late
+    (0.0, 10.0, 15.0, 0, True),  # no answer within half the heartbeat: dropped, no close frame
+])
+def test_beat_table(seen: float, ping_at: float, now: float, writes: int, aborted: bool) -> None:
+    transport = _Transport()
+    conn = LeanConnection(cast(LeanHub, None), cast(asyncio.Transport, transport))
+    conn._state, conn._seen, conn._ping_at = 1, seen, ping_at
+    conn.beat(now, 10.0, 5.0)
+    assert transport.writes == [encode_frame(OP_PING)] * writes and transport.aborted is aborted
