@@ -12,6 +12,7 @@ import struct
 from collections.abc import AsyncIterator
 from typing import cast
 
+import aiohttp
 import pytest
 
 from tests.wsnode.conftest import StartNode, make_token
@@ -163,3 +164,33 @@ def test_beat_table(seen: float, ping_at: float, now: float, writes: int, aborte
     conn._state, conn._seen, conn._ping_at = 1, seen, ping_at
     conn.beat(now, 10.0, 5.0)
     assert transport.writes == [encode_frame(OP_PING)] * writes and transport.aborted is aborted
+
+
+async def test_ws_compress_keeps_aiohttp_path_and_deflate(start_node: StartNode) -> None:
+    node = start_node("node-a", "--ws-compress")
+    async with aiohttp.ClientSession() as http, http.ws_connect(node.ws_url, params={"token": make_token("zip")},
+                                                                  compress=15) as ws:
+        assert ws.compress == 15  # permessage-deflate negotiated: aiohttp's path
+        assert (await ws.receive_json(timeout=5))["type"] == "welcome"
+        await ws.send_json({"type": "ping"})
+        assert await ws.receive_json(timeout=5) == {"type": "pong"}
+
+
+async def test_front_reads_a_head_in_pieces_and_hands_other_requests_to_aiohttp(start_node: StartNode) -> None:
+    node = start_node("node-a")
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    try:
+        # A plain request first, its head in two writes: aiohttp answers it and keeps the connection.
+        writer.write(b"GET /health HTTP/1.1\r\nHo")
+        await asyncio.sleep(0.05)
+        writer.write(b"st: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200"), head
+    finally:
+        writer.close()
+    raw, head = await Raw.connect(node.port, make_token("pieces"))
+    try:
+        assert head.startswith(b"HTTP/1.1 101")
+        assert json.loads((await raw.frame())[1])["type"] == "welcome"
+    finally:
+        raw.close()
