@@ -48,7 +48,9 @@ class FrontProtocol(asyncio.Protocol):
         except WebSocketError:
             self._to_aiohttp()  # aiohttp answers a malformed or oversized head its own way
             return
-        if head.path != SESSION_PATH or not wants_websocket(head):
+        # Only what aiohttp's route would hand to the endpoint (a GET of the path): a POST upgrade still gets
+        # aiohttp's 405 before any token check, as before.
+        if head.method != "GET" or head.path != SESSION_PATH or not wants_websocket(head):
             self._to_aiohttp()
             return
         transport = self._transport

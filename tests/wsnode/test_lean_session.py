@@ -194,3 +194,15 @@ async def test_front_reads_a_head_in_pieces_and_hands_other_requests_to_aiohttp(
         assert json.loads((await raw.frame())[1])["type"] == "welcome"
     finally:
         raw.close()
+
+
+async def test_a_post_upgrade_still_gets_aiohttps_405_before_the_token_check(start_node: StartNode) -> None:
+    node = start_node("node-a")
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    try:
+        writer.write(b"POST /websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Content-Length: 0\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 405"), head
+    finally:
+        writer.close()
