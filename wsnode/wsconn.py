@@ -133,9 +133,11 @@ class LeanConnection(asyncio.Protocol):
             log.exception("upgrade failed")  # a bug, not the client's fault: answered 500 as aiohttp does
             self._refuse(head, 500, "internal server error", started)
             return
-        if self._state == 3:  # the client left while it was admitted
+        if self._state != 0:  # the client left, or the session was closed (a drain), while it was admitted
             session.closed = True
             await endpoint.node.close_session(session)
+            if self._state == 2:
+                self._refuse(head, 503, "node is draining", started)
             return
         self._session = session
         self._transport.write(response_101(upgrade.key))
@@ -288,6 +290,9 @@ class LeanConnection(asyncio.Protocol):
     async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
         if self._state >= 2:
             return False
+        if self._state == 0:  # closed before its 101: _open answers the upgrade with a refusal instead
+            self._state = 2
+            return True
         self._state = 2
         self._transport.write(close_frame(code, message.decode("utf-8", "ignore")))
         self._closing = asyncio.get_running_loop().create_future()

@@ -206,3 +206,12 @@ async def test_a_post_upgrade_still_gets_aiohttps_405_before_the_token_check(sta
         assert head.startswith(b"HTTP/1.1 405"), head
     finally:
         writer.close()
+
+
+async def test_a_close_before_the_101_writes_no_close_frame() -> None:
+    """A drain that closes a session still being admitted: nothing on the wire yet (the upgrade gets a refusal)."""
+    transport = _Transport()
+    conn = LeanConnection(cast(LeanHub, None), cast(asyncio.Transport, transport))
+    assert await conn.close(code=1001) is True
+    assert conn.closed and transport.writes == []
+    assert await conn.close(code=1001) is False
