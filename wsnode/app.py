@@ -17,6 +17,7 @@ from wsnode import logsafe
 from wsnode.auth import BearerKeys, TokenVerifier
 from wsnode.endpoint import Endpoint
 from wsnode.errors import SettingsError
+from wsnode.front import FrontSite
 from wsnode.management import Management
 from wsnode.node import Node
 from wsnode.push_api import PushApi
@@ -27,6 +28,7 @@ from wsnode.shard_agreement import agree_on_shards
 from wsnode.sharding import Shards
 from wsnode.stream_consumer import StreamConsumer
 from wsnode.supervisor import Supervisor
+from wsnode.wsconn import LeanHub
 
 log = logging.getLogger("wsnode.app")
 
@@ -34,6 +36,7 @@ NODE_KEY = web.AppKey("node", Node)
 REGISTRATION_KEY = web.AppKey("registration", ConsulRegistration)
 SUPERVISOR_KEY = web.AppKey("supervisor", Supervisor)
 MANAGEMENT_KEY = web.AppKey("management", Management)
+ENDPOINT_KEY = web.AppKey("endpoint", Endpoint)
 # The shard-list check (wsnode/shard_agreement.py) is done before listening when every shard answers at once.
 SHARD_CHECK_HEAD_START_S = 2.0
 LISTEN_BACKLOG = 4096
@@ -79,6 +82,7 @@ def build_app(settings: NodeSettings, *, is_cluster: bool = False) -> web.Applic
     supervisor = Supervisor()
     app[SUPERVISOR_KEY] = supervisor
     endpoint = Endpoint(node, verifier)
+    app[ENDPOINT_KEY] = endpoint
     # Development (anonymous clients, no key configured): the push API and management data need no key.
     open_without_key = settings.allow_anonymous and not settings.api_keys
     api = PushApi(node, BearerKeys(settings.api_keys, open=open_without_key))
@@ -191,7 +195,11 @@ async def serve(settings: NodeSettings, *, started: asyncio.Event | None = None)
     # When a node dies its clients all reconnect to the others at once: aiohttp's default backlog of 128 overflowed
     # (25k listen overflows in a 10,000-client storm, `python -m bench.storm`), and each overflow costs the client a
     # SYN retransmission of 1 s or more. The kernel caps it at net.core.somaxconn.
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=LISTEN_BACKLOG)
+    site: web.TCPSite
+    if settings.ws_compress:  # permessage-deflate: aiohttp's WebSocket only
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=LISTEN_BACKLOG)
+    else:  # upgrades to /websocket take the lean path (wsnode/front.py), everything else aiohttp's
+        site = FrontSite(runner, settings.host, settings.port, hub=LeanHub(app[ENDPOINT_KEY]), backlog=LISTEN_BACKLOG)
     await site.start()
     management_runner: web.AppRunner | None = None
     if settings.management_port is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import NoReturn
 from urllib.parse import parse_qsl
 
 from aiohttp import WSMsgType, web
@@ -20,9 +21,10 @@ from wsnode.envelope import (
     encode_pong,
     parse_since,
 )
-from wsnode.errors import AuthError, BackendUnavailable, FrameError
+from wsnode.errors import AuthError, BackendUnavailable, FrameError, WebSocketError
 from wsnode.node import Node, new_id
 from wsnode.sessions import CLOSE_POLICY, CLOSE_TOO_BIG, Session
+from wsnode.store import Replay
 
 log = logging.getLogger("wsnode.endpoint")
 
@@ -56,83 +58,115 @@ def _refuse(status: int, reason: str) -> web.Response:
     return web.json_response({"status": status, "error": reason}, status=status)
 
 
+BINARY_REFUSED = encode_error("bad_frame", "binary frames are not accepted; send JSON text")
+
+
 class Endpoint:
-    """aiohttp handler for `/websocket`."""
+    """The session logic both listeners share: aiohttp's handler for `/websocket` (`handle`, with --ws-compress or
+    on a connection aiohttp already serves) and the lean path (`wsnode/wsconn.py`) call the same steps, so the
+    checks, their order, the statuses and the close codes are one definition."""
 
     def __init__(self, node: Node, verifier: TokenVerifier) -> None:
         self.node = node
         self.verifier = verifier
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        """Check origin and token, register the session, upgrade, replay, then serve frames."""
+    async def identify(self, origin: str | None, authorization: str | None,
+                       raw_path: str) -> tuple[Identity, int | None]:
+        """The checks before the upgrade: (identity, since), or WebSocketError with the status to refuse with."""
         settings = self.node.settings
         if self.node.draining:
-            return _refuse(503, "node is draining")
-        query = _query_params(request.raw_path)
+            raise WebSocketError("node is draining", status=503)
+        query = _query_params(raw_path)
         try:
-            check_origin(request.headers.get("Origin"), settings.allowed_origins)
-            identity = self.verifier.verify(extract_token(request.headers.get("Authorization"), query.get("token")))
+            check_origin(origin, settings.allowed_origins)
+            identity = self.verifier.verify(extract_token(authorization, query.get("token")))
             sharded = self.node.sharded
             if not self.node.router.live(self.node.shards.index_of(identity.user)) or (
                     sharded is not None and not sharded.subscribed(self.node.keys.user_slot(identity.user))):
                 # Without the subscription on the user's shard (on a cluster: the channel of the user's slot) this
                 # session would miss live pushes. Users whose data lives on other shards are served (CONTRACT
                 # section 7: a lost shard costs only its users).
-                return _refuse(503, "node is not subscribed on the Redis shard that holds this user")
+                raise WebSocketError("node is not subscribed on the Redis shard that holds this user", status=503)
         except AuthError as exc:
-            return _refuse(exc.status, exc.reason)
+            raise WebSocketError(exc.reason, status=exc.status) from None
         since_raw = query.get("since")
         del query  # the token must not live as long as the session
         try:
-            since = parse_since(since_raw) if since_raw else None
+            return identity, parse_since(since_raw) if since_raw else None
         except FrameError as exc:
-            return await self._refuse_after_revocation(identity, 400, exc.reason)
+            await self.refuse_after_revocation(identity, 400, exc.reason)
+
+    async def admit(self, session: Session, identity: Identity, since: int | None) -> tuple[int, Replay]:
+        """Revocation, the session count, the registration and the replay's reads: one round trip."""
+        try:
+            admission = await self.node.open_session(session, since=since, check=not identity.anonymous,
+                                                     issued_at=identity.issued_at)
+        except AuthError as exc:
+            raise WebSocketError(exc.reason, status=exc.status) from None
+        except BackendUnavailable as exc:
+            log.warning("refusing session of user=%s: %s", identity.user, exc.reason)
+            raise WebSocketError(exc.reason, status=503) from None
+        return admission.held, admission.replay
+
+    async def start(self, session: Session, identity: Identity, held: int, replay: Replay,
+                    since: int | None) -> None:
+        """After the 101: welcome and replay, the token's expiry, the per-user session limit."""
+        self.node.go_live(session, replay, since=since)
+        if identity.expires_at is not None:
+            self.node.sessions.expire_at(session, identity.expires_at)
+        if held >= self.node.settings.max_sessions_per_user:
+            await self.node.evict_oldest(session)
+
+    async def on_text(self, session: Session, text: str) -> bool:
+        """A client text message; False when the session was closed for its rate."""
+        if not session.allow_client_frame():
+            await session.close(CLOSE_POLICY, "message rate exceeded")
+            return False
+        await self._on_text(session, text)
+        return True
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """aiohttp's path: check origin and token, register the session, upgrade, replay, then serve frames."""
+        settings = self.node.settings
+        try:
+            identity, since = await self.identify(request.headers.get("Origin"),
+                                                  request.headers.get("Authorization"), request.raw_path)
+        except WebSocketError as exc:
+            return _refuse(exc.status, exc.reason)
         # Dead peers: a ping every heartbeat_s; no pong within heartbeat_s / 2 closes the session.
         # permessage-deflate costs tens of KiB of zlib state per session: off unless asked for.
         ws = web.WebSocketResponse(heartbeat=settings.heartbeat_s, compress=settings.ws_compress,
                                    max_msg_size=settings.max_frame_bytes, autoping=True)
-        if not ws.can_prepare(request).ok:
-            return await self._refuse_after_revocation(identity, 400, "expected a WebSocket upgrade")
-        transport = request.transport
-        session = Session(new_id(), identity.user, ws, max_queue=settings.send_queue_max,
-                          rate_per_s=settings.client_rate_per_s, burst=settings.client_burst,
-                          # A bound method, not a closure: a little less memory for each idle session.
-                          abort=transport.abort if transport is not None else _no_abort,
-                          # Prebuilt frames are uncompressed: direct writes only when deflate cannot be negotiated.
-                          transport=None if settings.ws_compress else transport)
         try:
-            # Revocation, the session count, the registration and the replay's reads: one round trip.
-            admission = await self.node.open_session(session, since=since, check=not identity.anonymous,
-                                                     issued_at=identity.issued_at)
-        except AuthError as exc:
+            if not ws.can_prepare(request).ok:
+                await self.refuse_after_revocation(identity, 400, "expected a WebSocket upgrade")
+            transport = request.transport
+            session = Session(new_id(), identity.user, ws, max_queue=settings.send_queue_max,
+                              rate_per_s=settings.client_rate_per_s, burst=settings.client_burst,
+                              # A bound method, not a closure: a little less memory for each idle session.
+                              abort=transport.abort if transport is not None else _no_abort,
+                              # Prebuilt frames are uncompressed: direct writes only when deflate cannot be
+                              # negotiated.
+                              transport=None if settings.ws_compress else transport)
+            held, replay = await self.admit(session, identity, since)
+        except WebSocketError as exc:
             return _refuse(exc.status, exc.reason)
-        except BackendUnavailable as exc:
-            log.warning("refusing session of user=%s: %s", identity.user, exc.reason)
-            return _refuse(503, exc.reason)
-        held, replay = admission.held, admission.replay
-        del admission
         try:
             await ws.prepare(request)
             # Memory per idle session: the response headers are sent, and nothing below needs what these hold.
             ws.headers.clear()
             _release_http_parser(request)
-            self.node.go_live(session, replay, since=since)
-            if identity.expires_at is not None:
-                self.node.sessions.expire_at(session, identity.expires_at)
-            if held >= settings.max_sessions_per_user:
-                await self.node.evict_oldest(session)
+            await self.start(session, identity, held, replay, since)
             del replay, identity  # the replayed frames and the claims must not live as long as the session
             # The frame loop is inline (no `async for`, no helper coroutine): each awaited coroutine frame stays
             # allocated for the session's whole life.
             while True:
                 msg = await ws.receive()
                 if msg.type == WSMsgType.TEXT:
-                    if not session.allow_client_frame():
-                        await session.close(CLOSE_POLICY, "message rate exceeded")
+                    if not await self.on_text(session, msg.data):
                         break
-                    await self._on_text(session, msg.data)
                 elif msg.type == WSMsgType.BINARY:
-                    session.send(encode_error("bad_frame", "binary frames are not accepted; send JSON text"))
+                    session.send(BINARY_REFUSED)
                 elif msg.type == WSMsgType.ERROR:
                     error = ws.exception()
                     if error is not None and "too big" in str(error).lower():
@@ -145,17 +179,17 @@ class Endpoint:
             await self.node.close_session(session)
         return ws
 
-    async def _refuse_after_revocation(self, identity: Identity, status: int, reason: str) -> web.Response:
-        """Refuse a bad request, but a revoked token first with 401, as when the revocation was checked on its own
-        before anything else (open_session checks it in the same round trip as the registration)."""
+    async def refuse_after_revocation(self, identity: Identity, status: int, reason: str) -> NoReturn:
+        """Refuse a bad request (WebSocketError with `status`), but a revoked token first with 401, as when the
+        revocation was checked on its own before anything else (open_session checks it with the registration)."""
         try:
             if not identity.anonymous:
                 await self.node.admit(identity.user, identity.issued_at)
         except AuthError as exc:
-            return _refuse(exc.status, exc.reason)
+            raise WebSocketError(exc.reason, status=exc.status) from None
         except BackendUnavailable as exc:
-            return _refuse(503, exc.reason)
-        return _refuse(status, reason)
+            raise WebSocketError(exc.reason, status=503) from None
+        raise WebSocketError(reason, status=status)
 
     async def _on_text(self, session: Session, text: str) -> None:
         try:

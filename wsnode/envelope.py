@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
 
 from wsnode.errors import FrameError, PushError
+from wsnode.wsframes import text_frame as text_frame  # the one definition of the wire format lives there
 
 MODULE_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
 MAX_USERS_PER_PUSH = 10_000
@@ -157,20 +157,6 @@ def message_tail(*, module: str, event: str, data_json: str, ts_ms: int) -> str:
 def encode_message(ident: str, tail: str) -> str:
     """A message frame from its id and the shared tail."""
     return '{"type":"message","id":' + json.dumps(ident) + tail
-
-
-def text_frame(text: str) -> bytes:
-    """`text` as one whole WebSocket text frame as a server sends it (RFC 6455: final, unmasked, uncompressed).
-
-    Encoded once and written as is to every recipient of a broadcast, instead of once per session.
-    """
-    payload = text.encode()
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return struct.pack("!BBH", 0x81, 126, n) + payload
-    return struct.pack("!BBQ", 0x81, 127, n) + payload
 
 
 def ephemeral_id(last_stored_id: int, push_id: str) -> str:

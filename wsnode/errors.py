@@ -5,6 +5,7 @@
     ├── AuthError          missing/bad/expired token (401) or origin not allowed (403)
     ├── FrameError         a bad client frame (an `error` envelope; the connection stays open)
     ├── PushError          a bad push request (400, naming the field)
+    ├── WebSocketError     a refused upgrade (its HTTP status) or a protocol violation after it (its close code)
     └── BackendUnavailable Redis cannot be reached (503)
 """
 
@@ -59,3 +60,13 @@ class BackendUnavailable(WsnodeError):
     """Redis (or another backend) did not answer; answered 503, never a silent drop."""
 
     status = 503
+
+
+class WebSocketError(WsnodeError):
+    """The WebSocket layer refuses: before the 101 with `status` (400, 405, 426...), after it with `close_code`
+    (1002 protocol error, 1007 bad UTF-8, 1009 too big), so the caller answers without a table of its own."""
+
+    def __init__(self, reason: str, *, status: int = 400, close_code: int = 1002) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.close_code = close_code

@@ -179,7 +179,7 @@ class NodeSettings:
     redis_wait_timeout_s: float = setting(1.0, "--redis-wait-timeout", "WSNODE_REDIS_WAIT_TIMEOUT_S",
         'seconds WAIT may take for --redis-min-replicas before the push is answered 503 (default 1)')
     ws_compress: bool = setting(False, "--ws-compress", "WSNODE_WS_COMPRESS",
-        'offer permessage-deflate (off: memory)')
+        "offer permessage-deflate (off: memory); on, sessions run on aiohttp's WebSocket, not the lean path")
 
 
     def __post_init__(self) -> None:

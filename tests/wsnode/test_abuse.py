@@ -70,13 +70,20 @@ class RawWebSocket:
         self.writer = writer
 
     @classmethod
-    async def open(cls, port: int, token: str) -> RawWebSocket:
+    async def upgrade(cls, port: int, token: str, *,
+                      version: str = "13") -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes, str]:
+        """Send an upgrade request; (reader, writer, the answer's head, the Sec-WebSocket-Key sent)."""
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         key = base64.b64encode(os.urandom(16)).decode()
         writer.write((f"GET /websocket?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
-                     .encode())
+                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {version}\r\n"
+                      "\r\n").encode())
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        return reader, writer, head, key
+
+    @classmethod
+    async def open(cls, port: int, token: str) -> RawWebSocket:
+        reader, writer, head, _ = await cls.upgrade(port, token)
         assert head.startswith(b"HTTP/1.1 101"), head
         return cls(reader, writer)
 

@@ -1,0 +1,98 @@
+"""The node's listener: it reads a connection's first request head and picks who serves the connection.
+
+A WebSocket upgrade to the session endpoint takes the lean path (`wsnode/wsconn.py`); anything else (the push API,
+`/health`, `/metrics`, static files, a malformed head) goes to aiohttp's own request handler with the bytes already
+read, so the rest of the application is served exactly as before. A connection handed to aiohttp stays there
+(keep-alive requests after it, an upgrade among them, included). With `--ws-compress` the node listens with
+aiohttp's plain site instead: permessage-deflate is negotiated by aiohttp only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import cast
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from wsnode.errors import WebSocketError
+from wsnode.handshake import head_length, parse_head, wants_websocket
+from wsnode.wsconn import LeanConnection, LeanHub
+
+SESSION_PATH = "/websocket"
+_OPENING: set[asyncio.Task[None]] = set()  # handshakes under way (the loop keeps only weak references to tasks)
+
+
+class FrontProtocol(asyncio.Protocol):
+    """Until the first head is complete: its bytes, then a hand-over (`set_protocol`) to the one that serves it."""
+
+    __slots__ = ("_buf", "_handler_factory", "_hub", "_transport")
+
+    def __init__(self, hub: LeanHub, handler_factory: Callable[[], RequestHandler]) -> None:
+        self._hub = hub
+        self._handler_factory = handler_factory
+        self._transport: asyncio.Transport | None = None
+        self._buf = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf = self._buf + data
+        try:
+            end = head_length(buf)
+            if end < 0:
+                return
+            head = parse_head(buf[:end])
+        except WebSocketError:
+            self._to_aiohttp()  # aiohttp answers a malformed or oversized head its own way
+            return
+        # Only what aiohttp's route would hand to the endpoint (a GET of the path): a POST upgrade still gets
+        # aiohttp's 405 before any token check, as before.
+        if head.method != "GET" or head.path != SESSION_PATH or not wants_websocket(head):
+            self._to_aiohttp()
+            return
+        transport = self._transport
+        assert transport is not None
+        conn = LeanConnection(self._hub, transport)
+        transport.set_protocol(conn)
+        self._buf = b""
+        task = conn.begin(head, buf[end:])
+        _OPENING.add(task)
+        task.add_done_callback(_OPENING.discard)
+
+    def _to_aiohttp(self) -> None:
+        transport = self._transport
+        assert transport is not None
+        handler = self._handler_factory()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        buf, self._buf = self._buf, b""
+        handler.data_received(buf)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+
+class FrontSite(web.TCPSite):
+    """aiohttp's TCP site with `FrontProtocol` in front of the application's request handler."""
+
+    __slots__ = ("_hub",)
+
+    def __init__(self, runner: web.BaseRunner, host: str | None, port: int, *, hub: LeanHub, backlog: int,
+                 reuse_address: bool = True) -> None:
+        super().__init__(runner, host, port, backlog=backlog, reuse_address=reuse_address)
+        self._hub = hub
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with the runner
+        server = self._runner.server
+        assert server is not None
+        hub = self._hub
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: FrontProtocol(hub, server), self._host, self._port, backlog=self._backlog,
+            reuse_address=self._reuse_address)
