@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
@@ -48,6 +49,7 @@ class ClientConn(Conn):
         self.remote = "unknown"  # the client's address, set when serving starts (peername, looked up once)
         self.task: asyncio.Task[None] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_deadline = 0.0
         self._scan_from = 0
         self._linger_timer: asyncio.TimerHandle | None = None
 
@@ -58,6 +60,7 @@ class ClientConn(Conn):
         elif self.server.connection_opened(self):
             timeout_s = self.server.settings.head_timeout_s
             assert self._loop is not None
+            self._head_deadline = time.monotonic() + timeout_s
             self._head_timer = self._loop.call_later(timeout_s, self._first_head_late)
 
     def data_received(self, data: bytes) -> None:
@@ -136,5 +139,13 @@ class ClientConn(Conn):
         self.task = self._loop.create_task(self.server.serve(self))
 
     def _first_head_late(self) -> None:
+        # uvloop's timers count from the loop's clock cached at the start of the iteration that accepted the
+        # connection (libuv's uv_now), so in a burst of accepts they fire up to that iteration's length early: a
+        # client is still owed the whole head timeout, counted from the accept.
+        left = self._head_deadline - time.monotonic()
+        if left > 0:
+            assert self._loop is not None
+            self._head_timer = self._loop.call_later(max(left, 0.001), self._first_head_late)
+            return
         self._head_timer = None
         self.server.refuse(self, RequestTimeout("request head not received in time"))

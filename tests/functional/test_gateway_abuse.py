@@ -209,7 +209,8 @@ async def test_gateway_abuse_slowloris_heads_get_408_and_memory_returns(
         statuses = [status for status, _ in results]
         assert set(statuses) == {408}
         # Cut off at the head timeout (counted from before the connect), however many bytes keep coming.
-        assert all(HEAD_TIMEOUT_S <= elapsed < HEAD_TIMEOUT_S + 8 for _, elapsed in results)
+        times = sorted(elapsed for _, elapsed in results)
+        assert all(HEAD_TIMEOUT_S <= elapsed < HEAD_TIMEOUT_S + 8 for elapsed in times), (times[:3], times[-3:])
 
     await memory_returns(pid, round_, warmup=20, load=200)
     # The second head of a kept-alive connection has the same deadline.
