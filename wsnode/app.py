@@ -72,6 +72,7 @@ def build_app(settings: NodeSettings, *, is_cluster: bool = False) -> web.Applic
                                        client_name=name)
                          for url in settings.redis_urls]
         node = Node(settings, Shards([shard.client for shard in shard_clients]))
+        node.store.use_lanes([shard.lane for shard in shard_clients])
     client = node.redis  # shard 0 (or the cluster) holds the push stream
     verifier = TokenVerifier(hs256_secret=settings.jwt_secret, rs256_public_key=settings.jwt_public_key,
                              leeway_s=settings.token_leeway_s, allow_anonymous=settings.allow_anonymous,

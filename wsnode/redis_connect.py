@@ -19,6 +19,7 @@ from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import RedisClusterException, RedisError
 
+from wsnode.redis_lane import RedisLane
 from wsnode.redis_urls import SENTINEL_SCHEMES, parse_sentinel_url
 
 # Asking a seed whether it is a cluster node must not hold the start up for long: a node that cannot tell (no seed
@@ -39,8 +40,11 @@ class ShardClient:
     client: aioredis.Redis
     pool: aioredis.ConnectionPool
     sentinel: Sentinel | None = field(default=None)
+    lane: RedisLane | None = field(default=None)  # the push script's connection (redis_lane.py), when it can have one
 
     async def aclose(self) -> None:
+        if self.lane is not None:
+            await self.lane.aclose()
         await self.client.aclose()
         await self.pool.disconnect()
         if self.sentinel is not None:
@@ -52,7 +56,7 @@ def connect_shard(url: str, *, max_connections: int, pool_timeout_s: float, **co
     if not url.startswith(SENTINEL_SCHEMES):
         pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections,
                                                         timeout=pool_timeout_s, **connection)
-        return ShardClient(url, aioredis.Redis(connection_pool=pool), pool)
+        return ShardClient(url, aioredis.Redis(connection_pool=pool), pool, lane=RedisLane.for_pool(pool))
     target = parse_sentinel_url(url)
     timeouts: dict[str, Any] = {key: connection[key] for key in ("socket_timeout", "socket_connect_timeout")
                                 if key in connection}

@@ -18,6 +18,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
+from wsnode.redis_lane import RedisLane
+
 Args = Sequence[str | int]
 
 
@@ -37,11 +39,12 @@ def check_replicated(confirmed: Any, min_replicas: int, wait_timeout_ms: int) ->
 class ScriptBatcher:
     """Callable like a registered script (`await batcher(keys=[], args=[...])`), batching concurrent calls."""
 
-    __slots__ = ("_min_replicas", "_pending", "_redis", "_script", "_tasks", "_wait_timeout_ms")
+    __slots__ = ("_min_replicas", "_pending", "_redis", "_script", "_tasks", "_wait_timeout_ms", "lane")
 
     def __init__(self, client: aioredis.Redis, script: str, *, min_replicas: int = 0,
-                 wait_timeout_ms: int = 1000) -> None:
+                 wait_timeout_ms: int = 1000, lane: RedisLane | None = None) -> None:
         self._redis = client
+        self.lane = lane  # when given, every round trip goes through it (`client` only loads the script)
         self._min_replicas = min_replicas
         self._wait_timeout_ms = wait_timeout_ms
         self._script = client.register_script(script)
@@ -67,7 +70,7 @@ class ScriptBatcher:
 
     async def _run(self, batch: list[tuple[Args, asyncio.Future[Any]]]) -> None:
         try:
-            if len(batch) == 1 and not self._min_replicas:
+            if len(batch) == 1 and not self._min_replicas and self.lane is None:
                 results: list[Any] = [await self._script(keys=[], args=list(batch[0][0]))]
             else:
                 results = await self._pipelined([args for args, _ in batch])
@@ -101,12 +104,21 @@ class ScriptBatcher:
         return results
 
     async def _evalsha(self, calls: list[Args]) -> list[Any]:
+        if self.lane is not None:
+            commands: list[Sequence[str | int | bytes]] = [("EVALSHA", self._script.sha, 0, *args) for args in calls]
+            if self._min_replicas:
+                commands.append(("WAIT", self._min_replicas, self._wait_timeout_ms))
+            results = await self.lane.execute(commands)
+        else:
+            results = await self._pipelined_evalsha(calls)
+        if self._min_replicas:
+            check_replicated(results.pop(), self._min_replicas, self._wait_timeout_ms)
+        return results
+
+    async def _pipelined_evalsha(self, calls: list[Args]) -> list[Any]:
         async with self._redis.pipeline(transaction=False) as pipe:
             for args in calls:
                 pipe.evalsha(self._script.sha, 0, *args)
             if self._min_replicas:
                 pipe.execute_command("WAIT", self._min_replicas, self._wait_timeout_ms)
-            results = list(await pipe.execute(raise_on_error=False))
-        if self._min_replicas:
-            check_replicated(results.pop(), self._min_replicas, self._wait_timeout_ms)
-        return results
+            return list(await pipe.execute(raise_on_error=False))

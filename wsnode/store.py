@@ -26,6 +26,7 @@ from wsnode.envelope import PushRequest, message_tail
 from wsnode.keys import Keys
 from wsnode.nodemsg import Unread
 from wsnode.presence import RedisShards, as_shards
+from wsnode.redis_lane import RedisLane
 from wsnode.script_batch import ScriptBatcher
 
 _PUSH_LUA = lua.source("push")
@@ -90,6 +91,11 @@ class MessageStore:
         self._push = [ScriptBatcher(c, _PUSH_LUA, min_replicas=min_replicas, wait_timeout_ms=int(wait_timeout_s * 1000))
                       for c in self._shards.all]
         self._ack = [c.register_script(_ACK_LUA) for c in self._shards.all]
+
+    def use_lanes(self, lanes: Sequence[RedisLane | None]) -> None:
+        """Send each shard's push script calls through its lane (redis_lane.py; None: through redis-py)."""
+        for batcher, lane in zip(self._push, lanes, strict=True):
+            batcher.lane = lane
 
     async def push_to_users(self, request: PushRequest, *, push_id: str, ts_ms: int,
                             dedupe_key: str | None = None) -> PushResult:
