@@ -206,6 +206,8 @@ class RedisLane:
             raise RedisConnectionError(f"the lane to {self.where} is closed")
         if self._connecting is None:  # one connect for every batch that finds the lane without a connection
             self._connecting = asyncio.get_running_loop().create_task(self._connect())
+            # Its failure is each waiter's to raise; with every waiter cancelled, nobody is left to be told.
+            self._connecting.add_done_callback(lambda task: task.cancelled() or task.exception())
         connecting = self._connecting
         try:
             return await asyncio.shield(connecting)
