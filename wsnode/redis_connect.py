@@ -19,7 +19,7 @@ from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import RedisClusterException, RedisError
 
-from wsnode.redis_lane import RedisLane
+from wsnode.redis_lane import LanedPool, RedisLane
 from wsnode.redis_urls import SENTINEL_SCHEMES, parse_sentinel_url
 
 # Asking a seed whether it is a cluster node must not hold the start up for long: a node that cannot tell (no seed
@@ -54,9 +54,9 @@ class ShardClient:
 def connect_shard(url: str, *, max_connections: int, pool_timeout_s: float, **connection: Any) -> ShardClient:
     """A client for one `--redis` item (connections are opened lazily, on first use)."""
     if not url.startswith(SENTINEL_SCHEMES):
-        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections,
-                                                        timeout=pool_timeout_s, **connection)
-        return ShardClient(url, aioredis.Redis(connection_pool=pool), pool, lane=RedisLane.for_pool(pool))
+        pool = LanedPool.from_url(url, max_connections=max_connections, timeout=pool_timeout_s, **connection)
+        pool.lane = RedisLane.for_pool(pool)
+        return ShardClient(url, aioredis.Redis(connection_pool=pool), pool, lane=pool.lane)
     target = parse_sentinel_url(url)
     timeouts: dict[str, Any] = {key: connection[key] for key in ("socket_timeout", "socket_connect_timeout")
                                 if key in connection}

@@ -74,6 +74,10 @@ class _LaneProtocol(asyncio.Protocol):
         self.closed: asyncio.Future[None] = loop.create_future()
 
     @property
+    def busy(self) -> bool:
+        return bool(self._batches)
+
+    @property
     def usable(self) -> bool:
         return self._transport is not None and not self._transport.is_closing()
 
@@ -243,6 +247,14 @@ class RedisLane:
         self._protocol = protocol
         return protocol
 
+    def drop(self, *, only_idle: bool = False) -> None:
+        """Drop the connection, as redis-py's `pool.disconnect()` drops its connections (a stalled link, Redis back
+        after a gap); the next batch connects again. `only_idle`: not while batches wait on it."""
+        protocol = self._protocol
+        if protocol is not None and not (only_idle and protocol.busy):
+            self._protocol = None
+            protocol.abort()
+
     async def aclose(self) -> None:
         """Close the connection (batches still in flight fail)."""
         self._closed = True
@@ -254,3 +266,15 @@ class RedisLane:
         if protocol is not None:
             protocol.abort()
             await protocol.closed
+
+
+class LanedPool(aioredis.BlockingConnectionPool):
+    """The node's blocking pool for one shard, with that shard's lane: whoever drops the pool's connections (a stalled
+    subscription, the recovery after Redis comes back) drops the lane's connection with them."""
+
+    lane: RedisLane | None = None
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        if self.lane is not None:
+            self.lane.drop(only_idle=not inuse_connections)

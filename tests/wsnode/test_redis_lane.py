@@ -17,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from harness import ManagedProcess, ProcessGroup, free_port, redis_server_binary
-from wsnode.redis_lane import RedisLane, encode
+from wsnode.redis_lane import LanedPool, RedisLane, encode
 
 
 @dataclass
@@ -171,6 +171,45 @@ async def test_redis_lane_closed_lane_refuses_and_fails_in_flight(own: OwnRedis,
         own.proc.signal(signal.SIGCONT)
     with pytest.raises(RedisConnectionError, match="closed"):
         await lane.execute([("PING",)])
+
+
+async def test_redis_lane_drop_takes_a_new_connection_and_spares_a_busy_one_when_asked(
+        own: OwnRedis, lane: RedisLane) -> None:
+    (first,) = await lane.execute([("CLIENT", "ID")])
+    lane.drop(only_idle=True)  # idle: dropped
+    (second,) = await lane.execute([("CLIENT", "ID")])
+    assert second != first
+    own.proc.signal(signal.SIGSTOP)
+    try:
+        in_flight = asyncio.ensure_future(lane.execute([("CLIENT", "ID")]))
+        await asyncio.sleep(0)  # written, unanswered
+        lane.drop(only_idle=True)  # busy: kept
+        assert not in_flight.done()
+        lane.drop()  # the pool's disconnect() with connections in use: what waits on it fails at once
+        with pytest.raises(RedisConnectionError):
+            await in_flight
+    finally:
+        own.proc.signal(signal.SIGCONT)
+    (third,) = await lane.execute([("CLIENT", "ID")])
+    assert third not in (first, second)
+
+
+async def test_redis_lane_laned_pool_disconnect_drops_the_lane_too(own: OwnRedis) -> None:
+    # As the node builds it (redis_connect.connect_shard): dropping the pool after a stalled subscription, or after
+    # Redis came back, must not leave the push script on the old connection.
+    pool = LanedPool.from_url(f"redis://:sesame@127.0.0.1:{own.port}/0", max_connections=4, timeout=1.0,
+                              socket_timeout=5.0, client_name="laned")
+    pool.lane = RedisLane.for_pool(pool)
+    assert pool.lane is not None
+    try:
+        (first,) = await pool.lane.execute([("CLIENT", "ID")])
+        await pool.disconnect()
+        (second,) = await pool.lane.execute([("CLIENT", "ID")])
+        assert second != first
+        assert await pool.lane.execute([("CLIENT", "GETNAME")]) == [b"laned"]
+    finally:
+        await pool.lane.aclose()
+        await pool.disconnect()
 
 
 @pytest.mark.parametrize(("url", "where"), [
