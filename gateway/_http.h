@@ -23,7 +23,7 @@
 enum { H_IDLE, H_LIMIT, H_UPSTREAM, H_BODY, H_CLOSE };  /* H_LIMIT: waiting for Redis's answer */
 
 /* Why a connection goes back to Python (the kinds of `Lane.run()`'s hand-backs, see _http.c). */
-enum { K_NEW, K_FORWARD, K_RESPONSE, K_TIMEOUT, K_CLOSED, K_HEAD_TIMEOUT, K_LINGER, K_LIMIT_TIMEOUT };
+enum { K_NEW, K_FORWARD, K_RESPONSE, K_TIMEOUT, K_CLOSED, K_HEAD_TIMEOUT, K_LINGER, K_LIMIT_TIMEOUT, K_UPGRADE };
 
 /* What a descriptor is, by fd (epoll reports the fd; its owner is looked up here). */
 enum { SLOT_FREE, SLOT_LISTEN, SLOT_TIMER, SLOT_CLIENT, SLOT_UPSTREAM, SLOT_POOL, SLOT_REDIS };
@@ -112,6 +112,7 @@ void lane_pool_clear(Lane *l);
 int take_response(hconn_t *c, size_t len);
 int bare_cr_or_lf(const char *p, size_t len);
 int flush_to(int fd, int *ready, buf_t *b, size_t *off);
+int lane_dial(Lane *l, hconn_t *c);
 
 /* _http_io.c */
 void lane_accept(Lane *l);

@@ -2,6 +2,8 @@
 #include "_http.h"
 
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -249,5 +251,34 @@ int take_response(hconn_t *c, size_t len) {
     c->remaining = no_body ? 0 : (uint64_t)length;
     c->nbytes = c->remaining;
     c->upstream_keep = keep_upstream;
+    return 0;
+}
+
+/* A new connection to the request's instance, registered for the lane; -1 when it cannot be made. */
+int lane_dial(Lane *l, hconn_t *c) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));  /* http.keep_alive's settings */
+    int idle = 15, interval = 5, count = 3;
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count));
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(c->port)};
+    addr.sin_addr.s_addr = c->ip;
+    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0 && errno != EINPROGRESS) {
+        close(fd);
+        return -1;
+    }
+    if (lane_watch(l, fd, SLOT_UPSTREAM, c) != 0) {
+        close(fd);
+        return -1;
+    }
+    c->ufd = fd;
+    c->urd = c->uwr = 0;
+    c->connecting = 1;
+    c->reused = 0;
+    c->deadline_ms = c->connect_ms ? lane_now_ms() + c->connect_ms : 0;
     return 0;
 }

@@ -149,6 +149,7 @@ class NativeRelay:
         self.sockmap, self.sockmap_why = self._relay.sockmap()
         self._tunnels: dict[int, NativeTunnel] = {}
         self._dials: dict[int, _Dial] = {}
+        self._fd_dials: dict[int, tuple[NativeTunnel, Callable[[DialResult], None]]] = {}
         self._closed = False
         self._backlog: deque[tuple[int, int, int, int, bytes | None]] = deque()
         fd = self._relay.fileno()
@@ -244,9 +245,37 @@ class NativeRelay:
         future.add_done_callback(lambda f: self.command_abort(tunnel_id) if f.cancelled() else None)
         return future
 
+    def dial_fd(self, client_fd: int, host: str, port: int, request: bytes, *, connect_timeout_s: float,
+                response_timeout_s: float | None, idle_timeout_s: float | None,
+                ended: Callable[[DialResult], None], on_done: Callable[[NativeTunnel], None]) -> None:
+        """`dial` for a client the event loop holds no transport for (the HTTP lane's, gateway/proxy/lane_upgrades.py).
+
+        The thread owns `client_fd` once this returns (pass a duplicate to keep the connection past a failure).
+        `ended` gets the outcome from the completion reader, and nothing is paused or resumed: a tunnel (the 101
+        went to the client), a failure, or the instance's descriptor with a head to answer. OSError when the
+        connect fails at once, RuntimeError when the relay is closed (`client_fd` stays the caller's then).
+        """
+        if self._closed:
+            raise RuntimeError("the relay is closed")
+        tunnel_id = self._relay.dial(
+            client_fd, host, port, request, connect_timeout_ms=max(1, _ms(connect_timeout_s)),
+            response_timeout_ms=_ms(response_timeout_s), idle_timeout_ms=_ms(idle_timeout_s))
+        self._fd_dials[tunnel_id] = (NativeTunnel(self, tunnel_id, self._loop.create_future(), on_done), ended)
+
     def _dial_ended(self, tunnel_id: int, kind: int, a: int, b: int, data: bytes | None) -> None:
-        dial = self._dials.pop(tunnel_id, None)
         assert _relay is not None
+        fd_dial = self._fd_dials.pop(tunnel_id, None)
+        if fd_dial is not None:
+            tunnel, ended = fd_dial
+            if kind == _relay.EV_UPGRADED:
+                self._tunnels[tunnel_id] = tunnel
+                ended(DialResult(tunnel=tunnel))
+            elif kind == _relay.EV_HEAD:
+                ended(DialResult(upstream_fd=a, head=data or b""))
+            else:
+                ended(DialResult(failure=_FAILURES.get(a, "aborted"), errno=b))
+            return
+        dial = self._dials.pop(tunnel_id, None)
         if kind == _relay.EV_UPGRADED:
             if dial is None:
                 return
@@ -320,7 +349,7 @@ class NativeRelay:
             tunnel.finish(*tunnel.nbytes)
         self._tunnels.clear()
         assert _relay is not None
-        for tunnel_id in list(self._dials):  # the thread stopped before it reported these
+        for tunnel_id in [*self._dials, *self._fd_dials]:  # the thread stopped before it reported these
             self._dial_ended(tunnel_id, _relay.EV_FAILED, _relay.FAIL_ABORTED, 0, None)
 
 

@@ -1,7 +1,8 @@
 """The open tunnels of one worker: handed to the native relay thread when possible, relayed in Python otherwise.
 
 `Tunnels.start` is called with both connections right after the 101 has been written to the client;
-`Tunnels.dial` lets the relay thread dial the instance and forward its 101 itself. Either way this keeps the
+`Tunnels.dial` lets the relay thread dial the instance and forward its 101 itself (`dial_fd`: for a client
+connection the native HTTP lane hands over, without a transport). Either way this keeps the
 balancer's per-instance counts and the tunnel metrics (upgrades, active tunnels, bytes each way) and forgets a
 tunnel when it ends. The native relay thread (an epoll fd, two eventfds and a thread) starts when the worker
 process listens (`prepare`; never in the supervisor that forks the workers) and stops in `close_all`.
@@ -118,6 +119,22 @@ class Tunnels:
         return relay.dial(client, endpoint.host, endpoint.port, request, connect_timeout_s=connect_timeout_s,
                           response_timeout_s=response_timeout_s, idle_timeout_s=idle_timeout_s,
                           on_upgraded=upgraded, on_done=self._finisher(route_id, endpoint))
+
+    def dial_fd(self, relay: NativeRelay, client_fd: int, endpoint: Endpoint, request: bytes, *, route_id: str,
+                idle_timeout_s: float | None, connect_timeout_s: float, response_timeout_s: float | None,
+                ended: Callable[[DialResult], None]) -> None:
+        """`NativeRelay.dial_fd` for a route (the HTTP lane's upgrades); a 101 makes the tunnel count as open before
+        `ended` hears of it."""
+
+        def dialed(result: DialResult) -> None:
+            if result.tunnel is not None:
+                self._opened(route_id, endpoint)
+                self._open.add(result.tunnel)
+            ended(result)
+
+        relay.dial_fd(client_fd, endpoint.host, endpoint.port, request, connect_timeout_s=connect_timeout_s,
+                      response_timeout_s=response_timeout_s, idle_timeout_s=idle_timeout_s, ended=dialed,
+                      on_done=self._finisher(route_id, endpoint))
 
     def start(self, client: Conn, upstream: Conn, *, route_id: str, endpoint: Endpoint,
               idle_timeout_s: float | None, native: bool, loop: asyncio.AbstractEventLoop | None) -> AnyTunnel:
