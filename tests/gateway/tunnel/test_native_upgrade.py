@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 
+from bench.wsproto_min import accept_key
 from gateway.discovery.base import Endpoint
 from gateway.discovery.static import StaticProvider
-from bench.wsproto_min import accept_key
 from gateway.model import BalancerChoice, Balancing, RouteMetadata
 from gateway.proxy import native_http
 from gateway.tunnel import native as native_relay
