@@ -34,7 +34,7 @@ from gateway.proxy.headers import authority, upstream_request_headers
 from gateway.proxy.httpparse import Framing, RequestHead, parse_request_head, request_framing, serialize_head
 from gateway.proxy.responses import error_body, simple_response
 from gateway.routing.targets import RouteTarget, ip_literal
-from gateway.tunnel.native import DialResult
+from gateway.tunnel.native import DialResult, ms
 
 if TYPE_CHECKING:
     from gateway.proxy.server import GatewayServer
@@ -51,7 +51,8 @@ class UpgradeRoute:
     """How upgrades with one head (but for the key) from one address are routed: kept while the routing state
     stays and its routes are deterministic; the instance's request is kept per instance, cut where the key goes."""
 
-    __slots__ = ("_requests", "head", "idle_timeout_s", "plan", "remote", "route", "scheme", "target", "view")
+    __slots__ = ("_requests", "connect_ms", "head", "idle_ms", "plan", "remote", "response_ms", "route", "scheme",
+                 "target", "view")
 
     def __init__(self, head: RequestHead, view: RequestView, route: RouteSpec, plan: ForwardPlan,
                  target: RouteTarget, idle_timeout_s: float | None) -> None:
@@ -62,13 +63,15 @@ class UpgradeRoute:
         self.route = route
         self.plan = plan
         self.target = target
-        self.idle_timeout_s = idle_timeout_s
-        self._requests: dict[Endpoint, tuple[bytes, bytes] | None] = {}
+        self.idle_ms = ms(idle_timeout_s)  # the relay thread's timeouts, worked out once
+        self.connect_ms = max(1, ms(target.relay_connect_s))
+        self.response_ms = ms(target.response_timeout_s)
+        self._requests: dict[str, tuple[bytes, bytes] | None] = {}  # by instance address (an Endpoint hashes slowly)
 
     def request(self, endpoint: Endpoint, key: bytes) -> bytes | None:
         """The instance's request with the client's key, or None when the marked key does not show exactly once."""
         try:
-            parts = self._requests[endpoint]
+            parts = self._requests[endpoint.address]
         except KeyError:
             plan, target = self.plan, self.target
             headers = upstream_request_headers(
@@ -76,7 +79,7 @@ class UpgradeRoute:
                 preserve_host=plan.preserve_host,
                 upstream_authority=authority(endpoint.host, endpoint.port, target.scheme))
             pieces = serialize_head(f"{self.head.method} {plan.target} HTTP/1.1", headers).split(_MARK)
-            parts = self._requests[endpoint] = (pieces[0], pieces[1]) if len(pieces) == 2 else None
+            parts = self._requests[endpoint.address] = (pieces[0], pieces[1]) if len(pieces) == 2 else None
         return None if parts is None else parts[0] + key + parts[1]
 
 
@@ -223,9 +226,8 @@ class LaneUpgrades:
                 if request is None:
                     raise RuntimeError("the key does not show once in the instance's request")
                 server.tunnels.dial_fd(relay, dup, endpoint, request, route_id=upgrade.route.id,
-                                       idle_timeout_s=upgrade.idle_timeout_s,
-                                       connect_timeout_s=target.relay_connect_s,
-                                       response_timeout_s=target.response_timeout_s,
+                                       idle_timeout_ms=upgrade.idle_ms, connect_timeout_ms=upgrade.connect_ms,
+                                       response_timeout_ms=upgrade.response_ms,
                                        ended=lambda result: self._dialed(call, result))
                 return
             except OSError as exc:
@@ -248,9 +250,10 @@ class LaneUpgrades:
         assert endpoint is not None
         if result.tunnel is not None:
             os.close(call.fd)  # the thread's duplicate carries the tunnel
+            route_id = call.upgrade.route.id
+            self.server.tunnels.upgraded(result.tunnel, route_id, endpoint)
             self._done(call)
             self.upgraded += 1
-            route_id = call.upgrade.route.id
             accounting = self.server.accounting
             accounting.count(route_id, 101)
             if self.server.settings.access_log:

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Iterator
 
 from gateway.discovery.base import Endpoint
-from gateway.ops.metrics import Metrics
+from gateway.ops.metrics import Metrics, series_key
 from gateway.ops.tasks import TaskSupervisor
 from gateway.proxy.conn import Conn
 from gateway.routing.balancer import Balancer
@@ -55,6 +55,7 @@ class Tunnels:
         self._relay_failed = False
         self.sockmap = True  # the worker's `wsgate.sockmap-relay`, read when the relay thread starts
         self._announced = False
+        self._by_instance: dict[tuple[str, str], _Series] = {}
 
     def __len__(self) -> int:
         return len(self._open)
@@ -88,23 +89,20 @@ class Tunnels:
         """The worker's relay thread, or None (not built, failed to start, or no loop given)."""
         return self._native(loop) if loop is not None else None
 
+    def _series(self, route_id: str, endpoint: Endpoint) -> _Series:
+        # Built once per route and instance: every upgrade counts into the same five series.
+        series = self._by_instance.get((route_id, endpoint.address))
+        if series is None:
+            if len(self._by_instance) >= _MAX_SERIES:
+                self._by_instance.clear()
+            series = self._by_instance[(route_id, endpoint.address)] = _Series(self, route_id, endpoint)
+        return series
+
     def _finisher(self, route_id: str, endpoint: Endpoint) -> Callable[[AnyTunnel], None]:
-        metrics = self._metrics
-
-        def finished(tunnel: AnyTunnel) -> None:
-            self._open.discard(tunnel)
-            self._balancer.release(endpoint)
-            up, down = tunnel.nbytes
-            metrics.add("wsgate_active_tunnels", -1, route=route_id)
-            metrics.add("wsgate_tunnel_bytes_total", up, route=route_id, direction="upstream")
-            metrics.add("wsgate_tunnel_bytes_total", down, route=route_id, direction="downstream")
-
-        return finished
+        return self._series(route_id, endpoint).finished
 
     def _opened(self, route_id: str, endpoint: Endpoint) -> None:
-        self._balancer.acquire(endpoint)
-        self._metrics.add("wsgate_upgrades_total", 1, route=route_id, instance=endpoint.address)
-        self._metrics.add("wsgate_active_tunnels", 1, route=route_id)
+        self._series(route_id, endpoint).opened()
 
     def dial(self, relay: NativeRelay, client: Conn, endpoint: Endpoint, request: bytes, *, route_id: str,
              idle_timeout_s: float | None, connect_timeout_s: float,
@@ -121,20 +119,18 @@ class Tunnels:
                           on_upgraded=upgraded, on_done=self._finisher(route_id, endpoint))
 
     def dial_fd(self, relay: NativeRelay, client_fd: int, endpoint: Endpoint, request: bytes, *, route_id: str,
-                idle_timeout_s: float | None, connect_timeout_s: float, response_timeout_s: float | None,
+                idle_timeout_ms: int, connect_timeout_ms: int, response_timeout_ms: int,
                 ended: Callable[[DialResult], None]) -> None:
-        """`NativeRelay.dial_fd` for a route (the HTTP lane's upgrades); a 101 makes the tunnel count as open before
-        `ended` hears of it."""
+        """`NativeRelay.dial_fd` for a route (the HTTP lane's upgrades); the caller counts a 101's tunnel as open
+        with `upgraded` when `ended` hears of it."""
+        relay.dial_fd(client_fd, endpoint.host, endpoint.port, request, connect_timeout_ms=connect_timeout_ms,
+                      response_timeout_ms=response_timeout_ms, idle_timeout_ms=idle_timeout_ms, ended=ended,
+                      on_done=self._series(route_id, endpoint).finished)
 
-        def dialed(result: DialResult) -> None:
-            if result.tunnel is not None:
-                self._opened(route_id, endpoint)
-                self._open.add(result.tunnel)
-            ended(result)
-
-        relay.dial_fd(client_fd, endpoint.host, endpoint.port, request, connect_timeout_s=connect_timeout_s,
-                      response_timeout_s=response_timeout_s, idle_timeout_s=idle_timeout_s, ended=dialed,
-                      on_done=self._finisher(route_id, endpoint))
+    def upgraded(self, tunnel: NativeTunnel, route_id: str, endpoint: Endpoint) -> None:
+        """A tunnel `dial_fd` started is open (called before its end can be reported)."""
+        self._series(route_id, endpoint).opened()
+        self._open.add(tunnel)
 
     def start(self, client: Conn, upstream: Conn, *, route_id: str, endpoint: Endpoint,
               idle_timeout_s: float | None, native: bool, loop: asyncio.AbstractEventLoop | None) -> AnyTunnel:
@@ -165,3 +161,36 @@ class Tunnels:
                 tunnel.abort()
         if self._relay is not None:
             self._relay.close()
+
+
+_MAX_SERIES = 4096  # (route, instance) pairs kept; past it the cache starts afresh
+
+
+class _Series:
+    """What the tunnels of one route to one instance count into: the balancer's count and five metric series."""
+
+    __slots__ = ("_active", "_balancer", "_down", "_metrics", "_open", "_up", "_upgrades", "endpoint")
+
+    def __init__(self, tunnels: Tunnels, route_id: str, endpoint: Endpoint) -> None:
+        self._open = tunnels._open
+        self._balancer = tunnels._balancer
+        self._metrics = tunnels._metrics
+        self.endpoint = endpoint
+        self._upgrades = series_key("wsgate_upgrades_total", route=route_id, instance=endpoint.address)
+        self._active = series_key("wsgate_active_tunnels", route=route_id)
+        self._up = series_key("wsgate_tunnel_bytes_total", route=route_id, direction="upstream")
+        self._down = series_key("wsgate_tunnel_bytes_total", route=route_id, direction="downstream")
+
+    def opened(self) -> None:
+        self._balancer.acquire(self.endpoint)
+        self._metrics.add_series(self._upgrades)
+        self._metrics.add_series(self._active)
+
+    def finished(self, tunnel: AnyTunnel) -> None:
+        self._open.discard(tunnel)
+        self._balancer.release(self.endpoint)
+        up, down = tunnel.nbytes
+        metrics = self._metrics
+        metrics.add_series(self._active, -1)
+        metrics.add_series(self._up, up)
+        metrics.add_series(self._down, down)
