@@ -34,7 +34,8 @@ from gateway.proxy.headers import authority, upstream_request_headers
 from gateway.proxy.httpparse import Framing, RequestHead, parse_request_head, request_framing, serialize_head
 from gateway.proxy.responses import error_body, simple_response
 from gateway.routing.targets import RouteTarget, ip_literal
-from gateway.tunnel.native import DialResult, ms
+from gateway.tunnel.native import DialResult, NativeRelay, ms
+from gateway.tunnel.registry import Series
 
 if TYPE_CHECKING:
     from gateway.proxy.server import GatewayServer
@@ -51,8 +52,8 @@ class UpgradeRoute:
     """How upgrades with one head (but for the key) from one address are routed: kept while the routing state
     stays and its routes are deterministic; the instance's request is kept per instance, cut where the key goes."""
 
-    __slots__ = ("_requests", "connect_ms", "head", "idle_ms", "plan", "remote", "response_ms", "route", "scheme",
-                 "target", "view")
+    __slots__ = ("_requests", "connect_ms", "head", "idle_ms", "literal", "plan", "remote", "response_ms", "route",
+                 "scheme", "target", "view")
 
     def __init__(self, head: RequestHead, view: RequestView, route: RouteSpec, plan: ForwardPlan,
                  target: RouteTarget, idle_timeout_s: float | None) -> None:
@@ -67,6 +68,7 @@ class UpgradeRoute:
         self.connect_ms = max(1, ms(target.relay_connect_s))
         self.response_ms = ms(target.response_timeout_s)
         self._requests: dict[str, tuple[bytes, bytes] | None] = {}  # by instance address (an Endpoint hashes slowly)
+        self.literal: tuple[Endpoint, ...] | None = None  # the instances last seen, when all are IP addresses
 
     def request(self, endpoint: Endpoint, key: bytes) -> bytes | None:
         """The instance's request with the client's key, or None when the marked key does not show exactly once."""
@@ -86,7 +88,7 @@ class UpgradeRoute:
 class UpgradeCall:
     """One upgrade the lane hands over: its route, the client's key and head, and how far its dial got."""
 
-    __slots__ = ("_head", "_view", "endpoint", "fd", "key", "order", "raw", "started", "upgrade")
+    __slots__ = ("_head", "_view", "endpoint", "fd", "key", "order", "raw", "series", "started", "upgrade")
 
     def __init__(self, upgrade: UpgradeRoute, key: bytes, raw: bytes) -> None:
         self.upgrade = upgrade
@@ -98,6 +100,7 @@ class UpgradeCall:
         self.started = 0.0
         self.order: list[Endpoint] = []  # the instances still to try, in the balancer's order
         self.endpoint: Endpoint | None = None  # the one being dialed
+        self.series: Series | None = None  # what its tunnel counts into
 
     @property
     def head(self) -> RequestHead:
@@ -201,18 +204,19 @@ class LaneUpgrades:
             endpoints = server.dialer.endpoints(target)
         except GatewayError:
             endpoints = ()
-        if relay is None or not endpoints or not all(ip_literal(e.host) for e in endpoints):
+        if endpoints is not upgrade.literal:  # discovery's tuple stays the same object while nothing changes
+            upgrade.literal = endpoints if endpoints and all(ip_literal(e.host) for e in endpoints) else None
+        if relay is None or upgrade.literal is None:
             self._fallback(call)  # as `GatewayServer._upgrade_native` would: the ordinary way
             return
         view = call.view if target.choice.algorithm is Balancing.HASH else upgrade.view
         call.order = server.balancer.order(target.name, endpoints, target.choice, view)
         call.order.reverse()  # popped from the end
         self.pending.add(call)
-        self._dial(call)
+        self._dial(call, relay)
 
-    def _dial(self, call: UpgradeCall) -> None:
+    def _dial(self, call: UpgradeCall, relay: NativeRelay | None) -> None:
         server, upgrade = self.server, call.upgrade
-        relay = server.tunnels.native_relay(self.loop)
         target = upgrade.target
         while call.order and relay is not None:
             endpoint = call.endpoint = call.order.pop()
@@ -225,10 +229,10 @@ class LaneUpgrades:
             try:
                 if request is None:
                     raise RuntimeError("the key does not show once in the instance's request")
-                server.tunnels.dial_fd(relay, dup, endpoint, request, route_id=upgrade.route.id,
-                                       idle_timeout_ms=upgrade.idle_ms, connect_timeout_ms=upgrade.connect_ms,
-                                       response_timeout_ms=upgrade.response_ms,
-                                       ended=lambda result: self._dialed(call, result))
+                call.series = series = server.tunnels.series(upgrade.route.id, endpoint)
+                relay.dial_fd(dup, endpoint.host, endpoint.port, request, connect_timeout_ms=upgrade.connect_ms,
+                              response_timeout_ms=upgrade.response_ms, idle_timeout_ms=upgrade.idle_ms,
+                              ended=lambda result: self._dialed(call, result), on_done=series.finished)
                 return
             except OSError as exc:
                 os.close(dup)
@@ -251,7 +255,8 @@ class LaneUpgrades:
         if result.tunnel is not None:
             os.close(call.fd)  # the thread's duplicate carries the tunnel
             route_id = call.upgrade.route.id
-            self.server.tunnels.upgraded(result.tunnel, route_id, endpoint)
+            assert call.series is not None
+            self.server.tunnels.upgraded(result.tunnel, call.series)
             self._done(call)
             self.upgraded += 1
             accounting = self.server.accounting
@@ -262,7 +267,7 @@ class LaneUpgrades:
         if result.failure in ("refused", "connect-timeout"):
             reason = "timeout" if result.failure == "connect-timeout" else "refused"
             self._dial_failed(call, endpoint, reason, os.strerror(result.errno) if result.errno else reason)
-            self._dial(call)
+            self._dial(call, self.server.tunnels.native_relay(self.loop))
             return
         self._done(call)
         if result.failure == "aborted":  # the relay stopped: the worker is going away

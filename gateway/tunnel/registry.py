@@ -55,7 +55,7 @@ class Tunnels:
         self._relay_failed = False
         self.sockmap = True  # the worker's `wsgate.sockmap-relay`, read when the relay thread starts
         self._announced = False
-        self._by_instance: dict[tuple[str, str], _Series] = {}
+        self._by_instance: dict[tuple[str, str], Series] = {}
 
     def __len__(self) -> int:
         return len(self._open)
@@ -89,13 +89,13 @@ class Tunnels:
         """The worker's relay thread, or None (not built, failed to start, or no loop given)."""
         return self._native(loop) if loop is not None else None
 
-    def _series(self, route_id: str, endpoint: Endpoint) -> _Series:
+    def _series(self, route_id: str, endpoint: Endpoint) -> Series:
         # Built once per route and instance: every upgrade counts into the same five series.
         series = self._by_instance.get((route_id, endpoint.address))
         if series is None:
             if len(self._by_instance) >= _MAX_SERIES:
                 self._by_instance.clear()
-            series = self._by_instance[(route_id, endpoint.address)] = _Series(self, route_id, endpoint)
+            series = self._by_instance[(route_id, endpoint.address)] = Series(self, route_id, endpoint)
         return series
 
     def _finisher(self, route_id: str, endpoint: Endpoint) -> Callable[[AnyTunnel], None]:
@@ -118,18 +118,14 @@ class Tunnels:
                           response_timeout_s=response_timeout_s, idle_timeout_s=idle_timeout_s,
                           on_upgraded=upgraded, on_done=self._finisher(route_id, endpoint))
 
-    def dial_fd(self, relay: NativeRelay, client_fd: int, endpoint: Endpoint, request: bytes, *, route_id: str,
-                idle_timeout_ms: int, connect_timeout_ms: int, response_timeout_ms: int,
-                ended: Callable[[DialResult], None]) -> None:
-        """`NativeRelay.dial_fd` for a route (the HTTP lane's upgrades); the caller counts a 101's tunnel as open
-        with `upgraded` when `ended` hears of it."""
-        relay.dial_fd(client_fd, endpoint.host, endpoint.port, request, connect_timeout_ms=connect_timeout_ms,
-                      response_timeout_ms=response_timeout_ms, idle_timeout_ms=idle_timeout_ms, ended=ended,
-                      on_done=self._series(route_id, endpoint).finished)
+    def series(self, route_id: str, endpoint: Endpoint) -> Series:
+        """What tunnels of `route_id` to `endpoint` count into: for a dial made elsewhere (the HTTP lane's upgrades,
+        `NativeRelay.dial_fd` with `on_done=series.finished`), which reports its tunnel with `upgraded`."""
+        return self._series(route_id, endpoint)
 
-    def upgraded(self, tunnel: NativeTunnel, route_id: str, endpoint: Endpoint) -> None:
-        """A tunnel `dial_fd` started is open (called before its end can be reported)."""
-        self._series(route_id, endpoint).opened()
+    def upgraded(self, tunnel: NativeTunnel, series: Series) -> None:
+        """A tunnel dialed for `series` is open (called before its end can be reported)."""
+        series.opened()
         self._open.add(tunnel)
 
     def start(self, client: Conn, upstream: Conn, *, route_id: str, endpoint: Endpoint,
@@ -166,7 +162,7 @@ class Tunnels:
 _MAX_SERIES = 4096  # (route, instance) pairs kept; past it the cache starts afresh
 
 
-class _Series:
+class Series:
     """What the tunnels of one route to one instance count into: the balancer's count and five metric series."""
 
     __slots__ = ("_active", "_balancer", "_down", "_metrics", "_open", "_up", "_upgrades", "endpoint")
