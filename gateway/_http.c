@@ -25,7 +25,8 @@
  *   K_TIMEOUT, K_CLOSED: the instance did not answer in time, or closed without answering (a pooled connection
  *          is first dialed afresh once, as Python does);
  *   K_HEAD_TIMEOUT: no complete head in time (408); K_LINGER: answered, close lingering (input left unread);
- *   K_UPGRADE: decide said it is a WebSocket upgrade the relay thread dials (the bytes are the head).
+ *   K_UPGRADE: decide said it is a WebSocket upgrade the relay thread dials (the client's bytes are the head, the
+ *          instance's the client's Sec-WebSocket-Key: decide saw WS_KEY_MARK in its place, see _http.h).
  * Finished requests are reported by `run()` as (token, status, body bytes, failed: 0, 1 timeout inside the
  * body, 2 instance closed inside the body, 3 client gone; when the head was complete) for the counters and the
  * access log. The token may be the same object for many requests (decide caches them).

@@ -54,9 +54,11 @@ void hand_back(Lane *l, hconn_t *c, int kind, size_t cin_from) {
     }
     lane_forget(l, c->cfd);
     lane_forget(l, c->ufd);
+    /* K_UPGRADE: the instance's bytes are the client's WebSocket key (decide saw the mark). */
+    PyObject *udata = kind == K_UPGRADE ? PyBytes_FromStringAndSize(c->wskey, (Py_ssize_t)c->wskey_len)
+                                        : bytes_of(&c->uin, 0);
     PyObject *item = Py_BuildValue("(iOiNiNdN)", kind, c->decision ? c->decision : Py_None, c->cfd,
-                                   bytes_of(&c->cin, cin_from), c->ufd, bytes_of(&c->uin, 0), c->started,
-                                   bytes_of(&c->extra, 0));
+                                   bytes_of(&c->cin, cin_from), c->ufd, udata, c->started, bytes_of(&c->extra, 0));
     if (item == NULL || PyList_Append(l->handbacks, item) != 0) {
         PyErr_Clear();  /* out of memory: the connection is lost, not leaked */
         close(c->cfd);
@@ -172,7 +174,7 @@ static int start_request(Lane *l, hconn_t *c) {
     c->head_used = start + head_len + 4;
     if (c->decision == NULL) {
         c->started = lane_now_s();
-        PyObject *raw = PyBytes_FromStringAndSize(c->cin.data + start, (Py_ssize_t)head_len);
+        PyObject *raw = head_for_decide(c, c->cin.data + start, head_len);
         PyObject *decision = raw ? PyObject_CallFunctionObjArgs(l->decide, raw, c->remote, NULL) : NULL;
         Py_XDECREF(raw);
         if (decision == NULL) PyErr_WriteUnraisable(l->decide);
@@ -190,10 +192,11 @@ static int start_request(Lane *l, hconn_t *c) {
         }
         Py_INCREF(token);
         c->decision = token;  /* what finished requests and hand-backs report */
-        if (upgrade) {
-            /* The relay thread dials it (Python's `lane_upgrades`); bytes after the head need the Python path. */
+        if (upgrade || c->wskey_len) {
+            /* The relay thread dials it (Python's `lane_upgrades`); bytes after the head need the Python path, and
+             * so does a plain request whose head carried a key (its request for the instance has the mark). */
             Py_DECREF(decision);
-            hand_back(l, c, c->cin.len == c->head_used ? K_UPGRADE : K_NEW, 0);
+            hand_back(l, c, upgrade && c->wskey_len && c->cin.len == c->head_used ? K_UPGRADE : K_NEW, 0);
             return -1;
         }
         Py_CLEAR(c->limit);

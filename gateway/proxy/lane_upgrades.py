@@ -2,9 +2,10 @@
 
 Why: an upgrade the lane handed back whole (K_NEW) cost about 580k instructions, 21 times nginx's: a uvloop
 transport for the client, the head parsed again, route, plan, a coroutine with its futures, then the relay's dial.
-Here `decide` recognises the upgrade, the routing decision is cached per head without its Sec-WebSocket-Key, the
-lane hands the descriptor back (K_UPGRADE), and `start` gives a duplicate of it to the relay thread's dial with the
-instance's request; Python hears of it again in the relay's completion event.
+Here the lane replaces the client's Sec-WebSocket-Key by `MARK` in the head `decide` gets, so the routing decision
+(`route`) is cached like any other; the lane hands the descriptor and the key back (K_UPGRADE), and `start` gives a
+duplicate of the descriptor to the relay thread's dial with the instance's request; Python hears of it again in
+the relay's completion event.
 
 An instance is picked per upgrade, as on the Python path: the balancer orders the instances each time (so `lb://`
 routes and least-connections counts work as there), and a refused or timed-out connect moves on to the next one.
@@ -18,10 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from gateway.config.model import RouteSpec
 from gateway.discovery.base import Endpoint
@@ -42,10 +42,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.server")
 
-_KEY_LINE = b"\r\nsec-websocket-key:"
-_MARK = b"wsgate-lane-key-0000000000=="  # stands for the client's key in a cached head and request
-_KEY = re.compile(rb"[A-Za-z0-9+/=]{1,64}")  # base64 (RFC 6455 4.1): nothing to escape when it is spliced in
-_MAX_CACHED = 64  # as the lane's decision cache (native_http._MAX_CACHED), for the same reason
+# Stands for the client's key in the head `decide` gets (the lane puts it there: WS_KEY_MARK in gateway/_http.h; the
+# lane checked the key is 1-64 base64 characters, nothing to escape) and in the instance's request kept per instance.
+MARK = b"wsgate-lane-key-0000000000=="
 
 
 class UpgradeRoute:
@@ -80,7 +79,7 @@ class UpgradeRoute:
                 plan.headers, upgrade=True, client_addr=self.remote, proto=self.scheme, prefix=plan.prefix,
                 preserve_host=plan.preserve_host,
                 upstream_authority=authority(endpoint.host, endpoint.port, target.scheme))
-            pieces = serialize_head(f"{self.head.method} {plan.target} HTTP/1.1", headers).split(_MARK)
+            pieces = serialize_head(f"{self.head.method} {plan.target} HTTP/1.1", headers).split(MARK)
             parts = self._requests[endpoint.address] = (pieces[0], pieces[1]) if len(pieces) == 2 else None
         return None if parts is None else parts[0] + key + parts[1]
 
@@ -88,12 +87,12 @@ class UpgradeRoute:
 class UpgradeCall:
     """One upgrade the lane hands over: its route, the client's key and head, and how far its dial got."""
 
-    __slots__ = ("_head", "_view", "endpoint", "fd", "key", "order", "raw", "series", "started", "upgrade")
+    __slots__ = ("_head", "_view", "data", "endpoint", "fd", "key", "order", "series", "started", "upgrade")
 
-    def __init__(self, upgrade: UpgradeRoute, key: bytes, raw: bytes) -> None:
+    def __init__(self, upgrade: UpgradeRoute, key: bytes, data: bytes) -> None:
         self.upgrade = upgrade
         self.key = key
-        self.raw = raw
+        self.data = data  # what the lane read from the client: the head, its CRLF CRLF, perhaps CRLFs before it
         self._head: RequestHead | None = None
         self._view: RequestView | None = None
         self.fd = -1  # the client's descriptor, once handed back
@@ -106,7 +105,7 @@ class UpgradeCall:
     def head(self) -> RequestHead:
         """The client's own head (its key, not the mark): for the access log and an answer other than a 101."""
         if self._head is None:
-            self._head = parse_request_head(self.raw)
+            self._head = parse_request_head(self.data.strip(b"\r\n"))
         return self._head
 
     @property
@@ -127,44 +126,13 @@ class LaneUpgrades:
         self.loop = loop
         self._fallback = fallback  # the Python path takes the connection whole (its head not answered yet)
         self._ended = ended  # a pending upgrade ended (the lane may have become empty)
-        self._routes: dict[tuple[bytes, str], UpgradeRoute | None] = {}
         self.pending: set[UpgradeCall] = set()
         self.upgraded = 0  # upgrades relayed this way (tests and benchmarks read it)
 
-    def clear(self) -> None:
-        """The routing state changed."""
-        self._routes.clear()
-
-    # -- decide: the lane's one call ------------------------------------------------------------------------
-    def decide(self, raw: bytes, remote: str, cacheable: bool) -> UpgradeCall | Literal["plain"] | None:
-        """For a head with one Sec-WebSocket-Key: the upgrade to hand over, or None for the Python path; "plain"
-        for any other head (decided as a plain request)."""
-        low = raw.lower()
-        at = low.find(_KEY_LINE)
-        if at < 0:
-            return "plain"
-        start = at + len(_KEY_LINE)
-        end = raw.find(b"\r\n", start)
-        if end < 0:
-            end = len(raw)
-        key = raw[start:end].strip(b" \t")
-        if not _KEY.fullmatch(key) or low.find(_KEY_LINE, end) >= 0:
-            return None
-        marked = b"%s %s%s" % (raw[:start], _MARK, raw[end:])
-        cache_key = (marked, remote)
-        try:
-            upgrade = self._routes[cache_key]
-        except KeyError:
-            upgrade = self._route(marked, remote)
-            if cacheable:
-                if len(self._routes) >= _MAX_CACHED:
-                    self._routes.clear()
-                self._routes[cache_key] = upgrade
-        return None if upgrade is None else UpgradeCall(upgrade, key, raw)
-
-    def _route(self, marked: bytes, remote: str) -> UpgradeRoute | None:
-        """The decision `GatewayServer.handle` and `forward` would make for the upgrade (None: not one this path
-        takes: the Python path decides it)."""
+    # -- decide: the lane's one call (through `NativeHttp.decide`, which caches what this returns) -------------
+    def route(self, marked: bytes, remote: str) -> UpgradeRoute | None:
+        """The decision `GatewayServer.handle` and `forward` would make for an upgrade whose key the lane replaced
+        by `MARK` (None: not one this path takes; the Python path decides it)."""
         server = self.server
         try:
             head = parse_request_head(marked)
@@ -194,10 +162,12 @@ class LaneUpgrades:
                             route.metadata.idle_timeout_s or server.settings.idle_timeout_s)
 
     # -- the hand-over ---------------------------------------------------------------------------------------
-    def start(self, call: UpgradeCall, fd: int, started: float) -> None:
-        """The lane handed the client's descriptor over: order the instances and dial the first."""
+    def start(self, upgrade: UpgradeRoute, fd: int, data: bytes, key: bytes, started: float) -> None:
+        """The lane handed the client's descriptor over (`data`: what it read, the head; `key`: the client's
+        Sec-WebSocket-Key): order the instances and dial the first."""
+        call = UpgradeCall(upgrade, key, data)
         call.fd, call.started = fd, started
-        server, upgrade = self.server, call.upgrade
+        server = self.server
         target = upgrade.target
         relay = server.tunnels.native_relay(self.loop)
         try:

@@ -32,7 +32,7 @@ from gateway.proxy.http import JOIN_MAX_BYTES
 from gateway.proxy.httpparse import Framing, RequestHead, parse_request_head, request_framing, serialize_head
 from gateway.proxy.lane_shapes import Refusal as _Refusal
 from gateway.proxy.lane_shapes import Shape, make_shape, shape_prefixes, split_path
-from gateway.proxy.lane_upgrades import LaneUpgrades, UpgradeCall
+from gateway.proxy.lane_upgrades import MARK, LaneUpgrades, UpgradeCall, UpgradeRoute
 from gateway.proxy.responses import error_body, rate_limit_refusal, simple_response
 from gateway.ratelimit.bucket import bucket_keys, lane_script_call, rate_limit_headers, resolve_key
 from gateway.ratelimit.redis import TOKEN_BUCKET_SHA, RedisRateLimiter
@@ -58,7 +58,7 @@ K_UPGRADE = -1 if _http is None else _http.K_UPGRADE
 LaneLimit = tuple[bytes, bytes, bytes, bytes, bytes, int, int]
 Decision = tuple["Decided", bytes, int, int, int, bool, bool, int, int, LaneLimit | None]
 # An upgrade the relay thread dials (`Lane` hands its connection back as K_UPGRADE): only the first and last count.
-UpgradeDecision = tuple[UpgradeCall, bytes, int, int, int, bool, bool, int, int, None, bool]
+UpgradeDecision = tuple[UpgradeRoute, bytes, int, int, int, bool, bool, int, int, None, bool]
 # Decisions kept per worker (the cache starts afresh when full). Small on purpose: entries that outlive a garbage
 # collection reach the old generation and make full collections come more often. With every request's path its
 # own (`python -m bench.http`, chain `unique`), p99 was 16.8 ms at 4096 entries, 7.1 ms at 512, 2.3 ms at 64; the
@@ -184,7 +184,7 @@ class NativeHttp:
                                max_head_bytes=settings.max_head_bytes)
         self.lane.max_connections = settings.max_connections
         self.empty: asyncio.Future[None] | None = None  # set when the lane has no connection left while draining
-        self._cache: dict[tuple[bytes, str], Decision] = {}
+        self._cache: dict[tuple[bytes, str], Decision | UpgradeDecision] = {}
         self._cache_state: RoutingState | None = None
         self._cacheable = False
         # Per (head without its path, client address): shapes of decisions made for one path, for the others.
@@ -233,7 +233,6 @@ class NativeHttp:
             self._cache_state = state
             self._cache.clear()
             self._shapes.clear()
-            self.upgrades.clear()
             self._cacheable = deterministic(state.table)
             self._prefixes = shape_prefixes(state.table.routes) if self._cacheable else {}
         key = (raw, remote)
@@ -247,9 +246,17 @@ class NativeHttp:
             decision = self._shaped(raw, remote)
             if decision is not None:
                 return decision
-        upgrade = self.upgrades.decide(raw, remote, self._cacheable)
-        if upgrade != "plain":  # a WebSocket upgrade: the relay thread dials it (gateway/proxy/lane_upgrades.py)
-            return None if upgrade is None else (upgrade, b"", 0, 0, 0, False, False, 0, 0, None, True)
+        if MARK in raw:  # a WebSocket upgrade: the relay thread dials it (gateway/proxy/lane_upgrades.py)
+            upgrade = self.upgrades.route(raw, remote)
+            if upgrade is None:
+                return None
+            # Cached for any route: the instance is picked per upgrade (`LaneUpgrades.start`), not here.
+            decided: UpgradeDecision = (upgrade, b"", 0, 0, 0, False, False, 0, 0, None, True)
+            if self._cacheable:
+                if len(self._cache) >= _MAX_CACHED:
+                    self._cache.clear()
+                self._cache[key] = decided
+            return decided
         decision = self._decide(raw, remote)
         if decision is not None and self._cacheable and decision[0].target.service is None:
             # A limited decision's key (client address, a header, the Basic user) is in the cache key too.
@@ -426,8 +433,8 @@ class NativeHttp:
                 else:
                     add_series(decided.bytes_key, nbytes)
         for kind, decided, cfd, cdata, ufd, udata, started, limited in handbacks:
-            if kind == K_UPGRADE:
-                self.upgrades.start(decided, cfd, started)
+            if kind == K_UPGRADE:  # `udata` is the client's key then
+                self.upgrades.start(decided, cfd, cdata, udata, started)
             else:
                 self.loop.create_task(self._handed_back(kind, decided, cfd, cdata, ufd, udata, started, limited))
         self._maybe_empty()
@@ -435,8 +442,7 @@ class NativeHttp:
     def _upgrade_fallback(self, call: UpgradeCall) -> None:
         """An upgrade the relay thread cannot dial after all: the Python path takes its connection whole."""
         assert _http is not None
-        self.loop.create_task(self._handed_back(_http.K_NEW, None, call.fd, call.raw + b"\r\n\r\n", -1, b"",
-                                                call.started, b""))
+        self.loop.create_task(self._handed_back(_http.K_NEW, None, call.fd, call.data, -1, b"", call.started, b""))
 
     async def _handed_back(self, kind: int, decided: Decided | None, cfd: int, cdata: bytes, ufd: int,
                            udata: bytes, started: float, limited: bytes) -> None:

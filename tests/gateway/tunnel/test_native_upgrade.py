@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -23,6 +24,8 @@ from gateway.discovery.base import Endpoint
 from gateway.discovery.static import StaticProvider
 from gateway.model import BalancerChoice, Balancing, RouteMetadata
 from gateway.proxy import native_http
+from gateway.routing.table import RouteTable
+from gateway.routing.targets import RoutingState
 from gateway.tunnel import native as native_relay
 from gateway.tunnel.native import NativeTunnel
 from tests.gateway.conftest import RunningGateway, StartGateway, StartUpstream, config, route
@@ -390,3 +393,36 @@ async def test_native_upgrade_with_bytes_after_the_head_goes_the_python_way(star
     finally:
         writer.close()
     assert lane_upgraded(gw) == 0
+
+
+async def test_native_upgrade_writes_its_access_log_line(start_upstream: StartUpstream, start_gateway: StartGateway,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    port = await start_upstream()
+    gw = await start_gateway(config(route("ws", f"ws://127.0.0.1:{port}", ["Path=/**"]), access_log=True))
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        async with aiohttp.ClientSession() as session, session.ws_connect(f"{gw.ws_url}/ws?v=1") as ws:
+            await ws.send_str("ping")
+            assert (await ws.receive()).data == "ping"
+    lines = [r.getMessage() for r in caplog.records if r.name == "gateway.access"]
+    assert any(f'"GET /ws HTTP/1.1" 101 route=ws instance=127.0.0.1:{port}' in line for line in lines), lines
+
+
+async def test_native_upgrade_follows_a_reload(start_upstream: StartUpstream, start_gateway: StartGateway) -> None:
+    one, two = await start_upstream("one"), await start_upstream("two")
+    gw = await start_gateway(config(route("ws", f"ws://127.0.0.1:{one}", ["Path=/**"])))
+
+    async def upstream_name() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        try:
+            writer.write(upgrade_head())  # the same head each time: a cached decision must not outlive the reload
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 101 ")
+            return next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"x-upstream:"))
+        finally:
+            writer.close()
+
+    assert await upstream_name() == b"one"
+    cfg = config(route("ws", f"ws://127.0.0.1:{two}", ["Path=/**"]), native_http=gw.server.settings.native_http)
+    gw.server.state = RoutingState(cfg, RouteTable(cfg))
+    assert await upstream_name() == b"two"
