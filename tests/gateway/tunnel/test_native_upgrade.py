@@ -426,3 +426,15 @@ async def test_native_upgrade_follows_a_reload(start_upstream: StartUpstream, st
     cfg = config(route("ws", f"ws://127.0.0.1:{two}", ["Path=/**"]), native_http=gw.server.settings.native_http)
     gw.server.state = RoutingState(cfg, RouteTable(cfg))
     assert await upstream_name() == b"two"
+
+
+async def test_native_upgrade_a_plain_get_with_a_key_keeps_its_key(start_upstream: StartUpstream,
+                                                                  start_gateway: StartGateway) -> None:
+    port = await start_upstream()
+    gw = await start_gateway(config(route("ws", f"ws://127.0.0.1:{port}", ["Path=/**"])))
+    for key in ("dGhlIHNhbXBsZSBub25jZQ==", "AAAAAAAAAAAAAAAAAAAAAA=="):  # no Upgrade: an ordinary request
+        async with aiohttp.ClientSession() as session, session.get(f"{gw.url}/plain",
+                                                                   headers={"Sec-WebSocket-Key": key}) as response:
+            assert response.status == 200
+            headers = {name.lower(): value for name, value in (await response.json())["headers"]}
+            assert headers["sec-websocket-key"] == key
