@@ -21,12 +21,14 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from gateway.config.model import RouteSpec
 from gateway.discovery.base import Endpoint
 from gateway.errors import GatewayError, NoInstance
 from gateway.model import Balancing, ForwardPlan, RequestView
+from gateway.ops.metrics import Labels
 from gateway.proxy import policies
 from gateway.proxy.client_conn import ClientConn
 from gateway.proxy.exchange import CLOSE, Exchange, Outcome
@@ -51,11 +53,12 @@ class UpgradeRoute:
     """How upgrades with one head (but for the key) from one address are routed: kept while the routing state
     stays and its routes are deterministic; the instance's request is kept per instance, cut where the key goes."""
 
-    __slots__ = ("_requests", "connect_ms", "head", "idle_ms", "literal", "plan", "remote", "response_ms", "route",
-                 "scheme", "target", "view")
+    __slots__ = ("_requests", "connect_ms", "counted", "head", "idle_ms", "literal", "plan", "remote", "response_ms",
+                 "route", "scheme", "target", "view")
 
     def __init__(self, head: RequestHead, view: RequestView, route: RouteSpec, plan: ForwardPlan,
-                 target: RouteTarget, idle_timeout_s: float | None) -> None:
+                 target: RouteTarget, idle_timeout_s: float | None, counted: tuple[str, Labels]) -> None:
+        self.counted = counted  # wsgate_requests_total for a 101 on this route
         self.head = head
         self.view = view
         self.remote = view.remote_addr
@@ -128,6 +131,7 @@ class LaneUpgrades:
         self._ended = ended  # a pending upgrade ended (the lane may have become empty)
         self.pending: set[UpgradeCall] = set()
         self.upgraded = 0  # upgrades relayed this way (tests and benchmarks read it)
+        self._relay: NativeRelay | None = None  # the worker's relay thread, once asked for
 
     # -- decide: the lane's one call (through `NativeHttp.decide`, which caches what this returns) -------------
     def route(self, marked: bytes, remote: str) -> UpgradeRoute | None:
@@ -159,7 +163,8 @@ class LaneUpgrades:
         if not target.native_dial:
             return None
         return UpgradeRoute(head, view, route, plan, target,
-                            route.metadata.idle_timeout_s or server.settings.idle_timeout_s)
+                            route.metadata.idle_timeout_s or server.settings.idle_timeout_s,
+                            server.accounting.count_key(route.id, 101))
 
     # -- the hand-over ---------------------------------------------------------------------------------------
     def start(self, upgrade: UpgradeRoute, fd: int, data: bytes, key: bytes, started: float) -> None:
@@ -169,7 +174,9 @@ class LaneUpgrades:
         call.fd, call.started = fd, started
         server = self.server
         target = upgrade.target
-        relay = server.tunnels.native_relay(self.loop)
+        relay = self._relay
+        if relay is None or relay.closed:
+            relay = self._relay = server.tunnels.native_relay(self.loop)
         try:
             endpoints = server.dialer.endpoints(target)
         except GatewayError:
@@ -202,7 +209,7 @@ class LaneUpgrades:
                 call.series = series = server.tunnels.series(upgrade.route.id, endpoint)
                 relay.dial_fd(dup, endpoint.host, endpoint.port, request, connect_timeout_ms=upgrade.connect_ms,
                               response_timeout_ms=upgrade.response_ms, idle_timeout_ms=upgrade.idle_ms,
-                              ended=lambda result: self._dialed(call, result), on_done=series.finished)
+                              ended=partial(self._dialed, call), on_done=series.finished)
                 return
             except OSError as exc:
                 os.close(dup)
@@ -222,17 +229,20 @@ class LaneUpgrades:
         """How the relay thread's dial ended (from its completion reader)."""
         endpoint = call.endpoint
         assert endpoint is not None
-        if result.tunnel is not None:
+        tunnel = result.tunnel
+        if tunnel is not None:
             os.close(call.fd)  # the thread's duplicate carries the tunnel
-            route_id = call.upgrade.route.id
+            upgrade, server = call.upgrade, self.server
             assert call.series is not None
-            self.server.tunnels.upgraded(result.tunnel, call.series)
-            self._done(call)
+            server.tunnels.upgraded(tunnel, call.series)
+            self.pending.discard(call)
+            if not self.pending:
+                self._ended()
             self.upgraded += 1
-            accounting = self.server.accounting
-            accounting.count(route_id, 101)
-            if self.server.settings.access_log:
-                accounting.log(call.upgrade.remote, call.head, 101, route_id, endpoint.address, call.started)
+            server.metrics.add_series(upgrade.counted)
+            if server.settings.access_log:
+                server.accounting.log(upgrade.remote, call.head, 101, upgrade.route.id, endpoint.address,
+                                      call.started)
             return
         if result.failure in ("refused", "connect-timeout"):
             reason = "timeout" if result.failure == "connect-timeout" else "refused"

@@ -310,6 +310,11 @@ class NativeRelay:
             if conn.transport is not None and not conn.transport.is_closing():
                 conn.transport.resume_reading()
 
+    @property
+    def closed(self) -> bool:
+        """Whether `close` ran (the thread is stopped: dials are refused)."""
+        return self._closed
+
     def stats(self) -> dict[str, int]:
         """The thread's counters (`gateway._relay.Relay.stats`): live tunnels, those handed to the kernel ..."""
         return self._relay.stats()
