@@ -35,6 +35,7 @@ from gateway.proxy.exchange import CLOSE, Exchange, Outcome
 from gateway.proxy.headers import authority, upstream_request_headers
 from gateway.proxy.httpparse import Framing, RequestHead, parse_request_head, request_framing, serialize_head
 from gateway.proxy.responses import error_body, simple_response
+from gateway.routing.table import RouteMatch
 from gateway.routing.targets import RouteTarget, ip_literal
 from gateway.tunnel.native import DialResult, NativeRelay, ms
 from gateway.tunnel.registry import Series
@@ -47,6 +48,21 @@ log = logging.getLogger("gateway.server")
 # Stands for the client's key in the head `decide` gets (the lane puts it there: WS_KEY_MARK in gateway/_http.h; the
 # lane checked the key is 1-64 base64 characters, nothing to escape) and in the instance's request kept per instance.
 MARK = b"wsgate-lane-key-0000000000=="
+
+
+def lane_route(server: GatewayServer, view: RequestView) -> tuple[RouteMatch, ForwardPlan] | None:
+    """The match and plan of a request the lane may carry, or None for the Python path: no route, a plugin filter,
+    a plan that fails, response headers to edit or a policy (Retry, CircuitBreaker ...)."""
+    match = server.state.table.match(view)
+    if match is None or match.has_plugins:
+        return None
+    try:
+        plan = match.plan(view)
+    except GatewayError:
+        return None
+    if plan.response_headers or policies.needed(match.route, plan):
+        return None
+    return match, plan
 
 
 class UpgradeRoute:
@@ -147,18 +163,10 @@ class LaneUpgrades:
         if framing is not Framing.NONE or head.method != "GET" or path == "/actuator" or path.startswith("/actuator/"):
             return None
         view = RequestView(head.method, path, query, head.headers, remote, server.scheme)
-        if not view.is_websocket:
+        routed = lane_route(server, view) if view.is_websocket else None
+        if routed is None or routed[1].rate_limits:
             return None
-        match = server.state.table.match(view)
-        if match is None or match.has_plugins:
-            return None
-        route = match.route
-        try:
-            plan = match.plan(view)
-        except GatewayError:
-            return None
-        if plan.rate_limits or plan.response_headers or policies.needed(route, plan):
-            return None
+        route, plan = routed[0].route, routed[1]
         target = server.route_target(route)
         if not target.native_dial:
             return None

@@ -24,7 +24,6 @@ from gateway.discovery.base import Endpoint
 from gateway.errors import BadGateway, GatewayError, RequestTimeout, UpstreamTimeout
 from gateway.model import ForwardPlan, RateLimit, RequestView
 from gateway.ops.metrics import Labels, series_key
-from gateway.proxy import policies
 from gateway.proxy.client_conn import ClientConn
 from gateway.proxy.exchange import CLOSE, Exchange, Outcome
 from gateway.proxy.headers import authority, upstream_request_headers
@@ -32,7 +31,7 @@ from gateway.proxy.http import JOIN_MAX_BYTES
 from gateway.proxy.httpparse import Framing, RequestHead, parse_request_head, request_framing, serialize_head
 from gateway.proxy.lane_shapes import Refusal as _Refusal
 from gateway.proxy.lane_shapes import Shape, make_shape, shape_prefixes, split_path
-from gateway.proxy.lane_upgrades import MARK, LaneUpgrades, UpgradeCall, UpgradeRoute
+from gateway.proxy.lane_upgrades import MARK, LaneUpgrades, UpgradeCall, UpgradeRoute, lane_route
 from gateway.proxy.responses import error_body, rate_limit_refusal, simple_response
 from gateway.ratelimit.bucket import bucket_keys, lane_script_call, rate_limit_headers, resolve_key
 from gateway.ratelimit.redis import TOKEN_BUCKET_SHA, RedisRateLimiter
@@ -326,16 +325,11 @@ class NativeHttp:
         if path == "/actuator" or path.startswith("/actuator/"):
             return None
         view = RequestView(head.method, path, query, head.headers, remote, server.scheme)
-        match = server.state.table.match(view)
-        if match is None or match.has_plugins:
+        routed = lane_route(server, view)
+        if routed is None or routed[1].body_edits:
             return None
+        match, plan = routed
         route = match.route
-        try:
-            plan = match.plan(view)
-        except GatewayError:
-            return None
-        if plan.response_headers or plan.body_edits or policies.needed(route, plan):
-            return None
         limit = None
         if plan.rate_limits:
             limit = self._lane_limit(route.id, plan.rate_limits, view, head, framing)
