@@ -438,3 +438,18 @@ async def test_native_upgrade_a_plain_get_with_a_key_keeps_its_key(start_upstrea
             assert response.status == 200
             headers = {name.lower(): value for name, value in (await response.json())["headers"]}
             assert headers["sec-websocket-key"] == key
+
+
+async def test_native_upgrade_hashing_reads_each_clients_own_head(start_upstream: StartUpstream,
+                                                                  start_gateway: StartGateway) -> None:
+    one, two = await start_upstream("one"), await start_upstream("two")
+    provider = StaticProvider({"svc": (Endpoint("127.0.0.1", one), Endpoint("127.0.0.1", two))})
+    sticky = RouteMetadata(balancer=BalancerChoice(Balancing.HASH, "header:X-User"))
+    gw = await start_gateway(config(route("ws", "lb:ws://svc", ["Path=/**"], metadata=sticky)), provider=provider)
+    seen: dict[str, set[str]] = {}
+    async with aiohttp.ClientSession() as session:
+        for user in ("alice", "bob", "carol", "dave") * 3:
+            async with session.ws_connect(f"{gw.ws_url}/ws", headers={"X-User": user}) as ws:
+                seen.setdefault(user, set()).add(ws._response.headers["X-Upstream"])
+    assert all(len(names) == 1 for names in seen.values())
+    assert set().union(*seen.values()) == {"one", "two"}  # the users spread: the hash read each one's header
