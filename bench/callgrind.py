@@ -1,6 +1,7 @@
 """Instructions per WebSocket handshake and per proxied HTTP request, counted by `valgrind --tool=callgrind`.
 
     python -m bench.callgrind [--handshakes 200] [--requests 1000] [--native-http] [--unique] [--json OUT]
+                              [--keep DIR]
 
 CPU seconds on a shared machine move with the neighbours' load; instruction counts do not (the same binary, inputs
 and environment give the same count), so this is the figure to compare before and after a change.
@@ -215,11 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--native-http", action="store_true", help="the gateway with wsgate.native-http on")
     parser.add_argument("--unique", action="store_true",
                         help="every HTTP request with a path of its own (what the lane's decision cache cannot serve)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="run in this folder and keep it: the callgrind dumps, for callgrind_annotate")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-callgrind-") as tmp:
-        group = ProcessGroup(Path(tmp))
+        workdir = Path(tmp) if args.keep is None else args.keep
+        workdir.mkdir(parents=True, exist_ok=True)
+        group = ProcessGroup(workdir)
         try:
-            result = asyncio.run(run(args, group, Path(tmp)))
+            result = asyncio.run(run(args, group, workdir))
         finally:
             group.stop_all()
     if args.json is not None:

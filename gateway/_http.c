@@ -6,7 +6,10 @@
  * of keep-alive connections to instances; `Lane.run()` does the I/O of every ready descriptor in C, and calls
  * Python once per request head: `decide(head, remote)`, which routes and applies the filters and returns a tuple
  * (token, request head bytes for the instance, IPv4 address as an int in network order, port, body length,
- * keep the client connection, the response has no body (HEAD), connect timeout ms, response timeout ms), or None.
+ * keep the client connection, the response has no body (HEAD), connect timeout ms, response timeout ms[, rate
+ * limit, upgrade]), or None. With `upgrade` true the rest is unused: the connection goes back at once as K_UPGRADE
+ * (Python gives the descriptor to the relay thread's dial, gateway/proxy/lane_upgrades.py), or as K_NEW when
+ * bytes follow the head.
  *
  * What the lane does: read a head, send it with its body (a Content-Length body already read whole) to a
  * pooled or new connection, read the response head, pass on a response whose body has a Content-Length (hop-by-
@@ -21,7 +24,9 @@
  *   K_RESPONSE: a response head the lane does not relay (1xx, chunked, until close, malformed, too large);
  *   K_TIMEOUT, K_CLOSED: the instance did not answer in time, or closed without answering (a pooled connection
  *          is first dialed afresh once, as Python does);
- *   K_HEAD_TIMEOUT: no complete head in time (408); K_LINGER: answered, close lingering (input left unread).
+ *   K_HEAD_TIMEOUT: no complete head in time (408); K_LINGER: answered, close lingering (input left unread);
+ *   K_UPGRADE: decide said it is a WebSocket upgrade the relay thread dials (the client's bytes are the head, the
+ *          instance's the client's Sec-WebSocket-Key: decide saw WS_KEY_MARK in its place, see _http.h).
  * Finished requests are reported by `run()` as (token, status, body bytes, failed: 0, 1 timeout inside the
  * body, 2 instance closed inside the body, 3 client gone; when the head was complete) for the counters and the
  * access log. The token may be the same object for many requests (decide caches them).
@@ -262,7 +267,7 @@ PyMODINIT_FUNC PyInit__http(void) {
     static const struct { const char *name; int value; } constants[] = {
         {"K_NEW", K_NEW}, {"K_FORWARD", K_FORWARD}, {"K_RESPONSE", K_RESPONSE}, {"K_TIMEOUT", K_TIMEOUT},
         {"K_CLOSED", K_CLOSED}, {"K_HEAD_TIMEOUT", K_HEAD_TIMEOUT}, {"K_LINGER", K_LINGER},
-        {"K_LIMIT_TIMEOUT", K_LIMIT_TIMEOUT},
+        {"K_LIMIT_TIMEOUT", K_LIMIT_TIMEOUT}, {"K_UPGRADE", K_UPGRADE},
     };
     for (size_t k = 0; k < sizeof(constants) / sizeof(constants[0]); k++) {
         if (PyModule_AddIntConstant(module, constants[k].name, constants[k].value) < 0) {

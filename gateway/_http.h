@@ -18,12 +18,16 @@
 #define RESPONSE_HEAD_LIMIT (64 * 1024)   /* http.MAX_RESPONSE_HEAD_BYTES: a longer head goes back to Python */
 #define POOL_PER_INSTANCE 32              /* http.UpstreamPool's max_idle_per_instance */
 #define POOL_IDLE_MS 30000                /* and its idle_expiry_s */
+/* What a WebSocket key is replaced with in the head `decide` sees (gateway/proxy/lane_upgrades.py's _MARK): the
+ * same upgrade from any client then has the same head, and its decision is cached like any other. */
+#define WS_KEY_MARK "wsgate-lane-key-0000000000=="
+#define WS_KEY_MAX 64
 
 /* What a connection is doing. */
 enum { H_IDLE, H_LIMIT, H_UPSTREAM, H_BODY, H_CLOSE };  /* H_LIMIT: waiting for Redis's answer */
 
 /* Why a connection goes back to Python (the kinds of `Lane.run()`'s hand-backs, see _http.c). */
-enum { K_NEW, K_FORWARD, K_RESPONSE, K_TIMEOUT, K_CLOSED, K_HEAD_TIMEOUT, K_LINGER, K_LIMIT_TIMEOUT };
+enum { K_NEW, K_FORWARD, K_RESPONSE, K_TIMEOUT, K_CLOSED, K_HEAD_TIMEOUT, K_LINGER, K_LIMIT_TIMEOUT, K_UPGRADE };
 
 /* What a descriptor is, by fd (epoll reports the fd; its owner is looked up here). */
 enum { SLOT_FREE, SLOT_LISTEN, SLOT_TIMER, SLOT_CLIENT, SLOT_UPSTREAM, SLOT_POOL, SLOT_REDIS };
@@ -56,6 +60,8 @@ typedef struct hconn {
     PyObject *limit;            /* the decision's rate limit (see _http_redis.c), or NULL */
     buf_t extra;                /* response header lines the lane adds (X-RateLimit-*) */
     double started;             /* CLOCK_MONOTONIC seconds (Python's time.monotonic()) when the head was complete */
+    char wskey[WS_KEY_MAX];     /* the head's Sec-WebSocket-Key when decide saw WS_KEY_MARK instead */
+    size_t wskey_len;           /* 0: the head went to decide as it came */
     struct hconn *prev, *next;
 } hconn_t;
 
@@ -111,7 +117,9 @@ void pool_event(Lane *l, int fd);
 void lane_pool_clear(Lane *l);
 int take_response(hconn_t *c, size_t len);
 int bare_cr_or_lf(const char *p, size_t len);
+PyObject *head_for_decide(hconn_t *c, const char *head, size_t len);
 int flush_to(int fd, int *ready, buf_t *b, size_t *off);
+int lane_dial(Lane *l, hconn_t *c);
 
 /* _http_io.c */
 void lane_accept(Lane *l);

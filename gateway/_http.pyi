@@ -11,6 +11,7 @@ K_CLOSED: int
 K_HEAD_TIMEOUT: int
 K_LINGER: int
 K_LIMIT_TIMEOUT: int
+K_UPGRADE: int
 
 class Lane:
     max_connections: int

@@ -54,9 +54,11 @@ void hand_back(Lane *l, hconn_t *c, int kind, size_t cin_from) {
     }
     lane_forget(l, c->cfd);
     lane_forget(l, c->ufd);
+    /* K_UPGRADE: the instance's bytes are the client's WebSocket key (decide saw the mark). */
+    PyObject *udata = kind == K_UPGRADE ? PyBytes_FromStringAndSize(c->wskey, (Py_ssize_t)c->wskey_len)
+                                        : bytes_of(&c->uin, 0);
     PyObject *item = Py_BuildValue("(iOiNiNdN)", kind, c->decision ? c->decision : Py_None, c->cfd,
-                                   bytes_of(&c->cin, cin_from), c->ufd, bytes_of(&c->uin, 0), c->started,
-                                   bytes_of(&c->extra, 0));
+                                   bytes_of(&c->cin, cin_from), c->ufd, udata, c->started, bytes_of(&c->extra, 0));
     if (item == NULL || PyList_Append(l->handbacks, item) != 0) {
         PyErr_Clear();  /* out of memory: the connection is lost, not leaked */
         close(c->cfd);
@@ -138,34 +140,6 @@ static int flush_client(hconn_t *c) {
     return rc;
 }
 
-static int dial(Lane *l, hconn_t *c) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -1;
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));  /* http.keep_alive's settings */
-    int idle = 15, interval = 5, count = 3;
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count));
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(c->port)};
-    addr.sin_addr.s_addr = c->ip;
-    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0 && errno != EINPROGRESS) {
-        close(fd);
-        return -1;
-    }
-    if (lane_watch(l, fd, SLOT_UPSTREAM, c) != 0) {
-        close(fd);
-        return -1;
-    }
-    c->ufd = fd;
-    c->urd = c->uwr = 0;
-    c->connecting = 1;
-    c->reused = 0;
-    c->deadline_ms = c->connect_ms ? lane_now_ms() + c->connect_ms : 0;
-    return 0;
-}
-
 static void sent_request(Lane *l, hconn_t *c) {
     (void)l;
     c->deadline_ms = c->response_ms ? lane_now_ms() + c->response_ms : 0;
@@ -200,17 +174,17 @@ static int start_request(Lane *l, hconn_t *c) {
     c->head_used = start + head_len + 4;
     if (c->decision == NULL) {
         c->started = lane_now_s();
-        PyObject *raw = PyBytes_FromStringAndSize(c->cin.data + start, (Py_ssize_t)head_len);
+        PyObject *raw = head_for_decide(c, c->cin.data + start, head_len);
         PyObject *decision = raw ? PyObject_CallFunctionObjArgs(l->decide, raw, c->remote, NULL) : NULL;
         Py_XDECREF(raw);
         if (decision == NULL) PyErr_WriteUnraisable(l->decide);
         unsigned int ip = 0, port = 0;
         unsigned long long body_len = 0, connect_ms = 0, response_ms = 0;
-        int keep = 0, no_body = 0;
+        int keep = 0, no_body = 0, upgrade = 0;
         PyObject *token, *request, *limit = Py_None;
         if (decision == NULL || decision == Py_None
-            || !PyArg_ParseTuple(decision, "OSIIKppKK|O", &token, &request, &ip, &port, &body_len, &keep, &no_body,
-                                 &connect_ms, &response_ms, &limit)) {
+            || !PyArg_ParseTuple(decision, "OSIIKppKK|Op", &token, &request, &ip, &port, &body_len, &keep, &no_body,
+                                 &connect_ms, &response_ms, &limit, &upgrade)) {
             PyErr_Clear();
             Py_XDECREF(decision);
             hand_back(l, c, K_NEW, 0);
@@ -218,6 +192,13 @@ static int start_request(Lane *l, hconn_t *c) {
         }
         Py_INCREF(token);
         c->decision = token;  /* what finished requests and hand-backs report */
+        if (upgrade || c->wskey_len) {
+            /* The relay thread dials it (Python's `lane_upgrades`); bytes after the head need the Python path, and
+             * so does a plain request whose head carried a key (its request for the instance has the mark). */
+            Py_DECREF(decision);
+            hand_back(l, c, upgrade && c->wskey_len && c->cin.len == c->head_used ? K_UPGRADE : K_NEW, 0);
+            return -1;
+        }
         Py_CLEAR(c->limit);
         if (limit != Py_None) {
             Py_INCREF(limit);
@@ -280,7 +261,7 @@ int lane_dispatch(Lane *l, hconn_t *c) {
         c->reused = 1;
         c->urd = 0;  /* an idle pooled connection had nothing to read */
         c->uwr = 1;
-    } else if (dial(l, c) != 0) {
+    } else if (lane_dial(l, c) != 0) {
         hand_back(l, c, K_FORWARD, c->head_used);
         return -1;
     }
@@ -295,7 +276,7 @@ static int upstream_failed(Lane *l, hconn_t *c) {
         c->ufd = -1;
         c->retried = 1;
         c->req_off = 0;
-        if (dial(l, c) == 0) return 0;
+        if (lane_dial(l, c) == 0) return 0;
         hand_back(l, c, K_FORWARD, 0);
         return -1;
     }

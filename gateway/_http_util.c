@@ -1,7 +1,10 @@
 /* The native HTTP lane's helpers: buffers, descriptors, the upstream pool and response heads (see _http.c). */
 #include "_http.h"
 
+#include <ctype.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -92,6 +95,48 @@ int bare_cr_or_lf(const char *p, size_t len) {
         if (p[k] == '\r' && k + 1 < len && p[k + 1] != '\n') return 1;
     }
     return 0;
+}
+
+/* The value of a head's one Sec-WebSocket-Key line (1-64 base64 characters): 0 and where it is, or -1 when there is
+ * none, more than one or another value (the head then goes to decide as it came). */
+static int ws_key_at(const char *head, size_t len, size_t *at, size_t *vlen) {
+    static const char name[] = "\r\nsec-websocket-key:";
+    const size_t name_len = sizeof(name) - 1;
+    const char *end = head + len, *p = head;
+    int found = 0;
+    while ((p = memmem(p, (size_t)(end - p), "\r\n", 2)) != NULL) {
+        if ((size_t)(end - p) >= name_len && strncasecmp(p, name, name_len) == 0) {
+            if (found++) return -1;
+            const char *v = p + name_len, *e = memmem(v, (size_t)(end - v), "\r\n", 2);
+            if (e == NULL) e = end;
+            while (v < e && (*v == ' ' || *v == '\t')) v++;
+            while (e > v && (e[-1] == ' ' || e[-1] == '\t')) e--;
+            if (e == v || e - v > WS_KEY_MAX) return -1;
+            for (const char *k = v; k < e; k++)
+                if (!(isalnum((unsigned char)*k) || *k == '+' || *k == '/' || *k == '=')) return -1;
+            *at = (size_t)(v - head);
+            *vlen = (size_t)(e - v);
+        }
+        p += 2;
+    }
+    return found ? 0 : -1;
+}
+
+/* The head as decide gets it: a WebSocket key replaced by WS_KEY_MARK (kept in c->wskey to splice back). */
+PyObject *head_for_decide(hconn_t *c, const char *head, size_t len) {
+    size_t at, vlen;
+    c->wskey_len = 0;
+    if (ws_key_at(head, len, &at, &vlen) != 0) return PyBytes_FromStringAndSize(head, (Py_ssize_t)len);
+    const size_t mark_len = sizeof(WS_KEY_MARK) - 1;
+    PyObject *raw = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(len - vlen + mark_len));
+    if (raw == NULL) return NULL;
+    char *out = PyBytes_AS_STRING(raw);
+    memcpy(out, head, at);
+    memcpy(out + at, WS_KEY_MARK, mark_len);
+    memcpy(out + at + mark_len, head + at + vlen, len - at - vlen);
+    memcpy(c->wskey, head + at, vlen);
+    c->wskey_len = vlen;
+    return raw;
 }
 
 /* Send what is pending for fd from b (its first *off bytes already sent); -1 on an error. */
@@ -249,5 +294,34 @@ int take_response(hconn_t *c, size_t len) {
     c->remaining = no_body ? 0 : (uint64_t)length;
     c->nbytes = c->remaining;
     c->upstream_keep = keep_upstream;
+    return 0;
+}
+
+/* A new connection to the request's instance, registered for the lane; -1 when it cannot be made. */
+int lane_dial(Lane *l, hconn_t *c) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));  /* http.keep_alive's settings */
+    int idle = 15, interval = 5, count = 3;
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count));
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(c->port)};
+    addr.sin_addr.s_addr = c->ip;
+    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0 && errno != EINPROGRESS) {
+        close(fd);
+        return -1;
+    }
+    if (lane_watch(l, fd, SLOT_UPSTREAM, c) != 0) {
+        close(fd);
+        return -1;
+    }
+    c->ufd = fd;
+    c->urd = c->uwr = 0;
+    c->connecting = 1;
+    c->reused = 0;
+    c->deadline_ms = c->connect_ms ? lane_now_ms() + c->connect_ms : 0;
     return 0;
 }

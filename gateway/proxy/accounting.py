@@ -30,13 +30,17 @@ class Accounting:
 
     def count(self, route: str, status: int) -> None:
         """One answer with `status` on `route` (`-` before a route was chosen)."""
+        self.metrics.add_series(self.count_key(route, status))
+
+    def count_key(self, route: str, status: int) -> tuple[str, Labels]:
+        """The series `count` adds to (for a caller that keeps it: `Metrics.add_series`)."""
         key = self._request_keys.get((route, status))
         if key is None:
             if len(self._request_keys) >= _MAX_CACHED_KEYS:
                 self._request_keys.clear()
             key = self._request_keys[(route, status)] = series_key("wsgate_requests_total", route=route,
                                                                    status=str(status))
-        self.metrics.add_series(key)
+        return key
 
     def log(self, remote: str, head: RequestHead, status: int, route: str, instance: str, started: float) -> None:
         """One access-log line (when the log is on)."""

@@ -187,3 +187,21 @@ def make_shape(prefixes: tuple[str, ...], chain: Iterable[GatewayFilter], method
     shape = Shape((prefix + "/").encode("latin-1"), head, forwarded_path[:len(forwarded_path) - len(rest)],
                   request[len(head) + len(forwarded_path):])
     return shape if shape.request(path.encode("latin-1")) == request else None
+
+
+class Refusal:
+    """A limited shape's refusal for any plain path: the body names the path, and Content-Length counts it. A plain
+    path needs no JSON escaping, and `NativeHttp._keep_shape` checks the rebuilt refusal against a whole rendering."""
+
+    MARK = "/_lane_refusal_path_"  # JSON leaves it as it is, and nothing else in the body contains it
+    __slots__ = ("after", "before", "head_end", "head_start", "headers")
+
+    def __init__(self, head: bytes, tail: bytes) -> None:
+        headers_end = tail.index(b"\r\n\r\n") + 4
+        self.headers, body = tail[:headers_end], tail[headers_end:]
+        self.before, _, self.after = body.partition(self.MARK.encode("latin-1"))
+        self.head_start, _, self.head_end = head.partition(b"Content-Length: %d\r\n" % len(body))
+
+    def render(self, path: bytes) -> tuple[bytes, bytes]:
+        body = self.before + path + self.after
+        return self.head_start + b"Content-Length: %d\r\n" % len(body) + self.head_end, self.headers + body

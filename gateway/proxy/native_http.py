@@ -24,13 +24,14 @@ from gateway.discovery.base import Endpoint
 from gateway.errors import BadGateway, GatewayError, RequestTimeout, UpstreamTimeout
 from gateway.model import ForwardPlan, RateLimit, RequestView
 from gateway.ops.metrics import Labels, series_key
-from gateway.proxy import policies
 from gateway.proxy.client_conn import ClientConn
 from gateway.proxy.exchange import CLOSE, Exchange, Outcome
 from gateway.proxy.headers import authority, upstream_request_headers
 from gateway.proxy.http import JOIN_MAX_BYTES
 from gateway.proxy.httpparse import Framing, RequestHead, parse_request_head, request_framing, serialize_head
+from gateway.proxy.lane_shapes import Refusal as _Refusal
 from gateway.proxy.lane_shapes import Shape, make_shape, shape_prefixes, split_path
+from gateway.proxy.lane_upgrades import MARK, LaneUpgrades, UpgradeCall, UpgradeRoute, lane_route
 from gateway.proxy.responses import error_body, rate_limit_refusal, simple_response
 from gateway.ratelimit.bucket import bucket_keys, lane_script_call, rate_limit_headers, resolve_key
 from gateway.ratelimit.redis import TOKEN_BUCKET_SHA, RedisRateLimiter
@@ -48,12 +49,15 @@ except ImportError:  # built without a C compiler
     _http = None
 
 log = logging.getLogger("gateway.server")
+K_UPGRADE = -1 if _http is None else _http.K_UPGRADE
 
 # A rate limit the lane runs itself (gateway/_http_redis.c): the EVALSHA command before and after ARGV[3] (now),
 # the X-RateLimit-* lines after Remaining for an allowed request, the refusal's bytes before and after its
 # Remaining line, the refusal's status, and the limiter's timeout in ms.
 LaneLimit = tuple[bytes, bytes, bytes, bytes, bytes, int, int]
 Decision = tuple["Decided", bytes, int, int, int, bool, bool, int, int, LaneLimit | None]
+# An upgrade the relay thread dials (`Lane` hands its connection back as K_UPGRADE): only the first and last count.
+UpgradeDecision = tuple[UpgradeRoute, bytes, int, int, int, bool, bool, int, int, None, bool]
 # Decisions kept per worker (the cache starts afresh when full). Small on purpose: entries that outlive a garbage
 # collection reach the old generation and make full collections come more often. With every request's path its
 # own (`python -m bench.http`, chain `unique`), p99 was 16.8 ms at 4096 entries, 7.1 ms at 512, 2.3 ms at 64; the
@@ -160,24 +164,6 @@ class Decided:
         return self._plan
 
 
-class _Refusal:
-    """A limited shape's refusal for any plain path: the body names the path, and Content-Length counts it. A plain
-    path needs no JSON escaping, and `_keep_shape` checks the rebuilt refusal against a whole rendering."""
-
-    MARK = "/_lane_refusal_path_"  # JSON leaves it as it is, and nothing else in the body contains it
-    __slots__ = ("after", "before", "head_end", "head_start", "headers")
-
-    def __init__(self, head: bytes, tail: bytes) -> None:
-        headers_end = tail.index(b"\r\n\r\n") + 4
-        self.headers, body = tail[:headers_end], tail[headers_end:]
-        self.before, _, self.after = body.partition(self.MARK.encode("latin-1"))
-        self.head_start, _, self.head_end = head.partition(b"Content-Length: %d\r\n" % len(body))
-
-    def render(self, path: bytes) -> tuple[bytes, bytes]:
-        body = self.before + path + self.after
-        return self.head_start + b"Content-Length: %d\r\n" % len(body) + self.head_end, self.headers + body
-
-
 def deterministic(table: RouteTable) -> bool:
     """Whether every route's predicates decide by the request head and the client's address alone (no time or
     weight predicate): then the same head from the same address is routed and filtered the same way again."""
@@ -197,7 +183,7 @@ class NativeHttp:
                                max_head_bytes=settings.max_head_bytes)
         self.lane.max_connections = settings.max_connections
         self.empty: asyncio.Future[None] | None = None  # set when the lane has no connection left while draining
-        self._cache: dict[tuple[bytes, str], Decision] = {}
+        self._cache: dict[tuple[bytes, str], Decision | UpgradeDecision] = {}
         self._cache_state: RoutingState | None = None
         self._cacheable = False
         # Per (head without its path, client address): shapes of decisions made for one path, for the others.
@@ -205,6 +191,7 @@ class NativeHttp:
         self._prefixes: dict[str, tuple[str, ...]] = {}
         self.shaped = 0  # decisions derived from a shape (tests and benchmarks read it)
         self._redis_address: tuple[str, int] | None = None  # what the lane was told (`Lane.redis`)
+        self.upgrades = LaneUpgrades(server, loop, fallback=self._upgrade_fallback, ended=self._maybe_empty)
         loop.add_reader(self.lane.fileno(), self._run)
 
     def listen(self, sock: socket.socket) -> None:
@@ -213,20 +200,25 @@ class NativeHttp:
         self.lane.listen(sock.detach())
 
     def count(self) -> int:
-        return int(self.lane.count())
+        """The lane's connections, and the upgrades whose relay dial has not ended."""
+        return int(self.lane.count()) + len(self.upgrades.pending)
 
     def drain(self) -> None:
         """Stop accepting; idle connections close now, the others after their answer."""
         self.lane.drain()
-        if self.lane.count():
+        if self.count():
             self.empty = self.loop.create_future()
+
+    def _maybe_empty(self) -> None:
+        if self.empty is not None and not self.empty.done() and not self.count():
+            self.empty.set_result(None)
 
     def close(self) -> None:
         self.loop.remove_reader(self.lane.fileno())
         self.lane.close()
 
     # -- the one Python call per request ------------------------------------------------------------------
-    def decide(self, raw: bytes, remote: str) -> Decision | None:
+    def decide(self, raw: bytes, remote: str) -> Decision | UpgradeDecision | None:
         """The lane's request as the instance gets it, or None for the Python path (see the module's comment).
 
         Decisions are cached by (head, client address) while the routing state stays and its routes are
@@ -253,6 +245,17 @@ class NativeHttp:
             decision = self._shaped(raw, remote)
             if decision is not None:
                 return decision
+        if MARK in raw:  # a WebSocket upgrade: the relay thread dials it (gateway/proxy/lane_upgrades.py)
+            upgrade = self.upgrades.route(raw, remote)
+            if upgrade is None:
+                return None
+            # Cached for any route: the instance is picked per upgrade (`LaneUpgrades.start`), not here.
+            decided: UpgradeDecision = (upgrade, b"", 0, 0, 0, False, False, 0, 0, None, True)
+            if self._cacheable:
+                if len(self._cache) >= _MAX_CACHED:
+                    self._cache.clear()
+                self._cache[key] = decided
+            return decided
         decision = self._decide(raw, remote)
         if decision is not None and self._cacheable and decision[0].target.service is None:
             # A limited decision's key (client address, a header, the Basic user) is in the cache key too.
@@ -322,16 +325,11 @@ class NativeHttp:
         if path == "/actuator" or path.startswith("/actuator/"):
             return None
         view = RequestView(head.method, path, query, head.headers, remote, server.scheme)
-        match = server.state.table.match(view)
-        if match is None or match.has_plugins:
+        routed = lane_route(server, view)
+        if routed is None or routed[1].body_edits:
             return None
+        match, plan = routed
         route = match.route
-        try:
-            plan = match.plan(view)
-        except GatewayError:
-            return None
-        if plan.response_headers or plan.body_edits or policies.needed(route, plan):
-            return None
         limit = None
         if plan.rate_limits:
             limit = self._lane_limit(route.id, plan.rate_limits, view, head, framing)
@@ -409,7 +407,7 @@ class NativeHttp:
             self.lane.configure(head_timeout_ms=_ms(settings.head_timeout_s), max_head_bytes=settings.max_head_bytes)
             self.lane.max_connections = settings.max_connections
         lane = self.lane
-        lane.outside = len(server.connections) + len(server.tunnels)
+        lane.outside = len(server.connections) + len(server.tunnels) + len(self.upgrades.pending)
         done, handbacks = lane.run()
         if done:
             accounting, add_series = server.accounting, server.metrics.add_series
@@ -429,9 +427,16 @@ class NativeHttp:
                 else:
                     add_series(decided.bytes_key, nbytes)
         for kind, decided, cfd, cdata, ufd, udata, started, limited in handbacks:
-            self.loop.create_task(self._handed_back(kind, decided, cfd, cdata, ufd, udata, started, limited))
-        if self.empty is not None and not self.empty.done() and not self.lane.count():
-            self.empty.set_result(None)
+            if kind == K_UPGRADE:  # `udata` is the client's key then
+                self.upgrades.start(decided, cfd, cdata, udata, started)
+            else:
+                self.loop.create_task(self._handed_back(kind, decided, cfd, cdata, ufd, udata, started, limited))
+        self._maybe_empty()
+
+    def _upgrade_fallback(self, call: UpgradeCall) -> None:
+        """An upgrade the relay thread cannot dial after all: the Python path takes its connection whole."""
+        assert _http is not None
+        self.loop.create_task(self._handed_back(_http.K_NEW, None, call.fd, call.data, -1, b"", call.started, b""))
 
     async def _handed_back(self, kind: int, decided: Decided | None, cfd: int, cdata: bytes, ufd: int,
                            udata: bytes, started: float, limited: bytes) -> None:

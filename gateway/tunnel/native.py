@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from gateway.ops.tasks import TaskSupervisor
 from gateway.proxy.conn import Conn
@@ -43,9 +43,9 @@ except ImportError:  # built without a compiler, or not on Linux
     _relay = None
 
 
-@dataclass(frozen=True, slots=True)
-class DialResult:
-    """How a `NativeRelay.dial` ended: exactly one of `tunnel`, `failure` or `upstream_fd` is set."""
+class DialResult(NamedTuple):
+    """How a `NativeRelay.dial` ended: exactly one of `tunnel`, `failure` or `upstream_fd` is set. (A named tuple:
+    one is made per upgrade, and a frozen dataclass costs an `object.__setattr__` per field.)"""
 
     tunnel: NativeTunnel | None = None
     failure: str | None = None  # "refused", "connect-timeout", "response-timeout", "closed", "aborted"
@@ -59,7 +59,7 @@ _FAILURES: dict[int, str] = {} if _relay is None else {
     _relay.FAIL_RESPONSE_TIMEOUT: "response-timeout", _relay.FAIL_CLOSED: "closed", _relay.FAIL_ABORTED: "aborted"}
 
 
-def _ms(seconds: float | None) -> int:
+def ms(seconds: float | None) -> int:
     """A timeout for the thread in whole milliseconds (0: none); a positive one never rounds down to none."""
     return max(1, round(seconds * 1000)) if seconds and seconds > 0 else 0
 
@@ -149,6 +149,7 @@ class NativeRelay:
         self.sockmap, self.sockmap_why = self._relay.sockmap()
         self._tunnels: dict[int, NativeTunnel] = {}
         self._dials: dict[int, _Dial] = {}
+        self._fd_dials: dict[int, tuple[NativeTunnel, Callable[[DialResult], None]]] = {}
         self._closed = False
         self._backlog: deque[tuple[int, int, int, int, bytes | None]] = deque()
         fd = self._relay.fileno()
@@ -188,7 +189,7 @@ class NativeRelay:
         to_upstream, to_client = bytes(client.buffer), bytes(upstream.buffer)
         try:
             tunnel_id = self._relay.add(fds[0], fds[1], to_client, to_upstream,
-                                        idle_timeout_ms=_ms(idle_timeout_s))
+                                        idle_timeout_ms=ms(idle_timeout_s))
         except (OSError, RuntimeError, MemoryError, ValueError) as exc:
             for fd in fds:
                 os.close(fd)
@@ -232,8 +233,8 @@ class NativeRelay:
             return None
         try:
             tunnel_id = self._relay.dial(
-                dup, host, port, request, connect_timeout_ms=max(1, _ms(connect_timeout_s)),
-                response_timeout_ms=_ms(response_timeout_s), idle_timeout_ms=_ms(idle_timeout_s))
+                dup, host, port, request, connect_timeout_ms=max(1, ms(connect_timeout_s)),
+                response_timeout_ms=ms(response_timeout_s), idle_timeout_ms=ms(idle_timeout_s))
         except BaseException:
             os.close(dup)
             raise
@@ -244,9 +245,37 @@ class NativeRelay:
         future.add_done_callback(lambda f: self.command_abort(tunnel_id) if f.cancelled() else None)
         return future
 
+    def dial_fd(self, client_fd: int, host: str, port: int, request: bytes, *, connect_timeout_ms: int,
+                response_timeout_ms: int, idle_timeout_ms: int,
+                ended: Callable[[DialResult], None], on_done: Callable[[NativeTunnel], None]) -> None:
+        """`dial` for a client the event loop holds no transport for (the HTTP lane's, gateway/proxy/lane_upgrades.py).
+
+        The thread owns `client_fd` once this returns (pass a duplicate to keep the connection past a failure).
+        `ended` gets the outcome from the completion reader, and nothing is paused or resumed: a tunnel (the 101
+        went to the client), a failure, or the instance's descriptor with a head to answer. OSError when the
+        connect fails at once, RuntimeError when the relay is closed (`client_fd` stays the caller's then). The
+        timeouts are in milliseconds (`ms`), worked out once per route by the caller; 0: none.
+        """
+        if self._closed:
+            raise RuntimeError("the relay is closed")
+        tunnel_id = self._relay.dial(client_fd, host, port, request, connect_timeout_ms=connect_timeout_ms,
+                                     response_timeout_ms=response_timeout_ms, idle_timeout_ms=idle_timeout_ms)
+        self._fd_dials[tunnel_id] = (NativeTunnel(self, tunnel_id, self._loop.create_future(), on_done), ended)
+
     def _dial_ended(self, tunnel_id: int, kind: int, a: int, b: int, data: bytes | None) -> None:
-        dial = self._dials.pop(tunnel_id, None)
         assert _relay is not None
+        fd_dial = self._fd_dials.pop(tunnel_id, None)
+        if fd_dial is not None:
+            tunnel, ended = fd_dial
+            if kind == _relay.EV_UPGRADED:
+                self._tunnels[tunnel_id] = tunnel
+                ended(DialResult(tunnel=tunnel))
+            elif kind == _relay.EV_HEAD:
+                ended(DialResult(upstream_fd=a, head=data or b""))
+            else:
+                ended(DialResult(failure=_FAILURES.get(a, "aborted"), errno=b))
+            return
+        dial = self._dials.pop(tunnel_id, None)
         if kind == _relay.EV_UPGRADED:
             if dial is None:
                 return
@@ -280,6 +309,11 @@ class NativeRelay:
         for conn in (client, upstream):
             if conn.transport is not None and not conn.transport.is_closing():
                 conn.transport.resume_reading()
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` ran (the thread is stopped: dials are refused)."""
+        return self._closed
 
     def stats(self) -> dict[str, int]:
         """The thread's counters (`gateway._relay.Relay.stats`): live tunnels, those handed to the kernel ..."""
@@ -320,7 +354,7 @@ class NativeRelay:
             tunnel.finish(*tunnel.nbytes)
         self._tunnels.clear()
         assert _relay is not None
-        for tunnel_id in list(self._dials):  # the thread stopped before it reported these
+        for tunnel_id in [*self._dials, *self._fd_dials]:  # the thread stopped before it reported these
             self._dial_ended(tunnel_id, _relay.EV_FAILED, _relay.FAIL_ABORTED, 0, None)
 
 

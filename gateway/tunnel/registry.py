@@ -1,7 +1,8 @@
 """The open tunnels of one worker: handed to the native relay thread when possible, relayed in Python otherwise.
 
 `Tunnels.start` is called with both connections right after the 101 has been written to the client;
-`Tunnels.dial` lets the relay thread dial the instance and forward its 101 itself. Either way this keeps the
+`Tunnels.dial` lets the relay thread dial the instance and forward its 101 itself (`dial_fd`: for a client
+connection the native HTTP lane hands over, without a transport). Either way this keeps the
 balancer's per-instance counts and the tunnel metrics (upgrades, active tunnels, bytes each way) and forgets a
 tunnel when it ends. The native relay thread (an epoll fd, two eventfds and a thread) starts when the worker
 process listens (`prepare`; never in the supervisor that forks the workers) and stops in `close_all`.
@@ -17,7 +18,7 @@ import logging
 from collections.abc import Callable, Iterator
 
 from gateway.discovery.base import Endpoint
-from gateway.ops.metrics import Metrics
+from gateway.ops.metrics import Metrics, series_key
 from gateway.ops.tasks import TaskSupervisor
 from gateway.proxy.conn import Conn
 from gateway.routing.balancer import Balancer
@@ -54,6 +55,7 @@ class Tunnels:
         self._relay_failed = False
         self.sockmap = True  # the worker's `wsgate.sockmap-relay`, read when the relay thread starts
         self._announced = False
+        self._by_instance: dict[tuple[str, str], Series] = {}
 
     def __len__(self) -> int:
         return len(self._open)
@@ -87,23 +89,20 @@ class Tunnels:
         """The worker's relay thread, or None (not built, failed to start, or no loop given)."""
         return self._native(loop) if loop is not None else None
 
+    def _series(self, route_id: str, endpoint: Endpoint) -> Series:
+        # Built once per route and instance: every upgrade counts into the same five series.
+        series = self._by_instance.get((route_id, endpoint.address))
+        if series is None:
+            if len(self._by_instance) >= _MAX_SERIES:
+                self._by_instance.clear()
+            series = self._by_instance[(route_id, endpoint.address)] = Series(self, route_id, endpoint)
+        return series
+
     def _finisher(self, route_id: str, endpoint: Endpoint) -> Callable[[AnyTunnel], None]:
-        metrics = self._metrics
-
-        def finished(tunnel: AnyTunnel) -> None:
-            self._open.discard(tunnel)
-            self._balancer.release(endpoint)
-            up, down = tunnel.nbytes
-            metrics.add("wsgate_active_tunnels", -1, route=route_id)
-            metrics.add("wsgate_tunnel_bytes_total", up, route=route_id, direction="upstream")
-            metrics.add("wsgate_tunnel_bytes_total", down, route=route_id, direction="downstream")
-
-        return finished
+        return self._series(route_id, endpoint).finished
 
     def _opened(self, route_id: str, endpoint: Endpoint) -> None:
-        self._balancer.acquire(endpoint)
-        self._metrics.add("wsgate_upgrades_total", 1, route=route_id, instance=endpoint.address)
-        self._metrics.add("wsgate_active_tunnels", 1, route=route_id)
+        self._series(route_id, endpoint).opened()
 
     def dial(self, relay: NativeRelay, client: Conn, endpoint: Endpoint, request: bytes, *, route_id: str,
              idle_timeout_s: float | None, connect_timeout_s: float,
@@ -118,6 +117,16 @@ class Tunnels:
         return relay.dial(client, endpoint.host, endpoint.port, request, connect_timeout_s=connect_timeout_s,
                           response_timeout_s=response_timeout_s, idle_timeout_s=idle_timeout_s,
                           on_upgraded=upgraded, on_done=self._finisher(route_id, endpoint))
+
+    def series(self, route_id: str, endpoint: Endpoint) -> Series:
+        """What tunnels of `route_id` to `endpoint` count into: for a dial made elsewhere (the HTTP lane's upgrades,
+        `NativeRelay.dial_fd` with `on_done=series.finished`), which reports its tunnel with `upgraded`."""
+        return self._series(route_id, endpoint)
+
+    def upgraded(self, tunnel: NativeTunnel, series: Series) -> None:
+        """A tunnel dialed for `series` is open (called before its end can be reported)."""
+        series.opened()
+        self._open.add(tunnel)
 
     def start(self, client: Conn, upstream: Conn, *, route_id: str, endpoint: Endpoint,
               idle_timeout_s: float | None, native: bool, loop: asyncio.AbstractEventLoop | None) -> AnyTunnel:
@@ -148,3 +157,36 @@ class Tunnels:
                 tunnel.abort()
         if self._relay is not None:
             self._relay.close()
+
+
+_MAX_SERIES = 4096  # (route, instance) pairs kept; past it the cache starts afresh
+
+
+class Series:
+    """What the tunnels of one route to one instance count into: the balancer's count and five metric series."""
+
+    __slots__ = ("_active", "_balancer", "_down", "_metrics", "_open", "_up", "_upgrades", "endpoint")
+
+    def __init__(self, tunnels: Tunnels, route_id: str, endpoint: Endpoint) -> None:
+        self._open = tunnels._open
+        self._balancer = tunnels._balancer
+        self._metrics = tunnels._metrics
+        self.endpoint = endpoint
+        self._upgrades = series_key("wsgate_upgrades_total", route=route_id, instance=endpoint.address)
+        self._active = series_key("wsgate_active_tunnels", route=route_id)
+        self._up = series_key("wsgate_tunnel_bytes_total", route=route_id, direction="upstream")
+        self._down = series_key("wsgate_tunnel_bytes_total", route=route_id, direction="downstream")
+
+    def opened(self) -> None:
+        self._balancer.acquire(self.endpoint)
+        self._metrics.add_series(self._upgrades)
+        self._metrics.add_series(self._active)
+
+    def finished(self, tunnel: AnyTunnel) -> None:
+        self._open.discard(tunnel)
+        self._balancer.release(self.endpoint)
+        up, down = tunnel.nbytes
+        metrics = self._metrics
+        metrics.add_series(self._active, -1)
+        metrics.add_series(self._up, up)
+        metrics.add_series(self._down, down)

@@ -1,0 +1,313 @@
+"""WebSocket upgrades the native HTTP lane hands straight to the relay thread's dial: no client transport, no task.
+
+Why: an upgrade the lane handed back whole (K_NEW) cost about 580k instructions, 21 times nginx's: a uvloop
+transport for the client, the head parsed again, route, plan, a coroutine with its futures, then the relay's dial.
+Here the lane replaces the client's Sec-WebSocket-Key by `MARK` in the head `decide` gets, so the routing decision
+(`route`) is cached like any other; the lane hands the descriptor and the key back (K_UPGRADE), and `start` gives a
+duplicate of the descriptor to the relay thread's dial with the instance's request; Python hears of it again in
+the relay's completion event.
+
+An instance is picked per upgrade, as on the Python path: the balancer orders the instances each time (so `lb://`
+routes and least-connections counts work as there), and a refused or timed-out connect moves on to the next one.
+Anything else is the Python path's: a request it cannot decide here goes back whole (`fallback`), and an
+instance's answer other than a 101, a response timeout or a close become a `ClientConn` served from there on
+(`NativeHttp.resume_upgrade`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
+
+from gateway.config.model import RouteSpec
+from gateway.discovery.base import Endpoint
+from gateway.errors import GatewayError, NoInstance
+from gateway.model import Balancing, ForwardPlan, RequestView
+from gateway.ops.metrics import Labels
+from gateway.proxy import policies
+from gateway.proxy.client_conn import ClientConn
+from gateway.proxy.exchange import CLOSE, Exchange, Outcome
+from gateway.proxy.headers import authority, upstream_request_headers
+from gateway.proxy.httpparse import Framing, RequestHead, parse_request_head, request_framing, serialize_head
+from gateway.proxy.responses import error_body, simple_response
+from gateway.routing.table import RouteMatch
+from gateway.routing.targets import RouteTarget, ip_literal
+from gateway.tunnel.native import DialResult, NativeRelay, ms
+from gateway.tunnel.registry import Series
+
+if TYPE_CHECKING:
+    from gateway.proxy.server import GatewayServer
+
+log = logging.getLogger("gateway.server")
+
+# Stands for the client's key in the head `decide` gets (the lane puts it there: WS_KEY_MARK in gateway/_http.h; the
+# lane checked the key is 1-64 base64 characters, nothing to escape) and in the instance's request kept per instance.
+MARK = b"wsgate-lane-key-0000000000=="
+
+
+def lane_route(server: GatewayServer, view: RequestView) -> tuple[RouteMatch, ForwardPlan] | None:
+    """The match and plan of a request the lane may carry, or None for the Python path: no route, a plugin filter,
+    a plan that fails, response headers to edit or a policy (Retry, CircuitBreaker ...)."""
+    match = server.state.table.match(view)
+    if match is None or match.has_plugins:
+        return None
+    try:
+        plan = match.plan(view)
+    except GatewayError:
+        return None
+    if plan.response_headers or policies.needed(match.route, plan):
+        return None
+    return match, plan
+
+
+class UpgradeRoute:
+    """How upgrades with one head (but for the key) from one address are routed: kept while the routing state
+    stays and its routes are deterministic; the instance's request is kept per instance, cut where the key goes."""
+
+    __slots__ = ("_requests", "connect_ms", "counted", "head", "idle_ms", "literal", "plan", "remote", "response_ms",
+                 "route", "scheme", "target", "view")
+
+    def __init__(self, head: RequestHead, view: RequestView, route: RouteSpec, plan: ForwardPlan,
+                 target: RouteTarget, idle_timeout_s: float | None, counted: tuple[str, Labels]) -> None:
+        self.counted = counted  # wsgate_requests_total for a 101 on this route
+        self.head = head
+        self.view = view
+        self.remote = view.remote_addr
+        self.scheme = view.scheme
+        self.route = route
+        self.plan = plan
+        self.target = target
+        self.idle_ms = ms(idle_timeout_s)  # the relay thread's timeouts, worked out once
+        self.connect_ms = max(1, ms(target.relay_connect_s))
+        self.response_ms = ms(target.response_timeout_s)
+        self._requests: dict[str, tuple[bytes, bytes] | None] = {}  # by instance address (an Endpoint hashes slowly)
+        self.literal: tuple[Endpoint, ...] | None = None  # the instances last seen, when all are IP addresses
+
+    def request(self, endpoint: Endpoint, key: bytes) -> bytes | None:
+        """The instance's request with the client's key, or None when the marked key does not show exactly once."""
+        try:
+            parts = self._requests[endpoint.address]
+        except KeyError:
+            plan, target = self.plan, self.target
+            headers = upstream_request_headers(
+                plan.headers, upgrade=True, client_addr=self.remote, proto=self.scheme, prefix=plan.prefix,
+                preserve_host=plan.preserve_host,
+                upstream_authority=authority(endpoint.host, endpoint.port, target.scheme))
+            pieces = serialize_head(f"{self.head.method} {plan.target} HTTP/1.1", headers).split(MARK)
+            parts = self._requests[endpoint.address] = (pieces[0], pieces[1]) if len(pieces) == 2 else None
+        return None if parts is None else parts[0] + key + parts[1]
+
+
+class UpgradeCall:
+    """One upgrade the lane hands over: its route, the client's key and head, and how far its dial got."""
+
+    __slots__ = ("_head", "_view", "data", "endpoint", "fd", "key", "order", "series", "started", "upgrade")
+
+    def __init__(self, upgrade: UpgradeRoute, key: bytes, data: bytes) -> None:
+        self.upgrade = upgrade
+        self.key = key
+        self.data = data  # what the lane read from the client: the head, its CRLF CRLF, perhaps CRLFs before it
+        self._head: RequestHead | None = None
+        self._view: RequestView | None = None
+        self.fd = -1  # the client's descriptor, once handed back
+        self.started = 0.0
+        self.order: list[Endpoint] = []  # the instances still to try, in the balancer's order
+        self.endpoint: Endpoint | None = None  # the one being dialed
+        self.series: Series | None = None  # what its tunnel counts into
+
+    @property
+    def head(self) -> RequestHead:
+        """The client's own head (its key, not the mark): for the access log and an answer other than a 101."""
+        if self._head is None:
+            self._head = parse_request_head(self.data.strip(b"\r\n"))
+        return self._head
+
+    @property
+    def view(self) -> RequestView:
+        if self._view is None:
+            head, base = self.head, self.upgrade.view
+            self._view = RequestView(head.method, base.raw_path, base.query, head.headers, base.remote_addr,
+                                     base.scheme)
+        return self._view
+
+
+class LaneUpgrades:
+    """The upgrades of one worker's lane: their routing cache, and those whose dial has not ended (`pending`)."""
+
+    def __init__(self, server: GatewayServer, loop: asyncio.AbstractEventLoop, *,
+                 fallback: Callable[[UpgradeCall], None], ended: Callable[[], None]) -> None:
+        self.server = server
+        self.loop = loop
+        self._fallback = fallback  # the Python path takes the connection whole (its head not answered yet)
+        self._ended = ended  # a pending upgrade ended (the lane may have become empty)
+        self.pending: set[UpgradeCall] = set()
+        self.upgraded = 0  # upgrades relayed this way (tests and benchmarks read it)
+        self._relay: NativeRelay | None = None  # the worker's relay thread, once asked for
+
+    # -- decide: the lane's one call (through `NativeHttp.decide`, which caches what this returns) -------------
+    def route(self, marked: bytes, remote: str) -> UpgradeRoute | None:
+        """The decision `GatewayServer.handle` and `forward` would make for an upgrade whose key the lane replaced
+        by `MARK` (None: not one this path takes; the Python path decides it)."""
+        server = self.server
+        try:
+            head = parse_request_head(marked)
+            framing, _ = request_framing(head)
+        except GatewayError:
+            return None
+        path, _, query = head.target.partition("?")
+        if framing is not Framing.NONE or head.method != "GET" or path == "/actuator" or path.startswith("/actuator/"):
+            return None
+        view = RequestView(head.method, path, query, head.headers, remote, server.scheme)
+        routed = lane_route(server, view) if view.is_websocket else None
+        if routed is None or routed[1].rate_limits:
+            return None
+        route, plan = routed[0].route, routed[1]
+        target = server.route_target(route)
+        if not target.native_dial:
+            return None
+        return UpgradeRoute(head, view, route, plan, target,
+                            route.metadata.idle_timeout_s or server.settings.idle_timeout_s,
+                            server.accounting.count_key(route.id, 101))
+
+    # -- the hand-over ---------------------------------------------------------------------------------------
+    def start(self, upgrade: UpgradeRoute, fd: int, data: bytes, key: bytes, started: float) -> None:
+        """The lane handed the client's descriptor over (`data`: what it read, the head; `key`: the client's
+        Sec-WebSocket-Key): order the instances and dial the first."""
+        call = UpgradeCall(upgrade, key, data)
+        call.fd, call.started = fd, started
+        server = self.server
+        target = upgrade.target
+        relay = self._relay
+        if relay is None or relay.closed:
+            relay = self._relay = server.tunnels.native_relay(self.loop)
+        try:
+            endpoints = server.dialer.endpoints(target)
+        except GatewayError:
+            endpoints = ()
+        if endpoints is not upgrade.literal:  # discovery's tuple stays the same object while nothing changes
+            upgrade.literal = endpoints if endpoints and all(ip_literal(e.host) for e in endpoints) else None
+        if relay is None or upgrade.literal is None:
+            self._fallback(call)  # as `GatewayServer._upgrade_native` would: the ordinary way
+            return
+        view = call.view if target.choice.algorithm is Balancing.HASH else upgrade.view
+        call.order = server.balancer.order(target.name, endpoints, target.choice, view)
+        call.order.reverse()  # popped from the end
+        self.pending.add(call)
+        self._dial(call, relay)
+
+    def _dial(self, call: UpgradeCall, relay: NativeRelay | None) -> None:
+        server, upgrade = self.server, call.upgrade
+        target = upgrade.target
+        while call.order and relay is not None:
+            endpoint = call.endpoint = call.order.pop()
+            request = upgrade.request(endpoint, call.key)
+            try:
+                dup = os.dup(call.fd)  # the thread closes its copy when the dial fails; ours stays for an answer
+            except OSError as exc:
+                log.warning("cannot hand a handshake to the native relay: %s", exc)
+                break
+            try:
+                if request is None:
+                    raise RuntimeError("the key does not show once in the instance's request")
+                call.series = series = server.tunnels.series(upgrade.route.id, endpoint)
+                relay.dial_fd(dup, endpoint.host, endpoint.port, request, connect_timeout_ms=upgrade.connect_ms,
+                              response_timeout_ms=upgrade.response_ms, idle_timeout_ms=upgrade.idle_ms,
+                              ended=partial(self._dialed, call), on_done=series.finished)
+                return
+            except OSError as exc:
+                os.close(dup)
+                self._dial_failed(call, endpoint, "refused", exc)
+            except (RuntimeError, ValueError):
+                os.close(dup)
+                break
+        else:
+            if relay is not None:
+                self._done(call)
+                self._answer(call, None, NoInstance(target.name))
+                return
+        self._done(call)
+        self._fallback(call)
+
+    def _dialed(self, call: UpgradeCall, result: DialResult) -> None:
+        """How the relay thread's dial ended (from its completion reader)."""
+        endpoint = call.endpoint
+        assert endpoint is not None
+        tunnel = result.tunnel
+        if tunnel is not None:
+            os.close(call.fd)  # the thread's duplicate carries the tunnel
+            upgrade, server = call.upgrade, self.server
+            assert call.series is not None
+            server.tunnels.upgraded(tunnel, call.series)
+            self.pending.discard(call)
+            if not self.pending:
+                self._ended()
+            self.upgraded += 1
+            server.metrics.add_series(upgrade.counted)
+            if server.settings.access_log:
+                server.accounting.log(upgrade.remote, call.head, 101, upgrade.route.id, endpoint.address,
+                                      call.started)
+            return
+        if result.failure in ("refused", "connect-timeout"):
+            reason = "timeout" if result.failure == "connect-timeout" else "refused"
+            self._dial_failed(call, endpoint, reason, os.strerror(result.errno) if result.errno else reason)
+            self._dial(call, self.server.tunnels.native_relay(self.loop))
+            return
+        self._done(call)
+        if result.failure == "aborted":  # the relay stopped: the worker is going away
+            os.close(call.fd)
+            return
+        self._answer(call, result, None)
+
+    def _dial_failed(self, call: UpgradeCall, endpoint: Endpoint, reason: str, detail: object) -> None:
+        # As `Dialer._in_order` (no Retry or CircuitBreaker here: routes with policies take the Python path).
+        route_id = call.upgrade.route.id
+        log.warning("dial %s for route %s failed (%s): %s", endpoint.address, route_id, reason, detail)
+        self.server.metrics.add("wsgate_upstream_errors_total", 1, route=route_id, instance=endpoint.address,
+                                reason=reason)
+
+    def _done(self, call: UpgradeCall) -> None:
+        self.pending.discard(call)
+        self._ended()
+
+    # -- the Python path answers -----------------------------------------------------------------------------
+    def _answer(self, call: UpgradeCall, result: DialResult | None, error: GatewayError | None) -> None:
+        """An instance's head other than a 101, a failure after the connect, or no instance left: the client gets
+        a transport and the Python path answers (as `GatewayServer.answer_handed_back` does for its own dials)."""
+        self.loop.create_task(self._serve(call, result, error))
+
+    async def _serve(self, call: UpgradeCall, result: DialResult | None, error: GatewayError | None) -> None:
+        server, loop = self.server, self.loop
+        sock = socket.socket(fileno=call.fd)
+        conn = ClientConn(server, loop, adopted=True)
+        try:
+            await loop.connect_accepted_socket(lambda: conn, sock)
+        except BaseException:
+            sock.close()
+            if result is not None and result.upstream_fd is not None:
+                os.close(result.upstream_fd)
+            raise
+        conn.task = asyncio.current_task()
+        await server.serve(conn, resume=lambda: self._resume(conn, call, result, error))
+
+    async def _resume(self, conn: ClientConn, call: UpgradeCall, result: DialResult | None,
+                      error: GatewayError | None) -> Outcome:
+        server, upgrade = self.server, call.upgrade
+        route, head = upgrade.route, call.head
+        ex = Exchange(conn, head, call.view, route, upgrade.plan, call.started, True)
+        ex.response_timeout_s = upgrade.target.response_timeout_s
+        try:
+            if error is not None:
+                raise error
+            assert result is not None and call.endpoint is not None
+            return await server.answer_handed_back(ex, call.endpoint, result.upstream_fd, result.head,
+                                                   result.failure)
+        except GatewayError as exc:
+            server.accounting.count(route.id, exc.status)
+            server.accounting.log(upgrade.remote, head, exc.status, route.id, "-", call.started)
+            conn.write(simple_response(exc.status, error_body(exc, head.path), close=True))
+            return CLOSE
