@@ -15,6 +15,9 @@ with no heartbeat (nor subscribe confirmation) for `stall_s`, the subscription c
 a reset one (not live, new connection, subscribe, `on_resubscribed`), and the shard's pooled connections are dropped
 too, since they crossed the same link.
 
+On a shard with a lane (plain TCP or a unix socket, `wsnode/redis_lane.py`) the subscription is a lean connection
+(`wsnode/subscriber.py`) whose messages are dispatched as they are parsed; elsewhere it is redis-py's `PubSub`.
+
 Redis Cluster: messages for a user's nodes go by `SPUBLISH` on their channels of the user's slot, received by
 cluster_pubsub.py; the plain subscription here carries broadcasts, the heartbeat, and the plain node channel that
 nodes of earlier versions publish to.
@@ -31,12 +34,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from wsnode import metrics, nodemsg
 from wsnode.keys import Keys
 from wsnode.nodemsg import Broadcast, Heartbeat, NodeMessage, NodeMessageError
 from wsnode.presence import RedisShards, as_shards
+from wsnode.redis_lane import LanedPool, LaneTarget
+from wsnode.subscriber import Subscription, subscribe
 
 log = logging.getLogger("wsnode.delivery")
 
@@ -130,6 +136,11 @@ class Router:
         node_channel = self._keys.node_channel(self._node)
         channels = (node_channel, self._keys.broadcast_channel) if index == 0 else (node_channel,)
         client = self._shards.all[index]
+        pool = client.connection_pool
+        if isinstance(pool, LanedPool) and pool.lane is not None:
+            await self._run_lean(index, pool.lane.target, client, channels, handle, on_resubscribed,
+                                 backoff_max_s=backoff_max_s)
+            return
         delay = 0.05
         lost = False
         while True:
@@ -173,23 +184,73 @@ class Router:
                         continue
                     if message.get("type") == "message" and self.dispatch(message, handle):
                         proof = time.monotonic()
-            except asyncio.CancelledError:
-                raise
             except (RedisError, OSError) as exc:
-                if self._live[index] or isinstance(exc, SubscriptionStalled):
-                    log.warning("pub/sub lost (shard %d): %s", index, exc)
-                self._set_live(index, False)
                 lost = True
-                self.reconnects += 1
-                metrics.PUBSUB_RECONNECTS.inc()
-                if isinstance(exc, SubscriptionStalled):
-                    self.stalls += 1
-                    metrics.PUBSUB_STALLS.inc()
-                    await self._drop_pool(client)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, backoff_max_s)
+                delay = await self._lost(index, client, exc, delay, backoff_max_s)
             finally:
                 await end_subscription(beat, pubsub.aclose(), self._stall_s)
+
+    async def _run_lean(self, index: int, target: LaneTarget, client: aioredis.Redis, channels: tuple[str, ...],
+                        handle: PayloadHandler, on_resubscribed: Callable[[int], Awaitable[None]], *,
+                        backoff_max_s: float) -> None:
+        """`_run_shard` over a lean connection (subscriber.py): messages are dispatched as they are parsed, and
+        this loop only wakes up to tell a stall (no heartbeat back for `stall_s`) or to handle the end."""
+        delay = 0.05
+        lost = False
+        proof = time.monotonic()  # last subscribe confirmation or heartbeat back: the subscription works
+
+        def on_message(channel: bytes, data: bytes) -> None:
+            nonlocal proof
+            if self.dispatch_data(channel, data, handle):
+                proof = time.monotonic()
+
+        while True:
+            subscription: Subscription | None = None
+            beat: asyncio.Task[None] | None = None
+            try:
+                try:
+                    subscription = await subscribe(target, channels, on_message, timeout_s=self._stall_s, hold=lost)
+                except TimeoutError:
+                    raise SubscriptionStalled(f"no answer to subscribe within {self._stall_s:g}s") from None
+                if lost:
+                    # Before turning healthy: sessions registered again and missed messages resent (what arrived
+                    # since subscribing is held back, in order), so nothing accepted from now on can miss a session.
+                    lost = False
+                    await on_resubscribed(index)
+                    subscription.release()
+                proof = time.monotonic()
+                self._set_live(index, True)
+                delay = 0.05
+                beat = asyncio.ensure_future(self._beat(client, channels[0]))
+                while True:
+                    left = proof + self._stall_s - time.monotonic()
+                    if left <= 0:
+                        raise SubscriptionStalled(f"no heartbeat back within {self._stall_s:g}s")
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(subscription.ended), left)  # raises how it ended
+                    if subscription.ended.done():
+                        raise RedisConnectionError(f"subscription to {target.where} ended")
+            except (RedisError, OSError) as exc:
+                lost = True
+                delay = await self._lost(index, client, exc, delay, backoff_max_s)
+            finally:
+                await end_subscription(beat, _closed(subscription), self._stall_s)
+
+    async def _lost(self, index: int, client: aioredis.Redis, exc: Exception, delay: float,
+                    backoff_max_s: float) -> float:
+        """A subscription ended with `exc`: not live, counted, the pool dropped after a stall, then the backoff
+        (`delay`); the next backoff."""
+        if self._live[index] or isinstance(exc, SubscriptionStalled):
+            log.warning("pub/sub lost (shard %d): %s", index, exc)
+        self._set_live(index, False)
+        self.reconnects += 1
+        metrics.PUBSUB_RECONNECTS.inc()
+        if isinstance(exc, SubscriptionStalled):
+            self.stalls += 1
+            metrics.PUBSUB_STALLS.inc()
+            await self._drop_pool(client)
+        await asyncio.sleep(delay)
+        return min(delay * 2, backoff_max_s)
 
     async def _beat(self, client: aioredis.Redis, channel: str) -> None:
         """Publish this process's heartbeat to its own channel every heartbeat period, without waiting for the
@@ -223,15 +284,25 @@ class Router:
         data = message.get("data")
         if not isinstance(data, str | bytes):
             return False
+        return self.dispatch_data(message.get("channel"), data, handle)
+
+    def dispatch_data(self, channel: Any, data: str | bytes, handle: PayloadHandler) -> bool:
+        """`dispatch` for a message's channel and data."""
         try:
             decoded = nodemsg.decode(data)
         except NodeMessageError as exc:  # one bad payload must not end the subscription
-            log.warning("ignoring a malformed payload on %s: %s", message.get("channel"), exc.reason)
+            log.warning("ignoring a malformed payload on %s: %s", channel, exc.reason)
             return False
         if isinstance(decoded, Heartbeat):
             return decoded.token == self._token
         try:
             handle(decoded)
         except Exception:  # one bad payload must not end the subscription
-            log.exception("failed to handle a payload on %s", message.get("channel"))
+            log.exception("failed to handle a payload on %s", channel)
         return False
+
+
+async def _closed(subscription: Subscription | None) -> None:
+    if subscription is not None:
+        subscription.close()
+        await subscription.ended

@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Sequence
-from typing import Any, cast
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 import hiredis
 import redis.asyncio as aioredis
@@ -48,6 +49,41 @@ def encode(commands: Sequence[Command]) -> bytes:
                 data = b"%d" % arg
             parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
+
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
+
+
+@dataclass(frozen=True)
+class LaneTarget:
+    """Where a lean connection goes and what it sends first (AUTH, SELECT, CLIENT SETNAME), with redis-py's timeouts
+    as the node configures its pool: the lane and the lean subscription (`wsnode/subscriber.py`) share it."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    path: str | None = None
+    setup: tuple[Command, ...] = ()
+    read_timeout_s: float | None = None
+    connect_timeout_s: float | None = None
+
+    @property
+    def where(self) -> str:
+        return self.path if self.path is not None else f"{self.host}:{self.port}"
+
+    async def open(self, factory: Callable[[], P]) -> P:
+        """A connected protocol from `factory`; redis-py's errors (and messages) for a refused or slow connect."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                if self.path is not None:
+                    _, protocol = await loop.create_unix_connection(factory, self.path)
+                else:
+                    _, protocol = await loop.create_connection(factory, self.host, self.port)
+        except TimeoutError:
+            raise RedisTimeoutError("Timeout connecting to server") from None
+        except OSError as exc:
+            raise RedisConnectionError(f"Error {exc.errno} connecting to {self.where}. {exc.strerror}.") from None
+        return protocol
 
 
 class _Batch:
@@ -164,19 +200,16 @@ class RedisLane:
                  username: str | None = None, password: str | None = None, db: int = 0,
                  client_name: str | None = None, socket_timeout: float | None = None,
                  socket_connect_timeout: float | None = None) -> None:
-        self._host = host
-        self._port = port
-        self._path = path
-        self.where = path if path is not None else f"{host}:{port}"
-        self._setup: list[Command] = []
+        setup: list[Command] = []
         if password is not None:
-            self._setup.append(("AUTH", username, password) if username else ("AUTH", password))
+            setup.append(("AUTH", username, password) if username else ("AUTH", password))
         if db:
-            self._setup.append(("SELECT", db))
+            setup.append(("SELECT", db))
         if client_name:
-            self._setup.append(("CLIENT", "SETNAME", client_name))
-        self._read_timeout_s = socket_timeout
-        self._connect_timeout_s = socket_connect_timeout
+            setup.append(("CLIENT", "SETNAME", client_name))
+        self.target = LaneTarget(host=host, port=port, path=path, setup=tuple(setup), read_timeout_s=socket_timeout,
+                                 connect_timeout_s=socket_connect_timeout)
+        self.where = self.target.where
         self._protocol: _LaneProtocol | None = None
         self._connecting: asyncio.Task[_LaneProtocol] | None = None
         self._closed = False
@@ -221,23 +254,10 @@ class RedisLane:
 
     async def _connect(self) -> _LaneProtocol:
         loop = asyncio.get_running_loop()
-        where = self.where
-
-        def factory() -> _LaneProtocol:
-            return _LaneProtocol(loop, where, self._read_timeout_s)
-
-        try:
-            async with asyncio.timeout(self._connect_timeout_s):
-                if self._path is not None:
-                    _, protocol = await loop.create_unix_connection(factory, self._path)
-                else:
-                    _, protocol = await loop.create_connection(factory, self._host, self._port)
-        except TimeoutError:
-            raise RedisTimeoutError("Timeout connecting to server") from None
-        except OSError as exc:
-            raise RedisConnectionError(f"Error {exc.errno} connecting to {where}. {exc.strerror}.") from None
-        if self._setup:
-            for reply in await protocol.send(self._setup):
+        target = self.target
+        protocol = await target.open(lambda: _LaneProtocol(loop, target.where, target.read_timeout_s))
+        if target.setup:
+            for reply in await protocol.send(target.setup):
                 if isinstance(reply, Exception):  # a wrong password, a database out of range
                     protocol.abort()
                     raise reply
