@@ -17,6 +17,7 @@ import time
 from collections import deque
 
 from wsnode import metrics
+from wsnode.access_log import ACCESS_LOG, log_request
 from wsnode.endpoint import BINARY_REFUSED, Endpoint
 from wsnode.errors import WebSocketError
 from wsnode.handshake import RequestHead, check_upgrade, refusal, response_101
@@ -36,7 +37,6 @@ from wsnode.wsframes import (
 )
 
 log = logging.getLogger("wsnode.wsconn")
-access_log = logging.getLogger("aiohttp.access")  # the same logger (and line format) as aiohttp's path
 PING = encode_frame(OP_PING)
 # How long our close frame waits for the peer's before the connection is dropped (aiohttp waits on its receive
 # timeout; Session.close aborts after its own bound, 1 s, in any case).
@@ -161,8 +161,7 @@ class LeanConnection(asyncio.Protocol):
     def _log_access(self, head: RequestHead, status: int, started: float) -> None:
         peer = self._transport.get_extra_info("peername")
         remote = peer[0] if isinstance(peer, tuple) else "-"
-        access_log.info("%s %s %s %d %.1fms", remote, head.method, head.path, status,
-                        (time.perf_counter() - started) * 1000)
+        log_request(ACCESS_LOG, remote, head.method, head.target, status, time.perf_counter() - started)
 
     # --- the asyncio Protocol --------------------------------------------------------------------------------------
 
