@@ -42,9 +42,10 @@ def keeps_alive(head: RequestHead) -> bool:
 
 
 def content_length(head: RequestHead) -> int | None:
-    """The one Content-Length as a number; None when absent, repeated or not all digits (left to aiohttp)."""
+    """The one Content-Length as a number; None when absent, repeated or not 1 to 18 ASCII digits (left to aiohttp)."""
     values = [value for name, value in head.headers if name == "content-length"]
-    if len(values) != 1 or not values[0] or not _DIGITS.issuperset(values[0].encode("latin-1")):
+    # 18 digits: an int64 as the gateway reads it, and far from int()'s limit on digits (a ValueError).
+    if len(values) != 1 or not 0 < len(values[0]) <= 18 or not _DIGITS.issuperset(values[0].encode("latin-1")):
         return None
     return int(values[0])
 

@@ -45,6 +45,8 @@ OK = ("Host: x", "Content-Length: 2")
     ("a signed length", post("Host: x", "Content-Length: +2", body=b"{}"), HAND_OVER),
     ("a non-ASCII digit", post("Host: x", "Content-Length: \u00b2", body=b"{}"), HAND_OVER),
     ("an empty length", post("Host: x", "Content-Length: ", body=b"{}"), HAND_OVER),
+    ("a length of 19 digits", post("Host: x", "Content-Length: " + "0" * 19, body=b"{}"), HAND_OVER),
+    ("a length of 5,000 digits", post("Host: x", "Content-Length: " + "9" * 5000), HAND_OVER),
     ("a body over the limit", post("Host: x", f"Content-Length: {MAX_BODY + 1}"), HAND_OVER),
     ("HTTP/1.1 without Host", post("Content-Length: 2", body=b"{}"), HAND_OVER),
     ("a malformed line", post(*OK, body=b"{}", line="POST  /api/v1/push HTTP/1.1"), HAND_OVER),
