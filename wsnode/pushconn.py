@@ -26,6 +26,7 @@ from wsnode.auth import BearerKeys
 from wsnode.handshake import RequestHead
 from wsnode.http1 import HAND_OVER, Framed, frame_request, http_date, response
 from wsnode.node import Node
+from wsnode.wsconn import WriteFlow
 
 log = logging.getLogger("wsnode.pushconn")
 PUSH_ROUTES = frozenset({("POST", "/api/v1/push")})
@@ -95,19 +96,19 @@ class PushHub:
             self._timer = None
 
 
-class PushConnection(asyncio.Protocol):
+class PushConnection(WriteFlow):
     """One keep-alive connection whose requests so far were all pushes."""
 
-    __slots__ = ("_buf", "_drain", "_eof", "_hub", "_idle_since", "_paused", "_transport", "_worker")
+    __slots__ = ("_buf", "_eof", "_hub", "_idle_since", "_paused", "_transport", "_worker")
 
     def __init__(self, hub: PushHub, transport: asyncio.Transport) -> None:
+        super().__init__()
         self._hub = hub
         self._transport = transport
         self._buf = b""
         self._worker: asyncio.Task[None] | None = None
         self._eof = False
         self._paused = False  # reading paused by us
-        self._drain: asyncio.Future[None] | None = None
         self._idle_since = asyncio.get_running_loop().time()
         hub.add(self)
 
@@ -128,15 +129,6 @@ class PushConnection(asyncio.Protocol):
         self._eof = True
         # Keep the write side open for the answers still owed; the worker closes the connection after the last.
         return True if self._worker is not None else None
-
-    def pause_writing(self) -> None:
-        if self._drain is None:
-            self._drain = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        drain, self._drain = self._drain, None
-        if drain is not None and not drain.done():
-            drain.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._hub.connections.discard(self)

@@ -81,15 +81,35 @@ class LeanHub:
         self.heartbeats = Heartbeats(endpoint.node.settings.heartbeat_s)
 
 
-class LeanConnection(asyncio.Protocol):
+class WriteFlow(asyncio.Protocol):
+    """The transport's write flow control as a future the writer awaits: `_drain` is set while the transport's
+    buffer is over its high-water mark (the lean connections write without aiohttp's StreamWriter)."""
+
+    __slots__ = ("_drain",)
+
+    def __init__(self) -> None:
+        self._drain: asyncio.Future[None] | None = None
+
+    def pause_writing(self) -> None:
+        if self._drain is None:
+            self._drain = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+
+class LeanConnection(WriteFlow):
     """One WebSocket connection after the front read its upgrade request. It is also the `Socket` its `Session`
     writes through (`send_str`, `close`, `closed`)."""
 
-    __slots__ = ("_buf", "_closing", "_drain", "_hub", "_inbox", "_parser", "_ping_at", "_seen", "_session",
+    __slots__ = ("_buf", "_closing", "_hub", "_inbox", "_parser", "_ping_at", "_seen", "_session",
                  "_state", "_transport", "_worker")
 
     # _state: 0 handshake, 1 open, 2 our close frame sent, 3 gone
     def __init__(self, hub: LeanHub, transport: asyncio.Transport) -> None:
+        super().__init__()
         self._hub = hub
         self._transport = transport
         self._state = 0
@@ -101,7 +121,6 @@ class LeanConnection(asyncio.Protocol):
         self._inbox: deque[str] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._closing: asyncio.Future[None] | None = None
-        self._drain: asyncio.Future[None] | None = None
 
     # --- the handshake -------------------------------------------------------------------------------------------
 
@@ -190,15 +209,6 @@ class LeanConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         return None  # half-closed: close our side too (connection_lost follows)
-
-    def pause_writing(self) -> None:
-        if self._drain is None:
-            self._drain = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        drain, self._drain = self._drain, None
-        if drain is not None and not drain.done():
-            drain.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = 3
