@@ -39,13 +39,15 @@ KEEPALIVE_TIMEOUT_S = 3630.0
 _INTERNAL = api_answers.error(500, "internal server error")
 
 
-def hand_to_aiohttp(transport: asyncio.Transport, handler_factory: Callable[[], RequestHandler], buf: bytes) -> None:
+def hand_to_aiohttp(transport: asyncio.Transport, handler_factory: Callable[[], RequestHandler],
+                    buf: bytes) -> RequestHandler:
     """Make aiohttp's request handler the connection's protocol, `buf` (read from a request's start) its first bytes."""
     handler = handler_factory()
     transport.set_protocol(handler)
     handler.connection_made(transport)
     if buf:
         handler.data_received(buf)
+    return handler
 
 
 class PushHub:
@@ -154,7 +156,11 @@ class PushConnection(WriteFlow):
                 self._paused = False
                 self._transport.resume_reading()
             buf, self._buf = self._buf, b""
-            hand_to_aiohttp(self._transport, self._hub.handler_factory, buf)
+            handler = hand_to_aiohttp(self._transport, self._hub.handler_factory, buf)
+            if self._eof:
+                # aiohttp would not see the client's EOF (it came before the hand-over) and would keep the
+                # connection for its keep-alive timeout: it answers the request it was given, then closes.
+                handler.close()
             return None
         return framed
 

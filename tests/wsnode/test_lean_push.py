@@ -158,6 +158,19 @@ async def test_a_client_that_half_closes_gets_its_answers(start_node: StartNode)
         conn.close()
 
 
+async def test_a_half_closed_connection_handed_to_aiohttp_is_answered_and_closed(start_node: StartNode) -> None:
+    node = start_node("node-a")
+    conn = await Conn.open(node.port)
+    try:
+        conn.send(request(push_body("halfh")) + HEALTH)
+        conn.writer.write_eof()
+        answers = [await conn.answer(), await conn.answer()]
+        assert [(a.status, a.lean) for a in answers] == [(202, True), (200, False)]
+        assert await conn.eof()
+    finally:
+        conn.close()
+
+
 @pytest.mark.parametrize(("name", "raw", "status"), [
     ("a malformed head", b"POST /api/v1/push HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n", 400),
     ("a chunked body", request(b"", "Transfer-Encoding: chunked") + b"%x\r\n%s\r\n0\r\n\r\n" % (
