@@ -302,12 +302,18 @@ async def run_system(system: str, procs: list[ManagedProcess], ports: list[int],
             count = int(args.push_rate * args.latency_s)
             sink.latencies_s.clear()
             cpu0, redis0 = server_cpu(), redis_cpu_seconds(redis_info)
+            each0 = [procstat.cpu_seconds(p.pid) for p in procs]
             await one_user_pushes(push, sink, target_user, count, args, store)
             push_cpu, push_redis_cpu = server_cpu() - cpu0, redis_cpu_seconds(redis_info) - redis0
+            each = [procstat.cpu_seconds(p.pid) - c for p, c in zip(procs, each0, strict=True)]
         lat = list(sink.latencies_s)
         kind = "store:true" if store else "not stored"
         print(f"{system:9} one-user push ({kind}) at {args.push_rate}/s: {len(lat)}/{count} received, "
               f"p50 {percentile_ms(lat, 0.5):.2f} ms, p99 {percentile_ms(lat, 0.99):.2f} ms", flush=True)
+        # The first server takes the pushes, the second holds the session: each one's share tells which side a
+        # change moved.
+        print(f"{system:9} server CPU ms per 1,000 pushes by server (pushing, holding): "
+              + ", ".join(f"{c * 1e6 / max(len(lat), 1):.0f}" for c in each), flush=True)
         figures = fanout_stats.phase_figures(
             clients=len(clients), connect_s=connect_s, idle_rss_bytes=idle_rss, deliveries=delivered,
             broadcast_s=elapsed, broadcast_cpu_s=broadcast_cpu, pushes=len(lat), push_cpu_s=push_cpu,

@@ -14,6 +14,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from wsnode import logsafe
+from wsnode.access_log import log_request
+from wsnode.api_answers import MAX_BODY_BYTES
 from wsnode.auth import BearerKeys, TokenVerifier
 from wsnode.endpoint import Endpoint
 from wsnode.errors import SettingsError
@@ -37,6 +39,7 @@ REGISTRATION_KEY = web.AppKey("registration", ConsulRegistration)
 SUPERVISOR_KEY = web.AppKey("supervisor", Supervisor)
 MANAGEMENT_KEY = web.AppKey("management", Management)
 ENDPOINT_KEY = web.AppKey("endpoint", Endpoint)
+PUSH_API_KEY = web.AppKey("push_api", PushApi)
 # The shard-list check (wsnode/shard_agreement.py) is done before listening when every shard answers at once.
 SHARD_CHECK_HEAD_START_S = 2.0
 LISTEN_BACKLOG = 4096
@@ -47,10 +50,7 @@ class AccessLogger(AbstractAccessLogger):
     """Access lines without query strings: client tokens travel in `?token=` and must not reach the logs."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        # The raw (still percent-encoded) path: a decoded one could put a newline or other control characters of
-        # the client's choosing into the log.
-        path = request.raw_path.partition("?")[0]
-        self.logger.info("%s %s %s %d %.1fms", request.remote, request.method, path, response.status, time * 1000)
+        log_request(self.logger, request.remote, request.method, request.raw_path, response.status, time)
 
 
 def build_app(settings: NodeSettings, *, is_cluster: bool = False) -> web.Application:
@@ -78,7 +78,7 @@ def build_app(settings: NodeSettings, *, is_cluster: bool = False) -> web.Applic
                              leeway_s=settings.token_leeway_s, allow_anonymous=settings.allow_anonymous,
                              allow_no_exp=settings.jwt_allow_no_exp, audience=settings.jwt_audience,
                              issuer=settings.jwt_issuer)
-    app = web.Application(client_max_size=1024 * 1024)
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[NODE_KEY] = node
     supervisor = Supervisor()
     app[SUPERVISOR_KEY] = supervisor
@@ -90,6 +90,7 @@ def build_app(settings: NodeSettings, *, is_cluster: bool = False) -> web.Applic
     management = Management(node, supervisor, BearerKeys(settings.api_keys + settings.management_keys,
                                                          open=open_without_key))
     app[MANAGEMENT_KEY] = management
+    app[PUSH_API_KEY] = api
     ingest = management.ingest  # the RabbitMQ and outbox consumers (brokers_ctx)
 
     app.router.add_get("/websocket", endpoint.handle)
@@ -199,8 +200,9 @@ async def serve(settings: NodeSettings, *, started: asyncio.Event | None = None)
     site: web.TCPSite
     if settings.ws_compress:  # permessage-deflate: aiohttp's WebSocket only
         site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=LISTEN_BACKLOG)
-    else:  # upgrades to /websocket take the lean path (wsnode/front.py), everything else aiohttp's
-        site = FrontSite(runner, settings.host, settings.port, hub=LeanHub(app[ENDPOINT_KEY]), backlog=LISTEN_BACKLOG)
+    else:  # upgrades to /websocket and pushes take the lean paths (wsnode/front.py), everything else aiohttp's
+        site = FrontSite(runner, settings.host, settings.port, hub=LeanHub(app[ENDPOINT_KEY]), api=app[PUSH_API_KEY],
+                         backlog=LISTEN_BACKLOG)
     await site.start()
     management_runner: web.AppRunner | None = None
     if settings.management_port is not None:

@@ -1,10 +1,12 @@
 """The node's listener: it reads a connection's first request head and picks who serves the connection.
 
-A WebSocket upgrade to the session endpoint takes the lean path (`wsnode/wsconn.py`); anything else (the push API,
-`/health`, `/metrics`, static files, a malformed head) goes to aiohttp's own request handler with the bytes already
-read, so the rest of the application is served exactly as before. A connection handed to aiohttp stays there
-(keep-alive requests after it, an upgrade among them, included). With `--ws-compress` the node listens with
-aiohttp's plain site instead: permessage-deflate is negotiated by aiohttp only.
+A WebSocket upgrade to the session endpoint takes the lean session path (`wsnode/wsconn.py`); a `POST /api/v1/push`
+takes the lean push path (`wsnode/pushconn.py`), which keeps the connection while its requests are pushes it can
+frame; anything else (the rest of the push API, `/health`, `/metrics`, static files, a malformed head) goes to
+aiohttp's own request handler with the bytes already read, so the rest of the application is served exactly as
+before. A connection handed to aiohttp stays there (keep-alive requests after it, an upgrade among them, included).
+With `--ws-compress` the node listens with aiohttp's plain site instead: permessage-deflate is negotiated by aiohttp
+only.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from aiohttp.web_protocol import RequestHandler
 
 from wsnode.errors import WebSocketError
 from wsnode.handshake import head_length, parse_head, wants_websocket
+from wsnode.push_api import PushApi
+from wsnode.pushconn import PUSH_ROUTES, PushConnection, PushHub, hand_to_aiohttp
 from wsnode.wsconn import LeanConnection, LeanHub
 
 SESSION_PATH = "/websocket"
@@ -27,10 +31,11 @@ _OPENING: set[asyncio.Task[None]] = set()  # handshakes under way (the loop keep
 class FrontProtocol(asyncio.Protocol):
     """Until the first head is complete: its bytes, then a hand-over (`set_protocol`) to the one that serves it."""
 
-    __slots__ = ("_buf", "_handler_factory", "_hub", "_transport")
+    __slots__ = ("_buf", "_handler_factory", "_hub", "_push", "_transport")
 
-    def __init__(self, hub: LeanHub, handler_factory: Callable[[], RequestHandler]) -> None:
+    def __init__(self, hub: LeanHub, push: PushHub, handler_factory: Callable[[], RequestHandler]) -> None:
         self._hub = hub
+        self._push = push
         self._handler_factory = handler_factory
         self._transport: asyncio.Transport | None = None
         self._buf = b""
@@ -48,13 +53,19 @@ class FrontProtocol(asyncio.Protocol):
         except WebSocketError:
             self._to_aiohttp()  # aiohttp answers a malformed or oversized head its own way
             return
+        transport = self._transport
+        assert transport is not None
+        if (head.method, head.path) in PUSH_ROUTES:
+            push = PushConnection(self._push, transport)
+            transport.set_protocol(push)
+            buf, self._buf = self._buf, b""
+            push.data_received(buf)  # it frames the request again, and hands it to aiohttp if it cannot serve it
+            return
         # Only what aiohttp's route would hand to the endpoint (a GET of the path): a POST upgrade still gets
         # aiohttp's 405 before any token check, as before.
         if head.method != "GET" or head.path != SESSION_PATH or not wants_websocket(head):
             self._to_aiohttp()
             return
-        transport = self._transport
-        assert transport is not None
         conn = LeanConnection(self._hub, transport)
         transport.set_protocol(conn)
         self._buf = b""
@@ -65,11 +76,8 @@ class FrontProtocol(asyncio.Protocol):
     def _to_aiohttp(self) -> None:
         transport = self._transport
         assert transport is not None
-        handler = self._handler_factory()
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
         buf, self._buf = self._buf, b""
-        handler.data_received(buf)
+        hand_to_aiohttp(transport, self._handler_factory, buf)
 
     def eof_received(self) -> bool | None:
         return None
@@ -81,18 +89,27 @@ class FrontProtocol(asyncio.Protocol):
 class FrontSite(web.TCPSite):
     """aiohttp's TCP site with `FrontProtocol` in front of the application's request handler."""
 
-    __slots__ = ("_hub",)
+    __slots__ = ("_api", "_hub", "_push")
 
-    def __init__(self, runner: web.BaseRunner, host: str | None, port: int, *, hub: LeanHub, backlog: int,
-                 reuse_address: bool = True) -> None:
+    def __init__(self, runner: web.BaseRunner, host: str | None, port: int, *, hub: LeanHub, api: PushApi,
+                 backlog: int, reuse_address: bool = True) -> None:
         super().__init__(runner, host, port, backlog=backlog, reuse_address=reuse_address)
         self._hub = hub
+        self._api = api
+        self._push: PushHub | None = None
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with the runner
         server = self._runner.server
         assert server is not None
         hub = self._hub
+        push = self._push = PushHub(self._api.node, self._api.keys, server)
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: FrontProtocol(hub, server), self._host, self._port, backlog=self._backlog,
+            lambda: FrontProtocol(hub, push, server), self._host, self._port, backlog=self._backlog,
             reuse_address=self._reuse_address)
+
+    async def stop(self) -> None:
+        # As aiohttp's shutdown does for its own keep-alive connections: idle ones close, busy ones after the answer.
+        if self._push is not None:
+            self._push.stop()
+        await super().stop()

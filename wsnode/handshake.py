@@ -25,7 +25,9 @@ MAX_HEADERS = 100
 HEAD_END = b"\r\n\r\n"
 SUPPORTED_VERSION = "13"
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: header names and methods
-_REQUEST_LINE = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\S+) HTTP/(\d)\.(\d)")
+_REQUEST_LINE = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([^\x00-\x20\x7f]+) HTTP/(\d)\.(\d)")
+# Control characters, which RFC 9110 section 5.5 keeps out of field values (horizontal tab aside).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +86,10 @@ def parse_head(raw: bytes) -> RequestHead:
     headers: list[tuple[str, str]] = []
     for line in lines[1:]:
         name, colon, value = line.partition(":")
-        # A folded line (leading white space) or a name that is not a token: refused, never guessed at, so a
-        # proxy in front and this node cannot read the same head two ways.
-        if not colon or not _TOKEN.fullmatch(name) or any(c in value for c in "\r\n\0"):
+        # A folded line (leading white space), a name that is not a token or a control character in the value:
+        # refused, never guessed at (aiohttp refuses them too), so a proxy in front and this node cannot read the
+        # same head two ways.
+        if not colon or not _TOKEN.fullmatch(name) or _CONTROL.search(value):
             raise WebSocketError("malformed header field", status=400)
         headers.append((name.lower(), value.strip(" \t")))
     return RequestHead(match[1], match[2], (int(match[3]), int(match[4])), tuple(headers))

@@ -17,6 +17,7 @@ import time
 from collections import deque
 
 from wsnode import metrics
+from wsnode.access_log import ACCESS_LOG, log_request
 from wsnode.endpoint import BINARY_REFUSED, Endpoint
 from wsnode.errors import WebSocketError
 from wsnode.handshake import RequestHead, check_upgrade, refusal, response_101
@@ -36,7 +37,6 @@ from wsnode.wsframes import (
 )
 
 log = logging.getLogger("wsnode.wsconn")
-access_log = logging.getLogger("aiohttp.access")  # the same logger (and line format) as aiohttp's path
 PING = encode_frame(OP_PING)
 # How long our close frame waits for the peer's before the connection is dropped (aiohttp waits on its receive
 # timeout; Session.close aborts after its own bound, 1 s, in any case).
@@ -81,15 +81,35 @@ class LeanHub:
         self.heartbeats = Heartbeats(endpoint.node.settings.heartbeat_s)
 
 
-class LeanConnection(asyncio.Protocol):
+class WriteFlow(asyncio.Protocol):
+    """The transport's write flow control as a future the writer awaits: `_drain` is set while the transport's
+    buffer is over its high-water mark (the lean connections write without aiohttp's StreamWriter)."""
+
+    __slots__ = ("_drain",)
+
+    def __init__(self) -> None:
+        self._drain: asyncio.Future[None] | None = None
+
+    def pause_writing(self) -> None:
+        if self._drain is None:
+            self._drain = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+
+class LeanConnection(WriteFlow):
     """One WebSocket connection after the front read its upgrade request. It is also the `Socket` its `Session`
     writes through (`send_str`, `close`, `closed`)."""
 
-    __slots__ = ("_buf", "_closing", "_drain", "_hub", "_inbox", "_parser", "_ping_at", "_seen", "_session",
+    __slots__ = ("_buf", "_closing", "_hub", "_inbox", "_parser", "_ping_at", "_seen", "_session",
                  "_state", "_transport", "_worker")
 
     # _state: 0 handshake, 1 open, 2 our close frame sent, 3 gone
     def __init__(self, hub: LeanHub, transport: asyncio.Transport) -> None:
+        super().__init__()
         self._hub = hub
         self._transport = transport
         self._state = 0
@@ -101,7 +121,6 @@ class LeanConnection(asyncio.Protocol):
         self._inbox: deque[str] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._closing: asyncio.Future[None] | None = None
-        self._drain: asyncio.Future[None] | None = None
 
     # --- the handshake -------------------------------------------------------------------------------------------
 
@@ -161,8 +180,7 @@ class LeanConnection(asyncio.Protocol):
     def _log_access(self, head: RequestHead, status: int, started: float) -> None:
         peer = self._transport.get_extra_info("peername")
         remote = peer[0] if isinstance(peer, tuple) else "-"
-        access_log.info("%s %s %s %d %.1fms", remote, head.method, head.path, status,
-                        (time.perf_counter() - started) * 1000)
+        log_request(ACCESS_LOG, remote, head.method, head.target, status, time.perf_counter() - started)
 
     # --- the asyncio Protocol --------------------------------------------------------------------------------------
 
@@ -191,15 +209,6 @@ class LeanConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         return None  # half-closed: close our side too (connection_lost follows)
-
-    def pause_writing(self) -> None:
-        if self._drain is None:
-            self._drain = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        drain, self._drain = self._drain, None
-        if drain is not None and not drain.done():
-            drain.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = 3

@@ -81,6 +81,9 @@ def test_token_lists_and_case(headers: dict[str, str]) -> None:
     b"GET /websocket HTTP/1.1\r\n folded: x\r\n\r\n",
     b"GET /websocket HTTP/1.1\r\nbad name: x\r\n\r\n",
     b"G(T /websocket HTTP/1.1\r\n\r\n",
+    b"GET /websocket HTTP/1.1\r\nAuthorization: Bearer k\x01\r\n\r\n",  # a control character in a value
+    b"GET /websocket HTTP/1.1\r\nX: a\x7fb\r\n\r\n",
+    b"GET /web\x01socket HTTP/1.1\r\n\r\n",
 ])
 def test_malformed_heads_are_400(raw: bytes) -> None:
     with pytest.raises(WebSocketError) as info:
