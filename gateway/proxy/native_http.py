@@ -23,7 +23,7 @@ from gateway.config.model import RouteSpec
 from gateway.discovery.base import Endpoint
 from gateway.errors import BadGateway, GatewayError, RequestTimeout, UpstreamTimeout
 from gateway.model import ForwardPlan, RateLimit, RequestView
-from gateway.ops.metrics import Labels, series_key
+from gateway.ops.metrics import SeriesKey
 from gateway.proxy.client_conn import ClientConn
 from gateway.proxy.exchange import CLOSE, Exchange, Outcome
 from gateway.proxy.headers import authority, upstream_request_headers
@@ -129,7 +129,7 @@ class Decided:
                  "target")
 
     def __init__(self, raw: bytes, remote: str, scheme: str, match: RouteMatch, endpoint: Endpoint,
-                 target: RouteTarget, bytes_key: tuple[str, Labels], *, head: RequestHead | None = None,
+                 target: RouteTarget, bytes_key: SeriesKey, *, head: RequestHead | None = None,
                  view: RequestView | None = None, plan: ForwardPlan | None = None) -> None:
         self.raw = raw
         self.remote = remote
@@ -352,7 +352,7 @@ class NativeHttp:
             upstream_authority=authority(endpoint.host, endpoint.port, target.scheme))
         request = serialize_head(f"{head.method} {plan.target} HTTP/1.1", headers)
         decided = Decided(raw, remote, server.scheme, match, endpoint, target,
-                          series_key("wsgate_http_bytes_total", route=route.id, direction="downstream"),
+                          server.metrics.series("wsgate_http_bytes_total", route=route.id, direction="downstream"),
                           head=head, view=view, plan=plan)
         return (decided, request, ip, endpoint.port, length, head.keep_alive, head.method == "HEAD",
                 _ms(target.connect_timeout_s), _ms(target.response_timeout_s), limit)
@@ -410,7 +410,7 @@ class NativeHttp:
         lane.outside = len(server.connections) + len(server.tunnels) + len(self.upgrades.pending)
         done, handbacks = lane.run()
         if done:
-            accounting, add_series = server.accounting, server.metrics.add_series
+            accounting = server.accounting
             logging_on = settings.access_log
             for decided, status, nbytes, failed, started in done:
                 route = decided.route
@@ -425,7 +425,7 @@ class NativeHttp:
                 elif failed == 2:
                     accounting.upstream_error(route, decided.endpoint, BadGateway("connection closed inside a body"))
                 else:
-                    add_series(decided.bytes_key, nbytes)
+                    decided.bytes_key.value += nbytes
         for kind, decided, cfd, cdata, ufd, udata, started, limited in handbacks:
             if kind == K_UPGRADE:  # `udata` is the client's key then
                 self.upgrades.start(decided, cfd, cdata, udata, started)

@@ -16,6 +16,10 @@ from urllib.parse import parse_qsl
 from gateway.discovery.base import Endpoint
 from gateway.model import BalancerChoice, Balancing, RequestView
 
+# Read once: on Python 3.11 `Balancing.X` goes through `EnumType.__getattr__`'s hook, ten times a global's cost,
+# and `order` runs per request and per upgrade.
+_RANDOM, _HASH, _LEAST_CONNECTIONS = Balancing.RANDOM, Balancing.HASH, Balancing.LEAST_CONNECTIONS
+
 
 def hash_key(hash_on: str | None, request: RequestView) -> str | None:
     """What `hash_on` (`header:NAME`, `cookie:NAME`, `query:NAME` or `client`) picks out of `request`."""
@@ -86,14 +90,14 @@ class Balancer:
         if not endpoints:
             return []
         algorithm = choice.algorithm
-        if algorithm is Balancing.RANDOM:
+        if algorithm is _RANDOM:
             return self._rng.sample(list(endpoints), len(endpoints))
-        if algorithm is Balancing.HASH:
+        if algorithm is _HASH:
             value = hash_key(choice.hash_on, request)
             if value is not None:
                 return sorted(endpoints, key=lambda e: _score(value, e), reverse=True)
         rotated = self._rotated(key, endpoints)
-        if algorithm is Balancing.LEAST_CONNECTIONS:
+        if algorithm is _LEAST_CONNECTIONS:
             # sorted() is stable: ties keep the round-robin rotation, so equal loads still spread.
             return sorted(rotated, key=self.active)
         return rotated

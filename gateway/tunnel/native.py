@@ -54,6 +54,10 @@ class DialResult(NamedTuple):
     head: bytes = b""  # what the instance sent so far (a complete head, or all it sent before closing)
 
 
+# DialResult(tunnel=...) runs the named tuple's __new__, a Python function with keywords; this is the tuple's own
+# (in field order), for the result every upgrade makes.
+_new_result = tuple.__new__
+
 _FAILURES: dict[int, str] = {} if _relay is None else {
     _relay.FAIL_CONNECT: "refused", _relay.FAIL_CONNECT_TIMEOUT: "connect-timeout",
     _relay.FAIL_RESPONSE_TIMEOUT: "response-timeout", _relay.FAIL_CLOSED: "closed", _relay.FAIL_ABORTED: "aborted"}
@@ -150,19 +154,19 @@ class NativeRelay:
         self._tunnels: dict[int, NativeTunnel] = {}
         self._dials: dict[int, _Dial] = {}
         self._fd_dials: dict[int, tuple[NativeTunnel, Callable[[DialResult], None]]] = {}
-        self._closed = False
+        self.closed = False  # whether `close` ran (the thread is stopped: dials are refused); read per upgrade
         self._backlog: deque[tuple[int, int, int, int, bytes | None]] = deque()
         fd = self._relay.fileno()
         self._tasks = tasks or TaskSupervisor()
         self._reader = self._tasks.guard(
             REAPER, self._reap, loop=loop, detach=lambda: loop.remove_reader(fd),
-            attach=lambda reader: None if self._closed else loop.add_reader(fd, reader))
+            attach=lambda reader: None if self.closed else loop.add_reader(fd, reader))
         loop.add_reader(fd, self._reader)
 
     def adopt(self, client: Conn, upstream: Conn, *, idle_timeout_s: float | None = None,
               on_done: Callable[[NativeTunnel], None] | None = None) -> NativeTunnel | None:
         """Hand both connections to the relay thread; None (nothing changed) when they cannot be."""
-        if self._closed:
+        if self.closed:
             return None
         ct, ut = client.transport, upstream.transport
         if ct is None or ut is None or client.lost or upstream.lost or client.eof or upstream.eof:
@@ -218,7 +222,7 @@ class NativeRelay:
         to the client; `on_upgraded` has run, `on_done` runs when it ends, the client's transport is released),
         or with a failure or a head to answer, after which the client is read again.
         """
-        if self._closed:
+        if self.closed:
             return None
         ct = client.transport
         if ct is None or client.lost or client.eof or ct.is_closing() or ct.get_write_buffer_size():
@@ -256,7 +260,7 @@ class NativeRelay:
         connect fails at once, RuntimeError when the relay is closed (`client_fd` stays the caller's then). The
         timeouts are in milliseconds (`ms`), worked out once per route by the caller; 0: none.
         """
-        if self._closed:
+        if self.closed:
             raise RuntimeError("the relay is closed")
         tunnel_id = self._relay.dial(client_fd, host, port, request, connect_timeout_ms=connect_timeout_ms,
                                      response_timeout_ms=response_timeout_ms, idle_timeout_ms=idle_timeout_ms)
@@ -269,7 +273,7 @@ class NativeRelay:
             tunnel, ended = fd_dial
             if kind == _relay.EV_UPGRADED:
                 self._tunnels[tunnel_id] = tunnel
-                ended(DialResult(tunnel=tunnel))
+                ended(_new_result(DialResult, (tunnel, None, 0, None, b"")))
             elif kind == _relay.EV_HEAD:
                 ended(DialResult(upstream_fd=a, head=data or b""))
             else:
@@ -310,21 +314,16 @@ class NativeRelay:
             if conn.transport is not None and not conn.transport.is_closing():
                 conn.transport.resume_reading()
 
-    @property
-    def closed(self) -> bool:
-        """Whether `close` ran (the thread is stopped: dials are refused)."""
-        return self._closed
-
     def stats(self) -> dict[str, int]:
         """The thread's counters (`gateway._relay.Relay.stats`): live tunnels, those handed to the kernel ..."""
         return self._relay.stats()
 
     def command_close(self, tunnel_id: int) -> None:
-        if not self._closed:
+        if not self.closed:
             self._relay.close(tunnel_id)
 
     def command_abort(self, tunnel_id: int) -> None:
-        if not self._closed:
+        if not self.closed:
             self._relay.abort(tunnel_id)
 
     def _reap(self) -> None:
@@ -342,9 +341,9 @@ class NativeRelay:
 
     def close(self) -> None:
         """Abort every tunnel, stop the thread and resolve what is left (idempotent)."""
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         with contextlib.suppress(Exception):
             self._loop.remove_reader(self._relay.fileno())
         self._relay.stop()

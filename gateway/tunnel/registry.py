@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Iterator
 
 from gateway.discovery.base import Endpoint
-from gateway.ops.metrics import Metrics, series_key
+from gateway.ops.metrics import Metrics
 from gateway.ops.tasks import TaskSupervisor
 from gateway.proxy.conn import Conn
 from gateway.routing.balancer import Balancer
@@ -165,28 +165,27 @@ _MAX_SERIES = 4096  # (route, instance) pairs kept; past it the cache starts afr
 class Series:
     """What the tunnels of one route to one instance count into: the balancer's count and five metric series."""
 
-    __slots__ = ("_active", "_balancer", "_down", "_metrics", "_open", "_up", "_upgrades", "endpoint")
+    __slots__ = ("_active", "_balancer", "_down", "_open", "_up", "_upgrades", "endpoint")
 
     def __init__(self, tunnels: Tunnels, route_id: str, endpoint: Endpoint) -> None:
         self._open = tunnels._open
         self._balancer = tunnels._balancer
-        self._metrics = tunnels._metrics
+        metrics = tunnels._metrics
         self.endpoint = endpoint
-        self._upgrades = series_key("wsgate_upgrades_total", route=route_id, instance=endpoint.address)
-        self._active = series_key("wsgate_active_tunnels", route=route_id)
-        self._up = series_key("wsgate_tunnel_bytes_total", route=route_id, direction="upstream")
-        self._down = series_key("wsgate_tunnel_bytes_total", route=route_id, direction="downstream")
+        self._upgrades = metrics.series("wsgate_upgrades_total", route=route_id, instance=endpoint.address)
+        self._active = metrics.series("wsgate_active_tunnels", route=route_id)
+        self._up = metrics.series("wsgate_tunnel_bytes_total", route=route_id, direction="upstream")
+        self._down = metrics.series("wsgate_tunnel_bytes_total", route=route_id, direction="downstream")
 
     def opened(self) -> None:
         self._balancer.acquire(self.endpoint)
-        self._metrics.add_series(self._upgrades)
-        self._metrics.add_series(self._active)
+        self._upgrades.value += 1
+        self._active.value += 1
 
     def finished(self, tunnel: AnyTunnel) -> None:
         self._open.discard(tunnel)
         self._balancer.release(self.endpoint)
         up, down = tunnel.nbytes
-        metrics = self._metrics
-        metrics.add_series(self._active, -1)
-        metrics.add_series(self._up, up)
-        metrics.add_series(self._down, down)
+        self._active.value -= 1
+        self._up.value += up
+        self._down.value += down

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from gateway.config.model import GatewayConfig, RouteSpec, parse_upstream
 from gateway.errors import BadRequest
 from gateway.model import Headers, RequestView
-from gateway.ops.metrics import Metrics, series_key
+from gateway.ops.metrics import Metrics
 from gateway.proxy.headers import add_forwarded, strip_hop_by_hop, upstream_request_headers
 from gateway.proxy.httpparse import parse_request_head, parse_response_head
 from gateway.routing.factory import Definition
@@ -153,7 +153,7 @@ def test_match_context_reads_the_clock_only_when_asked() -> None:
 def test_metrics_add_series_counts_the_same_series_as_add() -> None:
     metrics = Metrics()
     metrics.add("wsgate_requests_total", 1, route="r", status="101")
-    metrics.add_series(series_key("wsgate_requests_total", route="r", status="101"))
+    metrics.add_series(metrics.series("wsgate_requests_total", route="r", status="101"))
     assert metrics.value("wsgate_requests_total", route="r", status="101") == 2.0
 
 
