@@ -89,7 +89,7 @@ def sockmap_supported() -> tuple[bool, str]:
 class NativeTunnel:
     """One tunnel owned by the relay thread; `done` resolves when both sockets are closed."""
 
-    __slots__ = ("_counts", "_on_done", "_relay", "done", "id")
+    __slots__ = ("_on_done", "_relay", "done", "id", "nbytes")
 
     def __init__(self, relay: NativeRelay, tunnel_id: int, done: asyncio.Future[None],
                  on_done: Callable[[NativeTunnel], None] | None) -> None:
@@ -97,12 +97,9 @@ class NativeTunnel:
         self.id = tunnel_id
         self.done = done
         self._on_done = on_done
-        self._counts = (0, 0)
-
-    @property
-    def nbytes(self) -> tuple[int, int]:
-        """Bytes received from the client and from the instance (handshake included), once finished."""
-        return self._counts
+        # Bytes received from the client and from the instance (handshake included), once finished (a slot, not
+        # `Tunnel`'s property: read once per tunnel on the upgrade path).
+        self.nbytes = (0, 0)
 
     def close(self) -> None:
         """Flush what is pending to each side, then close both the lingering way (`gateway.tunnel.linger`)."""
@@ -115,7 +112,7 @@ class NativeTunnel:
             self._relay.command_abort(self.id)
 
     def finish(self, client_bytes: int, upstream_bytes: int) -> None:
-        self._counts = (client_bytes, upstream_bytes)
+        self.nbytes = (client_bytes, upstream_bytes)
         if not self.done.done():
             self.done.set_result(None)
             if self._on_done is not None:
@@ -262,8 +259,8 @@ class NativeRelay:
         """
         if self.closed:
             raise RuntimeError("the relay is closed")
-        tunnel_id = self._relay.dial(client_fd, host, port, request, connect_timeout_ms=connect_timeout_ms,
-                                     response_timeout_ms=response_timeout_ms, idle_timeout_ms=idle_timeout_ms)
+        tunnel_id = self._relay.dial_fast(client_fd, host, port, request, connect_timeout_ms, response_timeout_ms,
+                                          idle_timeout_ms)
         self._fd_dials[tunnel_id] = (NativeTunnel(self, tunnel_id, self._loop.create_future(), on_done), ended)
 
     def _dial_ended(self, tunnel_id: int, kind: int, a: int, b: int, data: bytes | None) -> None:
@@ -337,7 +334,7 @@ class NativeRelay:
                 continue
             tunnel = self._tunnels.pop(tunnel_id, None)
             if tunnel is not None:
-                tunnel.finish(max(a, 0), max(b, 0))
+                tunnel.finish(a if a > 0 else 0, b if b > 0 else 0)  # not max(): it parses keywords, 700 instructions
 
     def close(self) -> None:
         """Abort every tunnel, stop the thread and resolve what is left (idempotent)."""
