@@ -135,6 +135,7 @@ int bare_cr_or_lf(const char *p, size_t len);
 PyObject *head_for_decide(hconn_t *c, const char *head, size_t len);
 PyObject *lane_remote(Lane *l, const struct sockaddr_storage *addr);
 int read_decision(PyObject *decision, decision_t *d);
+PyObject *tuple_of(PyObject **fields, Py_ssize_t n);
 int flush_to(int fd, int *ready, buf_t *b, size_t *off);
 int lane_dial(Lane *l, hconn_t *c);
 

@@ -57,8 +57,10 @@ void hand_back(Lane *l, hconn_t *c, int kind, size_t cin_from) {
     /* K_UPGRADE: the instance's bytes are the client's WebSocket key (decide saw the mark). */
     PyObject *udata = kind == K_UPGRADE ? PyBytes_FromStringAndSize(c->wskey, (Py_ssize_t)c->wskey_len)
                                         : bytes_of(&c->uin, 0);
-    PyObject *item = Py_BuildValue("(iOiNiNdN)", kind, c->decision ? c->decision : Py_None, c->cfd,
-                                   bytes_of(&c->cin, cin_from), c->ufd, udata, c->started, bytes_of(&c->extra, 0));
+    PyObject *fields[8] = {PyLong_FromLong(kind), Py_NewRef(c->decision ? c->decision : Py_None),
+                           PyLong_FromLong(c->cfd), bytes_of(&c->cin, cin_from), PyLong_FromLong(c->ufd), udata,
+                           PyFloat_FromDouble(c->started), bytes_of(&c->extra, 0)};
+    PyObject *item = tuple_of(fields, 8);
     if (item == NULL || PyList_Append(l->handbacks, item) != 0) {
         PyErr_Clear();  /* out of memory: the connection is lost, not leaked */
         close(c->cfd);
@@ -70,8 +72,10 @@ void hand_back(Lane *l, hconn_t *c, int kind, size_t cin_from) {
 }
 
 void finish_request(Lane *l, hconn_t *c, int failed) {
-    PyObject *item = Py_BuildValue("(OiKid)", c->decision, c->status, (unsigned long long)c->nbytes, failed,
-                                   c->started);
+    PyObject *fields[5] = {Py_XNewRef(c->decision), PyLong_FromLong(c->status),
+                           PyLong_FromUnsignedLongLong((unsigned long long)c->nbytes), PyLong_FromLong(failed),
+                           PyFloat_FromDouble(c->started)};
+    PyObject *item = tuple_of(fields, 5);
     if (item == NULL || PyList_Append(l->done, item) != 0) PyErr_Clear();
     Py_XDECREF(item);
     Py_CLEAR(c->decision);

@@ -247,7 +247,7 @@ class LaneUpgrades:
             os.close(call.fd)  # the thread's duplicate carries the tunnel
             upgrade, server = call.upgrade, self.server
             assert call.series is not None
-            server.tunnels.upgraded(tunnel, call.series)
+            call.series.opened(tunnel)
             self.pending.discard(call)
             if not self.pending:
                 self._ended()

@@ -67,6 +67,11 @@ class Balancer:
         """Connections currently held, per endpoint address (only those with some)."""
         return dict(self._active)
 
+    def counts(self) -> dict[str, int]:
+        """The live counts `acquire` and `release` keep, by address (absent: none), for a caller that counts per
+        handshake without a call each (`gateway.tunnel.registry.Series`); it keeps their rules."""
+        return self._active
+
     def acquire(self, endpoint: Endpoint) -> None:
         """Count one more connection to `endpoint`."""
         self._active[endpoint.address] = self._active.get(endpoint.address, 0) + 1
@@ -78,11 +83,6 @@ class Balancer:
             self._active[endpoint.address] = left
         else:
             self._active.pop(endpoint.address, None)
-
-    def _rotated(self, key: str, endpoints: Sequence[Endpoint]) -> list[Endpoint]:
-        start = self._next.get(key, 0) % len(endpoints)
-        self._next[key] = start + 1
-        return [*endpoints[start:], *endpoints[:start]]
 
     def order(self, key: str, endpoints: Sequence[Endpoint], choice: BalancerChoice,
               request: RequestView) -> list[Endpoint]:
@@ -96,7 +96,9 @@ class Balancer:
             value = hash_key(choice.hash_on, request)
             if value is not None:
                 return sorted(endpoints, key=lambda e: _score(value, e), reverse=True)
-        rotated = self._rotated(key, endpoints)
+        start = self._next.get(key, 0) % len(endpoints)  # round robin (here, not in a method: it runs per upgrade)
+        self._next[key] = start + 1
+        rotated = [*endpoints[start:], *endpoints[:start]]
         if algorithm is _LEAST_CONNECTIONS:
             # sorted() is stable: ties keep the round-robin rotation, so equal loads still spread.
             return sorted(rotated, key=self.active)

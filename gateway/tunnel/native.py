@@ -89,34 +89,56 @@ def sockmap_supported() -> tuple[bool, str]:
 class NativeTunnel:
     """One tunnel owned by the relay thread; `done` resolves when both sockets are closed."""
 
-    __slots__ = ("_on_done", "_relay", "done", "id", "nbytes")
+    __slots__ = ("_done", "_loop", "_on_done", "_over", "_relay", "id", "nbytes")
 
-    def __init__(self, relay: NativeRelay, tunnel_id: int, done: asyncio.Future[None],
+    def __init__(self, relay: NativeRelay, tunnel_id: int, loop: asyncio.AbstractEventLoop,
                  on_done: Callable[[NativeTunnel], None] | None) -> None:
         self._relay = relay
         self.id = tunnel_id
-        self.done = done
+        self._loop = loop
+        self._done: asyncio.Future[None] | None = None
+        self._over = False  # finished, or `done` cancelled by whoever awaited it
         self._on_done = on_done
         # Bytes received from the client and from the instance (handshake included), once finished (a slot, not
         # `Tunnel`'s property: read once per tunnel on the upgrade path).
         self.nbytes = (0, 0)
 
+    @property
+    def done(self) -> asyncio.Future[None]:
+        """Made when first asked for: most tunnels end with nobody awaiting them (the HTTP lane's upgrades), and a
+        uvloop future and its result cost 2,000 instructions a handshake."""
+        if self._done is None:
+            self._done = self._loop.create_future()
+            if self._over:
+                self._done.set_result(None)
+        return self._done
+
+    def _ended(self) -> bool:
+        return self._over or (self._done is not None and self._done.done())
+
     def close(self) -> None:
         """Flush what is pending to each side, then close both the lingering way (`gateway.tunnel.linger`)."""
-        if not self.done.done():
+        if not self._ended():
             self._relay.command_close(self.id)
 
     def abort(self) -> None:
         """Close both sides at once."""
-        if not self.done.done():
+        if not self._ended():
             self._relay.command_abort(self.id)
 
     def finish(self, client_bytes: int, upstream_bytes: int) -> None:
         self.nbytes = (client_bytes, upstream_bytes)
-        if not self.done.done():
-            self.done.set_result(None)
-            if self._on_done is not None:
-                self._on_done(self)
+        if self._over:
+            return
+        done = self._done
+        if done is not None:
+            if done.done():  # cancelled by whoever awaited it: ended as far as they are concerned
+                self._over = True
+                return
+            done.set_result(None)
+        self._over = True
+        if self._on_done is not None:
+            self._on_done(self)
 
 
 def _plain_socket_fd(transport: asyncio.BaseTransport) -> int | None:
@@ -199,7 +221,7 @@ class NativeRelay:
             return None
         client.buffer.clear()
         upstream.buffer.clear()
-        tunnel = NativeTunnel(self, tunnel_id, self._loop.create_future(), on_done)
+        tunnel = NativeTunnel(self, tunnel_id, self._loop, on_done)
         self._tunnels[tunnel_id] = tunnel
         # The duplicates keep both connections open: closing the transports only releases uvloop's handles.
         ct.close()
@@ -241,7 +263,7 @@ class NativeRelay:
             raise
         ct.pause_reading()
         future: asyncio.Future[DialResult] = self._loop.create_future()
-        tunnel = NativeTunnel(self, tunnel_id, self._loop.create_future(), on_done)
+        tunnel = NativeTunnel(self, tunnel_id, self._loop, on_done)
         self._dials[tunnel_id] = _Dial(future, tunnel, client, on_upgraded)
         future.add_done_callback(lambda f: self.command_abort(tunnel_id) if f.cancelled() else None)
         return future
@@ -261,7 +283,7 @@ class NativeRelay:
             raise RuntimeError("the relay is closed")
         tunnel_id = self._relay.dial_fast(client_fd, host, port, request, connect_timeout_ms, response_timeout_ms,
                                           idle_timeout_ms)
-        self._fd_dials[tunnel_id] = (NativeTunnel(self, tunnel_id, self._loop.create_future(), on_done), ended)
+        self._fd_dials[tunnel_id] = (NativeTunnel(self, tunnel_id, self._loop, on_done), ended)
 
     def _dial_ended(self, tunnel_id: int, kind: int, a: int, b: int, data: bytes | None) -> None:
         assert _relay is not None
@@ -325,14 +347,19 @@ class NativeRelay:
 
     def _reap(self) -> None:
         assert _relay is not None
-        backlog = self._backlog
+        backlog, fd_dials, tunnels, upgraded = self._backlog, self._fd_dials, self._tunnels, _relay.EV_UPGRADED
         backlog.extend(self._relay.reap())
         while backlog:
             tunnel_id, kind, a, b, data = backlog.popleft()
+            if kind == upgraded and tunnel_id in fd_dials:  # the HTTP lane's upgrade got its 101: the usual event
+                dialed, ended = fd_dials.pop(tunnel_id)
+                tunnels[tunnel_id] = dialed
+                ended(_new_result(DialResult, (dialed, None, 0, None, b"")))
+                continue
             if kind != _relay.EV_DONE:
                 self._dial_ended(tunnel_id, kind, a, b, data)
                 continue
-            tunnel = self._tunnels.pop(tunnel_id, None)
+            tunnel = tunnels.pop(tunnel_id, None)
             if tunnel is not None:
                 tunnel.finish(a if a > 0 else 0, b if b > 0 else 0)  # not max(): it parses keywords, 700 instructions
 
