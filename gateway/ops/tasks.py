@@ -96,7 +96,8 @@ class TaskSupervisor:
 
         def guarded() -> None:
             try:
-                self._inject(name)
+                if self._fault_file is not None:  # (a guarded reader runs per event: no call when there is none)
+                    self._inject(name)
                 callback()
             except Exception as exc:  # the reader must come back
                 detach()

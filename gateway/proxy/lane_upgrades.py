@@ -70,7 +70,7 @@ class UpgradeRoute:
     """How upgrades with one head (but for the key) from one address are routed: kept while the routing state
     stays and its routes are deterministic; the instance's request is kept per instance, cut where the key goes."""
 
-    __slots__ = ("_instances", "connect_ms", "counted", "head", "idle_ms", "literal", "plan", "remote", "response_ms",
+    __slots__ = ("connect_ms", "counted", "head", "idle_ms", "instances", "literal", "plan", "remote", "response_ms",
                  "route", "scheme", "target", "view")
 
     def __init__(self, head: RequestHead, view: RequestView, route: RouteSpec, plan: ForwardPlan,
@@ -86,14 +86,14 @@ class UpgradeRoute:
         self.idle_ms = ms(idle_timeout_s)  # the relay thread's timeouts, worked out once
         self.connect_ms = max(1, ms(target.relay_connect_s))
         self.response_ms = ms(target.response_timeout_s)
-        self._instances: dict[str, tuple[bytes, bytes, Series] | None] = {}  # by address (an Endpoint hashes slowly)
+        self.instances: dict[str, tuple[bytes, bytes, Series] | None] = {}  # by address (an Endpoint hashes slowly)
         self.literal: tuple[Endpoint, ...] | None = None  # the instances last seen, when all are IP addresses
 
     def instance(self, endpoint: Endpoint, tunnels: Tunnels) -> tuple[bytes, bytes, Series] | None:
         """The instance's request cut where the client's key goes, and the series its tunnels count into (one
         lookup per dial, by address); None when the marked key does not show exactly once."""
         try:
-            return self._instances[endpoint.address]
+            return self.instances[endpoint.address]
         except KeyError:
             plan, target = self.plan, self.target
             headers = upstream_request_headers(
@@ -102,7 +102,7 @@ class UpgradeRoute:
                 upstream_authority=authority(endpoint.host, endpoint.port, target.scheme))
             pieces = serialize_head(f"{self.head.method} {plan.target} HTTP/1.1", headers).split(MARK)
             kept = (pieces[0], pieces[1], tunnels.series(self.route.id, endpoint)) if len(pieces) == 2 else None
-            self._instances[endpoint.address] = kept
+            self.instances[endpoint.address] = kept
             return kept
 
 
@@ -208,7 +208,8 @@ class LaneUpgrades:
         target = upgrade.target
         while call.order and relay is not None:
             endpoint = call.endpoint = call.order.pop()
-            instance = upgrade.instance(endpoint, server.tunnels)
+            # Looked up here first (a call fewer per upgrade); `instance` makes it on the first dial to `endpoint`.
+            instance = upgrade.instances.get(endpoint.address) or upgrade.instance(endpoint, server.tunnels)
             try:
                 dup = os.dup(call.fd)  # the thread closes its copy when the dial fails; ours stays for an answer
             except OSError as exc:
@@ -253,7 +254,7 @@ class LaneUpgrades:
                 self._ended()
             self.upgraded += 1
             upgrade.counted.value += 1
-            if server.settings.access_log:
+            if server.state.config.server.access_log:  # `server.settings`, read without the property's call
                 server.accounting.log(upgrade.remote, call.head, 101, upgrade.route.id, endpoint.address,
                                       call.started)
             return

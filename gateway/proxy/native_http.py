@@ -179,6 +179,7 @@ class NativeHttp:
         self.loop = loop
         settings = server.settings
         self._settings = settings
+        self._run_state: RoutingState | None = server.state
         self.lane = _http.Lane(self.decide, head_timeout_ms=_ms(settings.head_timeout_s),
                                max_head_bytes=settings.max_head_bytes)
         self.lane.max_connections = settings.max_connections
@@ -400,18 +401,24 @@ class NativeHttp:
 
     # -- what the lane reports ----------------------------------------------------------------------------
     def _run(self) -> None:
+        # Runs a few times per handshake: the settings are looked at when the routing state changes (`settings` is
+        # `state.config.server`), the others' count only under a connection limit (the lane reads it only then).
         server = self.server
-        settings = server.settings
-        if settings is not self._settings:  # a reload
-            self._settings = settings
-            self.lane.configure(head_timeout_ms=_ms(settings.head_timeout_s), max_head_bytes=settings.max_head_bytes)
-            self.lane.max_connections = settings.max_connections
-        lane = self.lane
-        lane.outside = len(server.connections) + len(server.tunnels) + len(self.upgrades.pending)
+        state = server.state
+        if state is not self._run_state:
+            self._run_state = state
+            settings = state.config.server
+            if settings is not self._settings:  # a reload
+                self._settings = settings
+                lane = self.lane
+                lane.configure(head_timeout_ms=_ms(settings.head_timeout_s), max_head_bytes=settings.max_head_bytes)
+                lane.max_connections = settings.max_connections
+        settings, lane = self._settings, self.lane
+        if lane.max_connections:
+            lane.outside = len(server.connections) + len(server.tunnels.live) + len(self.upgrades.pending)
         done, handbacks = lane.run()
         if done:
-            accounting = server.accounting
-            logging_on = settings.access_log
+            accounting, logging_on = server.accounting, settings.access_log
             for decided, status, nbytes, failed, started in done:
                 route = decided.route
                 accounting.count(route.id, status)
@@ -431,7 +438,8 @@ class NativeHttp:
                 self.upgrades.start(decided, cfd, cdata, udata, started)
             else:
                 self.loop.create_task(self._handed_back(kind, decided, cfd, cdata, ufd, udata, started, limited))
-        self._maybe_empty()
+        if self.empty is not None:
+            self._maybe_empty()
 
     def _upgrade_fallback(self, call: UpgradeCall) -> None:
         """An upgrade the relay thread cannot dial after all: the Python path takes its connection whole."""

@@ -47,6 +47,7 @@ class Tunnels:
 
     def __init__(self, *, metrics: Metrics, balancer: Balancer, timeouts: CloseTimeouts = DEFAULT_TIMEOUTS) -> None:
         self._open: set[AnyTunnel] = set()
+        self.live = self._open  # the same set, read-only for others: `len(tunnels.live)` runs no Python `__len__`
         self.timeouts = timeouts
         self.tasks: TaskSupervisor | None = None  # the worker's; set before `prepare` to supervise the relay's reader
         self._metrics = metrics
