@@ -27,8 +27,8 @@ class SeriesKey:
     def __init__(self, name: str, labels: Labels) -> None:
         self.name = name
         self.labels = labels
-        # -0.0 until something is added (any addition, of 0 too, gives +0.0 or more): a series nothing was added
-        # to stays out of `render`, as with `add`.
+        # -0.0 until something is added (adding any int, 0 included, leaves another value): a series nothing was
+        # added to stays out of `render`, as with `add`.
         self.value = -0.0
 
 
@@ -42,6 +42,11 @@ _HELP: dict[str, tuple[str, str]] = {
     "wsgate_open_connections": ("gauge", "Client connections open now."),
     "wsgate_instance_tunnels": ("gauge", "WebSocket tunnels open now, by instance."),
 }
+
+
+def _untouched(value: float) -> bool:
+    """Whether a `SeriesKey` was never added to: its value is still -0.0 (a negative one was added to)."""
+    return value == 0 and copysign(1.0, value) < 0
 
 
 class Metrics:
@@ -89,7 +94,7 @@ class Metrics:
             for label_value, value in read_all().items():
                 merged[(name, ((label, label_value),))] = float(value)
         rows = [*((name, labels, value) for (name, labels), value in self._values.items()),
-                *((key.name, key.labels, key.value) for key in self._series.values() if copysign(1.0, key.value) > 0)]
+                *((key.name, key.labels, key.value) for key in self._series.values() if not _untouched(key.value))]
         for name, labels, value in rows:
             key = (name, tuple(sorted(labels)))
             merged[key] = merged.get(key, 0.0) + value

@@ -157,6 +157,18 @@ def test_metrics_add_series_counts_the_same_series_as_add() -> None:
     assert metrics.value("wsgate_requests_total", route="r", status="101") == 2.0
 
 
+def test_metrics_series_render_once_added_to_even_by_zero_or_below_zero() -> None:
+    metrics = Metrics()
+    never, zero, below = (metrics.series("wsgate_active_tunnels", route=r) for r in ("never", "zero", "below"))
+    zero.value += 0
+    below.value -= 1
+    text = metrics.render()
+    assert 'route="never"' not in text
+    assert 'wsgate_active_tunnels{route="zero"} 0' in text
+    assert 'wsgate_active_tunnels{route="below"} -1' in text
+    assert never is metrics.series("wsgate_active_tunnels", route="never")  # one key per series
+
+
 @pytest.mark.parametrize("preserve_host", [True, False])
 def test_upstream_headers_send_one_host_when_the_client_sent_an_empty_one(preserve_host: bool) -> None:
     headers = upstream_request_headers((("Host", ""), ("Host", "second"), ("Accept", "*/*")), upgrade=False,
