@@ -13,10 +13,12 @@ ext_modules = []
 if sys.platform.startswith("linux"):  # epoll and eventfd
     sources = ["gateway/_relay.c", "gateway/_relay_thread.c", "gateway/_relay_dial.c", "gateway/_relay_index.c",
                "gateway/_relay_sockmap.c"]
-    ext_modules.append(Extension("gateway._relay", sources, depends=["gateway/_relay.h"], optional=True,
+    ext_modules.append(Extension("gateway._relay", sources, depends=["gateway/_relay.h", "gateway/_scan.h"],
+                                 optional=True,
                                  extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]))
     http_sources = ["gateway/_http.c", "gateway/_http_io.c", "gateway/_http_util.c", "gateway/_http_redis.c"]
-    ext_modules.append(Extension("gateway._http", http_sources, depends=["gateway/_http.h"], optional=True,
+    ext_modules.append(Extension("gateway._http", http_sources, depends=["gateway/_http.h", "gateway/_scan.h"],
+                                 optional=True,
                                  extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"]))
 
 setup(ext_modules=ext_modules)

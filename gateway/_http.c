@@ -96,6 +96,7 @@ static void Lane_dealloc(Lane *l) {
     free(l->owners);
     free(l->pool);
     Py_XDECREF(l->decide);
+    Py_XDECREF(l->last_remote);
     Py_XDECREF(l->done);
     Py_XDECREF(l->handbacks);
     Py_TYPE(l)->tp_free((PyObject *)l);

@@ -12,6 +12,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+
+#include "_scan.h"
 
 #define LANE_READ_BYTES 65536
 #define LANE_MAX_EVENTS 256
@@ -76,6 +79,10 @@ typedef struct {
     PyObject_HEAD
     int epfd, listenfd, timerfd;
     PyObject *decide;           /* decide(head: bytes, remote: str) -> tuple | None */
+    /* The last IPv4 client's address and its text, given to the next connection from it: inet_ntop cost 1,700
+     * instructions a connection, and decide's cache key hashes the same str object once, not a new one each time. */
+    uint32_t last_ip;
+    PyObject *last_remote;
     uint64_t head_timeout_ms;
     size_t max_head_bytes;
     int draining;
@@ -101,6 +108,14 @@ typedef struct {
     char scratch[LANE_READ_BYTES];
 } Lane;
 
+/* What decide answered for a request (read_decision). */
+typedef struct {
+    PyObject *token, *request, *limit;
+    unsigned int ip, port;
+    unsigned long long body_len, connect_ms, response_ms;
+    int keep, no_body, upgrade;
+} decision_t;
+
 #pragma GCC visibility push(hidden)
 
 /* _http_util.c */
@@ -118,6 +133,9 @@ void lane_pool_clear(Lane *l);
 int take_response(hconn_t *c, size_t len);
 int bare_cr_or_lf(const char *p, size_t len);
 PyObject *head_for_decide(hconn_t *c, const char *head, size_t len);
+PyObject *lane_remote(Lane *l, const struct sockaddr_storage *addr);
+int read_decision(PyObject *decision, decision_t *d);
+PyObject *tuple_of(PyObject **fields, Py_ssize_t n);
 int flush_to(int fd, int *ready, buf_t *b, size_t *off);
 int lane_dial(Lane *l, hconn_t *c);
 

@@ -57,8 +57,10 @@ void hand_back(Lane *l, hconn_t *c, int kind, size_t cin_from) {
     /* K_UPGRADE: the instance's bytes are the client's WebSocket key (decide saw the mark). */
     PyObject *udata = kind == K_UPGRADE ? PyBytes_FromStringAndSize(c->wskey, (Py_ssize_t)c->wskey_len)
                                         : bytes_of(&c->uin, 0);
-    PyObject *item = Py_BuildValue("(iOiNiNdN)", kind, c->decision ? c->decision : Py_None, c->cfd,
-                                   bytes_of(&c->cin, cin_from), c->ufd, udata, c->started, bytes_of(&c->extra, 0));
+    PyObject *fields[8] = {PyLong_FromLong(kind), Py_NewRef(c->decision ? c->decision : Py_None),
+                           PyLong_FromLong(c->cfd), bytes_of(&c->cin, cin_from), PyLong_FromLong(c->ufd), udata,
+                           PyFloat_FromDouble(c->started), bytes_of(&c->extra, 0)};
+    PyObject *item = tuple_of(fields, 8);
     if (item == NULL || PyList_Append(l->handbacks, item) != 0) {
         PyErr_Clear();  /* out of memory: the connection is lost, not leaked */
         close(c->cfd);
@@ -70,8 +72,10 @@ void hand_back(Lane *l, hconn_t *c, int kind, size_t cin_from) {
 }
 
 void finish_request(Lane *l, hconn_t *c, int failed) {
-    PyObject *item = Py_BuildValue("(OiKid)", c->decision, c->status, (unsigned long long)c->nbytes, failed,
-                                   c->started);
+    PyObject *fields[5] = {Py_XNewRef(c->decision), PyLong_FromLong(c->status),
+                           PyLong_FromUnsignedLongLong((unsigned long long)c->nbytes), PyLong_FromLong(failed),
+                           PyFloat_FromDouble(c->started)};
+    PyObject *item = tuple_of(fields, 5);
     if (item == NULL || PyList_Append(l->done, item) != 0) PyErr_Clear();
     Py_XDECREF(item);
     Py_CLEAR(c->decision);
@@ -87,13 +91,8 @@ void lane_accept(Lane *l) {
         if (fd < 0) return;  /* EAGAIN, or an error the next round sees again */
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        char text[INET6_ADDRSTRLEN] = "unknown";
-        if (addr.ss_family == AF_INET)
-            inet_ntop(AF_INET, &((struct sockaddr_in *)&addr)->sin_addr, text, sizeof(text));
-        else if (addr.ss_family == AF_INET6)
-            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&addr)->sin6_addr, text, sizeof(text));
         hconn_t *c = calloc(1, sizeof(hconn_t));
-        PyObject *remote = PyUnicode_FromString(text);
+        PyObject *remote = lane_remote(l, &addr);
         if (c == NULL || remote == NULL || lane_watch(l, fd, SLOT_CLIENT, c) != 0) {
             PyErr_Clear();
             Py_XDECREF(remote);
@@ -161,7 +160,7 @@ static int queue_body(Lane *l, hconn_t *c) {
 static int start_request(Lane *l, hconn_t *c) {
     size_t start = 0;
     while (c->cin.len >= start + 2 && c->cin.data[start] == '\r' && c->cin.data[start + 1] == '\n') start += 2;
-    char *head = c->cin.len > start ? memmem(c->cin.data + start, c->cin.len - start, "\r\n\r\n", 4) : NULL;
+    const char *head = c->cin.len > start ? find_head_end(c->cin.data + start, c->cin.len - start) : NULL;
     if (head == NULL) {
         size_t pending = c->cin.len - start;
         if (pending > l->max_head_bytes || bare_cr_or_lf(c->cin.data + start, pending) || (c->ceof && pending)) {
@@ -178,43 +177,38 @@ static int start_request(Lane *l, hconn_t *c) {
         PyObject *decision = raw ? PyObject_CallFunctionObjArgs(l->decide, raw, c->remote, NULL) : NULL;
         Py_XDECREF(raw);
         if (decision == NULL) PyErr_WriteUnraisable(l->decide);
-        unsigned int ip = 0, port = 0;
-        unsigned long long body_len = 0, connect_ms = 0, response_ms = 0;
-        int keep = 0, no_body = 0, upgrade = 0;
-        PyObject *token, *request, *limit = Py_None;
-        if (decision == NULL || decision == Py_None
-            || !PyArg_ParseTuple(decision, "OSIIKppKK|Op", &token, &request, &ip, &port, &body_len, &keep, &no_body,
-                                 &connect_ms, &response_ms, &limit, &upgrade)) {
+        decision_t d;
+        if (decision == NULL || decision == Py_None || read_decision(decision, &d) != 0) {
             PyErr_Clear();
             Py_XDECREF(decision);
             hand_back(l, c, K_NEW, 0);
             return -1;
         }
-        Py_INCREF(token);
-        c->decision = token;  /* what finished requests and hand-backs report */
-        if (upgrade || c->wskey_len) {
+        Py_INCREF(d.token);
+        c->decision = d.token;  /* what finished requests and hand-backs report */
+        if (d.upgrade || c->wskey_len) {
             /* The relay thread dials it (Python's `lane_upgrades`); bytes after the head need the Python path, and
              * so does a plain request whose head carried a key (its request for the instance has the mark). */
             Py_DECREF(decision);
-            hand_back(l, c, upgrade && c->wskey_len && c->cin.len == c->head_used ? K_UPGRADE : K_NEW, 0);
+            hand_back(l, c, d.upgrade && c->wskey_len && c->cin.len == c->head_used ? K_UPGRADE : K_NEW, 0);
             return -1;
         }
         Py_CLEAR(c->limit);
-        if (limit != Py_None) {
-            Py_INCREF(limit);
-            c->limit = limit;
+        if (d.limit != Py_None) {
+            Py_INCREF(d.limit);
+            c->limit = d.limit;
         }
-        c->ip = ip;
-        c->port = (uint16_t)port;
-        c->body_len = body_len;
-        c->keep_client = keep;
-        c->no_body = no_body;
-        c->connect_ms = connect_ms;
-        c->response_ms = response_ms;
+        c->ip = d.ip;
+        c->port = (uint16_t)d.port;
+        c->body_len = d.body_len;
+        c->keep_client = d.keep;
+        c->no_body = d.no_body;
+        c->connect_ms = d.connect_ms;
+        c->response_ms = d.response_ms;
         c->req.len = 0;
         c->req_off = 0;
         c->extra.len = 0;
-        int failed = buf_add(&c->req, PyBytes_AS_STRING(request), (size_t)PyBytes_GET_SIZE(request));
+        int failed = buf_add(&c->req, PyBytes_AS_STRING(d.request), (size_t)PyBytes_GET_SIZE(d.request));
         Py_DECREF(decision);
         if (failed) {
             hand_back(l, c, K_FORWARD, c->head_used);
@@ -305,7 +299,7 @@ static int step_upstream(Lane *l, hconn_t *c) {
     if (flush_to(c->ufd, &c->uwr, &c->req, &c->req_off) != 0) return upstream_failed(l, c);
     for (;;) {
         if (c->uin.len) {
-            char *end = memmem(c->uin.data, c->uin.len, "\r\n\r\n", 4);
+            const char *end = find_head_end(c->uin.data, c->uin.len);
             if (end != NULL) {
                 size_t len = (size_t)(end - c->uin.data);
                 if (take_response(c, len) != 0) {

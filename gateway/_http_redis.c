@@ -165,7 +165,7 @@ int redis_submit(Lane *l, hconn_t *c, const char *before, size_t before_len, con
 static const char *parse_value(const char *p, const char *end, int depth, long long *ints, int *count, int *error,
                                int *bad) {
     if (p >= end) return NULL;
-    const char *eol = memmem(p, (size_t)(end - p), "\r\n", 2);
+    const char *eol = find_crlf(p, (size_t)(end - p));
     if (eol == NULL) return NULL;
     char type = *p;
     long long n = 0;

@@ -1,6 +1,7 @@
 /* The native HTTP lane's helpers: buffers, descriptors, the upstream pool and response heads (see _http.c). */
 #include "_http.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -104,10 +105,10 @@ static int ws_key_at(const char *head, size_t len, size_t *at, size_t *vlen) {
     const size_t name_len = sizeof(name) - 1;
     const char *end = head + len, *p = head;
     int found = 0;
-    while ((p = memmem(p, (size_t)(end - p), "\r\n", 2)) != NULL) {
+    while ((p = find_crlf(p, (size_t)(end - p))) != NULL) {
         if ((size_t)(end - p) >= name_len && strncasecmp(p, name, name_len) == 0) {
             if (found++) return -1;
-            const char *v = p + name_len, *e = memmem(v, (size_t)(end - v), "\r\n", 2);
+            const char *v = p + name_len, *e = find_crlf(v, (size_t)(end - v));
             if (e == NULL) e = end;
             while (v < e && (*v == ' ' || *v == '\t')) v++;
             while (e > v && (e[-1] == ' ' || e[-1] == '\t')) e--;
@@ -236,7 +237,7 @@ int take_response(hconn_t *c, size_t len) {
     for (int k = 9; k < 12; k++) if (p[k] < '0' || p[k] > '9') return -1;
     int status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
     if (status < 200) return -1;  /* 1xx heads are passed on by Python, a 101 refused there */
-    const char *line_end = memmem(p, len + 2, "\r\n", 2);
+    const char *line_end = find_crlf(p, len + 2);
     if (line_end == NULL || (line_end > p + 12 && p[12] != ' ')) return -1;
     int keep_upstream = p[7] == '1';
     long long length = -1;
@@ -246,7 +247,7 @@ int take_response(hconn_t *c, size_t len) {
         return -1;  /* (a status line without a reason gets Python's "HTTP/1.1 200 ") */
     const char *q = line_end + 2, *end = p + len;
     while (q < end) {
-        const char *eol = memmem(q, (size_t)(end - q) + 2, "\r\n", 2);
+        const char *eol = find_crlf(q, (size_t)(end - q) + 2);
         const char *colon = memchr(q, ':', (size_t)(eol - q));
         if (colon == NULL || colon == q) return -1;
         for (const char *n = q; n < colon; n++) if (!is_token_char((unsigned char)*n)) return -1;
@@ -324,4 +325,56 @@ int lane_dial(Lane *l, hconn_t *c) {
     c->reused = 0;
     c->deadline_ms = c->connect_ms ? lane_now_ms() + c->connect_ms : 0;
     return 0;
+}
+
+/* The client's address as text (see Lane.last_remote), a new reference; NULL with an exception set. */
+PyObject *lane_remote(Lane *l, const struct sockaddr_storage *addr) {
+    uint32_t ip = addr->ss_family == AF_INET ? ((const struct sockaddr_in *)addr)->sin_addr.s_addr : 0;
+    if (l->last_remote != NULL && ip != 0 && ip == l->last_ip) return Py_NewRef(l->last_remote);
+    char text[INET6_ADDRSTRLEN] = "unknown";
+    if (addr->ss_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)addr)->sin_addr, text, sizeof(text));
+    else if (addr->ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)addr)->sin6_addr, text, sizeof(text));
+    PyObject *remote = PyUnicode_FromString(text);
+    if (remote != NULL && ip != 0) {
+        Py_XSETREF(l->last_remote, Py_NewRef(remote));
+        l->last_ip = ip;
+    }
+    return remote;
+}
+
+/* decide's answer (token, request, ip, port, body_len, keep, no_body, connect_ms, response_ms[, limit, upgrade]) read
+ * without PyArg_ParseTuple, which parsed its format per request (1,300 instructions); -1 when it is not one (an
+ * exception may be set). The references are borrowed from `decision`. */
+int read_decision(PyObject *decision, decision_t *d) {
+    if (!PyTuple_Check(decision)) return -1;
+    Py_ssize_t n = PyTuple_GET_SIZE(decision);
+    if (n < 9 || n > 11 || !PyBytes_Check(PyTuple_GET_ITEM(decision, 1))) return -1;
+    d->token = PyTuple_GET_ITEM(decision, 0);
+    d->request = PyTuple_GET_ITEM(decision, 1);
+    d->ip = (unsigned int)PyLong_AsUnsignedLongMask(PyTuple_GET_ITEM(decision, 2));
+    d->port = (unsigned int)PyLong_AsUnsignedLongMask(PyTuple_GET_ITEM(decision, 3));
+    d->body_len = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(decision, 4));
+    d->keep = PyObject_IsTrue(PyTuple_GET_ITEM(decision, 5));
+    d->no_body = PyObject_IsTrue(PyTuple_GET_ITEM(decision, 6));
+    d->connect_ms = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(decision, 7));
+    d->response_ms = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(decision, 8));
+    d->limit = n > 9 ? PyTuple_GET_ITEM(decision, 9) : Py_None;
+    d->upgrade = n > 10 ? PyObject_IsTrue(PyTuple_GET_ITEM(decision, 10)) : 0;
+    return d->keep < 0 || d->no_body < 0 || d->upgrade < 0 || PyErr_Occurred() ? -1 : 0;
+}
+
+/* A tuple of `n` new references (stolen, NULL ones too), or NULL when one is NULL: Py_BuildValue parsed its format
+ * per call, about 1,000 instructions for a hand-back or a finished request. */
+PyObject *tuple_of(PyObject **fields, Py_ssize_t n) {
+    PyObject *item = PyTuple_New(n);
+    int complete = item != NULL;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (fields[k] == NULL) complete = 0;
+        if (item != NULL) PyTuple_SET_ITEM(item, k, fields[k]); /* a NULL slot is fine for the tuple's dealloc */
+        else Py_XDECREF(fields[k]);
+    }
+    if (!complete) Py_CLEAR(item);
+    return item;
 }

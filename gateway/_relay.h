@@ -27,6 +27,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "_scan.h"
+
 #define CHUNK_BYTES 65536
 #define MAX_EVENTS 256
 #define TCP_INFO_BYTES_RECEIVED_AT 128 /* u64 tcpi_bytes_received, Linux >= 4.1 */
@@ -193,6 +195,8 @@ void on_dial_event(Relay *r, tunnel_t *t, uint32_t got);
 void start_dial(Relay *r, tunnel_t *t);
 PyObject *Relay_dial(Relay *r, PyObject *args, PyObject *kwargs);
 extern const char dial_doc[];
+PyObject *Relay_dial_fast(Relay *r, PyObject *const *args, Py_ssize_t nargs);
+extern const char dial_fast_doc[];
 
 /* _relay.c */
 tunnel_t *tunnel_new(int client_fd, int upstream_fd, uint64_t idle_ms); /* calloc'ed; the caller sets the id */

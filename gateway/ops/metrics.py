@@ -11,9 +11,26 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping
+from math import copysign
 from pathlib import Path
 
 Labels = tuple[tuple[str, str], ...]
+
+
+class SeriesKey:
+    """One series' running value in this worker, for a caller that keeps it (`Metrics.series`): adding is
+    `key.value += n`, no lookup (a tuple of tuples would be hashed afresh at every dict lookup: about 45
+    instructions a nested tuple, four per key, and a handshake added to six series)."""
+
+    __slots__ = ("labels", "name", "value")
+
+    def __init__(self, name: str, labels: Labels) -> None:
+        self.name = name
+        self.labels = labels
+        # -0.0 until something is added (adding any int, 0 included, leaves another value): a series nothing was
+        # added to stays out of `render`, as with `add`.
+        self.value = -0.0
+
 
 _HELP: dict[str, tuple[str, str]] = {
     "wsgate_requests_total": ("counter", "Requests answered, by route and status."),
@@ -27,11 +44,17 @@ _HELP: dict[str, tuple[str, str]] = {
 }
 
 
+def _untouched(value: float) -> bool:
+    """Whether a `SeriesKey` was never added to: its value is still -0.0 (a negative one was added to)."""
+    return value == 0 and copysign(1.0, value) < 0
+
+
 class Metrics:
     """A worker's counters and gauges; `render` produces the gateway-wide Prometheus text."""
 
     def __init__(self, *, shared_dir: str | None = None) -> None:
         self._values: dict[tuple[str, Labels], float] = {}
+        self._series: dict[tuple[str, Labels], SeriesKey] = {}
         self._gauges: dict[str, Callable[[], float]] = {}
         self._labelled: dict[str, tuple[str, Callable[[], Mapping[str, float]]]] = {}
         self._shared_dir = Path(shared_dir) if shared_dir else None
@@ -43,9 +66,19 @@ class Metrics:
         key = (name, tuple(labels.items()))
         self._values[key] = self._values.get(key, 0.0) + value
 
-    def add_series(self, key: tuple[str, Labels], value: float = 1.0) -> None:
-        """`add` for a series whose key (`series_key`) the caller built once and keeps."""
-        self._values[key] = self._values.get(key, 0.0) + value
+    def series(self, name: str, **labels: str) -> SeriesKey:
+        """The series `add(name, **labels)` adds to, for a caller that keeps it and adds with `key.value += n` (the
+        same object for the same labels in the same order, so the keys stay as few as the series)."""
+        ident = (name, tuple(labels.items()))
+        key = self._series.get(ident)
+        if key is None:
+            key = self._series[ident] = SeriesKey(name, ident[1])
+        return key
+
+    @staticmethod
+    def add_series(key: SeriesKey, value: float = 1.0) -> None:
+        """`add` for a series the caller keeps (`series`)."""
+        key.value += value
 
     def gauge(self, name: str, read: Callable[[], float]) -> None:
         """A label-less gauge whose value is read when rendering (nothing to update on the hot path)."""
@@ -60,7 +93,9 @@ class Metrics:
         for name, (label, read_all) in self._labelled.items():
             for label_value, value in read_all().items():
                 merged[(name, ((label, label_value),))] = float(value)
-        for (name, labels), value in self._values.items():
+        rows = [*((name, labels, value) for (name, labels), value in self._values.items()),
+                *((key.name, key.labels, key.value) for key in self._series.values() if not _untouched(key.value))]
+        for name, labels, value in rows:
             key = (name, tuple(sorted(labels)))
             merged[key] = merged.get(key, 0.0) + value
         return merged
@@ -117,8 +152,3 @@ class Metrics:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def series_key(name: str, **labels: str) -> tuple[str, Labels]:
-    """The key `Metrics.add(name, **labels)` files a value under, for `Metrics.add_series`."""
-    return name, tuple(labels.items())

@@ -94,17 +94,26 @@ class TaskSupervisor:
         guarded callback again, and it is called once at once (to take what came meanwhile).
         """
 
+        # A guarded reader runs per event (the relay's, per handshake): no call for the fault file when there is
+        # none, and the board is asked whether the duty is failing only after it was seen failing.
+        failed = self.board.failing(name)
+
         def guarded() -> None:
+            nonlocal failed
             try:
-                self._inject(name)
+                if self._fault_file is not None:
+                    self._inject(name)
                 callback()
             except Exception as exc:  # the reader must come back
+                failed = True
                 detach()
                 delay = self._failed(name, exc)
                 self._timers[name] = loop.call_later(delay, restart)
                 return
-            if self.board.failing(name):
-                self.board.progressed(name, self._clock())
+            if failed:
+                failed = False
+                if self.board.failing(name):
+                    self.board.progressed(name, self._clock())
 
         def restart() -> None:
             self._timers.pop(name, None)

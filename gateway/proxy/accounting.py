@@ -13,7 +13,7 @@ from collections.abc import Callable
 from gateway.config.model import RouteSpec, ServerSettings
 from gateway.discovery.base import Endpoint
 from gateway.errors import BadGateway, UpstreamTimeout
-from gateway.ops.metrics import Labels, Metrics, series_key
+from gateway.ops.metrics import Metrics, SeriesKey
 from gateway.proxy.httpparse import RequestHead
 
 access_log = logging.getLogger("gateway.access")
@@ -26,20 +26,20 @@ class Accounting:
     def __init__(self, metrics: Metrics, settings: Callable[[], ServerSettings]) -> None:
         self.metrics = metrics
         self._settings = settings
-        self._request_keys: dict[tuple[str, int], tuple[str, Labels]] = {}
+        self._request_keys: dict[tuple[str, int], SeriesKey] = {}
 
     def count(self, route: str, status: int) -> None:
         """One answer with `status` on `route` (`-` before a route was chosen)."""
-        self.metrics.add_series(self.count_key(route, status))
+        self.count_key(route, status).value += 1
 
-    def count_key(self, route: str, status: int) -> tuple[str, Labels]:
-        """The series `count` adds to (for a caller that keeps it: `Metrics.add_series`)."""
+    def count_key(self, route: str, status: int) -> SeriesKey:
+        """The series `count` adds to (for a caller that keeps it: `key.value += 1`)."""
         key = self._request_keys.get((route, status))
         if key is None:
             if len(self._request_keys) >= _MAX_CACHED_KEYS:
                 self._request_keys.clear()
-            key = self._request_keys[(route, status)] = series_key("wsgate_requests_total", route=route,
-                                                                   status=str(status))
+            key = self._request_keys[(route, status)] = self.metrics.series("wsgate_requests_total", route=route,
+                                                                       status=str(status))
         return key
 
     def log(self, remote: str, head: RequestHead, status: int, route: str, instance: str, started: float) -> None:

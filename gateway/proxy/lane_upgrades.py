@@ -28,7 +28,7 @@ from gateway.config.model import RouteSpec
 from gateway.discovery.base import Endpoint
 from gateway.errors import GatewayError, NoInstance
 from gateway.model import Balancing, ForwardPlan, RequestView
-from gateway.ops.metrics import Labels
+from gateway.ops.metrics import SeriesKey
 from gateway.proxy import policies
 from gateway.proxy.client_conn import ClientConn
 from gateway.proxy.exchange import CLOSE, Exchange, Outcome
@@ -38,7 +38,7 @@ from gateway.proxy.responses import error_body, simple_response
 from gateway.routing.table import RouteMatch
 from gateway.routing.targets import RouteTarget, ip_literal
 from gateway.tunnel.native import DialResult, NativeRelay, ms
-from gateway.tunnel.registry import Series
+from gateway.tunnel.registry import Series, Tunnels
 
 if TYPE_CHECKING:
     from gateway.proxy.server import GatewayServer
@@ -48,6 +48,7 @@ log = logging.getLogger("gateway.server")
 # Stands for the client's key in the head `decide` gets (the lane puts it there: WS_KEY_MARK in gateway/_http.h; the
 # lane checked the key is 1-64 base64 characters, nothing to escape) and in the instance's request kept per instance.
 MARK = b"wsgate-lane-key-0000000000=="
+_HASH = Balancing.HASH  # read once: on Python 3.11 `Balancing.HASH` goes through `EnumType.__getattr__`'s hook
 
 
 def lane_route(server: GatewayServer, view: RequestView) -> tuple[RouteMatch, ForwardPlan] | None:
@@ -69,11 +70,11 @@ class UpgradeRoute:
     """How upgrades with one head (but for the key) from one address are routed: kept while the routing state
     stays and its routes are deterministic; the instance's request is kept per instance, cut where the key goes."""
 
-    __slots__ = ("_requests", "connect_ms", "counted", "head", "idle_ms", "literal", "plan", "remote", "response_ms",
+    __slots__ = ("connect_ms", "counted", "head", "idle_ms", "instances", "literal", "plan", "remote", "response_ms",
                  "route", "scheme", "target", "view")
 
     def __init__(self, head: RequestHead, view: RequestView, route: RouteSpec, plan: ForwardPlan,
-                 target: RouteTarget, idle_timeout_s: float | None, counted: tuple[str, Labels]) -> None:
+                 target: RouteTarget, idle_timeout_s: float | None, counted: SeriesKey) -> None:
         self.counted = counted  # wsgate_requests_total for a 101 on this route
         self.head = head
         self.view = view
@@ -85,13 +86,14 @@ class UpgradeRoute:
         self.idle_ms = ms(idle_timeout_s)  # the relay thread's timeouts, worked out once
         self.connect_ms = max(1, ms(target.relay_connect_s))
         self.response_ms = ms(target.response_timeout_s)
-        self._requests: dict[str, tuple[bytes, bytes] | None] = {}  # by instance address (an Endpoint hashes slowly)
+        self.instances: dict[str, tuple[bytes, bytes, Series] | None] = {}  # by address (an Endpoint hashes slowly)
         self.literal: tuple[Endpoint, ...] | None = None  # the instances last seen, when all are IP addresses
 
-    def request(self, endpoint: Endpoint, key: bytes) -> bytes | None:
-        """The instance's request with the client's key, or None when the marked key does not show exactly once."""
+    def instance(self, endpoint: Endpoint, tunnels: Tunnels) -> tuple[bytes, bytes, Series] | None:
+        """The instance's request cut where the client's key goes, and the series its tunnels count into (one
+        lookup per dial, by address); None when the marked key does not show exactly once."""
         try:
-            parts = self._requests[endpoint.address]
+            return self.instances[endpoint.address]
         except KeyError:
             plan, target = self.plan, self.target
             headers = upstream_request_headers(
@@ -99,8 +101,9 @@ class UpgradeRoute:
                 preserve_host=plan.preserve_host,
                 upstream_authority=authority(endpoint.host, endpoint.port, target.scheme))
             pieces = serialize_head(f"{self.head.method} {plan.target} HTTP/1.1", headers).split(MARK)
-            parts = self._requests[endpoint.address] = (pieces[0], pieces[1]) if len(pieces) == 2 else None
-        return None if parts is None else parts[0] + key + parts[1]
+            kept = (pieces[0], pieces[1], tunnels.series(self.route.id, endpoint)) if len(pieces) == 2 else None
+            self.instances[endpoint.address] = kept
+            return kept
 
 
 class UpgradeCall:
@@ -194,7 +197,7 @@ class LaneUpgrades:
         if relay is None or upgrade.literal is None:
             self._fallback(call)  # as `GatewayServer._upgrade_native` would: the ordinary way
             return
-        view = call.view if target.choice.algorithm is Balancing.HASH else upgrade.view
+        view = call.view if target.choice.algorithm is _HASH else upgrade.view
         call.order = server.balancer.order(target.name, endpoints, target.choice, view)
         call.order.reverse()  # popped from the end
         self.pending.add(call)
@@ -205,17 +208,20 @@ class LaneUpgrades:
         target = upgrade.target
         while call.order and relay is not None:
             endpoint = call.endpoint = call.order.pop()
-            request = upgrade.request(endpoint, call.key)
+            # Looked up here first (a call fewer per upgrade); `instance` makes it on the first dial to `endpoint`.
+            instance = upgrade.instances.get(endpoint.address) or upgrade.instance(endpoint, server.tunnels)
             try:
                 dup = os.dup(call.fd)  # the thread closes its copy when the dial fails; ours stays for an answer
             except OSError as exc:
                 log.warning("cannot hand a handshake to the native relay: %s", exc)
                 break
             try:
-                if request is None:
+                if instance is None:
                     raise RuntimeError("the key does not show once in the instance's request")
-                call.series = series = server.tunnels.series(upgrade.route.id, endpoint)
-                relay.dial_fd(dup, endpoint.host, endpoint.port, request, connect_timeout_ms=upgrade.connect_ms,
+                before, after, series = instance
+                call.series = series
+                relay.dial_fd(dup, endpoint.host, endpoint.port, before + call.key + after,
+                              connect_timeout_ms=upgrade.connect_ms,
                               response_timeout_ms=upgrade.response_ms, idle_timeout_ms=upgrade.idle_ms,
                               ended=partial(self._dialed, call), on_done=series.finished)
                 return
@@ -242,13 +248,13 @@ class LaneUpgrades:
             os.close(call.fd)  # the thread's duplicate carries the tunnel
             upgrade, server = call.upgrade, self.server
             assert call.series is not None
-            server.tunnels.upgraded(tunnel, call.series)
+            call.series.opened(tunnel)
             self.pending.discard(call)
             if not self.pending:
                 self._ended()
             self.upgraded += 1
-            server.metrics.add_series(upgrade.counted)
-            if server.settings.access_log:
+            upgrade.counted.value += 1
+            if server.state.config.server.access_log:  # `server.settings`, read without the property's call
                 server.accounting.log(upgrade.remote, call.head, 101, upgrade.route.id, endpoint.address,
                                       call.started)
             return

@@ -23,7 +23,7 @@ from gateway.config.model import RouteSpec
 from gateway.discovery.base import Endpoint
 from gateway.errors import BadGateway, GatewayError, RequestTimeout, UpstreamTimeout
 from gateway.model import ForwardPlan, RateLimit, RequestView
-from gateway.ops.metrics import Labels, series_key
+from gateway.ops.metrics import SeriesKey
 from gateway.proxy.client_conn import ClientConn
 from gateway.proxy.exchange import CLOSE, Exchange, Outcome
 from gateway.proxy.headers import authority, upstream_request_headers
@@ -129,7 +129,7 @@ class Decided:
                  "target")
 
     def __init__(self, raw: bytes, remote: str, scheme: str, match: RouteMatch, endpoint: Endpoint,
-                 target: RouteTarget, bytes_key: tuple[str, Labels], *, head: RequestHead | None = None,
+                 target: RouteTarget, bytes_key: SeriesKey, *, head: RequestHead | None = None,
                  view: RequestView | None = None, plan: ForwardPlan | None = None) -> None:
         self.raw = raw
         self.remote = remote
@@ -179,6 +179,7 @@ class NativeHttp:
         self.loop = loop
         settings = server.settings
         self._settings = settings
+        self._run_state: RoutingState | None = server.state
         self.lane = _http.Lane(self.decide, head_timeout_ms=_ms(settings.head_timeout_s),
                                max_head_bytes=settings.max_head_bytes)
         self.lane.max_connections = settings.max_connections
@@ -352,7 +353,7 @@ class NativeHttp:
             upstream_authority=authority(endpoint.host, endpoint.port, target.scheme))
         request = serialize_head(f"{head.method} {plan.target} HTTP/1.1", headers)
         decided = Decided(raw, remote, server.scheme, match, endpoint, target,
-                          series_key("wsgate_http_bytes_total", route=route.id, direction="downstream"),
+                          server.metrics.series("wsgate_http_bytes_total", route=route.id, direction="downstream"),
                           head=head, view=view, plan=plan)
         return (decided, request, ip, endpoint.port, length, head.keep_alive, head.method == "HEAD",
                 _ms(target.connect_timeout_s), _ms(target.response_timeout_s), limit)
@@ -400,18 +401,24 @@ class NativeHttp:
 
     # -- what the lane reports ----------------------------------------------------------------------------
     def _run(self) -> None:
+        # Runs a few times per handshake: the settings are looked at when the routing state changes (`settings` is
+        # `state.config.server`), the others' count only under a connection limit (the lane reads it only then).
         server = self.server
-        settings = server.settings
-        if settings is not self._settings:  # a reload
-            self._settings = settings
-            self.lane.configure(head_timeout_ms=_ms(settings.head_timeout_s), max_head_bytes=settings.max_head_bytes)
-            self.lane.max_connections = settings.max_connections
-        lane = self.lane
-        lane.outside = len(server.connections) + len(server.tunnels) + len(self.upgrades.pending)
+        state = server.state
+        if state is not self._run_state:
+            self._run_state = state
+            settings = state.config.server
+            if settings is not self._settings:  # a reload
+                self._settings = settings
+                lane = self.lane
+                lane.configure(head_timeout_ms=_ms(settings.head_timeout_s), max_head_bytes=settings.max_head_bytes)
+                lane.max_connections = settings.max_connections
+        settings, lane = self._settings, self.lane
+        if lane.max_connections:
+            lane.outside = len(server.connections) + len(server.tunnels.live) + len(self.upgrades.pending)
         done, handbacks = lane.run()
         if done:
-            accounting, add_series = server.accounting, server.metrics.add_series
-            logging_on = settings.access_log
+            accounting, logging_on = server.accounting, settings.access_log
             for decided, status, nbytes, failed, started in done:
                 route = decided.route
                 accounting.count(route.id, status)
@@ -425,13 +432,14 @@ class NativeHttp:
                 elif failed == 2:
                     accounting.upstream_error(route, decided.endpoint, BadGateway("connection closed inside a body"))
                 else:
-                    add_series(decided.bytes_key, nbytes)
+                    decided.bytes_key.value += nbytes
         for kind, decided, cfd, cdata, ufd, udata, started, limited in handbacks:
             if kind == K_UPGRADE:  # `udata` is the client's key then
                 self.upgrades.start(decided, cfd, cdata, udata, started)
             else:
                 self.loop.create_task(self._handed_back(kind, decided, cfd, cdata, ufd, udata, started, limited))
-        self._maybe_empty()
+        if self.empty is not None:
+            self._maybe_empty()
 
     def _upgrade_fallback(self, call: UpgradeCall) -> None:
         """An upgrade the relay thread cannot dial after all: the Python path takes its connection whole."""

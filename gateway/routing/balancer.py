@@ -16,6 +16,10 @@ from urllib.parse import parse_qsl
 from gateway.discovery.base import Endpoint
 from gateway.model import BalancerChoice, Balancing, RequestView
 
+# Read once: on Python 3.11 `Balancing.X` goes through `EnumType.__getattr__`'s hook, ten times a global's cost,
+# and `order` runs per request and per upgrade.
+_RANDOM, _HASH, _LEAST_CONNECTIONS = Balancing.RANDOM, Balancing.HASH, Balancing.LEAST_CONNECTIONS
+
 
 def hash_key(hash_on: str | None, request: RequestView) -> str | None:
     """What `hash_on` (`header:NAME`, `cookie:NAME`, `query:NAME` or `client`) picks out of `request`."""
@@ -63,6 +67,11 @@ class Balancer:
         """Connections currently held, per endpoint address (only those with some)."""
         return dict(self._active)
 
+    def counts(self) -> dict[str, int]:
+        """The live counts `acquire` and `release` keep, by address (absent: none), for a caller that counts per
+        handshake without a call each (`gateway.tunnel.registry.Series`); it keeps their rules."""
+        return self._active
+
     def acquire(self, endpoint: Endpoint) -> None:
         """Count one more connection to `endpoint`."""
         self._active[endpoint.address] = self._active.get(endpoint.address, 0) + 1
@@ -75,25 +84,22 @@ class Balancer:
         else:
             self._active.pop(endpoint.address, None)
 
-    def _rotated(self, key: str, endpoints: Sequence[Endpoint]) -> list[Endpoint]:
-        start = self._next.get(key, 0) % len(endpoints)
-        self._next[key] = start + 1
-        return [*endpoints[start:], *endpoints[:start]]
-
     def order(self, key: str, endpoints: Sequence[Endpoint], choice: BalancerChoice,
               request: RequestView) -> list[Endpoint]:
         """Every endpoint, in the order to try them; `key` names the pool (service or host:port)."""
         if not endpoints:
             return []
         algorithm = choice.algorithm
-        if algorithm is Balancing.RANDOM:
+        if algorithm is _RANDOM:
             return self._rng.sample(list(endpoints), len(endpoints))
-        if algorithm is Balancing.HASH:
+        if algorithm is _HASH:
             value = hash_key(choice.hash_on, request)
             if value is not None:
                 return sorted(endpoints, key=lambda e: _score(value, e), reverse=True)
-        rotated = self._rotated(key, endpoints)
-        if algorithm is Balancing.LEAST_CONNECTIONS:
+        start = self._next.get(key, 0) % len(endpoints)  # round robin (here, not in a method: it runs per upgrade)
+        self._next[key] = start + 1
+        rotated = [*endpoints[start:], *endpoints[:start]]
+        if algorithm is _LEAST_CONNECTIONS:
             # sorted() is stable: ties keep the round-robin rotation, so equal loads still spread.
             return sorted(rotated, key=self.active)
         return rotated

@@ -54,6 +54,10 @@ class DialResult(NamedTuple):
     head: bytes = b""  # what the instance sent so far (a complete head, or all it sent before closing)
 
 
+# DialResult(tunnel=...) runs the named tuple's __new__, a Python function with keywords; this is the tuple's own
+# (in field order), for the result every upgrade makes.
+_new_result = tuple.__new__
+
 _FAILURES: dict[int, str] = {} if _relay is None else {
     _relay.FAIL_CONNECT: "refused", _relay.FAIL_CONNECT_TIMEOUT: "connect-timeout",
     _relay.FAIL_RESPONSE_TIMEOUT: "response-timeout", _relay.FAIL_CLOSED: "closed", _relay.FAIL_ABORTED: "aborted"}
@@ -85,37 +89,56 @@ def sockmap_supported() -> tuple[bool, str]:
 class NativeTunnel:
     """One tunnel owned by the relay thread; `done` resolves when both sockets are closed."""
 
-    __slots__ = ("_counts", "_on_done", "_relay", "done", "id")
+    __slots__ = ("_done", "_loop", "_on_done", "_over", "_relay", "id", "nbytes")
 
-    def __init__(self, relay: NativeRelay, tunnel_id: int, done: asyncio.Future[None],
+    def __init__(self, relay: NativeRelay, tunnel_id: int, loop: asyncio.AbstractEventLoop,
                  on_done: Callable[[NativeTunnel], None] | None) -> None:
         self._relay = relay
         self.id = tunnel_id
-        self.done = done
+        self._loop = loop
+        self._done: asyncio.Future[None] | None = None
+        self._over = False  # finished, or `done` cancelled by whoever awaited it
         self._on_done = on_done
-        self._counts = (0, 0)
+        # Bytes received from the client and from the instance (handshake included), once finished (a slot, not
+        # `Tunnel`'s property: read once per tunnel on the upgrade path).
+        self.nbytes = (0, 0)
 
     @property
-    def nbytes(self) -> tuple[int, int]:
-        """Bytes received from the client and from the instance (handshake included), once finished."""
-        return self._counts
+    def done(self) -> asyncio.Future[None]:
+        """Made when first asked for: most tunnels end with nobody awaiting them (the HTTP lane's upgrades), and a
+        uvloop future and its result cost 2,000 instructions a handshake."""
+        if self._done is None:
+            self._done = self._loop.create_future()
+            if self._over:
+                self._done.set_result(None)
+        return self._done
+
+    def _ended(self) -> bool:
+        return self._over or (self._done is not None and self._done.done())
 
     def close(self) -> None:
         """Flush what is pending to each side, then close both the lingering way (`gateway.tunnel.linger`)."""
-        if not self.done.done():
+        if not self._ended():
             self._relay.command_close(self.id)
 
     def abort(self) -> None:
         """Close both sides at once."""
-        if not self.done.done():
+        if not self._ended():
             self._relay.command_abort(self.id)
 
     def finish(self, client_bytes: int, upstream_bytes: int) -> None:
-        self._counts = (client_bytes, upstream_bytes)
-        if not self.done.done():
-            self.done.set_result(None)
-            if self._on_done is not None:
-                self._on_done(self)
+        self.nbytes = (client_bytes, upstream_bytes)
+        if self._over:
+            return
+        done = self._done
+        if done is not None:
+            if done.done():  # cancelled by whoever awaited it: ended as far as they are concerned
+                self._over = True
+                return
+            done.set_result(None)
+        self._over = True
+        if self._on_done is not None:
+            self._on_done(self)
 
 
 def _plain_socket_fd(transport: asyncio.BaseTransport) -> int | None:
@@ -150,19 +173,19 @@ class NativeRelay:
         self._tunnels: dict[int, NativeTunnel] = {}
         self._dials: dict[int, _Dial] = {}
         self._fd_dials: dict[int, tuple[NativeTunnel, Callable[[DialResult], None]]] = {}
-        self._closed = False
+        self.closed = False  # whether `close` ran (the thread is stopped: dials are refused); read per upgrade
         self._backlog: deque[tuple[int, int, int, int, bytes | None]] = deque()
         fd = self._relay.fileno()
         self._tasks = tasks or TaskSupervisor()
         self._reader = self._tasks.guard(
             REAPER, self._reap, loop=loop, detach=lambda: loop.remove_reader(fd),
-            attach=lambda reader: None if self._closed else loop.add_reader(fd, reader))
+            attach=lambda reader: None if self.closed else loop.add_reader(fd, reader))
         loop.add_reader(fd, self._reader)
 
     def adopt(self, client: Conn, upstream: Conn, *, idle_timeout_s: float | None = None,
               on_done: Callable[[NativeTunnel], None] | None = None) -> NativeTunnel | None:
         """Hand both connections to the relay thread; None (nothing changed) when they cannot be."""
-        if self._closed:
+        if self.closed:
             return None
         ct, ut = client.transport, upstream.transport
         if ct is None or ut is None or client.lost or upstream.lost or client.eof or upstream.eof:
@@ -198,7 +221,7 @@ class NativeRelay:
             return None
         client.buffer.clear()
         upstream.buffer.clear()
-        tunnel = NativeTunnel(self, tunnel_id, self._loop.create_future(), on_done)
+        tunnel = NativeTunnel(self, tunnel_id, self._loop, on_done)
         self._tunnels[tunnel_id] = tunnel
         # The duplicates keep both connections open: closing the transports only releases uvloop's handles.
         ct.close()
@@ -218,7 +241,7 @@ class NativeRelay:
         to the client; `on_upgraded` has run, `on_done` runs when it ends, the client's transport is released),
         or with a failure or a head to answer, after which the client is read again.
         """
-        if self._closed:
+        if self.closed:
             return None
         ct = client.transport
         if ct is None or client.lost or client.eof or ct.is_closing() or ct.get_write_buffer_size():
@@ -240,7 +263,7 @@ class NativeRelay:
             raise
         ct.pause_reading()
         future: asyncio.Future[DialResult] = self._loop.create_future()
-        tunnel = NativeTunnel(self, tunnel_id, self._loop.create_future(), on_done)
+        tunnel = NativeTunnel(self, tunnel_id, self._loop, on_done)
         self._dials[tunnel_id] = _Dial(future, tunnel, client, on_upgraded)
         future.add_done_callback(lambda f: self.command_abort(tunnel_id) if f.cancelled() else None)
         return future
@@ -256,11 +279,11 @@ class NativeRelay:
         connect fails at once, RuntimeError when the relay is closed (`client_fd` stays the caller's then). The
         timeouts are in milliseconds (`ms`), worked out once per route by the caller; 0: none.
         """
-        if self._closed:
+        if self.closed:
             raise RuntimeError("the relay is closed")
-        tunnel_id = self._relay.dial(client_fd, host, port, request, connect_timeout_ms=connect_timeout_ms,
-                                     response_timeout_ms=response_timeout_ms, idle_timeout_ms=idle_timeout_ms)
-        self._fd_dials[tunnel_id] = (NativeTunnel(self, tunnel_id, self._loop.create_future(), on_done), ended)
+        tunnel_id = self._relay.dial_fast(client_fd, host, port, request, connect_timeout_ms, response_timeout_ms,
+                                          idle_timeout_ms)
+        self._fd_dials[tunnel_id] = (NativeTunnel(self, tunnel_id, self._loop, on_done), ended)
 
     def _dial_ended(self, tunnel_id: int, kind: int, a: int, b: int, data: bytes | None) -> None:
         assert _relay is not None
@@ -269,7 +292,7 @@ class NativeRelay:
             tunnel, ended = fd_dial
             if kind == _relay.EV_UPGRADED:
                 self._tunnels[tunnel_id] = tunnel
-                ended(DialResult(tunnel=tunnel))
+                ended(_new_result(DialResult, (tunnel, None, 0, None, b"")))
             elif kind == _relay.EV_HEAD:
                 ended(DialResult(upstream_fd=a, head=data or b""))
             else:
@@ -310,41 +333,41 @@ class NativeRelay:
             if conn.transport is not None and not conn.transport.is_closing():
                 conn.transport.resume_reading()
 
-    @property
-    def closed(self) -> bool:
-        """Whether `close` ran (the thread is stopped: dials are refused)."""
-        return self._closed
-
     def stats(self) -> dict[str, int]:
         """The thread's counters (`gateway._relay.Relay.stats`): live tunnels, those handed to the kernel ..."""
         return self._relay.stats()
 
     def command_close(self, tunnel_id: int) -> None:
-        if not self._closed:
+        if not self.closed:
             self._relay.close(tunnel_id)
 
     def command_abort(self, tunnel_id: int) -> None:
-        if not self._closed:
+        if not self.closed:
             self._relay.abort(tunnel_id)
 
     def _reap(self) -> None:
         assert _relay is not None
-        backlog = self._backlog
+        backlog, fd_dials, tunnels, upgraded = self._backlog, self._fd_dials, self._tunnels, _relay.EV_UPGRADED
         backlog.extend(self._relay.reap())
         while backlog:
             tunnel_id, kind, a, b, data = backlog.popleft()
+            if kind == upgraded and tunnel_id in fd_dials:  # the HTTP lane's upgrade got its 101: the usual event
+                dialed, ended = fd_dials.pop(tunnel_id)
+                tunnels[tunnel_id] = dialed
+                ended(_new_result(DialResult, (dialed, None, 0, None, b"")))
+                continue
             if kind != _relay.EV_DONE:
                 self._dial_ended(tunnel_id, kind, a, b, data)
                 continue
-            tunnel = self._tunnels.pop(tunnel_id, None)
+            tunnel = tunnels.pop(tunnel_id, None)
             if tunnel is not None:
-                tunnel.finish(max(a, 0), max(b, 0))
+                tunnel.finish(a if a > 0 else 0, b if b > 0 else 0)  # not max(): it parses keywords, 700 instructions
 
     def close(self) -> None:
         """Abort every tunnel, stop the thread and resolve what is left (idempotent)."""
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         with contextlib.suppress(Exception):
             self._loop.remove_reader(self._relay.fileno())
         self._relay.stop()

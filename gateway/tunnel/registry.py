@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Iterator
 
 from gateway.discovery.base import Endpoint
-from gateway.ops.metrics import Metrics, series_key
+from gateway.ops.metrics import Metrics
 from gateway.ops.tasks import TaskSupervisor
 from gateway.proxy.conn import Conn
 from gateway.routing.balancer import Balancer
@@ -47,6 +47,7 @@ class Tunnels:
 
     def __init__(self, *, metrics: Metrics, balancer: Balancer, timeouts: CloseTimeouts = DEFAULT_TIMEOUTS) -> None:
         self._open: set[AnyTunnel] = set()
+        self.live = self._open  # the same set, read-only for others: `len(tunnels.live)` runs no Python `__len__`
         self.timeouts = timeouts
         self.tasks: TaskSupervisor | None = None  # the worker's; set before `prepare` to supervise the relay's reader
         self._metrics = metrics
@@ -120,13 +121,9 @@ class Tunnels:
 
     def series(self, route_id: str, endpoint: Endpoint) -> Series:
         """What tunnels of `route_id` to `endpoint` count into: for a dial made elsewhere (the HTTP lane's upgrades,
-        `NativeRelay.dial_fd` with `on_done=series.finished`), which reports its tunnel with `upgraded`."""
+        `NativeRelay.dial_fd` with `on_done=series.finished`), which reports its tunnel with `Series.opened(tunnel)`
+        before its end can be reported."""
         return self._series(route_id, endpoint)
-
-    def upgraded(self, tunnel: NativeTunnel, series: Series) -> None:
-        """A tunnel dialed for `series` is open (called before its end can be reported)."""
-        series.opened()
-        self._open.add(tunnel)
 
     def start(self, client: Conn, upstream: Conn, *, route_id: str, endpoint: Endpoint,
               idle_timeout_s: float | None, native: bool, loop: asyncio.AbstractEventLoop | None) -> AnyTunnel:
@@ -165,28 +162,39 @@ _MAX_SERIES = 4096  # (route, instance) pairs kept; past it the cache starts afr
 class Series:
     """What the tunnels of one route to one instance count into: the balancer's count and five metric series."""
 
-    __slots__ = ("_active", "_balancer", "_down", "_metrics", "_open", "_up", "_upgrades", "endpoint")
+    __slots__ = ("_active", "_address", "_counts", "_down", "_open", "_up", "_upgrades", "endpoint")
 
     def __init__(self, tunnels: Tunnels, route_id: str, endpoint: Endpoint) -> None:
         self._open = tunnels._open
-        self._balancer = tunnels._balancer
-        self._metrics = tunnels._metrics
+        # The balancer's per-address counts, kept here as `Balancer.acquire` and `release` do: two calls fewer a
+        # handshake, which the HTTP lane's upgrades counted in.
+        self._counts = tunnels._balancer.counts()
+        self._address = endpoint.address
+        metrics = tunnels._metrics
         self.endpoint = endpoint
-        self._upgrades = series_key("wsgate_upgrades_total", route=route_id, instance=endpoint.address)
-        self._active = series_key("wsgate_active_tunnels", route=route_id)
-        self._up = series_key("wsgate_tunnel_bytes_total", route=route_id, direction="upstream")
-        self._down = series_key("wsgate_tunnel_bytes_total", route=route_id, direction="downstream")
+        self._upgrades = metrics.series("wsgate_upgrades_total", route=route_id, instance=endpoint.address)
+        self._active = metrics.series("wsgate_active_tunnels", route=route_id)
+        self._up = metrics.series("wsgate_tunnel_bytes_total", route=route_id, direction="upstream")
+        self._down = metrics.series("wsgate_tunnel_bytes_total", route=route_id, direction="downstream")
 
-    def opened(self) -> None:
-        self._balancer.acquire(self.endpoint)
-        self._metrics.add_series(self._upgrades)
-        self._metrics.add_series(self._active)
+    def opened(self, tunnel: AnyTunnel | None = None) -> None:
+        """One more tunnel open (`tunnel`: one dialed elsewhere, kept among the worker's open ones from now on)."""
+        counts, address = self._counts, self._address
+        counts[address] = counts.get(address, 0) + 1
+        self._upgrades.value += 1
+        self._active.value += 1
+        if tunnel is not None:
+            self._open.add(tunnel)
 
     def finished(self, tunnel: AnyTunnel) -> None:
         self._open.discard(tunnel)
-        self._balancer.release(self.endpoint)
+        counts, address = self._counts, self._address
+        left = counts.get(address, 0) - 1
+        if left > 0:
+            counts[address] = left
+        else:
+            counts.pop(address, None)
         up, down = tunnel.nbytes
-        metrics = self._metrics
-        metrics.add_series(self._active, -1)
-        metrics.add_series(self._up, up)
-        metrics.add_series(self._down, down)
+        self._active.value -= 1
+        self._up.value += up
+        self._down.value += down

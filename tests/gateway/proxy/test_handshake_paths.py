@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from gateway.config.model import GatewayConfig, RouteSpec, parse_upstream
 from gateway.errors import BadRequest
 from gateway.model import Headers, RequestView
-from gateway.ops.metrics import Metrics, series_key
+from gateway.ops.metrics import Metrics
 from gateway.proxy.headers import add_forwarded, strip_hop_by_hop, upstream_request_headers
 from gateway.proxy.httpparse import parse_request_head, parse_response_head
 from gateway.routing.factory import Definition
@@ -153,8 +153,20 @@ def test_match_context_reads_the_clock_only_when_asked() -> None:
 def test_metrics_add_series_counts_the_same_series_as_add() -> None:
     metrics = Metrics()
     metrics.add("wsgate_requests_total", 1, route="r", status="101")
-    metrics.add_series(series_key("wsgate_requests_total", route="r", status="101"))
+    metrics.add_series(metrics.series("wsgate_requests_total", route="r", status="101"))
     assert metrics.value("wsgate_requests_total", route="r", status="101") == 2.0
+
+
+def test_metrics_series_render_once_added_to_even_by_zero_or_below_zero() -> None:
+    metrics = Metrics()
+    never, zero, below = (metrics.series("wsgate_active_tunnels", route=r) for r in ("never", "zero", "below"))
+    zero.value += 0
+    below.value -= 1
+    text = metrics.render()
+    assert 'route="never"' not in text
+    assert 'wsgate_active_tunnels{route="zero"} 0' in text
+    assert 'wsgate_active_tunnels{route="below"} -1' in text
+    assert never is metrics.series("wsgate_active_tunnels", route="never")  # one key per series
 
 
 @pytest.mark.parametrize("preserve_host", [True, False])

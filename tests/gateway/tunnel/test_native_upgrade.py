@@ -448,7 +448,9 @@ async def test_native_upgrade_hashing_reads_each_clients_own_head(start_upstream
     gw = await start_gateway(config(route("ws", "lb:ws://svc", ["Path=/**"], metadata=sticky)), provider=provider)
     seen: dict[str, set[str]] = {}
     async with aiohttp.ClientSession() as session:
-        for user in ("alice", "bob", "carol", "dave") * 3:
+        # Sixteen users: the instances' ports are random, and with four, all of them hashed to one instance in one
+        # run out of eight.
+        for user in [f"user-{n}" for n in range(16)] * 2:
             async with session.ws_connect(f"{gw.ws_url}/ws", headers={"X-User": user}) as ws:
                 seen.setdefault(user, set()).add(ws._response.headers["X-Upstream"])
     assert all(len(names) == 1 for names in seen.values())
