@@ -21,7 +21,6 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from functools import partial
 from typing import TYPE_CHECKING
 
 from gateway.config.model import RouteSpec
@@ -37,7 +36,7 @@ from gateway.proxy.httpparse import Framing, RequestHead, parse_request_head, re
 from gateway.proxy.responses import error_body, simple_response
 from gateway.routing.table import RouteMatch
 from gateway.routing.targets import RouteTarget, ip_literal
-from gateway.tunnel.native import DialResult, NativeRelay, ms
+from gateway.tunnel.native import DialResult, NativeRelay, NativeTunnel, ms
 from gateway.tunnel.registry import Series, Tunnels
 
 if TYPE_CHECKING:
@@ -151,6 +150,9 @@ class LaneUpgrades:
         self.pending: set[UpgradeCall] = set()
         self.upgraded = 0  # upgrades relayed this way (tests and benchmarks read it)
         self._relay: NativeRelay | None = None  # the worker's relay thread, once asked for
+        # Bound once: the relay keeps them per dial (a bound method made per upgrade is an allocation more).
+        self._on_upgraded = self._upgraded
+        self._on_ended = self._dialed
 
     # -- decide: the lane's one call (through `NativeHttp.decide`, which caches what this returns) -------------
     def route(self, marked: bytes, remote: str) -> UpgradeRoute | None:
@@ -220,10 +222,9 @@ class LaneUpgrades:
                     raise RuntimeError("the key does not show once in the instance's request")
                 before, after, series = instance
                 call.series = series
-                relay.dial_fd(dup, endpoint.host, endpoint.port, before + call.key + after,
-                              connect_timeout_ms=upgrade.connect_ms,
-                              response_timeout_ms=upgrade.response_ms, idle_timeout_ms=upgrade.idle_ms,
-                              ended=partial(self._dialed, call), on_done=series.finished)
+                relay.dial_fd(dup, endpoint.host, endpoint.port, before + call.key + after, upgrade.connect_ms,
+                              upgrade.response_ms, upgrade.idle_ms, self._on_upgraded, self._on_ended, call,
+                              series.finished)
                 return
             except OSError as exc:
                 os.close(dup)
@@ -239,25 +240,25 @@ class LaneUpgrades:
         self._done(call)
         self._fallback(call)
 
+    def _upgraded(self, call: UpgradeCall, tunnel: NativeTunnel) -> None:
+        """The relay thread's dial forwarded the instance's 101 (from its completion reader)."""
+        os.close(call.fd)  # the thread's duplicate carries the tunnel
+        upgrade, server = call.upgrade, self.server
+        assert call.series is not None and call.endpoint is not None
+        call.series.opened(tunnel)
+        self.pending.discard(call)
+        if not self.pending:
+            self._ended()
+        self.upgraded += 1
+        upgrade.counted.value += 1
+        if server.state.config.server.access_log:  # `server.settings`, read without the property's call
+            server.accounting.log(upgrade.remote, call.head, 101, upgrade.route.id, call.endpoint.address,
+                                  call.started)
+
     def _dialed(self, call: UpgradeCall, result: DialResult) -> None:
-        """How the relay thread's dial ended (from its completion reader)."""
+        """How the relay thread's dial ended otherwise: a failure, or an instance's head other than a 101."""
         endpoint = call.endpoint
         assert endpoint is not None
-        tunnel = result.tunnel
-        if tunnel is not None:
-            os.close(call.fd)  # the thread's duplicate carries the tunnel
-            upgrade, server = call.upgrade, self.server
-            assert call.series is not None
-            call.series.opened(tunnel)
-            self.pending.discard(call)
-            if not self.pending:
-                self._ended()
-            self.upgraded += 1
-            upgrade.counted.value += 1
-            if server.state.config.server.access_log:  # `server.settings`, read without the property's call
-                server.accounting.log(upgrade.remote, call.head, 101, upgrade.route.id, endpoint.address,
-                                      call.started)
-            return
         if result.failure in ("refused", "connect-timeout"):
             reason = "timeout" if result.failure == "connect-timeout" else "refused"
             self._dial_failed(call, endpoint, reason, os.strerror(result.errno) if result.errno else reason)

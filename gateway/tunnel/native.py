@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from gateway.ops.tasks import TaskSupervisor
 from gateway.proxy.conn import Conn
@@ -54,9 +54,7 @@ class DialResult(NamedTuple):
     head: bytes = b""  # what the instance sent so far (a complete head, or all it sent before closing)
 
 
-# DialResult(tunnel=...) runs the named tuple's __new__, a Python function with keywords; this is the tuple's own
-# (in field order), for the result every upgrade makes.
-_new_result = tuple.__new__
+_T = TypeVar("_T")
 
 _FAILURES: dict[int, str] = {} if _relay is None else {
     _relay.FAIL_CONNECT: "refused", _relay.FAIL_CONNECT_TIMEOUT: "connect-timeout",
@@ -172,7 +170,9 @@ class NativeRelay:
         self.sockmap, self.sockmap_why = self._relay.sockmap()
         self._tunnels: dict[int, NativeTunnel] = {}
         self._dials: dict[int, _Dial] = {}
-        self._fd_dials: dict[int, tuple[NativeTunnel, Callable[[DialResult], None]]] = {}
+        # The lane's dials: (tunnel, upgraded, ended, arg) as `dial_fd` got them.
+        self._fd_dials: dict[int, tuple[NativeTunnel, Callable[[Any, NativeTunnel], None],
+                                        Callable[[Any, DialResult], None], Any]] = {}
         self.closed = False  # whether `close` ran (the thread is stopped: dials are refused); read per upgrade
         self._backlog: deque[tuple[int, int, int, int, bytes | None]] = deque()
         fd = self._relay.fileno()
@@ -268,35 +268,36 @@ class NativeRelay:
         future.add_done_callback(lambda f: self.command_abort(tunnel_id) if f.cancelled() else None)
         return future
 
-    def dial_fd(self, client_fd: int, host: str, port: int, request: bytes, *, connect_timeout_ms: int,
-                response_timeout_ms: int, idle_timeout_ms: int,
-                ended: Callable[[DialResult], None], on_done: Callable[[NativeTunnel], None]) -> None:
+    def dial_fd(self, client_fd: int, host: str, port: int, request: bytes, connect_timeout_ms: int,
+                response_timeout_ms: int, idle_timeout_ms: int, upgraded: Callable[[_T, NativeTunnel], None],
+                ended: Callable[[_T, DialResult], None], arg: _T, on_done: Callable[[NativeTunnel], None], /) -> None:
         """`dial` for a client the event loop holds no transport for (the HTTP lane's, gateway/proxy/lane_upgrades.py).
 
         The thread owns `client_fd` once this returns (pass a duplicate to keep the connection past a failure).
-        `ended` gets the outcome from the completion reader, and nothing is paused or resumed: a tunnel (the 101
-        went to the client), a failure, or the instance's descriptor with a head to answer. OSError when the
-        connect fails at once, RuntimeError when the relay is closed (`client_fd` stays the caller's then). The
-        timeouts are in milliseconds (`ms`), worked out once per route by the caller; 0: none.
+        From the completion reader, `upgraded(arg, tunnel)` when the 101 went to the client, else `ended(arg,
+        result)`: a failure, or the instance's descriptor with a head to answer; nothing is paused or resumed.
+        (Positional, with `arg` apart: no keywords to match, no partial and no DialResult made per upgrade.)
+        OSError when the connect fails at once, RuntimeError when the relay is closed (`client_fd` stays the
+        caller's then). The timeouts are in milliseconds (`ms`), worked out once per route by the caller; 0: none.
         """
         if self.closed:
             raise RuntimeError("the relay is closed")
         tunnel_id = self._relay.dial_fast(client_fd, host, port, request, connect_timeout_ms, response_timeout_ms,
                                           idle_timeout_ms)
-        self._fd_dials[tunnel_id] = (NativeTunnel(self, tunnel_id, self._loop, on_done), ended)
+        self._fd_dials[tunnel_id] = (NativeTunnel(self, tunnel_id, self._loop, on_done), upgraded, ended, arg)
 
     def _dial_ended(self, tunnel_id: int, kind: int, a: int, b: int, data: bytes | None) -> None:
         assert _relay is not None
         fd_dial = self._fd_dials.pop(tunnel_id, None)
         if fd_dial is not None:
-            tunnel, ended = fd_dial
+            tunnel, upgraded, ended, arg = fd_dial
             if kind == _relay.EV_UPGRADED:
                 self._tunnels[tunnel_id] = tunnel
-                ended(_new_result(DialResult, (tunnel, None, 0, None, b"")))
+                upgraded(arg, tunnel)
             elif kind == _relay.EV_HEAD:
-                ended(DialResult(upstream_fd=a, head=data or b""))
+                ended(arg, DialResult(upstream_fd=a, head=data or b""))
             else:
-                ended(DialResult(failure=_FAILURES.get(a, "aborted"), errno=b))
+                ended(arg, DialResult(failure=_FAILURES.get(a, "aborted"), errno=b))
             return
         dial = self._dials.pop(tunnel_id, None)
         if kind == _relay.EV_UPGRADED:
@@ -351,11 +352,13 @@ class NativeRelay:
         backlog.extend(self._relay.reap())
         while backlog:
             tunnel_id, kind, a, b, data = backlog.popleft()
-            if kind == upgraded and tunnel_id in fd_dials:  # the HTTP lane's upgrade got its 101: the usual event
-                dialed, ended = fd_dials.pop(tunnel_id)
-                tunnels[tunnel_id] = dialed
-                ended(_new_result(DialResult, (dialed, None, 0, None, b"")))
-                continue
+            if kind == upgraded:
+                fd_dial = fd_dials.pop(tunnel_id, None)
+                if fd_dial is not None:  # the HTTP lane's upgrade got its 101: the usual event
+                    dialed, on_upgraded, _, arg = fd_dial
+                    tunnels[tunnel_id] = dialed
+                    on_upgraded(arg, dialed)
+                    continue
             if kind != _relay.EV_DONE:
                 self._dial_ended(tunnel_id, kind, a, b, data)
                 continue
