@@ -190,10 +190,9 @@ class LaneUpgrades:
         relay = self._relay
         if relay is None or relay.closed:
             relay = self._relay = server.tunnels.native_relay(self.loop)
-        try:
-            endpoints = server.dialer.endpoints(target)
-        except GatewayError:
-            endpoints = ()
+        # `Dialer.endpoints` without its frame (a snapshot is already a tuple; none left is the fallback's 503).
+        service = target.service
+        endpoints = server.dialer.provider.snapshot(service) if service is not None else target.endpoints
         if endpoints is not upgrade.literal:  # discovery's tuple stays the same object while nothing changes
             upgrade.literal = endpoints if endpoints and all(ip_literal(e.host) for e in endpoints) else None
         if relay is None or upgrade.literal is None:
