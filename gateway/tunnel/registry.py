@@ -121,8 +121,8 @@ class Tunnels:
 
     def series(self, route_id: str, endpoint: Endpoint) -> Series:
         """What tunnels of `route_id` to `endpoint` count into: for a dial made elsewhere (the HTTP lane's upgrades,
-        `NativeRelay.dial_fd` with `on_done=series.finished`), which reports its tunnel with `Series.opened(tunnel)`
-        before its end can be reported."""
+        `NativeRelay.dial_fd` with `series.finished` as its `on_done`), which reports its tunnel with
+        `Series.opened(tunnel)` before its end can be reported."""
         return self._series(route_id, endpoint)
 
     def start(self, client: Conn, upstream: Conn, *, route_id: str, endpoint: Endpoint,
