@@ -147,6 +147,9 @@ class LaneUpgrades:
         self.loop = loop
         self._fallback = fallback  # the Python path takes the connection whole (its head not answered yet)
         self._ended = ended  # a pending upgrade ended (the lane may have become empty)
+        # Set by `NativeHttp.drain`: only a draining lane waits to be empty, so a 101 calls `ended` only then (a
+        # Python call fewer per upgrade otherwise).
+        self.draining = False
         self.pending: set[UpgradeCall] = set()
         self.upgraded = 0  # upgrades relayed this way (tests and benchmarks read it)
         self._relay: NativeRelay | None = None  # the worker's relay thread, once asked for
@@ -246,7 +249,7 @@ class LaneUpgrades:
         assert call.series is not None and call.endpoint is not None
         call.series.opened(tunnel)
         self.pending.discard(call)
-        if not self.pending:
+        if self.draining and not self.pending:
             self._ended()
         self.upgraded += 1
         upgrade.counted.value += 1

@@ -177,8 +177,7 @@ class NativeHttp:
         assert _http is not None
         self.server = server
         self.loop = loop
-        settings = server.settings
-        self._settings = settings
+        self._settings = settings = server.settings
         self._run_state: RoutingState | None = server.state
         self.lane = _http.Lane(self.decide, head_timeout_ms=_ms(settings.head_timeout_s),
                                max_head_bytes=settings.max_head_bytes)
@@ -207,6 +206,7 @@ class NativeHttp:
     def drain(self) -> None:
         """Stop accepting; idle connections close now, the others after their answer."""
         self.lane.drain()
+        self.upgrades.draining = True
         if self.count():
             self.empty = self.loop.create_future()
 
