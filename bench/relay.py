@@ -1,6 +1,7 @@
 """Relay benchmark: the gateway against nginx in front of the same upstream, in one run.
 
-    python -m bench.relay [--quick] [--repeat 3] [--pin] [--relay sockmap|native|python] [--json bench/out/relay.json]
+    python -m bench.relay [--quick] [--repeat 3] [--pin] [--relay sockmap|native|python] [--native-http]
+                          [--json bench/out/relay.json]
 
 Starts an echo upstream, the dev Consul agent (the gateway resolves `lb:ws://bench-echo` through it), nginx (Debian's
 package, one worker, tuned buffers) and the gateway (one worker). For 100 B, 4 KiB and 16 KiB messages it measures the
@@ -12,7 +13,8 @@ reports medians. `--pin` gives the relays (gateway, nginx) the last CPU and the 
 Consul agent the others, the same for both relays. The last line is `relay_cpu_ratio_max=<worst gateway/nginx CPU
 ratio over the sizes>`. `--relay` picks the gateway's tunnel relay: `sockmap` (the default here: the kernel moves the
 bytes where it allows it), `native` (`wsgate.sockmap-relay: false`, the relay thread) or `python`
-(`wsgate.native-relay: false`).
+(`wsgate.native-relay: false`). `--native-http` turns the gateway's native HTTP lane on, which also takes upgrades
+it can route straight to the relay thread's dial.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ wsgate:
   workers: 1
   native-relay: {native}
   sockmap-relay: {sockmap}
+  native-http: {native_http}
 discovery:
   consul:
     address: 127.0.0.1:{consul_port}
@@ -177,7 +180,7 @@ async def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> d
     nginx.wait_port_ready("127.0.0.1", nginx_port)
     (workdir / "routes.yaml").write_text(GATEWAY_ROUTES.format(
         port=gw_port, consul_port=consul_port, native=str(args.relay != "python").lower(),
-        sockmap=str(args.relay == "sockmap").lower()))
+        sockmap=str(args.relay == "sockmap").lower(), native_http=str(args.native_http).lower()))
     gateway = group.python("gateway", "gateway", "--config", str(workdir / "routes.yaml"), "--workers", "1")
     gateway.wait_http_ready(f"http://127.0.0.1:{gw_port}/actuator/health")
     relays = {"gateway": (gateway, gw_port), "nginx": (nginx, nginx_port)}
@@ -246,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="pin the relays to the last CPU and everything else to the others")
     parser.add_argument("--relay", choices=("sockmap", "native", "python"), default="sockmap",
                         help="the gateway's tunnel relay (default: sockmap, which the gateway runs only when asked)")
+    parser.add_argument("--native-http", action="store_true",
+                        help="the gateway with wsgate.native-http on (upgrades through the native HTTP lane)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     if args.repeat < 1:
