@@ -202,7 +202,7 @@ async def serve(settings: NodeSettings, *, started: asyncio.Event | None = None)
         site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=LISTEN_BACKLOG)
     else:  # upgrades to /websocket and pushes take the lean paths (wsnode/front.py), everything else aiohttp's
         site = FrontSite(runner, settings.host, settings.port, hub=LeanHub(app[ENDPOINT_KEY]), api=app[PUSH_API_KEY],
-                         backlog=LISTEN_BACKLOG)
+                         backlog=LISTEN_BACKLOG, head_timeout_s=settings.head_timeout_s)
     await site.start()
     management_runner: web.AppRunner | None = None
     if settings.management_port is not None:

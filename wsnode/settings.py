@@ -178,6 +178,12 @@ class NodeSettings:
     # how long WAIT may take before the push is answered 503
     redis_wait_timeout_s: float = setting(1.0, "--redis-wait-timeout", "WSNODE_REDIS_WAIT_TIMEOUT_S",
         'seconds WAIT may take for --redis-min-replicas before the push is answered 503 (default 1)')
+    # A connection must send its first request head within this time (the gateway's `wsgate.head-timeout`, nginx's
+    # client_header_timeout): otherwise idle or trickling connections would hold descriptors until aiohttp's
+    # keep-alive timeout of an hour.
+    head_timeout_s: float = setting(10.0, "--head-timeout", "WSNODE_HEAD_TIMEOUT_S",
+        'seconds a new connection has to send its first request head before it is answered 408 and closed '
+        '(default 10)', check=POSITIVE)
     ws_compress: bool = setting(False, "--ws-compress", "WSNODE_WS_COMPRESS",
         "offer permessage-deflate (off: memory); on, sessions run on aiohttp's WebSocket, not the lean path")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -251,3 +252,34 @@ async def test_pushes_are_logged_as_aiohttp_logs_them(start_node: StartNode) -> 
     log = node.proc.log()
     assert "INFO aiohttp.access 127.0.0.1 POST /api/v1/push 401 " in log
     assert "secret=1" not in log
+
+
+async def test_a_connection_without_a_whole_first_head_in_time_gets_408_and_is_closed(
+        start_node: StartNode, connect: Connect) -> None:
+    node = start_node("node-a", "--head-timeout", "0.5")
+    client, _ = await connect(node, "hal")
+    served = await Conn.open(node.port)
+    late: list[Conn] = []
+    try:
+        served.send(request(push_body("hal", 0)))
+        assert (await served.answer()).status == 202  # its head came in time: the timeout no longer applies
+        opened = time.monotonic()
+        silent = await Conn.open(node.port)
+        trickling = await Conn.open(node.port)
+        late.extend((silent, trickling))
+        trickling.send(b"GET /websocket HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n")
+        for conn in late:
+            answer = await conn.answer(timeout_s=5.0)
+            elapsed = time.monotonic() - opened
+            assert answer.status == 408 and answer.headers["connection"] == "close", answer.headers
+            assert answer.json() == {"status": 408, "error": "request head not received in time"}
+            assert await conn.eof()
+            assert 0.5 <= elapsed < 3.0, elapsed
+        # The keep-alive push connection and the WebSocket session, both older than the timeout, are still served.
+        served.send(request(push_body("hal", 1)))
+        assert (await served.answer()).status == 202
+        assert [m["data"]["n"] for m in await client.messages(2)] == [0, 1]
+        assert "- - 408" in node.proc.log(), "the 408 is in the access log"
+    finally:
+        for conn in (served, *late):
+            conn.close()
