@@ -76,6 +76,7 @@ typedef struct tunnel {
     int sm_then_close;           /* the drain was started by a close: begin_close follows it */
     int sm_slot;                 /* its two sockets' keys are 2*slot and 2*slot+1; -1: none */
     uint64_t sm_cookie[2];       /* SO_COOKIE of each end, the keys of the cookie map */
+    int sm_cookies;              /* bit i: sm_cookie[i] went into the cookie map */
     uint64_t sm_base[2];         /* bytes each end's send queue had taken (TCP_INFO acked + SIOCOUTQ) at the start */
     uint64_t sm_seen[2];         /* redirected bytes each way at the last sweep */
     uint64_t sm_drain_at_ms;
@@ -104,6 +105,8 @@ typedef struct {
     size_t values_len;
     int *free_slots;
     size_t nfree;
+    uint64_t *stale;             /* cookies of closed sockets still in the cookie map, deleted SM_STALE at a time */
+    size_t nstale;
     uint64_t entered, left;      /* tunnels handed to the kernel, and those that went back to the thread */
     uint64_t pauses;             /* directions handed to the thread because a peer fell SM_CREDIT behind */
     char why[160];               /* why it is off */
@@ -138,6 +141,7 @@ typedef struct {
     uint64_t next_id;
     /* owned by the relay thread */
     tunnel_t *live;
+    int done_owed;     /* events queued for Python this turn of the loop: donefd is written once, at its end */
     tunnel_t **index;  /* the live tunnels by id (open addressing, linear probing): commands find theirs in O(1) */
     size_t index_cap, index_count;
     uint64_t probes;   /* slots examined by id lookups (Relay.stats), to check that a lookup stays O(1) */
@@ -163,6 +167,7 @@ void signal_fd(int fd);
 void *take_queue(pthread_mutex_t *lock, int fd, void **items, size_t *count, size_t *cap, size_t *taken);
 void close_end(Relay *r, end_t *e);
 void report_event(Relay *r, uint64_t id, int kind, int64_t a, int64_t b, char *data, size_t len);
+void wake_python(Relay *r);  /* write donefd for the events queued since the last write (the thread only) */
 void maybe_finish(Relay *r, tunnel_t *t);
 void abort_tunnel(Relay *r, tunnel_t *t);
 void set_interest(Relay *r, end_t *e, uint32_t want);

@@ -38,6 +38,7 @@ static void hand_back(Relay *r, tunnel_t *t) {
 static void upgrade(Relay *r, tunnel_t *t) {
     end_t *client = &t->ends[0], *up = &t->ends[1];
     report_event(r, t->id, EV_UPGRADED, 0, 0, NULL, 0);
+    wake_python(r); /* now, not at the end of the turn: Python hears of the tunnel before the client of the 101 */
     t->state = ST_RELAY;
     t->deadline_ms = 0;
     up->read_bytes += t->head_len;

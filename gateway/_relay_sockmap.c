@@ -48,6 +48,8 @@
                                        * direction faster than SM_CREDIT per SM_REFRESH_MS (80 MB/s) goes back to
                                        * the thread, correct but slower */
 #define TCP_INFO_BYTES_ACKED_AT 120   /* u64 tcpi_bytes_acked, Linux >= 4.1 */
+#define SM_STALE 256                  /* cookies of finished tunnels deleted in one system call (a cookie is never
+                                       * reused, so one left in the map meanwhile matches no socket) */
 /* SM_CREDIT bounds the kernel's queue per direction: per tunnel at most 2 x SM_CREDIT beyond the socket buffers,
  * plus what arrives between the program's signal and the thread's reaction. */
 
@@ -141,6 +143,18 @@ static void map_delete(int map, const void *key) {
     sys_bpf(BPF_MAP_DELETE_ELEM, &attr); /* ENOENT: a closed socket leaves the sockmaps by itself */
 }
 
+/* Delete the stale cookies at once (BPF_MAP_DELETE_BATCH, Linux >= 5.6), else one by one. */
+static void delete_stale(sockmap_t *sm) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.batch.keys = (uint64_t)(uintptr_t)sm->stale;
+    attr.batch.count = (uint32_t)sm->nstale;
+    attr.batch.map_fd = (uint32_t)sm->cookies;
+    if (sys_bpf(BPF_MAP_DELETE_BATCH, &attr) != 0)
+        for (size_t k = 0; k < sm->nstale; k++) map_delete(sm->cookies, &sm->stale[k]);
+    sm->nstale = 0;
+}
+
 void sockmap_free(sockmap_t *sm) {
     if (sm->values != NULL) munmap(sm->values, sm->values_len);
     sm->values = NULL;
@@ -152,6 +166,9 @@ void sockmap_free(sockmap_t *sm) {
     free(sm->free_slots);
     sm->free_slots = NULL;
     sm->nfree = 0;
+    free(sm->stale);
+    sm->stale = NULL;
+    sm->nstale = 0;
     sm->on = 0;
 }
 
@@ -165,9 +182,12 @@ int sockmap_init(sockmap_t *sm) {
     sm->prog = sm->cookies = sm->vals = sm->targets = sm->sources = -1;
     sm->values = NULL;
     sm->free_slots = NULL;
+    sm->stale = NULL;
+    sm->nstale = 0;
     sm->on = 0;
     uint32_t sockets = 2 * SM_TUNNELS;
-    sm->cookies = create_map(BPF_MAP_TYPE_HASH, sizeof(uint64_t), sizeof(uint32_t), sockets, 0);
+    /* Room for the stale cookies too: they must not take the place of a live tunnel's. */
+    sm->cookies = create_map(BPF_MAP_TYPE_HASH, sizeof(uint64_t), sizeof(uint32_t), sockets + SM_STALE, 0);
     if (sm->cookies < 0) return fail(sm, "bpf map (hash)");
     sm->vals = create_map(BPF_MAP_TYPE_ARRAY, sizeof(uint32_t), sizeof(struct sm_value), sockets, BPF_F_MMAPABLE);
     if (sm->vals < 0) return fail(sm, "bpf map (mmapable array)");
@@ -187,7 +207,8 @@ int sockmap_init(sockmap_t *sm) {
     attr.attach_type = BPF_SK_SKB_STREAM_VERDICT;
     if (sys_bpf(BPF_PROG_ATTACH, &attr) != 0) return fail(sm, "bpf attach (stream verdict)");
     sm->free_slots = malloc(SM_TUNNELS * sizeof(int));
-    if (sm->free_slots == NULL) return fail(sm, "out of memory");
+    sm->stale = malloc(SM_STALE * sizeof(uint64_t));
+    if (sm->free_slots == NULL || sm->stale == NULL) return fail(sm, "out of memory");
     for (int k = 0; k < SM_TUNNELS; k++) sm->free_slots[k] = SM_TUNNELS - 1 - k;
     sm->nfree = SM_TUNNELS;
     sm->on = 1;
@@ -314,6 +335,7 @@ void sockmap_enter(Relay *r, tunnel_t *t) {
         t->sm_base[i] = (uint64_t)base;
     }
     t->sm_slot = r->sm.free_slots[--r->sm.nfree];
+    t->sm_cookies = 0;
     for (int i = 0; i < 2; i++) {
         uint32_t key = key_of(t, i);
         struct sm_value *v = &r->sm.values[key];
@@ -323,6 +345,7 @@ void sockmap_enter(Relay *r, tunnel_t *t) {
         t->sm_seen[i] = 0;
         if (map_update(r->sm.targets, &key, &fds[i]) != 0 || map_update(r->sm.cookies, &t->sm_cookie[i], &key) != 0)
             goto undo;
+        t->sm_cookies |= 1 << i;
     }
     /* From here the tunnel is the kernel's, even if only one end made it into `sources`. */
     t->sm_state = SM_ON;
@@ -345,7 +368,7 @@ undo:
 }
 
 /* Forget the tunnel's keys and free its slot (when it finishes, or could not enter). Its sockets left the
- * sockmaps when they closed. */
+ * sockmaps when they closed; its cookies go later, with others (two system calls fewer per tunnel). */
 void sockmap_release(Relay *r, tunnel_t *t) {
     if (t->sm_slot < 0 || !r->sm.on) return;
     for (int i = 0; i < 2; i++) {
@@ -354,8 +377,11 @@ void sockmap_release(Relay *r, tunnel_t *t) {
             map_delete(r->sm.sources, &key);
             map_delete(r->sm.targets, &key);
         }
-        map_delete(r->sm.cookies, &t->sm_cookie[i]);
+        if (!(t->sm_cookies & (1 << i))) continue;
+        r->sm.stale[r->sm.nstale++] = t->sm_cookie[i];
+        if (r->sm.nstale == SM_STALE) delete_stale(&r->sm);
     }
+    t->sm_cookies = 0;
     r->sm.free_slots[r->sm.nfree++] = t->sm_slot;
     t->sm_slot = -1;
     t->sm_state = SM_OFF;

@@ -63,10 +63,12 @@ void close_end(Relay *r, end_t *e) {
     e->pending_len = e->pending_off = 0;
 }
 
-/* Queue an event for Python; `data` (malloc'ed) passes to the event. */
+/* Queue an event for Python (the thread only); `data` (malloc'ed) passes to the event. The loop writes the eventfd
+ * once, at the end of its turn: written per event, Python took the queue between two events of one turn and each
+ * event woke it again (a context switch and two epoll waits each). */
 void report_event(Relay *r, uint64_t id, int kind, int64_t a, int64_t b, char *data, size_t len) {
     pthread_mutex_lock(&r->lock);
-    /* Python reads the eventfd before it takes the queue: a non-empty queue is already signalled. */
+    /* Python reads the eventfd before it takes the queue: a non-empty queue is already signalled, or will be. */
     int wake = r->ndone == 0;
     int failed = grow((void **)&r->done, &r->done_cap, r->ndone + 1, sizeof(done_t));
     if (!failed) r->done[r->ndone++] = (done_t){.id = id, .kind = kind, .a = a, .b = b, .data = data, .len = len};
@@ -77,13 +79,15 @@ void report_event(Relay *r, uint64_t id, int kind, int64_t a, int64_t b, char *d
         if (kind == EV_HEAD) close((int)a);
         return;
     }
-    if (wake) signal_fd(r->donefd);
+    r->done_owed |= wake;
 }
 
-static void free_tunnel(tunnel_t *t) {
-    free(t->head);
-    free(t);
+void wake_python(Relay *r) {
+    if (r->done_owed) signal_fd(r->donefd);
+    r->done_owed = 0;
 }
+
+static void free_tunnel(tunnel_t *t) { free(t->head); free(t); }
 
 /* Free tunnels only after the current batch of epoll events: a later event may still point at them. */
 void maybe_finish(Relay *r, tunnel_t *t) {
@@ -484,9 +488,11 @@ void *relay_main(void *arg) {
                 r->nfreelater = 0;
             }
         }
+        wake_python(r);
     }
     while (r->live) abort_tunnel(r, r->live);
     for (size_t k = 0; k < r->nfreelater; k++) free_tunnel(r->freelater[k]);
     r->nfreelater = 0;
+    wake_python(r);
     return NULL;
 }
