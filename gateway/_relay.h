@@ -86,6 +86,7 @@ typedef struct tunnel {
     int linked;                  /* in the live list (a dialed tunnel is registered by Python before that) */
     uint64_t created_ms;         /* when Python handed it over: its connect and response deadlines count from here */
     int forward_101;             /* relay a 101 head as it came; any other head goes back to Python */
+    int arming;                  /* its 101 waits for the end of the turn (arm_upgrades); 2: and then a close */
     int outcome_reported;        /* the dial's end (failure or hand-back) has been reported */
     uint64_t deadline_ms;        /* connect, then response deadline; 0: none */
     uint64_t connect_timeout_ms, response_timeout_ms;
@@ -142,6 +143,8 @@ typedef struct {
     /* owned by the relay thread */
     tunnel_t *live;
     int done_owed;     /* events queued for Python this turn of the loop: donefd is written once, at its end */
+    tunnel_t **arming; /* tunnels whose 101 goes to the client at the end of the turn, after Python is woken */
+    size_t narming, arming_cap;
     tunnel_t **index;  /* the live tunnels by id (open addressing, linear probing): commands find theirs in O(1) */
     size_t index_cap, index_count;
     uint64_t probes;   /* slots examined by id lookups (Relay.stats), to check that a lookup stays O(1) */
@@ -198,6 +201,7 @@ void index_del(Relay *r, uint64_t id);
 void fail_dial(Relay *r, tunnel_t *t, int reason, int err);
 void on_dial_event(Relay *r, tunnel_t *t, uint32_t got);
 void start_dial(Relay *r, tunnel_t *t);
+void arm_upgrades(Relay *r);
 PyObject *Relay_dial(Relay *r, PyObject *args, PyObject *kwargs);
 extern const char dial_doc[];
 PyObject *Relay_dial_fast(Relay *r, PyObject *const *args, Py_ssize_t nargs);

@@ -34,11 +34,12 @@ static void hand_back(Relay *r, tunnel_t *t) {
     maybe_finish(r, t);
 }
 
-/* The instance answered 101: the head and anything after it go to the client, then the relay starts. */
+/* The instance answered 101: the head and anything after it go to the client, then the relay starts. The client
+ * gets them at the end of the loop's turn (arm_upgrades), after the one wake-up of Python for the turn's events:
+ * so Python hears of a tunnel before its client does, and a turn of 101s wakes it once. */
 static void upgrade(Relay *r, tunnel_t *t) {
     end_t *client = &t->ends[0], *up = &t->ends[1];
     report_event(r, t->id, EV_UPGRADED, 0, 0, NULL, 0);
-    wake_python(r); /* now, not at the end of the turn: Python hears of the tunnel before the client of the 101 */
     t->state = ST_RELAY;
     t->deadline_ms = 0;
     up->read_bytes += t->head_len;
@@ -48,8 +49,30 @@ static void upgrade(Relay *r, tunnel_t *t) {
     t->head = NULL;
     t->head_len = t->head_cap = 0;
     t->active_at_ms = now_ms();
+    if (grow((void **)&r->arming, &r->arming_cap, r->narming + 1, sizeof(tunnel_t *)) == 0) {
+        r->arming[r->narming++] = t;
+        t->arming = 1;
+        return;
+    }
+    wake_python(r); /* out of memory: at once */
     const int registered[2] = {0, 1};
     arm_relay(r, t, registered);
+}
+
+/* The end of the turn for its 101s: Python is woken, then each client gets its 101 and its tunnel starts (one
+ * aborted meanwhile is skipped; one closed meanwhile closes now). Runs before the turn frees finished tunnels. */
+void arm_upgrades(Relay *r) {
+    wake_python(r);
+    const int registered[2] = {0, 1};
+    for (size_t k = 0; k < r->narming; k++) {
+        tunnel_t *t = r->arming[k];
+        int then_close = t->arming == 2;
+        t->arming = 0;
+        if (t->finished) continue;
+        arm_relay(r, t, registered);
+        if (then_close && !t->finished) begin_close(r, t);
+    }
+    r->narming = 0;
 }
 
 static int is_upgrade_head(const tunnel_t *t, const char *end) {

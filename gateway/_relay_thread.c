@@ -15,8 +15,7 @@ int grow(void **items, size_t *cap, size_t need, size_t size) {
     while (cap2 < need) cap2 *= 2;
     void *bigger = realloc(*items, cap2 * size);
     if (bigger == NULL) return -1;
-    *items = bigger;
-    *cap = cap2;
+    *items = bigger, *cap = cap2;
     return 0;
 }
 
@@ -174,7 +173,8 @@ static void end_flushed(Relay *r, end_t *e) {
 
 /* Stop relaying: each end still open gets what is pending for it, then its lingering close. */
 void begin_close(Relay *r, tunnel_t *t) {
-    if (sockmap_leave(r, t, 1)) return; /* the kernel's queues drain first; it calls again after */
+    if (t->arming) t->arming = 2; /* its 101 has not gone out yet: arm_upgrades calls again after */
+    if (t->arming || sockmap_leave(r, t, 1)) return; /* the kernel's queues drain first; it calls again after */
     if (!t->closing) {
         t->closing = 1;
         t->closing_at_ms = now_ms();
@@ -477,6 +477,7 @@ void *relay_main(void *arg) {
             else if (t->ends[1 - i].pending_len == 0) on_readable(r, t, i);
             else if (got & (EPOLLHUP | EPOLLERR)) on_hangup(r, t, i);
         }
+        arm_upgrades(r);
         for (size_t k = 0; k < r->nfreelater; k++) free_tunnel(r->freelater[k]);
         r->nfreelater = 0;
         if (r->sweep_ms) {
