@@ -48,6 +48,7 @@ struct tunnel;
 typedef struct {
     struct tunnel *tunnel;
     int fd;              /* -1 once closed */
+    int borrowed;        /* the caller's until the 101 (dial_fast's client): forgotten, not closed, before it */
     uint32_t events;     /* what epoll watches now */
     char *pending;       /* bytes waiting to be sent to this fd */
     size_t pending_len, pending_off;

@@ -41,6 +41,7 @@ static void upgrade(Relay *r, tunnel_t *t) {
     end_t *client = &t->ends[0], *up = &t->ends[1];
     report_event(r, t->id, EV_UPGRADED, 0, 0, NULL, 0);
     t->state = ST_RELAY;
+    client->borrowed = 0; /* the thread's from the 101 on: Python forgets it when it hears of the 101 */
     t->deadline_ms = 0;
     up->read_bytes += t->head_len;
     client->pending = t->head;
@@ -175,7 +176,7 @@ const char dial_doc[] =
 /* The dial itself, once the arguments are read; releases `request`. */
 static PyObject *dial_with(Relay *r, int client_fd, const char *host, int port, Py_buffer request,
                            unsigned long long connect_ms, unsigned long long response_ms, unsigned long long idle_ms,
-                           int forward_101) {
+                           int forward_101, int borrow) {
     PyObject *result = NULL;
     int fd = -1;
     struct sockaddr_storage address;
@@ -229,6 +230,7 @@ static PyObject *dial_with(Relay *r, int client_fd, const char *host, int port, 
     t->state = sent < 0 ? ST_DIAL : ST_HEAD;
     t->created_ms = now_ms();
     t->forward_101 = forward_101;
+    t->ends[0].borrowed = borrow;
     t->connect_timeout_ms = connect_ms;
     t->response_timeout_ms = response_ms;
     Py_buffer rest = request;
@@ -280,13 +282,16 @@ PyObject *Relay_dial(Relay *r, PyObject *args, PyObject *kwargs) {
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "isiy*|$KKKp:dial", keywords, &client_fd, &host, &port, &request,
                                      &connect_ms, &response_ms, &idle_ms, &forward_101))
         return NULL;
-    return dial_with(r, client_fd, host, port, request, connect_ms, response_ms, idle_ms, forward_101);
+    return dial_with(r, client_fd, host, port, request, connect_ms, response_ms, idle_ms, forward_101, 0);
 }
 
 const char dial_fast_doc[] =
 "dial_fast(client_fd, host, port, request, connect_timeout_ms, response_timeout_ms, idle_timeout_ms, /) -> int\n\n"
 "dial() with its arguments in order and forward_101 on: the call the HTTP lane's upgrades make once each, read\n"
-"without PyArg_ParseTupleAndKeywords (about 3,400 instructions a call with the timeouts as keywords).";
+"without PyArg_ParseTupleAndKeywords (about 3,400 instructions a call with the timeouts as keywords). Unlike\n"
+"dial(), client_fd stays the caller's until the 101: the thread never closes it before (a failure or a head\n"
+"handed back leave it open, as does an abort before the 101), and owns it from the 101 (EV_UPGRADED) on, so the\n"
+"caller needs no duplicate.";
 
 PyObject *Relay_dial_fast(Relay *r, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 7) {
@@ -308,5 +313,5 @@ PyObject *Relay_dial_fast(Relay *r, PyObject *const *args, Py_ssize_t nargs) {
     }
     Py_buffer request;
     if (PyObject_GetBuffer(args[3], &request, PyBUF_SIMPLE) != 0) return NULL;
-    return dial_with(r, (int)client_fd, host, (int)port, request, ms[0], ms[1], ms[2], 1);
+    return dial_with(r, (int)client_fd, host, (int)port, request, ms[0], ms[1], ms[2], 1, 1);
 }

@@ -54,8 +54,7 @@ static void collect(tunnel_t *t) {
 
 void close_end(Relay *r, end_t *e) {
     if (e->fd < 0) return;
-    epoll_ctl(r->epfd, EPOLL_CTL_DEL, e->fd, NULL);
-    close(e->fd);
+    if (!e->borrowed) epoll_ctl(r->epfd, EPOLL_CTL_DEL, e->fd, NULL), close(e->fd); /* borrowed: never watched */
     e->fd = -1;
     free(e->pending);
     e->pending = NULL;
