@@ -78,6 +78,7 @@ typedef struct tunnel {
     int sm_slot;                 /* its two sockets' keys are 2*slot and 2*slot+1; -1: none */
     uint64_t sm_cookie[2];       /* SO_COOKIE of each end, the keys of the cookie map */
     int sm_cookies;              /* bit i: sm_cookie[i] went into the cookie map */
+    int sm_mapped;               /* 1 << i: end i went into `targets`, 4 << i: into `sources` */
     uint64_t sm_base[2];         /* bytes each end's send queue had taken (TCP_INFO acked + SIOCOUTQ) at the start */
     uint64_t sm_seen[2];         /* redirected bytes each way at the last sweep */
     uint64_t sm_drain_at_ms;
