@@ -1,7 +1,7 @@
 """Gateway CPU per WebSocket handshake, alone: the handshake part of `bench.relay` without nginx or message runs.
 
     python -m bench.handshake_profile [--relay native] [--rounds 5] [--duration-s 2] [--baseline DIR] [--pin]
-                                      [--py-spy OUT.txt]
+                                      [--native-http] [--py-spy OUT.txt]
 
 Starts an echo upstream, the dev Consul agent and a gateway (one worker, access log off, `lb:ws://bench-echo`
 through Consul), exactly as `bench.relay` does, then runs `--rounds` rounds of handshakes (open, upgrade, close;
@@ -46,11 +46,12 @@ async def one_round(proc: ManagedProcess, port: int, *, duration_s: float,
 
 
 def start_gateway(group: ProcessGroup, name: str, workdir: Path, consul_port: int,
-                  source: Path | None, relay: str) -> tuple[ManagedProcess, int]:
+                  source: Path | None, relay: str, native_http: bool) -> tuple[ManagedProcess, int]:
     port = free_port()
     config = workdir / f"{name}.yaml"
     config.write_text(GATEWAY_ROUTES.format(port=port, consul_port=consul_port, native=str(relay != "python").lower(),
-                                            sockmap=str(relay == "sockmap").lower()))
+                                            sockmap=str(relay == "sockmap").lower(),
+                                            native_http=str(native_http).lower()))
     env: dict[str, str] = {}
     if source is not None:
         # Safe path mode: the working directory is not put first on sys.path, PYTHONPATH is.
@@ -79,9 +80,11 @@ async def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> i
     consul = group.python("devconsul", "devconsul", "--port", str(consul_port))
     consul.wait_http_ready(f"http://127.0.0.1:{consul_port}/v1/status/leader")
     register_echo(consul_port, echo_port)
-    gateways = {"current": start_gateway(group, "current", workdir, consul_port, None, args.relay)}
+    gateways = {"current": start_gateway(group, "current", workdir, consul_port, None, args.relay,
+                                            args.native_http)}
     if args.baseline is not None:
-        gateways["baseline"] = start_gateway(group, "baseline", workdir, consul_port, args.baseline, args.relay)
+        gateways["baseline"] = start_gateway(group, "baseline", workdir, consul_port, args.baseline, args.relay,
+                                                  args.native_http)
     cpus = sorted(os.sched_getaffinity(0))
     if args.pin and len(cpus) >= 2:  # as `bench.relay --pin` does: gateways on one CPU, everything else on the rest
         for proc, _ in gateways.values():
@@ -125,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="handshakes in flight")
     parser.add_argument("--baseline", type=Path, help="another copy of the code to run alongside, alternating")
     parser.add_argument("--pin", action="store_true", help="gateways on the last CPU, the rest elsewhere")
+    parser.add_argument("--native-http", action="store_true",
+                        help="the gateways with wsgate.native-http on (upgrades through the native HTTP lane)")
     parser.add_argument("--py-spy", type=Path, help="record one more round with py-spy (raw format) here")
     args = parser.parse_args(argv)
     if args.rounds < 1:

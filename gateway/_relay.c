@@ -134,6 +134,7 @@ static void Relay_dealloc(Relay *r) {
     }
     free(r->done);
     free(r->freelater);
+    free(r->arming);
     free(r->index);
     sockmap_free(&r->sm);
     pthread_mutex_destroy(&r->lock);

@@ -48,6 +48,7 @@ struct tunnel;
 typedef struct {
     struct tunnel *tunnel;
     int fd;              /* -1 once closed */
+    int borrowed;        /* the caller's until the 101 (dial_fast's client): forgotten, not closed, before it */
     uint32_t events;     /* what epoll watches now */
     char *pending;       /* bytes waiting to be sent to this fd */
     size_t pending_len, pending_off;
@@ -76,6 +77,8 @@ typedef struct tunnel {
     int sm_then_close;           /* the drain was started by a close: begin_close follows it */
     int sm_slot;                 /* its two sockets' keys are 2*slot and 2*slot+1; -1: none */
     uint64_t sm_cookie[2];       /* SO_COOKIE of each end, the keys of the cookie map */
+    int sm_cookies;              /* bit i: sm_cookie[i] went into the cookie map */
+    int sm_mapped;               /* 1 << i: end i went into `targets`, 4 << i: into `sources` */
     uint64_t sm_base[2];         /* bytes each end's send queue had taken (TCP_INFO acked + SIOCOUTQ) at the start */
     uint64_t sm_seen[2];         /* redirected bytes each way at the last sweep */
     uint64_t sm_drain_at_ms;
@@ -85,6 +88,7 @@ typedef struct tunnel {
     int linked;                  /* in the live list (a dialed tunnel is registered by Python before that) */
     uint64_t created_ms;         /* when Python handed it over: its connect and response deadlines count from here */
     int forward_101;             /* relay a 101 head as it came; any other head goes back to Python */
+    int arming;                  /* its 101 waits for the end of the turn (arm_upgrades); 2: and then a close */
     int outcome_reported;        /* the dial's end (failure or hand-back) has been reported */
     uint64_t deadline_ms;        /* connect, then response deadline; 0: none */
     uint64_t connect_timeout_ms, response_timeout_ms;
@@ -104,6 +108,8 @@ typedef struct {
     size_t values_len;
     int *free_slots;
     size_t nfree;
+    uint64_t *stale;             /* cookies of closed sockets still in the cookie map, deleted SM_STALE at a time */
+    size_t nstale;
     uint64_t entered, left;      /* tunnels handed to the kernel, and those that went back to the thread */
     uint64_t pauses;             /* directions handed to the thread because a peer fell SM_CREDIT behind */
     char why[160];               /* why it is off */
@@ -138,6 +144,9 @@ typedef struct {
     uint64_t next_id;
     /* owned by the relay thread */
     tunnel_t *live;
+    int done_owed;     /* events queued for Python this turn of the loop: donefd is written once, at its end */
+    tunnel_t **arming; /* tunnels whose 101 goes to the client at the end of the turn, after Python is woken */
+    size_t narming, arming_cap;
     tunnel_t **index;  /* the live tunnels by id (open addressing, linear probing): commands find theirs in O(1) */
     size_t index_cap, index_count;
     uint64_t probes;   /* slots examined by id lookups (Relay.stats), to check that a lookup stays O(1) */
@@ -163,6 +172,7 @@ void signal_fd(int fd);
 void *take_queue(pthread_mutex_t *lock, int fd, void **items, size_t *count, size_t *cap, size_t *taken);
 void close_end(Relay *r, end_t *e);
 void report_event(Relay *r, uint64_t id, int kind, int64_t a, int64_t b, char *data, size_t len);
+void wake_python(Relay *r);  /* write donefd for the events queued since the last write (the thread only) */
 void maybe_finish(Relay *r, tunnel_t *t);
 void abort_tunnel(Relay *r, tunnel_t *t);
 void set_interest(Relay *r, end_t *e, uint32_t want);
@@ -193,6 +203,7 @@ void index_del(Relay *r, uint64_t id);
 void fail_dial(Relay *r, tunnel_t *t, int reason, int err);
 void on_dial_event(Relay *r, tunnel_t *t, uint32_t got);
 void start_dial(Relay *r, tunnel_t *t);
+void arm_upgrades(Relay *r);
 PyObject *Relay_dial(Relay *r, PyObject *args, PyObject *kwargs);
 extern const char dial_doc[];
 PyObject *Relay_dial_fast(Relay *r, PyObject *const *args, Py_ssize_t nargs);

@@ -34,11 +34,14 @@ static void hand_back(Relay *r, tunnel_t *t) {
     maybe_finish(r, t);
 }
 
-/* The instance answered 101: the head and anything after it go to the client, then the relay starts. */
+/* The instance answered 101: the head and anything after it go to the client, then the relay starts. The client
+ * gets them at the end of the loop's turn (arm_upgrades), after the one wake-up of Python for the turn's events:
+ * so Python hears of a tunnel before its client does, and a turn of 101s wakes it once. */
 static void upgrade(Relay *r, tunnel_t *t) {
     end_t *client = &t->ends[0], *up = &t->ends[1];
     report_event(r, t->id, EV_UPGRADED, 0, 0, NULL, 0);
     t->state = ST_RELAY;
+    client->borrowed = 0; /* the thread's from the 101 on: Python forgets it when it hears of the 101 */
     t->deadline_ms = 0;
     up->read_bytes += t->head_len;
     client->pending = t->head;
@@ -47,8 +50,30 @@ static void upgrade(Relay *r, tunnel_t *t) {
     t->head = NULL;
     t->head_len = t->head_cap = 0;
     t->active_at_ms = now_ms();
+    if (grow((void **)&r->arming, &r->arming_cap, r->narming + 1, sizeof(tunnel_t *)) == 0) {
+        r->arming[r->narming++] = t;
+        t->arming = 1;
+        return;
+    }
+    wake_python(r); /* out of memory: at once */
     const int registered[2] = {0, 1};
     arm_relay(r, t, registered);
+}
+
+/* The end of the turn for its 101s: Python is woken, then each client gets its 101 and its tunnel starts (one
+ * aborted meanwhile is skipped; one closed meanwhile closes now). Runs before the turn frees finished tunnels. */
+void arm_upgrades(Relay *r) {
+    wake_python(r);
+    const int registered[2] = {0, 1};
+    for (size_t k = 0; k < r->narming; k++) {
+        tunnel_t *t = r->arming[k];
+        int then_close = t->arming == 2;
+        t->arming = 0;
+        if (t->finished) continue;
+        arm_relay(r, t, registered);
+        if (then_close && !t->finished) begin_close(r, t);
+    }
+    r->narming = 0;
 }
 
 static int is_upgrade_head(const tunnel_t *t, const char *end) {
@@ -151,7 +176,7 @@ const char dial_doc[] =
 /* The dial itself, once the arguments are read; releases `request`. */
 static PyObject *dial_with(Relay *r, int client_fd, const char *host, int port, Py_buffer request,
                            unsigned long long connect_ms, unsigned long long response_ms, unsigned long long idle_ms,
-                           int forward_101) {
+                           int forward_101, int borrow) {
     PyObject *result = NULL;
     int fd = -1;
     struct sockaddr_storage address;
@@ -205,6 +230,7 @@ static PyObject *dial_with(Relay *r, int client_fd, const char *host, int port, 
     t->state = sent < 0 ? ST_DIAL : ST_HEAD;
     t->created_ms = now_ms();
     t->forward_101 = forward_101;
+    t->ends[0].borrowed = borrow;
     t->connect_timeout_ms = connect_ms;
     t->response_timeout_ms = response_ms;
     Py_buffer rest = request;
@@ -256,13 +282,16 @@ PyObject *Relay_dial(Relay *r, PyObject *args, PyObject *kwargs) {
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "isiy*|$KKKp:dial", keywords, &client_fd, &host, &port, &request,
                                      &connect_ms, &response_ms, &idle_ms, &forward_101))
         return NULL;
-    return dial_with(r, client_fd, host, port, request, connect_ms, response_ms, idle_ms, forward_101);
+    return dial_with(r, client_fd, host, port, request, connect_ms, response_ms, idle_ms, forward_101, 0);
 }
 
 const char dial_fast_doc[] =
 "dial_fast(client_fd, host, port, request, connect_timeout_ms, response_timeout_ms, idle_timeout_ms, /) -> int\n\n"
 "dial() with its arguments in order and forward_101 on: the call the HTTP lane's upgrades make once each, read\n"
-"without PyArg_ParseTupleAndKeywords (about 3,400 instructions a call with the timeouts as keywords).";
+"without PyArg_ParseTupleAndKeywords (about 3,400 instructions a call with the timeouts as keywords). Unlike\n"
+"dial(), client_fd stays the caller's until the 101: the thread never closes it before (a failure or a head\n"
+"handed back leave it open, as does an abort before the 101), and owns it from the 101 (EV_UPGRADED) on, so the\n"
+"caller needs no duplicate.";
 
 PyObject *Relay_dial_fast(Relay *r, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 7) {
@@ -284,5 +313,5 @@ PyObject *Relay_dial_fast(Relay *r, PyObject *const *args, Py_ssize_t nargs) {
     }
     Py_buffer request;
     if (PyObject_GetBuffer(args[3], &request, PyBUF_SIMPLE) != 0) return NULL;
-    return dial_with(r, (int)client_fd, host, (int)port, request, ms[0], ms[1], ms[2], 1);
+    return dial_with(r, (int)client_fd, host, (int)port, request, ms[0], ms[1], ms[2], 1, 1);
 }

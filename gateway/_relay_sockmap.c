@@ -48,6 +48,7 @@
                                        * direction faster than SM_CREDIT per SM_REFRESH_MS (80 MB/s) goes back to
                                        * the thread, correct but slower */
 #define TCP_INFO_BYTES_ACKED_AT 120   /* u64 tcpi_bytes_acked, Linux >= 4.1 */
+#define SM_STALE 256                  /* finished tunnels' cookies deleted per call (never reused: none matches) */
 /* SM_CREDIT bounds the kernel's queue per direction: per tunnel at most 2 x SM_CREDIT beyond the socket buffers,
  * plus what arrives between the program's signal and the thread's reaction. */
 
@@ -141,6 +142,34 @@ static void map_delete(int map, const void *key) {
     sys_bpf(BPF_MAP_DELETE_ELEM, &attr); /* ENOENT: a closed socket leaves the sockmaps by itself */
 }
 
+/* Several entries in one call (BPF_MAP_*_BATCH, Linux >= 5.6); 0 when every one went. */
+static int batch(int cmd, int map, const void *keys, const void *values, uint32_t count) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.batch.keys = (uint64_t)(uintptr_t)keys;
+    attr.batch.values = (uint64_t)(uintptr_t)values;
+    attr.batch.count = count;
+    attr.batch.map_fd = (uint32_t)map;
+    return sys_bpf(cmd, &attr) == 0 && attr.batch.count == count ? 0 : -1;
+}
+
+/* A tunnel's two cookies in one call, else one by one; bit i of `in`: entry i went in. */
+static int update_pair(int map, const uint64_t keys[2], const uint32_t values[2], int *in) {
+    *in = batch(BPF_MAP_UPDATE_BATCH, map, keys, values, 2) == 0 ? 3 : 0;
+    for (int i = 0; i < 2 && *in != 3; i++) {
+        if (map_update(map, &keys[i], &values[i]) != 0) return -1;
+        *in |= 1 << i;
+    }
+    return 0;
+}
+
+/* The stale cookies in one call, else one by one. */
+static void delete_stale(sockmap_t *sm) {
+    if (batch(BPF_MAP_DELETE_BATCH, sm->cookies, sm->stale, NULL, (uint32_t)sm->nstale) != 0)
+        for (size_t k = 0; k < sm->nstale; k++) map_delete(sm->cookies, &sm->stale[k]);
+    sm->nstale = 0;
+}
+
 void sockmap_free(sockmap_t *sm) {
     if (sm->values != NULL) munmap(sm->values, sm->values_len);
     sm->values = NULL;
@@ -152,6 +181,9 @@ void sockmap_free(sockmap_t *sm) {
     free(sm->free_slots);
     sm->free_slots = NULL;
     sm->nfree = 0;
+    free(sm->stale);
+    sm->stale = NULL;
+    sm->nstale = 0;
     sm->on = 0;
 }
 
@@ -165,9 +197,12 @@ int sockmap_init(sockmap_t *sm) {
     sm->prog = sm->cookies = sm->vals = sm->targets = sm->sources = -1;
     sm->values = NULL;
     sm->free_slots = NULL;
+    sm->stale = NULL;
+    sm->nstale = 0;
     sm->on = 0;
     uint32_t sockets = 2 * SM_TUNNELS;
-    sm->cookies = create_map(BPF_MAP_TYPE_HASH, sizeof(uint64_t), sizeof(uint32_t), sockets, 0);
+    /* Room for the stale cookies too: they must not take the place of a live tunnel's. */
+    sm->cookies = create_map(BPF_MAP_TYPE_HASH, sizeof(uint64_t), sizeof(uint32_t), sockets + SM_STALE, 0);
     if (sm->cookies < 0) return fail(sm, "bpf map (hash)");
     sm->vals = create_map(BPF_MAP_TYPE_ARRAY, sizeof(uint32_t), sizeof(struct sm_value), sockets, BPF_F_MMAPABLE);
     if (sm->vals < 0) return fail(sm, "bpf map (mmapable array)");
@@ -187,7 +222,8 @@ int sockmap_init(sockmap_t *sm) {
     attr.attach_type = BPF_SK_SKB_STREAM_VERDICT;
     if (sys_bpf(BPF_PROG_ATTACH, &attr) != 0) return fail(sm, "bpf attach (stream verdict)");
     sm->free_slots = malloc(SM_TUNNELS * sizeof(int));
-    if (sm->free_slots == NULL) return fail(sm, "out of memory");
+    sm->stale = malloc(SM_STALE * sizeof(uint64_t));
+    if (sm->free_slots == NULL || sm->stale == NULL) return fail(sm, "out of memory");
     for (int k = 0; k < SM_TUNNELS; k++) sm->free_slots[k] = SM_TUNNELS - 1 - k;
     sm->nfree = SM_TUNNELS;
     sm->on = 1;
@@ -212,13 +248,13 @@ int64_t tcp_bytes_received(int fd) {
 }
 
 /* Bytes the send queue of `fd` has taken so far (acknowledged + still queued), up to a constant; -1: the socket
- * can take no more (reset, closed), so nothing is waiting for it either. */
-static int64_t taken(int fd) {
+ * can take no more (reset, closed), so nothing is waiting for it either, or (`open`) its peer's FIN came. */
+static int64_t taken(int fd, int open) {
     uint64_t acked;
     uint8_t state;
     int outq = 0;
     if (fd < 0 || tcp_info_u64(fd, TCP_INFO_BYTES_ACKED_AT, &acked, &state) != 0) return -1;
-    if (state != TCP_ESTABLISHED && state != TCP_CLOSE_WAIT) return -1;
+    if (state != TCP_ESTABLISHED && (open || state != TCP_CLOSE_WAIT)) return -1;
     if (ioctl(fd, SIOCOUTQ, &outq) != 0) return -1;
     return (int64_t)(acked + (uint64_t)outq);
 }
@@ -230,7 +266,7 @@ static uint32_t key_of(tunnel_t *t, int i) { return (uint32_t)(2 * t->sm_slot + 
 
 /* Bytes redirected from end i that end 1-i's send queue has not taken yet; 0 when it can take no more. */
 static uint64_t backlog(Relay *r, tunnel_t *t, int i) {
-    int64_t now_taken = taken(t->ends[1 - i].fd);
+    int64_t now_taken = taken(t->ends[1 - i].fd, 0);
     if (now_taken < 0) return 0;
     uint64_t redirected = __atomic_load_n(&value_of(r, t, i)->bytes, __ATOMIC_ACQUIRE);
     uint64_t moved = (uint64_t)now_taken - t->sm_base[1 - i];
@@ -239,7 +275,7 @@ static uint64_t backlog(Relay *r, tunnel_t *t, int i) {
 
 /* End i may redirect up to SM_CREDIT beyond what its peer's send queue has taken. */
 static void set_limit(Relay *r, tunnel_t *t, int i) {
-    int64_t now_taken = taken(t->ends[1 - i].fd);
+    int64_t now_taken = taken(t->ends[1 - i].fd, 0);
     if (now_taken >= 0)
         __atomic_store_n(&value_of(r, t, i)->limit, (uint64_t)now_taken - t->sm_base[1 - i] + SM_CREDIT,
                          __ATOMIC_RELEASE);
@@ -309,11 +345,12 @@ void sockmap_enter(Relay *r, tunnel_t *t) {
     if (empty_receive_queue(r, t, 0) != 0 || empty_receive_queue(r, t, 1) != 0) return;
     for (int i = 0; i < 2; i++) {
         socklen_t len = sizeof(t->sm_cookie[i]);
-        int64_t base = taken(fds[i]);
+        int64_t base = taken(fds[i], 1); /* the sockmap refuses a socket past ESTABLISHED: no calls in vain */
         if (base < 0 || getsockopt(fds[i], SOL_SOCKET, SO_COOKIE, &t->sm_cookie[i], &len) != 0) return;
         t->sm_base[i] = (uint64_t)base;
     }
     t->sm_slot = r->sm.free_slots[--r->sm.nfree];
+    t->sm_cookies = t->sm_mapped = 0;
     for (int i = 0; i < 2; i++) {
         uint32_t key = key_of(t, i);
         struct sm_value *v = &r->sm.values[key];
@@ -321,9 +358,11 @@ void sockmap_enter(Relay *r, tunnel_t *t) {
         v->limit = SM_CREDIT;
         v->passing = 0;
         t->sm_seen[i] = 0;
-        if (map_update(r->sm.targets, &key, &fds[i]) != 0 || map_update(r->sm.cookies, &t->sm_cookie[i], &key) != 0)
-            goto undo;
+        if (map_update(r->sm.targets, &key, &fds[i]) != 0) goto undo;
+        t->sm_mapped |= 1 << i;
     }
+    const uint32_t keys[2] = {key_of(t, 0), key_of(t, 1)};
+    if (update_pair(r->sm.cookies, t->sm_cookie, keys, &t->sm_cookies) != 0) goto undo;
     /* From here the tunnel is the kernel's, even if only one end made it into `sources`. */
     t->sm_state = SM_ON;
     r->sm.entered++;
@@ -333,6 +372,7 @@ void sockmap_enter(Relay *r, tunnel_t *t) {
             stop_redirect(r, t);
             return;
         }
+        t->sm_mapped |= 4 << i;
     }
     /* Bytes that arrived since the thread's last read wait in the receive queue: make TCP offer them now. */
     int one = 1;
@@ -345,17 +385,18 @@ undo:
 }
 
 /* Forget the tunnel's keys and free its slot (when it finishes, or could not enter). Its sockets left the
- * sockmaps when they closed. */
+ * sockmaps when they closed; its cookies go later, with others (two system calls fewer per tunnel). */
 void sockmap_release(Relay *r, tunnel_t *t) {
     if (t->sm_slot < 0 || !r->sm.on) return;
     for (int i = 0; i < 2; i++) {
         uint32_t key = key_of(t, i);
-        if (t->ends[i].fd >= 0) {
-            map_delete(r->sm.sources, &key);
-            map_delete(r->sm.targets, &key);
-        }
-        map_delete(r->sm.cookies, &t->sm_cookie[i]);
+        if (t->ends[i].fd >= 0 && (t->sm_mapped & (4 << i))) map_delete(r->sm.sources, &key);
+        if (t->ends[i].fd >= 0 && (t->sm_mapped & (1 << i))) map_delete(r->sm.targets, &key);
+        if (!(t->sm_cookies & (1 << i))) continue;
+        r->sm.stale[r->sm.nstale++] = t->sm_cookie[i];
+        if (r->sm.nstale == SM_STALE) delete_stale(&r->sm);
     }
+    t->sm_cookies = 0;
     r->sm.free_slots[r->sm.nfree++] = t->sm_slot;
     t->sm_slot = -1;
     t->sm_state = SM_OFF;

@@ -15,8 +15,7 @@ int grow(void **items, size_t *cap, size_t need, size_t size) {
     while (cap2 < need) cap2 *= 2;
     void *bigger = realloc(*items, cap2 * size);
     if (bigger == NULL) return -1;
-    *items = bigger;
-    *cap = cap2;
+    *items = bigger, *cap = cap2;
     return 0;
 }
 
@@ -55,18 +54,19 @@ static void collect(tunnel_t *t) {
 
 void close_end(Relay *r, end_t *e) {
     if (e->fd < 0) return;
-    epoll_ctl(r->epfd, EPOLL_CTL_DEL, e->fd, NULL);
-    close(e->fd);
+    if (!e->borrowed) epoll_ctl(r->epfd, EPOLL_CTL_DEL, e->fd, NULL), close(e->fd); /* borrowed: never watched */
     e->fd = -1;
     free(e->pending);
     e->pending = NULL;
     e->pending_len = e->pending_off = 0;
 }
 
-/* Queue an event for Python; `data` (malloc'ed) passes to the event. */
+/* Queue an event for Python (the thread only); `data` (malloc'ed) passes to the event. The loop writes the eventfd
+ * once, at the end of its turn: written per event, Python took the queue between two events of one turn and each
+ * event woke it again (a context switch and two epoll waits each). */
 void report_event(Relay *r, uint64_t id, int kind, int64_t a, int64_t b, char *data, size_t len) {
     pthread_mutex_lock(&r->lock);
-    /* Python reads the eventfd before it takes the queue: a non-empty queue is already signalled. */
+    /* Python reads the eventfd before it takes the queue: a non-empty queue is already signalled, or will be. */
     int wake = r->ndone == 0;
     int failed = grow((void **)&r->done, &r->done_cap, r->ndone + 1, sizeof(done_t));
     if (!failed) r->done[r->ndone++] = (done_t){.id = id, .kind = kind, .a = a, .b = b, .data = data, .len = len};
@@ -77,13 +77,15 @@ void report_event(Relay *r, uint64_t id, int kind, int64_t a, int64_t b, char *d
         if (kind == EV_HEAD) close((int)a);
         return;
     }
-    if (wake) signal_fd(r->donefd);
+    r->done_owed |= wake;
 }
 
-static void free_tunnel(tunnel_t *t) {
-    free(t->head);
-    free(t);
+void wake_python(Relay *r) {
+    if (r->done_owed) signal_fd(r->donefd);
+    r->done_owed = 0;
 }
+
+static void free_tunnel(tunnel_t *t) { free(t->head); free(t); }
 
 /* Free tunnels only after the current batch of epoll events: a later event may still point at them. */
 void maybe_finish(Relay *r, tunnel_t *t) {
@@ -170,7 +172,8 @@ static void end_flushed(Relay *r, end_t *e) {
 
 /* Stop relaying: each end still open gets what is pending for it, then its lingering close. */
 void begin_close(Relay *r, tunnel_t *t) {
-    if (sockmap_leave(r, t, 1)) return; /* the kernel's queues drain first; it calls again after */
+    if (t->arming) t->arming = 2; /* its 101 has not gone out yet: arm_upgrades calls again after */
+    if (t->arming || sockmap_leave(r, t, 1)) return; /* the kernel's queues drain first; it calls again after */
     if (!t->closing) {
         t->closing = 1;
         t->closing_at_ms = now_ms();
@@ -473,6 +476,7 @@ void *relay_main(void *arg) {
             else if (t->ends[1 - i].pending_len == 0) on_readable(r, t, i);
             else if (got & (EPOLLHUP | EPOLLERR)) on_hangup(r, t, i);
         }
+        arm_upgrades(r);
         for (size_t k = 0; k < r->nfreelater; k++) free_tunnel(r->freelater[k]);
         r->nfreelater = 0;
         if (r->sweep_ms) {
@@ -484,9 +488,11 @@ void *relay_main(void *arg) {
                 r->nfreelater = 0;
             }
         }
+        wake_python(r);
     }
     while (r->live) abort_tunnel(r, r->live);
     for (size_t k = 0; k < r->nfreelater; k++) free_tunnel(r->freelater[k]);
     r->nfreelater = 0;
+    wake_python(r);
     return NULL;
 }

@@ -3,9 +3,9 @@
 Why: an upgrade the lane handed back whole (K_NEW) cost about 580k instructions, 21 times nginx's: a uvloop
 transport for the client, the head parsed again, route, plan, a coroutine with its futures, then the relay's dial.
 Here the lane replaces the client's Sec-WebSocket-Key by `MARK` in the head `decide` gets, so the routing decision
-(`route`) is cached like any other; the lane hands the descriptor and the key back (K_UPGRADE), and `start` gives a
-duplicate of the descriptor to the relay thread's dial with the instance's request; Python hears of it again in
-the relay's completion event.
+(`route`) is cached like any other; the lane hands the descriptor and the key back (K_UPGRADE), and `start` lends
+the descriptor to the relay thread's dial with the instance's request (the thread owns it from the 101 on);
+Python hears of it again in the relay's completion event.
 
 An instance is picked per upgrade, as on the Python path: the balancer orders the instances each time (so `lb://`
 routes and least-connections counts work as there), and a refused or timed-out connect moves on to the next one.
@@ -215,24 +215,19 @@ class LaneUpgrades:
             # Looked up here first (a call fewer per upgrade); `instance` makes it on the first dial to `endpoint`.
             instance = upgrade.instances.get(endpoint.address) or upgrade.instance(endpoint, server.tunnels)
             try:
-                dup = os.dup(call.fd)  # the thread closes its copy when the dial fails; ours stays for an answer
-            except OSError as exc:
-                log.warning("cannot hand a handshake to the native relay: %s", exc)
-                break
-            try:
                 if instance is None:
                     raise RuntimeError("the key does not show once in the instance's request")
                 before, after, series = instance
                 call.series = series
-                relay.dial_fd(dup, endpoint.host, endpoint.port, before + call.key + after, upgrade.connect_ms,
+                # The descriptor itself, not a duplicate: it stays ours until the 101 (a failure or a head to
+                # answer leave it open), so no dup and close per upgrade.
+                relay.dial_fd(call.fd, endpoint.host, endpoint.port, before + call.key + after, upgrade.connect_ms,
                               upgrade.response_ms, upgrade.idle_ms, self._on_upgraded, self._on_ended, call,
                               series.finished)
                 return
             except OSError as exc:
-                os.close(dup)
                 self._dial_failed(call, endpoint, "refused", exc)
             except (RuntimeError, ValueError):
-                os.close(dup)
                 break
         else:
             if relay is not None:
@@ -244,7 +239,7 @@ class LaneUpgrades:
 
     def _upgraded(self, call: UpgradeCall, tunnel: NativeTunnel) -> None:
         """The relay thread's dial forwarded the instance's 101 (from its completion reader)."""
-        os.close(call.fd)  # the thread's duplicate carries the tunnel
+        call.fd = -1  # the thread's from the 101 on (it may have closed it already: the number is not ours)
         upgrade, server = call.upgrade, self.server
         assert call.series is not None and call.endpoint is not None
         call.series.opened(tunnel)

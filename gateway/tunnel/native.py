@@ -273,12 +273,13 @@ class NativeRelay:
                 ended: Callable[[_T, DialResult], None], arg: _T, on_done: Callable[[NativeTunnel], None], /) -> None:
         """`dial` for a client the event loop holds no transport for (the HTTP lane's, gateway/proxy/lane_upgrades.py).
 
-        The thread owns `client_fd` once this returns (pass a duplicate to keep the connection past a failure).
-        From the completion reader, `upgraded(arg, tunnel)` when the 101 went to the client, else `ended(arg,
-        result)`: a failure, or the instance's descriptor with a head to answer; nothing is paused or resumed.
-        (Positional, with `arg` apart: no keywords to match, no partial and no DialResult made per upgrade.)
-        OSError when the connect fails at once, RuntimeError when the relay is closed (`client_fd` stays the
-        caller's then). The timeouts are in milliseconds (`ms`), worked out once per route by the caller; 0: none.
+        `client_fd` stays the caller's until the 101: a failure, a head to answer or an abort before the 101 leave
+        it open; from `upgraded` on it is the thread's (no duplicate needed). From the completion reader,
+        `upgraded(arg, tunnel)` when the 101 went to the client, else `ended(arg, result)`: a failure, or the
+        instance's descriptor with a head to answer; nothing is paused or resumed. (Positional, with `arg` apart:
+        no keywords to match, no partial and no DialResult made per upgrade.) OSError when the connect fails at
+        once, RuntimeError when the relay is closed. The timeouts are in milliseconds (`ms`), worked out once per
+        route by the caller; 0: none.
         """
         if self.closed:
             raise RuntimeError("the relay is closed")
