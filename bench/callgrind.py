@@ -1,6 +1,6 @@
 """Instructions per WebSocket handshake and per proxied HTTP request, counted by `valgrind --tool=callgrind`.
 
-    python -m bench.callgrind [--handshakes 200] [--requests 1000] [--native-http] [--unique] [--json OUT]
+    python -m bench.callgrind [--handshakes 200] [--requests 1000] [--no-native-http] [--unique] [--json OUT]
                               [--keep DIR]
 
 CPU seconds on a shared machine move with the neighbours' load; instruction counts do not (the same binary, inputs
@@ -213,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--handshakes", type=int, default=200)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--native-http", action="store_true", help="the gateway with wsgate.native-http on")
+    parser.add_argument("--native-http", action=argparse.BooleanOptionalAction, default=True,
+                        help="the gateway with wsgate.native-http on, its default (--no-native-http: the Python "
+                             "HTTP path)")
     parser.add_argument("--unique", action="store_true",
                         help="every HTTP request with a path of its own (what the lane's decision cache cannot serve)")
     parser.add_argument("--keep", type=Path, default=None,

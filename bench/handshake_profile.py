@@ -1,7 +1,7 @@
 """Gateway CPU per WebSocket handshake, alone: the handshake part of `bench.relay` without nginx or message runs.
 
     python -m bench.handshake_profile [--relay native] [--rounds 5] [--duration-s 2] [--baseline DIR] [--pin]
-                                      [--native-http] [--py-spy OUT.txt]
+                                      [--no-native-http] [--py-spy OUT.txt]
 
 Starts an echo upstream, the dev Consul agent and a gateway (one worker, access log off, `lb:ws://bench-echo`
 through Consul), exactly as `bench.relay` does, then runs `--rounds` rounds of handshakes (open, upgrade, close;
@@ -128,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="handshakes in flight")
     parser.add_argument("--baseline", type=Path, help="another copy of the code to run alongside, alternating")
     parser.add_argument("--pin", action="store_true", help="gateways on the last CPU, the rest elsewhere")
-    parser.add_argument("--native-http", action="store_true",
-                        help="the gateways with wsgate.native-http on (upgrades through the native HTTP lane)")
+    parser.add_argument("--native-http", action=argparse.BooleanOptionalAction, default=True,
+                        help="the gateway with wsgate.native-http on, its default (--no-native-http: the Python "
+                             "HTTP path)")
     parser.add_argument("--py-spy", type=Path, help="record one more round with py-spy (raw format) here")
     args = parser.parse_args(argv)
     if args.rounds < 1:

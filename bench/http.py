@@ -1,6 +1,6 @@
 """Plain HTTP proxying: the gateway against nginx, in one run, with wrk as the load.
 
-    python -m bench.http [--quick] [--repeat 3] [--pin] [--connections 32] [--native-http] [--json OUT]
+    python -m bench.http [--quick] [--repeat 3] [--pin] [--connections 32] [--no-native-http] [--json OUT]
 
 Both proxies forward `/api/**` to the same fast upstream (a second nginx answering `200 ok` from memory, so the
 upstream is never the bottleneck) and strip the first path segment, as SCG's `Path=/api/**` with `StripPrefix=1`
@@ -259,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--pin", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--native-http", action="store_true", help="the gateway with wsgate.native-http on")
+    parser.add_argument("--native-http", action=argparse.BooleanOptionalAction, default=True,
+                        help="the gateway with wsgate.native-http on, its default (--no-native-http: the Python "
+                             "HTTP path)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
         group = ProcessGroup(Path(tmp))

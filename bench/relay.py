@@ -1,6 +1,6 @@
 """Relay benchmark: the gateway against nginx in front of the same upstream, in one run.
 
-    python -m bench.relay [--quick] [--repeat 3] [--pin] [--relay sockmap|native|python] [--native-http]
+    python -m bench.relay [--quick] [--repeat 3] [--pin] [--relay sockmap|native|python] [--no-native-http]
                           [--json bench/out/relay.json]
 
 Starts an echo upstream, the dev Consul agent (the gateway resolves `lb:ws://bench-echo` through it), nginx (Debian's
@@ -13,8 +13,8 @@ reports medians. `--pin` gives the relays (gateway, nginx) the last CPU and the 
 Consul agent the others, the same for both relays. The last line is `relay_cpu_ratio_max=<worst gateway/nginx CPU
 ratio over the sizes>`. `--relay` picks the gateway's tunnel relay: `sockmap` (the default here: the kernel moves the
 bytes where it allows it), `native` (`wsgate.sockmap-relay: false`, the relay thread) or `python`
-(`wsgate.native-relay: false`). `--native-http` turns the gateway's native HTTP lane on, which also takes upgrades
-it can route straight to the relay thread's dial.
+(`wsgate.native-relay: false`). The gateway's native HTTP lane is on, as by default, and takes upgrades it can route
+straight to the relay thread's dial; `--no-native-http` turns it off (the Python HTTP path).
 """
 
 from __future__ import annotations
@@ -249,8 +249,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="pin the relays to the last CPU and everything else to the others")
     parser.add_argument("--relay", choices=("sockmap", "native", "python"), default="sockmap",
                         help="the gateway's tunnel relay (default: sockmap, which the gateway runs only when asked)")
-    parser.add_argument("--native-http", action="store_true",
-                        help="the gateway with wsgate.native-http on (upgrades through the native HTTP lane)")
+    parser.add_argument("--native-http", action=argparse.BooleanOptionalAction, default=True,
+                        help="the gateway with wsgate.native-http on, its default (--no-native-http: the Python "
+                             "HTTP path)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     if args.repeat < 1:

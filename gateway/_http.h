@@ -98,6 +98,7 @@ typedef struct {
     PyObject *done;             /* list of finished requests, taken by run() */
     PyObject *handbacks;        /* list of connections going back to Python, taken by run() */
     uint64_t requests, handed_back, limited;
+    uint64_t trim_seen, trimmed, quiet_since_ms;  /* hand-backs at the last sweep and at the last malloc_trim */
     uint32_t redis_ip;          /* the rate limiter's Redis (network order); port 0: none */
     uint16_t redis_port;
     int redis_fd, redis_rd, redis_wr;

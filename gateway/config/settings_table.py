@@ -79,10 +79,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sockmap-relay", BOOLEAN, "sockmap_relay", False,
             "opt in: let the kernel move plain-TCP tunnels' bytes (BPF sockmap) when it allows it, the native relay "
             "thread keeping the tunnel rules (false: the thread relays them; needs `native-relay`)"),
-    Setting("native-http", BOOLEAN, "native_http", False,
-            "opt in: proxy plain HTTP requests that need no Python I/O (no plugin or policy; a rate limiter on a "
-            "plain single Redis runs in C too) in gateway._http's lane, one Python call per request; a plain-TCP "
-            "listener on an IP address only"),
+    Setting("native-http", BOOLEAN, "native_http", True,
+            "proxy plain HTTP requests and WebSocket upgrades that need no Python I/O (no plugin or policy; a rate "
+            "limiter on a plain single Redis runs in C too) in gateway._http's lane, one Python call per request; "
+            "a plain-TCP listener on an IP address only, else the Python path (false: always the Python path)"),
     Setting("unknown-filters", CHOICE, None, "fail", "what SCG features wsgate does not implement do: `fail` the "
             "file, or `warn` and leave them out (`--unknown-filters` wins)", choices=("fail", "warn")),
     Setting("node-management-key", NON_EMPTY, "node_management_key", None,

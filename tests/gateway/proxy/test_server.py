@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import aiohttp
+import pytest
 import redis.asyncio
 
 from gateway.discovery.base import Endpoint
@@ -51,6 +52,20 @@ async def test_server_answers_431_to_large_head(start_gateway: StartGateway) -> 
     gw = await start_gateway(config(max_head_bytes=1024))
     response = await raw_exchange(gw.port, b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n")
     assert status_of(response) == 431
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /r/x HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n",  # one long field
+    b"GET /r/x HTTP/1.1\r\nHost: x\r\n" + b"X-Many: b\r\n" * 200 + b"\r\n",  # many short ones
+    b"GET /r/" + b"p" * 2000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",  # a long request line
+])
+async def test_server_answers_431_to_a_whole_routable_head_over_the_limit(
+        start_upstream: StartUpstream, start_gateway: StartGateway, head: bytes) -> None:
+    """A head that arrives whole, on a route to a live instance, is refused, not forwarded (both lanes)."""
+    port = await start_upstream("up")
+    gw = await start_gateway(config(route("r", f"http://127.0.0.1:{port}", ["Path=/r/**"]), max_head_bytes=1024))
+    response = await raw_exchange(gw.port, head)
+    assert status_of(response) == 431, response[:200]
 
 
 async def test_server_answers_431_to_large_head_still_arriving(start_gateway: StartGateway) -> None:
