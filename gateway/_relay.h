@@ -2,7 +2,8 @@
  *
  * _relay.c is the Python type (see its comment for the design), _relay_thread.c the relay thread's loop and
  * byte relaying, _relay_dial.c the dialed upgrades (Relay.dial, and the thread's side of them), _relay_index.c the
- * live tunnels by id, _relay_sockmap.c the kernel's redirect of a tunnel's bytes (Relay(sockmap=True)).
+ * live tunnels by id, _relay_sockmap.c the kernel's redirect of a tunnel's bytes (Relay(sockmap=True)),
+ * _relay_bpf.c its program and maps.
  */
 #ifndef WSGATE_RELAY_H
 #define WSGATE_RELAY_H
@@ -100,6 +101,15 @@ enum { CMD_ADD, CMD_CLOSE, CMD_ABORT, CMD_STOP };
 
 enum { SM_OFF, SM_ON, SM_HALF, SM_MIXED, SM_DRAIN };
 
+#define SM_TUNNELS 16384              /* tunnels the kernel carries at once; more stay on the thread */
+#define SM_STALE 256                  /* finished tunnels' cookies deleted per call (never reused: none matches) */
+
+struct sm_value {                     /* one per socket, shared with the program (offsets are in the program) */
+    uint64_t bytes;                   /* redirected so far (written by the program only) */
+    uint64_t limit;                   /* past it the program stops redirecting (written by the thread) */
+    uint64_t passing;                 /* no more redirects: set by the program past the limit, or by the thread */
+};
+
 /* The kernel side of the sockmap relay: a verdict program, its maps and what tunnels use of them. */
 typedef struct {
     int on;                      /* loaded and attached: tunnels are handed to the kernel */
@@ -183,13 +193,20 @@ int link_live(Relay *r, tunnel_t *t);
 void arm_relay(Relay *r, tunnel_t *t, const int registered[2]);
 void *relay_main(void *arg);
 
-/* _relay_sockmap.c */
-int64_t tcp_bytes_received(int fd);
+/* _relay_bpf.c */
 int sockmap_init(sockmap_t *sm);       /* 0, or -1 with sm->why set (everything released) */
 void sockmap_free(sockmap_t *sm);
+int map_update(int map, const void *key, const void *value);
+void map_delete(int map, const void *key);  /* ENOENT is fine: a closed socket leaves the sockmaps by itself */
+int update_pair(int map, const uint64_t keys[2], const uint32_t values[2], int *in);
+void delete_stale(sockmap_t *sm);
+
+/* _relay_sockmap.c */
+int64_t tcp_bytes_received(int fd);
 void sockmap_enter(Relay *r, tunnel_t *t);
 int sockmap_leave(Relay *r, tunnel_t *t, int then_close);
 int sockmap_event(Relay *r, tunnel_t *t, int i, uint32_t got);
+uint32_t sockmap_interest(end_t *e, uint32_t want); /* what epoll watches on e while the kernel relays */
 int sockmap_sweep(Relay *r, tunnel_t *t, uint64_t now);
 void sockmap_release(Relay *r, tunnel_t *t);
 void begin_close(Relay *r, tunnel_t *t);

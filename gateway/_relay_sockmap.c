@@ -16,7 +16,9 @@
  *   on (SM_HALF until the kernel's queue for it is flushed, then SM_MIXED), with its paired backpressure; the
  *   other direction stays the kernel's, so that what the peer still sends (a close frame, then a reset) goes the
  *   way it went.
- * - Data never wakes the thread while the kernel relays; FIN, a reset or an error still do (EPOLLIN, ERR, HUP).
+ * - Data never wakes the thread while the kernel relays: the ends it redirects are watched for EPOLLRDHUP, not
+ *   EPOLLIN (each redirect still runs the socket's EPOLLIN wake-up). FIN, a reset or an error still wake it
+ *   (RDHUP, ERR, HUP); input the program passed is found by the sweep.
  *   These, a close command or the idle timeout take the tunnel back to the thread (SM_DRAIN): both `passing`,
  *   then, once the bytes the kernel redirected are all in the peers' send queues (the array's counters against
  *   TCP_INFO acked + SIOCOUTQ), the thread's ordinary rules run (flush, EOF, lingering close, salvage) on what
@@ -36,200 +38,16 @@
  */
 #include "_relay.h"
 
-#include <linux/bpf.h>
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
-#include <sys/mman.h>
-#include <sys/syscall.h>
 
-#define SM_TUNNELS 16384              /* tunnels the kernel carries at once; more stay on the thread */
 #define SM_CREDIT (4u << 20)          /* bytes a peer's send queue may lag what was redirected to it */
 #define SM_REFRESH_MS 50              /* how often a moving tunnel's limits follow its peers (4 syscalls each): a
                                        * direction faster than SM_CREDIT per SM_REFRESH_MS (80 MB/s) goes back to
                                        * the thread, correct but slower */
 #define TCP_INFO_BYTES_ACKED_AT 120   /* u64 tcpi_bytes_acked, Linux >= 4.1 */
-#define SM_STALE 256                  /* finished tunnels' cookies deleted per call (never reused: none matches) */
 /* SM_CREDIT bounds the kernel's queue per direction: per tunnel at most 2 x SM_CREDIT beyond the socket buffers,
  * plus what arrives between the program's signal and the thread's reaction. */
-
-struct sm_value {                     /* one per socket, shared with the program (offsets are in the program) */
-    uint64_t bytes;                   /* redirected so far (written by the program only) */
-    uint64_t limit;                   /* past it the program stops redirecting (written by the thread) */
-    uint64_t passing;                 /* no more redirects: set by the program past the limit, or by the thread */
-};
-
-static long sys_bpf(int cmd, union bpf_attr *attr) { return syscall(__NR_bpf, cmd, attr, sizeof(*attr)); }
-
-#define INSN(c, d, s, o, i) ((struct bpf_insn){.code = (c), .dst_reg = (d), .src_reg = (s), .off = (o), .imm = (i)})
-#define LD_MAP(reg, fd) INSN(BPF_LD | BPF_IMM | BPF_DW, reg, BPF_PSEUDO_MAP_FD, 0, fd), INSN(0, 0, 0, 0, 0)
-
-static int load_program(sockmap_t *sm) {
-    /* r6 = skb; key = cookies[socket cookie]; v = values[key]; unless v.passing or out of credit:
-     * v.bytes += len, redirect to targets[key ^ 1] (egress). Out of credit it sets v.passing for good. Passing:
-     * SK_PASS, the socket keeps the skb (for its own recv) and wakes its reader. */
-    struct bpf_insn prog[] = {
-        INSN(BPF_ALU64 | BPF_MOV | BPF_X, 6, 1, 0, 0),
-        INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_get_socket_cookie),
-        INSN(BPF_STX | BPF_MEM | BPF_DW, 10, 0, -8, 0),
-        INSN(BPF_ALU64 | BPF_MOV | BPF_X, 2, 10, 0, 0),
-        INSN(BPF_ALU64 | BPF_ADD | BPF_K, 2, 0, 0, -8),
-        LD_MAP(1, sm->cookies),                                  /* 5, 6 */
-        INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem),
-        INSN(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 27, 0),           /* 8: not ours -> pass (36) */
-        INSN(BPF_LDX | BPF_MEM | BPF_W, 8, 0, 0, 0),            /* r8 = key */
-        INSN(BPF_STX | BPF_MEM | BPF_W, 10, 8, -12, 0),
-        INSN(BPF_ALU64 | BPF_MOV | BPF_X, 2, 10, 0, 0),
-        INSN(BPF_ALU64 | BPF_ADD | BPF_K, 2, 0, 0, -12),
-        LD_MAP(1, sm->vals),                                     /* 13, 14 */
-        INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_map_lookup_elem),
-        INSN(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 19, 0),           /* 16 -> 36 */
-        INSN(BPF_ALU64 | BPF_MOV | BPF_X, 7, 0, 0, 0),
-        INSN(BPF_LDX | BPF_MEM | BPF_W, 1, 6, 0, 0),            /* r1 = skb->len */
-        INSN(BPF_LDX | BPF_MEM | BPF_DW, 2, 7, 16, 0),          /* passing */
-        INSN(BPF_JMP | BPF_JNE | BPF_K, 2, 0, 15, 0),           /* 20 -> 36 */
-        INSN(BPF_LDX | BPF_MEM | BPF_DW, 2, 7, 0, 0),
-        INSN(BPF_ALU64 | BPF_ADD | BPF_X, 2, 1, 0, 0),          /* bytes + len */
-        INSN(BPF_LDX | BPF_MEM | BPF_DW, 3, 7, 8, 0),
-        INSN(BPF_JMP | BPF_JGT | BPF_X, 2, 3, 9, 0),            /* 24: over the limit -> stop (34) */
-        INSN(BPF_STX | BPF_MEM | BPF_DW, 7, 2, 0, 0),
-        INSN(BPF_ALU64 | BPF_MOV | BPF_X, 3, 8, 0, 0),
-        INSN(BPF_ALU64 | BPF_XOR | BPF_K, 3, 0, 0, 1),          /* the peer's key */
-        INSN(BPF_ALU64 | BPF_MOV | BPF_X, 1, 6, 0, 0),
-        LD_MAP(2, sm->targets),                                  /* 29, 30 */
-        INSN(BPF_ALU64 | BPF_MOV | BPF_K, 4, 0, 0, 0),          /* flags 0: the peer's egress */
-        INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_sk_redirect_map),
-        INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0),
-        INSN(BPF_ALU64 | BPF_MOV | BPF_K, 2, 0, 0, 1),          /* 34: stop redirecting */
-        INSN(BPF_STX | BPF_MEM | BPF_DW, 7, 2, 16, 0),
-        INSN(BPF_ALU64 | BPF_MOV | BPF_K, 0, 0, 0, SK_PASS),    /* 36 */
-        INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0),
-    };
-    union bpf_attr attr;
-    memset(&attr, 0, sizeof(attr));
-    attr.prog_type = BPF_PROG_TYPE_SK_SKB;
-    attr.insns = (uint64_t)(uintptr_t)prog;
-    attr.insn_cnt = sizeof(prog) / sizeof(prog[0]);
-    attr.license = (uint64_t)(uintptr_t)"GPL"; /* bpf_sk_redirect_map is GPL-only */
-    return (int)sys_bpf(BPF_PROG_LOAD, &attr);
-}
-
-static int create_map(uint32_t type, uint32_t key_size, uint32_t value_size, uint32_t entries, uint32_t flags) {
-    union bpf_attr attr;
-    memset(&attr, 0, sizeof(attr));
-    attr.map_type = type;
-    attr.key_size = key_size;
-    attr.value_size = value_size;
-    attr.max_entries = entries;
-    attr.map_flags = flags;
-    return (int)sys_bpf(BPF_MAP_CREATE, &attr);
-}
-
-static int map_update(int map, const void *key, const void *value) {
-    union bpf_attr attr;
-    memset(&attr, 0, sizeof(attr));
-    attr.map_fd = (uint32_t)map;
-    attr.key = (uint64_t)(uintptr_t)key;
-    attr.value = (uint64_t)(uintptr_t)value;
-    attr.flags = BPF_ANY;
-    return (int)sys_bpf(BPF_MAP_UPDATE_ELEM, &attr);
-}
-
-static void map_delete(int map, const void *key) {
-    union bpf_attr attr;
-    memset(&attr, 0, sizeof(attr));
-    attr.map_fd = (uint32_t)map;
-    attr.key = (uint64_t)(uintptr_t)key;
-    sys_bpf(BPF_MAP_DELETE_ELEM, &attr); /* ENOENT: a closed socket leaves the sockmaps by itself */
-}
-
-/* Several entries in one call (BPF_MAP_*_BATCH, Linux >= 5.6); 0 when every one went. */
-static int batch(int cmd, int map, const void *keys, const void *values, uint32_t count) {
-    union bpf_attr attr;
-    memset(&attr, 0, sizeof(attr));
-    attr.batch.keys = (uint64_t)(uintptr_t)keys;
-    attr.batch.values = (uint64_t)(uintptr_t)values;
-    attr.batch.count = count;
-    attr.batch.map_fd = (uint32_t)map;
-    return sys_bpf(cmd, &attr) == 0 && attr.batch.count == count ? 0 : -1;
-}
-
-/* A tunnel's two cookies in one call, else one by one; bit i of `in`: entry i went in. */
-static int update_pair(int map, const uint64_t keys[2], const uint32_t values[2], int *in) {
-    *in = batch(BPF_MAP_UPDATE_BATCH, map, keys, values, 2) == 0 ? 3 : 0;
-    for (int i = 0; i < 2 && *in != 3; i++) {
-        if (map_update(map, &keys[i], &values[i]) != 0) return -1;
-        *in |= 1 << i;
-    }
-    return 0;
-}
-
-/* The stale cookies in one call, else one by one. */
-static void delete_stale(sockmap_t *sm) {
-    if (batch(BPF_MAP_DELETE_BATCH, sm->cookies, sm->stale, NULL, (uint32_t)sm->nstale) != 0)
-        for (size_t k = 0; k < sm->nstale; k++) map_delete(sm->cookies, &sm->stale[k]);
-    sm->nstale = 0;
-}
-
-void sockmap_free(sockmap_t *sm) {
-    if (sm->values != NULL) munmap(sm->values, sm->values_len);
-    sm->values = NULL;
-    int *fds[] = {&sm->prog, &sm->cookies, &sm->vals, &sm->targets, &sm->sources};
-    for (size_t k = 0; k < sizeof(fds) / sizeof(fds[0]); k++) {
-        if (*fds[k] >= 0) close(*fds[k]);
-        *fds[k] = -1;
-    }
-    free(sm->free_slots);
-    sm->free_slots = NULL;
-    sm->nfree = 0;
-    free(sm->stale);
-    sm->stale = NULL;
-    sm->nstale = 0;
-    sm->on = 0;
-}
-
-static int fail(sockmap_t *sm, const char *what) {
-    snprintf(sm->why, sizeof(sm->why), "%s: %s", what, strerror(errno));
-    sockmap_free(sm);
-    return -1;
-}
-
-int sockmap_init(sockmap_t *sm) {
-    sm->prog = sm->cookies = sm->vals = sm->targets = sm->sources = -1;
-    sm->values = NULL;
-    sm->free_slots = NULL;
-    sm->stale = NULL;
-    sm->nstale = 0;
-    sm->on = 0;
-    uint32_t sockets = 2 * SM_TUNNELS;
-    /* Room for the stale cookies too: they must not take the place of a live tunnel's. */
-    sm->cookies = create_map(BPF_MAP_TYPE_HASH, sizeof(uint64_t), sizeof(uint32_t), sockets + SM_STALE, 0);
-    if (sm->cookies < 0) return fail(sm, "bpf map (hash)");
-    sm->vals = create_map(BPF_MAP_TYPE_ARRAY, sizeof(uint32_t), sizeof(struct sm_value), sockets, BPF_F_MMAPABLE);
-    if (sm->vals < 0) return fail(sm, "bpf map (mmapable array)");
-    sm->targets = create_map(BPF_MAP_TYPE_SOCKMAP, sizeof(uint32_t), sizeof(uint32_t), sockets, 0);
-    sm->sources = create_map(BPF_MAP_TYPE_SOCKMAP, sizeof(uint32_t), sizeof(uint32_t), sockets, 0);
-    if (sm->targets < 0 || sm->sources < 0) return fail(sm, "bpf map (sockmap)");
-    sm->values_len = sockets * sizeof(struct sm_value);
-    void *values = mmap(NULL, sm->values_len, PROT_READ | PROT_WRITE, MAP_SHARED, sm->vals, 0);
-    if (values == MAP_FAILED) return fail(sm, "mmap of the bpf array");
-    sm->values = values;
-    sm->prog = load_program(sm);
-    if (sm->prog < 0) return fail(sm, "bpf program load (sk_skb)");
-    union bpf_attr attr;
-    memset(&attr, 0, sizeof(attr));
-    attr.target_fd = (uint32_t)sm->sources;
-    attr.attach_bpf_fd = (uint32_t)sm->prog;
-    attr.attach_type = BPF_SK_SKB_STREAM_VERDICT;
-    if (sys_bpf(BPF_PROG_ATTACH, &attr) != 0) return fail(sm, "bpf attach (stream verdict)");
-    sm->free_slots = malloc(SM_TUNNELS * sizeof(int));
-    sm->stale = malloc(SM_STALE * sizeof(uint64_t));
-    if (sm->free_slots == NULL || sm->stale == NULL) return fail(sm, "out of memory");
-    for (int k = 0; k < SM_TUNNELS; k++) sm->free_slots[k] = SM_TUNNELS - 1 - k;
-    sm->nfree = SM_TUNNELS;
-    sm->on = 1;
-    sm->why[0] = 0;
-    return 0;
-}
 
 /* ---- TCP_INFO ------------------------------------------------------------------------------------- */
 
@@ -279,6 +97,17 @@ static void set_limit(Relay *r, tunnel_t *t, int i) {
     if (now_taken >= 0)
         __atomic_store_n(&value_of(r, t, i)->limit, (uint64_t)now_taken - t->sm_base[1 - i] + SM_CREDIT,
                          __ATOMIC_RELEASE);
+}
+
+/* An end whose input the kernel redirects is watched for EPOLLRDHUP, not EPOLLIN: every skb the program redirects
+ * still runs the socket's EPOLLIN wake-up, which woke the thread for nothing about once per message (0.5-0.7
+ * wake-ups per message, bench/relay_counts.py). FIN, resets and errors still wake it (RDHUP, HUP, ERR); input the
+ * program passes to the socket is found by sockmap_sweep. */
+uint32_t sockmap_interest(end_t *e, uint32_t want) {
+    tunnel_t *t = e->tunnel;
+    int redirected = t->sm_state == SM_ON || ((t->sm_state == SM_HALF || t->sm_state == SM_MIXED) &&
+                                              e != &t->ends[t->sm_half]);
+    return redirected && (want & EPOLLIN) ? (want & ~(uint32_t)EPOLLIN) | EPOLLRDHUP : want;
 }
 
 /* Stop the redirects (both ends pass from now on: what arrives waits in the sockets for the thread's recv, under
@@ -366,6 +195,7 @@ void sockmap_enter(Relay *r, tunnel_t *t) {
     /* From here the tunnel is the kernel's, even if only one end made it into `sources`. */
     t->sm_state = SM_ON;
     r->sm.entered++;
+    for (int i = 0; i < 2; i++) set_interest(r, &t->ends[i], t->ends[i].events); /* EPOLLIN -> EPOLLRDHUP */
     for (int i = 0; i < 2; i++) {
         uint32_t key = key_of(t, i);
         if (map_update(r->sm.sources, &key, &fds[i]) != 0) {
@@ -436,7 +266,8 @@ static int watch_again(Relay *r, tunnel_t *t) {
  * - EOF, an error, a hang-up, or any event in SM_HALF: the whole tunnel goes back to the thread. */
 int sockmap_event(Relay *r, tunnel_t *t, int i, uint32_t got) {
     /* The thread's own end, and its writes to the other one (EPOLLOUT alone: input there is the kernel's). */
-    if (t->sm_state == SM_MIXED && (i == t->sm_half || !(got & (EPOLLIN | EPOLLHUP | EPOLLERR)))) return 0;
+    if (t->sm_state == SM_MIXED && (i == t->sm_half || !(got & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))))
+        return 0;
     if (t->sm_state == SM_DRAIN) return 1;
     if (t->sm_state == SM_ON && !(got & (EPOLLHUP | EPOLLERR))) {
         char byte;
@@ -460,6 +291,20 @@ int sockmap_event(Relay *r, tunnel_t *t, int i, uint32_t got) {
  * took, finish a drain. Returns 1 when the tunnel is draining (the idle rules wait). */
 int sockmap_sweep(Relay *r, tunnel_t *t, uint64_t now) {
     if (t->sm_state == SM_ON || t->sm_state == SM_MIXED || t->sm_state == SM_HALF) {
+        /* Input the program passed (out of credit) does not wake the thread on an end watched for EPOLLRDHUP
+         * (set_interest): it is found here, at most SM_REFRESH_MS late, on a direction whose peer is slow anyway. */
+        for (int i = 0; i < 2; i++) {
+            if (t->sm_state != SM_ON && i == t->sm_half) continue;
+            if (!__atomic_load_n(&value_of(r, t, i)->passing, __ATOMIC_ACQUIRE)) continue;
+            char byte;
+            ssize_t n = recv(t->ends[i].fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                want_sweep(r, 5); /* the passed skb is on its way into the receive queue */
+                continue;
+            }
+            sockmap_event(r, t, i, EPOLLIN);
+            return 1;
+        }
         int refresh = now - t->sm_limit_at_ms >= SM_REFRESH_MS;
         for (int i = 0; i < 2; i++) {
             uint64_t bytes = __atomic_load_n(&value_of(r, t, i)->bytes, __ATOMIC_ACQUIRE);

@@ -114,6 +114,7 @@ void abort_tunnel(Relay *r, tunnel_t *t) {
 }
 
 void set_interest(Relay *r, end_t *e, uint32_t want) {
+    if (e->tunnel->sm_state) want = sockmap_interest(e, want);
     if (want == e->events) return;
     struct epoll_event ev = {.events = want, .data.ptr = e};
     if (epoll_ctl(r->epfd, EPOLL_CTL_MOD, e->fd, &ev) == 0) e->events = want;

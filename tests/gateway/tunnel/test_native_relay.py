@@ -426,3 +426,51 @@ def test_relay_without_the_bpf_privilege_relays_on_the_thread() -> None:
                          cwd="/", env={**os.environ, "PYTHONPATH": root}, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["(False, 'bpf map (hash): Operation not permitted')", "b'ping' 0"]
+
+
+def relay_thread_wakeups() -> int:
+    """How often the relay thread ("wsgate-relay") of this process went to sleep and was woken (its voluntary
+    context switches: each is one epoll_wait that blocked)."""
+    for task in Path("/proc/self/task").iterdir():
+        if (task / "comm").read_text().strip() == "wsgate-relay":
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+    raise AssertionError("no wsgate-relay thread in this process")
+
+
+def test_sockmap_relay_messages_do_not_wake_the_thread(listener: socket.socket) -> None:
+    """While the kernel relays a tunnel its messages cost the thread nothing: it wakes for its sweeps (every 50 ms
+    while the tunnel moves) and timeouts, not per message (it did, about once per message, before the redirected
+    ends were watched for EPOLLRDHUP instead of EPOLLIN)."""
+    if not native_relay.available():
+        pytest.fail("gateway._relay is not built (pip install -e . needs a C compiler)")
+    from gateway import _relay  # type: ignore[attr-defined,unused-ignore]
+
+    relay = _relay.Relay(sockmap=True)
+    on, why = relay.sockmap()
+    if not on:
+        relay.stop()
+        pytest.fail(f"the sockmap relay did not load: {why}")
+    t = Tunnel(relay, listener)
+    try:
+        t.client.sendall(b"warm")
+        assert recv_exactly(t.upstream, 4) == b"warm"
+        before, started = relay_thread_wakeups(), time.monotonic()
+        for _ in range(2000):
+            t.client.sendall(b"ping")
+            assert recv_exactly(t.upstream, 4) == b"ping"
+            t.upstream.sendall(b"pong")
+            assert recv_exactly(t.client, 4) == b"pong"
+        wakeups, seconds = relay_thread_wakeups() - before, time.monotonic() - started
+        assert relay.stats()["sockmap_entered"] == 1 and relay.stats()["sockmap_left"] == 0
+        assert wakeups <= seconds / 0.05 + 10, f"{wakeups} wake-ups for 4000 messages in {seconds:.3f} s"
+        t.client.sendall(b"after")  # the tunnel still closes as ever: EOF wakes the thread
+        assert recv_exactly(t.upstream, 5) == b"after"
+        t.client.shutdown(socket.SHUT_WR)
+        assert recv_until_eof(t.upstream) == b""
+        t.upstream.close()
+        assert len(wait_done(relay)) == 1
+    finally:
+        t.close()
+        relay.stop()
