@@ -49,6 +49,18 @@ def thread_cpu_seconds(pid: int, name: str) -> float:
     return total / _TICKS
 
 
+def thread_wakeups_and_cpu_ns(pid: int, name: str) -> tuple[int, int]:
+    """(voluntary context switches, on-CPU nanoseconds from schedstat) of the thread named `name` in `pid`: each
+    voluntary switch is one sleep the thread was woken from, and schedstat counts finer than the clock ticks."""
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        if (task / "comm").read_text().strip() != name:
+            continue
+        switches = next(int(line.split()[1]) for line in (task / "status").read_text().splitlines()
+                        if line.startswith("voluntary_ctxt_switches:"))
+        return switches, int((task / "schedstat").read_text().split()[0])
+    raise LookupError(f"no thread named {name} in process {pid}")
+
+
 def kernel_threads_cpu_seconds() -> float:
     """CPU seconds of the kernel's worker threads (kworker, ksoftirqd): where the sockmap relay's sends run (the
     psock's work item), which no process's own CPU time includes."""

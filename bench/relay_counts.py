@@ -17,24 +17,15 @@ per message; `bench.relay` measures the whole.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
+from bench.procstat import thread_wakeups_and_cpu_ns
+
 RELAYS = ("thread", "sockmap")
-
-
-def relay_thread_counts() -> tuple[int, int]:
-    """(voluntary context switches, on-CPU nanoseconds) of this process's relay thread."""
-    for task in Path("/proc/self/task").iterdir():
-        if (task / "comm").read_text().strip() != "wsgate-relay":
-            continue
-        switches = next(int(line.split()[1]) for line in (task / "status").read_text().splitlines()
-                        if line.startswith("voluntary_ctxt_switches:"))
-        return switches, int((task / "schedstat").read_text().split()[0])
-    raise RuntimeError("no wsgate-relay thread in this process")
 
 
 def recv_exactly(sock: socket.socket, n: int) -> bytes:
@@ -75,7 +66,7 @@ def run_once(kind: str, tunnels: int, rounds: int, size: int) -> dict[str, float
             client.sendall(message)
             upstream.sendall(recv_exactly(upstream, size))
             recv_exactly(client, size)
-        switches, cpu_ns = relay_thread_counts()
+        switches, cpu_ns = thread_wakeups_and_cpu_ns(os.getpid(), "wsgate-relay")
         started = time.monotonic()
         for _ in range(rounds):
             for client, _upstream in ends:
@@ -85,7 +76,7 @@ def run_once(kind: str, tunnels: int, rounds: int, size: int) -> dict[str, float
             for client, _upstream in ends:
                 recv_exactly(client, size)
         seconds = time.monotonic() - started
-        after_switches, after_ns = relay_thread_counts()
+        after_switches, after_ns = thread_wakeups_and_cpu_ns(os.getpid(), "wsgate-relay")
         messages = 2 * tunnels * rounds
         stats = relay.stats()
         return {"wakeups_per_message": (after_switches - switches) / messages,
