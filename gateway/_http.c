@@ -202,8 +202,10 @@ static PyObject *Lane_count(Lane *l, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyObject *Lane_stats(Lane *l, PyObject *Py_UNUSED(ignored)) {
-    return Py_BuildValue("{sKsKsKsnsn}", "requests", (unsigned long long)l->requests, "handed_back",
-                         (unsigned long long)l->handed_back, "limited", (unsigned long long)l->limited, "connections", (Py_ssize_t)l->nlive, "pooled",
+    return Py_BuildValue("{sKsKsKsKsKsnsn}", "requests", (unsigned long long)l->requests, "handed_back",
+                         (unsigned long long)l->handed_back, "limited", (unsigned long long)l->limited,
+                         "upgrades_dialed", (unsigned long long)l->upgrades_dialed, "upgrades_lost",
+                         (unsigned long long)l->upgrades_lost, "connections", (Py_ssize_t)l->nlive, "pooled",
                          (Py_ssize_t)l->npool);
 }
 
@@ -217,6 +219,8 @@ static PyObject *Lane_pooled(Lane *l, PyObject *Py_UNUSED(ignored)) {
 static PyMemberDef Lane_members[] = {
     {"max_connections", T_PYSSIZET, offsetof(Lane, max_connections), 0, "wsgate.max-connections (0: none)"},
     {"outside", T_PYSSIZET, offsetof(Lane, outside), 0, "the worker's connections that are not the lane's"},
+    {"upgrades_dialed", T_ULONGLONG, offsetof(Lane, upgrades_dialed), READONLY,
+     "upgrades the lane dialed itself (gateway/_http_upgrade.c): Python counts those it heard the end of"},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -98,6 +98,7 @@ typedef struct {
     PyObject *done;             /* list of finished requests, taken by run() */
     PyObject *handbacks;        /* list of connections going back to Python, taken by run() */
     uint64_t requests, handed_back, limited;
+    uint64_t upgrades_dialed, upgrades_lost;  /* upgrades lane_upgrade dialed; of them, lost to memory */
     uint64_t trim_seen, trimmed, quiet_since_ms;  /* hand-backs at the last sweep and at the last malloc_trim */
     uint32_t redis_ip;          /* the rate limiter's Redis (network order); port 0: none */
     uint16_t redis_port;
@@ -111,7 +112,7 @@ typedef struct {
 
 /* What decide answered for a request (read_decision). */
 typedef struct {
-    PyObject *token, *request, *limit;
+    PyObject *token, *request, *limit, *plan;  /* plan: an upgrade's (gateway/_http_upgrade.c), or None */
     unsigned int ip, port;
     unsigned long long body_len, connect_ms, response_ms;
     int keep, no_body, upgrade;
@@ -149,6 +150,10 @@ void lane_progress(Lane *l, hconn_t *c);
 int lane_dispatch(Lane *l, hconn_t *c);
 void hand_back(Lane *l, hconn_t *c, int kind, size_t cin_from);
 void finish_request(Lane *l, hconn_t *c, int failed);
+void lane_unlink(Lane *l, hconn_t *c);  /* forget a connection whose descriptor is no longer the lane's */
+
+/* _http_upgrade.c */
+int lane_upgrade(Lane *l, hconn_t *c, PyObject *holder, PyObject *token);  /* 0: dialed, c is gone */
 
 /* _http_redis.c */
 int redis_submit(Lane *l, hconn_t *c, const char *before, size_t before_len, const char *after, size_t after_len);

@@ -21,7 +21,7 @@
 
 /* ---- connections ---------------------------------------------------------------------------------------- */
 
-static void unlink_conn(Lane *l, hconn_t *c) {
+void lane_unlink(Lane *l, hconn_t *c) {
     if (c->state == H_LIMIT) redis_forget_conn(l, c);
     if (c->prev) c->prev->next = c->next; else l->live = c->next;
     if (c->next) c->next->prev = c->prev;
@@ -40,7 +40,7 @@ static void unlink_conn(Lane *l, hconn_t *c) {
 void lane_close_conn(Lane *l, hconn_t *c) {
     close_fd(l, c->cfd);
     close_fd(l, c->ufd);
-    unlink_conn(l, c);
+    lane_unlink(l, c);
 }
 
 static PyObject *bytes_of(buf_t *b, size_t from) {
@@ -71,7 +71,7 @@ void hand_back(Lane *l, hconn_t *c, int kind, size_t cin_from) {
     }
     Py_XDECREF(item);
     l->handed_back++;
-    unlink_conn(l, c);
+    lane_unlink(l, c);
 }
 
 void finish_request(Lane *l, hconn_t *c, int failed) {
@@ -196,8 +196,13 @@ static int start_request(Lane *l, hconn_t *c) {
         if (d.upgrade || c->wskey_len) {
             /* The relay thread dials it (Python's `lane_upgrades`); bytes after the head need the Python path, and
              * so does a plain request whose head carried a key (its request for the instance has the mark). */
+            int whole = d.upgrade && c->wskey_len && c->cin.len == c->head_used;
+            if (whole && d.plan != Py_None && lane_upgrade(l, c, d.plan, d.token) == 0) {
+                Py_DECREF(decision);  /* after lane_upgrade: the plan and the token are borrowed from it */
+                return -1;
+            }
             Py_DECREF(decision);
-            hand_back(l, c, d.upgrade && c->wskey_len && c->cin.len == c->head_used ? K_UPGRADE : K_NEW, 0);
+            hand_back(l, c, whole ? K_UPGRADE : K_NEW, 0);
             return -1;
         }
         Py_CLEAR(c->limit);

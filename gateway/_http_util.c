@@ -344,13 +344,14 @@ PyObject *lane_remote(Lane *l, const struct sockaddr_storage *addr) {
     return remote;
 }
 
-/* decide's answer (token, request, ip, port, body_len, keep, no_body, connect_ms, response_ms[, limit, upgrade]) read
+/* decide's answer (token, request, ip, port, body_len, keep, no_body, connect_ms, response_ms[, limit, upgrade,
+ * plan]) read
  * without PyArg_ParseTuple, which parsed its format per request (1,300 instructions); -1 when it is not one (an
  * exception may be set). The references are borrowed from `decision`. */
 int read_decision(PyObject *decision, decision_t *d) {
     if (!PyTuple_Check(decision)) return -1;
     Py_ssize_t n = PyTuple_GET_SIZE(decision);
-    if (n < 9 || n > 11 || !PyBytes_Check(PyTuple_GET_ITEM(decision, 1))) return -1;
+    if (n < 9 || n > 12 || !PyBytes_Check(PyTuple_GET_ITEM(decision, 1))) return -1;
     d->token = PyTuple_GET_ITEM(decision, 0);
     d->request = PyTuple_GET_ITEM(decision, 1);
     d->ip = (unsigned int)PyLong_AsUnsignedLongMask(PyTuple_GET_ITEM(decision, 2));
@@ -362,6 +363,7 @@ int read_decision(PyObject *decision, decision_t *d) {
     d->response_ms = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(decision, 8));
     d->limit = n > 9 ? PyTuple_GET_ITEM(decision, 9) : Py_None;
     d->upgrade = n > 10 ? PyObject_IsTrue(PyTuple_GET_ITEM(decision, 10)) : 0;
+    d->plan = n > 11 ? PyTuple_GET_ITEM(decision, 11) : Py_None;
     return d->keep < 0 || d->no_body < 0 || d->upgrade < 0 || PyErr_Occurred() ? -1 : 0;
 }
 

@@ -334,6 +334,12 @@ PyMODINIT_FUNC PyInit__relay(void) {
         Py_DECREF(module);
         return NULL;
     }
+    PyObject *api = relay_api_capsule(&RelayType);
+    if (api == NULL || PyModule_AddObject(module, "_dial_api", api) < 0) {
+        Py_XDECREF(api);
+        Py_DECREF(module);
+        return NULL;
+    }
     static const struct { const char *name; int value; } constants[] = {
         {"CHUNK_BYTES", CHUNK_BYTES}, {"EV_DONE", EV_DONE}, {"EV_UPGRADED", EV_UPGRADED},
         {"EV_FAILED", EV_FAILED}, {"EV_HEAD", EV_HEAD}, {"FAIL_CONNECT", FAIL_CONNECT},

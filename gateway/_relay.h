@@ -11,6 +11,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "_relay_api.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -225,6 +227,7 @@ PyObject *Relay_dial(Relay *r, PyObject *args, PyObject *kwargs);
 extern const char dial_doc[];
 PyObject *Relay_dial_fast(Relay *r, PyObject *const *args, Py_ssize_t nargs);
 extern const char dial_fast_doc[];
+PyObject *relay_api_capsule(PyTypeObject *type); /* the lane's entry point (_relay_api.h) */
 
 /* _relay.c */
 tunnel_t *tunnel_new(int client_fd, int upstream_fd, uint64_t idle_ms); /* calloc'ed; the caller sets the id */

@@ -10,6 +10,7 @@ FAIL_CONNECT_TIMEOUT: int
 FAIL_RESPONSE_TIMEOUT: int
 FAIL_CLOSED: int
 FAIL_ABORTED: int
+_dial_api: object  # the capsule the HTTP lane dials through (gateway/_relay_api.h)
 
 class Relay:
     def __init__(self, *, flush_timeout_ms: int = ..., linger_ms: int = ..., sockmap: bool = ...) -> None: ...

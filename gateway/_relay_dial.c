@@ -173,12 +173,79 @@ const char dial_doc[] =
 "reap() with the instance's descriptor. The relay owns `client_fd` once this returns; a connect refused at\n"
 "once raises OSError and leaves it to the caller.";
 
-/* The dial itself, once the arguments are read; releases `request`. */
+/* The dial itself: 0 with the tunnel's id in *id, or an errno value with nothing started (the client untouched,
+ * no Python exception set). Runs on the Python thread: from Relay.dial and dial_fast, and from the HTTP lane
+ * through the capsule (relay_api_dial). */
+static int dial_core(Relay *r, int client_fd, const struct sockaddr *address, socklen_t address_len,
+                     const char *request, size_t request_len, uint64_t connect_ms, uint64_t response_ms,
+                     uint64_t idle_ms, int forward_101, int borrow, uint64_t *id_out) {
+    if (r->stopped) return EPIPE;
+    int fd = socket(address->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return errno;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    int failed = 0;
+    if (connect(fd, address, address_len) != 0 && errno != EINPROGRESS) {
+        failed = errno;
+        close(fd);
+        return failed;
+    }
+    /* On loopback the connection is usually up already: send at once, from this thread, so the relay thread
+     * first hears of the dial when the answer comes. EAGAIN: still connecting (or, rarely, no room). */
+    ssize_t sent = send(fd, request, request_len, MSG_NOSIGNAL);
+    if (sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+        failed = errno;
+        close(fd);
+        return failed;
+    }
+    tunnel_t *t = tunnel_new(client_fd, fd, idle_ms);
+    if (t == NULL) {
+        close(fd);
+        return ENOMEM;
+    }
+    t->state = sent < 0 ? ST_DIAL : ST_HEAD;
+    t->created_ms = now_ms();
+    t->forward_101 = forward_101;
+    t->ends[0].borrowed = borrow;
+    t->connect_timeout_ms = connect_ms;
+    t->response_timeout_ms = response_ms;
+    size_t off = sent > 0 ? (size_t)sent : 0;
+    end_t *up = &t->ends[1];
+    if (request_len > off && append_pending(up, request + off, request_len - off) != 0) {
+        free(t);
+        close(fd);
+        return ENOMEM;
+    }
+    up->events = t->state == ST_DIAL ? EPOLLOUT : EPOLLIN | (up->pending_len ? EPOLLOUT : 0);
+    struct epoll_event ev = {.events = up->events, .data.ptr = up};
+    /* Registered and queued under the lock: the thread, seeing an event for a tunnel it has not taken over yet,
+     * takes the queue and so waits until the tunnel is in it. Not woken: the answer's event will do that. */
+    uint64_t id = 0; /* read under the lock: once it is released the thread may finish and free the tunnel */
+    pthread_mutex_lock(&r->lock);
+    /* Room first: once registered, an event may reach the thread, which must then find the tunnel queued. */
+    failed = grow((void **)&r->commands, &r->commands_cap, r->ncommands + 1, sizeof(command_t)) != 0 ? ENOMEM : 0;
+    if (!failed && epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) failed = errno;
+    if (!failed) {
+        id = t->id = r->next_id++;
+        r->commands[r->ncommands++] = (command_t){.kind = CMD_ADD, .id = id, .tunnel = t};
+        __atomic_store_n(&r->queued, 1, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&r->lock);
+    if (failed) {
+        free(up->pending);
+        free(t);
+        close(fd);
+        return failed;
+    }
+    *id_out = id;
+    return 0;
+}
+
+/* Relay.dial and dial_fast once their arguments are read; releases `request`. */
 static PyObject *dial_with(Relay *r, int client_fd, const char *host, int port, Py_buffer request,
                            unsigned long long connect_ms, unsigned long long response_ms, unsigned long long idle_ms,
                            int forward_101, int borrow) {
     PyObject *result = NULL;
-    int fd = -1;
     struct sockaddr_storage address;
     socklen_t address_len;
     memset(&address, 0, sizeof(address));
@@ -204,70 +271,16 @@ static PyObject *dial_with(Relay *r, int client_fd, const char *host, int port, 
         PyErr_Format(PyExc_ValueError, "not an IP address: %s", host);
         goto out;
     }
-    fd = socket(address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        goto out;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (connect(fd, (struct sockaddr *)&address, address_len) != 0 && errno != EINPROGRESS) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        goto out;
-    }
-    /* On loopback the connection is usually up already: send at once, from this thread, so the relay thread
-     * first hears of the dial when the answer comes. EAGAIN: still connecting (or, rarely, no room). */
-    ssize_t sent = send(fd, request.buf, (size_t)request.len, MSG_NOSIGNAL);
-    if (sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        goto out;
-    }
-    tunnel_t *t = tunnel_new(client_fd, fd, idle_ms);
-    if (t == NULL) {
-        PyErr_NoMemory();
-        goto out;
-    }
-    t->state = sent < 0 ? ST_DIAL : ST_HEAD;
-    t->created_ms = now_ms();
-    t->forward_101 = forward_101;
-    t->ends[0].borrowed = borrow;
-    t->connect_timeout_ms = connect_ms;
-    t->response_timeout_ms = response_ms;
-    Py_buffer rest = request;
-    rest.buf = (char *)request.buf + (sent > 0 ? sent : 0);
-    rest.len = request.len - (sent > 0 ? sent : 0);
-    if (copy_pending(&t->ends[1], &rest) != 0) {
-        free(t);
-        PyErr_NoMemory();
-        goto out;
-    }
-    end_t *up = &t->ends[1];
-    up->events = t->state == ST_DIAL ? EPOLLOUT : EPOLLIN | (up->pending_len ? EPOLLOUT : 0);
-    struct epoll_event ev = {.events = up->events, .data.ptr = up};
-    /* Registered and queued under the lock: the thread, seeing an event for a tunnel it has not taken over yet,
-     * takes the queue and so waits until the tunnel is in it. Not woken: the answer's event will do that. */
-    uint64_t id = 0; /* read under the lock: once it is released the thread may finish and free the tunnel */
-    pthread_mutex_lock(&r->lock);
-    /* Room first: once registered, an event may reach the thread, which must then find the tunnel queued. */
-    int failed = grow((void **)&r->commands, &r->commands_cap, r->ncommands + 1, sizeof(command_t)) != 0 ? ENOMEM : 0;
-    if (!failed && epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) failed = errno;
-    if (!failed) {
-        id = t->id = r->next_id++;
-        r->commands[r->ncommands++] = (command_t){.kind = CMD_ADD, .id = id, .tunnel = t};
-        __atomic_store_n(&r->queued, 1, __ATOMIC_RELEASE);
-    }
-    pthread_mutex_unlock(&r->lock);
+    uint64_t id = 0;
+    int failed = dial_core(r, client_fd, (struct sockaddr *)&address, address_len, request.buf, (size_t)request.len,
+                           connect_ms, response_ms, idle_ms, forward_101, borrow, &id);
     if (failed) {
-        free(up->pending);
-        free(t);
         errno = failed;
         PyErr_SetFromErrno(PyExc_OSError);
         goto out;
     }
-    fd = -1; /* the thread's now */
     result = PyLong_FromUnsignedLongLong(id);
 out:
-    if (fd >= 0) close(fd);
     PyBuffer_Release(&request);
     return result;
 }
@@ -314,4 +327,25 @@ PyObject *Relay_dial_fast(Relay *r, PyObject *const *args, Py_ssize_t nargs) {
     Py_buffer request;
     if (PyObject_GetBuffer(args[3], &request, PyBUF_SIMPLE) != 0) return NULL;
     return dial_with(r, (int)client_fd, host, (int)port, request, ms[0], ms[1], ms[2], 1, 1);
+}
+
+/* ---- the HTTP lane's entry point (gateway/_relay_api.h) -------------------------------------------------- */
+
+static PyTypeObject *relay_type;
+
+static int relay_api_dial(PyObject *relay, int client_fd, uint32_t ip, uint16_t port, const char *request,
+                          size_t len, uint64_t connect_ms, uint64_t response_ms, uint64_t idle_ms, uint64_t *id) {
+    if (relay_type == NULL || !PyObject_TypeCheck(relay, relay_type) || client_fd < 0 || port == 0
+        || connect_ms == 0)
+        return EINVAL;
+    struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = ip};
+    return dial_core((Relay *)relay, client_fd, (struct sockaddr *)&address, sizeof(address), request, len,
+                     connect_ms, response_ms, idle_ms, 1, 1, id);
+}
+
+static const relay_api_t relay_api = {.dial = relay_api_dial};
+
+PyObject *relay_api_capsule(PyTypeObject *type) {
+    relay_type = type;
+    return PyCapsule_New((void *)&relay_api, RELAY_API_CAPSULE, NULL);
 }

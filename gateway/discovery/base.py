@@ -100,6 +100,11 @@ class SnapshotTable:
         """The last known instances of `service`."""
         return self._snapshots.get(service, ())
 
+    def snapshots(self) -> dict[str, Snapshot]:
+        """The live table, by service: a service's tuple is replaced, never changed, when its instances change, so
+        a caller holding one can tell by identity whether it still holds (the HTTP lane's C does, per upgrade)."""
+        return self._snapshots
+
     @property
     def version(self) -> int:
         return self._signal.version

@@ -21,10 +21,10 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.config.model import RouteSpec
-from gateway.discovery.base import Endpoint
+from gateway.discovery.base import Endpoint, SnapshotTable
 from gateway.errors import GatewayError, NoInstance
 from gateway.model import Balancing, ForwardPlan, RequestView
 from gateway.ops.metrics import SeriesKey
@@ -35,7 +35,7 @@ from gateway.proxy.headers import authority, upstream_request_headers
 from gateway.proxy.httpparse import Framing, RequestHead, parse_request_head, request_framing, serialize_head
 from gateway.proxy.responses import error_body, simple_response
 from gateway.routing.table import RouteMatch
-from gateway.routing.targets import RouteTarget, ip_literal
+from gateway.routing.targets import RouteTarget, ip_literal, ipv4_int
 from gateway.tunnel.native import DialResult, NativeRelay, NativeTunnel, ms
 from gateway.tunnel.registry import Series, Tunnels
 
@@ -48,6 +48,20 @@ log = logging.getLogger("gateway.server")
 # lane checked the key is 1-64 base64 characters, nothing to escape) and in the instance's request kept per instance.
 MARK = b"wsgate-lane-key-0000000000=="
 _HASH = Balancing.HASH  # read once: on Python 3.11 `Balancing.HASH` goes through `EnumType.__getattr__`'s hook
+_ROUND_ROBIN = Balancing.ROUND_ROBIN
+
+# What the lane's C needs to place an upgrade itself (gateway/_http_upgrade.c, whose P_* name the fields): the relay's
+# object, its table of lane dials, the two completion callbacks, the balancer's round-robin counters and this pool's
+# key, discovery's table and the service's key in it (None, None: a fixed instance list), the instance set it was
+# built for, one `PlanInstance` per instance in that set's order, and the connect, response and idle timeouts (ms).
+DialPlan = tuple[Any, dict[int, Any], Callable[[Any, NativeTunnel], None], Callable[[Any, DialResult], None],
+                 dict[str, int], str, dict[str, tuple[Endpoint, ...]] | None, str | None, tuple[Endpoint, ...],
+                 tuple["PlanInstance", ...], int, int, int]
+# (IPv4 address in network order, port, the request before the client's key, after it, on_done, series, endpoint).
+PlanInstance = tuple[int, int, bytes, bytes, Callable[[NativeTunnel], None], Series, Endpoint]
+# What a lane dial carries to its completion (made in C): (route, instance, its index in the set, the head as read,
+# the client's key, the client's descriptor, when the head was complete, the instance set).
+LaneArg = tuple["UpgradeRoute", PlanInstance, int, bytes, bytes, int, float, tuple[Endpoint, ...]]
 
 
 def lane_route(server: GatewayServer, view: RequestView) -> tuple[RouteMatch, ForwardPlan] | None:
@@ -69,8 +83,8 @@ class UpgradeRoute:
     """How upgrades with one head (but for the key) from one address are routed: kept while the routing state
     stays and its routes are deterministic; the instance's request is kept per instance, cut where the key goes."""
 
-    __slots__ = ("connect_ms", "counted", "head", "idle_ms", "instances", "literal", "plan", "remote", "response_ms",
-                 "route", "scheme", "target", "view")
+    __slots__ = ("connect_ms", "counted", "dialing", "head", "idle_ms", "instances", "literal", "plan", "remote",
+                 "response_ms", "route", "scheme", "target", "view")
 
     def __init__(self, head: RequestHead, view: RequestView, route: RouteSpec, plan: ForwardPlan,
                  target: RouteTarget, idle_timeout_s: float | None, counted: SeriesKey) -> None:
@@ -87,6 +101,8 @@ class UpgradeRoute:
         self.response_ms = ms(target.response_timeout_s)
         self.instances: dict[str, tuple[bytes, bytes, Series] | None] = {}  # by address (an Endpoint hashes slowly)
         self.literal: tuple[Endpoint, ...] | None = None  # the instances last seen, when all are IP addresses
+        # The lane's plan for the next upgrades (decide's answer holds this list; `LaneUpgrades.start` fills it).
+        self.dialing: list[DialPlan | None] = [None]
 
     def instance(self, endpoint: Endpoint, tunnels: Tunnels) -> tuple[bytes, bytes, Series] | None:
         """The instance's request cut where the client's key goes, and the series its tunnels count into (one
@@ -152,10 +168,13 @@ class LaneUpgrades:
         self.draining = False
         self.pending: set[UpgradeCall] = set()
         self.upgraded = 0  # upgrades relayed this way (tests and benchmarks read it)
+        self.settled = 0  # dials the lane started itself (`Lane.upgrades_dialed`) whose end Python heard
         self._relay: NativeRelay | None = None  # the worker's relay thread, once asked for
         # Bound once: the relay keeps them per dial (a bound method made per upgrade is an allocation more).
         self._on_upgraded = self._upgraded
         self._on_ended = self._dialed
+        self._on_lane_upgraded = self._lane_upgraded
+        self._on_lane_ended = self._lane_ended
 
     # -- decide: the lane's one call (through `NativeHttp.decide`, which caches what this returns) -------------
     def route(self, marked: bytes, remote: str) -> UpgradeRoute | None:
@@ -206,6 +225,32 @@ class LaneUpgrades:
         call.order.reverse()  # popped from the end
         self.pending.add(call)
         self._dial(call, relay)
+        if not relay.closed:
+            upgrade.dialing[0] = self._plan(upgrade, endpoints, relay)
+
+    def _plan(self, upgrade: UpgradeRoute, endpoints: tuple[Endpoint, ...], relay: NativeRelay) -> DialPlan | None:
+        """The lane's plan for the next upgrades of this decision, or None when they need Python: a balancer other
+        than round robin (least connections counts, random and hash need Python per upgrade), an IPv6 instance, or
+        instances that do not come from a discovery table or the route itself."""
+        server, target = self.server, upgrade.target
+        if target.choice.algorithm is not _ROUND_ROBIN:
+            return None
+        provider = server.dialer.provider
+        service = target.service
+        if service is not None and not isinstance(provider, SnapshotTable):
+            return None
+        instances: list[PlanInstance] = []
+        for endpoint in endpoints:
+            ip = ipv4_int(endpoint.host)
+            kept = upgrade.instance(endpoint, server.tunnels)
+            if ip is None or kept is None:
+                return None
+            before, after, series = kept
+            instances.append((ip, endpoint.port, before, after, series.finished, series, endpoint))
+        table = provider.snapshots() if isinstance(provider, SnapshotTable) and service is not None else None
+        return (relay.handle, relay.lane_dials, self._on_lane_upgraded, self._on_lane_ended,
+                server.balancer.round_robin_counters(), target.name, table, service, endpoints, tuple(instances),
+                upgrade.connect_ms, upgrade.response_ms, upgrade.idle_ms)
 
     def _dial(self, call: UpgradeCall, relay: NativeRelay | None) -> None:
         server, upgrade = self.server, call.upgrade
@@ -251,6 +296,39 @@ class LaneUpgrades:
         if server.state.config.server.access_log:  # `server.settings`, read without the property's call
             server.accounting.log(upgrade.remote, call.head, 101, upgrade.route.id, call.endpoint.address,
                                   call.started)
+
+    # -- the lane's own dials (gateway/_http_upgrade.c) -------------------------------------------------------
+    def _lane_upgraded(self, arg: LaneArg, tunnel: NativeTunnel) -> None:
+        """`_upgraded` for a dial the lane started from a plan: no `UpgradeCall` unless the access log needs one."""
+        upgrade, instance = arg[0], arg[1]
+        instance[5].opened(tunnel)
+        self.settled += 1
+        if self.draining:
+            self._ended()
+        self.upgraded += 1
+        upgrade.counted.value += 1
+        if self.server.state.config.server.access_log:
+            call = self._lane_call(arg)
+            self.server.accounting.log(upgrade.remote, call.head, 101, upgrade.route.id, instance[6].address,
+                                       call.started)
+
+    def _lane_ended(self, arg: LaneArg, result: DialResult) -> None:
+        """`_dialed` for a dial the lane started: the call it would have made, then the same way on."""
+        call = self._lane_call(arg)
+        self.settled += 1
+        self.pending.add(call)
+        self._dialed(call, result)
+
+    @staticmethod
+    def _lane_call(arg: LaneArg) -> UpgradeCall:
+        """The `UpgradeCall` of a lane dial: its instance tried, the others left in the round-robin order."""
+        upgrade, instance, index, data, key, fd, started, endpoints = arg
+        call = UpgradeCall(upgrade, key, data)
+        call.fd, call.started = fd, started
+        call.endpoint, call.series = instance[6], instance[5]
+        call.order = [*endpoints[index + 1:], *endpoints[:index]]
+        call.order.reverse()  # popped from the end
+        return call
 
     def _dialed(self, call: UpgradeCall, result: DialResult) -> None:
         """How the relay thread's dial ended otherwise: a failure, or an instance's head other than a 101."""

@@ -31,13 +31,13 @@ from gateway.proxy.http import JOIN_MAX_BYTES
 from gateway.proxy.httpparse import Framing, RequestHead, parse_request_head, request_framing, serialize_head
 from gateway.proxy.lane_shapes import Refusal as _Refusal
 from gateway.proxy.lane_shapes import Shape, make_shape, shape_prefixes, split_path
-from gateway.proxy.lane_upgrades import MARK, LaneUpgrades, UpgradeCall, UpgradeRoute, lane_route
+from gateway.proxy.lane_upgrades import MARK, DialPlan, LaneUpgrades, UpgradeCall, UpgradeRoute, lane_route
 from gateway.proxy.responses import error_body, rate_limit_refusal, simple_response
 from gateway.ratelimit.bucket import bucket_keys, lane_script_call, rate_limit_headers, resolve_key
 from gateway.ratelimit.redis import TOKEN_BUCKET_SHA, RedisRateLimiter
 from gateway.routing.predicates import TimePredicate, WeightPredicate
 from gateway.routing.table import RouteMatch, RouteTable, ordered_filters
-from gateway.routing.targets import RouteTarget, RoutingState
+from gateway.routing.targets import RouteTarget, RoutingState, ipv4_int
 
 if TYPE_CHECKING:
     from gateway.proxy.server import GatewayServer
@@ -57,7 +57,7 @@ K_UPGRADE = -1 if _http is None else _http.K_UPGRADE
 LaneLimit = tuple[bytes, bytes, bytes, bytes, bytes, int, int]
 Decision = tuple["Decided", bytes, int, int, int, bool, bool, int, int, LaneLimit | None]
 # An upgrade the relay thread dials (`Lane` hands its connection back as K_UPGRADE): only the first and last count.
-UpgradeDecision = tuple[UpgradeRoute, bytes, int, int, int, bool, bool, int, int, None, bool]
+UpgradeDecision = tuple[UpgradeRoute, bytes, int, int, int, bool, bool, int, int, None, bool, list[DialPlan | None]]
 # Decisions kept per worker (the cache starts afresh when full). Small on purpose: entries that outlive a garbage
 # collection reach the old generation and make full collections come more often. With every request's path its
 # own (`python -m bench.http`, chain `unique`), p99 was 16.8 ms at 4096 entries, 7.1 ms at 512, 2.3 ms at 64; the
@@ -72,15 +72,6 @@ def available() -> bool:
 
 
 @lru_cache(maxsize=4096)
-def ipv4_int(host: str) -> int | None:
-    """`host` as the lane takes it (an IPv4 address, network byte order read natively), or None."""
-    try:
-        packed = socket.inet_pton(socket.AF_INET, host)
-    except (OSError, ValueError):
-        return None
-    return int.from_bytes(packed, "little")
-
-
 def start_lane(server: GatewayServer, loop: asyncio.AbstractEventLoop, host: str, port: int, *,
                reuse_port: bool) -> list[tuple[str, int]] | None:
     """Listen through the lane when `wsgate.native-http` is on and it can (plain TCP on one IP address); the bound
@@ -201,7 +192,11 @@ class NativeHttp:
 
     def count(self) -> int:
         """The lane's connections, and the upgrades whose relay dial has not ended."""
-        return int(self.lane.count()) + len(self.upgrades.pending)
+        return int(self.lane.count()) + self._dialing()
+
+    def _dialing(self) -> int:
+        """Upgrades whose relay dial has not ended: Python's, and those the lane dialed itself."""
+        return len(self.upgrades.pending) + int(self.lane.upgrades_dialed) - self.upgrades.settled
 
     def drain(self) -> None:
         """Stop accepting; idle connections close now, the others after their answer."""
@@ -250,8 +245,9 @@ class NativeHttp:
             upgrade = self.upgrades.route(raw, remote)
             if upgrade is None:
                 return None
-            # Cached for any route: the instance is picked per upgrade (`LaneUpgrades.start`), not here.
-            decided: UpgradeDecision = (upgrade, b"", 0, 0, 0, False, False, 0, 0, None, True)
+            # Cached for any route: the instance is picked per upgrade (by the lane from the plan `LaneUpgrades.start`
+            # leaves in `upgrade.dialing`, else by `start`), not here.
+            decided: UpgradeDecision = (upgrade, b"", 0, 0, 0, False, False, 0, 0, None, True, upgrade.dialing)
             if self._cacheable:
                 if len(self._cache) >= _MAX_CACHED:
                     self._cache.clear()
@@ -415,7 +411,7 @@ class NativeHttp:
                 lane.max_connections = settings.max_connections
         settings, lane = self._settings, self.lane
         if lane.max_connections:
-            lane.outside = len(server.connections) + len(server.tunnels.live) + len(self.upgrades.pending)
+            lane.outside = len(server.connections) + len(server.tunnels.live) + self._dialing()
         done, handbacks = lane.run()
         if done:
             accounting, logging_on = server.accounting, settings.access_log

@@ -67,6 +67,11 @@ class Balancer:
         """Connections currently held, per endpoint address (only those with some)."""
         return dict(self._active)
 
+    def round_robin_counters(self) -> dict[str, int]:
+        """The live round-robin counters `order` keeps, by pool key: the HTTP lane's C moves them as `order` does
+        (gateway/_http_upgrade.c), so both take turns from one counter."""
+        return self._next
+
     def counts(self) -> dict[str, int]:
         """The live counts `acquire` and `release` keep, by address (absent: none), for a caller that counts per
         handshake without a call each (`gateway.tunnel.registry.Series`); it keeps their rules."""

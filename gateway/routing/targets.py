@@ -61,6 +61,15 @@ def _bound(timeout_s: float | None) -> float | None:
 
 
 @lru_cache(maxsize=4096)
+def ipv4_int(host: str) -> int | None:
+    """`host` as the native lane takes it (an IPv4 address, network byte order read natively), or None."""
+    try:
+        packed = socket.inet_pton(socket.AF_INET, host)
+    except (OSError, ValueError):
+        return None
+    return int.from_bytes(packed, "little")
+
+
 def ip_literal(host: str) -> bool:
     """Whether `host` is an IPv4 or IPv6 address the relay thread can connect to without a name lookup."""
     for family in (socket.AF_INET, socket.AF_INET6):

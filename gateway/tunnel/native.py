@@ -55,6 +55,9 @@ class DialResult(NamedTuple):
 
 
 _T = TypeVar("_T")
+# A lane dial the thread has not ended: (its tunnel's on_done, upgraded(arg, tunnel), ended(arg, result), arg).
+LaneDial = tuple[Callable[["NativeTunnel"], None], Callable[[Any, "NativeTunnel"], None],
+                 Callable[[Any, DialResult], None], Any]
 
 _FAILURES: dict[int, str] = {} if _relay is None else {
     _relay.FAIL_CONNECT: "refused", _relay.FAIL_CONNECT_TIMEOUT: "connect-timeout",
@@ -170,9 +173,9 @@ class NativeRelay:
         self.sockmap, self.sockmap_why = self._relay.sockmap()
         self._tunnels: dict[int, NativeTunnel] = {}
         self._dials: dict[int, _Dial] = {}
-        # The lane's dials: (tunnel, upgraded, ended, arg) as `dial_fd` got them.
-        self._fd_dials: dict[int, tuple[NativeTunnel, Callable[[Any, NativeTunnel], None],
-                                        Callable[[Any, DialResult], None], Any]] = {}
+        # The lane's dials by tunnel id: (on_done, upgraded, ended, arg), from `dial_fd` or from the lane's C
+        # (gateway/_http_upgrade.c, which enters its own here: `lane_dials`).
+        self._fd_dials: dict[int, LaneDial] = {}
         self.closed = False  # whether `close` ran (the thread is stopped: dials are refused); read per upgrade
         self._backlog: deque[tuple[int, int, int, int, bytes | None]] = deque()
         fd = self._relay.fileno()
@@ -285,15 +288,25 @@ class NativeRelay:
             raise RuntimeError("the relay is closed")
         tunnel_id = self._relay.dial_fast(client_fd, host, port, request, connect_timeout_ms, response_timeout_ms,
                                           idle_timeout_ms)
-        self._fd_dials[tunnel_id] = (NativeTunnel(self, tunnel_id, self._loop, on_done), upgraded, ended, arg)
+        self._fd_dials[tunnel_id] = (on_done, upgraded, ended, arg)
+
+    @property
+    def handle(self) -> _RelayType:
+        """The thread's own object, which the HTTP lane's C dials through (`gateway._relay._dial_api`)."""
+        return self._relay
+
+    @property
+    def lane_dials(self) -> dict[int, LaneDial]:
+        """The lane's dials not ended yet, by tunnel id: the lane's C enters those it starts itself here."""
+        return self._fd_dials
 
     def _dial_ended(self, tunnel_id: int, kind: int, a: int, b: int, data: bytes | None) -> None:
         assert _relay is not None
         fd_dial = self._fd_dials.pop(tunnel_id, None)
         if fd_dial is not None:
-            tunnel, upgraded, ended, arg = fd_dial
+            on_done, upgraded, ended, arg = fd_dial
             if kind == _relay.EV_UPGRADED:
-                self._tunnels[tunnel_id] = tunnel
+                tunnel = self._tunnels[tunnel_id] = NativeTunnel(self, tunnel_id, self._loop, on_done)
                 upgraded(arg, tunnel)
             elif kind == _relay.EV_HEAD:
                 ended(arg, DialResult(upstream_fd=a, head=data or b""))
@@ -350,14 +363,15 @@ class NativeRelay:
     def _reap(self) -> None:
         assert _relay is not None
         backlog, fd_dials, tunnels, upgraded = self._backlog, self._fd_dials, self._tunnels, _relay.EV_UPGRADED
+        loop = self._loop
         backlog.extend(self._relay.reap())
         while backlog:
             tunnel_id, kind, a, b, data = backlog.popleft()
             if kind == upgraded:
                 fd_dial = fd_dials.pop(tunnel_id, None)
                 if fd_dial is not None:  # the HTTP lane's upgrade got its 101: the usual event
-                    dialed, on_upgraded, _, arg = fd_dial
-                    tunnels[tunnel_id] = dialed
+                    on_done, on_upgraded, _, arg = fd_dial
+                    dialed = tunnels[tunnel_id] = NativeTunnel(self, tunnel_id, loop, on_done)
                     on_upgraded(arg, dialed)
                     continue
             if kind != _relay.EV_DONE:
