@@ -45,6 +45,7 @@ typedef struct hconn {
     int state;
     int first;                  /* no request answered yet: a head timeout answers 408 (Python's rule) */
     int crd, cwr, urd, uwr;     /* edge-triggered readiness: set by epoll, cleared by EAGAIN */
+    int cwatched;               /* cfd is in the epoll set (not yet while lane_accept takes a first look) */
     int ceof;
     int connecting, reused, retried, got_response_bytes;
     buf_t cin, cout, uin, req;  /* client input, client output pending, upstream input, request to send */
@@ -125,7 +126,10 @@ uint64_t lane_now_ms(void);
 double lane_now_s(void);
 int buf_add(buf_t *b, const char *data, size_t len);
 void buf_drop(buf_t *b, size_t n);
+int lane_own(Lane *l, int fd, int kind, hconn_t *c);
 int lane_watch(Lane *l, int fd, int kind, hconn_t *c);
+int lane_watch_client(Lane *l, hconn_t *c);
+void lane_trim_after_burst(Lane *l, uint64_t now);  /* malloc_trim once a burst of hand-backs is over */
 void lane_forget(Lane *l, int fd);
 void close_fd(Lane *l, int fd);
 int pool_take(Lane *l, uint32_t ip, uint16_t port);

@@ -14,9 +14,6 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
 #include <unistd.h>
 
 /* ---- connections ---------------------------------------------------------------------------------------- */
@@ -96,7 +93,7 @@ void lane_accept(Lane *l) {
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         hconn_t *c = calloc(1, sizeof(hconn_t));
         PyObject *remote = lane_remote(l, &addr);
-        if (c == NULL || remote == NULL || lane_watch(l, fd, SLOT_CLIENT, c) != 0) {
+        if (c == NULL || remote == NULL || lane_own(l, fd, SLOT_CLIENT, c) != 0) {
             PyErr_Clear();
             Py_XDECREF(remote);
             free(c);
@@ -113,8 +110,16 @@ void lane_accept(Lane *l) {
         if (l->live) l->live->prev = c;
         l->live = c;
         l->nlive++;
-        if (l->max_connections > 0 && (Py_ssize_t)l->nlive + l->outside > l->max_connections)
+        if (l->max_connections > 0 && (Py_ssize_t)l->nlive + l->outside > l->max_connections) {
             hand_back(l, c, K_NEW, 0);  /* the Python path refuses it (503) */
+            continue;
+        }
+        /* A first look before the connection enters the epoll set: a client usually sends its head right after
+         * connecting, so it is often here already. An upgrade placed now (or a request answered now) then costs no
+         * epoll_ctl pair and no second wake-up of the event loop; if nothing came, one recv said EAGAIN. */
+        c->crd = c->cwr = 1;
+        lane_progress(l, c);
+        if (l->owners[fd] == c && !c->cwatched && lane_watch_client(l, c) != 0) lane_close_conn(l, c);
     }
 }
 
@@ -451,28 +456,10 @@ void lane_event(Lane *l, int fd, uint32_t events) {
     lane_progress(l, c);
 }
 
-/* malloc keeps what a burst of hand-backs freed, in fragments of its arenas (200 oversized heads at once left the
- * gateway 8 MiB larger for good; tests/functional/test_gateway_abuse.py): once such a burst has been over for
- * TRIM_QUIET_MS, that memory goes back to the system. */
-#define TRIM_AFTER 64
-#define TRIM_QUIET_MS 500
-
-static void trim_after_burst(Lane *l, uint64_t now) {
-    if (l->handed_back != l->trim_seen) {
-        l->trim_seen = l->handed_back;
-        l->quiet_since_ms = now;
-    } else if (l->handed_back - l->trimmed >= TRIM_AFTER && now - l->quiet_since_ms >= TRIM_QUIET_MS) {
-        l->trimmed = l->handed_back;
-#ifdef __GLIBC__
-        malloc_trim(0);
-#endif
-    }
-}
-
 /* Deadlines (head, connect, response), looked at by the lane's timer. */
 void lane_sweep(Lane *l) {
     uint64_t now = lane_now_ms();
-    trim_after_burst(l, now);
+    lane_trim_after_burst(l, now);
     hconn_t *c = l->live;
     while (c != NULL) {
         hconn_t *next = c->next;

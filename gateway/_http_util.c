@@ -1,9 +1,12 @@
-/* The native HTTP lane's helpers: buffers, descriptors, the upstream pool and response heads (see _http.c). */
+/* The native HTTP lane's helpers: buffers, descriptors, the upstream pool, response heads, memory (see _http.c). */
 #include "_http.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <strings.h>
@@ -52,7 +55,8 @@ void buf_drop(buf_t *b, size_t n) {
     b->len -= n;
 }
 
-int lane_watch(Lane *l, int fd, int kind, hconn_t *c) {
+/* The descriptor's kind and owner, without registering it in the epoll set (lane_watch does both). */
+int lane_own(Lane *l, int fd, int kind, hconn_t *c) {
     if ((size_t)fd >= l->nslots) {
         size_t n = l->nslots ? l->nslots : 1024;
         while (n <= (size_t)fd) n *= 2;
@@ -66,17 +70,37 @@ int lane_watch(Lane *l, int fd, int kind, hconn_t *c) {
         memset(l->owners + l->nslots, 0, (n - l->nslots) * sizeof(hconn_t *));
         l->nslots = n;
     }
-    int et = kind == SLOT_CLIENT || kind == SLOT_UPSTREAM || kind == SLOT_REDIS;
-    struct epoll_event ev = {.events = et ? EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET : EPOLLIN, .data.fd = fd};
-    if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) return -1;
     l->slots[fd] = (unsigned char)kind;
     l->owners[fd] = c;
     return 0;
 }
 
+static int add_to_epoll(Lane *l, int fd, int kind) {
+    int et = kind == SLOT_CLIENT || kind == SLOT_UPSTREAM || kind == SLOT_REDIS;
+    struct epoll_event ev = {.events = et ? EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET : EPOLLIN, .data.fd = fd};
+    return epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev);
+}
+
+int lane_watch(Lane *l, int fd, int kind, hconn_t *c) {
+    if ((size_t)fd >= l->nslots && lane_own(l, fd, SLOT_FREE, NULL) != 0) return -1;
+    if (add_to_epoll(l, fd, kind) != 0) return -1;
+    return lane_own(l, fd, kind, c);
+}
+
+/* A client connection the lane keeps after its first look (lane_accept): registered now, edge-triggered, which
+ * reports what is ready already at once, so nothing that came meanwhile is missed. */
+int lane_watch_client(Lane *l, hconn_t *c) {
+    if (add_to_epoll(l, c->cfd, SLOT_CLIENT) != 0) return -1;
+    c->cwatched = 1;
+    return 0;
+}
+
 void lane_forget(Lane *l, int fd) {
     if (fd < 0) return;
-    epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL);
+    /* A client never registered (its first head placed at accept) has nothing to delete: a call saved. */
+    int unwatched = (size_t)fd < l->nslots && l->slots[fd] == SLOT_CLIENT && l->owners[fd] != NULL
+        && l->owners[fd]->cfd == fd && !l->owners[fd]->cwatched;
+    if (!unwatched) epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL);
     if ((size_t)fd < l->nslots) {
         l->slots[fd] = SLOT_FREE;
         l->owners[fd] = NULL;
@@ -379,4 +403,22 @@ PyObject *tuple_of(PyObject **fields, Py_ssize_t n) {
     }
     if (!complete) Py_CLEAR(item);
     return item;
+}
+
+/* malloc keeps what a burst of hand-backs freed, in fragments of its arenas (200 oversized heads at once left the
+ * gateway 8 MiB larger for good; tests/functional/test_gateway_abuse.py): once such a burst has been over for
+ * TRIM_QUIET_MS, that memory goes back to the system. */
+#define TRIM_AFTER 64
+#define TRIM_QUIET_MS 500
+
+void lane_trim_after_burst(Lane *l, uint64_t now) {
+    if (l->handed_back != l->trim_seen) {
+        l->trim_seen = l->handed_back;
+        l->quiet_since_ms = now;
+    } else if (l->handed_back - l->trimmed >= TRIM_AFTER && now - l->quiet_since_ms >= TRIM_QUIET_MS) {
+        l->trimmed = l->handed_back;
+#ifdef __GLIBC__
+        malloc_trim(0);
+#endif
+    }
 }

@@ -411,7 +411,9 @@ class NativeHttp:
                 lane.max_connections = settings.max_connections
         settings, lane = self._settings, self.lane
         if lane.max_connections:
-            lane.outside = len(server.connections) + len(server.tunnels.live) + self._dialing()
+            upgrades = self.upgrades  # `_dialing()` without its frame: this runs per wake-up
+            lane.outside = (len(server.connections) + len(server.tunnels.live) + len(upgrades.pending)
+                            + lane.upgrades_dialed - upgrades.settled)
         done, handbacks = lane.run()
         if done:
             accounting, logging_on = server.accounting, settings.access_log

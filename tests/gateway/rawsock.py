@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 
 from bench.wsproto_min import accept_key
 
@@ -34,3 +36,20 @@ def switching_protocols(request_head: bytes) -> bytes:
                if line.lower().startswith(b"sec-websocket-key:"))
     return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Accept: " + accept_key(key) + b"\r\n\r\n")
+
+
+@contextlib.contextmanager
+def silent_listener() -> Iterator[int]:
+    """The port of a listener whose accept queue is full: Linux drops further SYNs, so connecting there times out."""
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    fillers = [socket.socket() for _ in range(3)]
+    try:
+        for filler in fillers:
+            filler.setblocking(False)
+            filler.connect_ex(full.getsockname())
+        yield int(full.getsockname()[1])
+    finally:
+        for sock in (*fillers, full):
+            sock.close()

@@ -29,7 +29,7 @@ from gateway.routing.targets import RoutingState
 from gateway.tunnel import native as native_relay
 from gateway.tunnel.native import NativeTunnel
 from tests.gateway.conftest import RunningGateway, StartGateway, StartUpstream, config, route
-from tests.gateway.rawsock import switching_protocols
+from tests.gateway.rawsock import silent_listener, switching_protocols
 
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 StartRaw = Callable[[RawHandler], Awaitable[int]]
@@ -234,33 +234,25 @@ async def test_native_upgrade_host_name_instances_use_the_python_dial(start_upst
 async def test_native_upgrade_skips_instances_that_refuse_or_time_out(start_upstream: StartUpstream,
                                                                       start_gateway: StartGateway) -> None:
     good = await start_upstream("good")
-    # A listener whose accept queue is full: Linux drops further SYNs, so connecting there times out.
-    full = socket.socket()
-    full.bind(("127.0.0.1", 0))
-    full.listen(0)
-    fillers = [socket.socket() for _ in range(3)]
-    for filler in fillers:
-        filler.setblocking(False)
-        filler.connect_ex(full.getsockname())
     refused = socket.socket()
     refused.bind(("127.0.0.1", 0))  # bound, never listening: connections to it are refused
     try:
-        endpoints = (Endpoint("127.0.0.1", refused.getsockname()[1]), Endpoint("127.0.0.1", full.getsockname()[1]),
-                     Endpoint("127.0.0.1", good))
-        provider = StaticProvider({"svc": endpoints})
-        gw = await start_gateway(config(route("ws", "lb:ws://svc", ["Path=/**"],
-                                              metadata=RouteMetadata(connect_timeout_s=0.2))), provider=provider)
-        async with aiohttp.ClientSession() as session:
-            for _ in range(3):
-                async with session.ws_connect(f"{gw.ws_url}/ws") as ws:
-                    await ws.send_str("whoami")
-                    assert (await ws.receive()).data == "good"
+        with silent_listener() as full:
+            endpoints = (Endpoint("127.0.0.1", refused.getsockname()[1]), Endpoint("127.0.0.1", full),
+                         Endpoint("127.0.0.1", good))
+            provider = StaticProvider({"svc": endpoints})
+            gw = await start_gateway(config(route("ws", "lb:ws://svc", ["Path=/**"],
+                                                  metadata=RouteMetadata(connect_timeout_s=0.2))), provider=provider)
+            async with aiohttp.ClientSession() as session:
+                for _ in range(3):
+                    async with session.ws_connect(f"{gw.ws_url}/ws") as ws:
+                        await ws.send_str("whoami")
+                        assert (await ws.receive()).data == "good"
         for endpoint, reason in ((endpoints[0], "refused"), (endpoints[1], "timeout")):
             assert gw.metrics.value("wsgate_upstream_errors_total", route="ws", instance=endpoint.address,
                                     reason=reason) >= 1
     finally:
-        for sock in (*fillers, full, refused):
-            sock.close()
+        refused.close()
 
 
 async def test_native_upgrade_cancelled_caller_aborts_the_dial(start_raw: StartRaw, start_gateway: StartGateway,
