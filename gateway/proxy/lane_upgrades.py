@@ -83,8 +83,8 @@ class UpgradeRoute:
     """How upgrades with one head (but for the key) from one address are routed: kept while the routing state
     stays and its routes are deterministic; the instance's request is kept per instance, cut where the key goes."""
 
-    __slots__ = ("connect_ms", "counted", "dialing", "head", "idle_ms", "instances", "literal", "plan", "remote",
-                 "response_ms", "route", "scheme", "target", "view")
+    __slots__ = ("cached", "connect_ms", "counted", "dialing", "head", "idle_ms", "instances", "literal", "plan",
+                 "remote", "response_ms", "route", "scheme", "target", "view")
 
     def __init__(self, head: RequestHead, view: RequestView, route: RouteSpec, plan: ForwardPlan,
                  target: RouteTarget, idle_timeout_s: float | None, counted: SeriesKey) -> None:
@@ -101,8 +101,10 @@ class UpgradeRoute:
         self.response_ms = ms(target.response_timeout_s)
         self.instances: dict[str, tuple[bytes, bytes, Series] | None] = {}  # by address (an Endpoint hashes slowly)
         self.literal: tuple[Endpoint, ...] | None = None  # the instances last seen, when all are IP addresses
-        # The lane's plan for the next upgrades (decide's answer holds this list; `LaneUpgrades.start` fills it).
+        # The lane's plan for the next upgrades (decide's answer holds this list; `LaneUpgrades.start` fills it),
+        # made only for a decision the lane keeps (`cached`): one made afresh per upgrade would never be used.
         self.dialing: list[DialPlan | None] = [None]
+        self.cached = False
 
     def instance(self, endpoint: Endpoint, tunnels: Tunnels) -> tuple[bytes, bytes, Series] | None:
         """The instance's request cut where the client's key goes, and the series its tunnels count into (one
@@ -225,7 +227,7 @@ class LaneUpgrades:
         call.order.reverse()  # popped from the end
         self.pending.add(call)
         self._dial(call, relay)
-        if not relay.closed:
+        if upgrade.cached and not relay.closed:
             upgrade.dialing[0] = self._plan(upgrade, endpoints, relay)
 
     def _plan(self, upgrade: UpgradeRoute, endpoints: tuple[Endpoint, ...], relay: NativeRelay) -> DialPlan | None:

@@ -252,6 +252,7 @@ class NativeHttp:
                 if len(self._cache) >= _MAX_CACHED:
                     self._cache.clear()
                 self._cache[key] = decided
+                upgrade.cached = True
             return decided
         decision = self._decide(raw, remote)
         if decision is not None and self._cacheable and decision[0].target.service is None:

@@ -200,3 +200,18 @@ async def test_drain_aborts_the_lanes_own_dials_in_flight(silent: tuple[Silent, 
         writer.close()
     assert not gw.server.tunnels
     assert lane.count() == 0
+
+
+async def test_lane_dial_plans_only_decisions_it_keeps(start_upstream: StartUpstream, start_gateway: StartGateway,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    port = await start_upstream()
+    # A time predicate makes every decision afresh: a plan would serve no later upgrade, so none is made.
+    gw = await start_gateway(config(route("ws", f"ws://127.0.0.1:{port}", ["Path=/**", "After=2017-01-20T17:42:47Z"])))
+    upgrades = lane_of(gw).upgrades
+    plans: list[object] = []
+    plan = upgrades._plan
+    monkeypatch.setattr(upgrades, "_plan", lambda *args: plans.append(args) or plan(*args))
+    assert [await upgraded_name(gw) for _ in range(3)] == [b"upstream"] * 3
+    assert not plans
+    assert dialed_by_the_lane(gw) == 0
+    assert upgrades.upgraded == 3
