@@ -244,8 +244,24 @@ static PyObject *event_tuple(const done_t *d) {
 }
 
 static PyObject *Relay_reap(Relay *r, PyObject *Py_UNUSED(ignored)) {
-    size_t count;
-    done_t *done = take_queue(&r->lock, r->donefd, (void **)&r->done, &r->ndone, &r->done_cap, &count);
+    /* donefd is read before the queue is taken, and only when the queue was signalled (the lane reaps quiet
+     * events on its own wake-ups: no read that finds nothing then). Anything queued after the take signals again. */
+    pthread_mutex_lock(&r->lock);
+    int signalled = r->done_signalled;
+    pthread_mutex_unlock(&r->lock);
+    if (signalled) {
+        uint64_t value;
+        ssize_t unused = read(r->donefd, &value, sizeof(value));
+        (void)unused;
+    }
+    pthread_mutex_lock(&r->lock);
+    done_t *done = r->done;
+    size_t count = r->ndone;
+    r->done = NULL;
+    r->ndone = r->done_cap = 0;
+    r->done_signalled = 0;
+    __atomic_store_n(&r->done_waiting, 0, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&r->lock);
     PyObject *list = PyList_New((Py_ssize_t)count);
     for (size_t k = 0; k < count; k++) {
         done_t *d = &done[k];
@@ -264,6 +280,11 @@ static PyObject *Relay_reap(Relay *r, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyObject *Relay_fileno(Relay *r, PyObject *Py_UNUSED(ignored)) { return PyLong_FromLong(r->donefd); }
+
+/* Read without the lock: a stale answer only moves the reap to the next wake-up or the quiet deadline. */
+static PyObject *Relay_pending(Relay *r, PyObject *Py_UNUSED(ignored)) {
+    return PyBool_FromLong(__atomic_load_n(&r->done_waiting, __ATOMIC_ACQUIRE));
+}
 
 static PyObject *Relay_stats(Relay *r, PyObject *Py_UNUSED(ignored)) {
     /* Written by the relay thread without a lock: each value is read whole, not the set at one instant. */
@@ -297,6 +318,9 @@ static PyMethodDef Relay_methods[] = {
      "dial failed, a is FAIL_* and b an errno or 0. EV_HEAD: a dial's head is Python's, a is the instance's\n"
      "descriptor (the caller's to close) and data what was read from it."},
     {"fileno", (PyCFunction)Relay_fileno, METH_NOARGS, "The eventfd that becomes readable when tunnels finish."},
+    {"pending", (PyCFunction)Relay_pending, METH_NOARGS,
+     "pending() -> whether events wait for reap(): quiet ones (the lane's own dials) do not make fileno()\n"
+     "readable until QUIET_REPORT_MS have passed."},
     {"stats", (PyCFunction)Relay_stats, METH_NOARGS,
      "stats() -> {'live', 'lookups', 'probes', 'sockmap_entered', 'sockmap_left'}: live tunnels, id lookups and\n"
      "the index slots they examined, tunnels handed to the kernel and those it gave back to the thread."},

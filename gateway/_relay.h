@@ -38,6 +38,7 @@
 #define HEAD_LIMIT (65536 + 4096)     /* a response head not complete by then goes back to Python (its 64 KiB rule) */
 #define HEAD_FIRST_BYTES 2048
 #define LAZY_MAX_MS 100               /* the longest the thread sleeps without looking at its command queue */
+#define QUIET_REPORT_MS 10            /* the longest a quiet tunnel's 101 or end waits before Python is woken */
 
 /* A dialed tunnel's life: connecting, then sending the request and reading the response head, then relaying. */
 enum { ST_RELAY, ST_DIAL, ST_HEAD };
@@ -91,6 +92,7 @@ typedef struct tunnel {
     int linked;                  /* in the live list (a dialed tunnel is registered by Python before that) */
     uint64_t created_ms;         /* when Python handed it over: its connect and response deadlines count from here */
     int forward_101;             /* relay a 101 head as it came; any other head goes back to Python */
+    int quiet;                   /* its 101 and its end wake Python late (the HTTP lane's own dials, see report_event) */
     int arming;                  /* its 101 waits for the end of the turn (arm_upgrades); 2: and then a close */
     int outcome_reported;        /* the dial's end (failure or hand-back) has been reported */
     uint64_t deadline_ms;        /* connect, then response deadline; 0: none */
@@ -153,10 +155,13 @@ typedef struct {
     int signalled;  /* the wake eventfd was written since the thread last took the queue */
     done_t *done;
     size_t ndone, done_cap;
+    int done_signalled; /* donefd is written for the queued events (or will be this turn); under the lock */
+    int done_waiting;   /* events are queued: stored under the lock, read by Relay.pending without it */
     uint64_t next_id;
     /* owned by the relay thread */
     tunnel_t *live;
     int done_owed;     /* events queued for Python this turn of the loop: donefd is written once, at its end */
+    uint64_t quiet_since_ms; /* quiet events wait unsignalled since then (0: none), see report_quiet */
     tunnel_t **arming; /* tunnels whose 101 goes to the client at the end of the turn, after Python is woken */
     size_t narming, arming_cap;
     tunnel_t **index;  /* the live tunnels by id (open addressing, linear probing): commands find theirs in O(1) */
@@ -181,9 +186,10 @@ typedef struct {
 uint64_t now_ms(void);
 int grow(void **items, size_t *cap, size_t need, size_t size);
 void signal_fd(int fd);
-void *take_queue(pthread_mutex_t *lock, int fd, void **items, size_t *count, size_t *cap, size_t *taken);
 void close_end(Relay *r, end_t *e);
 void report_event(Relay *r, uint64_t id, int kind, int64_t a, int64_t b, char *data, size_t len);
+void report_quiet(Relay *r, tunnel_t *t, int kind, int64_t a, int64_t b); /* EV_UPGRADED, EV_DONE */
+int quiet_timeout(Relay *r, int timeout); /* epoll_wait's timeout, shortened while quiet events wait */
 void wake_python(Relay *r);  /* write donefd for the events queued since the last write (the thread only) */
 void maybe_finish(Relay *r, tunnel_t *t);
 void abort_tunnel(Relay *r, tunnel_t *t);

@@ -39,7 +39,7 @@ static void hand_back(Relay *r, tunnel_t *t) {
  * so Python hears of a tunnel before its client does, and a turn of 101s wakes it once. */
 static void upgrade(Relay *r, tunnel_t *t) {
     end_t *client = &t->ends[0], *up = &t->ends[1];
-    report_event(r, t->id, EV_UPGRADED, 0, 0, NULL, 0);
+    report_quiet(r, t, EV_UPGRADED, 0, 0);
     t->state = ST_RELAY;
     client->borrowed = 0; /* the thread's from the 101 on: Python forgets it when it hears of the 101 */
     t->deadline_ms = 0;
@@ -178,7 +178,7 @@ const char dial_doc[] =
  * through the capsule (relay_api_dial). */
 static int dial_core(Relay *r, int client_fd, const struct sockaddr *address, socklen_t address_len,
                      const char *request, size_t request_len, uint64_t connect_ms, uint64_t response_ms,
-                     uint64_t idle_ms, int forward_101, int borrow, uint64_t *id_out) {
+                     uint64_t idle_ms, int forward_101, int borrow, int quiet, uint64_t *id_out) {
     if (r->stopped) return EPIPE;
     int fd = socket(address->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return errno;
@@ -206,6 +206,7 @@ static int dial_core(Relay *r, int client_fd, const struct sockaddr *address, so
     t->state = sent < 0 ? ST_DIAL : ST_HEAD;
     t->created_ms = now_ms();
     t->forward_101 = forward_101;
+    t->quiet = quiet;
     t->ends[0].borrowed = borrow;
     t->connect_timeout_ms = connect_ms;
     t->response_timeout_ms = response_ms;
@@ -273,7 +274,7 @@ static PyObject *dial_with(Relay *r, int client_fd, const char *host, int port, 
     }
     uint64_t id = 0;
     int failed = dial_core(r, client_fd, (struct sockaddr *)&address, address_len, request.buf, (size_t)request.len,
-                           connect_ms, response_ms, idle_ms, forward_101, borrow, &id);
+                           connect_ms, response_ms, idle_ms, forward_101, borrow, 0, &id);
     if (failed) {
         errno = failed;
         PyErr_SetFromErrno(PyExc_OSError);
@@ -340,7 +341,7 @@ static int relay_api_dial(PyObject *relay, int client_fd, uint32_t ip, uint16_t 
         return EINVAL;
     struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = ip};
     return dial_core((Relay *)relay, client_fd, (struct sockaddr *)&address, sizeof(address), request, len,
-                     connect_ms, response_ms, idle_ms, 1, 1, id);
+                     connect_ms, response_ms, idle_ms, 1, 1, 1, id);
 }
 
 static const relay_api_t relay_api = {.dial = relay_api_dial};

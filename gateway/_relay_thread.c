@@ -26,21 +26,6 @@ void signal_fd(int fd) {
     (void)unused;
 }
 
-/* Reset the eventfd `fd`, then take the queue it signals (items, count, capacity) under the lock. The order
- * matters: anything queued after the take signals again. Returns the items (the caller frees them). */
-void *take_queue(pthread_mutex_t *lock, int fd, void **items, size_t *count, size_t *cap, size_t *taken) {
-    uint64_t value;
-    ssize_t unused = read(fd, &value, sizeof(value));
-    (void)unused;
-    pthread_mutex_lock(lock);
-    void *out = *items;
-    *taken = *count;
-    *items = NULL;
-    *count = *cap = 0;
-    pthread_mutex_unlock(lock);
-    return out;
-}
-
 /* ---- the relay thread ---------------------------------------------------------------------------- */
 
 static void collect(tunnel_t *t) {
@@ -64,12 +49,17 @@ void close_end(Relay *r, end_t *e) {
 /* Queue an event for Python (the thread only); `data` (malloc'ed) passes to the event. The loop writes the eventfd
  * once, at the end of its turn: written per event, Python took the queue between two events of one turn and each
  * event woke it again (a context switch and two epoll waits each). */
-void report_event(Relay *r, uint64_t id, int kind, int64_t a, int64_t b, char *data, size_t len) {
+static void queue_event(Relay *r, uint64_t id, int kind, int64_t a, int64_t b, char *data, size_t len, int quiet) {
     pthread_mutex_lock(&r->lock);
-    /* Python reads the eventfd before it takes the queue: a non-empty queue is already signalled, or will be. */
-    int wake = r->ndone == 0;
+    /* Relay_reap reads donefd, then takes the queue and clears `done_signalled` together: a queue with an event
+     * that is not quiet in it is signalled already, or will be at the end of this turn. */
+    int wake = !quiet && !r->done_signalled;
+    if (wake) r->done_signalled = 1;
     int failed = grow((void **)&r->done, &r->done_cap, r->ndone + 1, sizeof(done_t));
-    if (!failed) r->done[r->ndone++] = (done_t){.id = id, .kind = kind, .a = a, .b = b, .data = data, .len = len};
+    if (!failed) {
+        r->done[r->ndone++] = (done_t){.id = id, .kind = kind, .a = a, .b = b, .data = data, .len = len};
+        __atomic_store_n(&r->done_waiting, 1, __ATOMIC_RELEASE);
+    }
     pthread_mutex_unlock(&r->lock);
     if (failed) {
         /* Out of memory: what the event carried cannot reach Python. */
@@ -78,9 +68,35 @@ void report_event(Relay *r, uint64_t id, int kind, int64_t a, int64_t b, char *d
         return;
     }
     r->done_owed |= wake;
+    if (quiet && !r->quiet_since_ms) r->quiet_since_ms = now_ms();
 }
 
+void report_event(Relay *r, uint64_t id, int kind, int64_t a, int64_t b, char *data, size_t len) {
+    queue_event(r, id, kind, a, b, data, len, 0);
+}
+
+/* A 101 or an end of a tunnel nobody waits on (the HTTP lane's own dials): queued without waking Python, which
+ * takes it on its next wake-up for anything else (the lane looks at the queue each time: `Relay.pending`), or
+ * QUIET_REPORT_MS later at the latest. Waking Python once for each was two of its wake-ups per upgrade. */
+void report_quiet(Relay *r, tunnel_t *t, int kind, int64_t a, int64_t b) {
+    queue_event(r, t->id, kind, a, b, NULL, 0, t->quiet);
+}
+
+int quiet_timeout(Relay *r, int timeout) {
+    if (!r->quiet_since_ms) return timeout;
+    uint64_t now = now_ms(), due = r->quiet_since_ms + QUIET_REPORT_MS;
+    int left = due > now ? (int)(due - now) : 0;
+    return left < timeout ? left : timeout;
+}
+
+/* Write donefd for the events signalled this turn, or for quiet events that waited QUIET_REPORT_MS. */
 void wake_python(Relay *r) {
+    if (r->quiet_since_ms && (r->done_owed || now_ms() >= r->quiet_since_ms + QUIET_REPORT_MS)) {
+        pthread_mutex_lock(&r->lock);
+        if (r->ndone && !r->done_signalled) r->done_signalled = r->done_owed = 1;
+        pthread_mutex_unlock(&r->lock);
+        r->quiet_since_ms = 0;
+    }
     if (r->done_owed) signal_fd(r->donefd);
     r->done_owed = 0;
 }
@@ -98,7 +114,7 @@ void maybe_finish(Relay *r, tunnel_t *t) {
         index_del(r, t->id);
     }
     if (t->state == ST_RELAY)
-        report_event(r, t->id, EV_DONE, t->received[0], t->received[1], NULL, 0);
+        report_quiet(r, t, EV_DONE, t->received[0], t->received[1]);
     else if (!t->outcome_reported)
         report_event(r, t->id, EV_FAILED, FAIL_ABORTED, 0, NULL, 0);
     if (grow((void **)&r->freelater, &r->freelater_cap, r->nfreelater + 1, sizeof(tunnel_t *)) == 0)
@@ -449,7 +465,7 @@ void *relay_main(void *arg) {
     while (!stop) {
         /* Dials are queued without waking the thread: it looks at the queue at least every LAZY_MAX_MS. */
         int timeout = r->sweep_ms && r->sweep_ms < LAZY_MAX_MS ? (int)r->sweep_ms : LAZY_MAX_MS;
-        int n = epoll_wait(r->epfd, events, MAX_EVENTS, timeout);
+        int n = epoll_wait(r->epfd, events, MAX_EVENTS, quiet_timeout(r, timeout));
         if (n < 0 && errno != EINTR) break;
         int woken = 0;
         for (int k = 0; k < n; k++) woken |= events[k].data.ptr == NULL;
@@ -494,6 +510,7 @@ void *relay_main(void *arg) {
     while (r->live) abort_tunnel(r, r->live);
     for (size_t k = 0; k < r->nfreelater; k++) free_tunnel(r->freelater[k]);
     r->nfreelater = 0;
+    if (r->quiet_since_ms) r->done_owed = 1; /* the last events, quiet ones too, are signalled now */
     wake_python(r);
     return NULL;
 }

@@ -171,7 +171,7 @@ class LaneUpgrades:
         self.pending: set[UpgradeCall] = set()
         self.upgraded = 0  # upgrades relayed this way (tests and benchmarks read it)
         self.settled = 0  # dials the lane started itself (`Lane.upgrades_dialed`) whose end Python heard
-        self._relay: NativeRelay | None = None  # the worker's relay thread, once asked for
+        self.relay: NativeRelay | None = None  # the worker's relay thread, once asked for
         # Bound once: the relay keeps them per dial (a bound method made per upgrade is an allocation more).
         self._on_upgraded = self._upgraded
         self._on_ended = self._dialed
@@ -211,9 +211,9 @@ class LaneUpgrades:
         call.fd, call.started = fd, started
         server = self.server
         target = upgrade.target
-        relay = self._relay
+        relay = self.relay
         if relay is None or relay.closed:
-            relay = self._relay = server.tunnels.native_relay(self.loop)
+            relay = self.relay = server.tunnels.native_relay(self.loop)
         # `Dialer.endpoints` without its frame (a snapshot is already a tuple; none left is the fallback's 503).
         service = target.service
         endpoints = server.dialer.provider.snapshot(service) if service is not None else target.endpoints

@@ -411,6 +411,9 @@ class NativeHttp:
                 lane.configure(head_timeout_ms=_ms(settings.head_timeout_s), max_head_bytes=settings.max_head_bytes)
                 lane.max_connections = settings.max_connections
         settings, lane = self._settings, self.lane
+        relay = self.upgrades.relay
+        if relay is not None and relay.pending():  # the quiet reports of the lane's own dials, while awake anyway
+            relay.reap()
         if lane.max_connections:
             upgrades = self.upgrades  # `_dialing()` without its frame: this runs per wake-up
             lane.outside = (len(server.connections) + len(server.tunnels.live) + len(upgrades.pending)

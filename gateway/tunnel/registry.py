@@ -59,10 +59,20 @@ class Tunnels:
         self._by_instance: dict[tuple[str, str], Series] = {}
 
     def __len__(self) -> int:
+        self._sync()
         return len(self._open)
 
     def __iter__(self) -> Iterator[AnyTunnel]:
+        self._sync()
         return iter(self._open)
+
+    def _sync(self) -> None:
+        """Take the relay's quiet reports first (the lane's own dials: gateway/tunnel/native.py), so whoever reads
+        the registry sees every tunnel whose client has its 101 and none that has ended. (`live` does not: it is
+        read per wake-up of the lane, which reaps first.)"""
+        relay = self._relay
+        if relay is not None and not relay.closed and relay.pending():
+            relay.reap()
 
     def prepare(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the relay thread now rather than with the first tunnel (a no-op without the native module)."""

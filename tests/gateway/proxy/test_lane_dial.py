@@ -76,6 +76,8 @@ async def test_lane_dials_the_upgrades_after_the_first_in_round_robin(start_upst
     names = [await upgraded_name(gw) for _ in range(6)]
     assert names == [b"one", b"two"] * 3  # the lane moves the balancer's own counter: strict turns
     assert dialed_by_the_lane(gw) == 5  # the first built the plan
+    # Their 101s reach Python quietly (no wake-up of its own): a read of the registry takes them.
+    assert len(gw.server.tunnels) <= 6
     assert lane_of(gw).upgrades.upgraded == 6
     for port in (one, two):
         assert gw.metrics.value("wsgate_upgrades_total", route="ws", instance=f"127.0.0.1:{port}") == 3
@@ -138,6 +140,7 @@ async def test_lane_dial_writes_its_access_log_line(start_upstream: StartUpstrea
     gw = await start_gateway(config(route("ws", f"ws://127.0.0.1:{port}", ["Path=/**"]), access_log=True))
     with caplog.at_level(logging.INFO, logger="gateway.access"):
         assert [await upgraded_name(gw) for _ in range(2)] == [b"upstream"] * 2
+        await all_closed(gw)  # the lane's own dial is logged when Python takes its quiet report
     assert dialed_by_the_lane(gw) == 1
     lines = [r.getMessage() for r in caplog.records if r.name == "gateway.access"]
     expected = f'"GET /ws HTTP/1.1" 101 route=ws instance=127.0.0.1:{port}'
@@ -215,3 +218,24 @@ async def test_lane_dial_plans_only_decisions_it_keeps(start_upstream: StartUpst
     assert not plans
     assert dialed_by_the_lane(gw) == 0
     assert upgrades.upgraded == 3
+
+
+async def test_lane_dial_reports_reach_python_without_a_reader(start_upstream: StartUpstream,
+                                                                start_gateway: StartGateway,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    port = await start_upstream()
+    gw = await start_gateway(config(route("ws", f"ws://127.0.0.1:{port}", ["Path=/**"])))
+    upgrades = lane_of(gw).upgrades
+    heard = asyncio.Event()
+    upgraded = upgrades._on_lane_upgraded  # what the plan hands the relay (bound when the plan is made)
+
+    def hear(arg: object, tunnel: object) -> None:
+        upgraded(arg, tunnel)  # type: ignore[arg-type]
+        heard.set()
+
+    monkeypatch.setattr(upgrades, "_on_lane_upgraded", hear)
+    assert [await upgraded_name(gw) for _ in range(2)] == [b"upstream"] * 2
+    # Nobody reads the registry and no connection wakes the lane: the relay's quiet report of the second (the
+    # lane's own dial) still arrives by itself, QUIET_REPORT_MS later at the latest.
+    await asyncio.wait_for(heard.wait(), 5)
+    assert dialed_by_the_lane(gw) == 1 and upgrades.upgraded == 2
