@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 venv: $(STAMP)
 
 # setup.py builds the native relay (gateway/_relay*.c) and HTTP lane (gateway/_http*.c) in place: a change to it reinstalls.
-$(STAMP): pyproject.toml setup.py gateway/_relay.c gateway/_relay_thread.c gateway/_relay_dial.c gateway/_relay_index.c gateway/_relay_sockmap.c gateway/_relay_bpf.c gateway/_relay.h \
+$(STAMP): pyproject.toml setup.py gateway/_relay.c gateway/_relay_thread.c gateway/_relay_dial.c gateway/_relay_index.c gateway/_relay_sockmap.c gateway/_relay_bpf.c gateway/_relay_events.c gateway/_relay.h \
 		gateway/_http.c gateway/_http_io.c gateway/_http_util.c gateway/_http_redis.c gateway/_http_upgrade.c gateway/_http.h \
 		gateway/_relay_api.h gateway/_scan.h
 	$(PYTHON) -m venv $(VENV)

@@ -249,19 +249,9 @@ static PyObject *Relay_reap(Relay *r, PyObject *Py_UNUSED(ignored)) {
     pthread_mutex_lock(&r->lock);
     int signalled = r->done_signalled;
     pthread_mutex_unlock(&r->lock);
-    if (signalled) {
-        uint64_t value;
-        ssize_t unused = read(r->donefd, &value, sizeof(value));
-        (void)unused;
-    }
-    pthread_mutex_lock(&r->lock);
-    done_t *done = r->done;
-    size_t count = r->ndone;
-    r->done = NULL;
-    r->ndone = r->done_cap = 0;
-    r->done_signalled = 0;
-    __atomic_store_n(&r->done_waiting, 0, __ATOMIC_RELEASE);
-    pthread_mutex_unlock(&r->lock);
+    size_t count;
+    done_t *done = take_queue(r, signalled ? r->donefd : -1, (void **)&r->done, &r->ndone, &r->done_cap,
+                              &r->done_signalled, &r->done_waiting, &count);
     PyObject *list = PyList_New((Py_ssize_t)count);
     for (size_t k = 0; k < count; k++) {
         done_t *d = &done[k];

@@ -179,7 +179,7 @@ typedef struct {
     char buffer[CHUNK_BYTES];
 } Relay;
 
-/* Shared between the three files, not exported from the module. */
+/* Shared between the module's files, not exported from it. */
 #pragma GCC visibility push(hidden)
 
 /* _relay_thread.c */
@@ -187,10 +187,6 @@ uint64_t now_ms(void);
 int grow(void **items, size_t *cap, size_t need, size_t size);
 void signal_fd(int fd);
 void close_end(Relay *r, end_t *e);
-void report_event(Relay *r, uint64_t id, int kind, int64_t a, int64_t b, char *data, size_t len);
-void report_quiet(Relay *r, tunnel_t *t, int kind, int64_t a, int64_t b); /* EV_UPGRADED, EV_DONE */
-int quiet_timeout(Relay *r, int timeout); /* epoll_wait's timeout, shortened while quiet events wait */
-void wake_python(Relay *r);  /* write donefd for the events queued since the last write (the thread only) */
 void maybe_finish(Relay *r, tunnel_t *t);
 void abort_tunnel(Relay *r, tunnel_t *t);
 void set_interest(Relay *r, end_t *e, uint32_t want);
@@ -200,6 +196,14 @@ void want_sweep(Relay *r, uint64_t ms);
 int link_live(Relay *r, tunnel_t *t);
 void arm_relay(Relay *r, tunnel_t *t, const int registered[2]);
 void *relay_main(void *arg);
+
+/* _relay_events.c */
+void *take_queue(Relay *r, int fd, void **items, size_t *count, size_t *cap, int *signalled, int *waiting,
+                 size_t *taken);
+void report_event(Relay *r, uint64_t id, int kind, int64_t a, int64_t b, char *data, size_t len);
+void report_quiet(Relay *r, tunnel_t *t, int kind, int64_t a, int64_t b); /* EV_UPGRADED, EV_DONE */
+int quiet_timeout(Relay *r, int timeout); /* epoll_wait's timeout, shortened while quiet events wait */
+void wake_python(Relay *r);  /* write donefd for the events queued since the last write (the thread only) */
 
 /* _relay_bpf.c */
 int sockmap_init(sockmap_t *sm);       /* 0, or -1 with sm->why set (everything released) */

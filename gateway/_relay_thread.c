@@ -26,8 +26,6 @@ void signal_fd(int fd) {
     (void)unused;
 }
 
-/* ---- the relay thread ---------------------------------------------------------------------------- */
-
 static void collect(tunnel_t *t) {
     if (t->collected) return;
     t->collected = 1;
@@ -49,58 +47,6 @@ void close_end(Relay *r, end_t *e) {
 /* Queue an event for Python (the thread only); `data` (malloc'ed) passes to the event. The loop writes the eventfd
  * once, at the end of its turn: written per event, Python took the queue between two events of one turn and each
  * event woke it again (a context switch and two epoll waits each). */
-static void queue_event(Relay *r, uint64_t id, int kind, int64_t a, int64_t b, char *data, size_t len, int quiet) {
-    pthread_mutex_lock(&r->lock);
-    /* Relay_reap reads donefd, then takes the queue and clears `done_signalled` together: a queue with an event
-     * that is not quiet in it is signalled already, or will be at the end of this turn. */
-    int wake = !quiet && !r->done_signalled;
-    if (wake) r->done_signalled = 1;
-    int failed = grow((void **)&r->done, &r->done_cap, r->ndone + 1, sizeof(done_t));
-    if (!failed) {
-        r->done[r->ndone++] = (done_t){.id = id, .kind = kind, .a = a, .b = b, .data = data, .len = len};
-        __atomic_store_n(&r->done_waiting, 1, __ATOMIC_RELEASE);
-    }
-    pthread_mutex_unlock(&r->lock);
-    if (failed) {
-        /* Out of memory: what the event carried cannot reach Python. */
-        free(data);
-        if (kind == EV_HEAD) close((int)a);
-        return;
-    }
-    r->done_owed |= wake;
-    if (quiet && !r->quiet_since_ms) r->quiet_since_ms = now_ms();
-}
-
-void report_event(Relay *r, uint64_t id, int kind, int64_t a, int64_t b, char *data, size_t len) {
-    queue_event(r, id, kind, a, b, data, len, 0);
-}
-
-/* A 101 or an end of a tunnel nobody waits on (the HTTP lane's own dials): queued without waking Python, which
- * takes it on its next wake-up for anything else (the lane looks at the queue each time: `Relay.pending`), or
- * QUIET_REPORT_MS later at the latest. Waking Python once for each was two of its wake-ups per upgrade. */
-void report_quiet(Relay *r, tunnel_t *t, int kind, int64_t a, int64_t b) {
-    queue_event(r, t->id, kind, a, b, NULL, 0, t->quiet);
-}
-
-int quiet_timeout(Relay *r, int timeout) {
-    if (!r->quiet_since_ms) return timeout;
-    uint64_t now = now_ms(), due = r->quiet_since_ms + QUIET_REPORT_MS;
-    int left = due > now ? (int)(due - now) : 0;
-    return left < timeout ? left : timeout;
-}
-
-/* Write donefd for the events signalled this turn, or for quiet events that waited QUIET_REPORT_MS. */
-void wake_python(Relay *r) {
-    if (r->quiet_since_ms && (r->done_owed || now_ms() >= r->quiet_since_ms + QUIET_REPORT_MS)) {
-        pthread_mutex_lock(&r->lock);
-        if (r->ndone && !r->done_signalled) r->done_signalled = r->done_owed = 1;
-        pthread_mutex_unlock(&r->lock);
-        r->quiet_since_ms = 0;
-    }
-    if (r->done_owed) signal_fd(r->donefd);
-    r->done_owed = 0;
-}
-
 static void free_tunnel(tunnel_t *t) { free(t->head); free(t); }
 
 /* Free tunnels only after the current batch of epoll events: a later event may still point at them. */
@@ -424,19 +370,9 @@ static void sweep_idle(Relay *r, uint64_t now) {
 /* Take the command queue; `woken`: the wake eventfd was readable (it is reset first). Returns 1 when asked to
  * stop. */
 static int run_commands(Relay *r, int woken) {
-    if (woken) {
-        uint64_t value;
-        ssize_t unused = read(r->wakefd, &value, sizeof(value));
-        (void)unused;
-    }
-    pthread_mutex_lock(&r->lock);
-    command_t *commands = r->commands;
-    size_t count = r->ncommands;
-    r->commands = NULL;
-    r->ncommands = r->commands_cap = 0;
-    r->signalled = 0;
-    __atomic_store_n(&r->queued, 0, __ATOMIC_RELAXED);
-    pthread_mutex_unlock(&r->lock);
+    size_t count;
+    command_t *commands = take_queue(r, woken ? r->wakefd : -1, (void **)&r->commands, &r->ncommands,
+                                     &r->commands_cap, &r->signalled, &r->queued, &count);
     int stop = 0;
     for (size_t k = 0; k < count; k++) {
         command_t *c = &commands[k];
