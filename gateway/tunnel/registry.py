@@ -64,7 +64,8 @@ class Tunnels:
 
     def __iter__(self) -> Iterator[AnyTunnel]:
         self._sync()
-        return iter(self._open)
+        # A copy: a reap while the caller iterates (`list()` asks `__len__`, which syncs) changes the set.
+        return iter(tuple(self._open))
 
     def _sync(self) -> None:
         """Take the relay's quiet reports first (the lane's own dials: gateway/tunnel/native.py), so whoever reads
