@@ -25,8 +25,11 @@ void *take_queue(Relay *r, int fd, void **items, size_t *count, size_t *cap, int
     return out;
 }
 
-/* ---- the relay thread ---------------------------------------------------------------------------- */
+/* ---- the thread's side --------------------------------------------------------------------------- */
 
+/* Queue an event for Python (the thread only); `data` (malloc'ed) passes to the event. The loop writes the eventfd
+ * once, at the end of its turn: written per event, Python took the queue between two events of one turn and each
+ * event woke it again (a context switch and two epoll waits each). */
 static void queue_event(Relay *r, uint64_t id, int kind, int64_t a, int64_t b, char *data, size_t len, int quiet) {
     pthread_mutex_lock(&r->lock);
     /* Relay_reap reads donefd, then takes the queue and clears `done_signalled` together: a queue with an event

@@ -44,9 +44,6 @@ void close_end(Relay *r, end_t *e) {
     e->pending_len = e->pending_off = 0;
 }
 
-/* Queue an event for Python (the thread only); `data` (malloc'ed) passes to the event. The loop writes the eventfd
- * once, at the end of its turn: written per event, Python took the queue between two events of one turn and each
- * event woke it again (a context switch and two epoll waits each). */
 static void free_tunnel(tunnel_t *t) { free(t->head); free(t); }
 
 /* Free tunnels only after the current batch of epoll events: a later event may still point at them. */
