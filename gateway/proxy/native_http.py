@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from functools import lru_cache
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -71,7 +70,6 @@ def available() -> bool:
     return _http is not None
 
 
-@lru_cache(maxsize=4096)
 def start_lane(server: GatewayServer, loop: asyncio.AbstractEventLoop, host: str, port: int, *,
                reuse_port: bool) -> list[tuple[str, int]] | None:
     """Listen through the lane when `wsgate.native-http` is on and it can (plain TCP on one IP address); the bound

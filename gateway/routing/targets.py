@@ -70,6 +70,7 @@ def ipv4_int(host: str) -> int | None:
     return int.from_bytes(packed, "little")
 
 
+@lru_cache(maxsize=4096)
 def ip_literal(host: str) -> bool:
     """Whether `host` is an IPv4 or IPv6 address the relay thread can connect to without a name lookup."""
     for family in (socket.AF_INET, socket.AF_INET6):

@@ -184,7 +184,7 @@ class NativeRelay:
             REAPER, self._reap, loop=loop, detach=lambda: loop.remove_reader(fd),
             attach=lambda reader: None if self.closed else loop.add_reader(fd, reader))
         loop.add_reader(fd, self._reader)
-        # The lane's own dials report their 101 and their end quietly (gateway/_relay_thread.c, report_quiet): no
+        # The lane's own dials report their 101 and their end quietly (gateway/_relay_events.c, report_quiet): no
         # wake-up of the loop for them, but at the latest QUIET_REPORT_MS later. Whoever is awake anyway (the lane
         # on each of its wake-ups, a reader of the registry) asks `pending()` and reaps (bound once: no Python frame
         # for the question).
