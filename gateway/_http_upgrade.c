@@ -86,9 +86,9 @@ int lane_upgrade(Lane *l, hconn_t *c, PyObject *holder, PyObject *token) {
     const relay_api_t *relay = api();
     PyObject *plan = relay ? current_plan(holder) : NULL;
     if (plan == NULL) goto python;
-    PyObject *instances = PyTuple_GET_ITEM(plan, P_INSTANCES);
+    PyObject *instances = PyTuple_GET_ITEM(plan, P_INSTANCES), *dials = PyTuple_GET_ITEM(plan, P_DIALS);
     Py_ssize_t n = PyTuple_Check(instances) ? PyTuple_GET_SIZE(instances) : 0;
-    if (n == 0) goto python;
+    if (n == 0 || !PyDict_Check(dials)) goto python;
     PyObject *was;
     Py_ssize_t index = pick(plan, n, &was);
     if (index < 0) goto python;
@@ -128,10 +128,10 @@ int lane_upgrade(Lane *l, hconn_t *c, PyObject *holder, PyObject *token) {
     int failed = relay->dial(PyTuple_GET_ITEM(plan, P_RELAY), c->cfd, (uint32_t)ip, (uint16_t)port, l->scratch,
                              blen + c->wskey_len + alen, ms[0], ms[1], ms[2], &id);
     PyObject *key = failed ? NULL : PyLong_FromUnsignedLongLong(id);
-    PyObject *dials = PyTuple_GET_ITEM(plan, P_DIALS);
-    if (key == NULL || !PyDict_Check(dials) || PyDict_SetItem(dials, key, dial) != 0) {
-        /* Only a refused connect (or no relay) comes here in practice; out of memory after the dial started would
-         * leave a dial Python never hears of, so it is not possible: the relay reports it and Python drops it. */
+    if (key == NULL || PyDict_SetItem(dials, key, dial) != 0) {
+        /* A connect refused at once, or a stopped relay: Python takes the upgrade. Past a started dial only memory
+         * can fail here, and a dial cannot be taken back: the relay's reports of it find no entry and are dropped,
+         * and the client is counted lost (`upgrades_lost` in Lane.stats()). */
         Py_XDECREF(key);
         Py_DECREF(dial);
         if (!failed) {
