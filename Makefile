@@ -30,7 +30,7 @@ demo: venv
 	$(PY) -m scripts.demo
 
 lint: venv
-	$(VENV)/bin/ruff check gateway wsnode devconsul demo harness tests bench scripts
+	$(VENV)/bin/ruff check gateway wsnode devconsul demo harness tests bench scripts setup.py
 	$(VENV)/bin/mypy
 
 bench: venv
