@@ -82,9 +82,11 @@ static int add_to_epoll(Lane *l, int fd, int kind) {
 }
 
 int lane_watch(Lane *l, int fd, int kind, hconn_t *c) {
-    if ((size_t)fd >= l->nslots && lane_own(l, fd, SLOT_FREE, NULL) != 0) return -1;
-    if (add_to_epoll(l, fd, kind) != 0) return -1;
-    return lane_own(l, fd, kind, c);
+    if (lane_own(l, fd, kind, c) != 0) return -1;
+    if (add_to_epoll(l, fd, kind) == 0) return 0;
+    l->slots[fd] = SLOT_FREE;
+    l->owners[fd] = NULL;
+    return -1;
 }
 
 /* A client connection the lane keeps after its first look (lane_accept): registered now, edge-triggered, which
@@ -369,9 +371,8 @@ PyObject *lane_remote(Lane *l, const struct sockaddr_storage *addr) {
 }
 
 /* decide's answer (token, request, ip, port, body_len, keep, no_body, connect_ms, response_ms[, limit, upgrade,
- * plan]) read
- * without PyArg_ParseTuple, which parsed its format per request (1,300 instructions); -1 when it is not one (an
- * exception may be set). The references are borrowed from `decision`. */
+ * plan]) read without PyArg_ParseTuple, which parsed its format per request (1,300 instructions); -1 when it is
+ * not one (an exception may be set). The references are borrowed from `decision`. */
 int read_decision(PyObject *decision, decision_t *d) {
     if (!PyTuple_Check(decision)) return -1;
     Py_ssize_t n = PyTuple_GET_SIZE(decision);

@@ -237,10 +237,12 @@ class LaneUpgrades:
         server, target = self.server, upgrade.target
         if target.choice.algorithm is not _ROUND_ROBIN:
             return None
-        provider = server.dialer.provider
-        service = target.service
-        if service is not None and not isinstance(provider, SnapshotTable):
-            return None
+        provider, service = server.dialer.provider, target.service
+        table = None  # a fixed instance list: nothing to compare per upgrade
+        if service is not None:
+            if not isinstance(provider, SnapshotTable):
+                return None
+            table = provider.snapshots()
         instances: list[PlanInstance] = []
         for endpoint in endpoints:
             ip = ipv4_int(endpoint.host)
@@ -249,7 +251,6 @@ class LaneUpgrades:
                 return None
             before, after, series = kept
             instances.append((ip, endpoint.port, before, after, series.finished, series, endpoint))
-        table = provider.snapshots() if isinstance(provider, SnapshotTable) and service is not None else None
         return (relay.handle, relay.lane_dials, self._on_lane_upgraded, self._on_lane_ended,
                 server.balancer.round_robin_counters(), target.name, table, service, endpoints, tuple(instances),
                 upgrade.connect_ms, upgrade.response_ms, upgrade.idle_ms)
