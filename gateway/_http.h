@@ -47,6 +47,7 @@ typedef struct hconn {
     int crd, cwr, urd, uwr;     /* edge-triggered readiness: set by epoll, cleared by EAGAIN */
     int cwatched;               /* cfd is in the epoll set (not yet while lane_accept takes a first look) */
     int ceof;
+    int unread;                 /* a short read completed the head and reading stopped there (read_client) */
     int connecting, reused, retried, got_response_bytes;
     buf_t cin, cout, uin, req;  /* client input, client output pending, upstream input, request to send */
     size_t req_off;             /* how much of req the instance has taken */

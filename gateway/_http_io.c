@@ -123,12 +123,23 @@ void lane_accept(Lane *l) {
     }
 }
 
-/* Read what the client sent while it is readable; -1 on an error (EOF sets ceof). */
-static int read_client(Lane *l, hconn_t *c, size_t limit) {
+/* How much of a client's input H_IDLE reads ahead: a head, and a body decide lets the lane carry. */
+static size_t idle_read_limit(Lane *l) { return l->max_head_bytes + LANE_READ_BYTES + 2 * 65536; }
+
+/* Read what the client sent while it is readable; -1 on an error (EOF sets ceof). `head_first`: stop at a short
+ * read that completes a head, with `unread` set and crd still 1: an upgrade then goes to the relay with no read
+ * that says EAGAIN (one system call of about 30 per upgrade); start_request reads the rest for anything else. */
+static int read_client(Lane *l, hconn_t *c, size_t limit, int head_first) {
     while (c->crd && !c->ceof && c->cin.len < limit) {
         ssize_t n = recv(c->cfd, l->scratch, sizeof(l->scratch), 0);
         if (n > 0) {
+            size_t from = c->cin.len >= 3 ? c->cin.len - 3 : 0;
             if (buf_add(&c->cin, l->scratch, (size_t)n) != 0) return -1;
+            if (head_first && (size_t)n < sizeof(l->scratch)
+                && find_head_end(c->cin.data + from, c->cin.len - from) != NULL) {
+                c->unread = 1;
+                return 0;
+            }
         } else if (n == 0) {
             c->ceof = 1;
         } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -229,6 +240,13 @@ static int start_request(Lane *l, hconn_t *c) {
         Py_DECREF(decision);
         if (failed) {
             hand_back(l, c, K_FORWARD, c->head_used);
+            return -1;
+        }
+    }
+    if (c->unread) {  /* not an upgrade: a body, or the next request, may wait in the socket */
+        c->unread = 0;
+        if (read_client(l, c, idle_read_limit(l), 0) != 0) {
+            lane_close_conn(l, c);
             return -1;
         }
     }
@@ -400,7 +418,7 @@ void lane_progress(Lane *l, hconn_t *c) {
                 lane_close_conn(l, c);
                 return;
             }
-            if (read_client(l, c, l->max_head_bytes + LANE_READ_BYTES + 2 * 65536) != 0) {
+            if (read_client(l, c, idle_read_limit(l), 1) != 0) {
                 lane_close_conn(l, c);
                 return;
             }
@@ -409,6 +427,10 @@ void lane_progress(Lane *l, hconn_t *c) {
                 return;
             }
             int started = start_request(l, c);
+            if (started == 0 && c->unread) {  /* what ended the read was no head (empty lines): read on */
+                c->unread = 0;
+                continue;
+            }
             if (started <= 0) {
                 if (started == 0 && c->ceof) hand_back(l, c, K_NEW, 0);
                 return;
@@ -428,7 +450,7 @@ void lane_progress(Lane *l, hconn_t *c) {
                 return;
             }
             if (c->cout.len) return;
-            if (read_client(l, c, LANE_READ_BYTES) != 0 || c->cin.len == 0) lane_close_conn(l, c);
+            if (read_client(l, c, LANE_READ_BYTES, 0) != 0 || c->cin.len == 0) lane_close_conn(l, c);
             else hand_back(l, c, K_LINGER, 0);  /* unread input: Python's lingering close */
             return;
         }

@@ -35,7 +35,8 @@
  * SCHED_BATCH: woken while the Python thread has work, it waits for it instead of preempting it.
  *
  * `Relay(sockmap=True)` lets the kernel move the bytes of the tunnels it can (_relay_sockmap.c); the thread keeps
- * the rules above and takes a tunnel back when they need it.
+ * the rules above and takes a tunnel back when they need it. With `sockmap_after_reads=N` a tunnel goes to the
+ * kernel only once the thread has relayed N reads of it (see Relay.sm_after_reads).
  *
  * Files: this one is the Python type; _relay_thread.c the thread's loop and relaying; _relay_dial.c the dialed
  * upgrades; _relay_index.c the tunnels by id; _relay_sockmap.c the sockmap relay; _relay.h what they share.
@@ -74,10 +75,11 @@ static void stop_thread(Relay *r) {
 }
 
 static PyObject *Relay_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"flush_timeout_ms", "linger_ms", "sockmap", NULL};
-    unsigned long long flush_timeout_ms = 30000, linger_ms = 5000;
+    static char *keywords[] = {"flush_timeout_ms", "linger_ms", "sockmap", "sockmap_after_reads", NULL};
+    unsigned long long flush_timeout_ms = 30000, linger_ms = 5000, after_reads = 0;
     int sockmap = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$KKp:Relay", keywords, &flush_timeout_ms, &linger_ms, &sockmap))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$KKpK:Relay", keywords, &flush_timeout_ms, &linger_ms, &sockmap,
+                                     &after_reads))
         return NULL;
     Relay *r = (Relay *)type->tp_alloc(type, 0);
     if (r == NULL) return NULL;
@@ -85,6 +87,7 @@ static PyObject *Relay_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     snprintf(r->sm.why, sizeof(r->sm.why), "not asked for");
     r->flush_timeout_ms = flush_timeout_ms;
     r->linger_ms = linger_ms;
+    r->sm_after_reads = after_reads;
     r->epfd = r->wakefd = r->donefd = -1;
     pthread_mutex_init(&r->lock, NULL);
     r->next_id = 1;

@@ -71,6 +71,7 @@ typedef struct tunnel {
     int64_t received[2];         /* bytes each side sent (TCP_INFO), -1 until known */
     uint64_t idle_ms;            /* 0: no idle timeout */
     uint64_t moved, moved_seen;  /* activity, for the idle sweep */
+    uint64_t reads;              /* reads the thread relayed (on_readable): the sockmap takes a tunnel after a few */
     uint64_t active_at_ms;
     int finished;
     struct tunnel *prev, *next;  /* the live list (sweeps and shutdown) */
@@ -175,6 +176,11 @@ typedef struct {
     pid_t owner; /* the process that started the thread (a forked child has no thread to stop) */
     uint64_t flush_timeout_ms;  /* how long a closing tunnel may wait for a peer to take its last bytes */
     uint64_t linger_ms;         /* how long a closing fd is drained after its write side is shut down */
+    /* Reads the thread relays of a tunnel before it hands it to the kernel (0: at the 101; the gateway's default is
+     * `wsgate.sockmap-after-reads`). Entering and leaving the sockmaps costs about 17 system calls, 9 us a tunnel
+     * (`python -m bench.handshake_syscalls --perf`): more than relaying a message on the thread, and never earned
+     * back by a tunnel that closes after a message each way (a reconnect, a health check). */
+    uint64_t sm_after_reads;
     sockmap_t sm;
     char buffer[CHUNK_BYTES];
 } Relay;
@@ -215,7 +221,7 @@ void delete_stale(sockmap_t *sm);
 
 /* _relay_sockmap.c */
 int64_t tcp_bytes_received(int fd);
-void sockmap_enter(Relay *r, tunnel_t *t);
+int sockmap_enter(Relay *r, tunnel_t *t);  /* 1: tried (see there) */
 int sockmap_leave(Relay *r, tunnel_t *t, int then_close);
 int sockmap_event(Relay *r, tunnel_t *t, int i, uint32_t got);
 uint32_t sockmap_interest(end_t *e, uint32_t want); /* what epoll watches on e while the kernel relays */

@@ -13,7 +13,8 @@ FAIL_ABORTED: int
 _dial_api: object  # the capsule the HTTP lane dials through (gateway/_relay_api.h)
 
 class Relay:
-    def __init__(self, *, flush_timeout_ms: int = ..., linger_ms: int = ..., sockmap: bool = ...) -> None: ...
+    def __init__(self, *, flush_timeout_ms: int = ..., linger_ms: int = ..., sockmap: bool = ...,
+                 sockmap_after_reads: int = ...) -> None: ...
     def add(self, client_fd: int, upstream_fd: int, to_client: bytes = ..., to_upstream: bytes = ..., *,
             idle_timeout_ms: int = ...) -> int: ...
     def dial(self, client_fd: int, host: str, port: int, request: bytes, *, connect_timeout_ms: int,

@@ -165,17 +165,20 @@ static int empty_receive_queue(Relay *r, tunnel_t *t, int i) {
     return -1;
 }
 
-/* Hand a tunnel whose pending bytes are all sent to the kernel (once; on failure it stays on the thread). */
-void sockmap_enter(Relay *r, tunnel_t *t) {
-    if (!r->sm.on || t->sm_tried || t->finished || t->closing || t->state != ST_RELAY || r->sm.nfree == 0) return;
+/* Hand a tunnel to the kernel (once; on failure it stays on the thread). Returns 0 when it was not tried: the
+ * sockmap is off, the tunnel had its try, is closing, has bytes pending (tried later) or no slot is free. */
+int sockmap_enter(Relay *r, tunnel_t *t) {
+    if (!r->sm.on || t->sm_tried || t->finished || t->closing || t->state != ST_RELAY || r->sm.nfree == 0
+        || t->ends[0].pending_len || t->ends[1].pending_len)
+        return 0;
     t->sm_tried = 1;
     int fds[2] = {t->ends[0].fd, t->ends[1].fd};
-    if (fds[0] < 0 || fds[1] < 0 || t->ends[0].pending_len || t->ends[1].pending_len) return;
-    if (empty_receive_queue(r, t, 0) != 0 || empty_receive_queue(r, t, 1) != 0) return;
+    if (fds[0] < 0 || fds[1] < 0) return 1;
+    if (empty_receive_queue(r, t, 0) != 0 || empty_receive_queue(r, t, 1) != 0) return 1;
     for (int i = 0; i < 2; i++) {
         socklen_t len = sizeof(t->sm_cookie[i]);
         int64_t base = taken(fds[i], 1); /* the sockmap refuses a socket past ESTABLISHED: no calls in vain */
-        if (base < 0 || getsockopt(fds[i], SOL_SOCKET, SO_COOKIE, &t->sm_cookie[i], &len) != 0) return;
+        if (base < 0 || getsockopt(fds[i], SOL_SOCKET, SO_COOKIE, &t->sm_cookie[i], &len) != 0) return 1;
         t->sm_base[i] = (uint64_t)base;
     }
     t->sm_slot = r->sm.free_slots[--r->sm.nfree];
@@ -200,7 +203,7 @@ void sockmap_enter(Relay *r, tunnel_t *t) {
         uint32_t key = key_of(t, i);
         if (map_update(r->sm.sources, &key, &fds[i]) != 0) {
             stop_redirect(r, t);
-            return;
+            return 1;
         }
         t->sm_mapped |= 4 << i;
     }
@@ -209,9 +212,10 @@ void sockmap_enter(Relay *r, tunnel_t *t) {
     for (int i = 0; i < 2; i++) setsockopt(fds[i], SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
     t->sm_limit_at_ms = now_ms();
     want_sweep(r, SM_REFRESH_MS);
-    return;
+    return 1;
 undo:
     sockmap_release(r, t);
+    return 1;
 }
 
 /* Forget the tunnel's keys and free its slot (when it finishes, or could not enter). Its sockets left the

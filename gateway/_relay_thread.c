@@ -227,6 +227,9 @@ static int keep_pending(end_t *dst, const char *data, size_t len) {
 
 static void on_readable(Relay *r, tunnel_t *t, int i) {
     end_t *src = &t->ends[i], *dst = &t->ends[1 - i];
+    /* A tunnel that kept talking goes to the kernel now: sockmap_enter relays what is queued, the kernel the rest.
+     * Tried or not, this event is done (epoll is level-triggered: input left here is reported again). */
+    if (t->reads >= r->sm_after_reads && sockmap_enter(r, t)) return;
     ssize_t n;
     do {
         n = recv(src->fd, r->buffer, CHUNK_BYTES, 0);
@@ -242,6 +245,7 @@ static void on_readable(Relay *r, tunnel_t *t, int i) {
     }
     src->read_bytes += (uint64_t)n;
     t->moved += (uint64_t)n;
+    t->reads++;
     if (dst->fd < 0) return;
     size_t sent = 0;
     while (sent < (size_t)n) {
@@ -318,7 +322,7 @@ void arm_relay(Relay *r, tunnel_t *t, const int registered[2]) {
         }
         e->events = want;
     }
-    sockmap_enter(r, t); /* from now on the kernel relays, when it can */
+    if (r->sm_after_reads == 0) sockmap_enter(r, t); /* from now on the kernel relays, when it can */
 }
 
 static void start_tunnel(Relay *r, tunnel_t *t) {

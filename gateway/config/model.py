@@ -70,6 +70,7 @@ class ServerSettings:
     redis_prefix: str | None = default("redis_prefix")
     native_relay: bool = default("native_relay")
     sockmap_relay: bool = default("sockmap_relay")
+    sockmap_after_reads: int = default("sockmap_after_reads")
     native_http: bool = default("native_http")
 
     def __post_init__(self) -> None:

@@ -79,6 +79,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sockmap-relay", BOOLEAN, "sockmap_relay", False,
             "opt in: let the kernel move plain-TCP tunnels' bytes (BPF sockmap) when it allows it, the native relay "
             "thread keeping the tunnel rules (false: the thread relays them; needs `native-relay`)"),
+    Setting("sockmap-after-reads", INTEGER, "sockmap_after_reads", 4,
+            "reads the relay thread relays of a tunnel before the sockmap takes it (0: at the 101): entering and "
+            "leaving the sockmap costs more than a message relayed by the thread, so a tunnel that closes after a "
+            "message or two stays on the thread", minimum=0),
     Setting("native-http", BOOLEAN, "native_http", True,
             "proxy plain HTTP requests and WebSocket upgrades that need no Python I/O (no plugin or policy; a rate "
             "limiter on a plain single Redis runs in C too) in gateway._http's lane, one Python call per request; "

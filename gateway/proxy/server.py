@@ -124,6 +124,7 @@ class GatewayServer:
         if self.settings.native_relay:
             # Started with the listener, so its three descriptors are part of the worker's baseline.
             self.tunnels.sockmap = self.settings.sockmap_relay
+            self.tunnels.sockmap_after_reads = self.settings.sockmap_after_reads
             self.tunnels.prepare(loop)
         else:
             self.tunnels.announce("tunnel relay: Python (wsgate.native-relay is false)")

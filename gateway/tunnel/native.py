@@ -164,11 +164,12 @@ class NativeRelay:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, timeouts: CloseTimeouts = DEFAULT_TIMEOUTS,
-                 tasks: TaskSupervisor | None = None, sockmap: bool = False) -> None:
+                 tasks: TaskSupervisor | None = None, sockmap: bool = False, sockmap_after_reads: int = 0) -> None:
         if _relay is None:
             raise RuntimeError("gateway._relay is not built")
         self._loop = loop
-        self._relay: _RelayType = _relay.Relay(**timeouts.native_ms(), sockmap=sockmap)
+        self._relay: _RelayType = _relay.Relay(**timeouts.native_ms(), sockmap=sockmap,
+                                                  sockmap_after_reads=sockmap_after_reads)
         # Whether the kernel moves the bytes (gateway/_relay_sockmap.c), and why not when asked for and refused.
         self.sockmap, self.sockmap_why = self._relay.sockmap()
         self._tunnels: dict[int, NativeTunnel] = {}

@@ -55,6 +55,7 @@ class Tunnels:
         self._relay: NativeRelay | None = None
         self._relay_failed = False
         self.sockmap = True  # the worker's `wsgate.sockmap-relay`, read when the relay thread starts
+        self.sockmap_after_reads = 0  # and its `wsgate.sockmap-after-reads`
         self._announced = False
         self._by_instance: dict[tuple[str, str], Series] = {}
 
@@ -89,7 +90,8 @@ class Tunnels:
     def _native(self, loop: asyncio.AbstractEventLoop) -> NativeRelay | None:
         if self._relay is None and not self._relay_failed and native_relay.available():
             try:
-                self._relay = NativeRelay(loop, timeouts=self.timeouts, tasks=self.tasks, sockmap=self.sockmap)
+                self._relay = NativeRelay(loop, timeouts=self.timeouts, tasks=self.tasks, sockmap=self.sockmap,
+                                          sockmap_after_reads=self.sockmap_after_reads)
             except (OSError, RuntimeError) as exc:
                 self._relay_failed = True
                 log.warning("native relay unavailable, tunnels are relayed in Python: %s", exc)

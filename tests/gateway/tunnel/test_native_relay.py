@@ -49,15 +49,6 @@ def tcp_pair(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
     return far, near
 
 
-@pytest.fixture
-def listener() -> Iterator[socket.socket]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    yield sock
-    sock.close()
-
-
 class Tunnel:
     def __init__(self, relay: Any, listener: socket.socket, *, to_client: bytes = b"", to_upstream: bytes = b"",
                  idle_timeout_ms: int = 0) -> None:

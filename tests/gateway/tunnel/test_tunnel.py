@@ -49,8 +49,10 @@ def relay_kind(request: pytest.FixtureRequest) -> str:
 
 
 def config(*routes: RouteSpec, **server: object) -> GatewayConfig:
-    return conftest.config(*routes, native_relay=_kind["relay"] != "python",
-                           sockmap_relay=_kind["relay"] == "sockmap", **server)
+    # The sockmap kind hands each tunnel to the kernel at its 101 (`sockmap-after-reads: 0`), so that every case
+    # runs through the kernel from the first byte; test_sockmap_after_reads.py covers the default's later entry.
+    return conftest.config(*routes, native_relay=_kind["relay"] != "python", sockmap_relay=_kind["relay"] == "sockmap",
+                           **({"sockmap_after_reads": 0} if _kind["relay"] == "sockmap" else {}), **server)
 
 
 def expected_type(kind: str) -> type[object]:
