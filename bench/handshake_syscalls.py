@@ -1,13 +1,15 @@
 """System calls and context switches per WebSocket upgrade, the gateway against nginx (issue 20, goal 2).
 
-    python -m bench.handshake_syscalls [--handshakes 2000] [--relay sockmap|native] [--perf OUT_DIR]
+    python -m bench.handshake_syscalls [--handshakes 2000] [--relay sockmap|native] [--pin] [--perf OUT_DIR]
 
 Starts the `bench.relay` setup (echo upstream, dev Consul, nginx with one worker, the gateway with one worker and
 the native HTTP lane on), warms both up, then for each relay runs a fixed number of handshakes (open, upgrade,
 close; 16 in flight) three times: once under `strace -f` (system calls by kind and by thread, divided by the
 handshakes), once bare, reading every thread's voluntary and involuntary context switches from /proc (strace's
 stops would add their own), and, with `--perf`, once under `perf record -g` (kernel symbols by self time, written
-to OUT_DIR/<relay>.txt). CPU time under strace means nothing; the counts do not depend on it.
+to OUT_DIR/<relay>.txt). CPU time under strace means nothing; the counts do not depend on it. `--pin` pins as
+`bench.relay --pin` does (the relays on the last CPU, the rest elsewhere): the gateway's two threads then share
+one CPU, and their switches show as they do in that bench.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 
 from bench import loadgen, procstat
-from bench.relay import GATEWAY_ROUTES, NGINX_CONF, find_nginx, register_echo
+from bench.relay import GATEWAY_ROUTES, NGINX_CONF, find_nginx, pin, register_echo
 from harness import ProcessGroup, free_port
 
 _CALL = re.compile(r"^(\d+)\s+(?:<\.\.\. )?(\w+)[( ]")
@@ -99,13 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--relay", choices=("sockmap", "native"), default="sockmap")
     parser.add_argument("--perf", type=Path, default=None,
                         help="also record kernel profiles (perf record -g) and keep the strace logs in this folder")
+    parser.add_argument("--pin", action="store_true", help="the relays on the last CPU, the rest elsewhere")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="wsgate-hs-sys-") as tmp:
         workdir = Path(tmp)
         group = ProcessGroup(workdir)
         try:
             echo_port, consul_port, nginx_port, gw_port = free_port(), free_port(), free_port(), free_port()
-            group.python("echo", "bench.echo", "--port", str(echo_port)).wait_port_ready("127.0.0.1", echo_port)
+            echo = group.python("echo", "bench.echo", "--port", str(echo_port))
+            echo.wait_port_ready("127.0.0.1", echo_port)
             consul = group.python("devconsul", "devconsul", "--port", str(consul_port))
             consul.wait_http_ready(f"http://127.0.0.1:{consul_port}/v1/status/leader")
             register_echo(consul_port, echo_port)
@@ -119,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
                 native_http="true"))
             gateway = group.python("gateway", "gateway", "--config", str(workdir / "routes.yaml"), "--workers", "1")
             gateway.wait_http_ready(f"http://127.0.0.1:{gw_port}/actuator/health")
+            cpus = sorted(os.sched_getaffinity(0))
+            if args.pin and len(cpus) >= 2:
+                for relay in (gateway, nginx):
+                    pin(relay.pid, {cpus[-1]})
+                for other in (echo, consul):
+                    pin(other.pid, set(cpus[:-1]))
+                os.sched_setaffinity(0, set(cpus[:-1]))
             for name, proc, port in (("gateway", gateway, gw_port), ("nginx", nginx, nginx_port)):
                 asyncio.run(handshakes(port, 500))  # warm up: caches, first dials, the lane's decisions
                 tids = threads(proc.pid)

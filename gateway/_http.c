@@ -2,8 +2,9 @@
  *
  * Why: a proxied request on the Python path costs about 440k instructions (two uvloop transports, a coroutine
  * with its futures and timers, head parsing and serialising), 20 times nginx's. Here one epoll set per worker
- * (`Lane.fileno()`, watched with `loop.add_reader`) holds the listening socket, the client connections and a pool
- * of keep-alive connections to instances; `Lane.run()` does the I/O of every ready descriptor in C, and calls
+ * (`Lane.fileno()`, watched with `loop.add_reader`) holds the client connections and a pool of keep-alive
+ * connections to instances, and the event loop watches the listening socket itself (`Lane.run(True)` accepts);
+ * `Lane.run()` does the I/O of every ready descriptor in C, and calls
  * Python once per request head: `decide(head, remote)`, which routes and applies the filters and returns a tuple
  * (token, request head bytes for the instance, IPv4 address as an int in network order, port, body length,
  * keep the client connection, the response has no body (HEAD), connect timeout ms, response timeout ms[, rate
@@ -109,21 +110,30 @@ static PyObject *Lane_listen(Lane *l, PyObject *arg) {
         PyErr_SetString(PyExc_RuntimeError, "the lane listens already, or is closed");
         return NULL;
     }
-    if (lane_watch(l, fd, SLOT_LISTEN, NULL) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    /* Not in the lane's epoll set: the event loop watches it itself and calls run(True) when it is readable. A
+     * new connection then costs no nested wake-up (the lane's set inside the loop's) and no epoll_wait on the
+     * lane's set, which has nothing for it. */
+    if (lane_own(l, fd, SLOT_LISTEN, NULL) != 0) return PyErr_SetFromErrno(PyExc_OSError);
     l->listenfd = fd;
     Py_RETURN_NONE;
 }
 
-static PyObject *Lane_run(Lane *l, PyObject *Py_UNUSED(ignored)) {
-    if (l->epfd >= 0) {
+static PyObject *Lane_run(Lane *l, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "run takes at most 1 argument");
+        return NULL;
+    }
+    int accept = nargs > 0 ? PyObject_IsTrue(args[0]) : 0;
+    if (accept < 0) return NULL;
+    if (accept) {
+        if (!l->draining && l->listenfd >= 0) lane_accept(l);
+    } else if (l->epfd >= 0) {
         struct epoll_event events[LANE_MAX_EVENTS];
         int n = epoll_wait(l->epfd, events, LANE_MAX_EVENTS, 0);
         for (int k = 0; k < n; k++) {
             int fd = events[k].data.fd;
             int kind = (size_t)fd < l->nslots ? l->slots[fd] : SLOT_FREE;
-            if (kind == SLOT_LISTEN) {
-                if (!l->draining) lane_accept(l);
-            } else if (kind == SLOT_REDIS) {
+            if (kind == SLOT_REDIS) {
                 redis_event(l, events[k].events);
             } else if (kind == SLOT_TIMER) {
                 uint64_t ticks;
@@ -226,8 +236,11 @@ static PyMemberDef Lane_members[] = {
 
 static PyMethodDef Lane_methods[] = {
     {"pooled", (PyCFunction)Lane_pooled, METH_NOARGS, "pooled() -> the idle connections' descriptors (tests)"},
-    {"listen", (PyCFunction)Lane_listen, METH_O, "listen(fd): accept on this non-blocking listening socket (owned)"},
-    {"run", (PyCFunction)Lane_run, METH_NOARGS, "run() -> (finished requests, hand-backs): do the ready I/O"},
+    {"listen", (PyCFunction)Lane_listen, METH_O,
+     "listen(fd): accept on this non-blocking listening socket (owned; the caller watches it: run(True))"},
+    {"run", (PyCFunction)(void (*)(void))Lane_run, METH_FASTCALL,
+     "run(accept=False) -> (finished requests, hand-backs): do the ready I/O of the lane's epoll set, or with\n"
+     "accept true take the new connections of the listening socket (which the caller watches, not the lane)"},
     {"configure", (PyCFunction)(void (*)(void))Lane_configure, METH_VARARGS | METH_KEYWORDS,
      "configure(*, head_timeout_ms, max_head_bytes): settings after a reload"},
     {"redis", (PyCFunction)(void (*)(void))Lane_redis, METH_VARARGS | METH_KEYWORDS,

@@ -99,9 +99,10 @@ int lane_watch_client(Lane *l, hconn_t *c) {
 
 void lane_forget(Lane *l, int fd) {
     if (fd < 0) return;
-    /* A client never registered (its first head placed at accept) has nothing to delete: a call saved. */
-    int unwatched = (size_t)fd < l->nslots && l->slots[fd] == SLOT_CLIENT && l->owners[fd] != NULL
-        && l->owners[fd]->cfd == fd && !l->owners[fd]->cwatched;
+    /* A client never registered (its first head placed at accept) and the listening socket (the event loop's to
+     * watch) have nothing to delete: a call saved. */
+    int unwatched = (size_t)fd < l->nslots && ((l->slots[fd] == SLOT_CLIENT && l->owners[fd] != NULL
+        && l->owners[fd]->cfd == fd && !l->owners[fd]->cwatched) || l->slots[fd] == SLOT_LISTEN);
     if (!unwatched) epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL);
     if ((size_t)fd < l->nslots) {
         l->slots[fd] = SLOT_FREE;

@@ -182,11 +182,21 @@ class NativeHttp:
         self._redis_address: tuple[str, int] | None = None  # what the lane was told (`Lane.redis`)
         self.upgrades = LaneUpgrades(server, loop, fallback=self._upgrade_fallback, ended=self._maybe_empty)
         loop.add_reader(self.lane.fileno(), self._run)
+        self._listening: int | None = None  # the listening socket's descriptor, which the loop watches (`run(True)`)
 
     def listen(self, sock: socket.socket) -> None:
-        """Accept on `sock` (bound and listening) from now on; the lane owns it."""
+        """Accept on `sock` (bound and listening) from now on; the lane owns it, the loop watches it."""
         sock.setblocking(False)
-        self.lane.listen(sock.detach())
+        fd = sock.detach()
+        self.lane.listen(fd)
+        self._listening = fd
+        self.loop.add_reader(fd, self._run, True)
+
+    def _stop_watching(self) -> None:
+        """Forget the listening socket before the lane closes it (drain, close)."""
+        if self._listening is not None:
+            self.loop.remove_reader(self._listening)
+            self._listening = None
 
     def count(self) -> int:
         """The lane's connections, and the upgrades whose relay dial has not ended."""
@@ -198,6 +208,7 @@ class NativeHttp:
 
     def drain(self) -> None:
         """Stop accepting; idle connections close now, the others after their answer."""
+        self._stop_watching()
         self.lane.drain()
         self.upgrades.draining = True
         if self.count():
@@ -208,6 +219,7 @@ class NativeHttp:
             self.empty.set_result(None)
 
     def close(self) -> None:
+        self._stop_watching()
         self.loop.remove_reader(self.lane.fileno())
         self.lane.close()
 
@@ -395,9 +407,10 @@ class NativeHttp:
         return refused_head, refused_tail
 
     # -- what the lane reports ----------------------------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, accept: bool = False) -> None:
         # Runs a few times per handshake: the settings are looked at when the routing state changes (`settings` is
         # `state.config.server`), the others' count only under a connection limit (the lane reads it only then).
+        # `accept`: the listening socket is readable (the lane's own epoll set is looked at on its own wake-ups).
         server = self.server
         state = server.state
         if state is not self._run_state:
@@ -416,7 +429,7 @@ class NativeHttp:
             upgrades = self.upgrades  # `_dialing()` without its frame: this runs per wake-up
             lane.outside = (len(server.connections) + len(server.tunnels.live) + len(upgrades.pending)
                             + lane.upgrades_dialed - upgrades.settled)
-        done, handbacks = lane.run()
+        done, handbacks = lane.run(accept)
         if done:
             accounting, logging_on = server.accounting, settings.access_log
             for decided, status, nbytes, failed, started in done:

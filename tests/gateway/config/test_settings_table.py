@@ -40,6 +40,7 @@ READS: list[tuple[str, str, str, object]] = [
     ("redis.prefix", "''", "redis_prefix", ""),
     ("native-relay", "false", "native_relay", False),
     ("sockmap-relay", "false", "sockmap_relay", False),
+    ("sockmap-after-reads", "0", "sockmap_after_reads", 0),
     ("native-http", "true", "native_http", True),
     ("node-management-key", "m1", "node_management_key", "m1"),
 ]
@@ -76,6 +77,7 @@ def test_server_settings_defaults_are_the_tables() -> None:
     ("wsgate:\n  head-timeout: 0\n", "wsgate.head-timeout", "must be > 0"),
     ("wsgate:\n  idle-timeout: -1\n", "wsgate.idle-timeout", "must be > 0"),
     ("wsgate:\n  drain-timeout: -1\n", "wsgate.drain-timeout", "must be >= 0"),
+    ("wsgate:\n  sockmap-after-reads: -1\n", "wsgate.sockmap-after-reads", "must be >= 0"),
     ("wsgate:\n  access-log: maybe\n", "wsgate.access-log", "expected true or false"),
     ("wsgate:\n  redis: {url: }\n", "wsgate.redis.url", "missing value"),
     ("wsgate:\n  redis: {pfx: a}\n", "wsgate.redis.pfx", "unknown key (known: url, prefix)"),
