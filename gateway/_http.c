@@ -144,6 +144,7 @@ static PyObject *Lane_run(Lane *l, PyObject *const *args, Py_ssize_t nargs) {
             }
         }
     }
+    redis_send_queued(l);
     PyObject *done = PyList_New(0), *handbacks = PyList_New(0);
     if (done == NULL || handbacks == NULL) {
         Py_XDECREF(done);

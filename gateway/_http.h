@@ -130,6 +130,7 @@ void buf_drop(buf_t *b, size_t n);
 int lane_own(Lane *l, int fd, int kind, hconn_t *c);
 int lane_watch(Lane *l, int fd, int kind, hconn_t *c);
 int lane_watch_client(Lane *l, hconn_t *c);
+void lane_accept(Lane *l);  /* the listening socket's new connections, each with a first look */
 void lane_trim_after_burst(Lane *l, uint64_t now);  /* malloc_trim once a burst of hand-backs is over */
 void lane_forget(Lane *l, int fd);
 void close_fd(Lane *l, int fd);
@@ -147,7 +148,6 @@ int flush_to(int fd, int *ready, buf_t *b, size_t *off);
 int lane_dial(Lane *l, hconn_t *c);
 
 /* _http_io.c */
-void lane_accept(Lane *l);
 void lane_event(Lane *l, int fd, uint32_t events);
 void lane_sweep(Lane *l);
 void lane_close_conn(Lane *l, hconn_t *c);
@@ -163,6 +163,7 @@ int lane_upgrade(Lane *l, hconn_t *c, PyObject *holder, PyObject *token);  /* 0:
 /* _http_redis.c */
 int redis_submit(Lane *l, hconn_t *c, const char *before, size_t before_len, const char *after, size_t after_len);
 void redis_event(Lane *l, uint32_t events);
+void redis_send_queued(Lane *l);  /* the turn's commands, at its end */
 void redis_forget_conn(Lane *l, hconn_t *c);
 void redis_close(Lane *l);
 void lane_limited(Lane *l, hconn_t *c, int allowed, long long tokens);

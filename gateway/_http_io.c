@@ -83,46 +83,6 @@ void finish_request(Lane *l, hconn_t *c, int failed) {
     l->requests++;
 }
 
-void lane_accept(Lane *l) {
-    for (;;) {
-        struct sockaddr_storage addr;
-        socklen_t len = sizeof(addr);
-        int fd = accept4(l->listenfd, (struct sockaddr *)&addr, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) return;  /* EAGAIN, or an error the next round sees again */
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        hconn_t *c = calloc(1, sizeof(hconn_t));
-        PyObject *remote = lane_remote(l, &addr);
-        if (c == NULL || remote == NULL || lane_own(l, fd, SLOT_CLIENT, c) != 0) {
-            PyErr_Clear();
-            Py_XDECREF(remote);
-            free(c);
-            close(fd);
-            continue;
-        }
-        c->cfd = fd;
-        c->ufd = -1;
-        c->first = 1;
-        c->remote = remote;
-        c->state = H_IDLE;
-        c->deadline_ms = lane_now_ms() + l->head_timeout_ms;
-        c->next = l->live;
-        if (l->live) l->live->prev = c;
-        l->live = c;
-        l->nlive++;
-        if (l->max_connections > 0 && (Py_ssize_t)l->nlive + l->outside > l->max_connections) {
-            hand_back(l, c, K_NEW, 0);  /* the Python path refuses it (503) */
-            continue;
-        }
-        /* A first look before the connection enters the epoll set: a client usually sends its head right after
-         * connecting, so it is often here already. An upgrade placed now (or a request answered now) then costs no
-         * epoll_ctl pair and no second wake-up of the event loop; if nothing came, one recv said EAGAIN. */
-        c->crd = c->cwr = 1;
-        lane_progress(l, c);
-        if (l->owners[fd] == c && !c->cwatched && lane_watch_client(l, c) != 0) lane_close_conn(l, c);
-    }
-}
-
 /* How much of a client's input H_IDLE reads ahead: a head, and a body decide lets the lane carry. */
 static size_t idle_read_limit(Lane *l) { return l->max_head_bytes + LANE_READ_BYTES + 2 * 65536; }
 

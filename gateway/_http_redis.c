@@ -3,7 +3,8 @@
  * Why: on the Python path a rate-limited request costs a redis-py call (a coroutine, a connection from the pool,
  * the reply parsed and wrapped) on top of the proxying, about 20 times nginx's CPU per request. Here each lane keeps
  * one non-blocking connection to Redis, watched by the lane's own epoll set, and pipelines `EVALSHA` calls on it:
- * replies come back in order, so a FIFO of the connections waiting tells whose reply is whose.
+ * replies come back in order, so a FIFO of the connections waiting tells whose reply is whose. The calls of one turn
+ * of Lane.run go out in one write at its end.
  *
  * decide() gives the command already RESP-encoded but for ARGV[3], `now` in whole seconds (the script's clock,
  * `time.time()` on the Python path), which C inserts. Any reply that is not the script's `[allowed, tokens]`
@@ -156,8 +157,14 @@ int redis_submit(Lane *l, hconn_t *c, const char *before, size_t before_len, con
         redis_reset(l);  /* a half-written command would garble the stream */
         return -1;
     }
-    redis_flush(l);
-    return 0;
+    return 0;  /* sent with the turn's others (redis_send_queued) */
+}
+
+/* Send the commands the turn queued, at its end: one write (and one reply read, mostly) for all the requests of the
+ * turn rather than one per request. Runs before Lane.run collects its hand-backs (a failed write hands back the
+ * requests waiting for Redis). */
+void redis_send_queued(Lane *l) {
+    if (l->redis_fd >= 0 && l->rout.len > l->rout_off) redis_flush(l);
 }
 
 /* One RESP value at p: its end, or NULL when incomplete; *bad set when it is not RESP. Fills *ints with up to two

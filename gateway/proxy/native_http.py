@@ -18,25 +18,22 @@ import socket
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from gateway.config.model import RouteSpec
-from gateway.discovery.base import Endpoint
 from gateway.errors import BadGateway, GatewayError, RequestTimeout, UpstreamTimeout
-from gateway.model import ForwardPlan, RateLimit, RequestView
-from gateway.ops.metrics import SeriesKey
+from gateway.model import RateLimit, RequestView
 from gateway.proxy.client_conn import ClientConn
 from gateway.proxy.exchange import CLOSE, Exchange, Outcome
 from gateway.proxy.headers import authority, upstream_request_headers
 from gateway.proxy.http import JOIN_MAX_BYTES
 from gateway.proxy.httpparse import Framing, RequestHead, parse_request_head, request_framing, serialize_head
+from gateway.proxy.lane_decided import Decided, deterministic
 from gateway.proxy.lane_shapes import Refusal as _Refusal
 from gateway.proxy.lane_shapes import Shape, make_shape, shape_prefixes, split_path
 from gateway.proxy.lane_upgrades import MARK, DialPlan, LaneUpgrades, UpgradeCall, UpgradeRoute, lane_route
 from gateway.proxy.responses import error_body, rate_limit_refusal, simple_response
 from gateway.ratelimit.bucket import bucket_keys, lane_script_call, rate_limit_headers, resolve_key
 from gateway.ratelimit.redis import TOKEN_BUCKET_SHA, RedisRateLimiter
-from gateway.routing.predicates import TimePredicate, WeightPredicate
-from gateway.routing.table import RouteMatch, RouteTable, ordered_filters
-from gateway.routing.targets import RouteTarget, RoutingState, ipv4_int
+from gateway.routing.table import ordered_filters
+from gateway.routing.targets import RoutingState, ipv4_int
 
 if TYPE_CHECKING:
     from gateway.proxy.server import GatewayServer
@@ -107,56 +104,6 @@ def _is_address(family: int, host: str) -> bool:
 
 def _ms(seconds: float | None) -> int:
     return 0 if seconds is None else max(1, round(seconds * 1000))
-
-
-class Decided:
-    """What the access log, the counters and a hand-back need of a request the lane carries. One serves every
-    request with the same head from the same address while the configuration stays (see `decide`); one derived
-    from a `Shape` serves its own request, and parses its head only if a log line or a hand-back asks for it."""
-
-    __slots__ = ("_head", "_plan", "_view", "bytes_key", "endpoint", "match", "raw", "remote", "route", "scheme",
-                 "target")
-
-    def __init__(self, raw: bytes, remote: str, scheme: str, match: RouteMatch, endpoint: Endpoint,
-                 target: RouteTarget, bytes_key: SeriesKey, *, head: RequestHead | None = None,
-                 view: RequestView | None = None, plan: ForwardPlan | None = None) -> None:
-        self.raw = raw
-        self.remote = remote
-        self.scheme = scheme
-        self.match = match
-        self.route: RouteSpec = match.route
-        self.endpoint = endpoint
-        self.target = target
-        self.bytes_key = bytes_key  # the series of wsgate_http_bytes_total for this route
-        self._head = head
-        self._view = view
-        self._plan = plan
-
-    @property
-    def head(self) -> RequestHead:
-        if self._head is None:
-            self._head = parse_request_head(self.raw)
-        return self._head
-
-    @property
-    def view(self) -> RequestView:
-        if self._view is None:
-            head = self.head
-            path, _, query = head.target.partition("?")
-            self._view = RequestView(head.method, path, query, head.headers, self.remote, self.scheme)
-        return self._view
-
-    @property
-    def plan(self) -> ForwardPlan:
-        if self._plan is None:
-            self._plan = self.match.plan(self.view)
-        return self._plan
-
-
-def deterministic(table: RouteTable) -> bool:
-    """Whether every route's predicates decide by the request head and the client's address alone (no time or
-    weight predicate): then the same head from the same address is routed and filtered the same way again."""
-    return not any(isinstance(p, (TimePredicate, WeightPredicate)) for route in table.routes for p in route.predicates)
 
 
 class NativeHttp:
