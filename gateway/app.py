@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -247,6 +248,14 @@ class GatewayApp:
         return self.server.state
 
 
+def settle_heap(_app: GatewayApp) -> None:
+    """Once a worker listens: what its start made (modules, the routing table, compiled patterns, clients) moves to
+    the permanent generation, so the garbage collector's full collections, which a burst of new request heads
+    brings on, no longer walk it: each one was a pause of every request of the worker."""
+    gc.collect()
+    gc.freeze()
+
+
 def serve_forever(config_path: str, **kwargs: object) -> int:
     """Run one worker on a fresh uvloop loop."""
     import uvloop
@@ -254,7 +263,7 @@ def serve_forever(config_path: str, **kwargs: object) -> int:
     app = GatewayApp(config_path, **kwargs)  # type: ignore[arg-type]
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            return int(uvloop.run(app.run()))
+            return int(uvloop.run(app.run(ready=settle_heap)))
     except OSError as error:  # the listen address is taken or not ours: say so, no traceback
         print(f"wsgate: cannot listen: {error}", file=sys.stderr)
         return 1
