@@ -134,8 +134,8 @@ class NativeHttp:
     def listen(self, sock: socket.socket) -> None:
         """Accept on `sock` (bound and listening) from now on; the lane owns it, the loop watches it."""
         sock.setblocking(False)
-        fd = sock.detach()
-        self.lane.listen(fd)
+        self.lane.listen(sock.fileno())
+        fd = sock.detach()  # the lane's from here (a refusal above left it the caller's to close)
         self._listening = fd
         self.loop.add_reader(fd, self._run, True)
 
