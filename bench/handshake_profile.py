@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from bench import loadgen, procstat
-from bench.relay import GATEWAY_ROUTES, pin, register_echo
+from bench.relay import GATEWAY_ROUTES, pin_apart, register_echo
 from harness import ManagedProcess, ProcessGroup, free_port
 
 RELAY_THREAD = "wsgate-relay"  # the native relay thread's name (gateway/_relay.c)
@@ -85,13 +85,8 @@ async def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> i
     if args.baseline is not None:
         gateways["baseline"] = start_gateway(group, "baseline", workdir, consul_port, args.baseline, args.relay,
                                                   args.native_http)
-    cpus = sorted(os.sched_getaffinity(0))
-    if args.pin and len(cpus) >= 2:  # as `bench.relay --pin` does: gateways on one CPU, everything else on the rest
-        for proc, _ in gateways.values():
-            pin(proc.pid, {cpus[-1]})
-        for proc in (echo, consul):
-            pin(proc.pid, set(cpus[:-1]))
-        os.sched_setaffinity(0, set(cpus[:-1]))
+    if args.pin:  # as `bench.relay --pin` does: gateways on one CPU, everything else on the rest
+        pin_apart(tuple(proc for proc, _ in gateways.values()), (echo, consul))
     for proc, port in gateways.values():  # warm-up: first connections, Consul snapshot, code paths
         await one_round(proc, port, duration_s=0.5, concurrency=args.concurrency)
     results: dict[str, list[float]] = {name: [] for name in gateways}

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from bench import loadgen, procstat
-from bench.relay import GATEWAY_ROUTES, NGINX_CONF, find_nginx, pin, register_echo
+from bench.relay import GATEWAY_ROUTES, NGINX_CONF, find_nginx, pin_apart, register_echo
 from harness import ProcessGroup, free_port
 
 _CALL = re.compile(r"^(\d+)\s+(?:<\.\.\. )?(\w+)[( ]")
@@ -123,13 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                 native_http="true"))
             gateway = group.python("gateway", "gateway", "--config", str(workdir / "routes.yaml"), "--workers", "1")
             gateway.wait_http_ready(f"http://127.0.0.1:{gw_port}/actuator/health")
-            cpus = sorted(os.sched_getaffinity(0))
-            if args.pin and len(cpus) >= 2:
-                for relay in (gateway, nginx):
-                    pin(relay.pid, {cpus[-1]})
-                for other in (echo, consul):
-                    pin(other.pid, set(cpus[:-1]))
-                os.sched_setaffinity(0, set(cpus[:-1]))
+            if args.pin:
+                pin_apart((gateway, nginx), (echo, consul))
             for name, proc, port in (("gateway", gateway, gw_port), ("nginx", nginx, nginx_port)):
                 asyncio.run(handshakes(port, 500))  # warm up: caches, first dials, the lane's decisions
                 tids = threads(proc.pid)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import statistics
@@ -33,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 from bench import procstat
-from bench.relay import find_nginx, pin
+from bench.relay import find_nginx, pin_apart
 from harness import ManagedProcess, ProcessGroup, free_port, redis_server_binary
 
 UPSTREAM_CONF = """
@@ -201,14 +200,9 @@ def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> dict[st
         upstream_port=upstream_port))
     gateway = group.python("gateway", "gateway", "--config", str(workdir / "routes.yaml"), "--workers", "1")
     gateway.wait_http_ready(f"http://127.0.0.1:{gw_port}/actuator/health")
-    cpus = sorted(os.sched_getaffinity(0))
-    if args.pin and len(cpus) >= 2:
-        for proc in (gateway, proxy):
-            pin(proc.pid, {cpus[-1]})
-        for proc in (upstream, redis):
-            pin(proc.pid, set(cpus[:-1]))
-        os.sched_setaffinity(0, set(cpus[:-1]))  # wrk inherits it
-        print(f"pinned: proxies on CPU {cpus[-1]}, wrk/upstream/redis on {cpus[:-1]}", flush=True)
+    pinned = pin_apart((gateway, proxy), (upstream, redis)) if args.pin else None  # wrk inherits the others
+    if pinned is not None:
+        print(f"pinned: proxies on CPU {pinned[0]}, wrk/upstream/redis on {pinned[1]}", flush=True)
     unique = workdir / "unique.lua"
     unique.write_text(UNIQUE_PATHS_LUA)
     targets = {

@@ -156,6 +156,20 @@ def pin(pid: int, cpus: set[int]) -> None:
                 continue
 
 
+def pin_apart(servers: tuple[ManagedProcess, ...], others: tuple[ManagedProcess, ...]) -> tuple[int, list[int]] | None:
+    """`--pin`: the servers measured on the last CPU, the rest (and this process, and what it starts from now on,
+    such as wrk) on the others. (server CPU, other CPUs), or None with fewer than two CPUs (nothing pinned)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    for proc in servers:
+        pin(proc.pid, {cpus[-1]})
+    for proc in others:
+        pin(proc.pid, set(cpus[:-1]))
+    os.sched_setaffinity(0, set(cpus[:-1]))
+    return cpus[-1], cpus[:-1]
+
+
 async def measure_idle(proc: ManagedProcess, port: int, count: int) -> float:
     before = procstat.rss_bytes(proc.pid)
     clients = await loadgen.open_idle("127.0.0.1", port, "/echo/idle", count=count)
@@ -184,16 +198,9 @@ async def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> d
     gateway = group.python("gateway", "gateway", "--config", str(workdir / "routes.yaml"), "--workers", "1")
     gateway.wait_http_ready(f"http://127.0.0.1:{gw_port}/actuator/health")
     relays = {"gateway": (gateway, gw_port), "nginx": (nginx, nginx_port)}
-    cpus = sorted(os.sched_getaffinity(0))
-    if args.pin and len(cpus) >= 2:
-        relay_cpus, other_cpus = {cpus[-1]}, set(cpus[:-1])
-        for proc in (gateway, nginx):
-            pin(proc.pid, relay_cpus)
-        for proc in (echo, consul):
-            pin(proc.pid, other_cpus)
-        os.sched_setaffinity(0, other_cpus)
-        print(f"pinned: relays on CPU {sorted(relay_cpus)}, load generator/echo/consul on {sorted(other_cpus)}",
-              flush=True)
+    pinned = pin_apart((gateway, nginx), (echo, consul)) if args.pin else None
+    if pinned is not None:
+        print(f"pinned: relays on CPU [{pinned[0]}], load generator/echo/consul on {pinned[1]}", flush=True)
     order = list(relays.items())
 
     rows: list[dict[str, float | str]] = []

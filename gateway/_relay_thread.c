@@ -229,7 +229,7 @@ static void on_readable(Relay *r, tunnel_t *t, int i) {
     end_t *src = &t->ends[i], *dst = &t->ends[1 - i];
     /* A tunnel that kept talking goes to the kernel now: sockmap_enter relays what is queued, the kernel the rest.
      * Tried or not, this event is done (epoll is level-triggered: input left here is reported again). */
-    if (t->reads >= r->sm_after_reads && sockmap_enter(r, t)) return;
+    if (r->sm.on && !t->sm_tried && t->reads >= r->sm_after_reads && sockmap_enter(r, t)) return;
     ssize_t n;
     do {
         n = recv(src->fd, r->buffer, CHUNK_BYTES, 0);
