@@ -6,6 +6,7 @@ cannot exist; the loader turns those errors into ConfigErrors naming the file, l
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class ServerSettings:
     tls_cert_path: str | None = default("tls_cert_path")
     tls_key_path: str | None = default("tls_key_path")
     head_timeout_s: float = default("head_timeout_s")
+    defer_accept_s: float = default("defer_accept_s")
     max_head_bytes: int = default("max_head_bytes")
     max_connections: int = default("max_connections")
     connect_timeout_s: float = default("connect_timeout_s")
@@ -83,6 +85,8 @@ class ServerSettings:
         if (self.tls_cert_path is None) != (self.tls_key_path is None):
             raise ValueError("TLS needs both a certificate and a key")
         _positive("head timeout", self.head_timeout_s, allow_none=False)
+        if not (self.defer_accept_s >= 0 and math.isfinite(self.defer_accept_s)):
+            raise ValueError(f"defer accept must be >= 0, not {self.defer_accept_s}")
         _positive("max head bytes", self.max_head_bytes, allow_none=False)
         _positive("max connections", self.max_connections, allow_none=False)
         _positive("connect timeout", self.connect_timeout_s, allow_none=False)

@@ -52,6 +52,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max-head-bytes", INTEGER, "max_head_bytes", 16384, "largest request head (431)", minimum=1),
     Setting("max-connections", INTEGER, "max_connections", 10000,
             "open client connections per worker; more are answered 503", minimum=1),
+    Setting("defer-accept", DURATION, "defer_accept_s", 1.0,
+            "the kernel hands a new connection over once its first bytes came, or after this long (whole seconds, "
+            "rounded up; Linux's TCP_DEFER_ACCEPT, HAProxy's tcp-smart-accept, nginx's `listen ... deferred`): a "
+            "worker then wakes once per connection, not once for it and again for its head; `head-timeout` counts "
+            "from then (0: off, every connection at once)", positive=False),
     Setting("connect-timeout", DURATION, "connect_timeout_s", 5.0,
             "connect to an instance; `-1`: no bound (route metadata overrides it)", off=True),
     Setting("response-timeout", DURATION, "response_timeout_s", 30.0,

@@ -29,6 +29,7 @@ from gateway.proxy.lane_decided import Decided, deterministic
 from gateway.proxy.lane_shapes import Refusal as _Refusal
 from gateway.proxy.lane_shapes import Shape, make_shape, shape_prefixes, split_path
 from gateway.proxy.lane_upgrades import MARK, DialPlan, LaneUpgrades, UpgradeCall, UpgradeRoute, lane_route
+from gateway.proxy.listener import apply_listen_options
 from gateway.proxy.responses import error_body, rate_limit_refusal, simple_response
 from gateway.ratelimit.bucket import bucket_keys, lane_script_call, rate_limit_headers, resolve_key
 from gateway.ratelimit.redis import TOKEN_BUCKET_SHA, RedisRateLimiter
@@ -83,6 +84,7 @@ def start_lane(server: GatewayServer, loop: asyncio.AbstractEventLoop, host: str
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
+        apply_listen_options(sock, server.settings)
         sock.listen(1024)
         bound: list[tuple[str, int]] = [sock.getsockname()[:2]]
         server.native_http = NativeHttp(server, loop)

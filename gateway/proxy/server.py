@@ -58,6 +58,7 @@ from gateway.proxy.httpparse import (
     response_framing,
     serialize_head,
 )
+from gateway.proxy.listener import apply_listen_options
 from gateway.proxy.native_http import NativeHttp
 from gateway.proxy.responses import error_body, rate_limit_refusal, simple_response
 from gateway.ratelimit.bucket import RateDecision
@@ -120,6 +121,8 @@ class GatewayServer:
             server = await loop.create_server(lambda: ClientConn(self, loop), host or None, port,
                                               ssl=self.listen_ssl, reuse_port=reuse_port, backlog=1024,
                                               reuse_address=True)
+            for sock in server.sockets:
+                apply_listen_options(sock, self.settings)
             self._servers.append(server)
         if self.settings.native_relay:
             # Started with the listener, so its three descriptors are part of the worker's baseline.

@@ -48,6 +48,17 @@ async def test_server_answers_408_to_slow_head(start_gateway: StartGateway) -> N
     assert status_of(response) == 408
 
 
+async def test_server_keeps_a_silent_connection_in_the_kernel_for_defer_accept(start_gateway: StartGateway) -> None:
+    """`wsgate.defer-accept`: a connection that sends nothing reaches the gateway only after the period (the
+    kernel's TCP_DEFER_ACCEPT), and its head timeout runs from there."""
+    gw = await start_gateway(config(head_timeout_s=0.2, defer_accept_s=1.0))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response = await raw_exchange(gw.port, b"", timeout_s=10.0)
+    assert status_of(response) == 408
+    assert loop.time() - started >= 1.0
+
+
 async def test_server_answers_431_to_large_head(start_gateway: StartGateway) -> None:
     gw = await start_gateway(config(max_head_bytes=1024))
     response = await raw_exchange(gw.port, b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n")
@@ -135,9 +146,13 @@ async def test_server_follows_discovery_changes(start_upstream: StartUpstream, s
             assert (await response.json())["name"] == "two"
 
 
-async def test_server_refuses_connections_beyond_limit(start_gateway: StartGateway) -> None:
-    gw = await start_gateway(config(max_connections=1))
+@pytest.mark.parametrize(("defer_accept_s", "holder_sends"), [(0.0, b""), (1.0, b"GET / HTTP/1.1\r\n")])
+async def test_server_refuses_connections_beyond_limit(start_gateway: StartGateway, defer_accept_s: float,
+                                                       holder_sends: bytes) -> None:
+    """A connection holds its place from its accept: at once with `defer-accept` off, at its first bytes with it."""
+    gw = await start_gateway(config(max_connections=1, defer_accept_s=defer_accept_s))
     _reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(holder_sends)
     try:
         response = await raw_exchange(gw.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert status_of(response) == 503
