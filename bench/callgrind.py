@@ -37,7 +37,7 @@ from pathlib import Path
 
 from bench import loadgen
 from bench.http import FILTERS_ROUTE, UPSTREAM_CONF
-from bench.relay import NGINX_CONF, find_nginx, register_echo
+from bench.relay import find_nginx, nginx_conf, register_echo
 from harness import ManagedProcess, ProcessGroup, free_port, redis_server_binary
 
 GATEWAY_ROUTES = """
@@ -188,7 +188,7 @@ async def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> d
                                                        str(workdir / "routes.yaml"), "--workers", "1"], gw_out)
     gateway.wait_http_ready(f"http://127.0.0.1:{gw_port}/actuator/health", timeout_s=300)
 
-    conf = NGINX_CONF.format(prefix=workdir, port=nginx_port, upstream_port=echo_port)
+    conf = nginx_conf(None, prefix=workdir, port=nginx_port, upstream_port=echo_port)
     conf = conf.replace("  server {", f"  upstream api {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}\n"
                                       "  limit_req_zone $binary_remote_addr zone=bench:1m rate=1000000r/s;\n"
                                       "  server {", 1)

@@ -51,7 +51,7 @@ def start_gateway(group: ProcessGroup, name: str, workdir: Path, consul_port: in
     config = workdir / f"{name}.yaml"
     config.write_text(GATEWAY_ROUTES.format(port=port, consul_port=consul_port, native=str(relay != "python").lower(),
                                             sockmap=str(relay == "sockmap").lower(),
-                                            native_http=str(native_http).lower()))
+                                            native_http=str(native_http).lower(), accept=""))
     env: dict[str, str] = {}
     if source is not None:
         # Safe path mode: the working directory is not put first on sys.path, PYTHONPATH is.

@@ -27,7 +27,15 @@ import time
 from pathlib import Path
 
 from bench import loadgen, procstat
-from bench.relay import GATEWAY_ROUTES, NGINX_CONF, find_nginx, pin_apart, register_echo
+from bench.relay import (
+    GATEWAY_ROUTES,
+    accept_line,
+    add_accept_options,
+    find_nginx,
+    nginx_conf,
+    pin_apart,
+    register_echo,
+)
 from harness import ProcessGroup, free_port
 
 _CALL = re.compile(r"^(\d+)\s+(?:<\.\.\. )?(\w+)[( ]")
@@ -102,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--perf", type=Path, default=None,
                         help="also record kernel profiles (perf record -g) and keep the strace logs in this folder")
     parser.add_argument("--pin", action="store_true", help="the relays on the last CPU, the rest elsewhere")
+    add_accept_options(parser)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="wsgate-hs-sys-") as tmp:
         workdir = Path(tmp)
@@ -113,14 +122,14 @@ def main(argv: list[str] | None = None) -> int:
             consul = group.python("devconsul", "devconsul", "--port", str(consul_port))
             consul.wait_http_ready(f"http://127.0.0.1:{consul_port}/v1/status/leader")
             register_echo(consul_port, echo_port)
-            (workdir / "nginx.conf").write_text(NGINX_CONF.format(prefix=workdir, port=nginx_port,
-                                                                  upstream_port=echo_port))
+            (workdir / "nginx.conf").write_text(nginx_conf(args, prefix=workdir, port=nginx_port,
+                                                           upstream_port=echo_port))
             nginx = group.start("nginx", [find_nginx(), "-p", str(workdir), "-c", str(workdir / "nginx.conf"),
                                           "-g", "daemon off;"])
             nginx.wait_port_ready("127.0.0.1", nginx_port)
             (workdir / "routes.yaml").write_text(GATEWAY_ROUTES.format(
                 port=gw_port, consul_port=consul_port, native="true", sockmap=str(args.relay == "sockmap").lower(),
-                native_http="true"))
+                native_http="true", accept=accept_line(args)))
             gateway = group.python("gateway", "gateway", "--config", str(workdir / "routes.yaml"), "--workers", "1")
             gateway.wait_http_ready(f"http://127.0.0.1:{gw_port}/actuator/health")
             if args.pin:

@@ -47,7 +47,7 @@ http {{
   upstream echo {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
   map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
   server {{
-    listen 127.0.0.1:{port} backlog=4096;
+    listen 127.0.0.1:{port} backlog=4096{deferred};
     location / {{
       proxy_pass http://echo;
       proxy_http_version 1.1;
@@ -73,7 +73,7 @@ wsgate:
   native-relay: {native}
   sockmap-relay: {sockmap}
   native-http: {native_http}
-discovery:
+{accept}discovery:
   consul:
     address: 127.0.0.1:{consul_port}
 routes:
@@ -188,13 +188,14 @@ async def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> d
     consul.wait_http_ready(f"http://127.0.0.1:{consul_port}/v1/status/leader")
     register_echo(consul_port, echo_port)
 
-    (workdir / "nginx.conf").write_text(NGINX_CONF.format(prefix=workdir, port=nginx_port, upstream_port=echo_port))
+    (workdir / "nginx.conf").write_text(nginx_conf(args, prefix=workdir, port=nginx_port, upstream_port=echo_port))
     nginx = group.start("nginx", [find_nginx(), "-p", str(workdir), "-c", str(workdir / "nginx.conf"),
                                   "-g", "daemon off;"])
     nginx.wait_port_ready("127.0.0.1", nginx_port)
     (workdir / "routes.yaml").write_text(GATEWAY_ROUTES.format(
         port=gw_port, consul_port=consul_port, native=str(args.relay != "python").lower(),
-        sockmap=str(args.relay == "sockmap").lower(), native_http=str(args.native_http).lower()))
+        sockmap=str(args.relay == "sockmap").lower(), native_http=str(args.native_http).lower(),
+        accept=accept_line(args)))
     gateway = group.python("gateway", "gateway", "--config", str(workdir / "routes.yaml"), "--workers", "1")
     gateway.wait_http_ready(f"http://127.0.0.1:{gw_port}/actuator/health")
     relays = {"gateway": (gateway, gw_port), "nginx": (nginx, nginx_port)}
@@ -244,7 +245,29 @@ async def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> d
     return {"rows": rows, "handshakes_per_s": handshakes, "handshake_cpu_us": handshake_cpu,
             "idle_rss_bytes_per_tunnel": idle, "cpu_ratio": ratios, "cpu_ratio_with_kernel_threads": with_kthreads,
             "idle_connections": idle_count,
-            "duration_s": duration_s, "connections": args.connections, "repeat": args.repeat, "pinned": args.pin}
+            "duration_s": duration_s, "connections": args.connections, "repeat": args.repeat, "pinned": args.pin,
+            "gateway_defer_accept_s": args.defer_accept, "nginx_deferred": args.nginx_deferred}
+
+
+def add_accept_options(parser: argparse.ArgumentParser) -> None:
+    """How each relay's listener takes new connections (`bench.relay`, `bench.handshake_syscalls`)."""
+    parser.add_argument("--defer-accept", type=float, default=1.0,
+                        help="the gateway's wsgate.defer-accept in seconds (default 1, its default; 0: off)")
+    parser.add_argument("--nginx-deferred", action="store_true",
+                        help="nginx listens with `deferred` (TCP_DEFER_ACCEPT), as the gateway does by default")
+
+
+def nginx_conf(args: argparse.Namespace | None, **fields: object) -> str:
+    """The bench's nginx.conf, with `deferred` on its listener when asked."""
+    return NGINX_CONF.format(deferred=" deferred" if args is not None and args.nginx_deferred else "", **fields)
+
+
+def accept_line(args: argparse.Namespace | None) -> str:
+    """GATEWAY_ROUTES's `{accept}`: the gateway's `wsgate.defer-accept` when not its default (none: a copy of the code
+    from before the key, as `bench.handshake_profile --baseline` runs, still reads the file)."""
+    if args is None or args.defer_accept == 1.0:
+        return ""
+    return f"  defer-accept: {args.defer_accept}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the gateway with wsgate.native-http on, its default (--no-native-http: the Python "
                              "HTTP path)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    add_accept_options(parser)
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
