@@ -1,6 +1,7 @@
 """Relay benchmark: the gateway against nginx in front of the same upstream, in one run.
 
     python -m bench.relay [--quick] [--repeat 3] [--pin] [--relay sockmap|native|python] [--no-native-http]
+                          [--handshakes-only] [--defer-accept SECONDS] [--nginx-deferred]
                           [--json bench/out/relay.json]
 
 Starts an echo upstream, the dev Consul agent (the gateway resolves `lb:ws://bench-echo` through it), nginx (Debian's
@@ -205,7 +206,8 @@ async def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> d
     order = list(relays.items())
 
     rows: list[dict[str, float | str]] = []
-    for size in SIZES:
+    sizes = () if args.handshakes_only else SIZES
+    for size in sizes:
         runs: dict[str, list[dict[str, float | str]]] = {name: [] for name in relays}
         for i in range(args.repeat):
             # Alternate which relay goes first so drift in machine load does not always hit the same one.
@@ -231,12 +233,12 @@ async def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> d
         print(f"{name:8} handshakes/s {handshakes[name]:.0f}  relay CPU {handshake_cpu[name]:.0f} us/handshake",
               flush=True)
     idle: dict[str, float] = {}
-    for name, (proc, port) in relays.items():
+    for name, (proc, port) in () if args.handshakes_only else relays.items():
         idle[name] = await measure_idle(proc, port, idle_count)
         print(f"{name:8} RSS per idle tunnel {idle[name] / 1024:.1f} KiB ({idle_count} idle)", flush=True)
 
     ratios, with_kthreads = {}, {}
-    for size in SIZES:
+    for size in sizes:
         ours = next(r for r in rows if r["relay"] == "gateway" and r["size"] == size)
         theirs = next(r for r in rows if r["relay"] == "nginx" and r["size"] == size)
         ratios[size] = float(ours["cpu_us_per_msg"]) / float(theirs["cpu_us_per_msg"])
@@ -283,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the gateway with wsgate.native-http on, its default (--no-native-http: the Python "
                              "HTTP path)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("--handshakes-only", action="store_true",
+                        help="only the handshake runs (no message sizes, no idle tunnels): more repeats per minute")
     add_accept_options(parser)
     args = parser.parse_args(argv)
     if args.repeat < 1:
@@ -314,11 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     assert isinstance(hs_cpu, dict)
     # Capacity per relay core: nginx's CPU per handshake over ours (1.0 = as many handshakes per core).
     print(f"handshake_cpu_capacity_ratio={hs_cpu['nginx'] / max(hs_cpu['gateway'], 1e-9):.2f}")
-    print(f"idle_memory_ratio={idle['gateway'] / max(idle['nginx'], 1):.2f}")
+    if idle:
+        print(f"idle_memory_ratio={idle['gateway'] / max(idle['nginx'], 1):.2f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2, default=str))
-    print(f"relay_cpu_ratio_max={max(ratios.values()):.2f}")
+    if ratios:
+        print(f"relay_cpu_ratio_max={max(ratios.values()):.2f}")
     return 0
 
 
