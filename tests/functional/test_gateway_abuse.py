@@ -90,10 +90,12 @@ async def silent() -> AsyncIterator[SilentInstance]:
     await instance.close()
 
 
-def write_config(tmp_path: Path, upstream: int, silent: int, *, max_connections: int = 1000) -> Path:
+def write_config(tmp_path: Path, upstream: int, silent: int, *, max_connections: int = 1000,
+                 defer_accept_s: float = 1.0) -> Path:
     config = tmp_path / "routes.yaml"
     config.write_text(f"""\
 wsgate:
+  defer-accept: {defer_accept_s}
   head-timeout: {int(HEAD_TIMEOUT_S * 1000)}ms
   max-head-bytes: 4096
   max-connections: {max_connections}
@@ -159,12 +161,13 @@ def json_body(response: bytes) -> dict[str, object]:
 
 
 async def start(procs: ProcessGroup, tmp_path: Path, silent: SilentInstance, *,
-                max_connections: int = 1000) -> tuple[int, int]:
+                max_connections: int = 1000, defer_accept_s: float = 1.0) -> tuple[int, int]:
     """An upstream process and a one-worker gateway; returns (gateway pid, gateway port)."""
     upstream = start_upstream_proc(procs, "upstream")
     assert silent.server is not None
     silent_port = int(silent.server.sockets[0].getsockname()[1])
-    config = write_config(tmp_path, upstream, silent_port, max_connections=max_connections)
+    config = write_config(tmp_path, upstream, silent_port, max_connections=max_connections,
+                          defer_accept_s=defer_accept_s)
     proc, port = start_gateway_proc(procs, config, workers=1)
     return proc.pid, port
 
@@ -311,13 +314,24 @@ async def test_gateway_abuse_crlf_in_template_header_gets_400(procs: ProcessGrou
     assert status_of(response) == 400
 
 
+@pytest.mark.parametrize(("defer_accept_s", "held_sends"), [(0.0, b""), (1.0, b"GET ")],
+                         ids=["silent-without-defer-accept", "partial-head-with-defer-accept"])
 async def test_gateway_abuse_connection_flood_gets_503_and_memory_returns(
-        procs: ProcessGroup, tmp_path: Path, silent: SilentInstance) -> None:
+        procs: ProcessGroup, tmp_path: Path, silent: SilentInstance, defer_accept_s: float,
+        held_sends: bytes) -> None:
+    """A flood of connections that never finish a head. With `defer-accept` (the default) the kernel keeps silent
+    ones from the gateway for its period, so the flood that holds the gateway's slots sends a first byte."""
     limit = 50
-    pid, port = await start(procs, tmp_path, silent, max_connections=limit)
+    pid, port = await start(procs, tmp_path, silent, max_connections=limit, defer_accept_s=defer_accept_s)
+
+    async def hold() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(held_sends)
+        await writer.drain()
+        return reader, writer
 
     async def round_(n: int) -> None:
-        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(limit)]
+        held = [await hold() for _ in range(limit)]
         try:
             # Accepted in order: once these are held, every further connection is over the limit.
             responses = await asyncio.gather(*(exchange(port, b"GET /svc/x HTTP/1.1\r\nHost: x\r\n\r\n")
