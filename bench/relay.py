@@ -33,7 +33,10 @@ import urllib.request
 from pathlib import Path
 
 from bench import loadgen, procstat
+from gateway.config.settings_table import default
 from harness import ManagedProcess, ProcessGroup, free_port
+
+DEFER_ACCEPT_DEFAULT_S: float = default("defer_accept_s")  # the settings table's, said once
 
 SIZES = (100, 4096, 16384)
 
@@ -253,8 +256,8 @@ async def run(args: argparse.Namespace, group: ProcessGroup, workdir: Path) -> d
 
 def add_accept_options(parser: argparse.ArgumentParser) -> None:
     """How each relay's listener takes new connections (`bench.relay`, `bench.handshake_syscalls`)."""
-    parser.add_argument("--defer-accept", type=float, default=1.0,
-                        help="the gateway's wsgate.defer-accept in seconds (default 1, its default; 0: off)")
+    parser.add_argument("--defer-accept", type=float, default=DEFER_ACCEPT_DEFAULT_S,
+                        help="the gateway's wsgate.defer-accept in seconds (default: the setting's; 0: off)")
     parser.add_argument("--nginx-deferred", action="store_true",
                         help="nginx listens with `deferred` (TCP_DEFER_ACCEPT), as the gateway does by default")
 
@@ -267,7 +270,7 @@ def nginx_conf(args: argparse.Namespace | None, **fields: object) -> str:
 def accept_line(args: argparse.Namespace | None) -> str:
     """GATEWAY_ROUTES's `{accept}`: the gateway's `wsgate.defer-accept` when not its default (none: a copy of the code
     from before the key, as `bench.handshake_profile --baseline` runs, still reads the file)."""
-    if args is None or args.defer_accept == 1.0:
+    if args is None or args.defer_accept == DEFER_ACCEPT_DEFAULT_S:
         return ""
     return f"  defer-accept: {args.defer_accept}\n"
 
